@@ -1,0 +1,1 @@
+//! The JSON manifest describing an [`crate::ExpertLayout`] (to be written).

@@ -1,0 +1,1 @@
+//! The packed-experts file format v1 (to be written).
