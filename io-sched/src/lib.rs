@@ -31,3 +31,12 @@ pub mod packfile;
 
 pub use error::{Error, Result};
 pub use layout::{ExpertKey, ExpertLayout, ExpertLocation, LayoutBuilder};
+pub mod cache;
+pub mod core;
+pub mod guard;
+pub mod metrics;
+pub mod predictor;
+pub mod scheduler;
+
+pub use guard::{AcquireFuture, ExpertGuard};
+pub use scheduler::{Scheduler, SchedulerConfig};

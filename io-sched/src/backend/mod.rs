@@ -5,10 +5,12 @@
 //!
 //! | backend | file mode | how |
 //! |---|---|---|
-//! | [`uring`] (Linux) | `O_DIRECT` | io_uring, registered files, registered buffers when memlock allows |
-//! | [`pread`] | `O_DIRECT` (Linux) / `F_NOCACHE` (Apple), buffered fallback | a pool of threads calling `pread` |
-//! | [`mmap`] | page cache | a pool of threads copying out of a `memmap2` mapping ("trust the OS") |
-//! | [`faulty`] | wraps any | injects EIO, short reads and delays, for tests |
+//! | `uring` (Linux) | `O_DIRECT` | io_uring, registered files, registered buffers when memlock allows |
+//! | `pread` | `O_DIRECT` (Linux) / `F_NOCACHE` (Apple), buffered fallback | a pool of threads calling `pread` |
+//! | `mmap` | page cache | a pool of threads copying out of a `memmap2` mapping ("trust the OS") |
+//! | `faulty` | wraps any | injects EIO, short reads and delays, for tests |
+
+pub mod memory;
 
 use std::io;
 use std::sync::Arc;

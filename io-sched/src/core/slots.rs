@@ -1,0 +1,191 @@
+//! Slot allocation, eviction, and starting, promoting and cancelling loads.
+
+use super::{Load, NO_SLOT, Purpose, SchedCore, SlotId, SlotState};
+use crate::error::{Error, Result};
+use crate::layout::ExpertKey;
+
+impl SchedCore {
+    /// A slot for a new load of `purpose`, evicting if needed.
+    ///
+    /// Demand may evict any ready, unpinned slot and may take the slot of a prefetch that has
+    /// not started; prefetch never evicts a live (not yet used) prefetch. `Ok(None)`: nothing
+    /// can be had now, but a read in flight will free a slot. `Err`: everything is pinned.
+    pub(super) fn take_slot(&mut self, purpose: Purpose) -> Result<Option<SlotId>> {
+        if let Some(s) = self.free_slots.pop() {
+            return Ok(Some(s));
+        }
+        if let Some(s) = self.pick_victim(purpose) {
+            self.evict(s);
+            return Ok(Some(s));
+        }
+        if purpose == Purpose::Prefetch {
+            return Ok(None);
+        }
+        // Steal from a prefetch that has not read a byte yet, least urgent first.
+        let unstarted = self
+            .prefetch_queue
+            .iter()
+            .copied()
+            .filter(|&id| self.loads[id].as_ref().is_some_and(|l| l.issued == 0))
+            .min_by(|&a, &b| {
+                let (la, lb) = (self.loads[a].as_ref(), self.loads[b].as_ref());
+                let ca = la.map_or(0.0, |l| l.confidence);
+                let cb = lb.map_or(0.0, |l| l.confidence);
+                ca.total_cmp(&cb)
+            });
+        if let Some(id) = unstarted {
+            self.cancel_prefetch(id);
+            if let Some(s) = self.free_slots.pop() {
+                return Ok(Some(s));
+            }
+        }
+        let waiting = self
+            .slots
+            .iter()
+            .any(|s| s.pins == 0 && matches!(s.state, SlotState::Loading(_)));
+        if waiting {
+            return Ok(None);
+        }
+        let pinned = self.slots.iter().filter(|s| s.pins > 0).count();
+        Err(Error::Budget(format!(
+            "all {} cache slots ({} bytes each) are pinned ({} by acquire guards still held); \
+             release guards or raise the budget",
+            self.slots.len(),
+            self.arena.slot_size(),
+            pinned
+        )))
+    }
+
+    fn pick_victim(&self, purpose: Purpose) -> Option<SlotId> {
+        let mut best: Option<(u8, f64, SlotId)> = None;
+        for (i, slot) in self.slots.iter().enumerate() {
+            if slot.pins > 0 || !matches!(slot.state, SlotState::Ready) {
+                continue;
+            }
+            if purpose == Purpose::Prefetch && slot.unused_prefetch {
+                continue;
+            }
+            // Stale prefetches go first, then live prefetches (demand only), then by policy.
+            let class = if slot.stale {
+                0
+            } else if slot.unused_prefetch {
+                1
+            } else {
+                2
+            };
+            let score = self.policy.score(i, self.tick);
+            if best.is_none_or(|(c, sc, _)| (class, score) < (c, sc)) {
+                best = Some((class, score, i as SlotId));
+            }
+        }
+        best.map(|(_, _, s)| s)
+    }
+
+    fn evict(&mut self, s: SlotId) {
+        let slot = &mut self.slots[s as usize];
+        let key = slot.key;
+        if slot.unused_prefetch {
+            let m = &mut self.layer_metrics[key.layer as usize];
+            m.prefetch_wasted += 1;
+            m.wasted_bytes += self.arena.slot_size() as u64;
+        }
+        slot.state = SlotState::Free;
+        slot.unused_prefetch = false;
+        slot.stale = false;
+        let idx = self.key_index(key);
+        self.slot_of[idx] = NO_SLOT;
+    }
+
+    /// Maps `key` to slot `s` and queues its read.
+    pub(super) fn start_load(&mut self, key: ExpertKey, s: SlotId, purpose: Purpose, conf: f32) {
+        let loc = *self.layout.get(key).expect("key checked by caller");
+        self.order += 1;
+        let load = Load {
+            slot: s,
+            key,
+            purpose,
+            confidence: conf,
+            file: loc.file,
+            base_offset: loc.offset,
+            total: loc.read_len(),
+            payload: loc.len,
+            checksum: loc.checksum,
+            issued: 0,
+            outstanding: 0,
+            cancelled: false,
+            failure: None,
+            order: self.order,
+        };
+        let id = match self.free_loads.pop() {
+            Some(id) => {
+                self.loads[id] = Some(load);
+                id
+            }
+            None => {
+                self.loads.push(Some(load));
+                self.loads.len() - 1
+            }
+        };
+        let slot = &mut self.slots[s as usize];
+        slot.key = key;
+        slot.state = SlotState::Loading(id);
+        slot.pins = 0;
+        slot.unused_prefetch = false;
+        slot.stale = false;
+        let idx = self.key_index(key);
+        self.slot_of[idx] = s;
+        match purpose {
+            Purpose::Demand => self.demand_queue.push_back(id),
+            Purpose::Prefetch => self.prefetch_queue.push(id),
+        }
+    }
+
+    /// Turns a prefetch into a demand load: its unread bytes go to the front of the line.
+    pub(super) fn promote(&mut self, id: usize) {
+        let ld = self.loads[id].as_mut().expect("promoted load exists");
+        if ld.purpose == Purpose::Demand && !ld.cancelled {
+            return;
+        }
+        ld.purpose = Purpose::Demand;
+        ld.cancelled = false;
+        let unissued = ld.issued < ld.total;
+        self.prefetch_queue.retain(|&x| x != id);
+        if unissued && !self.demand_queue.contains(&id) {
+            self.demand_queue.push_back(id);
+        }
+        let s = ld.slot;
+        self.slots[s as usize].unused_prefetch = false;
+    }
+
+    /// Drops a prefetch: freed now if no byte was issued, else left to drain and then freed.
+    pub(super) fn cancel_prefetch(&mut self, id: usize) {
+        let ld = self.loads[id].as_mut().expect("cancelled load exists");
+        if ld.cancelled {
+            return;
+        }
+        ld.cancelled = true;
+        let layer = ld.key.layer as usize;
+        self.prefetch_queue.retain(|&x| x != id);
+        let ld = self.loads[id].as_ref().expect("cancelled load exists");
+        if ld.issued == 0 && ld.outstanding == 0 {
+            self.layer_metrics[layer].prefetch_cancelled += 1;
+            self.release_load(id);
+        }
+    }
+
+    /// Frees a load that will write no more, and its slot unless pinned.
+    pub(super) fn release_load(&mut self, id: usize) {
+        let ld = self.loads[id].take().expect("released load exists");
+        self.free_loads.push(id);
+        let slot = &mut self.slots[ld.slot as usize];
+        debug_assert_eq!(slot.pins, 0, "a cancelled load's slot is never pinned");
+        slot.state = SlotState::Free;
+        slot.unused_prefetch = false;
+        slot.stale = false;
+        let idx = self.key_index(ld.key);
+        if self.slot_of[idx] == ld.slot {
+            self.slot_of[idx] = NO_SLOT;
+        }
+        self.free_slots.push(ld.slot);
+    }
+}

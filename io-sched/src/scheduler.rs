@@ -1,0 +1,354 @@
+//! The threaded scheduler: one I/O thread drives a [`ReadBackend`] for the [`SchedCore`];
+//! callers `hint` and `acquire` from any thread, blocking or async.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::backend::{BackendWaker, Completion, ReadBackend};
+use crate::cache::EvictionKind;
+use crate::core::{CoreConfig, SchedCore, SlotId};
+use crate::error::{Error, Result};
+use crate::guard::{AcquireFuture, ExpertGuard};
+use crate::layout::{ExpertKey, ExpertLayout};
+use crate::metrics::MetricsSnapshot;
+use crate::predictor::Candidate;
+
+/// How a [`Scheduler`] caches and reads.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Bytes of memory for cached experts (rounded down to whole slots).
+    pub budget_bytes: u64,
+    pub eviction: EvictionKind,
+    pub core: CoreConfig,
+}
+
+impl SchedulerConfig {
+    pub fn with_budget(budget_bytes: u64) -> Self {
+        Self {
+            budget_bytes,
+            eviction: EvictionKind::Lru,
+            core: CoreConfig::default(),
+        }
+    }
+}
+
+pub(crate) struct State {
+    pub core: SchedCore,
+    pub wakers: Vec<std::task::Waker>,
+    pub shutdown: bool,
+}
+
+pub(crate) struct Shared {
+    pub state: Mutex<State>,
+    pub progress: Condvar,
+    pub io_waker: BackendWaker,
+}
+
+impl Shared {
+    /// Wakes every waiter after a load became ready or failed.
+    fn notify(&self, st: &mut State) {
+        self.progress.notify_all();
+        for w in st.wakers.drain(..) {
+            w.wake();
+        }
+    }
+}
+
+/// One step of an acquire: pin what can be pinned, then report whether all is ready.
+pub(crate) struct AcquireStep {
+    pub layer: u32,
+    /// The experts asked for, in the caller's order.
+    pub experts: Vec<u32>,
+    /// The pinned slot of each position, once it has one.
+    slots: Vec<Option<SlotId>>,
+    pinned: Vec<SlotId>,
+    woke_io: bool,
+    pub started: Option<Instant>,
+}
+
+impl AcquireStep {
+    pub fn new(layer: u32, experts: &[u32]) -> Self {
+        Self {
+            layer,
+            experts: experts.to_vec(),
+            slots: vec![None; experts.len()],
+            pinned: Vec::with_capacity(experts.len()),
+            woke_io: false,
+            started: None,
+        }
+    }
+
+    /// Advances under the lock. `Some(result)` when done (slots stay pinned on success).
+    pub fn advance(&mut self, shared: &Shared, st: &mut State) -> Option<Result<()>> {
+        if st.shutdown {
+            return Some(Err(Error::Shutdown));
+        }
+        let mut all_pinned = true;
+        for (i, &e) in self.experts.iter().enumerate() {
+            if self.slots[i].is_some() {
+                continue;
+            }
+            match st.core.pin_or_load(ExpertKey::new(self.layer, e)) {
+                Ok(Some(s)) => {
+                    self.slots[i] = Some(s);
+                    self.pinned.push(s);
+                }
+                Ok(None) => all_pinned = false,
+                Err(err) => return Some(Err(err)),
+            }
+        }
+        if all_pinned && let Some(done) = st.core.check_ready(&self.pinned) {
+            return Some(done);
+        }
+        if !self.woke_io {
+            self.woke_io = true;
+            (shared.io_waker)();
+        }
+        self.started.get_or_insert_with(Instant::now);
+        None
+    }
+
+    /// The pinned slots in the caller's order (call once done).
+    pub fn into_slots(self) -> (Vec<u32>, Vec<SlotId>) {
+        let slots = self
+            .slots
+            .into_iter()
+            .map(|s| s.expect("all pinned"))
+            .collect();
+        (self.experts, slots)
+    }
+
+    /// Unpins on failure or cancellation.
+    pub fn abandon(&mut self, st: &mut State) {
+        st.core.unpin(&self.pinned);
+        self.pinned.clear();
+        self.slots.iter_mut().for_each(|s| *s = None);
+    }
+}
+
+/// The expert-fetch scheduler.
+///
+/// ```no_run
+/// use io_sched::{Scheduler, SchedulerConfig, predictor::Candidate};
+/// # fn demo(layout: io_sched::ExpertLayout, backend: Box<dyn io_sched::backend::ReadBackend>) -> io_sched::Result<()> {
+/// let sched = Scheduler::with_backend(layout, SchedulerConfig::with_budget(1 << 30), backend)?;
+/// sched.hint(1, &[Candidate { expert: 7, confidence: 0.9 }]);
+/// let guard = sched.acquire(0, &[3, 5])?; // blocks until both records are in memory
+/// let bytes: &[u8] = guard.bytes(0);      // expert 3 of layer 0, checksum verified
+/// # let _ = bytes; Ok(()) }
+/// ```
+pub struct Scheduler {
+    shared: Arc<Shared>,
+    io_thread: Option<JoinHandle<()>>,
+    backend_description: String,
+    layout: Arc<ExpertLayout>,
+}
+
+impl Scheduler {
+    /// A scheduler over `layout` reading through `backend`.
+    pub fn with_backend(
+        layout: ExpertLayout,
+        cfg: SchedulerConfig,
+        mut backend: Box<dyn ReadBackend>,
+    ) -> Result<Self> {
+        let layout = Arc::new(layout);
+        let mut core_cfg = cfg.core.clone();
+        core_cfg.align_retries = backend.direct();
+        let core = SchedCore::new(layout.clone(), cfg.budget_bytes, cfg.eviction, core_cfg)?;
+        let arena = core.arena();
+        // SAFETY: the arena lives in `Shared`, which the I/O thread keeps alive until after it
+        // has dropped the backend (see `io_loop`).
+        match unsafe { backend.register_memory(arena.base(), arena.len()) } {
+            Ok(true) => tracing::debug!("cache arena registered with the read backend"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("read backend could not register the cache arena: {e}"),
+        }
+        let backend_description = backend.describe();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                core,
+                wakers: Vec::new(),
+                shutdown: false,
+            }),
+            progress: Condvar::new(),
+            io_waker: backend.waker(),
+        });
+        let thread_shared = shared.clone();
+        let io_thread = std::thread::Builder::new()
+            .name("io-sched".into())
+            .spawn(move || io_loop(thread_shared, backend))
+            .map_err(|e| Error::Backend {
+                backend: "scheduler",
+                reason: format!("could not start the I/O thread: {e}"),
+            })?;
+        Ok(Self {
+            shared,
+            io_thread: Some(io_thread),
+            backend_description,
+            layout,
+        })
+    }
+
+    pub fn layout(&self) -> &ExpertLayout {
+        &self.layout
+    }
+
+    /// The backend in use, e.g. `io_uring qd=32 O_DIRECT registered-buffers`.
+    pub fn backend_description(&self) -> &str {
+        &self.backend_description
+    }
+
+    /// Cache slots and their size in bytes.
+    pub fn capacity(&self) -> (usize, usize) {
+        let st = self.shared.state.lock();
+        (st.core.slot_count(), st.core.slot_size())
+    }
+
+    /// Starts prefetching `candidates` of `layer` for its next acquire (supersedes the previous
+    /// hint for that layer). Returns at once.
+    pub fn hint(&self, layer: u32, candidates: &[Candidate]) {
+        let queued = self.shared.state.lock().core.hint(layer, candidates);
+        if queued {
+            (self.shared.io_waker)();
+        }
+    }
+
+    /// Blocks until every expert of `experts` of `layer` is in memory, and returns a guard over
+    /// their bytes (in the order asked). Also tells the scheduler the real routing of `layer`,
+    /// which makes prefetches that missed stale.
+    pub fn acquire(&self, layer: u32, experts: &[u32]) -> Result<ExpertGuard> {
+        let mut step = AcquireStep::new(layer, experts);
+        let mut st = self.shared.state.lock();
+        st.core.note_routing(layer, experts)?;
+        loop {
+            match step.advance(&self.shared, &mut st) {
+                Some(Ok(())) => {
+                    if let Some(t) = step.started {
+                        st.core.record_stall(layer, t.elapsed().as_nanos() as u64);
+                    }
+                    drop(st);
+                    return Ok(ExpertGuard::new(self.shared.clone(), layer, step));
+                }
+                Some(Err(e)) => {
+                    step.abandon(&mut st);
+                    return Err(e);
+                }
+                None => self.shared.progress.wait(&mut st),
+            }
+        }
+    }
+
+    /// Async [`acquire`](Self::acquire) for any executor (tokio included). Dropping the future
+    /// releases its pins; reads it started finish into the cache, never into freed memory.
+    pub fn acquire_async(&self, layer: u32, experts: &[u32]) -> AcquireFuture {
+        AcquireFuture::new(self.shared.clone(), layer, experts)
+    }
+
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.shared.state.lock().core.metrics()
+    }
+
+    /// Runs `f` on the core under the lock (tests and diagnostics).
+    pub fn with_core<R>(&self, f: impl FnOnce(&SchedCore) -> R) -> R {
+        f(&self.shared.state.lock().core)
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        {
+            let mut st = self.shared.state.lock();
+            st.shutdown = true;
+            self.shared.notify(&mut st);
+        }
+        (self.shared.io_waker)();
+        if let Some(t) = self.io_thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("io-sched I/O thread panicked");
+        }
+    }
+}
+
+/// The I/O thread: issue what the core allows, reap, hand completions back, verify checksums
+/// outside the lock, wake waiters. On shutdown it stops issuing and drains what is in flight.
+fn io_loop(shared: Arc<Shared>, mut backend: Box<dyn ReadBackend>) {
+    let mut done: Vec<Completion> = Vec::with_capacity(64);
+    let mut verify = Vec::new();
+    loop {
+        let shutdown = issue(&shared, backend.as_mut());
+        if let Err(e) = backend.flush() {
+            tracing::error!("read backend flush failed: {e}");
+        }
+        if shutdown && backend.in_flight() == 0 {
+            break;
+        }
+        if let Err(e) = backend.reap(&mut done, None) {
+            tracing::error!("read backend reap failed: {e}");
+        }
+        if done.is_empty() {
+            continue;
+        }
+        let mut st = shared.state.lock();
+        let mut changed = false;
+        for c in done.drain(..) {
+            let out = st.core.complete(c);
+            changed |= out.changed;
+            verify.extend(out.verify);
+        }
+        drop(st);
+        let sums: Vec<u64> = verify
+            .iter()
+            .map(|job: &crate::core::VerifyJob| {
+                // SAFETY: the job's slot stays `Loading` until `finish_verify`, so no read is in
+                // flight into it and no one else reads or writes it; ptr..ptr+len lies in the
+                // arena, which `shared` keeps alive.
+                let bytes = unsafe { std::slice::from_raw_parts(job.ptr, job.len) };
+                crate::checksum::checksum(bytes)
+            })
+            .collect();
+        let mut st = shared.state.lock();
+        for (job, sum) in verify.drain(..).zip(sums) {
+            changed |= st.core.finish_verify(job, sum);
+        }
+        if changed {
+            shared.notify(&mut st);
+        }
+    }
+    // The backend goes first: its drop waits for reads in flight, and `shared` (with the arena)
+    // must outlive them.
+    drop(backend);
+    drop(shared);
+}
+
+/// Submits ops one at a time, re-taking the lock between them so a demand that arrives
+/// meanwhile is next. Returns whether the scheduler is shutting down.
+fn issue(shared: &Shared, backend: &mut dyn ReadBackend) -> bool {
+    loop {
+        let free = backend.max_in_flight().saturating_sub(backend.in_flight());
+        let mut st = shared.state.lock();
+        if st.shutdown {
+            return true;
+        }
+        let Some(op) = st.core.next_op(free) else {
+            return false;
+        };
+        drop(st);
+        // SAFETY: `op.buf` points into a slot in `Loading` state: the core hands out no other
+        // reference to it and does not reuse it until this op's completion has been processed;
+        // the arena outlives the backend (see `io_loop`).
+        if let Err(e) = unsafe { backend.submit(op) } {
+            let mut st = shared.state.lock();
+            let out = st.core.complete(Completion {
+                tag: op.tag,
+                result: Err(e),
+            });
+            if out.changed {
+                shared.notify(&mut st);
+            }
+        }
+    }
+}
