@@ -23,6 +23,7 @@
 //!   recall, queue depth — per layer, always on.
 
 pub mod backend;
+pub mod bench;
 pub mod checksum;
 pub mod error;
 pub mod layout;
