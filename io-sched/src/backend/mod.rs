@@ -10,6 +10,15 @@
 //! | [`mmap`] | page cache | a pool of threads copying out of a `memmap2` mapping ("trust the OS") |
 //! | [`faulty`] | wraps any | injects EIO, short reads and delays, for tests |
 
+pub mod faulty;
+pub mod files;
+pub mod mmap;
+mod pool;
+pub mod pread;
+pub mod select;
+#[cfg(target_os = "linux")]
+pub mod uring;
+
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
