@@ -12,6 +12,15 @@
 
 pub mod memory;
 
+pub mod faulty;
+pub mod files;
+pub mod mmap;
+mod pool;
+pub mod pread;
+pub mod select;
+#[cfg(target_os = "linux")]
+pub mod uring;
+
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
