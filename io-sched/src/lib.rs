@@ -28,6 +28,9 @@ pub mod error;
 pub mod layout;
 pub mod manifest;
 pub mod packfile;
+pub mod predictor;
 
 pub use error::{Error, Result};
 pub use layout::{ExpertKey, ExpertLayout, ExpertLocation, LayoutBuilder};
+pub use manifest::Manifest;
+pub use predictor::{Candidate, LayerPrediction, Predictor, PredictorKind};
