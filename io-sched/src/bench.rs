@@ -193,7 +193,10 @@ pub fn layer_reads(
                 let (i, s, end) = tags[c.tag as usize];
                 let n = c.result? as u64;
                 if n == 0 {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past EOF"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "read past EOF",
+                    ));
                 }
                 let got = n.min(end - s);
                 // A short read keeps what arrived down to the alignment direct I/O needs.

@@ -29,6 +29,7 @@ pub mod error;
 pub mod layout;
 pub mod manifest;
 pub mod packfile;
+pub mod predictor;
 
 pub use error::{Error, Result};
 pub use layout::{ExpertKey, ExpertLayout, ExpertLocation, LayoutBuilder};
@@ -36,8 +37,9 @@ pub mod cache;
 pub mod core;
 pub mod guard;
 pub mod metrics;
-pub mod predictor;
 pub mod scheduler;
 
 pub use guard::{AcquireFuture, ExpertGuard};
+pub use manifest::Manifest;
+pub use predictor::{Candidate, LayerPrediction, Predictor, PredictorKind};
 pub use scheduler::{Scheduler, SchedulerConfig};

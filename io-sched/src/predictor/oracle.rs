@@ -1,0 +1,79 @@
+//! [`Oracle`]: the true future routing, read from a trace — the upper bound for prediction.
+
+use super::{Candidate, LayerPrediction, OutFiller, Predictor, targets};
+
+/// Replays a recorded routing trace `[token][layer][k]` and predicts it exactly, with
+/// confidence 1.
+///
+/// It follows the engine by counting tokens: an `observe` of a layer ≤ the previously observed
+/// one starts the next token. Before any `observe` the current token is token 0. Past the end
+/// of the trace, and for experts ≥ `experts` or layers missing from the trace, it predicts
+/// nothing.
+#[derive(Debug, Clone)]
+pub struct Oracle {
+    layers: u32,
+    experts: u32,
+    trace: Vec<Vec<Vec<u32>>>,
+    token: usize,
+    last_layer: Option<u32>,
+}
+
+impl Oracle {
+    /// An oracle over `trace[token][layer]` = the experts routed to, most probable first.
+    pub fn new(trace: Vec<Vec<Vec<u32>>>, layers: u32, experts: u32) -> Self {
+        Self {
+            layers,
+            experts,
+            trace,
+            token: 0,
+            last_layer: None,
+        }
+    }
+
+    /// The index of the current token in the trace.
+    pub fn token(&self) -> usize {
+        self.token
+    }
+}
+
+impl Predictor for Oracle {
+    fn name(&self) -> &'static str {
+        "oracle"
+    }
+
+    fn observe(&mut self, layer: u32, _experts: &[u32]) {
+        if layer >= self.layers {
+            return;
+        }
+        if self.last_layer.is_some_and(|l| layer <= l) {
+            self.token += 1;
+        }
+        self.last_layer = Some(layer);
+    }
+
+    fn predict(&mut self, layer: u32, horizon: u32, max: usize, out: &mut Vec<LayerPrediction>) {
+        let mut fill = OutFiller::new(out);
+        for (t, ahead) in targets(layer, horizon, self.layers) {
+            let Some(experts) = self
+                .trace
+                .get(self.token + ahead as usize)
+                .and_then(|tok| tok.get(t as usize))
+            else {
+                continue;
+            };
+            let dst = fill.next(t, ahead);
+            for &e in experts {
+                if dst.len() == max {
+                    break;
+                }
+                if e < self.experts && !dst.iter().any(|c| c.expert == e) {
+                    dst.push(Candidate {
+                        expert: e,
+                        confidence: 1.0,
+                    });
+                }
+            }
+            fill.commit();
+        }
+    }
+}
