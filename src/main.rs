@@ -1,1 +1,37 @@
-fn main() {}
+//! The `flashmoe` command line.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "flashmoe", version, about = "Stream MoE experts from SSD", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Measure this machine's disk for expert-sized reads: serial pread, pread pool, io_uring
+    /// at several queue depths, mmap, and the scheduler itself, cold, as GB/s and ratios.
+    IoBench(cmd::io_bench::IoBenchArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::IoBench(args) => cmd::io_bench::run(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

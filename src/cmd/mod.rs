@@ -1,0 +1,7 @@
+//! One module per subcommand.
+
+pub mod io_bench;
+pub mod testfile;
+
+/// Errors of the CLI: a message with its context, printed as one line.
+pub type CliResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;

@@ -1,0 +1,6 @@
+//! flashmoe: run Mixture-of-Experts models larger than memory by streaming the routed experts
+//! from SSD. This facade re-exports the workspace crates; the `flashmoe` binary is the CLI.
+//!
+//! - [`io_sched`]: the expert-fetch I/O scheduler (usable alone by other runtimes).
+
+pub use io_sched;
