@@ -178,26 +178,52 @@ fn bench_geometry(
             testfile::drop_page_cache(path);
             let mut be = open_backend(layout, &c)?;
             note_fallbacks(&be.fallbacks, report);
-            Ok(layer_reads(be.backend.as_mut(), layout, k, chunk, steps, 11)?)
+            Ok(layer_reads(
+                be.backend.as_mut(),
+                layout,
+                k,
+                chunk,
+                steps,
+                11,
+            )?)
         };
         let serial = run_layer(cfg(BackendKind::Pread, 1, 1, DirectMode::Auto), whole)?;
-        rows.push(row(bytes, &pattern, "serial pread (1 expert at a time)", 1, serial));
-        let pool = run_layer(cfg(BackendKind::Pread, 16, 16, DirectMode::Auto), args.chunk)?;
+        rows.push(row(
+            bytes,
+            &pattern,
+            "serial pread (1 expert at a time)",
+            1,
+            serial,
+        ));
+        let pool = run_layer(
+            cfg(BackendKind::Pread, 16, 16, DirectMode::Auto),
+            args.chunk,
+        )?;
         rows.push(row(bytes, &pattern, "pread pool x16", 16, pool));
         for &qd in &args.qd {
-            let r = run_layer(cfg(BackendKind::IoUring, qd, 0, DirectMode::Auto), args.chunk)?;
+            let r = run_layer(
+                cfg(BackendKind::IoUring, qd, 0, DirectMode::Auto),
+                args.chunk,
+            )?;
             rows.push(row(bytes, &pattern, "io_uring", qd, r));
         }
         let mmap = run_layer(cfg(BackendKind::Mmap, 8, 8, DirectMode::Off), args.chunk)?;
         rows.push(row(bytes, &pattern, "mmap x8 (page cache, cold)", 8, mmap));
         let sched = scheduler_layer_reads(layout, k, steps, args.chunk, path, report)?;
-        rows.push(row(bytes, &pattern, "io-sched acquire (io_uring qd32, checksums)", 32, sched));
+        rows.push(row(
+            bytes,
+            &pattern,
+            "io-sched acquire (io_uring qd32, checksums)",
+            32,
+            sched,
+        ));
     }
 
     // Ratios, all from this one run.
-    let fio_best = fio.iter().map(|f| f.gb_per_s).fold(None, |m: Option<f64>, x| {
-        Some(m.map_or(x, |m| m.max(x)))
-    });
+    let fio_best = fio
+        .iter()
+        .map(|f| f.gb_per_s)
+        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
     let serial_of = |rows: &[Row], pattern: &str| {
         rows.iter()
             .find(|r| r.pattern == pattern && r.method.starts_with("serial"))
@@ -296,10 +322,14 @@ fn run_fio(path: &Path, block: usize, qd: u32, bytes: u64) -> CliResult<f64> {
         .output()
         .map_err(|e| format!("cannot run fio (is it installed?): {e}"))?;
     if !out.status.success() {
-        return Err(format!("fio failed: {}", String::from_utf8_lossy(&out.stderr).trim()).into());
+        return Err(format!(
+            "fio failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+        .into());
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("fio printed no JSON: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("fio printed no JSON: {e}"))?;
     let bw = v["jobs"][0]["read"]["bw_bytes"]
         .as_f64()
         .ok_or("fio JSON has no jobs[0].read.bw_bytes")?;
