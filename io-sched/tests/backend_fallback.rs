@@ -26,7 +26,10 @@ fn io_uring_disabled_by_config_falls_back_to_pread_with_reason() {
     assert_eq!(opened.backend.kind(), BackendKind::Pread);
     if cfg!(target_os = "linux") {
         assert!(
-            opened.fallbacks.iter().any(|r| r.contains("io_uring disabled")),
+            opened
+                .fallbacks
+                .iter()
+                .any(|r| r.contains("io_uring disabled")),
             "{:?}",
             opened.fallbacks
         );
@@ -215,7 +218,10 @@ mod memlock {
             drop_ipc_lock_in_this_thread().map_err(|e| format!("capset: {e}"))?;
             let arena = Arena::new(&layout);
             let len = arena.buf.len();
-            assert!(len > 32 << 20, "arena of {len} bytes is too small for the test");
+            assert!(
+                len > 32 << 20,
+                "arena of {len} bytes is too small for the test"
+            );
             let files = Arc::new(OpenFiles::open(&layout, DirectMode::Auto).unwrap());
 
             // Require: the real error comes back.
@@ -231,8 +237,8 @@ mod memlock {
             drop(strict);
 
             // Auto: falls back to plain reads, says why, and still reads right.
-            let mut b = UringBackend::new(files, cfg(RegisterBuffers::Auto))
-                .map_err(|e| e.to_string())?;
+            let mut b =
+                UringBackend::new(files, cfg(RegisterBuffers::Auto)).map_err(|e| e.to_string())?;
             // SAFETY: `arena` outlives `b`.
             let registered = unsafe { b.register_memory(arena.buf.ptr(), len) }.unwrap();
             assert!(!registered);

@@ -50,7 +50,10 @@ fn eio_completes_with_error_without_reading_then_is_used_up() {
         let c = reap_n(&mut b, 1).remove(0);
         assert_eq!(c.tag, 1);
         assert_eq!(c.result.unwrap_err().raw_os_error(), Some(libc::EIO));
-        assert!(buf.slice(0, 4096).iter().all(|&x| x == 0), "EIO read wrote bytes");
+        assert!(
+            buf.slice(0, 4096).iter().all(|&x| x == 0),
+            "EIO read wrote bytes"
+        );
         // Used up: the retry succeeds with the right bytes.
         // SAFETY: as above.
         unsafe { submit_record(&mut b, &fx.layout, key, buf.ptr(), 2) };
@@ -178,7 +181,8 @@ fn delays_hold_completions_until_their_deadline_and_the_waker_still_works() {
 fn a_delayed_completion_arrives_no_earlier_than_its_deadline() {
     let fx = fixture();
     let delay = Duration::from_millis(150);
-    let mut b = FaultyBackend::new(pread(&fx, 2), &fx.layout).with_rule(Target::Any, Fault::Delay(delay));
+    let mut b =
+        FaultyBackend::new(pread(&fx, 2), &fx.layout).with_rule(Target::Any, Fault::Delay(delay));
     let log = b.log();
     let buf = AlignedBuf::new(fx.layout.max_read_len() as usize);
     let key = ExpertKey::new(2, 5);
@@ -214,7 +218,10 @@ fn the_log_records_every_submit_in_order() {
     for (e, &s) in entries.iter().zip(&order) {
         let (key, loc, _) = arena.slots[s];
         assert_eq!(e.key, Some(key));
-        assert_eq!((e.file, e.offset, e.len), (loc.file, loc.offset, loc.read_len() as usize));
+        assert_eq!(
+            (e.file, e.offset, e.len),
+            (loc.file, loc.offset, loc.read_len() as usize)
+        );
         assert_eq!(e.fault.is_some(), key.layer == 1);
     }
     assert!(entries.windows(2).all(|w| w[0].at <= w[1].at));
@@ -243,6 +250,17 @@ fn drop_waits(mut b: Box<dyn ReadBackend>, fx: &Fixture) {
     b.flush().unwrap();
     assert_eq!(b.in_flight(), n);
     drop(b);
+    // Fast check first, last submitted first: the reads most likely to be still running if
+    // drop did not wait. Then the full checksums.
+    for &(key, loc, at) in arena.slots[..n].iter().rev() {
+        let len = loc.len as usize;
+        let tail = len.saturating_sub(4096);
+        assert_eq!(
+            arena.buf.slice(at + tail, len - tail),
+            &fx.record(key)[tail..],
+            "{key:?} was not final after drop"
+        );
+    }
     for &(key, loc, at) in &arena.slots[..n] {
         assert_eq!(
             checksum(arena.buf.slice(at, loc.len as usize)),
@@ -255,7 +273,7 @@ fn drop_waits(mut b: Box<dyn ReadBackend>, fx: &Fixture) {
 #[test]
 fn dropping_a_backend_waits_for_reads_in_flight() {
     // Big records so reads are still running when drop starts.
-    let fx = Fixture::new(None, 2, 16, 4 << 20, 9);
+    let fx = Fixture::new(None, 2, 16, 8 << 20, 9);
     drop_waits(pread(&fx, 4), &fx);
     drop_waits(
         Box::new(io_sched::backend::mmap::MmapBackend::open(&fx.layout, 4).unwrap()),

@@ -61,7 +61,11 @@ mod uring {
         let registered = unsafe { b.register_memory(arena.buf.ptr(), arena.buf.len()) }.unwrap();
         // As root with CAP_IPC_LOCK this registers; elsewhere it falls back with a reason.
         if registered {
-            assert!(b.describe().contains("registered-buffers"), "{}", b.describe());
+            assert!(
+                b.describe().contains("registered-buffers"),
+                "{}",
+                b.describe()
+            );
         } else {
             println!("buffers not registered: {:?}", b.fallbacks());
             assert!(!b.fallbacks().is_empty());
@@ -223,14 +227,20 @@ fn waker_interrupts(mut b: Box<dyn ReadBackend>) {
     while !called.load(Ordering::SeqCst) {
         b.reap(&mut out, Some(Duration::from_secs(300))).unwrap();
     }
-    assert!(start.elapsed() < Duration::from_secs(300), "reap ignored the waker");
+    assert!(
+        start.elapsed() < Duration::from_secs(300),
+        "reap ignored the waker"
+    );
     assert!(out.is_empty());
     t.join().unwrap();
 
     // A wake before the reap makes the next blocking reap return.
     waker();
     b.reap(&mut out, Some(Duration::from_secs(300))).unwrap();
-    assert!(start.elapsed() < Duration::from_secs(300), "wake before reap was lost");
+    assert!(
+        start.elapsed() < Duration::from_secs(300),
+        "wake before reap was lost"
+    );
     // Polling with nothing in flight returns at once.
     b.reap(&mut out, Some(Duration::ZERO)).unwrap();
     assert!(out.is_empty());

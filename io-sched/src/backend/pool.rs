@@ -105,7 +105,10 @@ impl WorkerPool {
         if self.in_flight >= self.max_in_flight {
             return Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
-                format!("{} reads in flight: reap before submitting more", self.in_flight),
+                format!(
+                    "{} reads in flight: reap before submitting more",
+                    self.in_flight
+                ),
             ));
         }
         self.reader.check(&op)?;

@@ -91,7 +91,9 @@ pub fn open_backend(layout: &ExpertLayout, cfg: &BackendConfig) -> Result<Opened
         Some(kind) => kind,
         None if !cfg!(target_os = "linux") => BackendKind::Pread,
         None if !cfg.allow_io_uring => {
-            fallbacks.push(note("io_uring disabled by config (allow_io_uring = false); using pread"));
+            fallbacks.push(note(
+                "io_uring disabled by config (allow_io_uring = false); using pread",
+            ));
             BackendKind::Pread
         }
         None => BackendKind::IoUring,

@@ -291,7 +291,9 @@ impl UringBackend {
                 }
                 continue;
             }
-            let Some(tag) = usize::try_from(ud).ok().and_then(|s| self.tags.get(s).copied())
+            let Some(tag) = usize::try_from(ud)
+                .ok()
+                .and_then(|s| self.tags.get(s).copied())
             else {
                 tracing::error!("io_uring: completion with unknown user_data {ud}");
                 continue;
@@ -420,19 +422,27 @@ impl ReadBackend for UringBackend {
         let Some(&slot) = self.free.last() else {
             return Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
-                format!("{} reads in flight: reap before submitting more", self.in_flight),
+                format!(
+                    "{} reads in flight: reap before submitting more",
+                    self.in_flight
+                ),
             ));
         };
         let fd = self.files.fd(op.file).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("file index {} out of range ({} files)", op.file, self.files.len()),
+                format!(
+                    "file index {} out of range ({} files)",
+                    op.file,
+                    self.files.len()
+                ),
             )
         })?;
-        let len = u32::try_from(op.len).map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidInput, "read longer than 4 GiB")
-        })?;
-        let index = self.region.and_then(|r| r.index_of(op.buf as usize, op.len));
+        let len = u32::try_from(op.len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "read longer than 4 GiB"))?;
+        let index = self
+            .region
+            .and_then(|r| r.index_of(op.buf as usize, op.len));
         let sqe = match (index, self.fixed_files) {
             (Some(i), true) => opcode::ReadFixed::new(Fixed(op.file), op.buf, len, i)
                 .offset(op.offset)

@@ -112,8 +112,7 @@ pub fn write_records(
         let offset = bytes.len() as u64 + gap;
         let len = rng.random_range(1..=max_len);
         let read_len = len.div_ceil(RECORD_ALIGN) * RECORD_ALIGN;
-        let mut payload = vec![0u8; len as usize];
-        rng.fill(&mut payload[..]);
+        let payload = random_bytes(len as usize, rng.random());
         bytes.resize(offset as usize, 0xEE);
         bytes.extend_from_slice(&payload);
         bytes.resize((offset + read_len) as usize, 0xAA);
@@ -125,6 +124,20 @@ pub fn write_records(
     let layout = b.build().expect("layout");
     layout.validate_files().expect("validate");
     (layout, bytes)
+}
+
+/// `len` pseudo-random bytes (xorshift64*: fast even in debug builds).
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
 }
 
 /// One arena holding every record's aligned read length, and where each record goes.
@@ -179,7 +192,7 @@ pub fn read_all_and_check(
                 let i = order[next];
                 let (_, loc, at) = slots[i];
                 tag_seq += 1;
-                submit(backend, &arena, tag_seq, &loc, at, 0);
+                submit(backend, arena, tag_seq, &loc, at, 0);
                 pending.insert(tag_seq, (i, 0));
                 next += 1;
             }
@@ -200,7 +213,7 @@ pub fn read_all_and_check(
                 if total < want {
                     assert!(n > 0, "read of {key:?} hit EOF at {total} of {want}");
                     tag_seq += 1;
-                    submit(backend, &arena, tag_seq, &loc, at, total);
+                    submit(backend, arena, tag_seq, &loc, at, total);
                     pending.insert(tag_seq, (i, total));
                     continue;
                 }
