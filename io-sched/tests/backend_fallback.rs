@@ -257,3 +257,91 @@ mod memlock {
         result.unwrap();
     }
 }
+
+/// io_uring made unavailable for real, in one thread only: a seccomp filter makes
+/// `io_uring_setup` fail with `EPERM` (as container policies do) or `ENOSYS` (as kernels built
+/// without it do). The automatic choice falls back to pread with a reason; a forced io_uring
+/// is an error.
+#[cfg(target_os = "linux")]
+mod unavailable {
+    use super::*;
+
+    /// Installs a filter on the calling thread: `io_uring_setup` fails with `errno`.
+    fn deny_io_uring_setup_in_this_thread(errno: i32) -> io::Result<()> {
+        const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+        const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+        const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+        let stmt = |code, k| libc::sock_filter {
+            code,
+            jt: 0,
+            jf: 0,
+            k,
+        };
+        let filter = [
+            // seccomp_data.nr is at offset 0.
+            stmt(LD_W_ABS, 0),
+            libc::sock_filter {
+                code: JEQ_K,
+                jt: 0,
+                jf: 1,
+                k: libc::SYS_io_uring_setup as u32,
+            },
+            stmt(RET_K, libc::SECCOMP_RET_ERRNO | errno as u32),
+            stmt(RET_K, libc::SECCOMP_RET_ALLOW),
+        ];
+        let prog = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_ptr().cast_mut(),
+        };
+        // SAFETY: prctl with integer arguments; affects the calling thread only.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `prog` points at `filter`, both live across the call; the kernel copies the
+        // program. Without SECCOMP_FILTER_FLAG_TSYNC it applies to this thread only.
+        if unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn check(errno: i32, expect: &'static str) {
+        let fx = Fixture::new(None, 2, 8, 64 << 10, 4);
+        let layout = fx.layout.clone();
+        let r = std::thread::spawn(move || -> Result<(), String> {
+            deny_io_uring_setup_in_this_thread(errno).map_err(|e| format!("seccomp: {e}"))?;
+            let mut opened = open_backend(&layout, &BackendConfig::default()).unwrap();
+            assert_eq!(opened.backend.kind(), BackendKind::Pread);
+            let reason = opened.fallbacks.join("\n");
+            println!("fallback: {reason}");
+            assert!(reason.contains("io_uring_setup failed"), "{reason}");
+            assert!(reason.contains(expect), "{reason}");
+            assert!(reason.contains("using pread"), "{reason}");
+            let arena = Arena::new(&layout);
+            read_all_and_check(opened.backend.as_mut(), &arena, 8, 1);
+
+            let forced = BackendConfig {
+                kind: Some(BackendKind::IoUring),
+                ..BackendConfig::default()
+            };
+            let e = open_backend(&layout, &forced).unwrap_err().to_string();
+            assert!(e.contains("io_uring_setup failed"), "{e}");
+            Ok(())
+        })
+        .join()
+        .expect("test thread panicked");
+        if let Err(why) = r {
+            println!("skipped: {why}");
+        }
+    }
+
+    #[test]
+    fn io_uring_denied_with_eperm_falls_back_to_pread() {
+        check(libc::EPERM, "not permitted");
+    }
+
+    #[test]
+    fn io_uring_missing_with_enosys_falls_back_to_pread() {
+        check(libc::ENOSYS, "has no io_uring");
+    }
+}

@@ -128,11 +128,6 @@ pub struct UringBackend {
     scratch: Vec<(u64, i32)>,
 }
 
-// SAFETY: the ring, the fds and the slab are owned by this value and used by one thread at a
-// time (`&mut self`); `wake_buf` is only written by the kernel and never read through a
-// reference; moving the backend to another thread moves all of it.
-unsafe impl Send for UringBackend {}
-
 impl UringBackend {
     /// Creates a ring for `files`. Fails with [`Error::Backend`] (naming why, e.g. io_uring
     /// disabled by `kernel.io_uring_disabled` or a seccomp `EPERM`) when io_uring is unusable.
@@ -551,7 +546,9 @@ fn setup_failure(e: &io::Error) -> String {
         .ok()
         .map(|s| s.trim().to_string());
     let why = match (e.raw_os_error(), disabled.as_deref()) {
-        (Some(libc::ENOSYS), _) => "the kernel was built without io_uring".to_string(),
+        (Some(libc::ENOSYS), _) => {
+            "the kernel has no io_uring (built without it, or the syscall is filtered)".to_string()
+        }
         (Some(libc::EPERM), Some(d)) if d != "0" => {
             format!("io_uring is disabled (kernel.io_uring_disabled = {d})")
         }
