@@ -10,6 +10,8 @@
 //! | [`mmap`] | page cache | a pool of threads copying out of a `memmap2` mapping ("trust the OS") |
 //! | [`faulty`] | wraps any | injects EIO, short reads and delays, for tests |
 
+#[cfg(target_os = "linux")]
+mod eventfd;
 pub mod faulty;
 pub mod files;
 pub mod mmap;

@@ -15,13 +15,13 @@
 
 use std::cell::UnsafeCell;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::types::{Fd, Fixed, SubmitArgs, Timespec};
 use io_uring::{IoUring, Probe, opcode, squeue};
 
+use super::eventfd::EventFd;
 use super::files::OpenFiles;
 use super::{BackendKind, BackendWaker, Completion, ReadBackend, ReadOp};
 use crate::error::{Error, Result};
@@ -52,34 +52,6 @@ impl Default for UringConfig {
             queue_depth: DEFAULT_QUEUE_DEPTH,
             register_buffers: RegisterBuffers::Auto,
         }
-    }
-}
-
-/// The eventfd behind the waker; shared with waker closures that may outlive the backend.
-struct EventFd(OwnedFd);
-
-impl EventFd {
-    fn new() -> io::Result<Self> {
-        // SAFETY: eventfd takes no pointers; a non-negative return is a new fd we own.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
-        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live local to an fd owned by `self`. EAGAIN (counter
-        // saturated) means a wake is already pending, which is all we want.
-        let _ = unsafe {
-            libc::write(
-                self.0.as_raw_fd(),
-                (&one as *const u64).cast(),
-                std::mem::size_of::<u64>(),
-            )
-        };
     }
 }
 
@@ -218,7 +190,7 @@ impl UringBackend {
 
     fn arm_wake(&mut self) -> io::Result<()> {
         let sqe = opcode::Read::new(
-            Fd(self.wake.0.as_raw_fd()),
+            Fd(self.wake.as_raw_fd()),
             self.wake_buf.get().cast::<u8>(),
             std::mem::size_of::<u64>() as u32,
         )
