@@ -12,6 +12,8 @@
 
 pub mod memory;
 
+#[cfg(target_os = "linux")]
+mod eventfd;
 pub mod faulty;
 pub mod files;
 pub mod mmap;

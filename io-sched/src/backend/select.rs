@@ -44,9 +44,10 @@ pub enum RegisterBuffers {
 pub struct BackendConfig {
     /// The backend to use; `None` picks automatically.
     pub kind: Option<BackendKind>,
-    /// io_uring reads in flight.
+    /// io_uring reads in flight (its `max_in_flight`).
     pub queue_depth: u32,
-    /// Worker threads of pread / mmap; `None`: 16 for pread, 8 for mmap.
+    /// Worker threads of pread / mmap (also their reads in flight); `None`: 16 for pread,
+    /// 8 for mmap.
     pub threads: Option<usize>,
     /// Direct I/O policy (pread and io_uring; mmap always reads through the page cache).
     pub direct: DirectMode,

@@ -15,13 +15,13 @@
 
 use std::cell::UnsafeCell;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::types::{Fd, Fixed, SubmitArgs, Timespec};
 use io_uring::{IoUring, Probe, opcode, squeue};
 
+use super::eventfd::EventFd;
 use super::files::OpenFiles;
 use super::{BackendKind, BackendWaker, Completion, ReadBackend, ReadOp};
 use crate::error::{Error, Result};
@@ -52,34 +52,6 @@ impl Default for UringConfig {
             queue_depth: DEFAULT_QUEUE_DEPTH,
             register_buffers: RegisterBuffers::Auto,
         }
-    }
-}
-
-/// The eventfd behind the waker; shared with waker closures that may outlive the backend.
-struct EventFd(OwnedFd);
-
-impl EventFd {
-    fn new() -> io::Result<Self> {
-        // SAFETY: eventfd takes no pointers; a non-negative return is a new fd we own.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
-        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live local to an fd owned by `self`. EAGAIN (counter
-        // saturated) means a wake is already pending, which is all we want.
-        let _ = unsafe {
-            libc::write(
-                self.0.as_raw_fd(),
-                (&one as *const u64).cast(),
-                std::mem::size_of::<u64>(),
-            )
-        };
     }
 }
 
@@ -127,11 +99,6 @@ pub struct UringBackend {
     fallbacks: Vec<String>,
     scratch: Vec<(u64, i32)>,
 }
-
-// SAFETY: the ring, the fds and the slab are owned by this value and used by one thread at a
-// time (`&mut self`); `wake_buf` is only written by the kernel and never read through a
-// reference; moving the backend to another thread moves all of it.
-unsafe impl Send for UringBackend {}
 
 impl UringBackend {
     /// Creates a ring for `files`. Fails with [`Error::Backend`] (naming why, e.g. io_uring
@@ -223,7 +190,7 @@ impl UringBackend {
 
     fn arm_wake(&mut self) -> io::Result<()> {
         let sqe = opcode::Read::new(
-            Fd(self.wake.0.as_raw_fd()),
+            Fd(self.wake.as_raw_fd()),
             self.wake_buf.get().cast::<u8>(),
             std::mem::size_of::<u64>() as u32,
         )
@@ -551,7 +518,9 @@ fn setup_failure(e: &io::Error) -> String {
         .ok()
         .map(|s| s.trim().to_string());
     let why = match (e.raw_os_error(), disabled.as_deref()) {
-        (Some(libc::ENOSYS), _) => "the kernel was built without io_uring".to_string(),
+        (Some(libc::ENOSYS), _) => {
+            "the kernel has no io_uring (built without it, or the syscall is filtered)".to_string()
+        }
         (Some(libc::EPERM), Some(d)) if d != "0" => {
             format!("io_uring is disabled (kernel.io_uring_disabled = {d})")
         }
