@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 1. Your model's experts, written once in io-sched's packed format (any runtime can do
     //    this; or build an `ExpertLayout` in code over your own files with `LayoutBuilder`).
     let dir = std::env::temp_dir().join("io-sched-standalone-example");
+    std::fs::create_dir_all(&dir)?;
     write_pack_set(
         &dir,
         LAYERS,

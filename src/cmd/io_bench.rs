@@ -22,7 +22,7 @@ pub struct IoBenchArgs {
     #[arg(long, default_value_os_t = std::env::temp_dir().join("flashmoe-io-bench"))]
     pub dir: PathBuf,
     /// Size of each test file in MiB (make it larger than RAM for honest mmap figures).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 512)]
     pub file_mib: u64,
     /// Expert record sizes in bytes (defaults: the 4-bit Qwen3.5 35B and 397B experts).
     #[arg(long, value_delimiter = ',', default_values_t = vec![1_769_472u64, 7_077_888])]
@@ -40,7 +40,7 @@ pub struct IoBenchArgs {
     #[arg(long, default_value_t = 1 << 20)]
     pub chunk: usize,
     /// MiB moved per row.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 256)]
     pub mib_per_row: u64,
     /// Also run fio (io_uring, O_DIRECT, randread) with the same block size and queue depths,
     /// back to back, and print ratios to it.

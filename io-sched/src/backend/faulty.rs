@@ -4,8 +4,9 @@
 //! of the rest of a short read still matches), by layer, or any read. The first rule that
 //! matches and is not used up applies:
 //! - [`Fault::Eio`] completes the read with `EIO` without reading;
-//! - [`Fault::ShortRead`] issues the inner read with a shortened length, so it reports a short
-//!   count (keep `max_bytes` a multiple of 4096 for direct I/O);
+//! - [`Fault::ShortRead`] lets the inner read run whole (so direct I/O keeps its alignment) and
+//!   reports at most `max_bytes` of it, as a device returning a short count would — any
+//!   `max_bytes`, aligned or not;
 //! - [`Fault::Delay`] holds the read's completion until `submit time + delay`.
 //!
 //! Every submitted op is logged, in order, in a shared [`SubmitLog`].
@@ -49,7 +50,7 @@ pub enum Target {
 pub enum Fault {
     /// Complete with `EIO` without reading, for the next `times` matching reads.
     Eio { times: u32 },
-    /// Read at most `max_bytes`, for the next `times` matching reads.
+    /// Report at most `max_bytes` read, for the next `times` matching reads.
     ShortRead { max_bytes: usize, times: u32 },
     /// Hold every matching read's completion until `delay` after its submission.
     Delay(Duration),
@@ -132,6 +133,8 @@ pub struct FaultyBackend {
     ready: Vec<Completion>,
     /// Tags whose completion is held until a deadline.
     delayed: HashMap<u64, Instant>,
+    /// Tags whose byte count is cut to a maximum when they complete.
+    truncated: HashMap<u64, usize>,
     /// Completions held until their deadline.
     held: Vec<(Instant, Completion)>,
     woken: Arc<AtomicBool>,
@@ -151,6 +154,7 @@ impl FaultyBackend {
             log: Arc::default(),
             ready: Vec::new(),
             delayed: HashMap::new(),
+            truncated: HashMap::new(),
             held: Vec::new(),
             woken: Arc::new(AtomicBool::new(false)),
         }
@@ -195,7 +199,10 @@ impl FaultyBackend {
 
     /// Sorts inner completions into `out` or `held`.
     fn sort_inner(&mut self, inner: &mut Vec<Completion>, out: &mut Vec<Completion>) {
-        for c in inner.drain(..) {
+        for mut c in inner.drain(..) {
+            if let Some(max) = self.truncated.remove(&c.tag) {
+                c.result = c.result.map(|n| n.min(max));
+            }
             match self.delayed.remove(&c.tag) {
                 Some(deadline) => self.held.push((deadline, c)),
                 None => out.push(c),
@@ -251,12 +258,12 @@ impl ReadBackend for FaultyBackend {
                 Ok(())
             }
             Some(Fault::ShortRead { max_bytes, .. }) => {
-                let short = ReadOp {
-                    len: op.len.min(max_bytes),
-                    ..op
-                };
-                // SAFETY: a prefix of the caller's buffer, under the caller's contract.
-                unsafe { self.inner.submit(short) }
+                // SAFETY: forwarded from this method's own contract.
+                let r = unsafe { self.inner.submit(op) };
+                if r.is_ok() {
+                    self.truncated.insert(op.tag, max_bytes);
+                }
+                r
             }
             Some(Fault::Delay(d)) => {
                 // SAFETY: forwarded from this method's own contract.
