@@ -37,7 +37,7 @@ pub use none::NoPredictor;
 pub use oracle::Oracle;
 pub use scores::Scores;
 pub use temporal::Temporal;
-pub use transition::Transition;
+pub use transition::{Combine, Transition};
 
 /// One predicted expert of one layer.
 #[derive(Debug, Clone, Copy, PartialEq)]
