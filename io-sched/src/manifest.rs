@@ -221,18 +221,28 @@ impl Manifest {
             }
         }
         let files = m.files.iter().map(|f| base_dir.join(f)).collect();
-        let layout = ExpertLayout::new(files, m.layers as u32, m.experts as u32, entries)
-            .map_err(|e| match e {
-                Error::Layout(msg) => bad(msg),
-                other => other,
+        let layout =
+            ExpertLayout::new(files, m.layers as u32, m.experts as u32, entries).map_err(|e| {
+                match e {
+                    Error::Layout(msg) => bad(msg),
+                    other => other,
+                }
             })?;
         Ok((layout, m.meta))
     }
 
     /// Renders a manifest for `layout`. File paths under `base_dir` are written relative to it;
     /// others are written absolute.
-    pub fn to_json(layout: &ExpertLayout, meta: Option<&serde_json::Value>, base_dir: &Path) -> String {
-        let files = layout.files().iter().map(|f| relative_to(f, base_dir)).collect();
+    pub fn to_json(
+        layout: &ExpertLayout,
+        meta: Option<&serde_json::Value>,
+        base_dir: &Path,
+    ) -> String {
+        let files = layout
+            .files()
+            .iter()
+            .map(|f| relative_to(f, base_dir))
+            .collect();
         let records = layout
             .iter()
             .map(|(k, l)| RecordV1 {
@@ -259,7 +269,11 @@ impl Manifest {
 
     /// Writes a manifest for `layout` to `path` (through a temporary file, fsynced, then
     /// renamed, so a crash never leaves half a manifest).
-    pub fn save(path: impl AsRef<Path>, layout: &ExpertLayout, meta: Option<&serde_json::Value>) -> Result<()> {
+    pub fn save(
+        path: impl AsRef<Path>,
+        layout: &ExpertLayout,
+        meta: Option<&serde_json::Value>,
+    ) -> Result<()> {
         let path = path.as_ref();
         let base = path.parent().unwrap_or(Path::new(""));
         let text = Self::to_json(layout, meta, base);
@@ -291,7 +305,8 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_sibling(path);
     let result = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(|e| Error::file("create", &tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::file("write", &tmp, e))?;
+        f.write_all(bytes)
+            .map_err(|e| Error::file("write", &tmp, e))?;
         f.sync_all().map_err(|e| Error::file("fsync", &tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::file("rename", path, e))
     })();

@@ -307,10 +307,9 @@ impl PackWriter {
         let header = self.header.encode();
         let tmp_owned = self.tmp.clone();
         let tmp = &tmp_owned;
-        let out = self
-            .out
-            .take()
-            .ok_or_else(|| Error::layout(format!("{}: writer already failed", self.path.display())))?;
+        let out = self.out.take().ok_or_else(|| {
+            Error::layout(format!("{}: writer already failed", self.path.display()))
+        })?;
         let io = |op: &'static str| move |e| Error::file(op, tmp, e);
         let mut out = out.into_inner().map_err(|e| io("write")(e.into_error()))?;
         out.write_all(&table).map_err(io("write"))?;
@@ -382,7 +381,10 @@ impl PackReader {
             )));
         }
         if u32_at(&h, 12) as u64 != HEADER_LEN {
-            return Err(bad(format!("header size {} is not {HEADER_LEN}", u32_at(&h, 12))));
+            return Err(bad(format!(
+                "header size {} is not {HEADER_LEN}",
+                u32_at(&h, 12)
+            )));
         }
         let hd = PackHeader {
             layers: u32_at(&h, 16),
@@ -438,10 +440,7 @@ impl PackReader {
 
     /// Opens several packed files (e.g. one per layer) and joins them into one layout.
     pub fn open_set<P: AsRef<Path>>(paths: &[P]) -> Result<ExpertLayout> {
-        let readers = paths
-            .iter()
-            .map(Self::open)
-            .collect::<Result<Vec<_>>>()?;
+        let readers = paths.iter().map(Self::open).collect::<Result<Vec<_>>>()?;
         Self::layout_of_set(&readers)
     }
 
@@ -494,7 +493,10 @@ impl PackReader {
 
 fn validate_header(h: &PackHeader, file_len: u64) -> std::result::Result<(), String> {
     if h.flags != 0 {
-        return Err(format!("unknown flags {:#x} (version 1 defines none)", h.flags));
+        return Err(format!(
+            "unknown flags {:#x} (version 1 defines none)",
+            h.flags
+        ));
     }
     if h.layers == 0 || h.experts == 0 || h.layer_count == 0 {
         return Err(format!(
@@ -523,7 +525,7 @@ fn validate_header(h: &PackHeader, file_len: u64) -> std::result::Result<(), Str
             h.table_len, h.record_count
         ));
     }
-    if h.table_offset < HEADER_LEN || h.table_offset % RECORD_ALIGN != 0 {
+    if h.table_offset < HEADER_LEN || !h.table_offset.is_multiple_of(RECORD_ALIGN) {
         return Err(format!(
             "record table offset {} is not a multiple of {RECORD_ALIGN} after the header",
             h.table_offset
@@ -581,7 +583,7 @@ fn parse_table(h: &PackHeader, table: &[u8]) -> std::result::Result<Vec<PackEntr
         if e.len == 0 {
             return Err(format!("{at}: record length is 0"));
         }
-        if e.offset % RECORD_ALIGN != 0 || e.offset < HEADER_LEN {
+        if !e.offset.is_multiple_of(RECORD_ALIGN) || e.offset < HEADER_LEN {
             return Err(format!(
                 "{at}: offset {} is not a multiple of {RECORD_ALIGN} after the header",
                 e.offset

@@ -32,7 +32,11 @@ fn round_trip_with_meta_and_relative_paths() {
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["format"], "flashmoe-experts-manifest");
     assert_eq!(v["version"], 1);
-    assert_eq!(v["files"], json!(["a.bin", "sub/b.bin"]), "paths under the manifest's dir are relative");
+    assert_eq!(
+        v["files"],
+        json!(["a.bin", "sub/b.bin"]),
+        "paths under the manifest's dir are relative"
+    );
     assert_eq!(v["records"][1]["checksum"], "ffffffffffffffff");
     let (loaded, loaded_meta) = Manifest::load(dir.path().join("manifest.json")).unwrap();
     assert_eq!(loaded, layout);
@@ -71,7 +75,10 @@ fn broken(edit: impl FnOnce(&mut Value)) -> String {
     let e = Manifest::load(&path).unwrap_err();
     assert!(matches!(e, Error::Layout(_)), "{e:?}");
     let e = e.to_string();
-    assert!(e.contains(&path.display().to_string()), "error must name the manifest: {e}");
+    assert!(
+        e.contains(&path.display().to_string()),
+        "error must name the manifest: {e}"
+    );
     e
 }
 
@@ -83,10 +90,22 @@ fn has(e: &str, needles: &[&str]) {
 
 #[test]
 fn malformed_manifests_are_named_precisely() {
-    has(&broken(|v| v["format"] = json!("gguf")), &["\"format\"", "gguf"]);
-    has(&broken(|v| drop(v.as_object_mut().unwrap().remove("format"))), &["\"format\" is missing"]);
-    has(&broken(|v| v["version"] = json!(2)), &["unsupported \"version\" 2"]);
-    has(&broken(|v| v["version"] = json!("1")), &["unsupported \"version\""]);
+    has(
+        &broken(|v| v["format"] = json!("gguf")),
+        &["\"format\"", "gguf"],
+    );
+    has(
+        &broken(|v| drop(v.as_object_mut().unwrap().remove("format"))),
+        &["\"format\" is missing"],
+    );
+    has(
+        &broken(|v| v["version"] = json!(2)),
+        &["unsupported \"version\" 2"],
+    );
+    has(
+        &broken(|v| v["version"] = json!("1")),
+        &["unsupported \"version\""],
+    );
     has(
         &broken(|v| v["records"][3] = v["records"][2].clone()),
         &["record 3 (layer 1 expert 0)", "duplicate of record 2"],
@@ -95,27 +114,63 @@ fn malformed_manifests_are_named_precisely() {
         &broken(|v| drop(v["records"].as_array_mut().unwrap().pop())),
         &["has 3 records, expected 2 layers x 2 experts = 4"],
     );
-    has(&broken(|v| v["records"][2]["layer"] = json!(7)), &["record 2 (layer 7 expert 0)", "out of range"]);
-    has(&broken(|v| v["records"][1]["expert"] = json!(2)), &["record 1 (layer 0 expert 2)", "out of range"]);
+    has(
+        &broken(|v| v["records"][2]["layer"] = json!(7)),
+        &["record 2 (layer 7 expert 0)", "out of range"],
+    );
+    has(
+        &broken(|v| v["records"][1]["expert"] = json!(2)),
+        &["record 1 (layer 0 expert 2)", "out of range"],
+    );
     has(
         &broken(|v| v["records"][1]["layer"] = json!(1u64 << 40)),
         &["record 1 (layer 1099511627776 expert 1)", "out of range"],
     );
-    has(&broken(|v| v["records"][0]["file"] = json!(2)), &["record 0 (layer 0 expert 0)", "file index 2"]);
-    for bad in ["deadbeef", "0xdeadbeefdeadbe", "zzzzzzzzzzzzzzzz", "-000000000000001"] {
+    has(
+        &broken(|v| v["records"][0]["file"] = json!(2)),
+        &["record 0 (layer 0 expert 0)", "file index 2"],
+    );
+    for bad in [
+        "deadbeef",
+        "0xdeadbeefdeadbe",
+        "zzzzzzzzzzzzzzzz",
+        "-000000000000001",
+    ] {
         has(
             &broken(|v| v["records"][3]["checksum"] = json!(bad)),
-            &["record 3 (layer 1 expert 1)", "not 16 hexadecimal digits", bad],
+            &[
+                "record 3 (layer 1 expert 1)",
+                "not 16 hexadecimal digits",
+                bad,
+            ],
         );
     }
-    has(&broken(|v| v["records"][3]["checksum"] = json!(12)), &["malformed version-1 manifest"]);
-    has(&broken(|v| v["records"][0]["offest"] = json!(0)), &["unknown field `offest`"]);
+    has(
+        &broken(|v| v["records"][3]["checksum"] = json!(12)),
+        &["malformed version-1 manifest"],
+    );
+    has(
+        &broken(|v| v["records"][0]["offest"] = json!(0)),
+        &["unknown field `offest`"],
+    );
     has(&broken(|v| v["layers"] = json!(0)), &["\"layers\" 0"]);
-    has(&broken(|v| v["experts"] = json!(1u64 << 33)), &["\"experts\" 8589934592"]);
+    has(
+        &broken(|v| v["experts"] = json!(1u64 << 33)),
+        &["\"experts\" 8589934592"],
+    );
     has(&broken(|v| v["files"] = json!([])), &["\"files\" is empty"]);
-    has(&broken(|v| v["records"][1]["offset"] = json!(4097)), &["layer 0 expert 1", "4097"]);
-    has(&broken(|v| v["records"][1]["offset"] = json!(0)), &["overlaps"]);
-    has(&broken(|v| v["records"][3]["len"] = json!(4097)), &["layer 1 expert 1", "past the end"]);
+    has(
+        &broken(|v| v["records"][1]["offset"] = json!(4097)),
+        &["layer 0 expert 1", "4097"],
+    );
+    has(
+        &broken(|v| v["records"][1]["offset"] = json!(0)),
+        &["overlaps"],
+    );
+    has(
+        &broken(|v| v["records"][3]["len"] = json!(4097)),
+        &["layer 1 expert 1", "past the end"],
+    );
     has(&broken(|v| *v = json!([1, 2])), &["\"format\" is missing"]);
 }
 
@@ -125,7 +180,10 @@ fn not_json_and_missing_files() {
     let path = dir.path().join("manifest.json");
     std::fs::write(&path, "{\"format\": ").unwrap();
     let e = Manifest::load(&path).unwrap_err().to_string();
-    assert!(e.contains("not valid JSON") && e.contains("manifest.json"), "{e}");
+    assert!(
+        e.contains("not valid JSON") && e.contains("manifest.json"),
+        "{e}"
+    );
     let e = Manifest::load(dir.path().join("nope.json")).unwrap_err();
     assert!(matches!(e, Error::File { .. }), "{e:?}");
 

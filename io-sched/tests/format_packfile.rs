@@ -48,7 +48,11 @@ fn check_bytes(layout: &ExpertLayout, model: &HashMap<ExpertKey, Vec<u8>>) {
         assert_eq!(loc.len as usize, want.len(), "{key:?}");
         assert_eq!(&file[at..at + want.len()], &want[..], "{key:?}");
         assert_eq!(loc.checksum, checksum(want), "{key:?}");
-        assert!(file[at + want.len()..at + loc.read_len() as usize].iter().all(|&b| b == 0));
+        assert!(
+            file[at + want.len()..at + loc.read_len() as usize]
+                .iter()
+                .all(|&b| b == 0)
+        );
     }
 }
 
@@ -57,7 +61,10 @@ fn round_trip_single_file() {
     let dir = tempfile::tempdir().unwrap();
     let model = random_model(1);
     let written = write_set(dir.path(), PackSplit::SingleFile, &model);
-    let read = PackReader::open(dir.path().join("experts.fmoe")).unwrap().layout().unwrap();
+    let read = PackReader::open(dir.path().join("experts.fmoe"))
+        .unwrap()
+        .layout()
+        .unwrap();
     assert_eq!(read, written);
     check_bytes(&read, &model);
     let mut calls = 0;
@@ -94,7 +101,10 @@ fn round_trip_one_file_per_layer() {
     let read = PackReader::open_set(&shuffled).unwrap();
     check_bytes(&read, &model);
     verify(&read, |_| {}).unwrap();
-    assert_eq!(Manifest::load(dir.path().join("manifest.json")).unwrap().0, written);
+    assert_eq!(
+        Manifest::load(dir.path().join("manifest.json")).unwrap().0,
+        written
+    );
     // A set with a layer missing, or twice, is refused.
     let e = PackReader::open_set(&paths[..2]).unwrap_err().to_string();
     assert!(e.contains("no packed file holds layer 2"), "{e}");
@@ -103,7 +113,11 @@ fn round_trip_one_file_per_layer() {
         .to_string();
     assert!(e.contains("layer 1 is stored in both"), "{e}");
     // A single per-layer file is not a whole model.
-    let e = PackReader::open(&paths[0]).unwrap().layout().unwrap_err().to_string();
+    let e = PackReader::open(&paths[0])
+        .unwrap()
+        .layout()
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no packed file holds layer 1"), "{e}");
 }
 
@@ -113,16 +127,31 @@ fn writer_accepts_any_order_and_refuses_bad_records() {
     let path = dir.path().join("x.fmoe");
     let mut w = PackWriter::create(&path, 1, 3).unwrap();
     w.append(ExpertKey::new(0, 2), b"two").unwrap();
-    let e = w.append(ExpertKey::new(0, 2), b"again").unwrap_err().to_string();
-    assert!(e.contains("x.fmoe") && e.contains("layer 0 expert 2") && e.contains("twice"), "{e}");
+    let e = w
+        .append(ExpertKey::new(0, 2), b"again")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("x.fmoe") && e.contains("layer 0 expert 2") && e.contains("twice"),
+        "{e}"
+    );
     let e = w.append(ExpertKey::new(0, 1), b"").unwrap_err().to_string();
     assert!(e.contains("layer 0 expert 1") && e.contains("empty"), "{e}");
-    let e = w.append(ExpertKey::new(1, 0), b"x").unwrap_err().to_string();
-    assert!(e.contains("layer 1 expert 0") && e.contains("outside"), "{e}");
+    let e = w
+        .append(ExpertKey::new(1, 0), b"x")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("layer 1 expert 0") && e.contains("outside"),
+        "{e}"
+    );
     w.append(ExpertKey::new(0, 0), b"zero").unwrap();
     // Missing key: finish fails and leaves neither the final file nor the temporary one.
     let e = w.finish().unwrap_err().to_string();
-    assert!(e.contains("x.fmoe") && e.contains("layer 0 expert 1"), "{e}");
+    assert!(
+        e.contains("x.fmoe") && e.contains("layer 0 expert 1"),
+        "{e}"
+    );
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
@@ -154,7 +183,10 @@ fn open_err(path: &Path, bytes: &[u8]) -> String {
     let e = PackReader::open(path).unwrap_err();
     assert!(matches!(e, Error::Layout(_)), "{e:?}");
     let e = e.to_string();
-    assert!(e.contains(&path.display().to_string()), "error must name the file: {e}");
+    assert!(
+        e.contains(&path.display().to_string()),
+        "error must name the file: {e}"
+    );
     e
 }
 
@@ -270,7 +302,10 @@ fn crafted_files_with_bad_tables_name_the_entry() {
     let cases: Vec<(Craft, &[&str])> = vec![
         (
             Craft::new(2, vec![(0, 1, 4096, 100), (0, 1, 8192, 100)]),
-            &["entry 1 (layer 0 expert 1)", "duplicate of record table entry 0"],
+            &[
+                "entry 1 (layer 0 expert 1)",
+                "duplicate of record table entry 0",
+            ],
         ),
         (
             Craft::new(2, vec![(0, 0, 4096, 0), (0, 1, 8192, 100)]),
@@ -298,7 +333,10 @@ fn crafted_files_with_bad_tables_name_the_entry() {
         ),
         (
             Craft::new(2, vec![(0, 0, 4096, 5000), (0, 1, 8192, 100)]),
-            &["entry 0 (layer 0 expert 0)", "overlaps entry 1 (layer 0 expert 1)"],
+            &[
+                "entry 0 (layer 0 expert 0)",
+                "overlaps entry 1 (layer 0 expert 1)",
+            ],
         ),
         (
             // Missing key: only one of two records.
@@ -337,7 +375,15 @@ fn huge_counts_in_a_tiny_file_are_refused_before_allocating() {
     assert!(e.contains("truncated"), "{e}");
 
     // Table length matches the file, but the record count cannot fit between header and table.
-    let mut c = Craft::new(4, vec![(0, 0, 4096, 1), (0, 1, 8192, 1), (0, 2, 12288, 1), (0, 3, 12288, 1)]);
+    let mut c = Craft::new(
+        4,
+        vec![
+            (0, 0, 4096, 1),
+            (0, 1, 8192, 1),
+            (0, 2, 12288, 1),
+            (0, 3, 12288, 1),
+        ],
+    );
     c.table_offset = 8192;
     let e = open_err(&path, &c.bytes());
     assert!(e.contains("cannot fit"), "{e}");

@@ -82,7 +82,13 @@ pub trait Predictor: Send {
     }
     /// Candidates for the `horizon` layers after `layer` (wrapping to layer 0 of the next token,
     /// with tokens_ahead = 1), at most `max_per_layer` each, most confident first.
-    fn predict(&mut self, layer: u32, horizon: u32, max_per_layer: usize, out: &mut Vec<LayerPrediction>);
+    fn predict(
+        &mut self,
+        layer: u32,
+        horizon: u32,
+        max_per_layer: usize,
+        out: &mut Vec<LayerPrediction>,
+    );
 }
 
 /// The predictors [`build`] can make, by name.
@@ -128,7 +134,9 @@ impl fmt::Display for PredictorKind {
 
 /// An unknown predictor name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown predictor {0:?} (expected one of none, temporal, frequency, transition, scores, oracle)")]
+#[error(
+    "unknown predictor {0:?} (expected one of none, temporal, frequency, transition, scores, oracle)"
+)]
 pub struct UnknownPredictor(pub String);
 
 impl FromStr for PredictorKind {
@@ -159,7 +167,11 @@ pub fn build(kind: PredictorKind, layers: u32, experts: u32) -> Option<Box<dyn P
 
 /// The `(layer, tokens_ahead)` targets after `layer`, `horizon` of them (clamped to `layers`).
 pub(crate) fn targets(layer: u32, horizon: u32, layers: u32) -> impl Iterator<Item = (u32, u32)> {
-    let steps = if layer < layers { horizon.min(layers) } else { 0 };
+    let steps = if layer < layers {
+        horizon.min(layers)
+    } else {
+        0
+    };
     (1..=steps).map(move |s| {
         let t = layer as u64 + s as u64;
         ((t % layers as u64) as u32, (t / layers as u64) as u32)
@@ -195,7 +207,11 @@ impl<'a> OutFiller<'a> {
 
     /// Keeps the entry last returned by [`Self::next`] if it has candidates.
     pub(crate) fn commit(&mut self) {
-        if self.out.get(self.used).is_some_and(|p| !p.candidates.is_empty()) {
+        if self
+            .out
+            .get(self.used)
+            .is_some_and(|p| !p.candidates.is_empty())
+        {
             self.used += 1;
         }
     }
@@ -219,7 +235,8 @@ pub(crate) fn push_top(
 ) {
     idx.clear();
     idx.extend(
-        (0..scores.len() as u32).filter(|&e| scores[e as usize].is_finite() && scores[e as usize] > 0.0),
+        (0..scores.len() as u32)
+            .filter(|&e| scores[e as usize].is_finite() && scores[e as usize] > 0.0),
     );
     let by_score = |a: &u32, b: &u32| {
         scores[*b as usize]
@@ -259,13 +276,22 @@ mod tests {
         }
         assert!("bogus".parse::<PredictorKind>().is_err());
         assert!(build(PredictorKind::Oracle, 2, 2).is_none());
-        assert_eq!(build(PredictorKind::Transition, 2, 2).map(|p| p.name()), Some("transition"));
+        assert_eq!(
+            build(PredictorKind::Transition, 2, 2).map(|p| p.name()),
+            Some("transition")
+        );
     }
 
     #[test]
     fn top_is_sorted_and_skips_zeros() {
         let (mut idx, mut dst) = (Vec::new(), Vec::new());
-        push_top(&[0.1, 0.0, 0.5, f32::NAN, 0.3], 2, &mut idx, &mut dst, |s| s);
+        push_top(
+            &[0.1, 0.0, 0.5, f32::NAN, 0.3],
+            2,
+            &mut idx,
+            &mut dst,
+            |s| s,
+        );
         let e: Vec<u32> = dst.iter().map(|c| c.expert).collect();
         assert_eq!(e, [2, 4]);
     }

@@ -41,7 +41,8 @@ impl Temporal {
             return None;
         }
         let prior = k as f64 / self.experts.max(1) as f64;
-        let rate = (self.hits[l] as f64 + PRIOR_WEIGHT * prior) / (self.trials[l] as f64 + PRIOR_WEIGHT);
+        let rate =
+            (self.hits[l] as f64 + PRIOR_WEIGHT * prior) / (self.trials[l] as f64 + PRIOR_WEIGHT);
         Some(rate.clamp(0.0, 1.0) as f32)
     }
 }
@@ -80,12 +81,19 @@ impl Predictor for Temporal {
     fn predict(&mut self, layer: u32, horizon: u32, max: usize, out: &mut Vec<LayerPrediction>) {
         let mut fill = OutFiller::new(out);
         for (t, ahead) in targets(layer, horizon, self.layers) {
-            let Some(conf) = self.reuse_rate(t) else { continue };
+            let Some(conf) = self.reuse_rate(t) else {
+                continue;
+            };
             let dst = fill.next(t, ahead);
-            dst.extend(self.prev[t as usize].iter().take(max).map(|&expert| Candidate {
-                expert,
-                confidence: conf,
-            }));
+            dst.extend(
+                self.prev[t as usize]
+                    .iter()
+                    .take(max)
+                    .map(|&expert| Candidate {
+                        expert,
+                        confidence: conf,
+                    }),
+            );
             fill.commit();
         }
     }

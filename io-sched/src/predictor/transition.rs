@@ -8,14 +8,16 @@ const PRIOR_WEIGHT: f32 = 1.0;
 /// How the rows of the current layer's k experts are combined into one prediction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Combine {
-    /// `P(j) = max_i p_i · P(j | i)`: the strongest single path. A certain `i → j` gives `j`
-    /// confidence near 1 however many other experts are active; weak evidence is not summed
-    /// into false confidence.
+    /// `P(j) = Σ_i (p_i / Σp) · P(j | i)`: a mixture. Ranks best on real routing (fixture
+    /// tiny-qwen3-moe, one layer ahead: recall 0.373 vs 0.316 for `Max`) but its confidence is
+    /// conservative (0.23 there; a certain `i → j` among k experts gives about `1/k`).
     #[default]
-    Max,
-    /// `P(j) = Σ_i (p_i / Σp) · P(j | i)`: a mixture. Conservative (a certain `i → j` among k
-    /// experts gives about `1/k`), and co-occurrence noise of the other experts adds up.
     Mean,
+    /// `P(j) = max_i p_i · P(j | i)`: the strongest single path. A certain `i → j` gives `j`
+    /// confidence near 1 however many other experts are active, so it learns deterministic
+    /// structure from fewer tokens; on real routing it ranks worse and is over-confident one
+    /// layer ahead (0.38 for a 0.32 recall).
+    Max,
 }
 
 /// Learns, online, how routing at one layer predicts routing at the next.
@@ -26,7 +28,7 @@ pub enum Combine {
 /// `P(j | i) = (c + w·k/E) / (n + w)` (a prior of weight `w = 1` towards random routing).
 ///
 /// `predict(layer, …)` starts from the experts observed at `layer` for the current token
-/// (`p_i = 1`) and combines their rows ([`Combine`], default `Max`) into the confidence of each
+/// (`p_i = 1`) and combines their rows ([`Combine`], default `Mean`) into the confidence of each
 /// expert of the next layer. Further layers chain: the k most likely experts of one predicted
 /// layer, with their confidences as `p_i`, are combined the same way for the next.
 ///
@@ -50,7 +52,7 @@ pub struct Transition {
 }
 
 impl Transition {
-    /// An empty table for a `layers × experts` model, combining with [`Combine::Max`].
+    /// An empty table for a `layers × experts` model, combining with [`Combine::Mean`].
     pub fn new(layers: u32, experts: u32) -> Self {
         Self::with_combine(layers, experts, Combine::default())
     }
@@ -83,7 +85,10 @@ impl Transition {
         let e = self.experts as usize;
         let r = layer as usize * e + i as usize;
         let prior = self.k as f32 / self.experts as f32;
-        Some((self.counts[r * e + j as usize] + PRIOR_WEIGHT * prior) / (self.rows[r] + PRIOR_WEIGHT))
+        Some(
+            (self.counts[r * e + j as usize] + PRIOR_WEIGHT * prior)
+                / (self.rows[r] + PRIOR_WEIGHT),
+        )
     }
 
     /// Combines the rows of `self.weights` (expert, p) at `src` into `self.next`.
@@ -171,7 +176,8 @@ impl Predictor for Transition {
             top.clear();
             push_top(&self.next, width, &mut idx, &mut top, |p| p);
             self.weights.clear();
-            self.weights.extend(top.iter().map(|c| (c.expert, c.confidence)));
+            self.weights
+                .extend(top.iter().map(|c| (c.expert, c.confidence)));
             src = t;
         }
         self.idx = idx;
