@@ -275,7 +275,10 @@ impl Manifest {
         meta: Option<&serde_json::Value>,
     ) -> Result<()> {
         let path = path.as_ref();
-        let base = path.parent().unwrap_or(Path::new(""));
+        let base = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
         let text = Self::to_json(layout, meta, base);
         write_atomically(path, text.as_bytes())
     }
@@ -318,13 +321,15 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// A hidden temporary name next to `path`, unique to this process.
+/// A hidden temporary name next to `path`, unique to this process and call.
 pub(crate) fn temp_sibling(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
 }
 
 /// Fsyncs the directory holding `path` so a rename is durable (best effort: not every
