@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use io_sched::predictor::{
-    Combine, Frequency, LayerPrediction, Oracle, Predictor, Temporal, Transition,
+    Calibrated, Combine, Frequency, LayerPrediction, Oracle, Predictor, Temporal, Transition,
 };
 
 const LAYERS: usize = 8;
@@ -192,18 +192,39 @@ fn predictors_on_the_real_fixture_trace() {
     assert!(oracle.iter().all(|&r| r == 1.0), "oracle {oracle:?}");
 
     let freq = recall(&mut Frequency::new(LAYERS as u32, EXPERTS), &trace, 1);
+    // Transition: both combiners beat random; the default (Mean), raw and calibrated.
+    let raw = recall(
+        &mut Transition::with_combine(LAYERS as u32, EXPERTS, Combine::Max),
+        &trace,
+        1,
+    );
+    println!("  (transition combining by max)");
+    assert!(raw.iter().sum::<f64>() / LAYERS as f64 > 0.125);
     for ahead in [1, 2] {
-        for (name, c) in [("max", Combine::Max), ("mean", Combine::Mean)] {
-            let r = recall(
-                &mut Transition::with_combine(LAYERS as u32, EXPERTS, c),
-                &trace,
-                ahead,
-            );
-            println!("  (transition combining by {name})");
-            let mean = r.iter().sum::<f64>() / LAYERS as f64;
+        let raw = recall(&mut Transition::new(LAYERS as u32, EXPERTS), &trace, ahead);
+        println!("  (transition combining by mean, the default)");
+        assert!(raw.iter().sum::<f64>() / LAYERS as f64 > 0.125);
+        // Calibrated confidences track the measured recall, without hurting the ranking.
+        let inner = Box::new(Transition::new(LAYERS as u32, EXPERTS));
+        let (r, conf) =
+            recall_and_confidence(&mut Calibrated::new(inner, LAYERS as u32), &trace, ahead);
+        println!(
+            "calibrated h={ahead} recall {}  confidence {}",
+            fmt(&r),
+            fmt(&conf)
+        );
+        for l in 0..LAYERS {
             assert!(
-                mean > 0.125,
-                "transition ({name}) h={ahead} no better than random: {mean}"
+                r[l] >= raw[l] - 0.01,
+                "layer {l}: calibration hurt recall {} < {}",
+                r[l],
+                raw[l]
+            );
+            assert!(
+                (conf[l] - r[l]).abs() < 0.02,
+                "layer {l}: confidence {} vs recall {}",
+                conf[l],
+                r[l]
             );
         }
     }

@@ -1,8 +1,8 @@
 //! Predictors on synthetic routing with known structure.
 
 use io_sched::predictor::{
-    self, Combine, Frequency, LayerPrediction, NoPredictor, Oracle, Predictor, PredictorKind,
-    Scores, Temporal, Transition,
+    self, Calibrated, Combine, Frequency, LayerPrediction, NoPredictor, Oracle, Predictor,
+    PredictorKind, Scores, Temporal, Transition,
 };
 use rand::rngs::StdRng;
 use rand::seq::index::sample;
@@ -303,4 +303,53 @@ fn horizon_wraps_and_is_clamped_for_every_predictor() {
     let mut none = NoPredictor;
     none.predict(0, 4, 4, &mut out);
     assert!(out.is_empty());
+}
+
+/// Always predicts experts 0 and 1 for the next layer with confidence 0.9.
+struct Overconfident {
+    layers: u32,
+}
+
+impl Predictor for Overconfident {
+    fn name(&self) -> &'static str {
+        "overconfident"
+    }
+    fn observe(&mut self, _layer: u32, _experts: &[u32]) {}
+    fn predict(&mut self, layer: u32, _h: u32, _max: usize, out: &mut Vec<LayerPrediction>) {
+        out.clear();
+        out.push(LayerPrediction {
+            layer: (layer + 1) % self.layers,
+            tokens_ahead: (layer + 1) / self.layers,
+            candidates: vec![
+                io_sched::Candidate {
+                    expert: 0,
+                    confidence: 0.9,
+                },
+                io_sched::Candidate {
+                    expert: 1,
+                    confidence: 0.9,
+                },
+            ],
+        });
+    }
+}
+
+#[test]
+fn calibrated_confidence_is_the_measured_hit_rate() {
+    let mut p = Calibrated::new(Box::new(Overconfident { layers: 2 }), 2);
+    let mut out = Vec::new();
+    // Exactly one of the two predicted experts is used at every layer: hit rate 0.5.
+    for token in 0..2000u32 {
+        for layer in 0..2 {
+            p.observe(layer, &[token % 2, 5]);
+            p.predict(layer, 1, 4, &mut out);
+        }
+    }
+    assert_eq!(p.name(), "overconfident");
+    let c = out[0].candidates[0].confidence;
+    assert!((c - 0.5).abs() < 0.05, "calibrated confidence {c}");
+    assert!((p.calibrate(0, 1, 0.9) - 0.5).abs() < 0.05);
+    // Unscored (layer, distance) pairs keep the inner confidence.
+    assert_eq!(p.calibrate(0, 2, 0.9), 0.9);
+    assert_eq!(p.calibrate(7, 1, 0.9), 0.9);
 }

@@ -13,6 +13,9 @@
 //! | `scores` | the engine's scores passed through (pre-gate routers) | [`scores`] |
 //! | `oracle` | the true future routing from a trace (upper bound) | [`oracle`] |
 //!
+//! [`Calibrated`] wraps any of them and replaces its confidences by the hit rates it actually
+//! achieves (measured online per distance and confidence bin).
+//!
 //! Conventions shared by all predictors:
 //! - A confidence is an estimate of P(the expert is routed to), in `[0, 1]`.
 //! - Target layers run `layer + 1, layer + 2, …`, wrapping to layer 0 of the next token with
@@ -25,6 +28,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod calibrated;
 pub mod frequency;
 pub mod none;
 pub mod oracle;
@@ -32,6 +36,7 @@ pub mod scores;
 pub mod temporal;
 pub mod transition;
 
+pub use calibrated::Calibrated;
 pub use frequency::Frequency;
 pub use none::NoPredictor;
 pub use oracle::Oracle;
