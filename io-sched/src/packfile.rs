@@ -270,6 +270,16 @@ impl PackReader {
             return Err(Error::layout("no packed files given"));
         };
         let (layers, experts) = (first.header.layers, first.header.experts);
+        // A header may claim billions of layers: check that the files can cover them before
+        // allocating anything sized by `layers`.
+        let held: u64 = readers.iter().map(|r| r.header.layer_count as u64).sum();
+        if held < layers as u64 {
+            return Err(Error::layout(format!(
+                "no packed file holds some of the {layers} layers: {} files given hold {held} layers in all (first {})",
+                readers.len(),
+                first.path.display()
+            )));
+        }
         let mut owner: Vec<Option<usize>> = vec![None; layers as usize];
         for (i, r) in readers.iter().enumerate() {
             let h = &r.header;

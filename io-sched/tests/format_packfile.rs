@@ -107,7 +107,7 @@ fn round_trip_one_file_per_layer() {
     );
     // A set with a layer missing, or twice, is refused.
     let e = PackReader::open_set(&paths[..2]).unwrap_err().to_string();
-    assert!(e.contains("no packed file holds layer 2"), "{e}");
+    assert!(e.contains("hold 2 layers in all"), "{e}");
     let e = PackReader::open_set(&[&paths[0], &paths[1], &paths[1], &paths[2]])
         .unwrap_err()
         .to_string();
@@ -118,7 +118,7 @@ fn round_trip_one_file_per_layer() {
         .layout()
         .unwrap_err()
         .to_string();
-    assert!(e.contains("no packed file holds layer 1"), "{e}");
+    assert!(e.contains("hold 1 layers in all"), "{e}");
 }
 
 #[test]
@@ -387,6 +387,18 @@ fn huge_counts_in_a_tiny_file_are_refused_before_allocating() {
     c.table_offset = 8192;
     let e = open_err(&path, &c.bytes());
     assert!(e.contains("cannot fit"), "{e}");
+
+    // A one-layer file of a model claiming 4 billion layers opens, but is no whole model, and
+    // saying so must not allocate per claimed layer.
+    let mut c = Craft::new(2, vec![(0, 0, 4096, 100), (0, 1, 8192, 100)]);
+    c.layers = u32::MAX;
+    std::fs::write(&path, c.bytes()).unwrap();
+    let e = PackReader::open(&path)
+        .unwrap()
+        .layout()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("hold 1 layers in all"), "{e}");
 
     // Nonsense shape fields.
     let mut c = Craft::new(2, vec![(0, 0, 4096, 100), (0, 1, 8192, 100)]);

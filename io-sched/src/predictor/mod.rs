@@ -99,11 +99,17 @@ pub trait Predictor: Send {
 /// The predictors [`build`] can make, by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PredictorKind {
+    /// [`NoPredictor`].
     None,
+    /// [`Temporal`].
     Temporal,
+    /// [`Frequency`].
     Frequency,
+    /// [`Transition`].
     Transition,
+    /// [`Scores`].
     Scores,
+    /// [`Oracle`] (needs a trace: not made by [`build`]).
     Oracle,
 }
 
