@@ -159,12 +159,30 @@ impl Manifest {
         // was bounded by the size of the text.
         let want = m.layers * m.experts;
         if m.records.len() as u64 != want {
-            return Err(bad(format!(
+            let mut msg = format!(
                 "has {} records, expected {} layers x {} experts = {want}",
                 m.records.len(),
                 m.layers,
                 m.experts
-            )));
+            );
+            if want <= m.records.len() as u64 + (1 << 20) {
+                // Small enough to find the first key without a record, to name it.
+                let mut seen = vec![false; want as usize];
+                for r in &m.records {
+                    if r.layer < m.layers && r.expert < m.experts {
+                        seen[(r.layer * m.experts + r.expert) as usize] = true;
+                    }
+                }
+                if let Some(i) = seen.iter().position(|&s| !s) {
+                    let i = i as u64;
+                    msg += &format!(
+                        "; first without a record: layer {} expert {}",
+                        i / m.experts,
+                        i % m.experts
+                    );
+                }
+            }
+            return Err(bad(msg));
         }
         let mut slots: Vec<Option<(usize, ExpertLocation)>> = vec![None; want as usize];
         for (i, r) in m.records.iter().enumerate() {
