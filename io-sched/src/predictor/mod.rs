@@ -47,6 +47,7 @@ pub use transition::{Combine, Transition};
 /// One predicted expert of one layer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Candidate {
+    /// Expert index within its layer.
     pub expert: u32,
     /// Estimated probability that `expert` is routed to, in `[0, 1]`.
     pub confidence: f32,
@@ -55,6 +56,7 @@ pub struct Candidate {
 /// The candidates for one future layer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerPrediction {
+    /// The predicted layer.
     pub layer: u32,
     /// 0: the current token; 1: the next token; …
     pub tokens_ahead: u32,
