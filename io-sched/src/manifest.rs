@@ -159,12 +159,30 @@ impl Manifest {
         // was bounded by the size of the text.
         let want = m.layers * m.experts;
         if m.records.len() as u64 != want {
-            return Err(bad(format!(
+            let mut msg = format!(
                 "has {} records, expected {} layers x {} experts = {want}",
                 m.records.len(),
                 m.layers,
                 m.experts
-            )));
+            );
+            if want <= m.records.len() as u64 + (1 << 20) {
+                // Small enough to find the first key without a record, to name it.
+                let mut seen = vec![false; want as usize];
+                for r in &m.records {
+                    if r.layer < m.layers && r.expert < m.experts {
+                        seen[(r.layer * m.experts + r.expert) as usize] = true;
+                    }
+                }
+                if let Some(i) = seen.iter().position(|&s| !s) {
+                    let i = i as u64;
+                    msg += &format!(
+                        "; first without a record: layer {} expert {}",
+                        i / m.experts,
+                        i % m.experts
+                    );
+                }
+            }
+            return Err(bad(msg));
         }
         let mut slots: Vec<Option<(usize, ExpertLocation)>> = vec![None; want as usize];
         for (i, r) in m.records.iter().enumerate() {
@@ -275,7 +293,10 @@ impl Manifest {
         meta: Option<&serde_json::Value>,
     ) -> Result<()> {
         let path = path.as_ref();
-        let base = path.parent().unwrap_or(Path::new(""));
+        let base = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
         let text = Self::to_json(layout, meta, base);
         write_atomically(path, text.as_bytes())
     }
@@ -318,13 +339,15 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// A hidden temporary name next to `path`, unique to this process.
+/// A hidden temporary name next to `path`, unique to this process and call.
 pub(crate) fn temp_sibling(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
 }
 
 /// Fsyncs the directory holding `path` so a rename is durable (best effort: not every

@@ -25,7 +25,7 @@
 //! | 20..24 | u32 | `experts`: experts per layer (≥ 1) |
 //! | 24..28 | u32 | `first_layer`: first layer stored in this file |
 //! | 28..32 | u32 | `layer_count`: layers stored (≥ 1, `first_layer + layer_count ≤ layers`) |
-//! | 32..40 | u64 | `record_count` = `layer_count × experts` |
+//! | 32..40 | u64 | `record_count` = `layer_count × experts` (at most 2²⁴ per file) |
 //! | 40..48 | u64 | `table_offset`: multiple of 4096, ≥ 4096 |
 //! | 48..56 | u64 | `table_len` = `record_count × 32` |
 //! | 56..64 | u64 | `table_checksum`: xxh3-64 of the `table_len` table bytes |
@@ -52,15 +52,19 @@
 //! [`write_pack_set`] writes a whole model (one file, or one file per layer) plus its manifest.
 //! [`PackReader::open`] checks everything above against the real file length before allocating
 //! anything sized by the file; [`verify`] re-reads every record and checks its checksum.
-
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::checksum::checksum;
-use crate::error::{Error, ReadSite, Result};
+use crate::error::{Error, Result};
 use crate::layout::{ExpertKey, ExpertLayout, LayoutBuilder, RECORD_ALIGN};
-use crate::manifest::{Manifest, sync_parent, temp_sibling};
+
+mod verify;
+mod writer;
+
+pub use verify::{VerifyProgress, verify};
+pub use writer::{PackSplit, PackWriter, write_pack_set};
 
 /// First 8 bytes of every packed-experts file.
 pub const PACK_MAGIC: [u8; 8] = *b"FMOEXPT1";
@@ -71,23 +75,34 @@ pub const HEADER_LEN: u64 = 4096;
 /// Size of one record-table entry.
 pub const TABLE_ENTRY_LEN: u64 = 32;
 const HEADER_CHECKSUM_AT: usize = 4088;
+/// Most records one file may hold (a 512 MiB table); real models have tens of thousands.
+pub const MAX_RECORDS: u64 = 1 << 24;
 
 /// The parsed, validated header of a packed file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PackHeader {
+    /// Layers of the whole model.
     pub layers: u32,
+    /// Experts per layer.
     pub experts: u32,
+    /// First layer stored in this file.
     pub first_layer: u32,
+    /// Number of consecutive layers stored in this file.
     pub layer_count: u32,
+    /// `layer_count × experts`.
     pub record_count: u64,
+    /// Where the record table starts (the file ends at `table_offset + table_len`).
     pub table_offset: u64,
+    /// `record_count × 32`.
     pub table_len: u64,
+    /// xxh3-64 of the record table.
     pub table_checksum: u64,
+    /// Feature bits; 0 in version 1.
     pub flags: u64,
 }
 
 impl PackHeader {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut h = vec![0u8; HEADER_LEN as usize];
         h[0..8].copy_from_slice(&PACK_MAGIC);
         h[8..12].copy_from_slice(&PACK_VERSION.to_le_bytes());
@@ -110,229 +125,33 @@ impl PackHeader {
 /// One record of a packed file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PackEntry {
+    /// Which expert.
     pub key: ExpertKey,
+    /// Byte offset in the file, a multiple of 4096.
     pub offset: u64,
+    /// Payload bytes (the record occupies `len` rounded up to 4096).
     pub len: u64,
+    /// xxh3-64 of the payload.
     pub checksum: u64,
 }
 
 impl PackEntry {
-    fn read_len(&self) -> u64 {
+    pub(crate) fn read_len(&self) -> u64 {
         self.len.div_ceil(RECORD_ALIGN) * RECORD_ALIGN
     }
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[at..at + 4]);
     u32::from_le_bytes(a)
 }
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
+pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(a)
 }
-
-/// Streams expert records into one packed file.
-///
-/// ```
-/// use io_sched::{ExpertKey, packfile::{PackWriter, PackReader}};
-/// let dir = tempfile::tempdir()?;
-/// let path = dir.path().join("experts.fmoe");
-/// let mut w = PackWriter::create(&path, 1, 2)?;
-/// w.append(ExpertKey::new(0, 1), &[7u8; 5000])?;
-/// w.append(ExpertKey::new(0, 0), &[9u8; 100])?;
-/// w.finish()?;
-/// let layout = PackReader::open(&path)?.layout()?;
-/// assert_eq!(layout.get(ExpertKey::new(0, 1))?.len, 5000);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Debug)]
-pub struct PackWriter {
-    path: PathBuf,
-    tmp: PathBuf,
-    out: Option<BufWriter<File>>,
-    header: PackHeader,
-    pos: u64,
-    entries: Vec<PackEntry>,
-    seen: Vec<bool>,
-}
-
-impl PackWriter {
-    /// Starts a file holding every layer of a `layers × experts` model.
-    pub fn create(path: impl AsRef<Path>, layers: u32, experts: u32) -> Result<Self> {
-        Self::create_layers(path, layers, experts, 0, layers)
-    }
-
-    /// Starts a file holding layers `first_layer..first_layer + layer_count` of a
-    /// `layers × experts` model (one file per layer: `layer_count = 1`).
-    pub fn create_layers(
-        path: impl AsRef<Path>,
-        layers: u32,
-        experts: u32,
-        first_layer: u32,
-        layer_count: u32,
-    ) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        if layers == 0 || experts == 0 || layer_count == 0 {
-            return Err(Error::layout(format!(
-                "{}: {layers} layers x {experts} experts, {layer_count} layers in this file: all must be > 0",
-                path.display()
-            )));
-        }
-        if first_layer as u64 + layer_count as u64 > layers as u64 {
-            return Err(Error::layout(format!(
-                "{}: layers {first_layer}..{} lie outside the model's {layers} layers",
-                path.display(),
-                first_layer as u64 + layer_count as u64
-            )));
-        }
-        let record_count = layer_count as u64 * experts as u64;
-        let tmp = temp_sibling(&path);
-        let file = File::create(&tmp).map_err(|e| Error::file("create", &tmp, e))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        // Placeholder header; the real one is written by `finish`.
-        out.write_all(&[0u8; HEADER_LEN as usize])
-            .map_err(|e| Error::file("write", &tmp, e))?;
-        Ok(Self {
-            path,
-            tmp,
-            out: Some(out),
-            header: PackHeader {
-                layers,
-                experts,
-                first_layer,
-                layer_count,
-                record_count,
-                table_offset: 0,
-                table_len: record_count * TABLE_ENTRY_LEN,
-                table_checksum: 0,
-                flags: 0,
-            },
-            pos: HEADER_LEN,
-            entries: Vec::new(),
-            seen: vec![false; record_count.min(1 << 24) as usize],
-        })
-    }
-
-    fn slot(&self, key: ExpertKey) -> Option<usize> {
-        let h = &self.header;
-        let rel = key.layer.checked_sub(h.first_layer)?;
-        (rel < h.layer_count && key.expert < h.experts)
-            .then(|| rel as usize * h.experts as usize + key.expert as usize)
-    }
-
-    /// Writes one record now (nothing is buffered beyond the writer's 1 MiB) and returns where it
-    /// went. Rejects keys outside this file's layers, duplicates and empty records.
-    pub fn append(&mut self, key: ExpertKey, bytes: &[u8]) -> Result<PackEntry> {
-        let at = || {
-            format!(
-                "{}: layer {} expert {}",
-                self.path.display(),
-                key.layer,
-                key.expert
-            )
-        };
-        let Some(slot) = self.slot(key) else {
-            let h = &self.header;
-            return Err(Error::layout(format!(
-                "{}: outside this file's layers {}..{} x {} experts",
-                at(),
-                h.first_layer,
-                h.first_layer + h.layer_count,
-                h.experts
-            )));
-        };
-        if bytes.is_empty() {
-            return Err(Error::layout(format!("{}: record is empty", at())));
-        }
-        if slot >= self.seen.len() {
-            self.seen.resize(slot + 1, false);
-        }
-        if self.seen[slot] {
-            return Err(Error::layout(format!("{}: appended twice", at())));
-        }
-        let out = self.out.as_mut().ok_or_else(|| {
-            Error::layout(format!("{}: writer already failed", self.path.display()))
-        })?;
-        let entry = PackEntry {
-            key,
-            offset: self.pos,
-            len: bytes.len() as u64,
-            checksum: checksum(bytes),
-        };
-        let pad = (entry.read_len() - entry.len) as usize;
-        let res = out
-            .write_all(bytes)
-            .and_then(|_| out.write_all(&[0u8; RECORD_ALIGN as usize][..pad]));
-        if let Err(e) = res {
-            self.out = None;
-            return Err(Error::file("write", &self.tmp, e));
-        }
-        self.pos += entry.read_len();
-        self.seen[slot] = true;
-        self.entries.push(entry);
-        Ok(entry)
-    }
-
-    /// Checks that every record was appended, writes the table, patches the header, fsyncs and
-    /// renames the temporary file to its final name. Returns the entries sorted by key.
-    pub fn finish(mut self) -> Result<Vec<PackEntry>> {
-        if self.entries.len() as u64 != self.header.record_count {
-            let missing = (0..self.header.record_count as usize)
-                .find(|&i| !self.seen.get(i).copied().unwrap_or(false))
-                .unwrap_or(0);
-            let e = self.header.experts as usize;
-            return Err(Error::layout(format!(
-                "{}: no record appended for layer {} expert {} ({} of {} written)",
-                self.path.display(),
-                self.header.first_layer as usize + missing / e,
-                missing % e,
-                self.entries.len(),
-                self.header.record_count
-            )));
-        }
-        self.entries.sort_unstable_by_key(|e| e.key);
-        let mut table = Vec::with_capacity(self.header.table_len as usize);
-        for e in &self.entries {
-            table.extend_from_slice(&e.key.layer.to_le_bytes());
-            table.extend_from_slice(&e.key.expert.to_le_bytes());
-            table.extend_from_slice(&e.offset.to_le_bytes());
-            table.extend_from_slice(&e.len.to_le_bytes());
-            table.extend_from_slice(&e.checksum.to_le_bytes());
-        }
-        self.header.table_offset = self.pos;
-        self.header.table_checksum = checksum(&table);
-        let header = self.header.encode();
-        let tmp_owned = self.tmp.clone();
-        let tmp = &tmp_owned;
-        let out = self.out.take().ok_or_else(|| {
-            Error::layout(format!("{}: writer already failed", self.path.display()))
-        })?;
-        let io = |op: &'static str| move |e| Error::file(op, tmp, e);
-        let mut out = out.into_inner().map_err(|e| io("write")(e.into_error()))?;
-        out.write_all(&table).map_err(io("write"))?;
-        out.seek(SeekFrom::Start(0)).map_err(io("seek"))?;
-        out.write_all(&header).map_err(io("write"))?;
-        out.sync_all().map_err(io("fsync"))?;
-        drop(out);
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::file("rename", &self.path, e))?;
-        sync_parent(&self.path);
-        Ok(std::mem::take(&mut self.entries))
-    }
-}
-
-impl Drop for PackWriter {
-    /// An unfinished writer removes its temporary file (the final name was never created).
-    fn drop(&mut self) {
-        if self.out.is_some() || self.tmp.exists() {
-            self.out = None;
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
-}
-
 /// A packed file whose header and table have been fully validated.
 #[derive(Debug, Clone)]
 pub struct PackReader {
@@ -451,6 +270,16 @@ impl PackReader {
             return Err(Error::layout("no packed files given"));
         };
         let (layers, experts) = (first.header.layers, first.header.experts);
+        // A header may claim billions of layers: check that the files can cover them before
+        // allocating anything sized by `layers`.
+        let held: u64 = readers.iter().map(|r| r.header.layer_count as u64).sum();
+        if held < layers as u64 {
+            return Err(Error::layout(format!(
+                "no packed file holds some of the {layers} layers: {} files given hold {held} layers in all (first {})",
+                readers.len(),
+                first.path.display()
+            )));
+        }
         let mut owner: Vec<Option<usize>> = vec![None; layers as usize];
         for (i, r) in readers.iter().enumerate() {
             let h = &r.header;
@@ -513,6 +342,12 @@ fn validate_header(h: &PackHeader, file_len: u64) -> std::result::Result<(), Str
         ));
     }
     let want = h.layer_count as u64 * h.experts as u64;
+    if want > MAX_RECORDS {
+        return Err(format!(
+            "header says {} layers x {} experts = {want} records, more than the {MAX_RECORDS} accepted",
+            h.layer_count, h.experts
+        ));
+    }
     if h.record_count != want {
         return Err(format!(
             "header says {} records, expected {} layers x {} experts = {want}",
@@ -525,7 +360,7 @@ fn validate_header(h: &PackHeader, file_len: u64) -> std::result::Result<(), Str
             h.table_len, h.record_count
         ));
     }
-    if h.table_offset < HEADER_LEN || h.table_offset % RECORD_ALIGN != 0 {
+    if h.table_offset < HEADER_LEN || !h.table_offset.is_multiple_of(RECORD_ALIGN) {
         return Err(format!(
             "record table offset {} is not a multiple of {RECORD_ALIGN} after the header",
             h.table_offset
@@ -583,7 +418,7 @@ fn parse_table(h: &PackHeader, table: &[u8]) -> std::result::Result<Vec<PackEntr
         if e.len == 0 {
             return Err(format!("{at}: record length is 0"));
         }
-        if e.offset % RECORD_ALIGN != 0 || e.offset < HEADER_LEN {
+        if !e.offset.is_multiple_of(RECORD_ALIGN) || e.offset < HEADER_LEN {
             return Err(format!(
                 "{at}: offset {} is not a multiple of {RECORD_ALIGN} after the header",
                 e.offset
@@ -623,111 +458,4 @@ fn parse_table(h: &PackHeader, table: &[u8]) -> std::result::Result<Vec<PackEntr
         }
     }
     Ok(entries)
-}
-
-/// Progress of [`verify`]: records and payload bytes checked so far, and the totals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VerifyProgress {
-    pub records_done: u64,
-    pub records_total: u64,
-    pub bytes_done: u64,
-    pub bytes_total: u64,
-}
-
-/// Re-reads every record of `layout` (buffered I/O, one record at a time) and checks its
-/// checksum, calling `progress` after each record. The first bad record is returned as
-/// [`Error::Checksum`] or [`Error::Read`] naming layer, expert, file and offset.
-pub fn verify(layout: &ExpertLayout, mut progress: impl FnMut(VerifyProgress)) -> Result<()> {
-    // Bounds every record by its real file size before the buffer is sized by `len`.
-    layout.validate_files()?;
-    let mut files = Vec::with_capacity(layout.files().len());
-    for p in layout.files() {
-        files.push(File::open(p).map_err(|e| Error::file("open", p, e))?);
-    }
-    let mut p = VerifyProgress {
-        records_done: 0,
-        records_total: layout.num_layers() as u64 * layout.num_experts() as u64,
-        bytes_done: 0,
-        bytes_total: layout.total_expert_bytes(),
-    };
-    let mut buf = Vec::new();
-    for (key, loc) in layout.iter() {
-        let site = || ReadSite {
-            layer: key.layer,
-            expert: key.expert,
-            file: layout.file_path(loc.file).to_path_buf(),
-            offset: loc.offset,
-        };
-        buf.resize(loc.len as usize, 0);
-        let f = &mut files[loc.file as usize];
-        f.seek(SeekFrom::Start(loc.offset))
-            .and_then(|_| f.read_exact(&mut buf))
-            .map_err(|source| Error::Read {
-                site: site(),
-                source,
-            })?;
-        let actual = checksum(&buf);
-        if actual != loc.checksum {
-            return Err(Error::Checksum {
-                site: site(),
-                expected: loc.checksum,
-                actual,
-            });
-        }
-        p.records_done += 1;
-        p.bytes_done += loc.len;
-        progress(p);
-    }
-    Ok(())
-}
-
-/// How [`write_pack_set`] splits a model into files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PackSplit {
-    /// `experts.fmoe` holds every layer.
-    SingleFile,
-    /// `experts-layer-NNNN.fmoe` per layer.
-    PerLayer,
-}
-
-/// Writes a whole `layers × experts` model into `dir` (one file or one per layer, see
-/// [`PackSplit`]) plus `dir/manifest.json` carrying `meta`, and returns the layout.
-///
-/// `fill(key, buf)` must replace `buf`'s contents with the record of `key`; it is called once
-/// per record, layer-major, and `buf` is reused so only one record is in memory at a time.
-pub fn write_pack_set(
-    dir: impl AsRef<Path>,
-    layers: u32,
-    experts: u32,
-    split: PackSplit,
-    meta: Option<&serde_json::Value>,
-    mut fill: impl FnMut(ExpertKey, &mut Vec<u8>) -> Result<()>,
-) -> Result<ExpertLayout> {
-    let dir = dir.as_ref();
-    let groups: Vec<(PathBuf, u32, u32)> = match split {
-        PackSplit::SingleFile => vec![(dir.join("experts.fmoe"), 0, layers)],
-        PackSplit::PerLayer => (0..layers)
-            .map(|l| (dir.join(format!("experts-layer-{l:04}.fmoe")), l, 1))
-            .collect(),
-    };
-    let mut b = LayoutBuilder::new(layers, experts);
-    let mut buf = Vec::new();
-    for (path, first, count) in &groups {
-        let mut w = PackWriter::create_layers(path, layers, experts, *first, *count)?;
-        for layer in *first..first + count {
-            for expert in 0..experts {
-                let key = ExpertKey::new(layer, expert);
-                buf.clear();
-                fill(key, &mut buf)?;
-                w.append(key, &buf)?;
-            }
-        }
-        let f = b.add_file(path);
-        for e in w.finish()? {
-            b.set(e.key, f, e.offset, e.len, e.checksum);
-        }
-    }
-    let layout = b.build()?;
-    Manifest::save(dir.join("manifest.json"), &layout, meta)?;
-    Ok(layout)
 }

@@ -112,7 +112,10 @@ fn malformed_manifests_are_named_precisely() {
     );
     has(
         &broken(|v| drop(v["records"].as_array_mut().unwrap().pop())),
-        &["has 3 records, expected 2 layers x 2 experts = 4"],
+        &[
+            "has 3 records, expected 2 layers x 2 experts = 4",
+            "first without a record: layer 1 expert 1",
+        ],
     );
     has(
         &broken(|v| v["records"][2]["layer"] = json!(7)),
@@ -172,6 +175,14 @@ fn malformed_manifests_are_named_precisely() {
         &["layer 1 expert 1", "past the end"],
     );
     has(&broken(|v| *v = json!([1, 2])), &["\"format\" is missing"]);
+    // Huge claimed counts with few records: refused without allocating per claimed record.
+    has(
+        &broken(|v| {
+            v["layers"] = json!(u32::MAX);
+            v["experts"] = json!(u32::MAX);
+        }),
+        &["has 4 records, expected 4294967295 layers x 4294967295 experts"],
+    );
 }
 
 #[test]

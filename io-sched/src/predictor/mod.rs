@@ -13,6 +13,9 @@
 //! | `scores` | the engine's scores passed through (pre-gate routers) | [`scores`] |
 //! | `oracle` | the true future routing from a trace (upper bound) | [`oracle`] |
 //!
+//! [`Calibrated`] wraps any of them and replaces its confidences by the hit rates it actually
+//! achieves (measured online per distance and confidence bin).
+//!
 //! Conventions shared by all predictors:
 //! - A confidence is an estimate of P(the expert is routed to), in `[0, 1]`.
 //! - Target layers run `layer + 1, layer + 2, …`, wrapping to layer 0 of the next token with
@@ -25,6 +28,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod calibrated;
 pub mod frequency;
 pub mod none;
 pub mod oracle;
@@ -32,16 +36,18 @@ pub mod scores;
 pub mod temporal;
 pub mod transition;
 
+pub use calibrated::Calibrated;
 pub use frequency::Frequency;
 pub use none::NoPredictor;
 pub use oracle::Oracle;
 pub use scores::Scores;
 pub use temporal::Temporal;
-pub use transition::Transition;
+pub use transition::{Combine, Transition};
 
 /// One predicted expert of one layer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Candidate {
+    /// Expert index within its layer.
     pub expert: u32,
     /// Estimated probability that `expert` is routed to, in `[0, 1]`.
     pub confidence: f32,
@@ -50,6 +56,7 @@ pub struct Candidate {
 /// The candidates for one future layer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerPrediction {
+    /// The predicted layer.
     pub layer: u32,
     /// 0: the current token; 1: the next token; …
     pub tokens_ahead: u32,
@@ -94,11 +101,17 @@ pub trait Predictor: Send {
 /// The predictors [`build`] can make, by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PredictorKind {
+    /// [`NoPredictor`].
     None,
+    /// [`Temporal`].
     Temporal,
+    /// [`Frequency`].
     Frequency,
+    /// [`Transition`].
     Transition,
+    /// [`Scores`].
     Scores,
+    /// [`Oracle`] (needs a trace: not made by [`build`]).
     Oracle,
 }
 
