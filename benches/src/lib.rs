@@ -14,10 +14,10 @@ pub fn bench_file(layers: u32, experts: u32, expert_bytes: u64) -> (PathBuf, Exp
         .unwrap_or_else(|| std::env::temp_dir().join("flashmoe-bench"));
     std::fs::create_dir_all(&dir).expect("create bench dir");
     let path = dir.join(format!("bench-{layers}x{experts}x{expert_bytes}.fmoe"));
-    if let Ok(r) = PackReader::open(&path) {
-        if let Ok(layout) = r.layout() {
-            return (path, layout);
-        }
+    if let Ok(r) = PackReader::open(&path)
+        && let Ok(layout) = r.layout()
+    {
+        return (path, layout);
     }
     let mut w = PackWriter::create(&path, layers, experts).expect("create bench file");
     let mut rng = Rng::new(expert_bytes);

@@ -46,6 +46,10 @@ pub struct IoBenchArgs {
     /// back to back, and print ratios to it.
     #[arg(long)]
     pub fio: bool,
+    /// Rounds; every round runs every configuration once (interleaved), and the table shows
+    /// the median, so a noisy shared disk affects all rows alike.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -73,6 +77,7 @@ struct Report {
     file_mib: u64,
     chunk: usize,
     mib_per_row: u64,
+    repeat: usize,
     rows: Vec<Row>,
     fio: Vec<FioPoint>,
     notes: Vec<String>,
@@ -93,6 +98,7 @@ pub fn run(args: &IoBenchArgs) -> CliResult<()> {
         file_mib: args.file_mib,
         chunk: args.chunk,
         mib_per_row: args.mib_per_row,
+        repeat: args.repeat,
         rows: Vec::new(),
         fio: Vec::new(),
         notes: Vec::new(),
@@ -136,6 +142,48 @@ fn cfg(kind: BackendKind, qd: u32, threads: usize, direct: DirectMode) -> Backen
     }
 }
 
+/// One configuration measured in every round.
+#[derive(Debug, Clone, Copy)]
+enum Job {
+    /// fio-like random reads, one expert per request, `qd` in flight, through io_uring.
+    Random { qd: u32 },
+    /// fio itself, same file, block size, queue depth and volume.
+    Fio { qd: u32 },
+    /// K experts per layer, overlapped, barrier per layer.
+    Layer { k: usize, method: LayerMethod },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum LayerMethod {
+    Serial,
+    PreadPool,
+    Uring(u32),
+    Mmap,
+    Scheduler,
+}
+
+impl Job {
+    fn pattern(&self) -> String {
+        match self {
+            Job::Random { .. } | Job::Fio { .. } => "random".into(),
+            Job::Layer { k, .. } => format!("layer-k{k}"),
+        }
+    }
+    fn method_and_qd(&self) -> (&'static str, u32) {
+        match self {
+            Job::Random { qd } => ("io_uring", *qd),
+            Job::Fio { qd } => ("fio io_uring", *qd),
+            Job::Layer { method, .. } => match method {
+                LayerMethod::Serial => ("serial pread (1 expert at a time)", 1),
+                LayerMethod::PreadPool => ("pread pool x16", 16),
+                LayerMethod::Uring(qd) => ("io_uring", *qd),
+                LayerMethod::Mmap => ("mmap x8 (page cache, cold)", 8),
+                LayerMethod::Scheduler => ("io-sched acquire (io_uring qd32, checksums)", 32),
+            },
+        }
+    }
+}
+
 fn bench_geometry(
     args: &IoBenchArgs,
     path: &Path,
@@ -143,80 +191,77 @@ fn bench_geometry(
     bytes: u64,
     report: &mut Report,
 ) -> CliResult<()> {
-    let file_len = std::fs::metadata(path)?.len();
-    let block = layout.max_read_len() as usize;
-    let budget = args.mib_per_row << 20;
-    let reads = (budget / block as u64).max(1);
-    let mut rows = Vec::new();
-    let mut fio = Vec::new();
-
-    // fio-like random reads, one expert per request, qd in flight.
+    let mut jobs = Vec::new();
     for &qd in &args.qd {
-        testfile::drop_page_cache(path);
-        let mut be = open_backend(layout, &cfg(BackendKind::IoUring, qd, 0, DirectMode::Auto))?;
-        note_fallbacks(&be.fallbacks, report);
-        let r = random_reads(be.backend.as_mut(), file_len, block, qd as usize, reads, 7)?;
-        rows.push(row(bytes, "random", "io_uring", qd, r));
+        jobs.push(Job::Random { qd });
         if args.fio {
-            match run_fio(path, block, qd, reads * block as u64) {
-                Ok(gbs) => fio.push(FioPoint {
-                    expert_bytes: bytes,
-                    qd,
-                    gb_per_s: gbs,
-                }),
-                Err(e) => report.notes.push(format!("fio qd={qd}: {e}")),
+            jobs.push(Job::Fio { qd });
+        }
+    }
+    for &k in &args.k {
+        jobs.push(Job::Layer {
+            k,
+            method: LayerMethod::Serial,
+        });
+        jobs.push(Job::Layer {
+            k,
+            method: LayerMethod::PreadPool,
+        });
+        for &qd in &args.qd {
+            jobs.push(Job::Layer {
+                k,
+                method: LayerMethod::Uring(qd),
+            });
+        }
+        jobs.push(Job::Layer {
+            k,
+            method: LayerMethod::Mmap,
+        });
+        jobs.push(Job::Layer {
+            k,
+            method: LayerMethod::Scheduler,
+        });
+    }
+    // Rounds interleave every job, so slow and fast phases of a shared disk hit all of them.
+    let rounds = args.repeat.max(1);
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); jobs.len()];
+    for round in 0..rounds {
+        for (i, job) in jobs.iter().enumerate() {
+            let seed = 1 + round as u64 * 1000 + i as u64;
+            match run_job(args, path, layout, bytes, *job, seed, report) {
+                Ok(gbs) => samples[i].push(gbs),
+                Err(e) if matches!(job, Job::Fio { .. }) => {
+                    report.notes.push(format!("fio: {e}"));
+                }
+                Err(e) => return Err(e),
             }
         }
     }
-
-    // The MoE pattern: K experts per layer, overlapped, barrier per layer.
-    for &k in &args.k {
-        let pattern = format!("layer-k{k}");
-        let steps = (budget / (k as u64 * bytes)).max(2);
-        let whole = block;
-        let mut run_layer = |c: BackendConfig, chunk: usize| -> CliResult<BenchResult> {
-            testfile::drop_page_cache(path);
-            let mut be = open_backend(layout, &c)?;
-            note_fallbacks(&be.fallbacks, report);
-            Ok(layer_reads(
-                be.backend.as_mut(),
-                layout,
-                k,
-                chunk,
-                steps,
-                11,
-            )?)
-        };
-        let serial = run_layer(cfg(BackendKind::Pread, 1, 1, DirectMode::Auto), whole)?;
-        rows.push(row(
-            bytes,
-            &pattern,
-            "serial pread (1 expert at a time)",
-            1,
-            serial,
-        ));
-        let pool = run_layer(
-            cfg(BackendKind::Pread, 16, 16, DirectMode::Auto),
-            args.chunk,
-        )?;
-        rows.push(row(bytes, &pattern, "pread pool x16", 16, pool));
-        for &qd in &args.qd {
-            let r = run_layer(
-                cfg(BackendKind::IoUring, qd, 0, DirectMode::Auto),
-                args.chunk,
-            )?;
-            rows.push(row(bytes, &pattern, "io_uring", qd, r));
+    let mut rows = Vec::new();
+    let mut fio = Vec::new();
+    for (job, s) in jobs.iter().zip(samples) {
+        if s.is_empty() {
+            continue;
         }
-        let mmap = run_layer(cfg(BackendKind::Mmap, 8, 8, DirectMode::Off), args.chunk)?;
-        rows.push(row(bytes, &pattern, "mmap x8 (page cache, cold)", 8, mmap));
-        let sched = scheduler_layer_reads(layout, k, steps, args.chunk, path, report)?;
-        rows.push(row(
-            bytes,
-            &pattern,
-            "io-sched acquire (io_uring qd32, checksums)",
-            32,
-            sched,
-        ));
+        let gbs = median(s);
+        let (method, qd) = job.method_and_qd();
+        match job {
+            Job::Fio { .. } => fio.push(FioPoint {
+                expert_bytes: bytes,
+                qd,
+                gb_per_s: gbs,
+            }),
+            _ => rows.push(Row {
+                expert_bytes: bytes,
+                pattern: job.pattern(),
+                method: method.into(),
+                qd,
+                gb_per_s: gbs,
+                vs_serial: None,
+                vs_fio_same_qd: None,
+                vs_fio_best: None,
+            }),
+        }
     }
 
     // Ratios, all from this one run.
@@ -229,19 +274,15 @@ fn bench_geometry(
             .find(|r| r.pattern == pattern && r.method.starts_with("serial"))
             .map(|r| r.gb_per_s)
     };
-    let serials: Vec<(String, Option<f64>)> = rows
-        .iter()
-        .map(|r| (r.pattern.clone(), serial_of(&rows, &r.pattern)))
-        .collect();
-    for (r, (_, serial)) in rows.iter_mut().zip(serials) {
-        if r.pattern != "random" {
-            r.vs_serial = serial.map(|s| r.gb_per_s / s);
-        }
+    let serials: Vec<Option<f64>> = rows.iter().map(|r| serial_of(&rows, &r.pattern)).collect();
+    for (r, serial) in rows.iter_mut().zip(serials) {
         if r.pattern == "random" {
             r.vs_fio_same_qd = fio
                 .iter()
                 .find(|f| f.qd == r.qd)
                 .map(|f| r.gb_per_s / f.gb_per_s);
+        } else {
+            r.vs_serial = serial.map(|s| r.gb_per_s / s);
         }
         r.vs_fio_best = fio_best.map(|b| r.gb_per_s / b);
     }
@@ -250,23 +291,83 @@ fn bench_geometry(
     Ok(())
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Runs one job once, cold; returns GB/s.
+fn run_job(
+    args: &IoBenchArgs,
+    path: &Path,
+    layout: &ExpertLayout,
+    bytes: u64,
+    job: Job,
+    seed: u64,
+    report: &mut Report,
+) -> CliResult<f64> {
+    let file_len = std::fs::metadata(path)?.len();
+    let block = layout.max_read_len() as usize;
+    let budget = args.mib_per_row << 20;
+    let reads = (budget / block as u64).max(1);
+    testfile::drop_page_cache(path);
+    let mut open = |c: BackendConfig| -> CliResult<Box<dyn io_sched::backend::ReadBackend>> {
+        let be = open_backend(layout, &c)?;
+        note_fallbacks(&be.fallbacks, report);
+        Ok(be.backend)
+    };
+    let r = match job {
+        Job::Random { qd } => {
+            let mut be = open(cfg(BackendKind::IoUring, qd, 0, DirectMode::Auto))?;
+            random_reads(be.as_mut(), file_len, block, qd as usize, reads, seed)?
+        }
+        Job::Fio { qd } => return run_fio(path, block, qd, reads * block as u64),
+        Job::Layer { k, method } => {
+            let steps = (budget / (k as u64 * bytes)).max(2);
+            let (c, chunk) = match method {
+                LayerMethod::Serial => (cfg(BackendKind::Pread, 1, 1, DirectMode::Auto), block),
+                LayerMethod::PreadPool => (
+                    cfg(BackendKind::Pread, 16, 16, DirectMode::Auto),
+                    args.chunk,
+                ),
+                LayerMethod::Uring(qd) => (
+                    cfg(BackendKind::IoUring, qd, 0, DirectMode::Auto),
+                    args.chunk,
+                ),
+                LayerMethod::Mmap => (cfg(BackendKind::Mmap, 8, 8, DirectMode::Off), args.chunk),
+                LayerMethod::Scheduler => {
+                    let be = open(cfg(BackendKind::IoUring, 32, 0, DirectMode::Auto))?;
+                    return Ok(
+                        scheduler_layer_reads(layout, be, k, steps, args.chunk, seed)?.gb_per_s(),
+                    );
+                }
+            };
+            let mut be = open(c)?;
+            layer_reads(be.as_mut(), layout, k, chunk, steps, seed)?
+        }
+    };
+    Ok(r.gb_per_s())
+}
+
 /// K-expert layers through the whole scheduler (cache too small to hit, so every expert is a
 /// demand read): what the engine gets, checksums included.
 fn scheduler_layer_reads(
     layout: &ExpertLayout,
+    backend: Box<dyn io_sched::backend::ReadBackend>,
     k: usize,
     steps: u64,
     chunk: usize,
-    path: &Path,
-    report: &mut Report,
+    seed: u64,
 ) -> CliResult<BenchResult> {
-    testfile::drop_page_cache(path);
-    let be = open_backend(layout, &cfg(BackendKind::IoUring, 32, 0, DirectMode::Auto))?;
-    note_fallbacks(&be.fallbacks, report);
     let mut sc = SchedulerConfig::with_budget(layout.max_read_len() * 2 * k as u64);
     sc.core.demand_chunk = chunk;
-    let sched = Scheduler::with_backend(layout.clone(), sc, be.backend)?;
-    let mut rng = Rng::new(11);
+    let sched = Scheduler::with_backend(layout.clone(), sc, backend)?;
+    let mut rng = Rng::new(seed);
     let mut experts = Vec::new();
     let start = Instant::now();
     for step in 0..steps {
@@ -281,19 +382,6 @@ fn scheduler_layer_reads(
         reads: m.misses,
         elapsed,
     })
-}
-
-fn row(expert_bytes: u64, pattern: &str, method: &str, qd: u32, r: BenchResult) -> Row {
-    Row {
-        expert_bytes,
-        pattern: pattern.to_string(),
-        method: method.to_string(),
-        qd,
-        gb_per_s: r.gb_per_s(),
-        vs_serial: None,
-        vs_fio_same_qd: None,
-        vs_fio_best: None,
-    }
 }
 
 fn note_fallbacks(fallbacks: &[String], report: &mut Report) {
@@ -342,8 +430,8 @@ fn fmt_ratio(x: Option<f64>) -> String {
 
 fn print_table(report: &Report) {
     println!(
-        "io-bench: cold reads, {} MiB per row, layer requests of {} bytes",
-        report.mib_per_row, report.chunk
+        "io-bench: cold reads, {} MiB per run, median of {} interleaved rounds, layer requests of {} bytes",
+        report.mib_per_row, report.repeat, report.chunk
     );
     println!(
         "{:>9} {:>9} {:<44} {:>4} {:>8} {:>9} {:>9} {:>9}",
