@@ -183,3 +183,24 @@ fn async_acquire_works_and_dropped_futures_release_their_pins() {
     let g = s.acquire(0, &[0, 1, 2, 3, 4, 5, 6, 7]).unwrap();
     assert_eq!(g.len(), 8);
 }
+
+#[test]
+fn a_prefetch_never_evicts_an_expert_a_live_hint_names() {
+    let s = sched(2, 8, 3);
+    drop(s.acquire(0, &[0, 1, 2]).unwrap()); // LRU order: 0, 1, 2
+    s.hint(0, &[cand(1)]); // expert 1 is cached: the hint protects it
+    s.hint(1, &[cand(5), cand(6)]); // two prefetches need two victims
+    let wait = |k| {
+        while !s.with_core(|c| c.is_ready(k)) {
+            std::thread::yield_now();
+        }
+    };
+    wait(ExpertKey::new(1, 5));
+    wait(ExpertKey::new(1, 6));
+    assert!(s.with_core(|c| c.is_ready(ExpertKey::new(0, 1))), "hinted expert was evicted");
+    assert!(!s.with_core(|c| c.is_ready(ExpertKey::new(0, 0))));
+    assert!(!s.with_core(|c| c.is_ready(ExpertKey::new(0, 2))));
+    let g = s.acquire(0, &[1]).unwrap();
+    assert_eq!(g.bytes(0), &record_bytes(ExpertKey::new(0, 1), LEN)[..]);
+    assert_eq!(s.metrics().layers[0].hits, 1);
+}

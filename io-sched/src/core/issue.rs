@@ -341,6 +341,7 @@ impl SchedCore {
         let slot = &mut self.slots[ld.slot as usize];
         slot.unused_prefetch = false;
         slot.stale = false;
+        slot.hinted = false;
         if slot.pins == 0 {
             slot.state = SlotState::Free;
             self.free_slots.push(ld.slot);

@@ -98,6 +98,8 @@ pub(crate) struct Slot {
     pub unused_prefetch: bool,
     /// Marked wasted (its layer was acquired without it): evict first.
     pub stale: bool,
+    /// Named by a live hint (prefetched or already cached): evicted last, never by a prefetch.
+    pub hinted: bool,
     /// For prefetches: the acquire of its layer it was meant for.
     pub target_epoch: u64,
 }
@@ -187,6 +189,7 @@ impl SchedCore {
                     pins: 0,
                     unused_prefetch: false,
                     stale: false,
+                    hinted: false,
                     target_epoch: 0,
                 })
                 .collect(),
@@ -274,33 +277,35 @@ impl SchedCore {
         self.current_layer = layer;
         let n = self.layout.num_experts() as usize;
         for e in 0..n as u32 {
-            if experts.contains(&e) {
-                continue;
-            }
             let s = self.slot_of[l * n + e as usize];
             if s == NO_SLOT {
                 continue;
             }
-            let slot = &self.slots[s as usize];
+            let slot = &mut self.slots[s as usize];
             if slot.target_epoch > epoch {
+                continue;
+            }
+            // The hint for this acquire is settled either way.
+            slot.hinted = false;
+            if experts.contains(&e) {
                 continue;
             }
             match slot.state {
                 SlotState::Ready if slot.unused_prefetch => {
-                    let len = self.arena.slot_size() as u64;
-                    let slot = &mut self.slots[s as usize];
                     slot.unused_prefetch = false;
                     slot.stale = true;
+                    let len = self.arena.slot_size() as u64;
                     let m = &mut self.layer_metrics[l];
                     m.prefetch_wasted += 1;
                     m.wasted_bytes += len;
                 }
-                SlotState::Loading(load)
+                SlotState::Loading(load) => {
                     if self.loads[load]
                         .as_ref()
-                        .is_some_and(|x| x.purpose == Purpose::Prefetch) =>
-                {
-                    self.cancel_prefetch(load);
+                        .is_some_and(|x| x.purpose == Purpose::Prefetch)
+                    {
+                        self.cancel_prefetch(load);
+                    }
                 }
                 _ => {}
             }
@@ -329,6 +334,7 @@ impl SchedCore {
                         slot.unused_prefetch = false;
                     }
                     slot.stale = false;
+                    slot.hinted = false;
                     slot.pins += 1;
                     self.policy.on_access(s as usize, self.tick);
                     return Ok(Some(s));
@@ -399,11 +405,11 @@ impl SchedCore {
             let s = self.slot_of[self.key_index(key)];
             if s != NO_SLOT {
                 let slot = &mut self.slots[s as usize];
-                if slot.unused_prefetch || slot.stale {
-                    slot.target_epoch = target;
-                    slot.stale = false;
-                    slot.unused_prefetch = true;
-                }
+                // Already cached or on its way: protect it until this acquire. A stale
+                // prefetch named again is kept, but its bytes stay counted as wasted once.
+                slot.target_epoch = target;
+                slot.stale = false;
+                slot.hinted = true;
                 if let SlotState::Loading(id) = slot.state {
                     let ld = self.loads[id].as_mut().expect("loading slot has a load");
                     if ld.purpose == Purpose::Prefetch {
@@ -426,6 +432,7 @@ impl SchedCore {
             let slot = &mut self.slots[s as usize];
             slot.target_epoch = target;
             slot.unused_prefetch = true;
+            slot.hinted = true;
             self.policy.on_insert(s as usize, self.tick);
             queued = true;
         }

@@ -62,16 +62,17 @@ impl SchedCore {
             if slot.pins > 0 || !matches!(slot.state, SlotState::Ready) {
                 continue;
             }
-            if purpose == Purpose::Prefetch && slot.unused_prefetch {
+            let live = slot.hinted || slot.unused_prefetch;
+            if purpose == Purpose::Prefetch && live {
                 continue;
             }
-            // Stale prefetches go first, then live prefetches (demand only), then by policy.
+            // Stale prefetches first, then by policy, then (demand only) what a live hint names.
             let class = if slot.stale {
                 0
-            } else if slot.unused_prefetch {
-                1
-            } else {
+            } else if live {
                 2
+            } else {
+                1
             };
             let score = self.policy.score(i, self.tick);
             if best.is_none_or(|(c, sc, _)| (class, score) < (c, sc)) {
@@ -92,6 +93,7 @@ impl SchedCore {
         slot.state = SlotState::Free;
         slot.unused_prefetch = false;
         slot.stale = false;
+        slot.hinted = false;
         let idx = self.key_index(key);
         self.slot_of[idx] = NO_SLOT;
     }
@@ -132,6 +134,7 @@ impl SchedCore {
         slot.pins = 0;
         slot.unused_prefetch = false;
         slot.stale = false;
+        slot.hinted = false;
         let idx = self.key_index(key);
         self.slot_of[idx] = s;
         match purpose {
@@ -182,6 +185,7 @@ impl SchedCore {
         slot.state = SlotState::Free;
         slot.unused_prefetch = false;
         slot.stale = false;
+        slot.hinted = false;
         let idx = self.key_index(ld.key);
         if self.slot_of[idx] == ld.slot {
             self.slot_of[idx] = NO_SLOT;
