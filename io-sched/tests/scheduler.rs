@@ -197,7 +197,10 @@ fn a_prefetch_never_evicts_an_expert_a_live_hint_names() {
     };
     wait(ExpertKey::new(1, 5));
     wait(ExpertKey::new(1, 6));
-    assert!(s.with_core(|c| c.is_ready(ExpertKey::new(0, 1))), "hinted expert was evicted");
+    assert!(
+        s.with_core(|c| c.is_ready(ExpertKey::new(0, 1))),
+        "hinted expert was evicted"
+    );
     assert!(!s.with_core(|c| c.is_ready(ExpertKey::new(0, 0))));
     assert!(!s.with_core(|c| c.is_ready(ExpertKey::new(0, 2))));
     let g = s.acquire(0, &[1]).unwrap();

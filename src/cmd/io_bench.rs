@@ -159,7 +159,8 @@ enum LayerMethod {
     PreadPool,
     Uring(u32),
     Mmap,
-    Scheduler,
+    /// Through `Scheduler::acquire`; the flag: verify checksums.
+    Scheduler(bool),
 }
 
 impl Job {
@@ -178,7 +179,10 @@ impl Job {
                 LayerMethod::PreadPool => ("pread pool x16", 16),
                 LayerMethod::Uring(qd) => ("io_uring", *qd),
                 LayerMethod::Mmap => ("mmap x8 (page cache, cold)", 8),
-                LayerMethod::Scheduler => ("io-sched acquire (io_uring qd32, checksums)", 32),
+                LayerMethod::Scheduler(true) => ("io-sched acquire (io_uring qd32, checksums)", 32),
+                LayerMethod::Scheduler(false) => {
+                    ("io-sched acquire (io_uring qd32, no checksums)", 32)
+                }
             },
         }
     }
@@ -217,10 +221,12 @@ fn bench_geometry(
             k,
             method: LayerMethod::Mmap,
         });
-        jobs.push(Job::Layer {
-            k,
-            method: LayerMethod::Scheduler,
-        });
+        for verify in [true, false] {
+            jobs.push(Job::Layer {
+                k,
+                method: LayerMethod::Scheduler(verify),
+            });
+        }
     }
     // Rounds interleave every job, so slow and fast phases of a shared disk hit all of them.
     let rounds = args.repeat.max(1);
@@ -340,11 +346,12 @@ fn run_job(
                     args.chunk,
                 ),
                 LayerMethod::Mmap => (cfg(BackendKind::Mmap, 8, 8, DirectMode::Off), args.chunk),
-                LayerMethod::Scheduler => {
+                LayerMethod::Scheduler(verify) => {
                     let be = open(cfg(BackendKind::IoUring, 32, 0, DirectMode::Auto))?;
-                    return Ok(
-                        scheduler_layer_reads(layout, be, k, steps, args.chunk, seed)?.gb_per_s(),
-                    );
+                    return Ok(scheduler_layer_reads(
+                        layout, be, k, steps, args.chunk, verify, seed,
+                    )?
+                    .gb_per_s());
                 }
             };
             let mut be = open(c)?;
@@ -362,10 +369,12 @@ fn scheduler_layer_reads(
     k: usize,
     steps: u64,
     chunk: usize,
+    verify: bool,
     seed: u64,
 ) -> CliResult<BenchResult> {
     let mut sc = SchedulerConfig::with_budget(layout.max_read_len() * 2 * k as u64);
     sc.core.demand_chunk = chunk;
+    sc.core.verify_checksums = verify;
     let sched = Scheduler::with_backend(layout.clone(), sc, backend)?;
     let mut rng = Rng::new(seed);
     let mut experts = Vec::new();
