@@ -16,7 +16,7 @@ pub enum EngineError {
         source: std::io::Error,
     },
     /// A JSON file (config, index) could not be parsed.
-    #[error("{path}: invalid JSON: {source}")]
+    #[error("{path}: cannot parse: {source}")]
     Json {
         /// The file.
         path: PathBuf,
