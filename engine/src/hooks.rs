@@ -55,6 +55,13 @@ pub struct TraceRecorder {
     pub pregate: Vec<(usize, u32, Vec<f32>)>,
 }
 
+impl TraceRecorder {
+    /// An empty recorder; `record_pregate` asks the model for pre-gate scores too.
+    pub fn new(record_pregate: bool) -> Self {
+        Self { record_pregate, ..Self::default() }
+    }
+}
+
 impl RoutingObserver for TraceRecorder {
     fn on_token(&mut self, _token: u32, pos: usize) {
         self.pos = pos;
