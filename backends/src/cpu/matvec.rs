@@ -41,8 +41,23 @@ impl Prep {
 /// `out = W x`. The caller has checked `bytes.len() == l.total`, `x.len() == l.cols` and
 /// `out.len() == l.rows`.
 pub(crate) fn matvec(bytes: &[u8], l: &MatrixLayout, x: &[f32], out: &mut [f32]) {
+    matvec_with(bytes, l, x, out, simd_available());
+}
+
+#[cfg(target_arch = "x86_64")]
+fn simd_available() -> bool {
+    super::simd::available()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn simd_available() -> bool {
+    false
+}
+
+/// [`matvec`] with the choice of kernels made by the caller (tests compare both).
+pub(crate) fn matvec_with(bytes: &[u8], l: &MatrixLayout, x: &[f32], out: &mut [f32], simd: bool) {
     let prep = Prep::new(l, x);
-    let row = |r: usize| row_dot(bytes, l, &prep, x, r);
+    let row = |r: usize| if simd { row_dot_simd(bytes, l, &prep, x, r) } else { row_dot(bytes, l, &prep, x, r) };
     if l.rows * l.cols < PAR_THRESHOLD {
         out.iter_mut().enumerate().for_each(|(r, o)| *o = row(r));
     } else {
@@ -91,6 +106,35 @@ fn row_dot(bytes: &[u8], l: &MatrixLayout, p: &Prep, x: &[f32], r: usize) -> f32
             acc
         }
     }
+}
+
+/// Row dot product with the AVX2 kernels; formats without one use the portable kernel.
+#[cfg(target_arch = "x86_64")]
+fn row_dot_simd(bytes: &[u8], l: &MatrixLayout, p: &Prep, x: &[f32], r: usize) -> f32 {
+    use super::simd;
+    let cols = l.cols;
+    let (scales, biases) = scale_bias(bytes, l);
+    let group = l.format.group().unwrap_or(1);
+    let gpr = cols / group;
+    let sb = 2 * r * gpr..2 * (r + 1) * gpr;
+    match l.format {
+        // SAFETY (all three): `matvec_with` is only called with `simd == true` when
+        // `simd::available()` said the CPU has AVX2, FMA and F16C.
+        WeightFormat::Bf16 => unsafe { simd::bf16_row(&bytes[2 * r * cols..2 * (r + 1) * cols], x) },
+        WeightFormat::Q8 { .. } => unsafe {
+            simd::q8_row(&bytes[r * cols..(r + 1) * cols], &scales[sb.clone()], &biases[sb], x, &p.group_sums, group)
+        },
+        WeightFormat::Q4 { .. } => unsafe {
+            let codes = &bytes[r * cols / 2..(r + 1) * cols / 2];
+            simd::q4_row(codes, &scales[sb.clone()], &biases[sb], &p.even, &p.odd, &p.group_sums, group)
+        },
+        _ => row_dot(bytes, l, p, x, r),
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn row_dot_simd(bytes: &[u8], l: &MatrixLayout, p: &Prep, x: &[f32], r: usize) -> f32 {
+    row_dot(bytes, l, p, x, r)
 }
 
 fn scale_bias<'a>(bytes: &'a [u8], l: &MatrixLayout) -> (&'a [u8], &'a [u8]) {
@@ -166,11 +210,13 @@ mod tests {
                 let bytes = quantize(&w, rows, cols, f).unwrap();
                 let deq = dequantize(&bytes, rows, cols, f).unwrap();
                 let l = f.layout(rows, cols).unwrap();
-                let mut out = vec![0f32; rows];
-                matvec(&bytes, &l, &x, &mut out);
-                for r in 0..rows {
-                    let want: f64 = (0..cols).map(|j| deq[r * cols + j] as f64 * x[j] as f64).sum();
-                    assert!((out[r] as f64 - want).abs() < 1e-3, "{f:?} row {r}: {} vs {want}", out[r]);
+                for simd in [false, simd_available()] {
+                    let mut out = vec![0f32; rows];
+                    matvec_with(&bytes, &l, &x, &mut out, simd);
+                    for r in 0..rows {
+                        let want: f64 = (0..cols).map(|j| deq[r * cols + j] as f64 * x[j] as f64).sum();
+                        assert!((out[r] as f64 - want).abs() < 1e-3, "{f:?} simd {simd} row {r}: {} vs {want}", out[r]);
+                    }
                 }
             }
         }

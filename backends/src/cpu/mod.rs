@@ -2,6 +2,8 @@
 
 mod matvec;
 mod ops;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 
 use crate::backend::{AttnShape, ComputeBackend, KvShape, WeightView};
 use crate::error::{BackendError, Result, check_len};
