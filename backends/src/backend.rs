@@ -3,7 +3,7 @@
 //! Design choices:
 //! - Activations live in opaque [`ComputeBackend::Tensor`] handles owned by the backend, so a GPU
 //!   backend keeps them on the device between ops; only router logits and final logits are read
-//!   back ([`ComputeBackend::read`]).
+//!   back ([`ComputeBackend::read`]); [`ComputeBackend::upload`] is the way in.
 //! - Resident weights (attention, norms, router, embeddings, lm_head) are uploaded once as
 //!   [`ComputeBackend::Weight`]. Streamed expert weights arrive as raw bytes ([`WeightView`]) in
 //!   the layout documented in [`crate::quant`], straight from I/O buffers, with no copy on the CPU.
@@ -88,7 +88,7 @@ pub trait ComputeBackend: Send + Sync {
     /// A zero-filled tensor of `len` elements.
     fn zeros(&self, len: usize) -> Result<Self::Tensor>;
     /// A tensor holding `data`.
-    fn from_f32(&self, data: &[f32]) -> Result<Self::Tensor>;
+    fn upload(&self, data: &[f32]) -> Result<Self::Tensor>;
     /// The length of a tensor.
     fn len(&self, t: &Self::Tensor) -> usize;
     /// Copies a tensor back to the host.
@@ -97,7 +97,13 @@ pub trait ComputeBackend: Send + Sync {
     fn copy(&self, src: &Self::Tensor, dst: &mut Self::Tensor) -> Result<()>;
 
     /// Uploads a `[rows x cols]` weight in `format` (bytes as documented in [`crate::quant`]).
-    fn load_weight(&self, bytes: &[u8], rows: usize, cols: usize, format: WeightFormat) -> Result<Self::Weight>;
+    fn load_weight(
+        &self,
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+        format: WeightFormat,
+    ) -> Result<Self::Weight>;
     /// Allocates an empty KV cache.
     fn kv_cache(&self, shape: KvShape) -> Result<Self::KvCache>;
 
@@ -106,17 +112,41 @@ pub trait ComputeBackend: Send + Sync {
     /// `out = W x` for a resident weight.
     fn matvec(&self, w: &Self::Weight, x: &Self::Tensor, out: &mut Self::Tensor) -> Result<()>;
     /// `out = W x` for a weight given as raw bytes (an expert tensor from an I/O buffer).
-    fn matvec_bytes(&self, w: WeightView<'_>, x: &Self::Tensor, out: &mut Self::Tensor) -> Result<()>;
+    fn matvec_bytes(
+        &self,
+        w: WeightView<'_>,
+        x: &Self::Tensor,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
 
     /// `out = x / sqrt(mean(x^2) + eps) * weight`.
-    fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f32, out: &mut Self::Tensor) -> Result<()>;
+    fn rms_norm(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        eps: f32,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
     /// RMSNorm of each `head_dim` slice of `x` in place, with one `weight` of `head_dim` (q/k norm).
-    fn rms_norm_heads(&self, x: &mut Self::Tensor, weight: &Self::Tensor, head_dim: usize, eps: f32) -> Result<()>;
+    fn rms_norm_heads(
+        &self,
+        x: &mut Self::Tensor,
+        weight: &Self::Tensor,
+        head_dim: usize,
+        eps: f32,
+    ) -> Result<()>;
     /// Rotary embedding in place on `x` = `n_heads` heads of `head_dim`, at position `pos`.
     ///
     /// Rotate-half convention (HF Llama/Qwen/Mixtral): element `i < head_dim/2` pairs with
     /// `i + head_dim/2`, angle `pos * theta^(-2i/head_dim)`.
-    fn rope(&self, x: &mut Self::Tensor, n_heads: usize, head_dim: usize, pos: usize, theta: f32) -> Result<()>;
+    fn rope(
+        &self,
+        x: &mut Self::Tensor,
+        n_heads: usize,
+        head_dim: usize,
+        pos: usize,
+        theta: f32,
+    ) -> Result<()>;
 
     /// Stores `k` and `v` (each `kv_dim`) of `layer` at position `pos`.
     fn kv_write(
@@ -153,20 +183,19 @@ pub trait ComputeBackend: Send + Sync {
         top_k_softmax(&self.read(logits)?, k, renormalize)
     }
 
-    /// One SwiGLU expert: `out = down(silu(gate x) * up x)`.
+    /// One SwiGLU expert: `out = down(silu(gate x) * up x)`, `w` = `[gate, up, down]`.
     ///
     /// `h1`, `h2` are scratch tensors of the expert's intermediate size.
     /// The default composes [`Self::matvec_bytes`] and [`Self::swiglu`]; a GPU may fuse it.
     fn expert_ffn(
         &self,
-        gate: WeightView<'_>,
-        up: WeightView<'_>,
-        down: WeightView<'_>,
+        w: [WeightView<'_>; 3],
         x: &Self::Tensor,
         h1: &mut Self::Tensor,
         h2: &mut Self::Tensor,
         out: &mut Self::Tensor,
     ) -> Result<()> {
+        let [gate, up, down] = w;
         self.matvec_bytes(gate, x, h1)?;
         self.matvec_bytes(up, x, h2)?;
         self.swiglu(h1, h2)?;

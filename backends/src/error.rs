@@ -73,10 +73,20 @@ pub enum BackendError {
 pub type Result<T, E = BackendError> = std::result::Result<T, E>;
 
 /// Returns a [`BackendError::Shape`] unless `got == expected`.
-pub(crate) fn check_len(op: &'static str, what: &'static str, expected: usize, got: usize) -> Result<()> {
+pub(crate) fn check_len(
+    op: &'static str,
+    what: &'static str,
+    expected: usize,
+    got: usize,
+) -> Result<()> {
     if expected == got {
         Ok(())
     } else {
-        Err(BackendError::Shape { op, what, expected, got })
+        Err(BackendError::Shape {
+            op,
+            what,
+            expected,
+            got,
+        })
     }
 }

@@ -103,7 +103,12 @@ impl WeightFormat {
 
     /// Computes the byte layout of a `[rows x cols]` matrix, checking the dims fit the format.
     pub fn layout(self, rows: usize, cols: usize) -> Result<MatrixLayout> {
-        let bad = |reason| BackendError::BadDims { format: self, rows, cols, reason };
+        let bad = |reason| BackendError::BadDims {
+            format: self,
+            rows,
+            cols,
+            reason,
+        };
         let elems = rows.checked_mul(cols).ok_or(bad("rows * cols overflows"))?;
         let data_len = elems
             .checked_mul(self.bits() as usize)
@@ -123,7 +128,7 @@ impl WeightFormat {
                 if group == 0 || group % 16 != 0 {
                     return Err(bad("group size must be a positive multiple of 16"));
                 }
-                if cols % group != 0 {
+                if !cols.is_multiple_of(group) {
                     return Err(bad("columns must be a multiple of the group size"));
                 }
                 let scales_len = rows * (cols / group) * 2;
@@ -208,7 +213,9 @@ pub fn quantize(w: &[f32], rows: usize, cols: usize, format: WeightFormat) -> Re
             for (g, chunk) in w.chunks_exact(group).enumerate() {
                 let (lo, hi) = chunk
                     .iter()
-                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                        (a.min(v), b.max(v))
+                    });
                 // Store the rounded scale and bias, then quantize against the rounded values.
                 let scale = f16::from_f32((hi - lo) / qmax);
                 let bias = f16::from_f32(lo);
@@ -217,7 +224,11 @@ pub fn quantize(w: &[f32], rows: usize, cols: usize, format: WeightFormat) -> Re
                 let (s, b) = (scale.to_f32(), bias.to_f32());
                 let base = (g / groups_per_row) * cols + (g % groups_per_row) * group;
                 for (j, &v) in chunk.iter().enumerate() {
-                    let q = if s > 0.0 { ((v - b) / s).round().clamp(0.0, qmax) as u8 } else { 0 };
+                    let q = if s > 0.0 {
+                        ((v - b) / s).round().clamp(0.0, qmax) as u8
+                    } else {
+                        0
+                    };
                     let idx = base + j;
                     if format.bits() == 8 {
                         data[idx] = q;
@@ -232,11 +243,21 @@ pub fn quantize(w: &[f32], rows: usize, cols: usize, format: WeightFormat) -> Re
 }
 
 /// Decodes one row of a matrix in `layout` into `out` (`out.len() == cols`).
-pub fn dequantize_row(bytes: &[u8], layout: &MatrixLayout, row: usize, out: &mut [f32]) -> Result<()> {
+pub fn dequantize_row(
+    bytes: &[u8],
+    layout: &MatrixLayout,
+    row: usize,
+    out: &mut [f32],
+) -> Result<()> {
     layout.check("dequantize_row", bytes)?;
     crate::error::check_len("dequantize_row", "out", layout.cols, out.len())?;
     if row >= layout.rows {
-        return Err(BackendError::OutOfRange { op: "dequantize_row", what: "row", index: row, limit: layout.rows });
+        return Err(BackendError::OutOfRange {
+            op: "dequantize_row",
+            what: "row",
+            index: row,
+            limit: layout.rows,
+        });
     }
     let cols = layout.cols;
     let start = row * cols;
@@ -247,8 +268,14 @@ pub fn dequantize_row(bytes: &[u8], layout: &MatrixLayout, row: usize, out: &mut
                 *o = f32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
             }
         }
-        WeightFormat::Bf16 => out.iter_mut().enumerate().for_each(|(j, o)| *o = bf16_at(bytes, start + j)),
-        WeightFormat::F16 => out.iter_mut().enumerate().for_each(|(j, o)| *o = f16_at(bytes, start + j)),
+        WeightFormat::Bf16 => out
+            .iter_mut()
+            .enumerate()
+            .for_each(|(j, o)| *o = bf16_at(bytes, start + j)),
+        WeightFormat::F16 => out
+            .iter_mut()
+            .enumerate()
+            .for_each(|(j, o)| *o = f16_at(bytes, start + j)),
         WeightFormat::Q8 { group } | WeightFormat::Q4 { group } => {
             let group = group as usize;
             let scales = &bytes[layout.scales_offset..layout.biases_offset];
@@ -256,7 +283,11 @@ pub fn dequantize_row(bytes: &[u8], layout: &MatrixLayout, row: usize, out: &mut
             let four = layout.format.bits() == 4;
             for (j, o) in out.iter_mut().enumerate() {
                 let idx = start + j;
-                let q = if four { (bytes[idx / 2] >> (4 * (idx % 2))) & 15 } else { bytes[idx] };
+                let q = if four {
+                    (bytes[idx / 2] >> (4 * (idx % 2))) & 15
+                } else {
+                    bytes[idx]
+                };
                 let g = idx / group;
                 *o = f32::from(q) * f16_at(scales, g) + f16_at(biases, g);
             }
@@ -266,7 +297,12 @@ pub fn dequantize_row(bytes: &[u8], layout: &MatrixLayout, row: usize, out: &mut
 }
 
 /// Decodes a whole `[rows x cols]` matrix stored in `format` to row-major f32.
-pub fn dequantize(bytes: &[u8], rows: usize, cols: usize, format: WeightFormat) -> Result<Vec<f32>> {
+pub fn dequantize(
+    bytes: &[u8],
+    rows: usize,
+    cols: usize,
+    format: WeightFormat,
+) -> Result<Vec<f32>> {
     let layout = format.layout(rows, cols)?;
     layout.check("dequantize", bytes)?;
     let mut out = vec![0f32; rows * cols];
@@ -281,7 +317,9 @@ mod tests {
     use super::*;
 
     fn sample(n: usize) -> Vec<f32> {
-        (0..n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect()
+        (0..n)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect()
     }
 
     #[test]
@@ -290,9 +328,15 @@ mod tests {
         assert_eq!(WeightFormat::Bf16.byte_size(3, 5).unwrap(), 30);
         // Q4 128x256 group 64: data 16384, scales 128*4*2 = 1024 at 16384, biases at 17408.
         let l = WeightFormat::Q4_64.layout(128, 256).unwrap();
-        assert_eq!((l.data_len, l.scales_offset, l.biases_offset, l.total), (16384, 16384, 17408, 18432));
+        assert_eq!(
+            (l.data_len, l.scales_offset, l.biases_offset, l.total),
+            (16384, 16384, 17408, 18432)
+        );
         let l = WeightFormat::Q8_64.layout(3, 64).unwrap();
-        assert_eq!((l.data_len, l.scales_offset, l.biases_offset, l.total), (192, 192, 256, 262));
+        assert_eq!(
+            (l.data_len, l.scales_offset, l.biases_offset, l.total),
+            (192, 192, 256, 262)
+        );
         assert!(WeightFormat::Q4_64.layout(2, 100).is_err());
         assert!(WeightFormat::Q4 { group: 10 }.layout(2, 100).is_err());
     }
@@ -302,16 +346,31 @@ mod tests {
         let (rows, cols) = (4, 128);
         let w = sample(rows * cols);
         for (format, qmax) in [(WeightFormat::Q8_64, 255.0), (WeightFormat::Q4_64, 15.0)] {
-            let back = dequantize(&quantize(&w, rows, cols, format).unwrap(), rows, cols, format).unwrap();
+            let back = dequantize(
+                &quantize(&w, rows, cols, format).unwrap(),
+                rows,
+                cols,
+                format,
+            )
+            .unwrap();
             for (g, (a, b)) in w.chunks(64).zip(back.chunks(64)).enumerate() {
-                let range = a.iter().cloned().fold(f32::MIN, f32::max) - a.iter().cloned().fold(f32::MAX, f32::min);
+                let range = a.iter().cloned().fold(f32::MIN, f32::max)
+                    - a.iter().cloned().fold(f32::MAX, f32::min);
                 let tol = 0.5 * range / qmax * 1.01 + 1e-3 * range;
                 for (x, y) in a.iter().zip(b) {
-                    assert!((x - y).abs() <= tol, "{format:?} group {g}: {x} vs {y}, tol {tol}");
+                    assert!(
+                        (x - y).abs() <= tol,
+                        "{format:?} group {g}: {x} vs {y}, tol {tol}"
+                    );
                 }
             }
         }
-        let back = dequantize(&quantize(&w, rows, cols, WeightFormat::F32).unwrap(), rows, cols, WeightFormat::F32);
+        let back = dequantize(
+            &quantize(&w, rows, cols, WeightFormat::F32).unwrap(),
+            rows,
+            cols,
+            WeightFormat::F32,
+        );
         assert_eq!(back.unwrap(), w);
     }
 

@@ -14,7 +14,10 @@ pub struct Routing {
 /// Numerically stable softmax of `logits` into a new vector.
 pub fn softmax(logits: &[f32]) -> Result<Vec<f32>> {
     if logits.iter().any(|v| !v.is_finite()) {
-        return Err(BackendError::NonFinite { op: "softmax", what: "logits" });
+        return Err(BackendError::NonFinite {
+            op: "softmax",
+            what: "logits",
+        });
     }
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let mut p: Vec<f32> = logits.iter().map(|&v| (v - max).exp()).collect();
@@ -34,7 +37,12 @@ pub fn softmax(logits: &[f32]) -> Result<Vec<f32>> {
 /// ```
 pub fn top_k_softmax(logits: &[f32], k: usize, renormalize: bool) -> Result<Routing> {
     if k == 0 || k > logits.len() {
-        return Err(BackendError::OutOfRange { op: "top_k_softmax", what: "k", index: k, limit: logits.len() + 1 });
+        return Err(BackendError::OutOfRange {
+            op: "top_k_softmax",
+            what: "k",
+            index: k,
+            limit: logits.len() + 1,
+        });
     }
     let p = softmax(logits)?;
     let mut order: Vec<u32> = (0..p.len() as u32).collect();
@@ -45,7 +53,10 @@ pub fn top_k_softmax(logits: &[f32], k: usize, renormalize: bool) -> Result<Rout
         let sum: f32 = weights.iter().sum();
         weights.iter_mut().for_each(|w| *w /= sum);
     }
-    Ok(Routing { ids: order, weights })
+    Ok(Routing {
+        ids: order,
+        weights,
+    })
 }
 
 #[cfg(test)]

@@ -10,27 +10,45 @@ fn close(a: &[f32], b: &[f64], tol: f64) {
 }
 
 fn vals(n: usize, seed: usize) -> Vec<f32> {
-    (0..n).map(|i| (((i + seed) * 7919 % 211) as f32 - 105.0) / 50.0).collect()
+    (0..n)
+        .map(|i| (((i + seed) * 7919 % 211) as f32 - 105.0) / 50.0)
+        .collect()
 }
 
 fn attention_matches_reference<B: ComputeBackend>(be: &B) {
-    let shape = AttnShape { n_heads: 4, n_kv_heads: 2, head_dim: 8 };
+    let shape = AttnShape {
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 8,
+    };
     let kv_dim = 16;
-    let mut cache = be.kv_cache(KvShape { layers: 2, max_seq: 5, kv_dim }).unwrap();
+    let mut cache = be
+        .kv_cache(KvShape {
+            layers: 2,
+            max_seq: 5,
+            kv_dim,
+        })
+        .unwrap();
     let ks: Vec<Vec<f32>> = (0..3).map(|t| vals(kv_dim, 10 + t)).collect();
     let vs: Vec<Vec<f32>> = (0..3).map(|t| vals(kv_dim, 50 + t)).collect();
     for t in 0..3 {
-        let (k, v) = (be.from_f32(&ks[t]).unwrap(), be.from_f32(&vs[t]).unwrap());
+        let (k, v) = (be.upload(&ks[t]).unwrap(), be.upload(&vs[t]).unwrap());
         be.kv_write(&mut cache, 1, t, &k, &v).unwrap();
     }
     let q = vals(32, 3);
     let mut out = be.zeros(32).unwrap();
-    be.attention(&be.from_f32(&q).unwrap(), &cache, 1, 3, shape, &mut out).unwrap();
+    be.attention(&be.upload(&q).unwrap(), &cache, 1, 3, shape, &mut out)
+        .unwrap();
     let mut want = vec![0f64; 32];
     for h in 0..4 {
         let kvh = h / 2;
         let s: Vec<f64> = (0..3)
-            .map(|t| (0..8).map(|d| q[h * 8 + d] as f64 * ks[t][kvh * 8 + d] as f64).sum::<f64>() / 8f64.sqrt())
+            .map(|t| {
+                (0..8)
+                    .map(|d| q[h * 8 + d] as f64 * ks[t][kvh * 8 + d] as f64)
+                    .sum::<f64>()
+                    / 8f64.sqrt()
+            })
             .collect();
         let m = s.iter().cloned().fold(f64::MIN, f64::max);
         let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
@@ -41,8 +59,11 @@ fn attention_matches_reference<B: ComputeBackend>(be: &B) {
     }
     close(&be.read(&out).unwrap(), &want, 1e-5);
     // Out-of-range layer and position are errors, not panics.
-    assert!(be.attention(&be.from_f32(&q).unwrap(), &cache, 2, 3, shape, &mut out).is_err());
-    let k = be.from_f32(&ks[0]).unwrap();
+    assert!(
+        be.attention(&be.upload(&q).unwrap(), &cache, 2, 3, shape, &mut out)
+            .is_err()
+    );
+    let k = be.upload(&ks[0]).unwrap();
     assert!(be.kv_write(&mut cache, 0, 5, &k, &k).is_err());
 }
 
@@ -50,24 +71,39 @@ fn norms_rope_swiglu_match_reference<B: ComputeBackend>(be: &B) {
     let x = vals(16, 1);
     let w = vals(16, 2);
     let mut out = be.zeros(16).unwrap();
-    be.rms_norm(&be.from_f32(&x).unwrap(), &be.from_f32(&w).unwrap(), 1e-6, &mut out).unwrap();
+    be.rms_norm(
+        &be.upload(&x).unwrap(),
+        &be.upload(&w).unwrap(),
+        1e-6,
+        &mut out,
+    )
+    .unwrap();
     let ms = x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / 16.0;
-    let want: Vec<f64> = x.iter().zip(&w).map(|(a, b)| *a as f64 / (ms + 1e-6).sqrt() * *b as f64).collect();
+    let want: Vec<f64> = x
+        .iter()
+        .zip(&w)
+        .map(|(a, b)| *a as f64 / (ms + 1e-6).sqrt() * *b as f64)
+        .collect();
     close(&be.read(&out).unwrap(), &want, 1e-5);
 
     // Per-head norm: each 8-wide head normalised alone.
-    let mut t = be.from_f32(&x).unwrap();
-    be.rms_norm_heads(&mut t, &be.from_f32(&w[..8]).unwrap(), 8, 1e-6).unwrap();
+    let mut t = be.upload(&x).unwrap();
+    be.rms_norm_heads(&mut t, &be.upload(&w[..8]).unwrap(), 8, 1e-6)
+        .unwrap();
     let got = be.read(&t).unwrap();
     for h in 0..2 {
         let xs = &x[h * 8..h * 8 + 8];
         let ms = xs.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / 8.0;
-        let want: Vec<f64> = xs.iter().zip(&w[..8]).map(|(a, b)| *a as f64 / (ms + 1e-6).sqrt() * *b as f64).collect();
+        let want: Vec<f64> = xs
+            .iter()
+            .zip(&w[..8])
+            .map(|(a, b)| *a as f64 / (ms + 1e-6).sqrt() * *b as f64)
+            .collect();
         close(&got[h * 8..h * 8 + 8], &want, 1e-5);
     }
 
     // RoPE, rotate-half, theta 10000, position 7.
-    let mut t = be.from_f32(&x).unwrap();
+    let mut t = be.upload(&x).unwrap();
     be.rope(&mut t, 2, 8, 7, 10000.0).unwrap();
     let mut want = vec![0f64; 16];
     for h in 0..2 {
@@ -80,14 +116,22 @@ fn norms_rope_swiglu_match_reference<B: ComputeBackend>(be: &B) {
     }
     close(&be.read(&t).unwrap(), &want, 1e-5);
 
-    let mut g = be.from_f32(&x).unwrap();
-    be.swiglu(&mut g, &be.from_f32(&w).unwrap()).unwrap();
-    let want: Vec<f64> = x.iter().zip(&w).map(|(a, b)| *a as f64 / (1.0 + (-*a as f64).exp()) * *b as f64).collect();
+    let mut g = be.upload(&x).unwrap();
+    be.swiglu(&mut g, &be.upload(&w).unwrap()).unwrap();
+    let want: Vec<f64> = x
+        .iter()
+        .zip(&w)
+        .map(|(a, b)| *a as f64 / (1.0 + (-*a as f64).exp()) * *b as f64)
+        .collect();
     close(&be.read(&g).unwrap(), &want, 1e-5);
 
-    let mut y = be.from_f32(&x).unwrap();
-    be.axpy(&mut y, 0.5, &be.from_f32(&w).unwrap()).unwrap();
-    let want: Vec<f64> = x.iter().zip(&w).map(|(a, b)| *a as f64 + 0.5 * *b as f64).collect();
+    let mut y = be.upload(&x).unwrap();
+    be.axpy(&mut y, 0.5, &be.upload(&w).unwrap()).unwrap();
+    let want: Vec<f64> = x
+        .iter()
+        .zip(&w)
+        .map(|(a, b)| *a as f64 + 0.5 * *b as f64)
+        .collect();
     close(&be.read(&y).unwrap(), &want, 1e-6);
     assert!(be.axpy(&mut y, 1.0, &be.zeros(3).unwrap()).is_err());
 }
@@ -99,7 +143,10 @@ macro_rules! backend_tests {
         }
     };
 }
-backend_tests!(attention_matches_reference, norms_rope_swiglu_match_reference);
+backend_tests!(
+    attention_matches_reference,
+    norms_rope_swiglu_match_reference
+);
 
 #[test]
 fn cpu_backend_is_named() {

@@ -77,12 +77,22 @@ impl ModelConfig {
 
     /// Parses and validates config JSON; `path` is used in error messages.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|source| EngineError::Json { path: path.to_path_buf(), source })?;
+        let value: Value = serde_json::from_str(text).map_err(|source| EngineError::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let Value::Object(map) = value else {
-            return Err(unsupported_value(path, "<root>", &value, "config must be a JSON object"));
+            return Err(unsupported_value(
+                path,
+                "<root>",
+                &value,
+                "config must be a JSON object",
+            ));
         };
-        let raw = RawConfig { path: path.to_path_buf(), map };
+        let raw = RawConfig {
+            path: path.to_path_buf(),
+            map,
+        };
         match raw.map.get("model_type").and_then(Value::as_str) {
             Some("qwen3_moe") => crate::qwen3_moe::config(&raw),
             Some("mixtral") => crate::mixtral::config(&raw),
@@ -92,7 +102,10 @@ impl ModelConfig {
                 &Value::from(other),
                 "supported: \"qwen3_moe\", \"mixtral\"",
             )),
-            None => Err(EngineError::MissingField { path: path.to_path_buf(), field: "model_type".into() }),
+            None => Err(EngineError::MissingField {
+                path: path.to_path_buf(),
+                field: "model_type".into(),
+            }),
         }
     }
 
@@ -108,7 +121,9 @@ impl ModelConfig {
 
     /// Checks that the dims are usable together; `path` is used in error messages.
     pub(crate) fn validate(self, path: &Path) -> Result<Self> {
-        let fail = |field: &str, value: usize, reason: &str| Err(unsupported_value(path, field, &Value::from(value), reason));
+        let fail = |field: &str, value: usize, reason: &str| {
+            Err(unsupported_value(path, field, &Value::from(value), reason))
+        };
         for (field, v) in [
             ("hidden_size", self.hidden_size),
             ("num_hidden_layers", self.num_layers),
@@ -124,17 +139,34 @@ impl ModelConfig {
                 return fail(field, v, "must be positive");
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
-            return fail("num_key_value_heads", self.num_kv_heads, "must divide num_attention_heads");
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
+            return fail(
+                "num_key_value_heads",
+                self.num_kv_heads,
+                "must divide num_attention_heads",
+            );
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return fail("head_dim", self.head_dim, "must be even for RoPE");
         }
         if self.top_k > self.num_experts {
-            return fail("num_experts_per_tok", self.top_k, "must not exceed the number of experts");
+            return fail(
+                "num_experts_per_tok",
+                self.top_k,
+                "must not exceed the number of experts",
+            );
         }
-        if !(self.rope_theta > 0.0) || !(self.rms_norm_eps >= 0.0) {
-            return Err(unsupported_value(path, "rope_theta/rms_norm_eps", &Value::Null, "must be positive"));
+        if self.rope_theta.is_nan()
+            || self.rope_theta <= 0.0
+            || self.rms_norm_eps.is_nan()
+            || self.rms_norm_eps < 0.0
+        {
+            return Err(unsupported_value(
+                path,
+                "rope_theta/rms_norm_eps",
+                &Value::Null,
+                "must be positive",
+            ));
         }
         Ok(self)
     }
@@ -172,7 +204,8 @@ impl RawConfig {
                 return Err(EngineError::UnsupportedField {
                     path: self.path.clone(),
                     field: key.clone(),
-                    reason: "not implemented by this engine (it could change the model's maths)".into(),
+                    reason: "not implemented by this engine (it could change the model's maths)"
+                        .into(),
                 });
             }
         }
@@ -181,8 +214,12 @@ impl RawConfig {
 
     /// Deserializes into a family's typed config.
     pub(crate) fn parse<T: DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_value(Value::Object(self.map.clone()))
-            .map_err(|source| EngineError::Json { path: self.path.clone(), source })
+        serde_json::from_value(Value::Object(self.map.clone())).map_err(|source| {
+            EngineError::Json {
+                path: self.path.clone(),
+                source,
+            }
+        })
     }
 
     /// The checkpoint dtype announced by `dtype` or `torch_dtype`.
@@ -193,7 +230,12 @@ impl RawConfig {
                     Some("bfloat16") => Ok(Some(WeightFormat::Bf16)),
                     Some("float16") => Ok(Some(WeightFormat::F16)),
                     Some("float32") => Ok(Some(WeightFormat::F32)),
-                    _ => Err(unsupported_value(&self.path, key, v, "supported: bfloat16, float16, float32")),
+                    _ => Err(unsupported_value(
+                        &self.path,
+                        key,
+                        v,
+                        "supported: bfloat16, float16, float32",
+                    )),
                 };
             }
         }
@@ -209,27 +251,50 @@ impl RawConfig {
     pub(crate) fn rope_theta(&self, default: f64) -> Result<f32> {
         for key in ["rope_scaling", "rope_parameters"] {
             if let Some(v) = self.map.get(key).filter(|v| !v.is_null()) {
-                let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str);
+                let kind = v
+                    .get("rope_type")
+                    .or_else(|| v.get("type"))
+                    .and_then(Value::as_str);
                 if kind.is_some_and(|k| k != "default") {
-                    return Err(self.bad(key, v, "only rope_type \"default\" (unscaled RoPE) is supported"));
+                    return Err(self.bad(
+                        key,
+                        v,
+                        "only rope_type \"default\" (unscaled RoPE) is supported",
+                    ));
                 }
-                if let Some(extra) = v.as_object().and_then(|o| o.keys().find(|k| !["rope_type", "type", "rope_theta"].contains(&k.as_str()))) {
+                if let Some(extra) = v.as_object().and_then(|o| {
+                    o.keys()
+                        .find(|k| !["rope_type", "type", "rope_theta"].contains(&k.as_str()))
+                }) {
                     return Err(self.bad(key, v, &format!("unknown RoPE parameter `{extra}`")));
                 }
             }
         }
-        let nested = self.map.get("rope_parameters").and_then(|v| v.get("rope_theta")).and_then(Value::as_f64);
+        let nested = self
+            .map
+            .get("rope_parameters")
+            .and_then(|v| v.get("rope_theta"))
+            .and_then(Value::as_f64);
         let top = self.map.get("rope_theta").and_then(Value::as_f64);
         if let (Some(a), Some(b)) = (nested, top)
             && a != b
         {
-            return Err(self.bad("rope_theta", &Value::from(b), &format!("disagrees with rope_parameters.rope_theta = {a}")));
+            return Err(self.bad(
+                "rope_theta",
+                &Value::from(b),
+                &format!("disagrees with rope_parameters.rope_theta = {a}"),
+            ));
         }
         Ok(nested.or(top).unwrap_or(default) as f32)
     }
 }
 
-pub(crate) fn unsupported_value(path: &Path, field: &str, value: &Value, reason: &str) -> EngineError {
+pub(crate) fn unsupported_value(
+    path: &Path,
+    field: &str,
+    value: &Value,
+    reason: &str,
+) -> EngineError {
     EngineError::UnsupportedValue {
         path: path.to_path_buf(),
         field: field.into(),

@@ -151,6 +151,9 @@ pub(crate) trait BackendContext<T> {
 
 impl<T> BackendContext<T> for std::result::Result<T, flashmoe_backends::BackendError> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| EngineError::Backend { context: context(), source })
+        self.map_err(|source| EngineError::Backend {
+            context: context(),
+            source,
+        })
     }
 }

@@ -64,7 +64,17 @@ impl ExpertLayout {
         let up_offset = align_up(gate.total);
         let down_offset = align_up(up_offset + up.total);
         let record_len = align_up(down_offset + down.total);
-        Ok(Self { format, hidden, inter, gate, up, down, up_offset, down_offset, record_len })
+        Ok(Self {
+            format,
+            hidden,
+            inter,
+            gate,
+            up,
+            down,
+            up_offset,
+            down_offset,
+            record_len,
+        })
     }
 
     /// The layout of `cfg`'s experts in `format`.
@@ -85,15 +95,34 @@ impl ExpertLayout {
         let (g, u, d) = (&self.gate, &self.up, &self.down);
         Ok([
             WeightView::new(&record[..g.total], g.rows, g.cols, self.format)?,
-            WeightView::new(&record[self.up_offset..self.up_offset + u.total], u.rows, u.cols, self.format)?,
-            WeightView::new(&record[self.down_offset..self.down_offset + d.total], d.rows, d.cols, self.format)?,
+            WeightView::new(
+                &record[self.up_offset..self.up_offset + u.total],
+                u.rows,
+                u.cols,
+                self.format,
+            )?,
+            WeightView::new(
+                &record[self.down_offset..self.down_offset + d.total],
+                d.rows,
+                d.cols,
+                self.format,
+            )?,
         ])
     }
 
     /// Packs one expert from row-major f32 tensors into a record.
-    pub fn pack(&self, gate: &[f32], up: &[f32], down: &[f32]) -> flashmoe_backends::Result<Vec<u8>> {
+    pub fn pack(
+        &self,
+        gate: &[f32],
+        up: &[f32],
+        down: &[f32],
+    ) -> flashmoe_backends::Result<Vec<u8>> {
         let mut rec = vec![0u8; self.record_len];
-        let parts = [(gate, &self.gate, 0), (up, &self.up, self.up_offset), (down, &self.down, self.down_offset)];
+        let parts = [
+            (gate, &self.gate, 0),
+            (up, &self.up, self.up_offset),
+            (down, &self.down, self.down_offset),
+        ];
         for (w, l, off) in parts {
             let bytes = quantize(w, l.rows, l.cols, self.format)?;
             rec[off..off + bytes.len()].copy_from_slice(&bytes);
@@ -133,7 +162,12 @@ pub struct InMemoryExperts {
 impl InMemoryExperts {
     /// Packs every expert of `ckpt` into records in `format` (`Bf16` copies bf16 bytes as they are;
     /// quantized formats quantize from the checkpoint values).
-    pub fn pack(ckpt: &Checkpoint, cfg: &ModelConfig, names: &FamilyNames, format: WeightFormat) -> Result<Self> {
+    pub fn pack(
+        ckpt: &Checkpoint,
+        cfg: &ModelConfig,
+        names: &FamilyNames,
+        format: WeightFormat,
+    ) -> Result<Self> {
         let layout = ExpertLayout::for_config(cfg, format)?;
         let (h, i) = (cfg.hidden_size, cfg.expert_intermediate);
         let mut layers = Vec::with_capacity(cfg.num_layers);
@@ -153,19 +187,32 @@ impl InMemoryExperts {
                     rec
                 } else {
                     let [g, u, d] = [ts[0].to_f32()?, ts[1].to_f32()?, ts[2].to_f32()?];
-                    layout.pack(&g, &u, &d).ctx(|| format!("packing layer {l} expert {e}"))?
+                    layout
+                        .pack(&g, &u, &d)
+                        .ctx(|| format!("packing layer {l} expert {e}"))?
                 };
                 buf.extend_from_slice(&rec);
             }
             layers.push(buf);
         }
-        Ok(Self { layout, num_experts: cfg.num_experts, layers })
+        Ok(Self {
+            layout,
+            num_experts: cfg.num_experts,
+            layers,
+        })
     }
 
     /// The record of one expert.
     pub fn record(&self, layer: u32, expert: u32) -> Result<&[u8]> {
-        let bad = |reason: &str| EngineError::Expert { layer, expert, reason: reason.into() };
-        let buf = self.layers.get(layer as usize).ok_or_else(|| bad("no such layer"))?;
+        let bad = |reason: &str| EngineError::Expert {
+            layer,
+            expert,
+            reason: reason.into(),
+        };
+        let buf = self
+            .layers
+            .get(layer as usize)
+            .ok_or_else(|| bad("no such layer"))?;
         if expert as usize >= self.num_experts {
             return Err(bad("no such expert"));
         }
@@ -185,7 +232,13 @@ impl ExpertSource for InMemoryExperts {
     }
 
     fn experts(&mut self, layer: u32, ids: &[u32]) -> Result<ExpertBatch<'_>> {
-        let records = ids.iter().map(|&e| self.record(layer, e)).collect::<Result<_>>()?;
-        Ok(ExpertBatch { records, keep_alive: None })
+        let records = ids
+            .iter()
+            .map(|&e| self.record(layer, e))
+            .collect::<Result<_>>()?;
+        Ok(ExpertBatch {
+            records,
+            keep_alive: None,
+        })
     }
 }

@@ -19,7 +19,11 @@ pub fn generate_greedy<B: ComputeBackend>(
     let mut logits = model.prefill(prompt, 0, experts, obs)?;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let next = argmax(&logits).ok_or(EngineError::OutOfRange { what: "vocab size", value: 0, limit: 1 })?;
+        let next = argmax(&logits).ok_or(EngineError::OutOfRange {
+            what: "vocab size",
+            value: 0,
+            limit: 1,
+        })?;
         out.push(next);
         if i + 1 < n {
             logits = model.forward(next, prompt.len() + i, experts, obs)?;

@@ -58,7 +58,10 @@ pub struct TraceRecorder {
 impl TraceRecorder {
     /// An empty recorder; `record_pregate` asks the model for pre-gate scores too.
     pub fn new(record_pregate: bool) -> Self {
-        Self { record_pregate, ..Self::default() }
+        Self {
+            record_pregate,
+            ..Self::default()
+        }
     }
 }
 
@@ -73,6 +76,11 @@ impl RoutingObserver for TraceRecorder {
         self.pregate.push((self.pos, layer, scores.to_vec()));
     }
     fn on_routing(&mut self, layer: u32, ids: &[u32], weights: &[f32]) {
-        self.routing.push(RoutingRecord { pos: self.pos, layer, ids: ids.to_vec(), weights: weights.to_vec() });
+        self.routing.push(RoutingRecord {
+            pos: self.pos,
+            layer,
+            ids: ids.to_vec(),
+            weights: weights.to_vec(),
+        });
     }
 }

@@ -89,15 +89,27 @@ pub(crate) fn config(raw: &RawConfig) -> Result<ModelConfig> {
     raw.check_keys(KNOWN_KEYS)?;
     let c: MixtralConfig = raw.parse()?;
     if c.hidden_act != "silu" {
-        return Err(raw.bad("hidden_act", &Value::from(c.hidden_act), "only \"silu\" is supported"));
+        return Err(raw.bad(
+            "hidden_act",
+            &Value::from(c.hidden_act),
+            "only \"silu\" is supported",
+        ));
     }
     if let Some(w) = c.sliding_window.filter(|w| !w.is_null()) {
-        return Err(raw.bad("sliding_window", &w, "sliding-window attention is not supported (must be null)"));
+        return Err(raw.bad(
+            "sliding_window",
+            &w,
+            "sliding-window attention is not supported (must be null)",
+        ));
     }
     if let Some(types) = &c.layer_types
         && let Some(t) = types.iter().find(|t| *t != "full_attention")
     {
-        return Err(raw.bad("layer_types", &Value::from(t.as_str()), "only \"full_attention\" layers are supported"));
+        return Err(raw.bad(
+            "layer_types",
+            &Value::from(t.as_str()),
+            "only \"full_attention\" layers are supported",
+        ));
     }
     ModelConfig {
         family: Family::Mixtral,
@@ -105,7 +117,9 @@ pub(crate) fn config(raw: &RawConfig) -> Result<ModelConfig> {
         num_layers: c.num_hidden_layers,
         num_heads: c.num_attention_heads,
         num_kv_heads: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
-        head_dim: c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads.max(1)),
+        head_dim: c
+            .head_dim
+            .unwrap_or(c.hidden_size / c.num_attention_heads.max(1)),
         vocab_size: c.vocab_size,
         rms_norm_eps: c.rms_norm_eps as f32,
         rope_theta: raw.rope_theta(1e6)?,

@@ -37,7 +37,10 @@ impl FamilyNames {
 
     /// Projection `k` (0 gate, 1 up, 2 down) of expert `e` in `layer`.
     pub fn expert(&self, layer: usize, e: usize, k: usize) -> String {
-        format!("model.layers.{layer}.{}.experts.{e}.{}.weight", self.moe, self.experts[k])
+        format!(
+            "model.layers.{layer}.{}.experts.{e}.{}.weight",
+            self.moe, self.experts[k]
+        )
     }
 }
 
@@ -101,12 +104,16 @@ struct Loader<'a, B: ComputeBackend> {
 impl<B: ComputeBackend> Loader<'_, B> {
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<B::Weight> {
         let t = self.ckpt.tensor(name, &[rows, cols])?;
-        self.be.load_weight(t.bytes, rows, cols, t.format).ctx(|| format!("uploading `{name}`"))
+        self.be
+            .load_weight(t.bytes, rows, cols, t.format)
+            .ctx(|| format!("uploading `{name}`"))
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<B::Tensor> {
         let t = self.ckpt.tensor(name, &[len])?;
-        self.be.from_f32(&t.to_f32()?).ctx(|| format!("uploading `{name}`"))
+        self.be
+            .upload(&t.to_f32()?)
+            .ctx(|| format!("uploading `{name}`"))
     }
 }
 
@@ -122,7 +129,14 @@ impl<B: ComputeBackend> MoeModel<B> {
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
             let p = format!("model.layers.{l}");
-            let norm = |n: &str| if cfg.qk_norm { ld.vector(&format!("{p}.self_attn.{n}.weight"), cfg.head_dim).map(Some) } else { Ok(None) };
+            let norm = |n: &str| {
+                if cfg.qk_norm {
+                    ld.vector(&format!("{p}.self_attn.{n}.weight"), cfg.head_dim)
+                        .map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
             layers.push(DecoderLayer {
                 input_layernorm: ld.vector(&format!("{p}.input_layernorm.weight"), h)?,
                 self_attn: Attention {
@@ -133,15 +147,24 @@ impl<B: ComputeBackend> MoeModel<B> {
                     q_norm: norm("q_norm")?,
                     k_norm: norm("k_norm")?,
                 },
-                post_attention_layernorm: ld.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
+                post_attention_layernorm: ld
+                    .vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
                 router: ld.matrix(&names.router(l), cfg.num_experts, h)?,
             });
         }
         let norm = ld.vector("model.norm.weight", h)?;
-        let lm_head_name = if cfg.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+        let lm_head_name = if cfg.tie_word_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        };
         let lm_head = ld.matrix(lm_head_name, v, h)?;
         let kv = be
-            .kv_cache(KvShape { layers: cfg.num_layers, max_seq, kv_dim: cfg.kv_dim() })
+            .kv_cache(KvShape {
+                layers: cfg.num_layers,
+                max_seq,
+                kv_dim: cfg.kv_dim(),
+            })
             .ctx(|| "allocating the KV cache".into())?;
         let z = |n: usize| be.zeros(n).ctx(|| "allocating scratch".into());
         let s = Scratch {
@@ -159,7 +182,18 @@ impl<B: ComputeBackend> MoeModel<B> {
             h2: z(cfg.expert_intermediate)?,
             logits: z(v)?,
         };
-        Ok(Self { cfg, be, embed_tokens, layers, norm, lm_head, kv, max_seq, next_pos: 0, s })
+        Ok(Self {
+            cfg,
+            be,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            kv,
+            max_seq,
+            next_pos: 0,
+            s,
+        })
     }
 
     /// The config.
@@ -204,7 +238,11 @@ impl<B: ComputeBackend> MoeModel<B> {
         obs: &mut dyn RoutingObserver,
     ) -> Result<Vec<f32>> {
         if tokens.is_empty() {
-            return Err(EngineError::OutOfRange { what: "prefill length", value: 0, limit: 1 });
+            return Err(EngineError::OutOfRange {
+                what: "prefill length",
+                value: 0,
+                limit: 1,
+            });
         }
         for (i, &t) in tokens.iter().enumerate() {
             self.step(t, start + i, experts, obs)?;
@@ -213,12 +251,26 @@ impl<B: ComputeBackend> MoeModel<B> {
     }
 
     /// Runs every layer for one token, leaving the final hidden state in `s.h`.
-    fn step(&mut self, token: u32, pos: usize, experts: &mut dyn ExpertSource, obs: &mut dyn RoutingObserver) -> Result<()> {
+    fn step(
+        &mut self,
+        token: u32,
+        pos: usize,
+        experts: &mut dyn ExpertSource,
+        obs: &mut dyn RoutingObserver,
+    ) -> Result<()> {
         if token as usize >= self.cfg.vocab_size {
-            return Err(EngineError::OutOfRange { what: "token id", value: token as usize, limit: self.cfg.vocab_size });
+            return Err(EngineError::OutOfRange {
+                what: "token id",
+                value: token as usize,
+                limit: self.cfg.vocab_size,
+            });
         }
         if pos > self.next_pos || pos >= self.max_seq {
-            return Err(EngineError::OutOfRange { what: "position", value: pos, limit: self.next_pos.min(self.max_seq - 1) + 1 });
+            return Err(EngineError::OutOfRange {
+                what: "position",
+                value: pos,
+                limit: self.next_pos.min(self.max_seq - 1) + 1,
+            });
         }
         let el = experts.layout();
         if (el.hidden, el.inter) != (self.cfg.hidden_size, self.cfg.expert_intermediate) {
@@ -232,7 +284,9 @@ impl<B: ComputeBackend> MoeModel<B> {
             });
         }
         obs.on_token(token, pos);
-        self.be.embedding(&self.embed_tokens, token, &mut self.s.h).ctx(|| "model.embed_tokens".into())?;
+        self.be
+            .embedding(&self.embed_tokens, token, &mut self.s.h)
+            .ctx(|| "model.embed_tokens".into())?;
         for l in 0..self.layers.len() {
             self.attention(l, pos)?;
             self.moe(l, experts, obs)?;
@@ -248,39 +302,66 @@ impl<B: ComputeBackend> MoeModel<B> {
         let a = &layer.self_attn;
         let ctx = |what: &str| format!("model.layers.{l}.self_attn.{what}");
         let (eps, hd) = (cfg.rms_norm_eps, cfg.head_dim);
-        be.rms_norm(&s.h, &layer.input_layernorm, eps, &mut s.x).ctx(|| format!("model.layers.{l}.input_layernorm"))?;
+        be.rms_norm(&s.h, &layer.input_layernorm, eps, &mut s.x)
+            .ctx(|| format!("model.layers.{l}.input_layernorm"))?;
         be.matvec(&a.q_proj, &s.x, &mut s.q).ctx(|| ctx("q_proj"))?;
         be.matvec(&a.k_proj, &s.x, &mut s.k).ctx(|| ctx("k_proj"))?;
         be.matvec(&a.v_proj, &s.x, &mut s.v).ctx(|| ctx("v_proj"))?;
         if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
-            be.rms_norm_heads(&mut s.q, qn, hd, eps).ctx(|| ctx("q_norm"))?;
-            be.rms_norm_heads(&mut s.k, kn, hd, eps).ctx(|| ctx("k_norm"))?;
+            be.rms_norm_heads(&mut s.q, qn, hd, eps)
+                .ctx(|| ctx("q_norm"))?;
+            be.rms_norm_heads(&mut s.k, kn, hd, eps)
+                .ctx(|| ctx("k_norm"))?;
         }
-        be.rope(&mut s.q, cfg.num_heads, hd, pos, cfg.rope_theta).ctx(|| ctx("rope q"))?;
-        be.rope(&mut s.k, cfg.num_kv_heads, hd, pos, cfg.rope_theta).ctx(|| ctx("rope k"))?;
-        be.kv_write(&mut self.kv, l, pos, &s.k, &s.v).ctx(|| ctx("kv cache"))?;
-        let shape = AttnShape { n_heads: cfg.num_heads, n_kv_heads: cfg.num_kv_heads, head_dim: hd };
-        be.attention(&s.q, &self.kv, l, pos + 1, shape, &mut s.attn).ctx(|| ctx("attention"))?;
-        be.matvec(&a.o_proj, &s.attn, &mut s.o).ctx(|| ctx("o_proj"))?;
+        be.rope(&mut s.q, cfg.num_heads, hd, pos, cfg.rope_theta)
+            .ctx(|| ctx("rope q"))?;
+        be.rope(&mut s.k, cfg.num_kv_heads, hd, pos, cfg.rope_theta)
+            .ctx(|| ctx("rope k"))?;
+        be.kv_write(&mut self.kv, l, pos, &s.k, &s.v)
+            .ctx(|| ctx("kv cache"))?;
+        let shape = AttnShape {
+            n_heads: cfg.num_heads,
+            n_kv_heads: cfg.num_kv_heads,
+            head_dim: hd,
+        };
+        be.attention(&s.q, &self.kv, l, pos + 1, shape, &mut s.attn)
+            .ctx(|| ctx("attention"))?;
+        be.matvec(&a.o_proj, &s.attn, &mut s.o)
+            .ctx(|| ctx("o_proj"))?;
         be.axpy(&mut s.h, 1.0, &s.o).ctx(|| ctx("residual"))
     }
 
     /// `h += moe(post_attention_layernorm(h))` for layer `l`, experts from `experts`.
-    fn moe(&mut self, l: usize, experts: &mut dyn ExpertSource, obs: &mut dyn RoutingObserver) -> Result<()> {
+    fn moe(
+        &mut self,
+        l: usize,
+        experts: &mut dyn ExpertSource,
+        obs: &mut dyn RoutingObserver,
+    ) -> Result<()> {
         let (be, cfg, s) = (&self.be, &self.cfg, &mut self.s);
         let layer = &self.layers[l];
         let ctx = |what: &str| format!("model.layers.{l}.moe.{what}");
-        be.rms_norm(&s.h, &layer.post_attention_layernorm, cfg.rms_norm_eps, &mut s.x)
-            .ctx(|| format!("model.layers.{l}.post_attention_layernorm"))?;
-        be.matvec(&layer.router, &s.x, &mut s.router_logits).ctx(|| ctx("router"))?;
-        let routing = be.router_top_k(&s.router_logits, cfg.top_k, cfg.norm_topk_prob).ctx(|| ctx("router top-k"))?;
+        be.rms_norm(
+            &s.h,
+            &layer.post_attention_layernorm,
+            cfg.rms_norm_eps,
+            &mut s.x,
+        )
+        .ctx(|| format!("model.layers.{l}.post_attention_layernorm"))?;
+        be.matvec(&layer.router, &s.x, &mut s.router_logits)
+            .ctx(|| ctx("router"))?;
+        let routing = be
+            .router_top_k(&s.router_logits, cfg.top_k, cfg.norm_topk_prob)
+            .ctx(|| ctx("router top-k"))?;
         let layer_id = l as u32;
         obs.on_routing(layer_id, &routing.ids, &routing.weights);
         if obs.wants_pregate()
             && let Some(next) = self.layers.get(l + 1)
         {
-            be.matvec(&next.router, &s.x, &mut s.router_logits).ctx(|| ctx("pre-gate"))?;
-            let scores = softmax(&be.read(&s.router_logits).ctx(|| ctx("pre-gate"))?).ctx(|| ctx("pre-gate"))?;
+            be.matvec(&next.router, &s.x, &mut s.router_logits)
+                .ctx(|| ctx("pre-gate"))?;
+            let scores = softmax(&be.read(&s.router_logits).ctx(|| ctx("pre-gate"))?)
+                .ctx(|| ctx("pre-gate"))?;
             obs.on_pregate(layer_id + 1, &scores);
         }
         let layout = *experts.layout();
@@ -289,15 +370,25 @@ impl<B: ComputeBackend> MoeModel<B> {
             return Err(EngineError::Expert {
                 layer: layer_id,
                 expert: routing.ids[0],
-                reason: format!("source returned {} records for {} ids", batch.records.len(), routing.ids.len()),
+                reason: format!(
+                    "source returned {} records for {} ids",
+                    batch.records.len(),
+                    routing.ids.len()
+                ),
             });
         }
         be.fill_zero(&mut s.moe_out).ctx(|| ctx("combine"))?;
         for ((rec, &id), &w) in batch.records.iter().zip(&routing.ids).zip(&routing.weights) {
-            let bad = |e: flashmoe_backends::BackendError| EngineError::Expert { layer: layer_id, expert: id, reason: e.to_string() };
-            let [g, u, d] = layout.views(rec).map_err(bad)?;
-            be.expert_ffn(g, u, d, &s.x, &mut s.h1, &mut s.h2, &mut s.expert_out).map_err(bad)?;
-            be.axpy(&mut s.moe_out, w, &s.expert_out).ctx(|| ctx("combine"))?;
+            let bad = |e: flashmoe_backends::BackendError| EngineError::Expert {
+                layer: layer_id,
+                expert: id,
+                reason: e.to_string(),
+            };
+            let views = layout.views(rec).map_err(bad)?;
+            be.expert_ffn(views, &s.x, &mut s.h1, &mut s.h2, &mut s.expert_out)
+                .map_err(bad)?;
+            be.axpy(&mut s.moe_out, w, &s.expert_out)
+                .ctx(|| ctx("combine"))?;
         }
         drop(batch);
         be.axpy(&mut s.h, 1.0, &s.moe_out).ctx(|| ctx("residual"))
@@ -306,8 +397,10 @@ impl<B: ComputeBackend> MoeModel<B> {
     /// `lm_head(norm(h))`, read back.
     fn logits(&mut self) -> Result<Vec<f32>> {
         let (be, s) = (&self.be, &mut self.s);
-        be.rms_norm(&s.h, &self.norm, self.cfg.rms_norm_eps, &mut s.x).ctx(|| "model.norm".into())?;
-        be.matvec(&self.lm_head, &s.x, &mut s.logits).ctx(|| "lm_head".into())?;
+        be.rms_norm(&s.h, &self.norm, self.cfg.rms_norm_eps, &mut s.x)
+            .ctx(|| "model.norm".into())?;
+        be.matvec(&self.lm_head, &s.x, &mut s.logits)
+            .ctx(|| "lm_head".into())?;
         be.read(&s.logits).ctx(|| "reading logits".into())
     }
 }

@@ -102,7 +102,11 @@ fn default_max_pos() -> usize {
 
 /// Parses and validates a Qwen3-MoE `config.json`.
 pub(crate) fn config(raw: &RawConfig) -> Result<ModelConfig> {
-    for key in ["shared_expert_intermediate_size", "shared_expert", "moe_shared_expert_intermediate_size"] {
+    for key in [
+        "shared_expert_intermediate_size",
+        "shared_expert",
+        "moe_shared_expert_intermediate_size",
+    ] {
         if raw.map.contains_key(key) {
             return Err(crate::error::EngineError::UnsupportedField {
                 path: raw.path.clone(),
@@ -114,32 +118,63 @@ pub(crate) fn config(raw: &RawConfig) -> Result<ModelConfig> {
     raw.check_keys(KNOWN_KEYS)?;
     let c: Qwen3MoeConfig = raw.parse()?;
     if c.hidden_act != "silu" {
-        return Err(raw.bad("hidden_act", &Value::from(c.hidden_act), "only \"silu\" is supported"));
+        return Err(raw.bad(
+            "hidden_act",
+            &Value::from(c.hidden_act),
+            "only \"silu\" is supported",
+        ));
     }
     if !c.mlp_only_layers.is_empty() {
-        return Err(raw.bad("mlp_only_layers", &Value::from(c.mlp_only_layers), "dense (non-MoE) layers are not supported"));
+        return Err(raw.bad(
+            "mlp_only_layers",
+            &Value::from(c.mlp_only_layers),
+            "dense (non-MoE) layers are not supported",
+        ));
     }
     if let Some(step) = c.decoder_sparse_step.filter(|&s| s != 1) {
-        return Err(raw.bad("decoder_sparse_step", &Value::from(step), "only 1 (every layer MoE) is supported"));
+        return Err(raw.bad(
+            "decoder_sparse_step",
+            &Value::from(step),
+            "only 1 (every layer MoE) is supported",
+        ));
     }
     if c.use_sliding_window {
-        return Err(raw.bad("use_sliding_window", &Value::Bool(true), "sliding-window attention is not supported"));
+        return Err(raw.bad(
+            "use_sliding_window",
+            &Value::Bool(true),
+            "sliding-window attention is not supported",
+        ));
     }
     if let Some(types) = &c.layer_types
         && let Some(t) = types.iter().find(|t| *t != "full_attention")
     {
-        return Err(raw.bad("layer_types", &Value::from(t.as_str()), "only \"full_attention\" layers are supported"));
+        return Err(raw.bad(
+            "layer_types",
+            &Value::from(t.as_str()),
+            "only \"full_attention\" layers are supported",
+        ));
     }
     if c.attention_bias {
-        return Err(raw.bad("attention_bias", &Value::Bool(true), "attention biases are not supported"));
+        return Err(raw.bad(
+            "attention_bias",
+            &Value::Bool(true),
+            "attention biases are not supported",
+        ));
     }
     let num_experts = match (c.num_experts, c.num_local_experts) {
         (Some(a), Some(b)) if a != b => {
-            return Err(raw.bad("num_local_experts", &Value::from(b), &format!("disagrees with num_experts = {a}")));
+            return Err(raw.bad(
+                "num_local_experts",
+                &Value::from(b),
+                &format!("disagrees with num_experts = {a}"),
+            ));
         }
         (Some(a), _) | (None, Some(a)) => a,
         (None, None) => {
-            return Err(crate::error::EngineError::MissingField { path: raw.path.clone(), field: "num_experts".into() });
+            return Err(crate::error::EngineError::MissingField {
+                path: raw.path.clone(),
+                field: "num_experts".into(),
+            });
         }
     };
     ModelConfig {
@@ -148,7 +183,9 @@ pub(crate) fn config(raw: &RawConfig) -> Result<ModelConfig> {
         num_layers: c.num_hidden_layers,
         num_heads: c.num_attention_heads,
         num_kv_heads: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
-        head_dim: c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads.max(1)),
+        head_dim: c
+            .head_dim
+            .unwrap_or(c.hidden_size / c.num_attention_heads.max(1)),
         vocab_size: c.vocab_size,
         rms_norm_eps: c.rms_norm_eps as f32,
         rope_theta: raw.rope_theta(10000.0)?,

@@ -18,7 +18,11 @@ pub fn argmax(logits: &[f32]) -> Option<u32> {
 /// The `k` largest logits' indices, largest first (ties: lower index first).
 pub fn top_k(logits: &[f32], k: usize) -> Vec<u32> {
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-    idx.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    idx.sort_by(|&a, &b| {
+        logits[b as usize]
+            .total_cmp(&logits[a as usize])
+            .then(a.cmp(&b))
+    });
     idx.truncate(k);
     idx
 }

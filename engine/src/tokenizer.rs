@@ -12,9 +12,14 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Loads `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| EngineError::Tokenizer { path: path.to_path_buf(), reason: e.to_string() })?;
-        Ok(Self { inner, path: path.to_path_buf() })
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| EngineError::Tokenizer {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            inner,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Token ids of `text`, without special tokens.
@@ -22,7 +27,10 @@ impl Tokenizer {
         let enc = self
             .inner
             .encode(text, false)
-            .map_err(|e| EngineError::Tokenizer { path: self.path.clone(), reason: e.to_string() })?;
+            .map_err(|e| EngineError::Tokenizer {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -30,6 +38,9 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner
             .decode(ids, false)
-            .map_err(|e| EngineError::Tokenizer { path: self.path.clone(), reason: e.to_string() })
+            .map_err(|e| EngineError::Tokenizer {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })
     }
 }

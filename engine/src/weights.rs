@@ -65,18 +65,40 @@ fn open_shard(path: &Path, index: &Path) -> Result<Shard> {
     // SAFETY: the file is opened read-only and the map is never written through. Like every
     // mmap-based loader we rely on model files not being truncated or modified while mapped
     // (documented on `Checkpoint::open`); all offsets are checked against the map's length below.
-    let mmap = unsafe { Mmap::map(&file) }.map_err(|source| EngineError::Io { op: "mmap", path: path.to_path_buf(), source })?;
-    let bad = |reason: String| EngineError::Safetensors { path: path.to_path_buf(), reason };
+    let mmap = unsafe { Mmap::map(&file) }.map_err(|source| EngineError::Io {
+        op: "mmap",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let bad = |reason: String| EngineError::Safetensors {
+        path: path.to_path_buf(),
+        reason,
+    };
     // `read_metadata` validates the header: offsets contiguous, inside the buffer, sizes match shapes.
-    let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| bad(e.to_string()))?;
-    let data_start = 8usize.checked_add(header_len).filter(|&s| s <= mmap.len()).ok_or_else(|| bad("header longer than file".into()))?;
-    let tensors: HashMap<String, TensorInfo> = metadata.tensors().into_iter().map(|(k, v)| (k, v.clone())).collect();
+    let (header_len, metadata) =
+        SafeTensors::read_metadata(&mmap).map_err(|e| bad(e.to_string()))?;
+    let data_start = 8usize
+        .checked_add(header_len)
+        .filter(|&s| s <= mmap.len())
+        .ok_or_else(|| bad("header longer than file".into()))?;
+    let tensors: HashMap<String, TensorInfo> = metadata
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.clone()))
+        .collect();
     for (name, info) in &tensors {
-        if data_start + info.data_offsets.1 > mmap.len() || info.data_offsets.0 > info.data_offsets.1 {
+        if data_start + info.data_offsets.1 > mmap.len()
+            || info.data_offsets.0 > info.data_offsets.1
+        {
             return Err(bad(format!("tensor `{name}` lies outside the file")));
         }
     }
-    Ok(Shard { path: path.to_path_buf(), mmap, data_start, tensors })
+    Ok(Shard {
+        path: path.to_path_buf(),
+        mmap,
+        data_start,
+        tensors,
+    })
 }
 
 impl Checkpoint {
@@ -91,16 +113,30 @@ impl Checkpoint {
             let single = dir.join("model.safetensors");
             let shard = open_shard(&single, &single)?;
             let index = shard.tensors.keys().map(|k| (k.clone(), 0)).collect();
-            return Ok(Self { shards: vec![shard], index, source: single, dtype });
+            return Ok(Self {
+                shards: vec![shard],
+                index,
+                source: single,
+                dtype,
+            });
         }
-        let text = std::fs::read_to_string(&index_path)
-            .map_err(|source| EngineError::Io { op: "read index", path: index_path.clone(), source })?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|source| EngineError::Json { path: index_path.clone(), source })?;
-        let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| EngineError::Safetensors {
+        let text = std::fs::read_to_string(&index_path).map_err(|source| EngineError::Io {
+            op: "read index",
             path: index_path.clone(),
-            reason: "no `weight_map` object".into(),
+            source,
         })?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| EngineError::Json {
+                path: index_path.clone(),
+                source,
+            })?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| EngineError::Safetensors {
+                path: index_path.clone(),
+                reason: "no `weight_map` object".into(),
+            })?;
         let mut files = BTreeSet::new();
         let mut named = Vec::with_capacity(map.len());
         for (tensor, file) in map {
@@ -121,11 +157,19 @@ impl Checkpoint {
         for (tensor, file) in named {
             let s = shard_of[&file];
             if !shards[s].tensors.contains_key(&tensor) {
-                return Err(EngineError::MissingTensor { name: tensor, file: shards[s].path.clone() });
+                return Err(EngineError::MissingTensor {
+                    name: tensor,
+                    file: shards[s].path.clone(),
+                });
             }
             index.insert(tensor, s);
         }
-        Ok(Self { shards, index, source: index_path, dtype })
+        Ok(Self {
+            shards,
+            index,
+            source: index_path,
+            dtype,
+        })
     }
 
     /// Names of all tensors.
@@ -138,7 +182,10 @@ impl Checkpoint {
         let &s = self
             .index
             .get(name)
-            .ok_or_else(|| EngineError::MissingTensor { name: name.into(), file: self.source.clone() })?;
+            .ok_or_else(|| EngineError::MissingTensor {
+                name: name.into(),
+                file: self.source.clone(),
+            })?;
         let shard = &self.shards[s];
         let info = &shard.tensors[name];
         if info.shape != shape {
@@ -149,16 +196,22 @@ impl Checkpoint {
                 got: info.shape.clone(),
             });
         }
-        let format = format_of(info.dtype).filter(|f| self.dtype.is_none_or(|d| d == *f)).ok_or_else(|| {
-            EngineError::TensorDtype {
+        let format = format_of(info.dtype)
+            .filter(|f| self.dtype.is_none_or(|d| d == *f))
+            .ok_or_else(|| EngineError::TensorDtype {
                 file: shard.path.clone(),
                 name: name.into(),
-                expected: self.dtype.map_or("BF16, F16 or F32".into(), |d| format!("{d:?} (from config)")),
+                expected: self.dtype.map_or("BF16, F16 or F32".into(), |d| {
+                    format!("{d:?} (from config)")
+                }),
                 got: format!("{:?}", info.dtype),
-            }
-        })?;
+            })?;
         let (a, b) = info.data_offsets;
-        Ok(TensorRef { bytes: &shard.mmap[shard.data_start + a..shard.data_start + b], format, file: &shard.path })
+        Ok(TensorRef {
+            bytes: &shard.mmap[shard.data_start + a..shard.data_start + b],
+            format,
+            file: &shard.path,
+        })
     }
 }
 

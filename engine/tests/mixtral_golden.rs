@@ -15,7 +15,10 @@ const LOGIT_TOL: f32 = 1e-4;
 
 fn ints(st: &SafeTensors, name: &str) -> Vec<u32> {
     let t = st.tensor(name).expect("golden tensor");
-    t.data().chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u32).collect()
+    t.data()
+        .chunks_exact(4)
+        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u32)
+        .collect()
 }
 
 #[test]
@@ -24,8 +27,13 @@ fn tiny_mixtral_matches_transformers() {
     let bytes = std::fs::read(dir.join("golden.safetensors")).expect("golden.safetensors");
     let st = SafeTensors::deserialize(&bytes).expect("parse golden");
     let ids = ints(&st, "input_ids");
-    let golden: Vec<f32> =
-        st.tensor("logits").expect("logits").data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let golden: Vec<f32> = st
+        .tensor("logits")
+        .expect("logits")
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
     let greedy_want = ints(&st, "greedy_ids");
 
     let (mut model, mut experts) = load(&dir, WeightFormat::Bf16);
@@ -34,12 +42,24 @@ fn tiny_mixtral_matches_transformers() {
     let vocab = model.config().vocab_size;
     let mut worst = 0f32;
     for (pos, &t) in ids.iter().enumerate() {
-        let logits = model.forward(t, pos, &mut experts, &mut NoObserver).expect("forward");
+        let logits = model
+            .forward(t, pos, &mut experts, &mut NoObserver)
+            .expect("forward");
         let d = max_abs_diff(&logits, &golden[pos * vocab..(pos + 1) * vocab]);
         assert!(d < LOGIT_TOL, "position {pos}: logits differ by {d}");
         worst = worst.max(d);
     }
-    println!("tiny Mixtral: max |logit - HF| over {} positions = {worst:.3e}", ids.len());
-    let greedy = generate_greedy(&mut model, &ids, greedy_want.len(), &mut experts, &mut NoObserver).expect("generate");
+    println!(
+        "tiny Mixtral: max |logit - HF| over {} positions = {worst:.3e}",
+        ids.len()
+    );
+    let greedy = generate_greedy(
+        &mut model,
+        &ids,
+        greedy_want.len(),
+        &mut experts,
+        &mut NoObserver,
+    )
+    .expect("generate");
     assert_eq!(greedy, greedy_want, "greedy continuation");
 }

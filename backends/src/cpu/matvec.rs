@@ -30,11 +30,18 @@ impl Prep {
             None => Vec::new(),
         };
         let (even, odd) = if matches!(l.format, WeightFormat::Q4 { .. }) {
-            (x.iter().step_by(2).copied().collect(), x.iter().skip(1).step_by(2).copied().collect())
+            (
+                x.iter().step_by(2).copied().collect(),
+                x.iter().skip(1).step_by(2).copied().collect(),
+            )
         } else {
             (Vec::new(), Vec::new())
         };
-        Self { group_sums, even, odd }
+        Self {
+            group_sums,
+            even,
+            odd,
+        }
     }
 }
 
@@ -56,16 +63,28 @@ fn simd_available() -> bool {
 
 /// [`matvec`] with the choice of kernels made by the caller (tests compare both).
 pub(crate) fn matvec_with(bytes: &[u8], l: &MatrixLayout, x: &[f32], out: &mut [f32], simd: bool) {
+    let simd = simd && simd_available();
     let prep = Prep::new(l, x);
-    let row = |r: usize| if simd { row_dot_simd(bytes, l, &prep, x, r) } else { row_dot(bytes, l, &prep, x, r) };
+    let row = |r: usize| {
+        if simd {
+            row_dot_simd(bytes, l, &prep, x, r)
+        } else {
+            row_dot(bytes, l, &prep, x, r)
+        }
+    };
     if l.rows * l.cols < PAR_THRESHOLD {
         out.iter_mut().enumerate().for_each(|(r, o)| *o = row(r));
     } else {
         let rows_per_chunk = (CHUNK_WEIGHTS / l.cols.max(1)).max(1);
-        out.par_chunks_mut(rows_per_chunk).enumerate().for_each(|(c, chunk)| {
-            let base = c * rows_per_chunk;
-            chunk.iter_mut().enumerate().for_each(|(i, o)| *o = row(base + i));
-        });
+        out.par_chunks_mut(rows_per_chunk)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let base = c * rows_per_chunk;
+                chunk
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(i, o)| *o = row(base + i));
+            });
     }
 }
 
@@ -86,7 +105,8 @@ fn row_dot(bytes: &[u8], l: &MatrixLayout, p: &Prep, x: &[f32], r: usize) -> f32
             let mut acc = 0f32;
             for (k, (codes, xs)) in row.chunks_exact(g).zip(x.chunks_exact(g)).enumerate() {
                 let gi = r * gpr + k;
-                acc += f16_at(scales, gi) * dot_u8(codes, xs) + f16_at(biases, gi) * p.group_sums[k];
+                acc +=
+                    f16_at(scales, gi) * dot_u8(codes, xs) + f16_at(biases, gi) * p.group_sums[k];
             }
             acc
         }
@@ -118,15 +138,34 @@ fn row_dot_simd(bytes: &[u8], l: &MatrixLayout, p: &Prep, x: &[f32], r: usize) -
     let gpr = cols / group;
     let sb = 2 * r * gpr..2 * (r + 1) * gpr;
     match l.format {
-        // SAFETY (all three): `matvec_with` is only called with `simd == true` when
-        // `simd::available()` said the CPU has AVX2, FMA and F16C.
-        WeightFormat::Bf16 => unsafe { simd::bf16_row(&bytes[2 * r * cols..2 * (r + 1) * cols], x) },
-        WeightFormat::Q8 { .. } => unsafe {
-            simd::q8_row(&bytes[r * cols..(r + 1) * cols], &scales[sb.clone()], &biases[sb], x, &p.group_sums, group)
+        // SAFETY: `matvec_with` calls this only when `simd::available()` said the CPU has AVX2,
+        // FMA and F16C (it ANDs the caller's wish with that check).
+        WeightFormat::Bf16 => unsafe {
+            simd::bf16_row(&bytes[2 * r * cols..2 * (r + 1) * cols], x)
         },
+        // SAFETY: as above, the CPU features were checked by `matvec_with`.
+        WeightFormat::Q8 { .. } => unsafe {
+            simd::q8_row(
+                &bytes[r * cols..(r + 1) * cols],
+                &scales[sb.clone()],
+                &biases[sb],
+                x,
+                &p.group_sums,
+                group,
+            )
+        },
+        // SAFETY: as above, the CPU features were checked by `matvec_with`.
         WeightFormat::Q4 { .. } => unsafe {
             let codes = &bytes[r * cols / 2..(r + 1) * cols / 2];
-            simd::q4_row(codes, &scales[sb.clone()], &biases[sb], &p.even, &p.odd, &p.group_sums, group)
+            simd::q4_row(
+                codes,
+                &scales[sb.clone()],
+                &biases[sb],
+                &p.even,
+                &p.odd,
+                &p.group_sums,
+                group,
+            )
         },
         _ => row_dot(bytes, l, p, x, r),
     }
@@ -138,14 +177,22 @@ fn row_dot_simd(bytes: &[u8], l: &MatrixLayout, p: &Prep, x: &[f32], r: usize) -
 }
 
 fn scale_bias<'a>(bytes: &'a [u8], l: &MatrixLayout) -> (&'a [u8], &'a [u8]) {
-    (&bytes[l.scales_offset..l.biases_offset], &bytes[l.biases_offset..l.total])
+    (
+        &bytes[l.scales_offset..l.biases_offset],
+        &bytes[l.biases_offset..l.total],
+    )
 }
 
 /// Dot product with 8 independent accumulators (lets the compiler vectorize).
 pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ac.zip(bc) {
         for i in 0..8 {
             acc[i] += x[i] * y[i];
@@ -187,7 +234,11 @@ fn dot_u8(codes: &[u8], x: &[f32]) -> f32 {
 
 fn dot_u4(codes: &[u8], even: &[f32], odd: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
-    for ((c, e), o) in codes.chunks_exact(8).zip(even.chunks_exact(8)).zip(odd.chunks_exact(8)) {
+    for ((c, e), o) in codes
+        .chunks_exact(8)
+        .zip(even.chunks_exact(8))
+        .zip(odd.chunks_exact(8))
+    {
         for i in 0..8 {
             acc[i] += f32::from(c[i] & 15) * e[i] + f32::from(c[i] >> 4) * o[i];
         }
@@ -204,9 +255,19 @@ mod tests {
     fn every_format_matches_dequantized_reference() {
         // Big enough to take the parallel path too.
         for (rows, cols) in [(3usize, 64usize), (512, 256)] {
-            let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 97.0).collect();
-            let x: Vec<f32> = (0..cols).map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0).collect();
-            for f in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::F16, WeightFormat::Q8_64, WeightFormat::Q4_64] {
+            let w: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 97.0)
+                .collect();
+            let x: Vec<f32> = (0..cols)
+                .map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0)
+                .collect();
+            for f in [
+                WeightFormat::F32,
+                WeightFormat::Bf16,
+                WeightFormat::F16,
+                WeightFormat::Q8_64,
+                WeightFormat::Q4_64,
+            ] {
                 let bytes = quantize(&w, rows, cols, f).unwrap();
                 let deq = dequantize(&bytes, rows, cols, f).unwrap();
                 let l = f.layout(rows, cols).unwrap();
@@ -214,8 +275,14 @@ mod tests {
                     let mut out = vec![0f32; rows];
                     matvec_with(&bytes, &l, &x, &mut out, simd);
                     for r in 0..rows {
-                        let want: f64 = (0..cols).map(|j| deq[r * cols + j] as f64 * x[j] as f64).sum();
-                        assert!((out[r] as f64 - want).abs() < 1e-3, "{f:?} simd {simd} row {r}: {} vs {want}", out[r]);
+                        let want: f64 = (0..cols)
+                            .map(|j| deq[r * cols + j] as f64 * x[j] as f64)
+                            .sum();
+                        assert!(
+                            (out[r] as f64 - want).abs() < 1e-3,
+                            "{f:?} simd {simd} row {r}: {} vs {want}",
+                            out[r]
+                        );
                     }
                 }
             }

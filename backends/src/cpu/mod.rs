@@ -15,7 +15,7 @@ use crate::quant::{MatrixLayout, WeightFormat, dequantize_row};
 /// use flashmoe_backends::{ComputeBackend, CpuBackend, quant::{WeightFormat, quantize}};
 /// let be = CpuBackend::new();
 /// let w = be.load_weight(&quantize(&[1.0, 2.0, 3.0, 4.0], 2, 2, WeightFormat::F32).unwrap(), 2, 2, WeightFormat::F32).unwrap();
-/// let x = be.from_f32(&[1.0, 1.0]).unwrap();
+/// let x = be.upload(&[1.0, 1.0]).unwrap();
 /// let mut y = be.zeros(2).unwrap();
 /// be.matvec(&w, &x, &mut y).unwrap();
 /// assert_eq!(be.read(&y).unwrap(), vec![3.0, 7.0]);
@@ -64,7 +64,16 @@ impl CpuKvCache {
 }
 
 fn check_index(op: &'static str, what: &'static str, index: usize, limit: usize) -> Result<()> {
-    if index < limit { Ok(()) } else { Err(BackendError::OutOfRange { op, what, index, limit }) }
+    if index < limit {
+        Ok(())
+    } else {
+        Err(BackendError::OutOfRange {
+            op,
+            what,
+            index,
+            limit,
+        })
+    }
 }
 
 impl ComputeBackend for CpuBackend {
@@ -80,7 +89,7 @@ impl ComputeBackend for CpuBackend {
         Ok(CpuTensor(vec![0.0; len]))
     }
 
-    fn from_f32(&self, data: &[f32]) -> Result<CpuTensor> {
+    fn upload(&self, data: &[f32]) -> Result<CpuTensor> {
         Ok(CpuTensor(data.to_vec()))
     }
 
@@ -98,10 +107,19 @@ impl ComputeBackend for CpuBackend {
         Ok(())
     }
 
-    fn load_weight(&self, bytes: &[u8], rows: usize, cols: usize, format: WeightFormat) -> Result<CpuWeight> {
+    fn load_weight(
+        &self,
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+        format: WeightFormat,
+    ) -> Result<CpuWeight> {
         let layout = format.layout(rows, cols)?;
         layout.check("load_weight", bytes)?;
-        Ok(CpuWeight { bytes: bytes.to_vec(), layout })
+        Ok(CpuWeight {
+            bytes: bytes.to_vec(),
+            layout,
+        })
     }
 
     fn kv_cache(&self, shape: KvShape) -> Result<CpuKvCache> {
@@ -109,8 +127,17 @@ impl ComputeBackend for CpuBackend {
             .layers
             .checked_mul(shape.max_seq)
             .and_then(|n| n.checked_mul(shape.kv_dim))
-            .ok_or(BackendError::OutOfRange { op: "kv_cache", what: "size", index: usize::MAX, limit: usize::MAX })?;
-        Ok(CpuKvCache { k: vec![0.0; n], v: vec![0.0; n], shape })
+            .ok_or(BackendError::OutOfRange {
+                op: "kv_cache",
+                what: "size",
+                index: usize::MAX,
+                limit: usize::MAX,
+            })?;
+        Ok(CpuKvCache {
+            k: vec![0.0; n],
+            v: vec![0.0; n],
+            shape,
+        })
     }
 
     fn embedding(&self, table: &CpuWeight, token: u32, out: &mut CpuTensor) -> Result<()> {
@@ -119,7 +146,11 @@ impl ComputeBackend for CpuBackend {
     }
 
     fn matvec(&self, w: &CpuWeight, x: &CpuTensor, out: &mut CpuTensor) -> Result<()> {
-        self.matvec_bytes(WeightView::new(&w.bytes, w.layout.rows, w.layout.cols, w.layout.format)?, x, out)
+        self.matvec_bytes(
+            WeightView::new(&w.bytes, w.layout.rows, w.layout.cols, w.layout.format)?,
+            x,
+            out,
+        )
     }
 
     fn matvec_bytes(&self, w: WeightView<'_>, x: &CpuTensor, out: &mut CpuTensor) -> Result<()> {
@@ -130,17 +161,34 @@ impl ComputeBackend for CpuBackend {
         Ok(())
     }
 
-    fn rms_norm(&self, x: &CpuTensor, weight: &CpuTensor, eps: f32, out: &mut CpuTensor) -> Result<()> {
+    fn rms_norm(
+        &self,
+        x: &CpuTensor,
+        weight: &CpuTensor,
+        eps: f32,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
         check_len("rms_norm", "weight", x.0.len(), weight.0.len())?;
         check_len("rms_norm", "out", x.0.len(), out.0.len())?;
         ops::rms_norm(&x.0, &weight.0, eps, &mut out.0);
         Ok(())
     }
 
-    fn rms_norm_heads(&self, x: &mut CpuTensor, weight: &CpuTensor, head_dim: usize, eps: f32) -> Result<()> {
+    fn rms_norm_heads(
+        &self,
+        x: &mut CpuTensor,
+        weight: &CpuTensor,
+        head_dim: usize,
+        eps: f32,
+    ) -> Result<()> {
         check_len("rms_norm_heads", "weight", head_dim, weight.0.len())?;
-        if head_dim == 0 || x.0.len() % head_dim != 0 {
-            return Err(BackendError::Shape { op: "rms_norm_heads", what: "x", expected: head_dim, got: x.0.len() });
+        if head_dim == 0 || !x.0.len().is_multiple_of(head_dim) {
+            return Err(BackendError::Shape {
+                op: "rms_norm_heads",
+                what: "x",
+                expected: head_dim,
+                got: x.0.len(),
+            });
         }
         let mut tmp = vec![0f32; head_dim];
         for head in x.0.chunks_exact_mut(head_dim) {
@@ -150,16 +198,35 @@ impl ComputeBackend for CpuBackend {
         Ok(())
     }
 
-    fn rope(&self, x: &mut CpuTensor, n_heads: usize, head_dim: usize, pos: usize, theta: f32) -> Result<()> {
+    fn rope(
+        &self,
+        x: &mut CpuTensor,
+        n_heads: usize,
+        head_dim: usize,
+        pos: usize,
+        theta: f32,
+    ) -> Result<()> {
         check_len("rope", "x", n_heads * head_dim, x.0.len())?;
-        if head_dim % 2 != 0 {
-            return Err(BackendError::Shape { op: "rope", what: "head_dim (must be even)", expected: head_dim + 1, got: head_dim });
+        if !head_dim.is_multiple_of(2) {
+            return Err(BackendError::Shape {
+                op: "rope",
+                what: "head_dim (must be even)",
+                expected: head_dim + 1,
+                got: head_dim,
+            });
         }
         ops::rope(&mut x.0, n_heads, head_dim, pos, theta);
         Ok(())
     }
 
-    fn kv_write(&self, cache: &mut CpuKvCache, layer: usize, pos: usize, k: &CpuTensor, v: &CpuTensor) -> Result<()> {
+    fn kv_write(
+        &self,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        pos: usize,
+        k: &CpuTensor,
+        v: &CpuTensor,
+    ) -> Result<()> {
         let s = cache.shape;
         check_index("kv_write", "layer", layer, s.layers)?;
         check_index("kv_write", "position", pos, s.max_seq)?;
@@ -183,14 +250,37 @@ impl ComputeBackend for CpuBackend {
         let s = cache.shape;
         check_index("attention", "layer", layer, s.layers)?;
         check_index("attention", "seq_len", seq_len, s.max_seq + 1)?;
-        check_len("attention", "kv_dim", s.kv_dim, shape.n_kv_heads * shape.head_dim)?;
+        check_len(
+            "attention",
+            "kv_dim",
+            s.kv_dim,
+            shape.n_kv_heads * shape.head_dim,
+        )?;
         check_len("attention", "q", shape.n_heads * shape.head_dim, q.0.len())?;
-        check_len("attention", "out", shape.n_heads * shape.head_dim, out.0.len())?;
-        if shape.n_kv_heads == 0 || shape.n_heads % shape.n_kv_heads != 0 || seq_len == 0 {
-            return Err(BackendError::Shape { op: "attention", what: "n_heads / n_kv_heads / seq_len", expected: shape.n_kv_heads, got: shape.n_heads });
+        check_len(
+            "attention",
+            "out",
+            shape.n_heads * shape.head_dim,
+            out.0.len(),
+        )?;
+        if shape.n_kv_heads == 0 || !shape.n_heads.is_multiple_of(shape.n_kv_heads) || seq_len == 0
+        {
+            return Err(BackendError::Shape {
+                op: "attention",
+                what: "n_heads / n_kv_heads / seq_len",
+                expected: shape.n_kv_heads,
+                got: shape.n_heads,
+            });
         }
         let r = cache.layer_range(layer);
-        ops::attention(&q.0, &cache.k[r.clone()], &cache.v[r], seq_len, shape, &mut out.0);
+        ops::attention(
+            &q.0,
+            &cache.k[r.clone()],
+            &cache.v[r],
+            seq_len,
+            shape,
+            &mut out.0,
+        );
         Ok(())
     }
 

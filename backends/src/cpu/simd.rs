@@ -8,7 +8,9 @@ use core::arch::x86_64::*;
 
 /// Whether the CPU running us has AVX2, FMA and F16C (cached by std after the first call).
 pub(crate) fn available() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -31,10 +33,23 @@ fn f16_at(bytes: &[u8], i: usize) -> f32 {
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C ([`available`]).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn q4_row(codes: &[u8], scales: &[u8], biases: &[u8], even: &[f32], odd: &[f32], group_sums: &[f32], group: usize) -> f32 {
+pub(crate) unsafe fn q4_row(
+    codes: &[u8],
+    scales: &[u8],
+    biases: &[u8],
+    even: &[f32],
+    odd: &[f32],
+    group_sums: &[f32],
+    group: usize,
+) -> f32 {
     let half = group / 2;
     let gpr = group_sums.len();
-    assert!(group % 16 == 0 && codes.len() == gpr * half && even.len() == codes.len() && odd.len() == codes.len());
+    assert!(
+        group.is_multiple_of(16)
+            && codes.len() == gpr * half
+            && even.len() == codes.len()
+            && odd.len() == codes.len()
+    );
     assert!(scales.len() == 2 * gpr && biases.len() == 2 * gpr);
     let mask = _mm256_set1_epi32(15);
     let mut row = _mm256_setzero_ps();
@@ -55,7 +70,11 @@ pub(crate) unsafe fn q4_row(codes: &[u8], scales: &[u8], biases: &[u8], even: &[
             }
             i += 8;
         }
-        row = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(scales, g)), _mm256_add_ps(a0, a1), row);
+        row = _mm256_fmadd_ps(
+            _mm256_set1_ps(f16_at(scales, g)),
+            _mm256_add_ps(a0, a1),
+            row,
+        );
         bias_acc += f16_at(biases, g) * gsum;
     }
     hsum(row) + bias_acc
@@ -66,9 +85,16 @@ pub(crate) unsafe fn q4_row(codes: &[u8], scales: &[u8], biases: &[u8], even: &[
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C ([`available`]).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn q8_row(codes: &[u8], scales: &[u8], biases: &[u8], x: &[f32], group_sums: &[f32], group: usize) -> f32 {
+pub(crate) unsafe fn q8_row(
+    codes: &[u8],
+    scales: &[u8],
+    biases: &[u8],
+    x: &[f32],
+    group_sums: &[f32],
+    group: usize,
+) -> f32 {
     let gpr = group_sums.len();
-    assert!(group % 16 == 0 && codes.len() == gpr * group && x.len() == codes.len());
+    assert!(group.is_multiple_of(16) && codes.len() == gpr * group && x.len() == codes.len());
     assert!(scales.len() == 2 * gpr && biases.len() == 2 * gpr);
     let mut row = _mm256_setzero_ps();
     let mut bias_acc = 0f32;
@@ -88,7 +114,11 @@ pub(crate) unsafe fn q8_row(codes: &[u8], scales: &[u8], biases: &[u8], x: &[f32
             }
             i += 16;
         }
-        row = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(scales, g)), _mm256_add_ps(a0, a1), row);
+        row = _mm256_fmadd_ps(
+            _mm256_set1_ps(f16_at(scales, g)),
+            _mm256_add_ps(a0, a1),
+            row,
+        );
         bias_acc += f16_at(biases, g) * gsum;
     }
     hsum(row) + bias_acc
@@ -109,13 +139,21 @@ pub(crate) unsafe fn bf16_row(row: &[u8], x: &[f32]) -> f32 {
         // the two 8-float loads are in bounds.
         unsafe {
             let p = row.as_ptr().add(2 * i);
-            let w0 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())), 16));
-            let w1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.add(16).cast())), 16));
+            let w0 = _mm256_castsi256_ps(_mm256_slli_epi32(
+                _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())),
+                16,
+            ));
+            let w1 = _mm256_castsi256_ps(_mm256_slli_epi32(
+                _mm256_cvtepu16_epi32(_mm_loadu_si128(p.add(16).cast())),
+                16,
+            ));
             a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x.as_ptr().add(i)), a0);
             a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x.as_ptr().add(i + 8)), a1);
         }
         i += 16;
     }
-    let tail: f32 = (n16..x.len()).map(|j| crate::quant::bf16_at(row, j) * x[j]).sum();
+    let tail: f32 = (n16..x.len())
+        .map(|j| crate::quant::bf16_at(row, j) * x[j])
+        .sum();
     hsum(_mm256_add_ps(a0, a1)) + tail
 }

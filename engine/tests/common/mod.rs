@@ -9,11 +9,16 @@ use std::path::{Path, PathBuf};
 
 /// `shared/fixtures/<name>` beside the workspace, or `None` (with the reason printed) if absent.
 pub fn fixture(name: &str) -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures").join(name);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures")
+        .join(name);
     if dir.join("config.json").exists() {
         Some(dir)
     } else {
-        println!("SKIP: fixture {} not found (tests read ../shared/fixtures beside the workspace)", dir.display());
+        println!(
+            "SKIP: fixture {} not found (tests read ../shared/fixtures beside the workspace)",
+            dir.display()
+        );
         None
     }
 }
@@ -30,27 +35,45 @@ pub struct GoldenPrompt {
 }
 
 fn i32s(st: &SafeTensors, name: &str) -> Vec<i32> {
-    let t = st.tensor(name).unwrap_or_else(|e| panic!("golden tensor {name}: {e}"));
-    t.data().chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    let t = st
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("golden tensor {name}: {e}"));
+    t.data()
+        .chunks_exact(4)
+        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
-    let t = st.tensor(name).unwrap_or_else(|e| panic!("golden tensor {name}: {e}"));
-    t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    let t = st
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("golden tensor {name}: {e}"));
+    t.data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 /// Reads `golden.safetensors` (numbers) and `golden.json` (prompt texts).
 pub fn golden(dir: &Path) -> Vec<GoldenPrompt> {
     let bytes = std::fs::read(dir.join("golden.safetensors")).expect("read golden.safetensors");
     let st = SafeTensors::deserialize(&bytes).expect("parse golden.safetensors");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).expect("read golden.json")).expect("golden.json");
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("golden.json")).expect("read golden.json"),
+    )
+    .expect("golden.json");
     let prompts = json["prompts"].as_array().expect("prompts");
     (0..prompts.len())
         .map(|i| {
             let u = |v: Vec<i32>| v.into_iter().map(|x| x as u32).collect::<Vec<u32>>();
-            let top5_ids = u(i32s(&st, &format!("p{i}.top5_ids"))).chunks(5).map(<[u32]>::to_vec).collect();
-            let top5_logits = f32s(&st, &format!("p{i}.top5_logits")).chunks(5).map(<[f32]>::to_vec).collect();
+            let top5_ids = u(i32s(&st, &format!("p{i}.top5_ids")))
+                .chunks(5)
+                .map(<[u32]>::to_vec)
+                .collect();
+            let top5_logits = f32s(&st, &format!("p{i}.top5_logits"))
+                .chunks(5)
+                .map(<[f32]>::to_vec)
+                .collect();
             GoldenPrompt {
                 text: prompts[i]["text"].as_str().expect("text").to_string(),
                 input_ids: u(i32s(&st, &format!("p{i}.input_ids"))),
@@ -67,7 +90,8 @@ pub fn golden(dir: &Path) -> Vec<GoldenPrompt> {
 pub fn load(dir: &Path, format: WeightFormat) -> (MoeModel<CpuBackend>, InMemoryExperts) {
     let cfg = ModelConfig::from_file(&dir.join("config.json")).expect("config");
     let ckpt = Checkpoint::open(dir, cfg.dtype).expect("checkpoint");
-    let experts = InMemoryExperts::pack(&ckpt, &cfg, FamilyNames::of(cfg.family), format).expect("pack experts");
+    let experts = InMemoryExperts::pack(&ckpt, &cfg, FamilyNames::of(cfg.family), format)
+        .expect("pack experts");
     let model = MoeModel::load(CpuBackend::new(), cfg, &ckpt, 256).expect("model");
     (model, experts)
 }
@@ -75,5 +99,8 @@ pub fn load(dir: &Path, format: WeightFormat) -> (MoeModel<CpuBackend>, InMemory
 /// Largest absolute difference.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
