@@ -220,6 +220,16 @@ impl InMemoryExperts {
         Ok(&buf[expert as usize * n..(expert as usize + 1) * n])
     }
 
+    /// Layers held.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Experts per layer.
+    pub fn num_experts(&self) -> usize {
+        self.num_experts
+    }
+
     /// Total bytes of all records.
     pub fn total_bytes(&self) -> usize {
         self.layers.iter().map(Vec::len).sum()
