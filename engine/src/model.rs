@@ -122,6 +122,13 @@ impl<B: ComputeBackend> MoeModel<B> {
     /// of `max_seq` positions (at most `max_position_embeddings`).
     pub fn load(be: B, cfg: ModelConfig, ckpt: &Checkpoint, max_seq: usize) -> Result<Self> {
         let max_seq = max_seq.min(cfg.max_position_embeddings);
+        if max_seq == 0 {
+            return Err(EngineError::OutOfRange {
+                what: "KV cache length",
+                value: 0,
+                limit: 1,
+            });
+        }
         let names = FamilyNames::of(cfg.family);
         let ld = Loader { be: &be, ckpt };
         let (h, v) = (cfg.hidden_size, cfg.vocab_size);
