@@ -1,1 +1,20 @@
-//! Not built yet: see the open issues.
+//! Compute backends for flashmoe.
+//!
+//! - [`ComputeBackend`]: the ops of a MoE decode step on backend-owned tensor handles; expert
+//!   weights can be given as raw bytes ([`WeightView`]) straight from I/O buffers.
+//! - [`quant`]: weight formats (`F32`, `Bf16`, `F16`, MLX-style affine `Q8`/`Q4`), their byte
+//!   layouts, quantize and dequantize.
+//! - [`CpuBackend`]: the reference implementation: rayon-parallel matvecs over rows, with
+//!   AVX2/FMA/F16C kernels for bf16, Q8 and Q4 picked at run time on x86_64 (portable kernels
+//!   elsewhere; both are tested against the dequantized reference).
+//! - [`routing`]: softmax / top-k router maths shared by backends.
+
+mod backend;
+pub mod cpu;
+mod error;
+pub mod quant;
+pub mod routing;
+
+pub use backend::{AttnShape, ComputeBackend, KvShape, WeightView};
+pub use cpu::CpuBackend;
+pub use error::{BackendError, Result};

@@ -1,1 +1,43 @@
-//! Not built yet: see the open issues.
+//! The flashmoe engine: model configs, HF checkpoint and tokenizer loading, expert packing and
+//! the MoE decode loop.
+//!
+//! - [`ModelConfig`]: `config.json` of Qwen3-MoE or Mixtral, validated (unsupported features refused).
+//! - [`Checkpoint`]: memory-mapped, sharded safetensors with shape and dtype checks.
+//! - [`MoeModel`]: the decoder on any [`flashmoe_backends::ComputeBackend`]; its MoE blocks take
+//!   expert weights from an [`ExpertSource`] in the [expert record layout](experts).
+//! - [`RoutingObserver`]: actual routing and pre-gate scores, for traces and prefetching.
+//!
+//! ```no_run
+//! use flashmoe_engine::*;
+//! use flashmoe_backends::{CpuBackend, quant::WeightFormat};
+//! let dir = std::path::Path::new("tiny-qwen3-moe");
+//! let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+//! let ckpt = Checkpoint::open(dir, cfg.dtype)?;
+//! let mut experts = InMemoryExperts::pack(&ckpt, &cfg, FamilyNames::of(cfg.family), WeightFormat::Q4_64)?;
+//! let mut model = MoeModel::load(CpuBackend::new(), cfg, &ckpt, 512)?;
+//! let ids = generate_greedy(&mut model, &[10, 20, 30], 8, &mut experts, &mut NoObserver)?;
+//! # Ok::<(), EngineError>(())
+//! ```
+
+pub mod config;
+mod error;
+pub mod experts;
+mod generate;
+pub mod hooks;
+pub mod mixtral;
+pub mod model;
+pub mod packed;
+pub mod qwen3_moe;
+pub mod sampler;
+mod tokenizer;
+pub mod weights;
+
+pub use config::{Family, ModelConfig};
+pub use error::{EngineError, Result};
+pub use experts::{ExpertBatch, ExpertLayout, ExpertSource, InMemoryExperts};
+pub use generate::generate_greedy;
+pub use hooks::{NoObserver, RoutingObserver, RoutingRecord, TraceRecorder};
+pub use model::{FamilyNames, MoeModel};
+pub use packed::{FileExperts, PackedLayout, write_packed};
+pub use tokenizer::Tokenizer;
+pub use weights::{Checkpoint, TensorRef};

@@ -1,0 +1,204 @@
+//! The [`ComputeBackend`] trait: every op a MoE decode step needs.
+//!
+//! Design choices:
+//! - Activations live in opaque [`ComputeBackend::Tensor`] handles owned by the backend, so a GPU
+//!   backend keeps them on the device between ops; only router logits and final logits are read
+//!   back ([`ComputeBackend::read`]); [`ComputeBackend::upload`] is the way in.
+//! - Resident weights (attention, norms, router, embeddings, lm_head) are uploaded once as
+//!   [`ComputeBackend::Weight`]. Streamed expert weights arrive as raw bytes ([`WeightView`]) in
+//!   the layout documented in [`crate::quant`], straight from I/O buffers, with no copy on the CPU.
+//! - Every op checks its operands' sizes and returns `Result`; outputs are written into
+//!   caller-provided tensors so that a decode loop allocates nothing per token.
+//! - Everything is vector-at-a-time (one token): prefill runs the decode step per token.
+
+use crate::error::Result;
+use crate::quant::{MatrixLayout, WeightFormat};
+use crate::routing::{Routing, top_k_softmax};
+
+/// A matrix in some [`WeightFormat`] borrowed from memory the caller owns (e.g. an I/O buffer).
+#[derive(Clone, Copy, Debug)]
+pub struct WeightView<'a> {
+    bytes: &'a [u8],
+    layout: MatrixLayout,
+}
+
+impl<'a> WeightView<'a> {
+    /// Wraps `bytes` as a `[rows x cols]` matrix in `format`, checking the byte count.
+    ///
+    /// ```
+    /// use flashmoe_backends::{WeightView, quant::WeightFormat};
+    /// let bytes = vec![0u8; 2 * 3 * 2];
+    /// assert!(WeightView::new(&bytes, 2, 3, WeightFormat::Bf16).is_ok());
+    /// assert!(WeightView::new(&bytes, 2, 4, WeightFormat::Bf16).is_err());
+    /// ```
+    pub fn new(bytes: &'a [u8], rows: usize, cols: usize, format: WeightFormat) -> Result<Self> {
+        let layout = format.layout(rows, cols)?;
+        layout.check("WeightView::new", bytes)?;
+        Ok(Self { bytes, layout })
+    }
+
+    /// The raw bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// The matrix layout (format, dims, section offsets).
+    pub fn layout(&self) -> &MatrixLayout {
+        &self.layout
+    }
+}
+
+/// Shape of grouped-query attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnShape {
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (`n_heads` is a multiple of it).
+    pub n_kv_heads: usize,
+    /// Dimension of one head.
+    pub head_dim: usize,
+}
+
+/// Size of a KV cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvShape {
+    /// Decoder layers.
+    pub layers: usize,
+    /// Most positions it holds.
+    pub max_seq: usize,
+    /// `n_kv_heads * head_dim`.
+    pub kv_dim: usize,
+}
+
+/// The compute operations of a decode step, on backend-owned tensors.
+///
+/// All tensors are f32 vectors of a fixed length chosen at allocation.
+/// A test body that runs on each backend lives in this crate's tests.
+pub trait ComputeBackend: Send + Sync {
+    /// An f32 vector owned by the backend (host memory on CPU, a buffer on a GPU).
+    type Tensor: Send;
+    /// A resident weight matrix owned by the backend.
+    type Weight: Send + Sync;
+    /// Keys and values of every layer and position.
+    type KvCache: Send;
+
+    /// A short name for logs ("cpu", "wgpu").
+    fn name(&self) -> &'static str;
+
+    /// A zero-filled tensor of `len` elements.
+    fn zeros(&self, len: usize) -> Result<Self::Tensor>;
+    /// A tensor holding `data`.
+    fn upload(&self, data: &[f32]) -> Result<Self::Tensor>;
+    /// The length of a tensor.
+    fn len(&self, t: &Self::Tensor) -> usize;
+    /// Copies a tensor back to the host.
+    fn read(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
+    /// Copies `src` into `dst` (same length).
+    fn copy(&self, src: &Self::Tensor, dst: &mut Self::Tensor) -> Result<()>;
+
+    /// Uploads a `[rows x cols]` weight in `format` (bytes as documented in [`crate::quant`]).
+    fn load_weight(
+        &self,
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+        format: WeightFormat,
+    ) -> Result<Self::Weight>;
+    /// Allocates an empty KV cache.
+    fn kv_cache(&self, shape: KvShape) -> Result<Self::KvCache>;
+
+    /// `out = table[token]` (one row of an embedding matrix).
+    fn embedding(&self, table: &Self::Weight, token: u32, out: &mut Self::Tensor) -> Result<()>;
+    /// `out = W x` for a resident weight.
+    fn matvec(&self, w: &Self::Weight, x: &Self::Tensor, out: &mut Self::Tensor) -> Result<()>;
+    /// `out = W x` for a weight given as raw bytes (an expert tensor from an I/O buffer).
+    fn matvec_bytes(
+        &self,
+        w: WeightView<'_>,
+        x: &Self::Tensor,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+
+    /// `out = x / sqrt(mean(x^2) + eps) * weight`.
+    fn rms_norm(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        eps: f32,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+    /// RMSNorm of each `head_dim` slice of `x` in place, with one `weight` of `head_dim` (q/k norm).
+    fn rms_norm_heads(
+        &self,
+        x: &mut Self::Tensor,
+        weight: &Self::Tensor,
+        head_dim: usize,
+        eps: f32,
+    ) -> Result<()>;
+    /// Rotary embedding in place on `x` = `n_heads` heads of `head_dim`, at position `pos`.
+    ///
+    /// Rotate-half convention (HF Llama/Qwen/Mixtral): element `i < head_dim/2` pairs with
+    /// `i + head_dim/2`, angle `pos * theta^(-2i/head_dim)`.
+    fn rope(
+        &self,
+        x: &mut Self::Tensor,
+        n_heads: usize,
+        head_dim: usize,
+        pos: usize,
+        theta: f32,
+    ) -> Result<()>;
+
+    /// Stores `k` and `v` (each `kv_dim`) of `layer` at position `pos`.
+    fn kv_write(
+        &self,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        pos: usize,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+    ) -> Result<()>;
+    /// Causal grouped-query attention of `q` (`n_heads * head_dim`) over positions `0..seq_len`
+    /// of `layer`, scaled by `1/sqrt(head_dim)`; writes `n_heads * head_dim` to `out`.
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        cache: &Self::KvCache,
+        layer: usize,
+        seq_len: usize,
+        shape: AttnShape,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+
+    /// `gate = silu(gate) * up` in place (SwiGLU).
+    fn swiglu(&self, gate: &mut Self::Tensor, up: &Self::Tensor) -> Result<()>;
+    /// `y += alpha * x` (residual add with `alpha = 1`, weighted expert combine).
+    fn axpy(&self, y: &mut Self::Tensor, alpha: f32, x: &Self::Tensor) -> Result<()>;
+    /// `y = 0`.
+    fn fill_zero(&self, y: &mut Self::Tensor) -> Result<()>;
+
+    /// Router: softmax over `logits`, top-`k`, optionally renormalised to sum 1.
+    ///
+    /// The default reads the logits back and routes on the host (they are tiny).
+    fn router_top_k(&self, logits: &Self::Tensor, k: usize, renormalize: bool) -> Result<Routing> {
+        top_k_softmax(&self.read(logits)?, k, renormalize)
+    }
+
+    /// One SwiGLU expert: `out = down(silu(gate x) * up x)`, `w` = `[gate, up, down]`.
+    ///
+    /// `h1`, `h2` are scratch tensors of the expert's intermediate size.
+    /// The default composes [`Self::matvec_bytes`] and [`Self::swiglu`]; a GPU may fuse it.
+    fn expert_ffn(
+        &self,
+        w: [WeightView<'_>; 3],
+        x: &Self::Tensor,
+        h1: &mut Self::Tensor,
+        h2: &mut Self::Tensor,
+        out: &mut Self::Tensor,
+    ) -> Result<()> {
+        let [gate, up, down] = w;
+        self.matvec_bytes(gate, x, h1)?;
+        self.matvec_bytes(up, x, h2)?;
+        self.swiglu(h1, h2)?;
+        self.matvec_bytes(down, h1, out)
+    }
+}

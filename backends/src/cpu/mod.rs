@@ -1,0 +1,303 @@
+//! The CPU backend: host `Vec<f32>` tensors, rayon-parallel matvecs.
+
+mod matvec;
+mod ops;
+#[cfg(target_arch = "x86_64")]
+mod simd;
+
+use crate::backend::{AttnShape, ComputeBackend, KvShape, WeightView};
+use crate::error::{BackendError, Result, check_len};
+use crate::quant::{MatrixLayout, WeightFormat, dequantize_row};
+
+/// Reference CPU implementation of [`ComputeBackend`]; matvecs use rayon's global pool.
+///
+/// ```
+/// use flashmoe_backends::{ComputeBackend, CpuBackend, quant::{WeightFormat, quantize}};
+/// let be = CpuBackend::new();
+/// let w = be.load_weight(&quantize(&[1.0, 2.0, 3.0, 4.0], 2, 2, WeightFormat::F32).unwrap(), 2, 2, WeightFormat::F32).unwrap();
+/// let x = be.upload(&[1.0, 1.0]).unwrap();
+/// let mut y = be.zeros(2).unwrap();
+/// be.matvec(&w, &x, &mut y).unwrap();
+/// assert_eq!(be.read(&y).unwrap(), vec![3.0, 7.0]);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    /// A CPU backend.
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+/// A host vector.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CpuTensor(Vec<f32>);
+
+impl CpuTensor {
+    /// The values.
+    pub fn as_slice(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+/// A weight in host memory, kept in its storage format.
+#[derive(Clone, Debug)]
+pub struct CpuWeight {
+    bytes: Vec<u8>,
+    layout: MatrixLayout,
+}
+
+/// Keys and values, `[layer][position][kv_dim]` each.
+#[derive(Clone, Debug)]
+pub struct CpuKvCache {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    shape: KvShape,
+}
+
+impl CpuKvCache {
+    fn layer_range(&self, layer: usize) -> std::ops::Range<usize> {
+        let n = self.shape.max_seq * self.shape.kv_dim;
+        layer * n..(layer + 1) * n
+    }
+}
+
+fn check_index(op: &'static str, what: &'static str, index: usize, limit: usize) -> Result<()> {
+    if index < limit {
+        Ok(())
+    } else {
+        Err(BackendError::OutOfRange {
+            op,
+            what,
+            index,
+            limit,
+        })
+    }
+}
+
+impl ComputeBackend for CpuBackend {
+    type Tensor = CpuTensor;
+    type Weight = CpuWeight;
+    type KvCache = CpuKvCache;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn zeros(&self, len: usize) -> Result<CpuTensor> {
+        Ok(CpuTensor(vec![0.0; len]))
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<CpuTensor> {
+        Ok(CpuTensor(data.to_vec()))
+    }
+
+    fn len(&self, t: &CpuTensor) -> usize {
+        t.0.len()
+    }
+
+    fn read(&self, t: &CpuTensor) -> Result<Vec<f32>> {
+        Ok(t.0.clone())
+    }
+
+    fn copy(&self, src: &CpuTensor, dst: &mut CpuTensor) -> Result<()> {
+        check_len("copy", "dst", src.0.len(), dst.0.len())?;
+        dst.0.copy_from_slice(&src.0);
+        Ok(())
+    }
+
+    fn load_weight(
+        &self,
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+        format: WeightFormat,
+    ) -> Result<CpuWeight> {
+        let layout = format.layout(rows, cols)?;
+        layout.check("load_weight", bytes)?;
+        Ok(CpuWeight {
+            bytes: bytes.to_vec(),
+            layout,
+        })
+    }
+
+    fn kv_cache(&self, shape: KvShape) -> Result<CpuKvCache> {
+        let n = shape
+            .layers
+            .checked_mul(shape.max_seq)
+            .and_then(|n| n.checked_mul(shape.kv_dim))
+            .ok_or(BackendError::OutOfRange {
+                op: "kv_cache",
+                what: "size",
+                index: usize::MAX,
+                limit: usize::MAX,
+            })?;
+        Ok(CpuKvCache {
+            k: vec![0.0; n],
+            v: vec![0.0; n],
+            shape,
+        })
+    }
+
+    fn embedding(&self, table: &CpuWeight, token: u32, out: &mut CpuTensor) -> Result<()> {
+        check_index("embedding", "token", token as usize, table.layout.rows)?;
+        dequantize_row(&table.bytes, &table.layout, token as usize, &mut out.0)
+    }
+
+    fn matvec(&self, w: &CpuWeight, x: &CpuTensor, out: &mut CpuTensor) -> Result<()> {
+        self.matvec_bytes(
+            WeightView::new(&w.bytes, w.layout.rows, w.layout.cols, w.layout.format)?,
+            x,
+            out,
+        )
+    }
+
+    fn matvec_bytes(&self, w: WeightView<'_>, x: &CpuTensor, out: &mut CpuTensor) -> Result<()> {
+        let l = w.layout();
+        check_len("matvec", "x", l.cols, x.0.len())?;
+        check_len("matvec", "out", l.rows, out.0.len())?;
+        matvec::matvec(w.bytes(), l, &x.0, &mut out.0);
+        Ok(())
+    }
+
+    fn rms_norm(
+        &self,
+        x: &CpuTensor,
+        weight: &CpuTensor,
+        eps: f32,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        check_len("rms_norm", "weight", x.0.len(), weight.0.len())?;
+        check_len("rms_norm", "out", x.0.len(), out.0.len())?;
+        ops::rms_norm(&x.0, &weight.0, eps, &mut out.0);
+        Ok(())
+    }
+
+    fn rms_norm_heads(
+        &self,
+        x: &mut CpuTensor,
+        weight: &CpuTensor,
+        head_dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        check_len("rms_norm_heads", "weight", head_dim, weight.0.len())?;
+        if head_dim == 0 || !x.0.len().is_multiple_of(head_dim) {
+            return Err(BackendError::Shape {
+                op: "rms_norm_heads",
+                what: "x",
+                expected: head_dim,
+                got: x.0.len(),
+            });
+        }
+        let mut tmp = vec![0f32; head_dim];
+        for head in x.0.chunks_exact_mut(head_dim) {
+            ops::rms_norm(head, &weight.0, eps, &mut tmp);
+            head.copy_from_slice(&tmp);
+        }
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut CpuTensor,
+        n_heads: usize,
+        head_dim: usize,
+        pos: usize,
+        theta: f32,
+    ) -> Result<()> {
+        check_len("rope", "x", n_heads * head_dim, x.0.len())?;
+        if !head_dim.is_multiple_of(2) {
+            return Err(BackendError::Shape {
+                op: "rope",
+                what: "head_dim (must be even)",
+                expected: head_dim + 1,
+                got: head_dim,
+            });
+        }
+        ops::rope(&mut x.0, n_heads, head_dim, pos, theta);
+        Ok(())
+    }
+
+    fn kv_write(
+        &self,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        pos: usize,
+        k: &CpuTensor,
+        v: &CpuTensor,
+    ) -> Result<()> {
+        let s = cache.shape;
+        check_index("kv_write", "layer", layer, s.layers)?;
+        check_index("kv_write", "position", pos, s.max_seq)?;
+        check_len("kv_write", "k", s.kv_dim, k.0.len())?;
+        check_len("kv_write", "v", s.kv_dim, v.0.len())?;
+        let off = cache.layer_range(layer).start + pos * s.kv_dim;
+        cache.k[off..off + s.kv_dim].copy_from_slice(&k.0);
+        cache.v[off..off + s.kv_dim].copy_from_slice(&v.0);
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &CpuTensor,
+        cache: &CpuKvCache,
+        layer: usize,
+        seq_len: usize,
+        shape: AttnShape,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        let s = cache.shape;
+        check_index("attention", "layer", layer, s.layers)?;
+        check_index("attention", "seq_len", seq_len, s.max_seq + 1)?;
+        check_len(
+            "attention",
+            "kv_dim",
+            s.kv_dim,
+            shape.n_kv_heads * shape.head_dim,
+        )?;
+        check_len("attention", "q", shape.n_heads * shape.head_dim, q.0.len())?;
+        check_len(
+            "attention",
+            "out",
+            shape.n_heads * shape.head_dim,
+            out.0.len(),
+        )?;
+        if shape.n_kv_heads == 0 || !shape.n_heads.is_multiple_of(shape.n_kv_heads) || seq_len == 0
+        {
+            return Err(BackendError::Shape {
+                op: "attention",
+                what: "n_heads / n_kv_heads / seq_len",
+                expected: shape.n_kv_heads,
+                got: shape.n_heads,
+            });
+        }
+        let r = cache.layer_range(layer);
+        ops::attention(
+            &q.0,
+            &cache.k[r.clone()],
+            &cache.v[r],
+            seq_len,
+            shape,
+            &mut out.0,
+        );
+        Ok(())
+    }
+
+    fn swiglu(&self, gate: &mut CpuTensor, up: &CpuTensor) -> Result<()> {
+        check_len("swiglu", "up", gate.0.len(), up.0.len())?;
+        ops::swiglu(&mut gate.0, &up.0);
+        Ok(())
+    }
+
+    fn axpy(&self, y: &mut CpuTensor, alpha: f32, x: &CpuTensor) -> Result<()> {
+        check_len("axpy", "x", y.0.len(), x.0.len())?;
+        y.0.iter_mut().zip(&x.0).for_each(|(a, b)| *a += alpha * b);
+        Ok(())
+    }
+
+    fn fill_zero(&self, y: &mut CpuTensor) -> Result<()> {
+        y.0.iter_mut().for_each(|v| *v = 0.0);
+        Ok(())
+    }
+}

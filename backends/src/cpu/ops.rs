@@ -1,0 +1,82 @@
+//! CPU element-wise ops, norms, RoPE and attention on f32 slices.
+
+use super::matvec::dot_f32;
+
+/// `out = x / sqrt(mean(x^2) + eps) * w` (sizes checked by the caller).
+pub(crate) fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32;
+    let inv = 1.0 / (ms + eps).sqrt();
+    for ((o, v), g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * inv * g;
+    }
+}
+
+/// Rotate-half RoPE in place on `n_heads` heads of `head_dim`.
+///
+/// Frequencies are computed in f32 like HF transformers (`1 / theta^(2i/d)`, angle `pos * f`).
+pub(crate) fn rope(x: &mut [f32], n_heads: usize, head_dim: usize, pos: usize, theta: f32) {
+    let half = head_dim / 2;
+    let (cos, sin): (Vec<f32>, Vec<f32>) = (0..half)
+        .map(|i| {
+            let inv_freq = 1.0 / theta.powf((2 * i) as f32 / head_dim as f32);
+            let angle = pos as f32 * inv_freq;
+            (angle.cos(), angle.sin())
+        })
+        .unzip();
+    for head in x.chunks_exact_mut(head_dim).take(n_heads) {
+        let (a, b) = head.split_at_mut(half);
+        for i in 0..half {
+            let (x1, x2) = (a[i], b[i]);
+            a[i] = x1 * cos[i] - x2 * sin[i];
+            b[i] = x2 * cos[i] + x1 * sin[i];
+        }
+    }
+}
+
+/// Causal GQA for one query over `seq_len` cached positions.
+///
+/// `k`, `v`: the layer's cache, `[max_seq][kv_dim]`; `scores` scratch of at least `seq_len`.
+pub(crate) fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    seq_len: usize,
+    shape: crate::AttnShape,
+    out: &mut [f32],
+) {
+    let hd = shape.head_dim;
+    let kv_dim = shape.n_kv_heads * hd;
+    let group = shape.n_heads / shape.n_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut scores = vec![0f32; seq_len];
+    for h in 0..shape.n_heads {
+        let kvh = h / group;
+        let qh = &q[h * hd..(h + 1) * hd];
+        for (t, s) in scores.iter_mut().enumerate() {
+            let off = t * kv_dim + kvh * hd;
+            *s = dot_f32(qh, &k[off..off + hd]) * scale;
+        }
+        let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        scores.iter_mut().for_each(|s| {
+            *s = (*s - max).exp();
+            sum += *s;
+        });
+        let oh = &mut out[h * hd..(h + 1) * hd];
+        oh.iter_mut().for_each(|o| *o = 0.0);
+        for (t, s) in scores.iter().enumerate() {
+            let off = t * kv_dim + kvh * hd;
+            let p = s / sum;
+            for (o, vv) in oh.iter_mut().zip(&v[off..off + hd]) {
+                *o += p * vv;
+            }
+        }
+    }
+}
+
+/// `gate = silu(gate) * up`.
+pub(crate) fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}

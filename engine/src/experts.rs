@@ -1,0 +1,254 @@
+//! Expert weights from outside the model: the expert record layout, the [`ExpertSource`] trait,
+//! and [`InMemoryExperts`], a source packed from a checkpoint.
+//!
+//! # Expert record layout
+//!
+//! One expert of one layer is one contiguous byte record, all three tensors in one
+//! [`WeightFormat`], each starting at a 64-byte aligned offset from the record start:
+//!
+//! | offset | tensor | shape |
+//! |---|---|---|
+//! | 0 | `gate_proj` (Mixtral `w1`) | `[inter x hidden]` |
+//! | `align64(gate)` | `up_proj` (`w3`) | `[inter x hidden]` |
+//! | `align64(up_offset + up)` | `down_proj` (`w2`) | `[hidden x inter]` |
+//!
+//! and the record length is rounded up to 64. Each tensor is laid out as in
+//! [`flashmoe_backends::quant`] (row-major floats, or codes / f16 scales / f16 biases with
+//! 64-byte aligned sections). `hidden` and `inter` come from the config; [`ExpertLayout::new`]
+//! computes every offset, so a reader and a writer agree from the dims and format alone.
+
+use crate::config::ModelConfig;
+use crate::error::{BackendContext, EngineError, Result};
+use crate::model::FamilyNames;
+use crate::weights::Checkpoint;
+use flashmoe_backends::WeightView;
+use flashmoe_backends::quant::{MatrixLayout, WeightFormat, align_up, quantize};
+
+/// Offsets of the three tensors inside one expert record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpertLayout {
+    /// Format of all three tensors.
+    pub format: WeightFormat,
+    /// Model width (`hidden_size`).
+    pub hidden: usize,
+    /// Expert intermediate size.
+    pub inter: usize,
+    /// `gate_proj` `[inter x hidden]`, at offset 0.
+    pub gate: MatrixLayout,
+    /// `up_proj` `[inter x hidden]`.
+    pub up: MatrixLayout,
+    /// `down_proj` `[hidden x inter]`.
+    pub down: MatrixLayout,
+    /// Offset of `up_proj`.
+    pub up_offset: usize,
+    /// Offset of `down_proj`.
+    pub down_offset: usize,
+    /// Bytes of one record (multiple of 64).
+    pub record_len: usize,
+}
+
+impl ExpertLayout {
+    /// The layout for `hidden`/`inter` dims in `format`.
+    ///
+    /// ```
+    /// use flashmoe_engine::ExpertLayout;
+    /// use flashmoe_backends::quant::WeightFormat;
+    /// let l = ExpertLayout::new(256, 128, WeightFormat::Bf16).unwrap();
+    /// assert_eq!((l.up_offset, l.down_offset, l.record_len), (65536, 131072, 196608));
+    /// ```
+    pub fn new(hidden: usize, inter: usize, format: WeightFormat) -> Result<Self> {
+        let ctx = || format!("expert record layout [{hidden} x {inter}] in {format:?}");
+        let gate = format.layout(inter, hidden).ctx(ctx)?;
+        let up = gate;
+        let down = format.layout(hidden, inter).ctx(ctx)?;
+        let up_offset = align_up(gate.total);
+        let down_offset = align_up(up_offset + up.total);
+        let record_len = align_up(down_offset + down.total);
+        Ok(Self {
+            format,
+            hidden,
+            inter,
+            gate,
+            up,
+            down,
+            up_offset,
+            down_offset,
+            record_len,
+        })
+    }
+
+    /// The layout of `cfg`'s experts in `format`.
+    pub fn for_config(cfg: &ModelConfig, format: WeightFormat) -> Result<Self> {
+        Self::new(cfg.hidden_size, cfg.expert_intermediate, format)
+    }
+
+    /// Views of (gate, up, down) inside `record`, checking its length.
+    pub fn views<'a>(&self, record: &'a [u8]) -> flashmoe_backends::Result<[WeightView<'a>; 3]> {
+        if record.len() != self.record_len {
+            return Err(flashmoe_backends::BackendError::Shape {
+                op: "expert record",
+                what: "record bytes",
+                expected: self.record_len,
+                got: record.len(),
+            });
+        }
+        let (g, u, d) = (&self.gate, &self.up, &self.down);
+        Ok([
+            WeightView::new(&record[..g.total], g.rows, g.cols, self.format)?,
+            WeightView::new(
+                &record[self.up_offset..self.up_offset + u.total],
+                u.rows,
+                u.cols,
+                self.format,
+            )?,
+            WeightView::new(
+                &record[self.down_offset..self.down_offset + d.total],
+                d.rows,
+                d.cols,
+                self.format,
+            )?,
+        ])
+    }
+
+    /// Packs one expert from row-major f32 tensors into a record.
+    pub fn pack(
+        &self,
+        gate: &[f32],
+        up: &[f32],
+        down: &[f32],
+    ) -> flashmoe_backends::Result<Vec<u8>> {
+        let mut rec = vec![0u8; self.record_len];
+        let parts = [
+            (gate, &self.gate, 0),
+            (up, &self.up, self.up_offset),
+            (down, &self.down, self.down_offset),
+        ];
+        for (w, l, off) in parts {
+            let bytes = quantize(w, l.rows, l.cols, self.format)?;
+            rec[off..off + bytes.len()].copy_from_slice(&bytes);
+        }
+        Ok(rec)
+    }
+}
+
+/// The records of the experts asked for, in the order asked.
+///
+/// `keep_alive` lets a source hold pins (e.g. cache-slot guards) until the batch is dropped.
+pub struct ExpertBatch<'a> {
+    /// One record per requested id, each `ExpertLayout::record_len` bytes.
+    pub records: Vec<&'a [u8]>,
+    /// Anything that must live as long as the records (dropped with the batch).
+    pub keep_alive: Option<Box<dyn Send + 'a>>,
+}
+
+/// Where the MoE block gets expert weights: memory, or the I/O scheduler reading from SSD.
+///
+/// The model calls [`ExpertSource::experts`] once per layer per token with the routed ids and
+/// computes with the returned records before asking for the next layer.
+pub trait ExpertSource {
+    /// The layout of the records this source returns.
+    fn layout(&self) -> &ExpertLayout;
+    /// The records of experts `ids` of `layer` (one per id, same order).
+    fn experts(&mut self, layer: u32, ids: &[u32]) -> Result<ExpertBatch<'_>>;
+}
+
+/// All experts packed in memory in the record layout (one buffer per layer).
+pub struct InMemoryExperts {
+    layout: ExpertLayout,
+    num_experts: usize,
+    layers: Vec<Vec<u8>>,
+}
+
+impl InMemoryExperts {
+    /// Packs every expert of `ckpt` into records in `format` (`Bf16` copies bf16 bytes as they are;
+    /// quantized formats quantize from the checkpoint values).
+    pub fn pack(
+        ckpt: &Checkpoint,
+        cfg: &ModelConfig,
+        names: &FamilyNames,
+        format: WeightFormat,
+    ) -> Result<Self> {
+        let layout = ExpertLayout::for_config(cfg, format)?;
+        let (h, i) = (cfg.hidden_size, cfg.expert_intermediate);
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let mut buf = Vec::with_capacity(layout.record_len * cfg.num_experts);
+            for e in 0..cfg.num_experts {
+                let shapes = [[i, h], [i, h], [h, i]];
+                let mut ts = Vec::with_capacity(3);
+                for (k, shape) in shapes.iter().enumerate() {
+                    ts.push(ckpt.tensor(&names.expert(l, e, k), shape)?);
+                }
+                let rec = if ts.iter().all(|t| t.format == format) {
+                    let mut rec = vec![0u8; layout.record_len];
+                    for (t, off) in ts.iter().zip([0, layout.up_offset, layout.down_offset]) {
+                        rec[off..off + t.bytes.len()].copy_from_slice(t.bytes);
+                    }
+                    rec
+                } else {
+                    let [g, u, d] = [ts[0].to_f32()?, ts[1].to_f32()?, ts[2].to_f32()?];
+                    layout
+                        .pack(&g, &u, &d)
+                        .ctx(|| format!("packing layer {l} expert {e}"))?
+                };
+                buf.extend_from_slice(&rec);
+            }
+            layers.push(buf);
+        }
+        Ok(Self {
+            layout,
+            num_experts: cfg.num_experts,
+            layers,
+        })
+    }
+
+    /// The record of one expert.
+    pub fn record(&self, layer: u32, expert: u32) -> Result<&[u8]> {
+        let bad = |reason: &str| EngineError::Expert {
+            layer,
+            expert,
+            reason: reason.into(),
+        };
+        let buf = self
+            .layers
+            .get(layer as usize)
+            .ok_or_else(|| bad("no such layer"))?;
+        if expert as usize >= self.num_experts {
+            return Err(bad("no such expert"));
+        }
+        let n = self.layout.record_len;
+        Ok(&buf[expert as usize * n..(expert as usize + 1) * n])
+    }
+
+    /// Layers held.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Experts per layer.
+    pub fn num_experts(&self) -> usize {
+        self.num_experts
+    }
+
+    /// Total bytes of all records.
+    pub fn total_bytes(&self) -> usize {
+        self.layers.iter().map(Vec::len).sum()
+    }
+}
+
+impl ExpertSource for InMemoryExperts {
+    fn layout(&self) -> &ExpertLayout {
+        &self.layout
+    }
+
+    fn experts(&mut self, layer: u32, ids: &[u32]) -> Result<ExpertBatch<'_>> {
+        let records = ids
+            .iter()
+            .map(|&e| self.record(layer, e))
+            .collect::<Result<_>>()?;
+        Ok(ExpertBatch {
+            records,
+            keep_alive: None,
+        })
+    }
+}

@@ -1,0 +1,413 @@
+//! The MoE decoder, top-down with HF names: embeddings, layers of (attention, MoE block), final
+//! norm, lm_head. Family differences (tensor names, q/k norm, routing renormalisation) come from
+//! [`FamilyNames`] and [`ModelConfig`]; the experts come from an [`ExpertSource`].
+
+use crate::config::{Family, ModelConfig};
+use crate::error::{BackendContext, EngineError, Result};
+use crate::experts::ExpertSource;
+use crate::hooks::RoutingObserver;
+use crate::weights::Checkpoint;
+use flashmoe_backends::routing::softmax;
+use flashmoe_backends::{AttnShape, ComputeBackend, KvShape};
+
+/// How a family names its MoE tensors (`model.layers.N.{moe}.{router}`, `...experts.E.{experts[k]}`).
+#[derive(Clone, Copy, Debug)]
+pub struct FamilyNames {
+    /// The MoE block's module name (`mlp`, `block_sparse_moe`).
+    pub moe: &'static str,
+    /// The router's module name inside it.
+    pub router: &'static str,
+    /// Names of the gate, up and down projections of one expert.
+    pub experts: [&'static str; 3],
+}
+
+impl FamilyNames {
+    /// The names used by `family`.
+    pub fn of(family: Family) -> &'static FamilyNames {
+        match family {
+            Family::Qwen3Moe => &crate::qwen3_moe::NAMES,
+            Family::Mixtral => &crate::mixtral::NAMES,
+        }
+    }
+
+    /// Router weight of `layer`.
+    pub fn router(&self, layer: usize) -> String {
+        format!("model.layers.{layer}.{}.{}.weight", self.moe, self.router)
+    }
+
+    /// Projection `k` (0 gate, 1 up, 2 down) of expert `e` in `layer`.
+    pub fn expert(&self, layer: usize, e: usize, k: usize) -> String {
+        format!(
+            "model.layers.{layer}.{}.experts.{e}.{}.weight",
+            self.moe, self.experts[k]
+        )
+    }
+}
+
+/// `self_attn` of one layer.
+struct Attention<B: ComputeBackend> {
+    q_proj: B::Weight,
+    k_proj: B::Weight,
+    v_proj: B::Weight,
+    o_proj: B::Weight,
+    q_norm: Option<B::Tensor>,
+    k_norm: Option<B::Tensor>,
+}
+
+/// One decoder layer (its experts live outside, in an [`ExpertSource`]).
+struct DecoderLayer<B: ComputeBackend> {
+    input_layernorm: B::Tensor,
+    self_attn: Attention<B>,
+    post_attention_layernorm: B::Tensor,
+    /// The MoE router (`mlp.gate` / `block_sparse_moe.gate`).
+    router: B::Weight,
+}
+
+/// Per-token work tensors, allocated once.
+struct Scratch<B: ComputeBackend> {
+    h: B::Tensor,
+    x: B::Tensor,
+    q: B::Tensor,
+    k: B::Tensor,
+    v: B::Tensor,
+    attn: B::Tensor,
+    o: B::Tensor,
+    router_logits: B::Tensor,
+    moe_out: B::Tensor,
+    expert_out: B::Tensor,
+    h1: B::Tensor,
+    h2: B::Tensor,
+    logits: B::Tensor,
+}
+
+/// A loaded MoE causal LM on backend `B`, with its KV cache.
+pub struct MoeModel<B: ComputeBackend> {
+    cfg: ModelConfig,
+    be: B,
+    embed_tokens: B::Weight,
+    layers: Vec<DecoderLayer<B>>,
+    norm: B::Tensor,
+    lm_head: B::Weight,
+    kv: B::KvCache,
+    max_seq: usize,
+    /// Positions `0..next_pos` hold valid keys and values.
+    next_pos: usize,
+    s: Scratch<B>,
+}
+
+/// Loads resident tensors from a checkpoint onto a backend, checking shapes.
+struct Loader<'a, B: ComputeBackend> {
+    be: &'a B,
+    ckpt: &'a Checkpoint,
+}
+
+impl<B: ComputeBackend> Loader<'_, B> {
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<B::Weight> {
+        let t = self.ckpt.tensor(name, &[rows, cols])?;
+        self.be
+            .load_weight(t.bytes, rows, cols, t.format)
+            .ctx(|| format!("uploading `{name}`"))
+    }
+
+    fn vector(&self, name: &str, len: usize) -> Result<B::Tensor> {
+        let t = self.ckpt.tensor(name, &[len])?;
+        self.be
+            .upload(&t.to_f32()?)
+            .ctx(|| format!("uploading `{name}`"))
+    }
+}
+
+impl<B: ComputeBackend> MoeModel<B> {
+    /// Loads every resident tensor (all but the experts) of `cfg` from `ckpt`, with a KV cache
+    /// of `max_seq` positions (at most `max_position_embeddings`).
+    pub fn load(be: B, cfg: ModelConfig, ckpt: &Checkpoint, max_seq: usize) -> Result<Self> {
+        let max_seq = max_seq.min(cfg.max_position_embeddings);
+        if max_seq == 0 {
+            return Err(EngineError::OutOfRange {
+                what: "KV cache length",
+                value: 0,
+                limit: 1,
+            });
+        }
+        let names = FamilyNames::of(cfg.family);
+        let ld = Loader { be: &be, ckpt };
+        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+        let embed_tokens = ld.matrix("model.embed_tokens.weight", v, h)?;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let p = format!("model.layers.{l}");
+            let norm = |n: &str| {
+                if cfg.qk_norm {
+                    ld.vector(&format!("{p}.self_attn.{n}.weight"), cfg.head_dim)
+                        .map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            layers.push(DecoderLayer {
+                input_layernorm: ld.vector(&format!("{p}.input_layernorm.weight"), h)?,
+                self_attn: Attention {
+                    q_proj: ld.matrix(&format!("{p}.self_attn.q_proj.weight"), cfg.q_dim(), h)?,
+                    k_proj: ld.matrix(&format!("{p}.self_attn.k_proj.weight"), cfg.kv_dim(), h)?,
+                    v_proj: ld.matrix(&format!("{p}.self_attn.v_proj.weight"), cfg.kv_dim(), h)?,
+                    o_proj: ld.matrix(&format!("{p}.self_attn.o_proj.weight"), h, cfg.q_dim())?,
+                    q_norm: norm("q_norm")?,
+                    k_norm: norm("k_norm")?,
+                },
+                post_attention_layernorm: ld
+                    .vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
+                router: ld.matrix(&names.router(l), cfg.num_experts, h)?,
+            });
+        }
+        let norm = ld.vector("model.norm.weight", h)?;
+        let lm_head_name = if cfg.tie_word_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        };
+        let lm_head = ld.matrix(lm_head_name, v, h)?;
+        let kv = be
+            .kv_cache(KvShape {
+                layers: cfg.num_layers,
+                max_seq,
+                kv_dim: cfg.kv_dim(),
+            })
+            .ctx(|| "allocating the KV cache".into())?;
+        let z = |n: usize| be.zeros(n).ctx(|| "allocating scratch".into());
+        let s = Scratch {
+            h: z(h)?,
+            x: z(h)?,
+            q: z(cfg.q_dim())?,
+            k: z(cfg.kv_dim())?,
+            v: z(cfg.kv_dim())?,
+            attn: z(cfg.q_dim())?,
+            o: z(h)?,
+            router_logits: z(cfg.num_experts)?,
+            moe_out: z(h)?,
+            expert_out: z(h)?,
+            h1: z(cfg.expert_intermediate)?,
+            h2: z(cfg.expert_intermediate)?,
+            logits: z(v)?,
+        };
+        Ok(Self {
+            cfg,
+            be,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            kv,
+            max_seq,
+            next_pos: 0,
+            s,
+        })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.be
+    }
+
+    /// Positions the KV cache holds.
+    pub fn max_seq(&self) -> usize {
+        self.max_seq
+    }
+
+    /// Forgets the KV cache (the next token must be at position 0).
+    pub fn reset(&mut self) {
+        self.next_pos = 0;
+    }
+
+    /// One decode step: runs `token` at `pos` (0..=the number of tokens already cached; a smaller
+    /// `pos` rewinds) and returns the logits of the next token.
+    pub fn forward(
+        &mut self,
+        token: u32,
+        pos: usize,
+        experts: &mut dyn ExpertSource,
+        obs: &mut dyn RoutingObserver,
+    ) -> Result<Vec<f32>> {
+        self.step(token, pos, experts, obs)?;
+        self.logits()
+    }
+
+    /// Runs `tokens` at positions `start..start + len` and returns the logits after the last one.
+    pub fn prefill(
+        &mut self,
+        tokens: &[u32],
+        start: usize,
+        experts: &mut dyn ExpertSource,
+        obs: &mut dyn RoutingObserver,
+    ) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(EngineError::OutOfRange {
+                what: "prefill length",
+                value: 0,
+                limit: 1,
+            });
+        }
+        for (i, &t) in tokens.iter().enumerate() {
+            self.step(t, start + i, experts, obs)?;
+        }
+        self.logits()
+    }
+
+    /// Runs every layer for one token, leaving the final hidden state in `s.h`.
+    fn step(
+        &mut self,
+        token: u32,
+        pos: usize,
+        experts: &mut dyn ExpertSource,
+        obs: &mut dyn RoutingObserver,
+    ) -> Result<()> {
+        if token as usize >= self.cfg.vocab_size {
+            return Err(EngineError::OutOfRange {
+                what: "token id",
+                value: token as usize,
+                limit: self.cfg.vocab_size,
+            });
+        }
+        if pos > self.next_pos || pos >= self.max_seq {
+            return Err(EngineError::OutOfRange {
+                what: "position",
+                value: pos,
+                limit: self.next_pos.min(self.max_seq - 1) + 1,
+            });
+        }
+        let el = experts.layout();
+        if (el.hidden, el.inter) != (self.cfg.hidden_size, self.cfg.expert_intermediate) {
+            return Err(EngineError::Expert {
+                layer: 0,
+                expert: 0,
+                reason: format!(
+                    "source records are for [{} x {}] experts, model needs [{} x {}]",
+                    el.hidden, el.inter, self.cfg.hidden_size, self.cfg.expert_intermediate
+                ),
+            });
+        }
+        obs.on_token(token, pos);
+        self.be
+            .embedding(&self.embed_tokens, token, &mut self.s.h)
+            .ctx(|| "model.embed_tokens".into())?;
+        for l in 0..self.layers.len() {
+            self.attention(l, pos)?;
+            self.moe(l, experts, obs)?;
+        }
+        self.next_pos = pos + 1;
+        Ok(())
+    }
+
+    /// `h += self_attn(input_layernorm(h))` for layer `l` at `pos`.
+    fn attention(&mut self, l: usize, pos: usize) -> Result<()> {
+        let (be, cfg, s) = (&self.be, &self.cfg, &mut self.s);
+        let layer = &self.layers[l];
+        let a = &layer.self_attn;
+        let ctx = |what: &str| format!("model.layers.{l}.self_attn.{what}");
+        let (eps, hd) = (cfg.rms_norm_eps, cfg.head_dim);
+        be.rms_norm(&s.h, &layer.input_layernorm, eps, &mut s.x)
+            .ctx(|| format!("model.layers.{l}.input_layernorm"))?;
+        be.matvec(&a.q_proj, &s.x, &mut s.q).ctx(|| ctx("q_proj"))?;
+        be.matvec(&a.k_proj, &s.x, &mut s.k).ctx(|| ctx("k_proj"))?;
+        be.matvec(&a.v_proj, &s.x, &mut s.v).ctx(|| ctx("v_proj"))?;
+        if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
+            be.rms_norm_heads(&mut s.q, qn, hd, eps)
+                .ctx(|| ctx("q_norm"))?;
+            be.rms_norm_heads(&mut s.k, kn, hd, eps)
+                .ctx(|| ctx("k_norm"))?;
+        }
+        be.rope(&mut s.q, cfg.num_heads, hd, pos, cfg.rope_theta)
+            .ctx(|| ctx("rope q"))?;
+        be.rope(&mut s.k, cfg.num_kv_heads, hd, pos, cfg.rope_theta)
+            .ctx(|| ctx("rope k"))?;
+        be.kv_write(&mut self.kv, l, pos, &s.k, &s.v)
+            .ctx(|| ctx("kv cache"))?;
+        let shape = AttnShape {
+            n_heads: cfg.num_heads,
+            n_kv_heads: cfg.num_kv_heads,
+            head_dim: hd,
+        };
+        be.attention(&s.q, &self.kv, l, pos + 1, shape, &mut s.attn)
+            .ctx(|| ctx("attention"))?;
+        be.matvec(&a.o_proj, &s.attn, &mut s.o)
+            .ctx(|| ctx("o_proj"))?;
+        be.axpy(&mut s.h, 1.0, &s.o).ctx(|| ctx("residual"))
+    }
+
+    /// `h += moe(post_attention_layernorm(h))` for layer `l`, experts from `experts`.
+    fn moe(
+        &mut self,
+        l: usize,
+        experts: &mut dyn ExpertSource,
+        obs: &mut dyn RoutingObserver,
+    ) -> Result<()> {
+        let (be, cfg, s) = (&self.be, &self.cfg, &mut self.s);
+        let layer = &self.layers[l];
+        let ctx = |what: &str| format!("model.layers.{l}.moe.{what}");
+        be.rms_norm(
+            &s.h,
+            &layer.post_attention_layernorm,
+            cfg.rms_norm_eps,
+            &mut s.x,
+        )
+        .ctx(|| format!("model.layers.{l}.post_attention_layernorm"))?;
+        be.matvec(&layer.router, &s.x, &mut s.router_logits)
+            .ctx(|| ctx("router"))?;
+        let routing = be
+            .router_top_k(&s.router_logits, cfg.top_k, cfg.norm_topk_prob)
+            .ctx(|| ctx("router top-k"))?;
+        let layer_id = l as u32;
+        obs.on_routing(layer_id, &routing.ids, &routing.weights);
+        if obs.wants_pregate()
+            && let Some(next) = self.layers.get(l + 1)
+        {
+            be.matvec(&next.router, &s.x, &mut s.router_logits)
+                .ctx(|| ctx("pre-gate"))?;
+            let scores = softmax(&be.read(&s.router_logits).ctx(|| ctx("pre-gate"))?)
+                .ctx(|| ctx("pre-gate"))?;
+            obs.on_pregate(layer_id + 1, &scores);
+        }
+        let layout = *experts.layout();
+        let batch = experts.experts(layer_id, &routing.ids)?;
+        if batch.records.len() != routing.ids.len() {
+            return Err(EngineError::Expert {
+                layer: layer_id,
+                expert: routing.ids[0],
+                reason: format!(
+                    "source returned {} records for {} ids",
+                    batch.records.len(),
+                    routing.ids.len()
+                ),
+            });
+        }
+        be.fill_zero(&mut s.moe_out).ctx(|| ctx("combine"))?;
+        for ((rec, &id), &w) in batch.records.iter().zip(&routing.ids).zip(&routing.weights) {
+            let bad = |e: flashmoe_backends::BackendError| EngineError::Expert {
+                layer: layer_id,
+                expert: id,
+                reason: e.to_string(),
+            };
+            let views = layout.views(rec).map_err(bad)?;
+            be.expert_ffn(views, &s.x, &mut s.h1, &mut s.h2, &mut s.expert_out)
+                .map_err(bad)?;
+            be.axpy(&mut s.moe_out, w, &s.expert_out)
+                .ctx(|| ctx("combine"))?;
+        }
+        drop(batch);
+        be.axpy(&mut s.h, 1.0, &s.moe_out).ctx(|| ctx("residual"))
+    }
+
+    /// `lm_head(norm(h))`, read back.
+    fn logits(&mut self) -> Result<Vec<f32>> {
+        let (be, s) = (&self.be, &mut self.s);
+        be.rms_norm(&s.h, &self.norm, self.cfg.rms_norm_eps, &mut s.x)
+            .ctx(|| "model.norm".into())?;
+        be.matvec(&self.lm_head, &s.x, &mut s.logits)
+            .ctx(|| "lm_head".into())?;
+        be.read(&s.logits).ctx(|| "reading logits".into())
+    }
+}
