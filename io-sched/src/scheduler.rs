@@ -6,6 +6,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
+use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::backend::{BackendWaker, Completion, ReadBackend};
 use crate::cache::EvictionKind;
@@ -277,7 +278,9 @@ impl Drop for Scheduler {
 /// outside the lock, wake waiters. On shutdown it stops issuing and drains what is in flight.
 fn io_loop(shared: Arc<Shared>, mut backend: Box<dyn ReadBackend>) {
     let mut done: Vec<Completion> = Vec::with_capacity(64);
-    let mut verify = Vec::new();
+    let mut work: Vec<Work> = Vec::new();
+    let mut ended: Vec<u64> = Vec::new();
+    let mut hashes = RunningHashes::default();
     loop {
         let shutdown = issue(&shared, backend.as_mut());
         if let Err(e) = backend.flush() {
@@ -297,31 +300,94 @@ fn io_loop(shared: Arc<Shared>, mut backend: Box<dyn ReadBackend>) {
         for c in done.drain(..) {
             let out = st.core.complete(c);
             changed |= out.changed;
-            verify.extend(out.verify);
+            work.extend(out.hash.map(Work::Hash));
+            work.extend(out.verify.map(Work::Verify));
         }
-        drop(st);
-        let sums: Vec<u64> = verify
-            .iter()
-            .map(|job: &crate::core::VerifyJob| {
-                // SAFETY: the job's slot stays `Loading` until `finish_verify`, so no read is in
-                // flight into it and no one else reads or writes it; ptr..ptr+len lies in the
-                // arena, which `shared` keeps alive.
-                let bytes = unsafe { std::slice::from_raw_parts(job.ptr, job.len) };
-                crate::checksum::checksum(bytes)
-            })
-            .collect();
-        let mut st = shared.state.lock();
-        for (job, sum) in verify.drain(..).zip(sums) {
-            changed |= st.core.finish_verify(job, sum);
-        }
+        st.core.take_ended_hashes(&mut ended);
         if changed {
             shared.notify(&mut st);
+        }
+        drop(st);
+        // Loads that ended (cancelled, failed) may have freed their slots: their hash work must
+        // go before new reads are issued into those slots.
+        if !ended.is_empty() {
+            work.retain(|w| match w {
+                Work::Hash(h) => !ended.contains(&h.order),
+                Work::Verify(_) => true,
+            });
+        }
+        // Issue what the completions made room for before hashing, so the device stays busy.
+        if !work.is_empty() {
+            let _ = issue(&shared, backend.as_mut());
+            if let Err(e) = backend.flush() {
+                tracing::error!("read backend flush failed: {e}");
+            }
+        }
+        for order in ended.drain(..) {
+            hashes.forget(order);
+        }
+        let mut verified = Vec::new();
+        for w in work.drain(..) {
+            match w {
+                Work::Hash(h) => hashes.advance(h.order, h.ptr, h.upto),
+                Work::Verify(job) => {
+                    hashes.advance(job.order, job.ptr, job.len);
+                    verified.push((job, hashes.finish(job.order)));
+                }
+            }
+        }
+        if !verified.is_empty() {
+            let mut st = shared.state.lock();
+            let mut changed = false;
+            for (job, sum) in verified {
+                changed |= st.core.finish_verify(job, sum);
+            }
+            if changed {
+                shared.notify(&mut st);
+            }
         }
     }
     // The backend goes first: its drop waits for reads in flight, and `shared` (with the arena)
     // must outlive them.
     drop(backend);
     drop(shared);
+}
+
+enum Work {
+    Hash(crate::core::HashWork),
+    Verify(crate::core::VerifyJob),
+}
+
+/// Running xxh3 states of loads being read, fed in payload order as prefixes complete.
+#[derive(Default)]
+struct RunningHashes(std::collections::HashMap<u64, (Box<Xxh3Default>, usize)>);
+
+impl RunningHashes {
+    /// Folds payload bytes `[hashed, upto)` of load `order` at `ptr` into its hash.
+    fn advance(&mut self, order: u64, ptr: *const u8, upto: usize) {
+        let (state, hashed) = self
+            .0
+            .entry(order)
+            .or_insert_with(|| (Box::new(Xxh3Default::new()), 0));
+        if upto > *hashed {
+            // SAFETY: the core handed out `ptr..ptr+upto` as a completed prefix of a slot that
+            // stays `Loading` (no read in flight over it, nobody else reading it) until
+            // `finish_verify`, and the arena outlives this thread's work.
+            let bytes = unsafe { std::slice::from_raw_parts(ptr.add(*hashed), upto - *hashed) };
+            state.update(bytes);
+            *hashed = upto;
+        }
+    }
+
+    fn finish(&mut self, order: u64) -> u64 {
+        self.0
+            .remove(&order)
+            .map_or_else(|| Xxh3Default::new().digest(), |(s, _)| s.digest())
+    }
+
+    fn forget(&mut self, order: u64) {
+        self.0.remove(&order);
+    }
 }
 
 /// Submits ops one at a time, re-taking the lock between them so a demand that arrives

@@ -207,3 +207,63 @@ fn a_prefetch_never_evicts_an_expert_a_live_hint_names() {
     assert_eq!(g.bytes(0), &record_bytes(ExpertKey::new(0, 1), LEN)[..]);
     assert_eq!(s.metrics().layers[0].hits, 1);
 }
+
+/// Completes each batch of reads in reverse order, so checksums stream over out-of-order chunks.
+struct Reversing(Box<io_sched::backend::memory::MemoryBackend>);
+
+impl io_sched::backend::ReadBackend for Reversing {
+    fn kind(&self) -> io_sched::backend::BackendKind {
+        self.0.kind()
+    }
+    fn describe(&self) -> String {
+        "reversing".into()
+    }
+    fn max_in_flight(&self) -> usize {
+        self.0.max_in_flight()
+    }
+    fn in_flight(&self) -> usize {
+        self.0.in_flight()
+    }
+    fn direct(&self) -> bool {
+        false
+    }
+    unsafe fn submit(&mut self, op: io_sched::backend::ReadOp) -> std::io::Result<()> {
+        // SAFETY: forwarded under this method's own contract.
+        unsafe { self.0.submit(op) }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+    fn reap(
+        &mut self,
+        out: &mut Vec<io_sched::backend::Completion>,
+        timeout: Option<std::time::Duration>,
+    ) -> std::io::Result<()> {
+        let before = out.len();
+        self.0.reap(out, timeout)?;
+        out[before..].reverse();
+        Ok(())
+    }
+    fn waker(&self) -> io_sched::backend::BackendWaker {
+        self.0.waker()
+    }
+}
+
+#[test]
+fn checksums_stream_over_out_of_order_chunks_and_catch_a_bad_middle_chunk() {
+    let len = 5 * 4096 + 100;
+    let (layout, mut image) = model_image(1, 4, len);
+    let bad = layout.get(ExpertKey::new(0, 3)).unwrap().offset as usize + 2 * 4096 + 7;
+    image[bad] ^= 1;
+    let mut cfg = SchedulerConfig::with_budget(8 * 6 * 4096);
+    cfg.core.demand_chunk = 4096;
+    let s = Scheduler::with_backend(layout, cfg, Box::new(Reversing(memory_backend(image, 16))))
+        .unwrap();
+    let g = s.acquire(0, &[0, 1, 2]).unwrap();
+    for (e, bytes) in g.iter() {
+        assert_eq!(bytes, &record_bytes(ExpertKey::new(0, e), len)[..]);
+    }
+    drop(g);
+    let e = s.acquire(0, &[3]).unwrap_err();
+    assert!(matches!(e, Error::Checksum { .. }), "{e}");
+}

@@ -24,11 +24,13 @@ pub(crate) struct OpRecord {
     pub purpose: Purpose,
 }
 
-/// A checksum the driver must compute outside the lock: the slot stays `Loading` (so nobody
+/// A checksum the driver must finish outside the lock: the slot stays `Loading` (so nobody
 /// else touches it) until [`SchedCore::finish_verify`] is called.
 #[derive(Debug, Clone, Copy)]
 pub struct VerifyJob {
     pub(crate) load: usize,
+    /// The load's unique id, as in [`HashWork::order`].
+    pub order: u64,
     pub ptr: *const u8,
     pub len: usize,
 }
@@ -37,11 +39,29 @@ pub struct VerifyJob {
 // `finish_verify`; the job only carries it to the thread that computes the checksum.
 unsafe impl Send for VerifyJob {}
 
+/// Streaming checksum progress: bytes `[0, upto)` of load `order`'s payload have arrived and
+/// will not be written again, so the driver may fold them into the load's running hash while
+/// the rest is still being read. This spreads the checksum cost over the read instead of
+/// paying it all when the last byte lands.
+#[derive(Debug, Clone, Copy)]
+pub struct HashWork {
+    pub order: u64,
+    pub ptr: *const u8,
+    pub upto: usize,
+}
+
+// SAFETY: `ptr..ptr+upto` is a prefix of a `Loading` slot whose reads have completed; no read
+// in flight covers it (retries restart only past the completed prefix) and no one else reads
+// the slot until it is Ready.
+unsafe impl Send for HashWork {}
+
 /// What a completion changed.
 #[derive(Debug, Default)]
 pub struct CompleteOutcome {
     /// A load became ready or failed: wake waiters.
     pub changed: bool,
+    /// More of a load's payload can be hashed.
+    pub hash: Option<HashWork>,
     /// A load's bytes are all in and need their checksum verified.
     pub verify: Option<VerifyJob>,
 }
@@ -199,6 +219,7 @@ impl SchedCore {
                 if ld.purpose == Purpose::Prefetch && ld.cancelled {
                     m.wasted_bytes += len;
                 }
+                add_range(&mut ld.done_ranges, r.start, r.end);
             }
             Ok(n) => {
                 // Short read: keep what arrived (down to the alignment direct I/O needs for the
@@ -209,6 +230,9 @@ impl SchedCore {
                     Purpose::Prefetch => m.prefetch_bytes += good,
                 }
                 m.short_read_retries += 1;
+                if good > 0 {
+                    add_range(&mut ld.done_ranges, r.start, r.start + good);
+                }
                 let retry = PendingRead {
                     load: r.load,
                     start: r.start + good,
@@ -250,7 +274,43 @@ impl SchedCore {
                 }
             }
         }
-        self.maybe_finish(r.load)
+        let hash = self.hash_progress(r.load);
+        let mut out = self.maybe_finish(r.load);
+        out.hash = hash;
+        out
+    }
+
+    /// New hashable payload prefix of a load, if checksums are on and it grew.
+    fn hash_progress(&mut self, id: usize) -> Option<HashWork> {
+        if !self.cfg.verify_checksums {
+            return None;
+        }
+        let slot_ptr = {
+            let ld = self.loads[id].as_ref()?;
+            self.arena.slot_ptr(ld.slot as usize) as *const u8
+        };
+        let ld = self.loads[id].as_mut()?;
+        if ld.failure.is_some() || ld.cancelled {
+            return None;
+        }
+        let prefix = match ld.done_ranges.first() {
+            Some(&(0, end)) => end.min(ld.payload),
+            _ => 0,
+        };
+        if prefix <= ld.hashed {
+            return None;
+        }
+        ld.hashed = prefix;
+        Some(HashWork {
+            order: ld.order,
+            ptr: slot_ptr,
+            upto: prefix as usize,
+        })
+    }
+
+    /// Orders of loads whose running hash will never be finished (cancelled or failed).
+    pub fn take_ended_hashes(&mut self, out: &mut Vec<u64>) {
+        out.append(&mut self.ended_hashes);
     }
 
     /// Finishes a load once nothing of it is in flight or queued.
@@ -272,7 +332,7 @@ impl SchedCore {
             self.fail_load(id, f);
             return CompleteOutcome {
                 changed: true,
-                verify: None,
+                ..CompleteOutcome::default()
             };
         }
         if ld.issued < ld.total {
@@ -282,8 +342,10 @@ impl SchedCore {
             let ptr = self.arena.slot_ptr(ld.slot as usize) as *const u8;
             return CompleteOutcome {
                 changed: false,
+                hash: None,
                 verify: Some(VerifyJob {
                     load: id,
+                    order: ld.order,
                     ptr,
                     len: ld.payload as usize,
                 }),
@@ -292,7 +354,7 @@ impl SchedCore {
         self.ready_load(id);
         CompleteOutcome {
             changed: true,
-            verify: None,
+            ..CompleteOutcome::default()
         }
     }
 
@@ -332,6 +394,9 @@ impl SchedCore {
     fn fail_load(&mut self, id: usize, f: Failure) {
         let ld = self.loads[id].take().expect("failed load exists");
         self.free_loads.push(id);
+        if ld.hashed > 0 {
+            self.ended_hashes.push(ld.order);
+        }
         tracing::warn!(error = %f.to_error(), "expert load failed");
         self.layer_metrics[ld.key.layer as usize].failed_loads += 1;
         let idx = self.key_index(ld.key);
@@ -348,5 +413,36 @@ impl SchedCore {
         } else {
             slot.state = SlotState::Failed(Box::new(f));
         }
+    }
+}
+
+/// Inserts `[start, end)` into sorted, merged, disjoint ranges.
+fn add_range(ranges: &mut Vec<(u64, u64)>, start: u64, end: u64) {
+    let i = ranges.partition_point(|&(_, e)| e < start);
+    let mut j = i;
+    let (mut s, mut e) = (start, end);
+    while j < ranges.len() && ranges[j].0 <= e {
+        s = s.min(ranges[j].0);
+        e = e.max(ranges[j].1);
+        j += 1;
+    }
+    ranges.splice(i..j, [(s, e)]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::add_range;
+
+    #[test]
+    fn ranges_merge_in_any_order() {
+        let mut r = Vec::new();
+        add_range(&mut r, 8, 12);
+        add_range(&mut r, 0, 4);
+        assert_eq!(r, vec![(0, 4), (8, 12)]);
+        add_range(&mut r, 4, 8);
+        assert_eq!(r, vec![(0, 12)]);
+        add_range(&mut r, 20, 24);
+        add_range(&mut r, 12, 16);
+        assert_eq!(r, vec![(0, 16), (20, 24)]);
     }
 }

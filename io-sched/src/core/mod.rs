@@ -30,7 +30,7 @@ use crate::metrics::{DepthMetrics, LayerMetrics, MetricsSnapshot};
 use crate::predictor::Candidate;
 
 pub(crate) use failure::Failure;
-pub use issue::{CompleteOutcome, VerifyJob};
+pub use issue::{CompleteOutcome, HashWork, VerifyJob};
 
 /// Index of a cache slot.
 pub type SlotId = u32;
@@ -123,7 +123,12 @@ pub(crate) struct Load {
     pub outstanding: u32,
     pub cancelled: bool,
     pub failure: Option<Failure>,
+    /// Unique id of this load (never reused), names its streaming checksum.
     pub order: u64,
+    /// Byte ranges read so far (merged), to find the contiguous prefix that can be hashed.
+    pub done_ranges: Vec<(u64, u64)>,
+    /// Payload prefix already handed out for hashing.
+    pub hashed: u64,
 }
 
 /// The scheduler state machine.
@@ -153,6 +158,8 @@ pub struct SchedCore {
     ops_in_flight: usize,
     layer_metrics: Vec<LayerMetrics>,
     depth: DepthMetrics,
+    /// Loads (by `order`) that ended without a verify job: their hash state can go.
+    ended_hashes: Vec<u64>,
 }
 
 impl SchedCore {
@@ -211,6 +218,7 @@ impl SchedCore {
             ops_in_flight: 0,
             layer_metrics: vec![LayerMetrics::default(); layers],
             depth: DepthMetrics::default(),
+            ended_hashes: Vec::new(),
             layout,
         })
     }

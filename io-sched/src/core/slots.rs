@@ -117,6 +117,8 @@ impl SchedCore {
             cancelled: false,
             failure: None,
             order: self.order,
+            done_ranges: Vec::new(),
+            hashed: 0,
         };
         let id = match self.free_loads.pop() {
             Some(id) => {
@@ -180,6 +182,9 @@ impl SchedCore {
     pub(super) fn release_load(&mut self, id: usize) {
         let ld = self.loads[id].take().expect("released load exists");
         self.free_loads.push(id);
+        if ld.hashed > 0 {
+            self.ended_hashes.push(ld.order);
+        }
         let slot = &mut self.slots[ld.slot as usize];
         debug_assert_eq!(slot.pins, 0, "a cancelled load's slot is never pinned");
         slot.state = SlotState::Free;
