@@ -91,11 +91,10 @@ fn read_overlap(c: &mut Criterion) {
                 || {
                     drop_page_cache(&path);
                     seed += 1;
-                    open_backend(&layout, &cfg)
-                        .expect("backend opened above")
-                        .backend
+                    let opened = open_backend(&layout, &cfg).expect("backend opened above");
+                    (opened.backend, seed)
                 },
-                |mut backend| {
+                |(mut backend, seed)| {
                     layer_reads(backend.as_mut(), &layout, K, chunk, LAYERS_PER_ITER, seed)
                         .expect("reads")
                 },
