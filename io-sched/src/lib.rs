@@ -37,6 +37,7 @@ pub mod guard;
 pub mod metrics;
 pub mod predictor;
 pub mod scheduler;
+pub mod trace;
 
 pub use guard::{AcquireFuture, ExpertGuard};
 pub use scheduler::{Scheduler, SchedulerConfig};
