@@ -93,10 +93,7 @@ pub enum Real {
 
 impl Real {
     fn bytes(self) -> u64 {
-        match self {
-            Real::F16 => 2,
-            Real::F32 => 4,
-        }
+        if self == Real::F16 { 2 } else { 4 }
     }
 }
 
@@ -134,11 +131,7 @@ impl TraceHeader {
 
     /// Values in a score vector (0 without scores).
     pub fn scores_per_layer(&self) -> u32 {
-        if self.scores.is_some() {
-            self.experts
-        } else {
-            0
-        }
+        self.scores.map_or(0, |_| self.experts)
     }
 
     /// Bytes of one (token, layer) record.
@@ -150,17 +143,12 @@ impl TraceHeader {
     }
 
     fn check(&self, path: &str) -> Result<()> {
-        if self.layers == 0 || self.experts == 0 || self.k == 0 || self.k > self.experts {
-            return Err(malformed(
-                path,
-                16,
-                format!(
-                    "need layers > 0, experts > 0 and 0 < k <= experts (layers {}, experts {}, k {})",
-                    self.layers, self.experts, self.k
-                ),
-            ));
-        }
-        Ok(())
+        let (l, e, k) = (self.layers, self.experts, self.k);
+        ensure(l > 0 && e > 0 && k > 0 && k <= e, path, 16, || {
+            format!(
+                "need layers > 0, experts > 0 and 0 < k <= experts (layers {l}, experts {e}, k {k})"
+            )
+        })
     }
 
     fn encode(&self) -> [u8; HEADER_LEN as usize] {
@@ -186,72 +174,57 @@ impl TraceHeader {
 
     /// Parses and checks a header; returns it and the byte offset of the first record.
     fn decode(b: &[u8], path: &str) -> Result<(Self, u64)> {
-        if b.len() < HEADER_LEN as usize {
-            return Err(malformed(
-                path,
-                0,
-                format!("{} bytes is shorter than a trace header", b.len()),
-            ));
-        }
-        if b[0..8] != MAGIC {
-            return Err(malformed(
-                path,
-                0,
-                "not a flashmoe routing trace (bad magic)",
-            ));
-        }
+        let n = b.len();
+        ensure(n >= HEADER_LEN as usize, path, 0, || {
+            format!("{n} bytes is shorter than a trace header")
+        })?;
+        ensure(b[0..8] == MAGIC, path, 0, || {
+            "not a flashmoe routing trace (bad magic)".into()
+        })?;
         let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
         let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-        let version = u16_at(8);
-        if version != VERSION {
-            return Err(malformed(
-                path,
-                8,
-                format!("version {version} is not supported (this build reads {VERSION})"),
-            ));
-        }
-        let flags = u16_at(10);
-        if flags & !0xF != 0 {
-            return Err(malformed(path, 10, format!("unknown flags {flags:#06x}")));
-        }
-        let header_len = u32_at(12);
-        if header_len < HEADER_LEN {
-            return Err(malformed(
-                path,
-                12,
-                format!("header_len {header_len} < {HEADER_LEN}"),
-            ));
-        }
-        let real = |present: u16, f32bit: u16| {
-            (flags & present != 0).then_some(if flags & f32bit != 0 {
+        let (version, flags, header_len) = (u16_at(8), u16_at(10), u32_at(12));
+        ensure(version == VERSION, path, 8, || {
+            format!("version {version} is not supported (this build reads {VERSION})")
+        })?;
+        ensure(flags & !0xF == 0, path, 10, || {
+            format!("unknown flags {flags:#06x}")
+        })?;
+        ensure(header_len >= HEADER_LEN, path, 12, || {
+            format!("header_len {header_len} < {HEADER_LEN}")
+        })?;
+        let real = |on: u16, f32bit: u16| {
+            let r = if flags & f32bit != 0 {
                 Real::F32
             } else {
                 Real::F16
-            })
+            };
+            (flags & on != 0).then_some(r)
         };
-        let mut tokens = [0u8; 8];
-        tokens.copy_from_slice(&b[32..40]);
         let h = TraceHeader {
             layers: u32_at(16),
             experts: u32_at(20),
             k: u32_at(24),
             weights: real(F_WEIGHTS, F_WEIGHTS_F32),
             scores: real(F_SCORES, F_SCORES_F32),
-            tokens: u64::from_le_bytes(tokens),
+            tokens: u32_at(32) as u64 | (u32_at(36) as u64) << 32,
         };
         h.check(path)?;
-        let spl = u32_at(28);
-        if spl != h.scores_per_layer() {
-            return Err(malformed(
-                path,
-                28,
-                format!(
-                    "scores_per_layer {spl} must be {} (dense vectors of `experts` values, only with the scores flag)",
-                    h.scores_per_layer()
-                ),
-            ));
-        }
+        let (spl, want) = (u32_at(28), h.scores_per_layer());
+        ensure(spl == want, path, 28, || {
+            format!(
+                "scores_per_layer {spl} must be {want} (dense vectors, only with the scores flag)"
+            )
+        })?;
         Ok((h, header_len as u64))
+    }
+}
+
+fn ensure(ok: bool, path: &str, offset: u64, reason: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(malformed(path, offset, reason()))
     }
 }
 
@@ -267,11 +240,7 @@ pub struct TraceWriter<W: Write + Seek> {
 impl TraceWriter<BufWriter<File>> {
     /// Creates `path` and writes the header.
     pub fn create(path: &Path, header: TraceHeader) -> Result<Self> {
-        let f = File::create(path).map_err(|source| TraceError::Io {
-            op: "create",
-            path: path.display().to_string(),
-            source,
-        })?;
+        let f = File::create(path).map_err(io_error("create", &path.display().to_string()))?;
         Self::new(BufWriter::new(f), header)
     }
 }
@@ -302,35 +271,25 @@ impl<W: Write + Seek> TraceWriter<W> {
         weights: Option<&[f32]>,
         scores: Option<&[f32]>,
     ) -> Result<()> {
-        let h = self.header;
+        let (h, tok, next) = (self.header, self.tokens, self.next_layer);
         let usage = |m: String| Err(TraceError::Usage(m));
-        if layer != self.next_layer {
-            return usage(format!(
-                "token {}: expected layer {}, got {layer}",
-                self.tokens, self.next_layer
-            ));
+        if layer != next {
+            return usage(format!("token {tok}: expected layer {next}, got {layer}"));
         }
-        if experts.len() != h.k as usize {
+        let bad = experts
+            .iter()
+            .enumerate()
+            .find(|(i, e)| **e >= h.experts || experts[..*i].contains(e));
+        if experts.len() != h.k as usize || bad.is_some() {
             return usage(format!(
-                "layer {layer}: {} experts, header says k = {}",
-                experts.len(),
-                h.k
+                "layer {layer}: {experts:?} is not k = {} distinct ids < {}",
+                h.k, h.experts
             ));
-        }
-        for (i, &e) in experts.iter().enumerate() {
-            if e >= h.experts || experts[..i].contains(&e) {
-                return usage(format!(
-                    "layer {layer}: expert {e} out of range or repeated"
-                ));
-            }
         }
         self.buf.clear();
         for &e in experts {
-            if h.id_bytes() == 2 {
-                self.buf.extend_from_slice(&(e as u16).to_le_bytes());
-            } else {
-                self.buf.extend_from_slice(&e.to_le_bytes());
-            }
+            let le = e.to_le_bytes();
+            self.buf.extend_from_slice(&le[..h.id_bytes() as usize]);
         }
         match (h.weights, weights) {
             (Some(r), Some(w)) if w.len() == h.k as usize => put_reals(&mut self.buf, r, w),
@@ -376,11 +335,12 @@ impl<W: Write + Seek> TraceWriter<W> {
 }
 
 fn wio(source: io::Error) -> TraceError {
-    TraceError::Io {
-        op: "write",
-        path: "trace writer".into(),
-        source,
-    }
+    io_error("write", "trace writer")(source)
+}
+
+fn io_error(op: &'static str, path: &str) -> impl FnOnce(io::Error) -> TraceError {
+    let path = path.to_string();
+    move |source| TraceError::Io { op, path, source }
 }
 
 fn put_reals(buf: &mut Vec<u8>, r: Real, v: &[f32]) {
@@ -412,7 +372,7 @@ impl Trace {
             .check("ids")
             .map_err(|e| TraceError::Usage(e.to_string()))?;
         let per_token = layers as usize * k as usize;
-        if ids.len() % per_token != 0 {
+        if !ids.len().is_multiple_of(per_token) {
             return Err(TraceError::Usage(format!(
                 "{} ids is not a whole number of tokens of {per_token}",
                 ids.len()
@@ -432,17 +392,11 @@ impl Trace {
     /// Reads and validates a trace file.
     pub fn read(path: &Path) -> Result<Self> {
         let name = path.display().to_string();
-        let mut f = File::open(path).map_err(|source| TraceError::Io {
-            op: "open",
-            path: name.clone(),
-            source,
-        })?;
         let mut bytes = Vec::new();
-        f.read_to_end(&mut bytes).map_err(|source| TraceError::Io {
-            op: "read",
-            path: name.clone(),
-            source,
-        })?;
+        File::open(path)
+            .map_err(io_error("open", &name))?
+            .read_to_end(&mut bytes)
+            .map_err(io_error("read", &name))?;
         Self::from_bytes(&bytes, &name)
     }
 
@@ -463,7 +417,7 @@ impl Trace {
             .ok_or_else(|| malformed(name, 16, "record size overflows"))?;
         let body = len - start;
         let tokens = if header.tokens == TOKENS_UNKNOWN {
-            if body % per_token != 0 {
+            if !body.is_multiple_of(per_token) {
                 return Err(malformed(
                     name,
                     start + body / per_token * per_token,
@@ -626,9 +580,6 @@ pub fn f32_to_f16(x: f32) -> u16 {
         return sign | 0x7c00 | if man != 0 { 0x200 } else { 0 };
     }
     let e = exp - 127 + 15;
-    if e >= 31 {
-        return sign | 0x7c00;
-    }
     if e <= 0 {
         if e < -10 {
             return sign;
@@ -639,14 +590,8 @@ pub fn f32_to_f16(x: f32) -> u16 {
         let rounded = (m + half - 1 + ((m >> shift) & 1)) >> shift;
         return sign | rounded as u16;
     }
-    let rounded = man + 0xfff + ((man >> 13) & 1);
-    let (e, m) = if rounded & 0x80_0000 != 0 {
-        (e + 1, 0)
-    } else {
-        (e, rounded >> 13)
-    };
-    if e >= 31 {
-        return sign | 0x7c00;
-    }
-    sign | ((e as u16) << 10) | m as u16
+    // Exponent and mantissa side by side: a rounding carry moves into the exponent, and
+    // past the largest finite value gives infinity (0x7c00).
+    let v = ((e as u32) << 23) | man;
+    sign | ((v + 0xfff + ((v >> 13) & 1)) >> 13).min(0x7c00) as u16
 }

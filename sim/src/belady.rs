@@ -35,6 +35,7 @@ pub fn belady_hit_rate(trace: &Trace, slots: usize, warmup: u64) -> f64 {
     // (next use, key) of cached keys.
     let mut by_next: BTreeSet<(usize, usize)> = BTreeSet::new();
     let (mut hits, mut total) = (0u64, 0u64);
+    #[allow(clippy::needless_range_loop)] // `i` is also the access's position in time
     for i in 0..n {
         let k = key(i);
         let counted = (i / per_token) as u64 >= warmup;

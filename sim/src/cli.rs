@@ -41,8 +41,9 @@ pub struct SimArgs {
     #[arg(long)]
     pub k: Option<u32>,
     /// trust-os: flash-moe's buffered preads through the page cache; flashmoe: io-sched.
-    #[arg(long, value_enum, default_value = "flashmoe")]
-    pub mode: Mode,
+    /// Default: both, trust-os first (the published baseline), then flashmoe.
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
     /// Predictor feeding prefetch hints (flashmoe mode).
     #[arg(long, value_enum, default_value = "scores")]
     pub predictor: PredictorKind,
@@ -360,29 +361,57 @@ pub fn run(args: &SimArgs) -> Result<String> {
             table(&rows)
         });
     }
-    let (s, r) = run_one(
-        args,
-        &p,
-        &trace,
-        args.mode,
-        args.predictor,
-        args.budget_gb,
-        "sim",
-    )?;
-    if let Some(path) = &args.timeline {
-        let title = format!(
-            "{} {}-bit K={} on {}, {} / {}: {:.2} tok/s",
-            s.model, s.bits, s.k, s.device, s.mode, s.predictor, s.tok_per_s
-        );
-        std::fs::write(path, crate::timeline::svg(&r.spans, &title)).map_err(|source| {
-            SimError::Io {
-                op: "write timeline",
-                path: path.display().to_string(),
-                source,
-            }
-        })?;
+    let modes = match args.mode {
+        Some(m) => vec![m],
+        None => vec![Mode::TrustOs, Mode::Flashmoe],
+    };
+    let mut summaries = Vec::new();
+    for mode in modes {
+        let label = match mode {
+            Mode::TrustOs => "trust-os (flash-moe)",
+            Mode::Flashmoe => "flashmoe",
+        };
+        let (s, r) = run_one(
+            args,
+            &p,
+            &trace,
+            mode,
+            args.predictor,
+            args.budget_gb,
+            label,
+        )?;
+        if let Some(path) = &args.timeline {
+            let path = match (args.mode, mode) {
+                (None, Mode::TrustOs) => path.with_extension("trust-os.svg"),
+                _ => path.clone(),
+            };
+            let title = format!(
+                "{} {}-bit K={} on {}, {} / {}: {:.2} tok/s",
+                s.model, s.bits, s.k, s.device, s.mode, s.predictor, s.tok_per_s
+            );
+            std::fs::write(&path, crate::timeline::svg(&r.spans, &title)).map_err(|source| {
+                SimError::Io {
+                    op: "write timeline",
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
+        }
+        summaries.push(s);
     }
-    if args.json { to_json(&s) } else { Ok(s.text()) }
+    if args.json {
+        if summaries.len() == 1 {
+            to_json(&summaries[0])
+        } else {
+            to_json(&summaries)
+        }
+    } else {
+        Ok(summaries
+            .iter()
+            .map(Summary::text)
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
 }
 
 pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {

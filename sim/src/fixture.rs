@@ -146,15 +146,16 @@ pub fn load_safetensors_trace(path: &Path, experts: Option<u32>) -> Result<Trace
         None => experts_from_config(path).unwrap_or_else(|| v.iter().max().map_or(1, |m| m + 1)),
     };
     let mut t = Trace::from_ids(layers as u32, experts, k as u32, v)?;
-    if let Some(w) = tensor(path, &header, "expert_weights", data_start, len)? {
-        if w.dtype == "F16" && w.shape == ids.shape && w.end - w.start == count * 2 {
-            let ws = bytes[w.start as usize..w.end as usize]
-                .chunks_exact(2)
-                .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
-                .collect();
-            t.weights = Some(ws);
-            t.header.weights = Some(Real::F16);
-        }
+    let weights = tensor(path, &header, "expert_weights", data_start, len)?;
+    if let Some(w) =
+        weights.filter(|w| w.dtype == "F16" && w.shape == ids.shape && w.end - w.start == count * 2)
+    {
+        let ws = bytes[w.start as usize..w.end as usize]
+            .chunks_exact(2)
+            .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+            .collect();
+        t.weights = Some(ws);
+        t.header.weights = Some(Real::F16);
     }
     Ok(t)
 }

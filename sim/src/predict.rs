@@ -197,14 +197,16 @@ impl Predictor for Scores {
         self.scores = Some((layer, scores.to_vec()));
     }
     fn predict(&mut self, layer: u32, _h: u32, max: usize, out: &mut Vec<LayerPrediction>) {
-        if let Some((l, s)) = self.scores.take() {
-            if l == layer && layer + 1 < self.layers {
-                out.push(LayerPrediction {
-                    layer: layer + 1,
-                    tokens_ahead: 0,
-                    candidates: top(s.iter().map(|&x| x as f64), max),
-                });
-            }
+        if let Some((_, s)) = self
+            .scores
+            .take()
+            .filter(|(l, _)| *l == layer && layer + 1 < self.layers)
+        {
+            out.push(LayerPrediction {
+                layer: layer + 1,
+                tokens_ahead: 0,
+                candidates: top(s.iter().map(|&x| x as f64), max),
+            });
         }
     }
 }

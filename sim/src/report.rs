@@ -177,13 +177,14 @@ pub fn table(rows: &[Summary]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<34} {:>8} {:>7} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6} {:>6} {:>9} {:>9}",
+        "{:<34} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6} {:>6} {:>9} {:>9}",
         "run",
         "cache GB",
         "tok/s",
         "layer ms",
         "compute",
         "stall",
+        "overlap",
         "hit%",
         "belady%",
         "prec%",
@@ -194,13 +195,14 @@ pub fn table(rows: &[Summary]) -> String {
     for r in rows {
         let _ = writeln!(
             s,
-            "{:<34} {:>8.1} {:>7.2} {:>8.2} {:>8.2} {:>8.2} {:>6.1} {:>7.1} {:>6.1} {:>6.1} {:>9.0} {:>9.0}",
+            "{:<34} {:>8.1} {:>7.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6.1} {:>7.1} {:>6.1} {:>6.1} {:>9.0} {:>9.0}",
             r.label,
             r.cache_bytes as f64 / 1e9,
             r.tok_per_s,
             r.layer_ms,
             r.layer_compute_ms,
             r.layer_stall_ms,
+            r.layer_overlapped_io_ms,
             100.0 * r.hit_rate,
             100.0 * r.belady_hit_rate,
             100.0 * r.prefetch_precision,

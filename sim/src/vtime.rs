@@ -115,6 +115,8 @@ pub struct RunResult {
     pub metrics: MetricsSnapshot,
     pub cache_slots: usize,
     pub spans: Vec<Span>,
+    /// Real bytes the simulated device transferred while measuring.
+    pub device_bytes: f64,
 }
 
 impl RunResult {
@@ -362,12 +364,14 @@ pub fn run(spec: &RunSpec, trace: &Arc<Trace>) -> Result<RunResult> {
     let mut times = vec![LayerTime::default(); h.layers as usize];
     let mut base = MetricsSnapshot::default();
     let mut t_start = 0.0;
+    let mut bytes_start = 0.0;
     let total_tokens = spec.warmup_tokens + spec.tokens;
     for step in 0..total_tokens {
         let measuring = step >= spec.warmup_tokens;
         if step == spec.warmup_tokens {
             base = sim.core.metrics();
             t_start = sim.now();
+            bytes_start = sim.ssd.bytes_done;
         }
         sim.record = measuring && step < spec.warmup_tokens + spec.timeline_tokens;
         let token = step % trace.tokens();
@@ -414,7 +418,9 @@ pub fn run(spec: &RunSpec, trace: &Arc<Trace>) -> Result<RunResult> {
             }
             let stall = sim.now() - t_route;
             sim.waiting.clear();
-            sim.core.record_stall(layer, stall as u64);
+            if stall > 0.0 {
+                sim.core.record_stall(layer, stall as u64);
+            }
             if sim.record && stall > 0.0 {
                 sim.spans.push(Span {
                     start_ns: t_route,
@@ -433,6 +439,11 @@ pub fn run(spec: &RunSpec, trace: &Arc<Trace>) -> Result<RunResult> {
         }
     }
     let elapsed = sim.now() - t_start;
+    // Drain reads still in flight so every byte the device moved is accounted for (not timed).
+    sim.record = false;
+    while let Some(next) = sim.ssd.next_event() {
+        sim.step(next);
+    }
     let mut metrics = sim.core.metrics().since(&base);
     for m in &mut metrics.layers {
         m.demand_bytes = (m.demand_bytes as f64 * scale) as u64;
@@ -445,6 +456,7 @@ pub fn run(spec: &RunSpec, trace: &Arc<Trace>) -> Result<RunResult> {
         layers: times,
         metrics,
         cache_slots,
+        device_bytes: sim.ssd.bytes_done - bytes_start,
         spans: sim.spans,
     })
 }
