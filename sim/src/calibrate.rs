@@ -118,7 +118,7 @@ pub fn this_machine(dir: &Path, file_mb: u64) -> Result<DeviceProfile> {
     let run = || -> Result<(f64, f64, f64)> {
         let (lat, _) = measure(&path, len, 4096, 1, 4 << 20)?;
         let (_, single) = measure(&path, len, 1 << 20, 1, 256 << 20)?;
-        let (_, peak) = measure(&path, len, 1 << 20, 16, 1 << 30)?;
+        let (_, peak) = measure(&path, len, 1 << 20, 16, 512 << 20)?;
         Ok((lat, single, peak))
     };
     let r = run();

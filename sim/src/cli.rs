@@ -56,6 +56,15 @@ pub struct SimArgs {
     /// Reads in flight (default 32; trust-os: the device's reader threads).
     #[arg(long)]
     pub queue_depth: Option<usize>,
+    /// Override the SSD path's peak GB/s (sensitivity runs).
+    #[arg(long)]
+    pub ssd_peak_gbps: Option<f64>,
+    /// Override the SSD path's GB/s per request.
+    #[arg(long)]
+    pub ssd_single_gbps: Option<f64>,
+    /// Override the compute slowdown at full SSD utilisation (0 = no contention).
+    #[arg(long)]
+    pub contention: Option<f64>,
     /// Layers ahead to predict.
     #[arg(long, default_value_t = 1)]
     pub horizon: u32,
@@ -105,9 +114,17 @@ pub struct SimArgs {
     /// Fit the synthetic trace knobs to flash-moe's LRU hit rates and print them.
     #[arg(long)]
     pub calibrate_trace: bool,
+    /// Print the resolved device profile (JSON, every figure with its source) and exit; with
+    /// `--device this-machine`, save it to reuse as `--device file.json`.
+    #[arg(long)]
+    pub show_device: bool,
     /// Write the (synthetic or loaded) trace in flashmoe's binary format.
     #[arg(long)]
     pub write_trace: Option<PathBuf>,
+    /// Size of the scratch file `--device this-machine` measures, MiB (larger than the host's
+    /// caches gives truer figures).
+    #[arg(long, default_value_t = 512)]
+    pub calibrate_mb: u64,
     /// Scratch directory for `--device this-machine`.
     #[arg(long, default_value = ".")]
     pub calibrate_dir: PathBuf,
@@ -122,7 +139,7 @@ struct Plan {
 
 fn plan(args: &SimArgs, device: &str, bits: u32) -> Result<Plan> {
     let device = if device == "this-machine" {
-        crate::calibrate::this_machine(&args.calibrate_dir, 1024)?
+        crate::calibrate::this_machine(&args.calibrate_dir, args.calibrate_mb)?
     } else {
         device_profile(device)?
     };
@@ -191,7 +208,7 @@ fn spec(
         (None, Mode::Flashmoe) => d.cache_budget(g),
     };
     let eviction: EvictionKind = args.eviction.parse().map_err(SimError::Setup)?;
-    let (ssd, qd) = match mode {
+    let (mut ssd, qd) = match mode {
         Mode::TrustOs => (
             d.ssd_buffered.params(),
             args.queue_depth
@@ -199,6 +216,12 @@ fn spec(
         ),
         Mode::Flashmoe => (d.ssd_direct.params(), args.queue_depth.unwrap_or(32)),
     };
+    if let Some(g) = args.ssd_peak_gbps {
+        ssd.peak_bps = g * 1e9;
+    }
+    if let Some(g) = args.ssd_single_gbps {
+        ssd.single_bps = g * 1e9;
+    }
     Ok(RunSpec {
         mode,
         layers: g.layers,
@@ -209,7 +232,7 @@ fn spec(
         queue_depth: qd,
         compute_pre_ns: pre,
         compute_post_ns: post,
-        contention: d.contention.value,
+        contention: args.contention.unwrap_or(d.contention.value),
         copy_bps_per_thread: d.page_cache_copy_gbps_per_thread.value * 1e9,
         eviction,
         predictor,
@@ -349,6 +372,9 @@ pub fn run(args: &SimArgs) -> Result<String> {
         return crate::reproduce::reproduce(args);
     }
     let p = plan(args, &args.device, args.bits)?;
+    if args.show_device {
+        return to_json(&p.device);
+    }
     let trace = trace_for(args, &p)?;
     if let Some(path) = &args.write_trace {
         trace.write(path)?;

@@ -10,7 +10,7 @@ fn expert_sizes_follow_from_dims() {
     assert_eq!(expert_bytes(4096, 1024, 2), 3_932_160);
     assert_eq!(expert_bytes(2048, 512, 4), 1_769_472);
     let m = model_presets().unwrap();
-    assert_eq!(m.len(), 5);
+    assert_eq!(m.len(), 6);
     let q = m
         .iter()
         .find(|m| m.name == "qwen3.5-397b-a17b")
