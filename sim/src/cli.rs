@@ -114,6 +114,9 @@ pub struct SimArgs {
     /// Fit the synthetic trace knobs to flash-moe's LRU hit rates and print them.
     #[arg(long)]
     pub calibrate_trace: bool,
+    /// Print every preset figure with its source as a Markdown table and exit.
+    #[arg(long)]
+    pub figures: bool,
     /// Print the resolved device profile (JSON, every figure with its source) and exit; with
     /// `--device this-machine`, save it to reuse as `--device file.json`.
     #[arg(long)]
@@ -367,6 +370,9 @@ pub fn run(args: &SimArgs) -> Result<String> {
             );
         }
         return Ok(out);
+    }
+    if args.figures {
+        return crate::figures::figures_markdown();
     }
     if args.reproduce {
         return crate::reproduce::reproduce(args);

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod device;
 pub mod error;
 pub mod figure;
+pub mod figures;
 pub mod fixture;
 pub mod geometry;
 pub mod predict;
