@@ -235,10 +235,8 @@ impl Predictor for Oracle {
         };
         for h in 1..=horizon {
             let (l, ahead) = next_layer(layer, h, n);
-            let t = token + ahead as u64;
-            if t >= self.trace.tokens() {
-                break;
-            }
+            // Runs longer than the trace replay it from the start, as the driver does.
+            let t = (token + ahead as u64) % self.trace.tokens();
             let c = self
                 .trace
                 .experts_at(t, l)
