@@ -2,5 +2,7 @@
 //! from SSD. This facade re-exports the workspace crates; the `flashmoe` binary is the CLI.
 //!
 //! - [`io_sched`]: the expert-fetch I/O scheduler (usable alone by other runtimes).
+//! - [`flashmoe_sim`]: the SSD simulator (the real scheduler in virtual time).
 
+pub use flashmoe_sim;
 pub use io_sched;

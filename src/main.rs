@@ -16,6 +16,9 @@ enum Command {
     /// Measure this machine's disk for expert-sized reads: serial pread, pread pool, io_uring
     /// at several queue depths, mmap, and the scheduler itself, cold, as GB/s and ratios.
     IoBench(cmd::io_bench::IoBenchArgs),
+    /// Simulate model M on device D with policy P in virtual time, through the real scheduler
+    /// (`--reproduce` replays the published flash-moe and iPhone figures).
+    Sim(flashmoe_sim::cli::SimArgs),
 }
 
 fn main() {
@@ -29,6 +32,9 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::IoBench(args) => cmd::io_bench::run(&args),
+        Command::Sim(args) => flashmoe_sim::cli::run(&args)
+            .map(|out| print!("{out}"))
+            .map_err(Into::into),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -357,7 +357,8 @@ pub fn run(spec: &RunSpec, trace: &Arc<Trace>) -> Result<RunResult> {
     } else {
         spec.predictor
     };
-    let mut predictor = predict::make(predictor_kind, trace)?;
+    let total_tokens = spec.warmup_tokens + spec.tokens;
+    let mut predictor = predict::make(predictor_kind, trace, total_tokens)?;
     let mut rng = Rng::new(spec.seed ^ 0x5eed);
     let mut scores = Vec::new();
     let mut preds: Vec<LayerPrediction> = Vec::new();
@@ -365,7 +366,6 @@ pub fn run(spec: &RunSpec, trace: &Arc<Trace>) -> Result<RunResult> {
     let mut base = MetricsSnapshot::default();
     let mut t_start = 0.0;
     let mut bytes_start = 0.0;
-    let total_tokens = spec.warmup_tokens + spec.tokens;
     for step in 0..total_tokens {
         let measuring = step >= spec.warmup_tokens;
         if step == spec.warmup_tokens {
@@ -396,7 +396,8 @@ pub fn run(spec: &RunSpec, trace: &Arc<Trace>) -> Result<RunResult> {
                     &mut rng,
                     &mut scores,
                 );
-                predictor.observe_scores(layer, &scores);
+                // io-sched's predictors take scores for the layer they score.
+                predictor.observe_scores(layer + 1, &scores);
             }
             preds.clear();
             predictor.predict(layer, spec.horizon, spec.max_per_layer, &mut preds);

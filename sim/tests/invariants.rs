@@ -141,7 +141,7 @@ fn perfect_prediction_with_idle_time_hides_all_io() {
 /// already cached (it does not refresh its recency) to make room for another candidate of the
 /// same acquire: the acquire then misses. Needs the io-sched change in the sim report.
 #[test]
-#[ignore = "needs io-sched: hint() must protect cached candidates from eviction"]
+
 fn perfect_prediction_hides_all_io_with_a_partial_cache() {
     perfect_prediction_case(64);
 }
