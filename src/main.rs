@@ -18,7 +18,7 @@ enum Command {
     IoBench(cmd::io_bench::IoBenchArgs),
     /// Simulate model M on device D with policy P in virtual time, through the real scheduler
     /// (`--reproduce` replays the published flash-moe and iPhone figures).
-    Sim(flashmoe_sim::cli::SimArgs),
+    Sim(Box<flashmoe_sim::cli::SimArgs>),
 }
 
 fn main() {

@@ -307,13 +307,12 @@ impl SchedCore {
                     m.prefetch_wasted += 1;
                     m.wasted_bytes += len;
                 }
-                SlotState::Loading(load) => {
+                SlotState::Loading(load)
                     if self.loads[load]
                         .as_ref()
-                        .is_some_and(|x| x.purpose == Purpose::Prefetch)
-                    {
-                        self.cancel_prefetch(load);
-                    }
+                        .is_some_and(|x| x.purpose == Purpose::Prefetch) =>
+                {
+                    self.cancel_prefetch(load);
                 }
                 _ => {}
             }
