@@ -32,7 +32,7 @@ pub struct ExpertLocation {
     pub offset: u64,
     /// Bytes of payload the consumer gets (may be less than the aligned read length).
     pub len: u64,
-    /// xxh3-64 of the `len` payload bytes ([`crate::checksum::checksum`]).
+    /// Checksum of the `len` payload bytes ([`crate::checksum::checksum`]: block-wise xxh3-64).
     pub checksum: u64,
 }
 

@@ -28,7 +28,7 @@
 //! - `records`: exactly one per `(layer, expert)`, in any order. `file` indexes `files`;
 //!   `offset` is a multiple of 4096; `len` (≥ 1) is the payload length, and the record occupies
 //!   `len` rounded up to 4096 bytes, which must lie inside the file and overlap no other record;
-//!   `checksum` is the xxh3-64 ([`crate::checksum::checksum`]) of the `len` payload bytes,
+//!   `checksum` is the flashmoe checksum ([`crate::checksum::checksum`]: block-wise xxh3-64) of the `len` payload bytes,
 //!   written as exactly 16 hexadecimal digits (either case, no `0x`).
 //! - `meta` (optional): any JSON value; io-sched carries it through untouched (dtype, shapes,
 //!   quantisation — whatever the producing runtime needs).

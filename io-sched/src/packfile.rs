@@ -12,7 +12,8 @@
 //! [table_offset, +table_len)    record table; the file ends exactly here
 //! ```
 //!
-//! All integers are little-endian, all fields fixed-size.
+//! All integers are little-endian, all fields fixed-size. Every "checksum" is
+//! [`crate::checksum::checksum`]: xxh3-64 over the xxh3-64s of 256 KiB blocks.
 //!
 //! ## Header (4096 bytes)
 //!
@@ -28,10 +29,10 @@
 //! | 32..40 | u64 | `record_count` = `layer_count × experts` (at most 2²⁴ per file) |
 //! | 40..48 | u64 | `table_offset`: multiple of 4096, ≥ 4096 |
 //! | 48..56 | u64 | `table_len` = `record_count × 32` |
-//! | 56..64 | u64 | `table_checksum`: xxh3-64 of the `table_len` table bytes |
+//! | 56..64 | u64 | `table_checksum`: checksum (see below) of the `table_len` table bytes |
 //! | 64..72 | u64 | `flags`: none defined in v1; must be 0 (a reader rejects unknown bits) |
 //! | 72..4088 | — | reserved, written as zero |
-//! | 4088..4096 | u64 | `header_checksum`: xxh3-64 of bytes 0..4088 |
+//! | 4088..4096 | u64 | `header_checksum`: checksum of bytes 0..4088 |
 //!
 //! ## Record table (`record_count` entries of 32 bytes, any order)
 //!
@@ -41,7 +42,7 @@
 //! | 4..8 | u32 | expert (in `0..experts`) |
 //! | 8..16 | u64 | offset: multiple of 4096, ≥ 4096 |
 //! | 16..24 | u64 | len: payload bytes, ≥ 1; the record occupies `len` rounded up to 4096, which must end at or before `table_offset` and overlap no other record |
-//! | 24..32 | u64 | checksum: xxh3-64 of the `len` payload bytes |
+//! | 24..32 | u64 | checksum of the `len` payload bytes |
 //!
 //! Every `(layer, expert)` of the file's layers appears exactly once.
 //!
@@ -95,7 +96,7 @@ pub struct PackHeader {
     pub table_offset: u64,
     /// `record_count × 32`.
     pub table_len: u64,
-    /// xxh3-64 of the record table.
+    /// Checksum of the record table.
     pub table_checksum: u64,
     /// Feature bits; 0 in version 1.
     pub flags: u64,
@@ -131,7 +132,7 @@ pub struct PackEntry {
     pub offset: u64,
     /// Payload bytes (the record occupies `len` rounded up to 4096).
     pub len: u64,
-    /// xxh3-64 of the payload.
+    /// Checksum of the payload.
     pub checksum: u64,
 }
 

@@ -6,10 +6,10 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
-use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::backend::{BackendWaker, Completion, ReadBackend};
 use crate::cache::EvictionKind;
+use crate::checksum;
 use crate::core::{CoreConfig, SchedCore, SlotId};
 use crate::error::{Error, Result};
 use crate::guard::{AcquireFuture, ExpertGuard};
@@ -329,10 +329,10 @@ fn io_loop(shared: Arc<Shared>, mut backend: Box<dyn ReadBackend>) {
         let mut verified = Vec::new();
         for w in work.drain(..) {
             match w {
-                Work::Hash(h) => hashes.advance(h.order, h.ptr, h.upto),
+                Work::Hash(h) => hashes.add_blocks(&h),
                 Work::Verify(job) => {
-                    hashes.advance(job.order, job.ptr, job.len);
-                    verified.push((job, hashes.finish(job.order)));
+                    let sum = hashes.finish(job.order, job.ptr, job.len);
+                    verified.push((job, sum));
                 }
             }
         }
@@ -358,36 +358,52 @@ enum Work {
     Verify(crate::core::VerifyJob),
 }
 
-/// Running xxh3 states of loads being read, fed in payload order as prefixes complete.
+/// Block hashes of loads being read, computed as their blocks complete (in any order).
 #[derive(Default)]
-struct RunningHashes(std::collections::HashMap<u64, (Box<Xxh3Default>, usize)>);
+struct RunningHashes(std::collections::HashMap<u64, Vec<Option<u64>>>);
 
 impl RunningHashes {
-    /// Folds payload bytes `[hashed, upto)` of load `order` at `ptr` into its hash.
-    fn advance(&mut self, order: u64, ptr: *const u8, upto: usize) {
-        let (state, hashed) = self
+    fn add_blocks(&mut self, h: &crate::core::HashWork) {
+        let hashes = self
             .0
-            .entry(order)
-            .or_insert_with(|| (Box::new(Xxh3Default::new()), 0));
-        if upto > *hashed {
-            // SAFETY: the core handed out `ptr..ptr+upto` as a completed prefix of a slot that
-            // stays `Loading` (no read in flight over it, nobody else reading it) until
-            // `finish_verify`, and the arena outlives this thread's work.
-            let bytes = unsafe { std::slice::from_raw_parts(ptr.add(*hashed), upto - *hashed) };
-            state.update(bytes);
-            *hashed = upto;
+            .entry(h.order)
+            .or_insert_with(|| vec![None; checksum::block_count(h.len)]);
+        for &b in &h.blocks {
+            if let Some(slot) = hashes.get_mut(b as usize) {
+                *slot = Some(block_hash_at(h.ptr, h.len, b as usize));
+            }
         }
     }
 
-    fn finish(&mut self, order: u64) -> u64 {
-        self.0
+    /// The record checksum: hashes of blocks not seen yet are computed now.
+    fn finish(&mut self, order: u64, ptr: *const u8, len: usize) -> u64 {
+        let hashes = self
+            .0
             .remove(&order)
-            .map_or_else(|| Xxh3Default::new().digest(), |(s, _)| s.digest())
+            .unwrap_or_else(|| vec![None; checksum::block_count(len)]);
+        checksum::combine(
+            hashes
+                .iter()
+                .enumerate()
+                .map(|(b, h)| h.unwrap_or_else(|| block_hash_at(ptr, len, b))),
+        )
     }
 
     fn forget(&mut self, order: u64) {
         self.0.remove(&order);
     }
+}
+
+/// The hash of block `b` of the `len`-byte payload at `ptr`.
+fn block_hash_at(ptr: *const u8, len: usize, b: usize) -> u64 {
+    let start = b * checksum::CHECKSUM_BLOCK;
+    let end = (start + checksum::CHECKSUM_BLOCK).min(len);
+    // SAFETY: the core handed out block `b` (or the whole payload, for a verify job) of a slot
+    // that stays `Loading` — no read in flight over these bytes and nobody else reading them —
+    // until `finish_verify`; `start..end` lies inside the payload, inside the arena, which
+    // outlives this thread's work.
+    let bytes = unsafe { std::slice::from_raw_parts(ptr.add(start), end - start) };
+    checksum::block_hash(bytes)
 }
 
 /// Submits ops one at a time, re-taking the lock between them so a demand that arrives

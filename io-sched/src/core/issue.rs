@@ -5,6 +5,7 @@ use std::io;
 
 use super::{Failure, Purpose, SchedCore, SlotState};
 use crate::backend::{Completion, ReadOp};
+use crate::checksum::CHECKSUM_BLOCK;
 use crate::core::failure::FailureKind;
 use crate::layout::RECORD_ALIGN;
 
@@ -39,20 +40,20 @@ pub struct VerifyJob {
 // `finish_verify`; the job only carries it to the thread that computes the checksum.
 unsafe impl Send for VerifyJob {}
 
-/// Streaming checksum progress: bytes `[0, upto)` of load `order`'s payload have arrived and
-/// will not be written again, so the driver may fold them into the load's running hash while
-/// the rest is still being read. This spreads the checksum cost over the read instead of
-/// paying it all when the last byte lands.
-#[derive(Debug, Clone, Copy)]
+/// Checksum progress: these checksum blocks of load `order`'s payload (at `ptr`, `len`
+/// bytes) are all in and will not be written again, so the driver may hash them now, in any
+/// order, while the rest of the record is still being read (see [`crate::checksum`]).
+#[derive(Debug, Clone)]
 pub struct HashWork {
     pub order: u64,
     pub ptr: *const u8,
-    pub upto: usize,
+    pub len: usize,
+    pub blocks: Vec<u32>,
 }
 
-// SAFETY: `ptr..ptr+upto` is a prefix of a `Loading` slot whose reads have completed; no read
-// in flight covers it (retries restart only past the completed prefix) and no one else reads
-// the slot until it is Ready.
+// SAFETY: the named blocks of a `Loading` slot have completed; no read in flight covers them
+// (retries only re-read bytes not yet completed) and no one else reads the slot until it is
+// Ready, which happens only after the driver has finished with them.
 unsafe impl Send for HashWork {}
 
 /// What a completion changed.
@@ -60,7 +61,7 @@ unsafe impl Send for HashWork {}
 pub struct CompleteOutcome {
     /// A load became ready or failed: wake waiters.
     pub changed: bool,
-    /// More of a load's payload can be hashed.
+    /// Blocks of a load's payload that can be hashed now.
     pub hash: Option<HashWork>,
     /// A load's bytes are all in and need their checksum verified.
     pub verify: Option<VerifyJob>,
@@ -220,6 +221,7 @@ impl SchedCore {
                     m.wasted_bytes += len;
                 }
                 add_range(&mut ld.done_ranges, r.start, r.end);
+                ld.newly_done = Some((r.start, r.end));
             }
             Ok(n) => {
                 // Short read: keep what arrived (down to the alignment direct I/O needs for the
@@ -232,6 +234,7 @@ impl SchedCore {
                 m.short_read_retries += 1;
                 if good > 0 {
                     add_range(&mut ld.done_ranges, r.start, r.start + good);
+                    ld.newly_done = Some((r.start, r.start + good));
                 }
                 let retry = PendingRead {
                     load: r.load,
@@ -280,31 +283,40 @@ impl SchedCore {
         out
     }
 
-    /// New hashable payload prefix of a load, if checksums are on and it grew.
+    /// Checksum blocks that the latest completion of a load made whole, if checksums are on.
     fn hash_progress(&mut self, id: usize) -> Option<HashWork> {
-        if !self.cfg.verify_checksums {
-            return None;
-        }
         let slot_ptr = {
             let ld = self.loads[id].as_ref()?;
             self.arena.slot_ptr(ld.slot as usize) as *const u8
         };
         let ld = self.loads[id].as_mut()?;
-        if ld.failure.is_some() || ld.cancelled {
+        let (start, end) = ld.newly_done.take()?;
+        if !self.cfg.verify_checksums || ld.failure.is_some() || ld.cancelled {
             return None;
         }
-        let prefix = match ld.done_ranges.first() {
-            Some(&(0, end)) => end.min(ld.payload),
-            _ => 0,
-        };
-        if prefix <= ld.hashed {
+        let block = CHECKSUM_BLOCK as u64;
+        let len = ld.payload;
+        if start >= len {
             return None;
         }
-        ld.hashed = prefix;
+        let covered = |a: u64, b: u64| ld.done_ranges.iter().any(|&(s, e)| s <= a && b <= e);
+        let mut blocks = Vec::new();
+        for b in start / block..end.min(len).div_ceil(block) {
+            let (a, z) = (b * block, ((b + 1) * block).min(len));
+            if !ld.blocks_handed[b as usize] && covered(a, z) {
+                ld.blocks_handed[b as usize] = true;
+                blocks.push(b as u32);
+            }
+        }
+        if blocks.is_empty() {
+            return None;
+        }
+        ld.hashed = true;
         Some(HashWork {
             order: ld.order,
             ptr: slot_ptr,
-            upto: prefix as usize,
+            len: len as usize,
+            blocks,
         })
     }
 
@@ -394,7 +406,7 @@ impl SchedCore {
     fn fail_load(&mut self, id: usize, f: Failure) {
         let ld = self.loads[id].take().expect("failed load exists");
         self.free_loads.push(id);
-        if ld.hashed > 0 {
+        if ld.hashed {
             self.ended_hashes.push(ld.order);
         }
         tracing::warn!(error = %f.to_error(), "expert load failed");

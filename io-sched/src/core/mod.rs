@@ -125,10 +125,14 @@ pub(crate) struct Load {
     pub failure: Option<Failure>,
     /// Unique id of this load (never reused), names its streaming checksum.
     pub order: u64,
-    /// Byte ranges read so far (merged), to find the contiguous prefix that can be hashed.
+    /// Byte ranges read so far (merged), to find checksum blocks that are whole.
     pub done_ranges: Vec<(u64, u64)>,
-    /// Payload prefix already handed out for hashing.
-    pub hashed: u64,
+    /// The range the latest completion added.
+    pub newly_done: Option<(u64, u64)>,
+    /// Checksum blocks already handed to the driver for hashing.
+    pub blocks_handed: Vec<bool>,
+    /// Whether any block was handed out (the driver then holds state for this load).
+    pub hashed: bool,
 }
 
 /// The scheduler state machine.

@@ -118,7 +118,9 @@ impl SchedCore {
             failure: None,
             order: self.order,
             done_ranges: Vec::new(),
-            hashed: 0,
+            newly_done: None,
+            blocks_handed: vec![false; crate::checksum::block_count(loc.len as usize)],
+            hashed: false,
         };
         let id = match self.free_loads.pop() {
             Some(id) => {
@@ -182,7 +184,7 @@ impl SchedCore {
     pub(super) fn release_load(&mut self, id: usize) {
         let ld = self.loads[id].take().expect("released load exists");
         self.free_loads.push(id);
-        if ld.hashed > 0 {
+        if ld.hashed {
             self.ended_hashes.push(ld.order);
         }
         let slot = &mut self.slots[ld.slot as usize];
