@@ -267,3 +267,27 @@ fn checksums_stream_over_out_of_order_chunks_and_catch_a_bad_middle_chunk() {
     let e = s.acquire(0, &[3]).unwrap_err();
     assert!(matches!(e, Error::Checksum { .. }), "{e}");
 }
+
+#[test]
+fn multi_block_records_verify_from_out_of_order_chunks() {
+    use io_sched::checksum::CHECKSUM_BLOCK;
+    let len = 3 * CHECKSUM_BLOCK + 5000;
+    let (layout, mut image) = model_image(1, 3, len);
+    let bad = layout.get(ExpertKey::new(0, 2)).unwrap().offset as usize + CHECKSUM_BLOCK + 99;
+    image[bad] ^= 0x80;
+    let slot = len.div_ceil(4096) * 4096;
+    let mut cfg = SchedulerConfig::with_budget(3 * slot as u64);
+    cfg.core.demand_chunk = 48 * 1024; // chunks straddle block boundaries
+    let s = Scheduler::with_backend(layout, cfg, Box::new(Reversing(memory_backend(image, 64))))
+        .unwrap();
+    let g = s.acquire(0, &[0, 1]).unwrap();
+    for (e, bytes) in g.iter() {
+        assert_eq!(bytes, &record_bytes(ExpertKey::new(0, e), len)[..]);
+    }
+    drop(g);
+    let e = s.acquire(0, &[2]).unwrap_err().to_string();
+    assert!(
+        e.contains("checksum mismatch") && e.contains("layer 0 expert 2"),
+        "{e}"
+    );
+}
