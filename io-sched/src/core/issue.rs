@@ -109,6 +109,9 @@ impl SchedCore {
         });
         let id = self.most_urgent_prefetch()?;
         let r = self.take_chunk(id, chunk)?;
+        if self.loads[id].as_ref().is_some_and(|l| l.issued >= l.total) {
+            self.prefetch_queue.retain(|&x| x != id);
+        }
         Some(self.make_op(r, Purpose::Prefetch, false))
     }
 
@@ -393,7 +396,7 @@ impl SchedCore {
 
     fn ready_load(&mut self, id: usize) {
         let ld = self.loads[id].take().expect("finished load exists");
-        self.free_loads.push(id);
+        self.retire_load_id(id);
         let slot = &mut self.slots[ld.slot as usize];
         slot.state = SlotState::Ready;
         slot.unused_prefetch = ld.purpose == Purpose::Prefetch && slot.pins == 0;
@@ -405,7 +408,7 @@ impl SchedCore {
 
     fn fail_load(&mut self, id: usize, f: Failure) {
         let ld = self.loads[id].take().expect("failed load exists");
-        self.free_loads.push(id);
+        self.retire_load_id(id);
         if ld.hashed {
             self.ended_hashes.push(ld.order);
         }

@@ -399,8 +399,12 @@ impl SchedCore {
             .iter()
             .copied()
             .filter(|&id| {
-                let ld = self.loads[id].as_ref().expect("queued load exists");
-                ld.key.layer == layer && ld.issued == 0 && !named(ld.key.expert)
+                self.loads[id].as_ref().is_some_and(|ld| {
+                    ld.purpose == Purpose::Prefetch
+                        && ld.key.layer == layer
+                        && ld.issued == 0
+                        && !named(ld.key.expert)
+                })
             })
             .collect();
         for id in superseded {

@@ -180,10 +180,18 @@ impl SchedCore {
         }
     }
 
+    /// Returns a finished load's id to the free list, first removing it from the queues: a
+    /// queue must never name a freed id, which a new load (of either purpose) may reuse.
+    pub(super) fn retire_load_id(&mut self, id: usize) {
+        self.prefetch_queue.retain(|&x| x != id);
+        self.demand_queue.retain(|&x| x != id);
+        self.free_loads.push(id);
+    }
+
     /// Frees a load that will write no more, and its slot unless pinned.
     pub(super) fn release_load(&mut self, id: usize) {
         let ld = self.loads[id].take().expect("released load exists");
-        self.free_loads.push(id);
+        self.retire_load_id(id);
         if ld.hashed {
             self.ended_hashes.push(ld.order);
         }
