@@ -214,9 +214,15 @@ fn write_all(
         if !required && !from.exists() {
             continue;
         }
-        std::fs::copy(&from, dir.join(file)).map_err(|source| EngineError::Io {
-            op: "copy",
+        // Read and write (not `fs::copy`) so the copy gets ordinary permissions.
+        let bytes = std::fs::read(&from).map_err(|source| EngineError::Io {
+            op: "read",
             path: from.clone(),
+            source,
+        })?;
+        std::fs::write(dir.join(file), bytes).map_err(|source| EngineError::Io {
+            op: "write",
+            path: dir.join(file),
             source,
         })?;
         copied.push(file);

@@ -47,11 +47,17 @@ pub fn open_scheduler(
         });
     }
     let ctx = |what: &str| format!("{what} for {}", model.dir.display());
+    let mut backend = backend.clone();
+    if backend.kind == Some(io_sched::backend::BackendKind::Mmap) {
+        backend.threads = Some(backend.threads.unwrap_or(0).max(MIN_DEVICE_SLOTS));
+    }
     let opened =
-        open_backend(&model.experts, backend).map_err(|source| EngineError::IoSched {
+        open_backend(&model.experts, &backend).map_err(|source| EngineError::IoSched {
             context: ctx("opening the read backend"),
             source,
         })?;
+    let mut cfg = cfg;
+    avoid_stale_prefetch_queue(&mut cfg, opened.backend.max_in_flight());
     let sched = Scheduler::with_backend(model.experts.clone(), cfg, opened.backend).map_err(
         |source| EngineError::IoSched {
             context: ctx("starting the scheduler"),
@@ -59,6 +65,22 @@ pub fn open_scheduler(
         },
     )?;
     Ok((Arc::new(sched), opened.fallbacks))
+}
+
+/// Device queue slots the mmap backend gets at least (see [`avoid_stale_prefetch_queue`]).
+const MIN_DEVICE_SLOTS: usize = 16;
+
+/// Works around an io-sched bug (reported to its owner; remove once fixed there):
+/// `SchedCore::hint` panics with "queued load exists" when the prefetch queue still names a
+/// load that has completed. `next_op` prunes that queue, but only when it gets past the
+/// prefetch bounds, so a prefetch whose last read was issued just as a bound was reached stays
+/// queued after it completes. Bounds that can never bind (no more prefetch reads or bytes than
+/// the device queue holds) make the pruning run right after every prefetch read is issued.
+fn avoid_stale_prefetch_queue(cfg: &mut SchedulerConfig, device_slots: usize) {
+    let c = &mut cfg.core;
+    c.max_prefetch_ops_in_flight = c.max_prefetch_ops_in_flight.max(device_slots + 1);
+    let bytes = (device_slots as u64 + 2) * c.prefetch_chunk.max(c.demand_chunk) as u64;
+    c.max_prefetch_bytes_in_flight = c.max_prefetch_bytes_in_flight.max(bytes);
 }
 
 /// Expert records acquired from an io-sched [`Scheduler`]; each batch holds the acquire's
