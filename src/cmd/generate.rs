@@ -154,6 +154,8 @@ pub struct Stats {
     pub expert_bytes: u64,
     pub backend: String,
     pub predictor: String,
+    /// Experts hinted per predicted layer (the flag, capped to what the cache holds).
+    pub hinted_per_layer: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -200,7 +202,7 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
     let mut experts = SchedExperts::new(sched.clone(), m.record)?;
     let per_layer = args.prefetch.unwrap_or(cfg.top_k + 2);
     let mode = prediction(args, cfg.num_layers as u32, cfg.num_experts as u32)?;
-    let mut prefetch = Prefetcher::new(sched.clone(), mode, per_layer);
+    let mut prefetch = Prefetcher::new(sched.clone(), mode, per_layer, cfg.top_k);
     let mut sampler = Sampler::new(args.temperature, args.top_p, args.seed);
     let stop: &[u32] = if args.ignore_eos { &[] } else { &m.eos };
 
@@ -227,7 +229,8 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
     if !args.json {
         println!();
     }
-    let stats = stats(args, &m, &sched, budget, prompt.len(), &g);
+    let hinted = prefetch.per_layer();
+    let stats = stats(args, &m, &sched, budget, prompt.len(), &g, hinted);
     if args.json {
         let out = JsonOut {
             model: dir.display().to_string(),
@@ -250,6 +253,7 @@ fn stats(
     budget: u64,
     prompt_tokens: usize,
     g: &flashmoe_engine::Generation,
+    hinted_per_layer: usize,
 ) -> Stats {
     let t: LayerMetrics = sched.metrics().total();
     let steps = (prompt_tokens + g.decode_steps).max(1);
@@ -272,6 +276,7 @@ fn stats(
         expert_bytes: m.expert_bytes(),
         backend: sched.backend_description().to_string(),
         predictor: args.predictor.clone(),
+        hinted_per_layer,
     }
 }
 
@@ -281,13 +286,14 @@ fn print_stats(s: &Stats) {
         s.prompt_tokens, s.generated_tokens, s.prefill_tok_per_s, s.decode_tok_per_s
     );
     eprintln!(
-        "experts: budget {:.1} MB = {} slots ({:.0}% of {:.1} MB), {}, predictor {}",
+        "experts: budget {:.1} MB = {} slots ({:.0}% of {:.1} MB), {}, predictor {} ({} per layer)",
         s.budget_bytes as f64 / 1e6,
         s.cache_slots,
         100.0 * s.budget_bytes as f64 / s.expert_bytes.max(1) as f64,
         s.expert_bytes as f64 / 1e6,
         s.backend,
-        s.predictor
+        s.predictor,
+        s.hinted_per_layer
     );
     eprintln!(
         "hit rate {:.1}%, prefetch precision {:.1}% recall {:.1}% ({} used, {} wasted), {:.2} MB read per token, stalled {:.1} ms",
