@@ -62,7 +62,7 @@ fn refuses_to_overwrite_without_force_and_leaves_nothing_on_error() {
         }
     }
     let cfg = std::fs::read_to_string(dir.join("config.json")).expect("config");
-    let cfg = cfg.replace("\"moe_intermediate_size\": 128", "\"moe_intermediate_size\": 96");
+    let cfg = cfg.replace("\"moe_intermediate_size\": 128", "\"moe_intermediate_size\": 192");
     std::fs::write(bad.join("config.json"), cfg).expect("write config");
     let target = tmp.path().join("never");
     let err = pack_model(&bad, &target, 4, false, &mut |_, _| {})
