@@ -71,6 +71,7 @@ pub mod core;
 pub mod guard;
 pub mod metrics;
 pub mod scheduler;
+pub mod trace;
 
 pub use guard::{AcquireFuture, ExpertGuard};
 pub use manifest::Manifest;

@@ -1,1 +1,34 @@
-//! Not built yet: see the open issues.
+//! # flashmoe-sim: the expert scheduler in virtual time
+//!
+//! Answers "how fast would model M run on device D with policy P?" for devices we don't have,
+//! by driving the **real** [`io_sched::core::SchedCore`] (the same state machine the threaded
+//! scheduler runs) against a queueing model of an SSD and a virtual clock — nothing sleeps.
+//!
+//! - [`device`]: device profiles as data (`presets/devices/*.json`), every figure with its source.
+//! - [`geometry`]: model presets; expert bytes derived from dims and quantization.
+//! - [`ssd`]: the SSD model (latency, per-request and peak bandwidth, internal parallelism).
+//! - [`synth`]: synthetic routing traces calibrated to measured LRU hit rates; [`fixture`]
+//!   loads the recorded fixture traces.
+//! - [`vtime`]: per token, per layer: compute windows during which prefetches proceed, demand
+//!   stalls, unified-memory contention. [`belady`]: the MIN bound for the same trace and budget.
+//! - [`report`], [`timeline`]: tables, JSON and SVG; [`cli`]: `flashmoe sim`.
+
+pub mod belady;
+pub mod calibrate;
+pub mod cli;
+pub mod device;
+pub mod error;
+pub mod figure;
+pub mod figures;
+pub mod fixture;
+pub mod geometry;
+pub mod predict;
+pub mod report;
+pub mod reproduce;
+pub mod rng;
+pub mod ssd;
+pub mod synth;
+pub mod timeline;
+pub mod vtime;
+
+pub use error::{Result, SimError};

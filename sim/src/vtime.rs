@@ -1,0 +1,462 @@
+//! The virtual-time run: the real scheduler core, a simulated SSD, a clock.
+//!
+//! Per token, per layer `L`:
+//! 1. compute the part of `L` before routing is known (attention, router) — prefetches issued
+//!    earlier proceed meanwhile, and slow compute by the device's memory contention;
+//! 2. routing arrives: `note_routing`, `pin_or_load` each expert, then the predictor observes
+//!    it (and the pre-gate scores for `L+1`) and its predictions become `hint`s;
+//! 3. stall until the demanded bytes are in (in "trust the OS" mode, also until each expert is
+//!    copied out of the page cache by its reader thread);
+//! 4. compute the expert FFN, unpin.
+//!
+//! Bytes: to keep the cache arena small whatever the budget, the layout handed to the core
+//! uses records `scale` times smaller than the real experts; the device model multiplies
+//! every read by `scale`, and reports convert back.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use io_sched::backend::Completion;
+use io_sched::cache::EvictionKind;
+use io_sched::core::{CoreConfig, SchedCore, SlotId};
+use io_sched::metrics::{LayerMetrics, MetricsSnapshot};
+use io_sched::trace::Trace;
+use io_sched::{ExpertKey, LayoutBuilder};
+
+use crate::error::{Result, SimError};
+use crate::predict::{self, LayerPrediction, PredictorKind};
+use crate::rng::Rng;
+use crate::ssd::{Done, SsdParams, SsdSim};
+
+/// How expert bytes reach memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// flash-moe: buffered `pread` per expert through the OS page cache (global LRU), no
+    /// prefetch; every expert is copied out of the page cache by one reader thread.
+    TrustOs,
+    /// flashmoe: direct reads into io-sched's own cache, chunked, queued deep, prefetched.
+    Flashmoe,
+}
+
+/// Everything one run needs, already resolved to numbers.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub mode: Mode,
+    pub layers: u32,
+    pub experts: u32,
+    /// Real bytes of one expert.
+    pub expert_bytes: u64,
+    /// Cache (or page cache) bytes for experts.
+    pub budget_bytes: u64,
+    pub ssd: SsdParams,
+    /// Reads in flight at most (reader threads in trust-os mode).
+    pub queue_depth: usize,
+    /// Compute before routing / expert FFN, ns per layer.
+    pub compute_pre_ns: f64,
+    pub compute_post_ns: f64,
+    /// Compute slowdown at full SSD utilisation.
+    pub contention: f64,
+    /// trust-os: bytes/s one thread copies out of the page cache.
+    pub copy_bps_per_thread: f64,
+    pub eviction: EvictionKind,
+    pub predictor: PredictorKind,
+    pub horizon: u32,
+    pub max_per_layer: usize,
+    pub pregate_recall: f64,
+    /// Real bytes per demand / prefetch read request (flashmoe mode).
+    pub demand_chunk: u64,
+    pub prefetch_chunk: u64,
+    pub max_prefetch_bytes_in_flight: u64,
+    pub min_confidence: f32,
+    pub warmup_tokens: u64,
+    pub tokens: u64,
+    /// Record I/O and compute spans of this many measured tokens for a timeline.
+    pub timeline_tokens: u64,
+    pub seed: u64,
+}
+
+/// Time split of one layer, summed over measured tokens (ns).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct LayerTime {
+    /// Computing (including contention slowdown).
+    pub compute_ns: f64,
+    /// Waiting for expert bytes.
+    pub stall_ns: f64,
+    /// Device busy while computing (I/O hidden under compute).
+    pub overlapped_io_ns: f64,
+}
+
+/// A span for the timeline.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Span {
+    pub start_ns: f64,
+    pub end_ns: f64,
+    pub layer: u32,
+    pub kind: SpanKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SpanKind {
+    Compute,
+    Stall,
+    DemandRead,
+    PrefetchRead,
+}
+
+/// What a run measured (after warmup).
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub tokens: u64,
+    pub elapsed_ns: f64,
+    pub layers: Vec<LayerTime>,
+    /// Scheduler counters, with byte counts converted to real bytes.
+    pub metrics: MetricsSnapshot,
+    pub cache_slots: usize,
+    pub spans: Vec<Span>,
+    /// Real bytes the simulated device transferred while measuring.
+    pub device_bytes: f64,
+}
+
+impl RunResult {
+    pub fn tok_per_s(&self) -> f64 {
+        if self.elapsed_ns <= 0.0 {
+            f64::INFINITY
+        } else {
+            self.tokens as f64 / (self.elapsed_ns / 1e9)
+        }
+    }
+    pub fn total(&self) -> LayerMetrics {
+        self.metrics.total()
+    }
+    pub fn time_total(&self) -> LayerTime {
+        let mut t = LayerTime::default();
+        for l in &self.layers {
+            t.compute_ns += l.compute_ns;
+            t.stall_ns += l.stall_ns;
+            t.overlapped_io_ns += l.overlapped_io_ns;
+        }
+        t
+    }
+}
+
+struct OpInfo {
+    layer: u32,
+    demand: bool,
+    sim_len: usize,
+}
+
+struct Sim {
+    core: SchedCore,
+    ssd: SsdSim,
+    spec: RunSpec,
+    scale: f64,
+    rec: u64,
+    ops: HashMap<u64, OpInfo>,
+    waiting: Vec<ExpertKey>,
+    done: Vec<Done>,
+    record: bool,
+    spans: Vec<Span>,
+}
+
+impl Sim {
+    fn now(&self) -> f64 {
+        self.ssd.now()
+    }
+
+    /// Hands the device what the core wants issued, up to the queue depth.
+    fn pump(&mut self) {
+        while self.ssd.in_flight() < self.spec.queue_depth {
+            let free = self.spec.queue_depth - self.ssd.in_flight();
+            let Some(op) = self.core.next_op(free) else {
+                break;
+            };
+            let idx = op.offset / self.rec;
+            let layer = (idx / self.spec.experts as u64) as u32;
+            let expert = (idx % self.spec.experts as u64) as u32;
+            let demand = self.waiting.contains(&ExpertKey::new(layer, expert));
+            self.ops.insert(
+                op.tag,
+                OpInfo {
+                    layer,
+                    demand,
+                    sim_len: op.len,
+                },
+            );
+            self.ssd.submit(op.tag, op.len as f64 * self.scale);
+        }
+    }
+
+    /// Advances the device to its next event (or `to`), feeding completions to the core.
+    fn step(&mut self, to: f64) {
+        self.done.clear();
+        let mut done = std::mem::take(&mut self.done);
+        self.ssd.advance(to, true, &mut done);
+        for d in &done {
+            let Some(info) = self.ops.remove(&d.tag) else {
+                continue;
+            };
+            if self.record {
+                let kind = if info.demand {
+                    SpanKind::DemandRead
+                } else {
+                    SpanKind::PrefetchRead
+                };
+                self.spans.push(Span {
+                    start_ns: d.issued_at,
+                    end_ns: d.done_at,
+                    layer: info.layer,
+                    kind,
+                });
+            }
+            let _ = self.core.complete(Completion {
+                tag: d.tag,
+                result: Ok(info.sim_len),
+            });
+        }
+        self.done = done;
+        self.pump();
+    }
+
+    /// Computes `work` ns of work at full speed; returns (elapsed, device-busy) ns.
+    fn compute(&mut self, mut work: f64, layer: u32) -> (f64, f64) {
+        let (t0, busy0) = (self.now(), self.ssd.busy_ns);
+        while work > 1e-9 {
+            self.pump();
+            let rate = 1.0 / (1.0 + self.spec.contention * self.ssd.utilisation());
+            let finish = self.now() + work / rate;
+            let next = self.ssd.next_event().unwrap_or(f64::INFINITY);
+            let to = next.min(finish);
+            let before = self.now();
+            self.step(to);
+            let moved = self.now() - before;
+            work -= moved * rate;
+            if moved <= 0.0 && next >= finish {
+                break;
+            }
+        }
+        if self.record {
+            self.spans.push(Span {
+                start_ns: t0,
+                end_ns: self.now(),
+                layer,
+                kind: SpanKind::Compute,
+            });
+        }
+        (self.now() - t0, self.ssd.busy_ns - busy0)
+    }
+
+    fn pin(&mut self, key: ExpertKey) -> Result<SlotId> {
+        loop {
+            if let Some(s) = self.core.pin_or_load(key)? {
+                return Ok(s);
+            }
+            self.pump();
+            let Some(next) = self.ssd.next_event() else {
+                return Err(SimError::Setup(format!(
+                    "no cache slot for {key:?} and no read in flight: budget too small"
+                )));
+            };
+            self.step(next);
+        }
+    }
+
+    fn wait_ready(&mut self, slots: &[SlotId]) -> Result<()> {
+        loop {
+            match self.core.check_ready(slots) {
+                Some(r) => return r.map_err(SimError::from),
+                None => {
+                    self.pump();
+                    let Some(next) = self.ssd.next_event() else {
+                        return Err(SimError::Setup(
+                            "waiting for expert bytes with no read in flight".into(),
+                        ));
+                    };
+                    self.step(next);
+                }
+            }
+        }
+    }
+}
+
+/// Arena bytes the simulated cache may take.
+const ARENA_CAP: u64 = 256 << 20;
+const PAGE: u64 = 4096;
+
+/// Runs `spec` over `trace` (tokens `0..warmup+tokens`, wrapping if the trace is shorter).
+pub fn run(spec: &RunSpec, trace: &Arc<Trace>) -> Result<RunResult> {
+    let h = trace.header;
+    if h.layers != spec.layers || h.experts != spec.experts {
+        return Err(SimError::Setup(format!(
+            "trace has {} layers x {} experts, the model {} x {}",
+            h.layers, h.experts, spec.layers, spec.experts
+        )));
+    }
+    if trace.tokens() == 0 || spec.tokens == 0 || spec.queue_depth == 0 || spec.expert_bytes == 0 {
+        return Err(SimError::Setup(
+            "need tokens, a trace, queue depth and expert bytes > 0".into(),
+        ));
+    }
+    let slots = (spec.budget_bytes / spec.expert_bytes).min(h.layers as u64 * h.experts as u64);
+    if slots < h.k as u64 {
+        return Err(SimError::Setup(format!(
+            "a budget of {} bytes holds {slots} experts of {} bytes: fewer than k = {}",
+            spec.budget_bytes, spec.expert_bytes, h.k
+        )));
+    }
+    let real_pages = spec.expert_bytes.div_ceil(PAGE);
+    let pages = (ARENA_CAP / slots / PAGE).clamp(1, real_pages);
+    let rec = pages * PAGE;
+    let scale = spec.expert_bytes as f64 / rec as f64;
+    let mut b = LayoutBuilder::new(h.layers, h.experts);
+    let f = b.add_file("sim://experts");
+    for l in 0..h.layers {
+        for e in 0..h.experts {
+            let i = l as u64 * h.experts as u64 + e as u64;
+            b.set(ExpertKey::new(l, e), f, i * rec, rec, 0);
+        }
+    }
+    let layout = Arc::new(b.build()?);
+    let chunk = |real: u64| -> usize {
+        (((real as f64 / scale) / PAGE as f64).round().max(1.0) as u64 * PAGE) as usize
+    };
+    let cfg = match spec.mode {
+        Mode::TrustOs => CoreConfig {
+            demand_chunk: rec as usize,
+            prefetch_chunk: rec as usize,
+            verify_checksums: false,
+            ..CoreConfig::default()
+        },
+        Mode::Flashmoe => CoreConfig {
+            demand_chunk: chunk(spec.demand_chunk),
+            prefetch_chunk: chunk(spec.prefetch_chunk),
+            max_prefetch_bytes_in_flight: (spec.max_prefetch_bytes_in_flight as f64 / scale) as u64,
+            max_prefetch_ops_in_flight: spec.queue_depth,
+            min_confidence: spec.min_confidence,
+            verify_checksums: false,
+            ..CoreConfig::default()
+        },
+    };
+    let core = SchedCore::new(layout, slots * rec, spec.eviction, cfg)?;
+    let cache_slots = core.slot_count();
+    let mut sim = Sim {
+        core,
+        ssd: SsdSim::new(spec.ssd),
+        spec: spec.clone(),
+        scale,
+        rec,
+        ops: HashMap::new(),
+        waiting: Vec::new(),
+        done: Vec::new(),
+        record: false,
+        spans: Vec::new(),
+    };
+    let predictor_kind = if spec.mode == Mode::TrustOs {
+        PredictorKind::None
+    } else {
+        spec.predictor
+    };
+    let mut predictor = predict::make(predictor_kind, trace)?;
+    let mut rng = Rng::new(spec.seed ^ 0x5eed);
+    let mut scores = Vec::new();
+    let mut preds: Vec<LayerPrediction> = Vec::new();
+    let mut times = vec![LayerTime::default(); h.layers as usize];
+    let mut base = MetricsSnapshot::default();
+    let mut t_start = 0.0;
+    let mut bytes_start = 0.0;
+    let total_tokens = spec.warmup_tokens + spec.tokens;
+    for step in 0..total_tokens {
+        let measuring = step >= spec.warmup_tokens;
+        if step == spec.warmup_tokens {
+            base = sim.core.metrics();
+            t_start = sim.now();
+            bytes_start = sim.ssd.bytes_done;
+        }
+        sim.record = measuring && step < spec.warmup_tokens + spec.timeline_tokens;
+        let token = step % trace.tokens();
+        for layer in 0..h.layers {
+            let lt = &mut times[layer as usize];
+            let (c1, o1) = sim.compute(spec.compute_pre_ns, layer);
+            let experts = trace.experts_at(token, layer);
+            sim.core.note_routing(layer, experts)?;
+            let t_route = sim.now();
+            sim.waiting = experts.iter().map(|&e| ExpertKey::new(layer, e)).collect();
+            let mut pins = Vec::with_capacity(experts.len());
+            for &e in experts {
+                pins.push(sim.pin(ExpertKey::new(layer, e))?);
+            }
+            predictor.observe(layer, experts);
+            if predictor_kind == PredictorKind::Scores {
+                predict::pregate_scores(
+                    trace,
+                    token,
+                    layer,
+                    spec.pregate_recall,
+                    &mut rng,
+                    &mut scores,
+                );
+                predictor.observe_scores(layer, &scores);
+            }
+            preds.clear();
+            predictor.predict(layer, spec.horizon, spec.max_per_layer, &mut preds);
+            for p in &preds {
+                sim.core.hint(p.layer, &p.candidates);
+            }
+            sim.pump();
+            sim.wait_ready(&pins)?;
+            if spec.mode == Mode::TrustOs {
+                // Each reader thread copies its experts out of the page cache; a miss's copy
+                // runs as its bytes arrive, so the layer is done at max(read, copy).
+                let per_thread = experts.len().div_ceil(spec.queue_depth) as f64;
+                let copy_end = t_route
+                    + per_thread * spec.expert_bytes as f64 / spec.copy_bps_per_thread * 1e9;
+                while sim.now() < copy_end {
+                    let next = sim.ssd.next_event().unwrap_or(f64::INFINITY).min(copy_end);
+                    sim.step(next);
+                }
+            }
+            let stall = sim.now() - t_route;
+            sim.waiting.clear();
+            if stall > 0.0 {
+                sim.core.record_stall(layer, stall as u64);
+            }
+            if sim.record && stall > 0.0 {
+                sim.spans.push(Span {
+                    start_ns: t_route,
+                    end_ns: sim.now(),
+                    layer,
+                    kind: SpanKind::Stall,
+                });
+            }
+            let (c2, o2) = sim.compute(spec.compute_post_ns, layer);
+            sim.core.unpin(&pins);
+            if measuring {
+                lt.compute_ns += c1 + c2;
+                lt.stall_ns += stall;
+                lt.overlapped_io_ns += o1 + o2;
+            }
+        }
+    }
+    let elapsed = sim.now() - t_start;
+    // Drain reads still in flight so every byte the device moved is accounted for (not timed).
+    sim.record = false;
+    while let Some(next) = sim.ssd.next_event() {
+        sim.step(next);
+    }
+    let mut metrics = sim.core.metrics().since(&base);
+    for m in &mut metrics.layers {
+        m.demand_bytes = (m.demand_bytes as f64 * scale) as u64;
+        m.prefetch_bytes = (m.prefetch_bytes as f64 * scale) as u64;
+        m.wasted_bytes = (m.wasted_bytes as f64 * scale) as u64;
+    }
+    Ok(RunResult {
+        tokens: spec.tokens,
+        elapsed_ns: elapsed,
+        layers: times,
+        metrics,
+        cache_slots,
+        device_bytes: sim.ssd.bytes_done - bytes_start,
+        spans: sim.spans,
+    })
+}
