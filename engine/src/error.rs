@@ -157,6 +157,14 @@ pub enum EngineError {
         /// What is wrong.
         reason: String,
     },
+    /// A routing trace could not be written.
+    #[error("trace {path}: {reason}")]
+    Trace {
+        /// The trace file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// A backend op failed.
     #[error("{context}: {source}")]
     Backend {

@@ -36,6 +36,7 @@ pub mod qwen3_moe;
 pub mod sampler;
 pub mod streaming;
 mod tokenizer;
+pub mod trace_sink;
 pub mod weights;
 
 pub use config::{Family, ModelConfig};
@@ -49,4 +50,5 @@ pub use packed_model::{PackMeta, PackedModel};
 pub use sampler::Sampler;
 pub use streaming::{Prediction, Prefetcher, SchedExperts, Tee, open_scheduler};
 pub use tokenizer::Tokenizer;
+pub use trace_sink::TraceSink;
 pub use weights::{Checkpoint, RawTensor, TensorRef};

@@ -128,3 +128,53 @@ fn budget_below_top_k_is_refused_clearly() {
     .to_string();
     assert!(err.contains("top_k = 4"), "{err}");
 }
+
+#[test]
+fn trace_file_holds_routing_and_pregate_scores() {
+    let Some(dir) = fixture("tiny-qwen3-moe") else {
+        return;
+    };
+    let (tmp, packed) = pack_fixture(&dir, 4);
+    let m = PackedModel::open(&packed).expect("open packed");
+    let p = &golden(&dir)[2];
+    let (sched, _) = open_scheduler(
+        &m,
+        SchedulerConfig::with_budget(m.expert_bytes() / 4),
+        &BackendConfig::default(),
+    )
+    .expect("scheduler");
+    let mut model = m.load_model(CpuBackend::new(), 256).expect("model");
+    let mut experts = SchedExperts::new(sched, m.record).expect("source");
+    let c = &m.config;
+    let path = tmp.path().join("run.trace");
+    let mut sink = flashmoe_engine::TraceSink::create(
+        &path,
+        c.num_layers as u32,
+        c.num_experts as u32,
+        c.top_k as u32,
+        true,
+    )
+    .expect("create trace");
+    let mut rec = flashmoe_engine::TraceRecorder::new(true);
+    let mut obs = flashmoe_engine::Tee(&mut sink, &mut rec);
+    generate_greedy(&mut model, &p.input_ids, 8, &mut experts, &mut obs).expect("generate");
+    let tokens = sink.finish().expect("finish trace");
+    let steps = p.input_ids.len() + 7;
+    assert_eq!(tokens, steps as u64);
+    let t = io_sched::trace::Trace::read(&path).expect("read trace back");
+    assert_eq!(t.tokens(), tokens);
+    for r in &rec.routing {
+        assert_eq!(t.experts_at(r.pos as u64, r.layer), r.ids.as_slice());
+    }
+    for (pos, layer, scores) in &rec.pregate {
+        let got = t
+            .scores_at(*pos as u64, layer - 1)
+            .expect("trace has scores");
+        let err = got
+            .iter()
+            .zip(scores)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(err < 1e-3, "token {pos} layer {layer}: scores differ by {err} (f16)");
+    }
+}

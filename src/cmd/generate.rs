@@ -9,8 +9,8 @@ use clap::Args;
 use flashmoe_backends::CpuBackend;
 use flashmoe_engine::sampler::Sampler;
 use flashmoe_engine::{
-    PackedModel, Prediction, Prefetcher, RoutingObserver, SchedExperts, Tee, TraceRecorder,
-    generate, open_scheduler,
+    NoObserver, PackedModel, Prediction, Prefetcher, RoutingObserver, SchedExperts, Tee,
+    TraceSink, generate, open_scheduler,
 };
 use io_sched::backend::BackendKind;
 use io_sched::backend::select::BackendConfig;
@@ -69,6 +69,10 @@ pub struct GenerateArgs {
     /// Print one JSON object (text and statistics) instead of streaming the text.
     #[arg(long)]
     pub json: bool,
+    /// Record the routing and pre-gate scores of every token to this file, in io-sched's
+    /// routing-trace format (what `sim` replays).
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
 }
 
 /// Parses a budget: `512M`, `2G`, `64K`, `1048576` (bytes, powers of 1024) or `25%` of
@@ -206,13 +210,27 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
     let mut sampler = Sampler::new(args.temperature, args.top_p, args.seed);
     let stop: &[u32] = if args.ignore_eos { &[] } else { &m.eos };
 
+    let mut sink = match &args.trace {
+        Some(path) => Some(TraceSink::create(
+            path,
+            cfg.num_layers as u32,
+            cfg.num_experts as u32,
+            cfg.top_k as u32,
+            true,
+        )?),
+        None => None,
+    };
     let mut stream = TextStream::new(!args.json);
     if !args.json {
         print!("{}", args.prompt);
         std::io::stdout().flush()?;
     }
-    let mut recorder = TraceRecorder::new(false);
-    let mut obs = Tee(&mut prefetch, &mut recorder);
+    let mut none = NoObserver;
+    let second: &mut dyn RoutingObserver = match sink.as_mut() {
+        Some(s) => s,
+        None => &mut none,
+    };
+    let mut obs = Tee(&mut prefetch, second);
     let obs: &mut dyn RoutingObserver = &mut obs;
     let tok = &m.tokenizer;
     let mut on_token = |id: u32| stream.push(tok, id);
@@ -230,6 +248,10 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
         println!();
     }
     let hinted = prefetch.per_layer();
+    let traced = match (sink, &args.trace) {
+        (Some(sink), Some(path)) => Some((sink.finish()?, path.display().to_string())),
+        _ => None,
+    };
     let stats = stats(args, &m, &sched, budget, prompt.len(), &g, hinted);
     if args.json {
         let out = JsonOut {
@@ -242,6 +264,11 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else if args.stats {
         print_stats(&stats);
+    }
+    if let Some((tokens, path)) = traced
+        && !args.json
+    {
+        eprintln!("trace: {tokens} tokens of routing and pre-gate scores written to {path}");
     }
     Ok(())
 }
