@@ -123,11 +123,10 @@ impl PackedModel {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
         let manifest = dir.join("manifest.json");
-        let (experts, meta) =
-            Manifest::load(&manifest).map_err(|source| EngineError::IoSched {
-                context: format!("loading expert manifest {}", manifest.display()),
-                source,
-            })?;
+        let (experts, meta) = Manifest::load(&manifest).map_err(|source| EngineError::IoSched {
+            context: format!("loading expert manifest {}", manifest.display()),
+            source,
+        })?;
         let record = check_meta(&manifest, meta, &config, &experts)?;
         let dense = Checkpoint::open_file(&dir.join(DENSE_FILE), config.dtype)?;
         let eos = eos_ids(dir);
@@ -165,7 +164,8 @@ fn check_meta(
         field: field.into(),
         reason,
     };
-    let meta = meta.ok_or_else(|| bad("meta", "missing (not written by `flashmoe pack`?)".into()))?;
+    let meta =
+        meta.ok_or_else(|| bad("meta", "missing (not written by `flashmoe pack`?)".into()))?;
     let meta: PackMeta =
         serde_json::from_value(meta).map_err(|e| bad("meta", format!("malformed: {e}")))?;
     if meta.format != "flashmoe-packed-model" {
@@ -287,7 +287,11 @@ fn eos_ids(dir: &Path) -> Vec<u32> {
                 }
             }
             Some(serde_json::Value::Array(a)) => {
-                return a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect();
+                return a
+                    .iter()
+                    .filter_map(|x| x.as_u64())
+                    .map(|x| x as u32)
+                    .collect();
             }
             _ => {}
         }

@@ -54,19 +54,19 @@ pub fn open_scheduler(
     if backend.kind == Some(io_sched::backend::BackendKind::Mmap) {
         backend.threads = Some(backend.threads.unwrap_or(0).max(MIN_DEVICE_SLOTS));
     }
-    let opened =
-        open_backend(&model.experts, &backend).map_err(|source| EngineError::IoSched {
-            context: ctx("opening the read backend"),
-            source,
-        })?;
+    let opened = open_backend(&model.experts, &backend).map_err(|source| EngineError::IoSched {
+        context: ctx("opening the read backend"),
+        source,
+    })?;
     let mut cfg = cfg;
     avoid_stale_prefetch_queue(&mut cfg, opened.backend.max_in_flight());
-    let sched = Scheduler::with_backend(model.experts.clone(), cfg, opened.backend).map_err(
-        |source| EngineError::IoSched {
-            context: ctx("starting the scheduler"),
-            source,
-        },
-    )?;
+    let sched =
+        Scheduler::with_backend(model.experts.clone(), cfg, opened.backend).map_err(|source| {
+            EngineError::IoSched {
+                context: ctx("starting the scheduler"),
+                source,
+            }
+        })?;
     Ok((Arc::new(sched), opened.fallbacks))
 }
 
@@ -155,12 +155,11 @@ impl ExpertSource for SchedExperts {
     }
 
     fn experts(&mut self, layer: u32, ids: &[u32]) -> Result<ExpertBatch<'_>> {
-        let guard = acquire_polling(&self.sched, layer, ids).map_err(|source| {
-            EngineError::IoSched {
+        let guard =
+            acquire_polling(&self.sched, layer, ids).map_err(|source| EngineError::IoSched {
                 context: format!("acquiring layer {layer} experts {ids:?}"),
                 source,
-            }
-        })?;
+            })?;
         Ok(ExpertBatch::held(guard))
     }
 }

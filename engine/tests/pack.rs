@@ -62,7 +62,10 @@ fn refuses_to_overwrite_without_force_and_leaves_nothing_on_error() {
         }
     }
     let cfg = std::fs::read_to_string(dir.join("config.json")).expect("config");
-    let cfg = cfg.replace("\"moe_intermediate_size\": 128", "\"moe_intermediate_size\": 192");
+    let cfg = cfg.replace(
+        "\"moe_intermediate_size\": 128",
+        "\"moe_intermediate_size\": 192",
+    );
     std::fs::write(bad.join("config.json"), cfg).expect("write config");
     let target = tmp.path().join("never");
     let err = pack_model(&bad, &target, 4, false, &mut |_, _| {})
@@ -98,9 +101,16 @@ fn packing_is_deterministic_and_matches_the_committed_model() {
     }
     let names = |v: &[(String, Vec<u8>)]| v.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
     let theirs = files(&committed);
-    assert_eq!(names(&one), names(&theirs), "file set differs from the committed model");
+    assert_eq!(
+        names(&one),
+        names(&theirs),
+        "file set differs from the committed model"
+    );
     for ((name, a), (_, b)) in one.iter().zip(&theirs) {
-        assert!(a == b, "{name} differs from the committed model: re-run `flashmoe pack`");
+        assert!(
+            a == b,
+            "{name} differs from the committed model: re-run `flashmoe pack`"
+        );
     }
 }
 
@@ -133,7 +143,9 @@ fn meta_that_disagrees_with_config_is_named() {
     std::fs::write(&manifest, text.replace("\"inter\": 128", "\"inter\": 64")).expect("write");
     let err = open_err(&out);
     assert!(
-        err.contains("manifest.json") && err.contains("meta.inter") && err.contains("moe_intermediate_size"),
+        err.contains("manifest.json")
+            && err.contains("meta.inter")
+            && err.contains("moe_intermediate_size"),
         "{err}"
     );
     std::fs::write(&manifest, &text).expect("restore");
@@ -141,8 +153,11 @@ fn meta_that_disagrees_with_config_is_named() {
 
     let cfg_path = out.join("config.json");
     let cfg = std::fs::read_to_string(&cfg_path).expect("config");
-    std::fs::write(&cfg_path, cfg.replace("\"num_hidden_layers\": 8", "\"num_hidden_layers\": 6"))
-        .expect("write");
+    std::fs::write(
+        &cfg_path,
+        cfg.replace("\"num_hidden_layers\": 8", "\"num_hidden_layers\": 6"),
+    )
+    .expect("write");
     let err = open_err(&out);
     assert!(err.contains("num_hidden_layers"), "{err}");
 }
@@ -163,11 +178,18 @@ fn missing_dense_tensor_is_named() {
         .filter(|(n, _)| n != gone)
         .collect();
     assert_eq!(kept.len() + 1, st.len());
-    std::fs::write(&dense, safetensors::serialize(kept, None).expect("serialize")).expect("write");
+    std::fs::write(
+        &dense,
+        safetensors::serialize(kept, None).expect("serialize"),
+    )
+    .expect("write");
     let m = PackedModel::open(&out).expect("open (dense tensors are checked at load)");
     let err = match m.load_model(CpuBackend::new(), 16) {
         Ok(_) => panic!("loaded without {gone}"),
         Err(e) => e.to_string(),
     };
-    assert!(err.contains(gone) && err.contains("dense.safetensors"), "{err}");
+    assert!(
+        err.contains(gone) && err.contains("dense.safetensors"),
+        "{err}"
+    );
 }

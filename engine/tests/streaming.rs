@@ -7,13 +7,12 @@ use common::{fixture, golden, load, pack_fixture};
 use flashmoe_backends::CpuBackend;
 use flashmoe_backends::quant::WeightFormat;
 use flashmoe_engine::{
-    NoObserver, PackedModel, Prediction, Prefetcher, SchedExperts, generate_greedy,
-    open_scheduler,
+    NoObserver, PackedModel, Prediction, Prefetcher, SchedExperts, generate_greedy, open_scheduler,
 };
+use io_sched::SchedulerConfig;
 use io_sched::backend::BackendKind;
 use io_sched::backend::select::BackendConfig;
 use io_sched::metrics::LayerMetrics;
-use io_sched::SchedulerConfig;
 
 const TOKENS: usize = 24;
 
@@ -45,7 +44,8 @@ fn run(
         Prediction::None
     };
     let mut obs = Prefetcher::new(sched.clone(), mode, m.config.top_k + 2, m.config.top_k);
-    let out = generate_greedy(&mut model, prompt, TOKENS, &mut experts, &mut obs).expect("generate");
+    let out =
+        generate_greedy(&mut model, prompt, TOKENS, &mut experts, &mut obs).expect("generate");
     Some((out, sched.metrics().total()))
 }
 
@@ -58,8 +58,14 @@ fn same_tokens_whatever_the_budget_and_backend() {
     let m = PackedModel::open(&packed).expect("open packed");
     let p = &golden(&dir)[1];
     let (mut mem_model, mut mem) = load(&dir, WeightFormat::Q4_64);
-    let want = generate_greedy(&mut mem_model, &p.input_ids, TOKENS, &mut mem, &mut NoObserver)
-        .expect("in-memory generate");
+    let want = generate_greedy(
+        &mut mem_model,
+        &p.input_ids,
+        TOKENS,
+        &mut mem,
+        &mut NoObserver,
+    )
+    .expect("in-memory generate");
     let slot = m.experts.max_read_len();
     let k = m.config.top_k as u64;
     let all = slot * (m.config.num_layers * m.config.num_experts) as u64;
@@ -106,7 +112,10 @@ fn pregate_hints_become_prefetch_hits() {
         t1.prefetch_recall()
     );
     assert_eq!(t0.prefetch_used, 0);
-    assert!(t1.prefetch_used > 0, "pre-gate hints produced no prefetch hit");
+    assert!(
+        t1.prefetch_used > 0,
+        "pre-gate hints produced no prefetch hit"
+    );
     assert_eq!(hinted, plain, "pre-gate hints changed the tokens");
 }
 
@@ -175,6 +184,9 @@ fn trace_file_holds_routing_and_pregate_scores() {
             .zip(scores)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f32::max);
-        assert!(err < 1e-3, "token {pos} layer {layer}: scores differ by {err} (f16)");
+        assert!(
+            err < 1e-3,
+            "token {pos} layer {layer}: scores differ by {err} (f16)"
+        );
     }
 }

@@ -9,8 +9,8 @@ use clap::Args;
 use flashmoe_backends::CpuBackend;
 use flashmoe_engine::sampler::Sampler;
 use flashmoe_engine::{
-    NoObserver, PackedModel, Prediction, Prefetcher, RoutingObserver, SchedExperts, Tee,
-    TraceSink, generate, open_scheduler,
+    NoObserver, PackedModel, Prediction, Prefetcher, RoutingObserver, SchedExperts, Tee, TraceSink,
+    generate, open_scheduler,
 };
 use io_sched::backend::BackendKind;
 use io_sched::backend::select::BackendConfig;
@@ -79,7 +79,8 @@ pub struct GenerateArgs {
 /// `expert_bytes`.
 pub fn parse_budget(s: &str, expert_bytes: u64) -> Result<u64, String> {
     let t = s.trim();
-    let bad = || format!("--budget {s:?}: expected bytes (512M, 2G, 1048576) or a percentage (25%)");
+    let bad =
+        || format!("--budget {s:?}: expected bytes (512M, 2G, 1048576) or a percentage (25%)");
     if let Some(p) = t.strip_suffix('%') {
         let p: f64 = p.trim().parse().map_err(|_| bad())?;
         if !(p > 0.0 && p <= 100.0) {
@@ -120,7 +121,10 @@ fn prediction(args: &GenerateArgs, layers: u32, experts: u32) -> CliResult<Predi
     if args.predictor == "pregate" {
         return Ok(Prediction::Pregate);
     }
-    let kind: PredictorKind = args.predictor.parse().map_err(|e| format!("--predictor: {e}"))?;
+    let kind: PredictorKind = args
+        .predictor
+        .parse()
+        .map_err(|e| format!("--predictor: {e}"))?;
     if matches!(kind, PredictorKind::Oracle | PredictorKind::Scores) {
         return Err(format!(
             "--predictor {kind}: not available here (use pregate, none, temporal, transition or frequency)"
