@@ -38,8 +38,7 @@ fn refuses_to_overwrite_without_force_and_leaves_nothing_on_error() {
     let (tmp, out) = pack_fixture(&dir, 4);
     let before = files(&out);
     let err = pack_model(&dir, &out, 8, false, &mut |_, _| {})
-        .err()
-        .expect("existing output")
+        .expect_err("existing output")
         .to_string();
     assert!(err.contains("--force"), "{err}");
     assert_eq!(files(&out), before, "a refused pack changed the output");
@@ -69,8 +68,7 @@ fn refuses_to_overwrite_without_force_and_leaves_nothing_on_error() {
     std::fs::write(bad.join("config.json"), cfg).expect("write config");
     let target = tmp.path().join("never");
     let err = pack_model(&bad, &target, 4, false, &mut |_, _| {})
-        .err()
-        .expect("shape mismatch")
+        .expect_err("shape mismatch")
         .to_string();
     assert!(err.contains("experts.0.gate_proj"), "{err}");
     let left: Vec<PathBuf> = std::fs::read_dir(tmp.path())

@@ -83,7 +83,7 @@ pub fn parse_budget(s: &str, expert_bytes: u64) -> Result<u64, String> {
         || format!("--budget {s:?}: expected bytes (512M, 2G, 1048576) or a percentage (25%)");
     if let Some(p) = t.strip_suffix('%') {
         let p: f64 = p.trim().parse().map_err(|_| bad())?;
-        if !(p > 0.0 && p <= 100.0) {
+        if p.is_nan() || p <= 0.0 || p > 100.0 {
             return Err(format!("--budget {s:?}: a percentage must be in (0, 100]"));
         }
         return Ok((expert_bytes as f64 * p / 100.0).ceil() as u64);
@@ -98,7 +98,7 @@ pub fn parse_budget(s: &str, expert_bytes: u64) -> Result<u64, String> {
         _ => (upper, 1),
     };
     let n: f64 = num.trim().parse().map_err(|_| bad())?;
-    if !(n > 0.0) || !n.is_finite() {
+    if n.is_nan() || n <= 0.0 || !n.is_finite() {
         return Err(bad());
     }
     Ok((n * mult as f64) as u64)
