@@ -47,7 +47,8 @@ pub struct GenerateArgs {
     /// Keep going after an end-of-sequence token.
     #[arg(long)]
     pub ignore_eos: bool,
-    /// Expert cache size: bytes (`512M`, `2G`, `1048576`) or a share of all expert bytes (`25%`).
+    /// Expert cache size: bytes (`512M`, `2G`, `1048576`) or a share of what holding every
+    /// expert takes (`25%`; `100%` caches them all).
     #[arg(long, default_value = "25%")]
     pub budget: String,
     /// Read backend: auto, io_uring, pread or mmap.
@@ -76,8 +77,8 @@ pub struct GenerateArgs {
 }
 
 /// Parses a budget: `512M`, `2G`, `64K`, `1048576` (bytes, powers of 1024) or `25%` of
-/// `expert_bytes`.
-pub fn parse_budget(s: &str, expert_bytes: u64) -> Result<u64, String> {
+/// `all_bytes` (what holding every expert takes).
+pub fn parse_budget(s: &str, all_bytes: u64) -> Result<u64, String> {
     let t = s.trim();
     let bad =
         || format!("--budget {s:?}: expected bytes (512M, 2G, 1048576) or a percentage (25%)");
@@ -86,7 +87,7 @@ pub fn parse_budget(s: &str, expert_bytes: u64) -> Result<u64, String> {
         if p.is_nan() || p <= 0.0 || p > 100.0 {
             return Err(format!("--budget {s:?}: a percentage must be in (0, 100]"));
         }
-        return Ok((expert_bytes as f64 * p / 100.0).ceil() as u64);
+        return Ok((all_bytes as f64 * p / 100.0).ceil() as u64);
     }
     let upper = t.to_ascii_uppercase();
     let upper = upper.trim_end_matches("IB").trim_end_matches('B');
@@ -160,6 +161,7 @@ pub struct Stats {
     pub budget_bytes: u64,
     pub cache_slots: usize,
     pub expert_bytes: u64,
+    pub expert_records: u64,
     pub backend: String,
     pub predictor: String,
     /// Experts hinted per predicted layer (the flag, capped to what the cache holds).
@@ -181,8 +183,10 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL));
     let m = PackedModel::open(&dir)?;
-    let expert_bytes = m.expert_bytes();
-    let budget = parse_budget(&args.budget, expert_bytes)?;
+    // A percentage is of the cache it takes to hold every expert (records padded to 4096).
+    let all_slots = m.experts.max_read_len()
+        * (m.experts.num_layers() as u64 * m.experts.num_experts() as u64);
+    let budget = parse_budget(&args.budget, all_slots)?;
     let (sched, fallbacks) = open_scheduler(
         &m,
         SchedulerConfig::with_budget(budget),
@@ -305,6 +309,7 @@ fn stats(
         budget_bytes: budget,
         cache_slots: sched.capacity().0,
         expert_bytes: m.expert_bytes(),
+        expert_records: m.experts.num_layers() as u64 * m.experts.num_experts() as u64,
         backend: sched.backend_description().to_string(),
         predictor: args.predictor.clone(),
         hinted_per_layer,
@@ -317,10 +322,10 @@ fn print_stats(s: &Stats) {
         s.prompt_tokens, s.generated_tokens, s.prefill_tok_per_s, s.decode_tok_per_s
     );
     eprintln!(
-        "experts: budget {:.1} MB = {} slots ({:.0}% of {:.1} MB), {}, predictor {} ({} per layer)",
+        "experts: budget {:.1} MB = {} of {} expert records ({:.1} MB), {}, predictor {} ({} per layer)",
         s.budget_bytes as f64 / 1e6,
         s.cache_slots,
-        100.0 * s.budget_bytes as f64 / s.expert_bytes.max(1) as f64,
+        s.expert_records,
         s.expert_bytes as f64 / 1e6,
         s.backend,
         s.predictor,
