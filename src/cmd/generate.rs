@@ -184,8 +184,8 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL));
     let m = PackedModel::open(&dir)?;
     // A percentage is of the cache it takes to hold every expert (records padded to 4096).
-    let all_slots = m.experts.max_read_len()
-        * (m.experts.num_layers() as u64 * m.experts.num_experts() as u64);
+    let all_slots =
+        m.experts.max_read_len() * (m.experts.num_layers() as u64 * m.experts.num_experts() as u64);
     let budget = parse_budget(&args.budget, all_slots)?;
     let (sched, fallbacks) = open_scheduler(
         &m,
