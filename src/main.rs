@@ -13,6 +13,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate text from a packed model, streaming its experts from disk through io-sched
+    /// under a memory budget (default model: the tiny Qwen3-MoE committed in models/).
+    Generate(cmd::generate::GenerateArgs),
+    /// Pack a Hugging Face MoE checkpoint for streaming: experts in io-sched's packed format
+    /// (16, 8 or 4 bits), everything else unchanged.
+    Pack(cmd::pack::PackArgs),
     /// Measure this machine's disk for expert-sized reads: serial pread, pread pool, io_uring
     /// at several queue depths, mmap, and the scheduler itself, cold, as GB/s and ratios.
     IoBench(cmd::io_bench::IoBenchArgs),
@@ -31,6 +37,8 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Generate(args) => cmd::generate::run(&args),
+        Command::Pack(args) => cmd::pack::run(&args),
         Command::IoBench(args) => cmd::io_bench::run(&args),
         Command::Sim(args) => flashmoe_sim::cli::run(&args)
             .map(|out| print!("{out}"))

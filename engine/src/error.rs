@@ -131,6 +131,40 @@ pub enum EngineError {
         /// The limit.
         limit: usize,
     },
+    /// The I/O scheduler failed (opening a manifest, starting a backend, reading an expert).
+    #[error("{context}: {source}")]
+    IoSched {
+        /// What was being done, and where.
+        context: String,
+        /// The scheduler's error (it names file, offset, layer and expert where it has them).
+        source: io_sched::Error,
+    },
+    /// A packed model's metadata disagrees with its config or is malformed.
+    #[error("{path}: `{field}`: {reason}")]
+    PackMeta {
+        /// The file holding the field (`manifest.json`, `flashmoe-pack.json`).
+        path: PathBuf,
+        /// The field.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Packing could not proceed (output exists, bad input directory).
+    #[error("pack {path}: {reason}")]
+    Pack {
+        /// The directory concerned.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A routing trace could not be written.
+    #[error("trace {path}: {reason}")]
+    Trace {
+        /// The trace file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// A backend op failed.
     #[error("{context}: {source}")]
     Backend {

@@ -131,14 +131,73 @@ impl ExpertLayout {
     }
 }
 
+/// Records held by something that must stay alive while they are read (e.g. an io-sched
+/// [`io_sched::ExpertGuard`], whose pins keep the cache slots from being reused).
+pub trait HeldRecords: Send {
+    /// Number of records.
+    fn count(&self) -> usize;
+    /// Record `i` (`i < count()`).
+    fn record(&self, i: usize) -> &[u8];
+}
+
+impl HeldRecords for io_sched::ExpertGuard {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn record(&self, i: usize) -> &[u8] {
+        self.bytes(i)
+    }
+}
+
 /// The records of the experts asked for, in the order asked.
 ///
-/// `keep_alive` lets a source hold pins (e.g. cache-slot guards) until the batch is dropped.
+/// Either plain borrowed slices, or records owned by a holder (such as an io-sched guard)
+/// that lives exactly as long as the batch: the records can only be reached through the
+/// batch, so no record outlives the pins that protect it.
 pub struct ExpertBatch<'a> {
-    /// One record per requested id, each `ExpertLayout::record_len` bytes.
-    pub records: Vec<&'a [u8]>,
-    /// Anything that must live as long as the records (dropped with the batch).
-    pub keep_alive: Option<Box<dyn Send + 'a>>,
+    inner: Records<'a>,
+}
+
+enum Records<'a> {
+    Slices(Vec<&'a [u8]>),
+    Held(Box<dyn HeldRecords + 'a>),
+}
+
+impl<'a> ExpertBatch<'a> {
+    /// A batch of borrowed records.
+    pub fn slices(records: Vec<&'a [u8]>) -> Self {
+        Self {
+            inner: Records::Slices(records),
+        }
+    }
+
+    /// A batch whose records live in `holder` (dropped with the batch).
+    pub fn held(holder: impl HeldRecords + 'a) -> Self {
+        Self {
+            inner: Records::Held(Box::new(holder)),
+        }
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        match &self.inner {
+            Records::Slices(v) => v.len(),
+            Records::Held(h) => h.count(),
+        }
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Record `i`, or `None` past the end.
+    pub fn record(&self, i: usize) -> Option<&[u8]> {
+        match &self.inner {
+            Records::Slices(v) => v.get(i).copied(),
+            Records::Held(h) => (i < h.count()).then(|| h.record(i)),
+        }
+    }
 }
 
 /// Where the MoE block gets expert weights: memory, or the I/O scheduler reading from SSD.
@@ -150,6 +209,35 @@ pub trait ExpertSource {
     fn layout(&self) -> &ExpertLayout;
     /// The records of experts `ids` of `layer` (one per id, same order).
     fn experts(&mut self, layer: u32, ids: &[u32]) -> Result<ExpertBatch<'_>>;
+}
+
+/// The record of expert `e` of layer `l` packed from `ckpt` in `layout.format` (`Bf16` from a
+/// bf16 checkpoint copies the bytes as they are; other formats convert from the values).
+pub fn pack_record(
+    ckpt: &Checkpoint,
+    names: &FamilyNames,
+    layout: &ExpertLayout,
+    l: usize,
+    e: usize,
+) -> Result<Vec<u8>> {
+    let (h, i) = (layout.hidden, layout.inter);
+    let shapes = [[i, h], [i, h], [h, i]];
+    let mut ts = Vec::with_capacity(3);
+    for (k, shape) in shapes.iter().enumerate() {
+        ts.push(ckpt.tensor(&names.expert(l, e, k), shape)?);
+    }
+    if ts.iter().all(|t| t.format == layout.format) {
+        let mut rec = vec![0u8; layout.record_len];
+        for (t, off) in ts.iter().zip([0, layout.up_offset, layout.down_offset]) {
+            rec[off..off + t.bytes.len()].copy_from_slice(t.bytes);
+        }
+        Ok(rec)
+    } else {
+        let [g, u, d] = [ts[0].to_f32()?, ts[1].to_f32()?, ts[2].to_f32()?];
+        layout
+            .pack(&g, &u, &d)
+            .ctx(|| format!("packing layer {l} expert {e}"))
+    }
 }
 
 /// All experts packed in memory in the record layout (one buffer per layer).
@@ -169,29 +257,11 @@ impl InMemoryExperts {
         format: WeightFormat,
     ) -> Result<Self> {
         let layout = ExpertLayout::for_config(cfg, format)?;
-        let (h, i) = (cfg.hidden_size, cfg.expert_intermediate);
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
             let mut buf = Vec::with_capacity(layout.record_len * cfg.num_experts);
             for e in 0..cfg.num_experts {
-                let shapes = [[i, h], [i, h], [h, i]];
-                let mut ts = Vec::with_capacity(3);
-                for (k, shape) in shapes.iter().enumerate() {
-                    ts.push(ckpt.tensor(&names.expert(l, e, k), shape)?);
-                }
-                let rec = if ts.iter().all(|t| t.format == format) {
-                    let mut rec = vec![0u8; layout.record_len];
-                    for (t, off) in ts.iter().zip([0, layout.up_offset, layout.down_offset]) {
-                        rec[off..off + t.bytes.len()].copy_from_slice(t.bytes);
-                    }
-                    rec
-                } else {
-                    let [g, u, d] = [ts[0].to_f32()?, ts[1].to_f32()?, ts[2].to_f32()?];
-                    layout
-                        .pack(&g, &u, &d)
-                        .ctx(|| format!("packing layer {l} expert {e}"))?
-                };
-                buf.extend_from_slice(&rec);
+                buf.extend_from_slice(&pack_record(ckpt, names, &layout, l, e)?);
             }
             layers.push(buf);
         }
@@ -246,9 +316,6 @@ impl ExpertSource for InMemoryExperts {
             .iter()
             .map(|&e| self.record(layer, e))
             .collect::<Result<_>>()?;
-        Ok(ExpertBatch {
-            records,
-            keep_alive: None,
-        })
+        Ok(ExpertBatch::slices(records))
     }
 }

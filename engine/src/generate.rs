@@ -1,11 +1,13 @@
-//! Greedy generation on top of [`MoeModel`].
+//! Generation on top of [`MoeModel`]: greedy, or sampled with a [`Sampler`], streaming each
+//! token to a callback as it is chosen.
 
 use crate::error::{EngineError, Result};
 use crate::experts::ExpertSource;
 use crate::hooks::RoutingObserver;
 use crate::model::MoeModel;
-use crate::sampler::argmax;
+use crate::sampler::{Sampler, argmax};
 use flashmoe_backends::ComputeBackend;
+use std::time::Instant;
 
 /// Prefills `prompt` from position 0 and appends `n` greedy tokens; returns the new tokens.
 pub fn generate_greedy<B: ComputeBackend>(
@@ -30,4 +32,59 @@ pub fn generate_greedy<B: ComputeBackend>(
         }
     }
     Ok(out)
+}
+
+/// What [`generate`] produced, with its timing (wall clock, for reporting only).
+#[derive(Clone, Debug, Default)]
+pub struct Generation {
+    /// The new tokens (a stop token, if one ended generation, is included).
+    pub tokens: Vec<u32>,
+    /// Whether a stop token ended generation.
+    pub stopped: bool,
+    /// Seconds spent on the prompt (prefill).
+    pub prefill_secs: f64,
+    /// Seconds spent on decode steps after the prompt.
+    pub decode_secs: f64,
+    /// Decode steps run after the prompt (tokens fed back).
+    pub decode_steps: usize,
+}
+
+/// Prefills `prompt` from position 0, then chooses up to `max_tokens` tokens with `sampler`,
+/// calling `on_token` with each as soon as it is chosen. Stops after a token in `stop`.
+#[allow(clippy::too_many_arguments)]
+pub fn generate<B: ComputeBackend>(
+    model: &mut MoeModel<B>,
+    prompt: &[u32],
+    max_tokens: usize,
+    stop: &[u32],
+    sampler: &mut Sampler,
+    experts: &mut dyn ExpertSource,
+    obs: &mut dyn RoutingObserver,
+    on_token: &mut dyn FnMut(u32) -> Result<()>,
+) -> Result<Generation> {
+    let mut g = Generation::default();
+    model.reset();
+    let t = Instant::now();
+    let mut logits = model.prefill(prompt, 0, experts, obs)?;
+    g.prefill_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for i in 0..max_tokens {
+        let next = sampler.sample(&logits).ok_or(EngineError::OutOfRange {
+            what: "vocab size",
+            value: 0,
+            limit: 1,
+        })?;
+        g.tokens.push(next);
+        on_token(next)?;
+        if stop.contains(&next) {
+            g.stopped = true;
+            break;
+        }
+        if i + 1 < max_tokens {
+            logits = model.forward(next, prompt.len() + i, experts, obs)?;
+            g.decode_steps += 1;
+        }
+    }
+    g.decode_secs = t.elapsed().as_secs_f64();
+    Ok(g)
 }

@@ -6,6 +6,10 @@
 //! - [`MoeModel`]: the decoder on any [`flashmoe_backends::ComputeBackend`]; its MoE blocks take
 //!   expert weights from an [`ExpertSource`] in the [expert record layout](experts).
 //! - [`RoutingObserver`]: actual routing and pre-gate scores, for traces and prefetching.
+//! - [`pack_model`] / [`PackedModel`]: an HF checkpoint packed for streaming (experts in
+//!   io-sched's packed format, the rest in `dense.safetensors`), and opened again.
+//! - [`SchedExperts`] / [`Prefetcher`]: experts streamed through io-sched, with pre-gate or
+//!   predictor hints.
 //!
 //! ```no_run
 //! use flashmoe_engine::*;
@@ -26,18 +30,25 @@ mod generate;
 pub mod hooks;
 pub mod mixtral;
 pub mod model;
-pub mod packed;
+pub mod pack;
+pub mod packed_model;
 pub mod qwen3_moe;
 pub mod sampler;
+pub mod streaming;
 mod tokenizer;
+pub mod trace_sink;
 pub mod weights;
 
 pub use config::{Family, ModelConfig};
 pub use error::{EngineError, Result};
-pub use experts::{ExpertBatch, ExpertLayout, ExpertSource, InMemoryExperts};
-pub use generate::generate_greedy;
+pub use experts::{ExpertBatch, ExpertLayout, ExpertSource, HeldRecords, InMemoryExperts};
+pub use generate::{Generation, generate, generate_greedy};
 pub use hooks::{NoObserver, RoutingObserver, RoutingRecord, TraceRecorder};
 pub use model::{FamilyNames, MoeModel};
-pub use packed::{FileExperts, PackedLayout, write_packed};
+pub use pack::{PackSummary, pack_model};
+pub use packed_model::{PackMeta, PackedModel};
+pub use sampler::Sampler;
+pub use streaming::{Prediction, Prefetcher, SchedExperts, Tee, open_scheduler};
 pub use tokenizer::Tokenizer;
-pub use weights::{Checkpoint, TensorRef};
+pub use trace_sink::TraceSink;
+pub use weights::{Checkpoint, RawTensor, TensorRef};

@@ -373,24 +373,25 @@ impl<B: ComputeBackend> MoeModel<B> {
         }
         let layout = *experts.layout();
         let batch = experts.experts(layer_id, &routing.ids)?;
-        if batch.records.len() != routing.ids.len() {
+        if batch.len() != routing.ids.len() {
             return Err(EngineError::Expert {
                 layer: layer_id,
                 expert: routing.ids[0],
                 reason: format!(
                     "source returned {} records for {} ids",
-                    batch.records.len(),
+                    batch.len(),
                     routing.ids.len()
                 ),
             });
         }
         be.fill_zero(&mut s.moe_out).ctx(|| ctx("combine"))?;
-        for ((rec, &id), &w) in batch.records.iter().zip(&routing.ids).zip(&routing.weights) {
+        for (i, (&id, &w)) in routing.ids.iter().zip(&routing.weights).enumerate() {
             let bad = |e: flashmoe_backends::BackendError| EngineError::Expert {
                 layer: layer_id,
                 expert: id,
                 reason: e.to_string(),
             };
+            let rec = batch.record(i).unwrap_or_default();
             let views = layout.views(rec).map_err(bad)?;
             be.expert_ffn(views, &s.x, &mut s.h1, &mut s.h2, &mut s.expert_out)
                 .map_err(bad)?;

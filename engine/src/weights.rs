@@ -29,6 +29,19 @@ pub struct TensorRef<'a> {
     pub file: &'a Path,
 }
 
+/// A tensor as stored, with its safetensors dtype and shape (for copying it unchanged).
+#[derive(Clone, Copy, Debug)]
+pub struct RawTensor<'a> {
+    /// The raw little-endian bytes.
+    pub bytes: &'a [u8],
+    /// Its shape.
+    pub shape: &'a [usize],
+    /// Its dtype.
+    pub dtype: Dtype,
+    /// The file it came from.
+    pub file: &'a Path,
+}
+
 /// All tensors of a checkpoint directory.
 ///
 /// ```no_run
@@ -110,15 +123,7 @@ impl Checkpoint {
     pub fn open(dir: &Path, dtype: Option<WeightFormat>) -> Result<Self> {
         let index_path = dir.join("model.safetensors.index.json");
         if !index_path.exists() {
-            let single = dir.join("model.safetensors");
-            let shard = open_shard(&single, &single)?;
-            let index = shard.tensors.keys().map(|k| (k.clone(), 0)).collect();
-            return Ok(Self {
-                shards: vec![shard],
-                index,
-                source: single,
-                dtype,
-            });
+            return Self::open_file(&dir.join("model.safetensors"), dtype);
         }
         let text = std::fs::read_to_string(&index_path).map_err(|source| EngineError::Io {
             op: "read index",
@@ -169,6 +174,38 @@ impl Checkpoint {
             index,
             source: index_path,
             dtype,
+        })
+    }
+
+    /// Opens one safetensors file (e.g. a packed model's `dense.safetensors`).
+    pub fn open_file(path: &Path, dtype: Option<WeightFormat>) -> Result<Self> {
+        let shard = open_shard(path, path)?;
+        let index = shard.tensors.keys().map(|k| (k.clone(), 0)).collect();
+        Ok(Self {
+            shards: vec![shard],
+            index,
+            source: path.to_path_buf(),
+            dtype,
+        })
+    }
+
+    /// The tensor `name` as stored, whatever its shape and dtype.
+    pub fn raw(&self, name: &str) -> Result<RawTensor<'_>> {
+        let &s = self
+            .index
+            .get(name)
+            .ok_or_else(|| EngineError::MissingTensor {
+                name: name.into(),
+                file: self.source.clone(),
+            })?;
+        let shard = &self.shards[s];
+        let info = &shard.tensors[name];
+        let (a, b) = info.data_offsets;
+        Ok(RawTensor {
+            bytes: &shard.mmap[shard.data_start + a..shard.data_start + b],
+            shape: &info.shape,
+            dtype: info.dtype,
+            file: &shard.path,
         })
     }
 

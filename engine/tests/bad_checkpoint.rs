@@ -182,13 +182,11 @@ impl ExpertSource for ShortRecords {
         &self.layout
     }
     fn experts(&mut self, _layer: u32, ids: &[u32]) -> flashmoe_engine::Result<ExpertBatch<'_>> {
-        Ok(ExpertBatch {
-            records: ids
-                .iter()
+        Ok(ExpertBatch::slices(
+            ids.iter()
                 .map(|_| &self.buf[..self.buf.len() - 1])
                 .collect(),
-            keep_alive: None,
-        })
+        ))
     }
 }
 

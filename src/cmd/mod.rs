@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
+pub mod generate;
 pub mod io_bench;
+pub mod pack;
 pub mod testfile;
 
 /// Errors of the CLI: a message with its context, printed as one line.

@@ -104,3 +104,12 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// Packs the fixture `dir` with `bits` into a fresh temporary directory; returns
+/// (the tempdir that owns it, the packed model directory).
+pub fn pack_fixture(dir: &Path, bits: u32) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("packed");
+    flashmoe_engine::pack_model(dir, &out, bits, false, &mut |_, _| {}).expect("pack fixture");
+    (tmp, out)
+}

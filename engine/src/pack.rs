@@ -1,0 +1,319 @@
+//! The packer: an HF checkpoint directory → a packed model directory that io-sched streams.
+//!
+//! # Packed model directory
+//!
+//! | file | what |
+//! |---|---|
+//! | `experts-layer-NNNN.fmoe` | the expert records of layer N in io-sched's packed-experts format v1 ([`io_sched::packfile`]), each record in the [expert record layout](crate::experts) |
+//! | `manifest.json` | io-sched's manifest of those files; its `meta` is a [`PackMeta`] |
+//! | `dense.safetensors` | every non-expert tensor, unchanged (original names, dtype and bytes) |
+//! | `config.json`, `tokenizer.json` | copied from the checkpoint |
+//! | `tokenizer_config.json`, `generation_config.json` | copied when present |
+//! | `flashmoe-pack.json` | what was packed: format, sizes and the files, for people and tools |
+//!
+//! Everything is written into a hidden temporary sibling of the output directory, which is
+//! renamed to its final name only once complete: a directory under the final name is always
+//! whole. Packing is deterministic: the same checkpoint and options give the same bytes.
+
+use crate::config::ModelConfig;
+use crate::error::{EngineError, Result};
+use crate::experts::{ExpertLayout, pack_record};
+use crate::model::FamilyNames;
+use crate::packed_model::{PACK_VERSION, PackMeta, format_name};
+use crate::weights::Checkpoint;
+use flashmoe_backends::quant::WeightFormat;
+use io_sched::packfile::{PackSplit, write_pack_set};
+use safetensors::tensor::TensorView;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// Files copied from the checkpoint: (name, required).
+const COPIED: [(&str, bool); 4] = [
+    ("config.json", true),
+    ("tokenizer.json", true),
+    ("tokenizer_config.json", false),
+    ("generation_config.json", false),
+];
+
+/// Name of the packer's description file.
+pub const PACK_INFO_FILE: &str = "flashmoe-pack.json";
+/// Name of the non-expert weights file.
+pub const DENSE_FILE: &str = "dense.safetensors";
+
+/// What [`pack_model`] wrote.
+#[derive(Clone, Debug)]
+pub struct PackSummary {
+    /// The output directory.
+    pub out_dir: PathBuf,
+    /// Format of the expert records.
+    pub format: WeightFormat,
+    /// Expert records written.
+    pub records: u64,
+    /// Bytes of the expert files.
+    pub expert_file_bytes: u64,
+    /// Bytes of `dense.safetensors`.
+    pub dense_bytes: u64,
+}
+
+/// The record format for `--bits`: 16 keeps the checkpoint's 16-bit float type (bf16 for an
+/// f32 checkpoint), 8 and 4 are MLX-style affine formats with groups of 64.
+pub fn format_for_bits(bits: u32, cfg: &ModelConfig) -> Option<WeightFormat> {
+    match bits {
+        16 => Some(match cfg.dtype {
+            Some(WeightFormat::F16) => WeightFormat::F16,
+            _ => WeightFormat::Bf16,
+        }),
+        8 => Some(WeightFormat::Q8_64),
+        4 => Some(WeightFormat::Q4_64),
+        _ => None,
+    }
+}
+
+/// Packs the HF checkpoint in `src` into `out` with expert records in `bits` (16, 8 or 4).
+/// Refuses an existing `out` unless `force`. `progress(done, total)` is called after each
+/// expert record.
+pub fn pack_model(
+    src: &Path,
+    out: &Path,
+    bits: u32,
+    force: bool,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<PackSummary> {
+    let fail = |reason: String| EngineError::Pack {
+        path: out.to_path_buf(),
+        reason,
+    };
+    if out.exists() && !force {
+        return Err(fail("already exists (pass --force to replace it)".into()));
+    }
+    let cfg = ModelConfig::from_file(&src.join("config.json"))?;
+    let format = format_for_bits(bits, &cfg)
+        .ok_or_else(|| fail(format!("--bits must be 16, 8 or 4, not {bits}")))?;
+    let ckpt = Checkpoint::open(src, cfg.dtype)?;
+    let name = out
+        .file_name()
+        .ok_or_else(|| fail("has no directory name".into()))?
+        .to_string_lossy()
+        .into_owned();
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|source| EngineError::Io {
+        op: "create directory",
+        path: parent.clone(),
+        source,
+    })?;
+    let tmp = parent.join(format!(".{name}.packing-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).map_err(|source| EngineError::Io {
+        op: "create directory",
+        path: tmp.clone(),
+        source,
+    })?;
+    let written = write_all(src, &tmp, &cfg, &ckpt, format, progress);
+    let summary = match written {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    if let Err(e) = replace_dir(&tmp, out, &parent, &name) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    Ok(PackSummary {
+        out_dir: out.to_path_buf(),
+        ..summary
+    })
+}
+
+/// Moves the finished `tmp` to `out`, replacing an existing `out` (only after `tmp` is whole).
+fn replace_dir(tmp: &Path, out: &Path, parent: &Path, name: &str) -> Result<()> {
+    let io = |op, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| EngineError::Io { op, path, source }
+    };
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    let had_old = out.exists();
+    if had_old {
+        std::fs::rename(out, &old).map_err(io("move aside", out))?;
+    }
+    std::fs::rename(tmp, out).map_err(io("rename", out))?;
+    if had_old {
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    Ok(())
+}
+
+/// Writes every file of the packed model into `dir`.
+fn write_all(
+    src: &Path,
+    dir: &Path,
+    cfg: &ModelConfig,
+    ckpt: &Checkpoint,
+    format: WeightFormat,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<PackSummary> {
+    let names = FamilyNames::of(cfg.family);
+    let layout = ExpertLayout::for_config(cfg, format)?;
+    let meta = PackMeta::new(cfg, &layout);
+    let meta_json = serde_json::to_value(&meta).map_err(|source| EngineError::Json {
+        path: dir.join("manifest.json"),
+        source,
+    })?;
+    let total = (cfg.num_layers * cfg.num_experts) as u64;
+    let mut done = 0u64;
+    // The fill closure must return io-sched errors: keep the engine's own error aside.
+    let mut inner: Option<EngineError> = None;
+    let packed = write_pack_set(
+        dir,
+        cfg.num_layers as u32,
+        cfg.num_experts as u32,
+        PackSplit::PerLayer,
+        Some(&meta_json),
+        |key, buf| {
+            match pack_record(
+                ckpt,
+                names,
+                &layout,
+                key.layer as usize,
+                key.expert as usize,
+            ) {
+                Ok(rec) => buf.extend_from_slice(&rec),
+                Err(e) => {
+                    let msg = e.to_string();
+                    inner = Some(e);
+                    return Err(io_sched::Error::Layout(msg));
+                }
+            }
+            done += 1;
+            progress(done, total);
+            Ok(())
+        },
+    );
+    let expert_layout = match (packed, inner) {
+        (_, Some(e)) => return Err(e),
+        (Err(source), None) => {
+            return Err(EngineError::IoSched {
+                context: format!("writing packed experts into {}", dir.display()),
+                source,
+            });
+        }
+        (Ok(l), None) => l,
+    };
+    let mut expert_file_bytes = 0;
+    for f in expert_layout.files() {
+        expert_file_bytes += file_len(f)?;
+    }
+    let dense_bytes = write_dense(ckpt, cfg, names, &dir.join(DENSE_FILE))?;
+    let mut copied = Vec::new();
+    for (file, required) in COPIED {
+        let from = src.join(file);
+        if !required && !from.exists() {
+            continue;
+        }
+        // Read and write (not `fs::copy`) so the copy gets ordinary permissions.
+        let bytes = std::fs::read(&from).map_err(|source| EngineError::Io {
+            op: "read",
+            path: from.clone(),
+            source,
+        })?;
+        std::fs::write(dir.join(file), bytes).map_err(|source| EngineError::Io {
+            op: "write",
+            path: dir.join(file),
+            source,
+        })?;
+        copied.push(file);
+    }
+    let mut expert_files: Vec<String> = expert_layout
+        .files()
+        .iter()
+        .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    expert_files.sort();
+    let info = serde_json::json!({
+        "format": "flashmoe-packed-model",
+        "version": PACK_VERSION,
+        "model_type": meta.model_type,
+        "weight_format": format_name(format),
+        "bits": format.bits(),
+        "layers": cfg.num_layers,
+        "experts": cfg.num_experts,
+        "top_k": cfg.top_k,
+        "record_len": layout.record_len,
+        "expert_file_bytes": expert_file_bytes,
+        "dense_bytes": dense_bytes,
+        "expert_files": expert_files,
+        "dense_file": DENSE_FILE,
+        "copied": copied,
+    });
+    let info_path = dir.join(PACK_INFO_FILE);
+    let text = serde_json::to_string_pretty(&info).map_err(|source| EngineError::Json {
+        path: info_path.clone(),
+        source,
+    })?;
+    std::fs::write(&info_path, text + "\n").map_err(|source| EngineError::Io {
+        op: "write",
+        path: info_path,
+        source,
+    })?;
+    Ok(PackSummary {
+        out_dir: dir.to_path_buf(),
+        format,
+        records: total,
+        expert_file_bytes,
+        dense_bytes,
+    })
+}
+
+fn file_len(path: &Path) -> Result<u64> {
+    Ok(std::fs::metadata(path)
+        .map_err(|source| EngineError::Io {
+            op: "stat",
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len())
+}
+
+/// Writes every tensor of `ckpt` that is not an expert projection to `path`, unchanged.
+fn write_dense(
+    ckpt: &Checkpoint,
+    cfg: &ModelConfig,
+    names: &FamilyNames,
+    path: &Path,
+) -> Result<u64> {
+    let mut experts = BTreeSet::new();
+    for l in 0..cfg.num_layers {
+        for e in 0..cfg.num_experts {
+            for k in 0..3 {
+                experts.insert(names.expert(l, e, k));
+            }
+        }
+    }
+    let mut dense: Vec<&str> = ckpt.names().filter(|n| !experts.contains(*n)).collect();
+    dense.sort_unstable();
+    let mut views = Vec::with_capacity(dense.len());
+    for name in dense {
+        let t = ckpt.raw(name)?;
+        let view = TensorView::new(t.dtype, t.shape.to_vec(), t.bytes).map_err(|e| {
+            EngineError::Safetensors {
+                path: t.file.to_path_buf(),
+                reason: format!("tensor `{name}`: {e}"),
+            }
+        })?;
+        views.push((name, view));
+    }
+    let bytes = safetensors::serialize(views, None).map_err(|e| EngineError::Safetensors {
+        path: path.to_path_buf(),
+        reason: format!("cannot serialize: {e}"),
+    })?;
+    std::fs::write(path, &bytes).map_err(|source| EngineError::Io {
+        op: "write",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(bytes.len() as u64)
+}

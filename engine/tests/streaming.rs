@@ -1,0 +1,192 @@
+//! Experts streamed through io-sched from a packed fixture: the tokens do not depend on the
+//! cache budget, the read backend or the predictor, and pre-gate hints turn into prefetch hits.
+
+mod common;
+
+use common::{fixture, golden, load, pack_fixture};
+use flashmoe_backends::CpuBackend;
+use flashmoe_backends::quant::WeightFormat;
+use flashmoe_engine::{
+    NoObserver, PackedModel, Prediction, Prefetcher, SchedExperts, generate_greedy, open_scheduler,
+};
+use io_sched::SchedulerConfig;
+use io_sched::backend::BackendKind;
+use io_sched::backend::select::BackendConfig;
+use io_sched::metrics::LayerMetrics;
+
+const TOKENS: usize = 24;
+
+/// Greedy tokens through io-sched, and the scheduler's totals; `None` if the backend cannot
+/// start here (the reason is printed).
+fn run(
+    m: &PackedModel,
+    prompt: &[u32],
+    budget: u64,
+    kind: Option<BackendKind>,
+    pregate: bool,
+) -> Option<(Vec<u32>, LayerMetrics)> {
+    let backend = BackendConfig {
+        kind,
+        ..BackendConfig::default()
+    };
+    let (sched, _) = match open_scheduler(m, SchedulerConfig::with_budget(budget), &backend) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("SKIP backend {kind:?}: {e}");
+            return None;
+        }
+    };
+    let mut model = m.load_model(CpuBackend::new(), 256).expect("model");
+    let mut experts = SchedExperts::new(sched.clone(), m.record).expect("source");
+    let mode = if pregate {
+        Prediction::Pregate
+    } else {
+        Prediction::None
+    };
+    let mut obs = Prefetcher::new(sched.clone(), mode, m.config.top_k + 2, m.config.top_k);
+    let out =
+        generate_greedy(&mut model, prompt, TOKENS, &mut experts, &mut obs).expect("generate");
+    Some((out, sched.metrics().total()))
+}
+
+#[test]
+fn same_tokens_whatever_the_budget_and_backend() {
+    let Some(dir) = fixture("tiny-qwen3-moe") else {
+        return;
+    };
+    let (_tmp, packed) = pack_fixture(&dir, 4);
+    let m = PackedModel::open(&packed).expect("open packed");
+    let p = &golden(&dir)[1];
+    let (mut mem_model, mut mem) = load(&dir, WeightFormat::Q4_64);
+    let want = generate_greedy(
+        &mut mem_model,
+        &p.input_ids,
+        TOKENS,
+        &mut mem,
+        &mut NoObserver,
+    )
+    .expect("in-memory generate");
+    let slot = m.experts.max_read_len();
+    let k = m.config.top_k as u64;
+    let all = slot * (m.config.num_layers * m.config.num_experts) as u64;
+    for kind in [BackendKind::IoUring, BackendKind::Pread, BackendKind::Mmap] {
+        for budget in [k * slot, (k + 3) * slot, all / 4, all] {
+            for pregate in [false, true] {
+                let Some((got, t)) = run(&m, &p.input_ids, budget, Some(kind), pregate) else {
+                    continue;
+                };
+                println!(
+                    "{kind:?} budget {} slots pregate {pregate}: hit rate {:.3}, prefetch used {}",
+                    budget / slot,
+                    t.hit_rate(),
+                    t.prefetch_used
+                );
+                assert_eq!(
+                    got,
+                    want,
+                    "{kind:?} with a budget of {} slots (pregate {pregate}) changed the tokens",
+                    budget / slot
+                );
+                assert_eq!(t.failed_loads, 0);
+            }
+        }
+    }
+}
+
+#[test]
+fn pregate_hints_become_prefetch_hits() {
+    let Some(dir) = fixture("tiny-qwen3-moe") else {
+        return;
+    };
+    let (_tmp, packed) = pack_fixture(&dir, 4);
+    let m = PackedModel::open(&packed).expect("open packed");
+    let p = &golden(&dir)[0];
+    let budget = m.expert_bytes() / 4;
+    let (plain, t0) = run(&m, &p.input_ids, budget, None, false).expect("auto backend");
+    let (hinted, t1) = run(&m, &p.input_ids, budget, None, true).expect("auto backend");
+    println!(
+        "25% budget: without hints hit rate {:.3}; pre-gate hit rate {:.3}, precision {:.3}, recall {:.3}",
+        t0.hit_rate(),
+        t1.hit_rate(),
+        t1.prefetch_precision(),
+        t1.prefetch_recall()
+    );
+    assert_eq!(t0.prefetch_used, 0);
+    assert!(
+        t1.prefetch_used > 0,
+        "pre-gate hints produced no prefetch hit"
+    );
+    assert_eq!(hinted, plain, "pre-gate hints changed the tokens");
+}
+
+#[test]
+fn budget_below_top_k_is_refused_clearly() {
+    let Some(dir) = fixture("tiny-qwen3-moe") else {
+        return;
+    };
+    let (_tmp, packed) = pack_fixture(&dir, 4);
+    let m = PackedModel::open(&packed).expect("open packed");
+    let slot = m.experts.max_read_len();
+    let err = open_scheduler(
+        &m,
+        SchedulerConfig::with_budget(3 * slot),
+        &BackendConfig::default(),
+    )
+    .err()
+    .expect("3 slots for top-4 routing")
+    .to_string();
+    assert!(err.contains("top_k = 4"), "{err}");
+}
+
+#[test]
+fn trace_file_holds_routing_and_pregate_scores() {
+    let Some(dir) = fixture("tiny-qwen3-moe") else {
+        return;
+    };
+    let (tmp, packed) = pack_fixture(&dir, 4);
+    let m = PackedModel::open(&packed).expect("open packed");
+    let p = &golden(&dir)[2];
+    let (sched, _) = open_scheduler(
+        &m,
+        SchedulerConfig::with_budget(m.expert_bytes() / 4),
+        &BackendConfig::default(),
+    )
+    .expect("scheduler");
+    let mut model = m.load_model(CpuBackend::new(), 256).expect("model");
+    let mut experts = SchedExperts::new(sched, m.record).expect("source");
+    let c = &m.config;
+    let path = tmp.path().join("run.trace");
+    let mut sink = flashmoe_engine::TraceSink::create(
+        &path,
+        c.num_layers as u32,
+        c.num_experts as u32,
+        c.top_k as u32,
+        true,
+    )
+    .expect("create trace");
+    let mut rec = flashmoe_engine::TraceRecorder::new(true);
+    let mut obs = flashmoe_engine::Tee(&mut sink, &mut rec);
+    generate_greedy(&mut model, &p.input_ids, 8, &mut experts, &mut obs).expect("generate");
+    let tokens = sink.finish().expect("finish trace");
+    let steps = p.input_ids.len() + 7;
+    assert_eq!(tokens, steps as u64);
+    let t = io_sched::trace::Trace::read(&path).expect("read trace back");
+    assert_eq!(t.tokens(), tokens);
+    for r in &rec.routing {
+        assert_eq!(t.experts_at(r.pos as u64, r.layer), r.ids.as_slice());
+    }
+    for (pos, layer, scores) in &rec.pregate {
+        let got = t
+            .scores_at(*pos as u64, layer - 1)
+            .expect("trace has scores");
+        let err = got
+            .iter()
+            .zip(scores)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            err < 1e-3,
+            "token {pos} layer {layer}: scores differ by {err} (f16)"
+        );
+    }
+}

@@ -1,0 +1,394 @@
+//! `flashmoe generate`: text from a packed model, every expert streamed through io-sched under
+//! a memory budget, with pre-gate (or another predictor's) prefetching.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+use flashmoe_backends::CpuBackend;
+use flashmoe_engine::sampler::Sampler;
+use flashmoe_engine::{
+    NoObserver, PackedModel, Prediction, Prefetcher, RoutingObserver, SchedExperts, Tee, TraceSink,
+    generate, open_scheduler,
+};
+use io_sched::backend::BackendKind;
+use io_sched::backend::select::BackendConfig;
+use io_sched::metrics::LayerMetrics;
+use io_sched::predictor::{self, PredictorKind};
+use io_sched::{Scheduler, SchedulerConfig};
+use serde::Serialize;
+
+use super::CliResult;
+
+/// The model `generate` uses without `--model`: committed to the repository (see models/).
+pub const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tiny-qwen3-moe-q4");
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Packed model directory (from `flashmoe pack`); default: the tiny Qwen3-MoE in models/.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The prompt.
+    #[arg(long, default_value = "The Rust programming language")]
+    pub prompt: String,
+    /// Tokens to generate at most.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Seed of the sampler (same seed, same text).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Keep going after an end-of-sequence token.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Expert cache size: bytes (`512M`, `2G`, `1048576`) or a share of what holding every
+    /// expert takes (`25%`; `100%` caches them all).
+    #[arg(long, default_value = "25%")]
+    pub budget: String,
+    /// Read backend: auto, io_uring, pread or mmap.
+    #[arg(long, default_value = "auto")]
+    pub io_backend: String,
+    /// Prefetch prediction: pregate, none, temporal, transition or frequency.
+    #[arg(long, default_value = "pregate")]
+    pub predictor: String,
+    /// Experts hinted per predicted layer (default: top_k + 2).
+    #[arg(long)]
+    pub prefetch: Option<usize>,
+    /// Layers ahead that the temporal/transition/frequency predictors hint.
+    #[arg(long, default_value_t = 1)]
+    pub horizon: u32,
+    /// Print tok/s, hit rate, prefetch precision/recall, bytes read per token and stall time
+    /// to stderr.
+    #[arg(long)]
+    pub stats: bool,
+    /// Print one JSON object (text and statistics) instead of streaming the text.
+    #[arg(long)]
+    pub json: bool,
+    /// Record the routing and pre-gate scores of every token to this file, in io-sched's
+    /// routing-trace format (what `sim` replays).
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+}
+
+/// Parses a budget: `512M`, `2G`, `64K`, `1048576` (bytes, powers of 1024) or `25%` of
+/// `all_bytes` (what holding every expert takes).
+pub fn parse_budget(s: &str, all_bytes: u64) -> Result<u64, String> {
+    let t = s.trim();
+    let bad =
+        || format!("--budget {s:?}: expected bytes (512M, 2G, 1048576) or a percentage (25%)");
+    if let Some(p) = t.strip_suffix('%') {
+        let p: f64 = p.trim().parse().map_err(|_| bad())?;
+        if p.is_nan() || p <= 0.0 || p > 100.0 {
+            return Err(format!("--budget {s:?}: a percentage must be in (0, 100]"));
+        }
+        return Ok((all_bytes as f64 * p / 100.0).ceil() as u64);
+    }
+    let upper = t.to_ascii_uppercase();
+    let upper = upper.trim_end_matches("IB").trim_end_matches('B');
+    let (num, mult) = match upper.chars().last() {
+        Some('K') => (&upper[..upper.len() - 1], 1u64 << 10),
+        Some('M') => (&upper[..upper.len() - 1], 1 << 20),
+        Some('G') => (&upper[..upper.len() - 1], 1 << 30),
+        Some('T') => (&upper[..upper.len() - 1], 1 << 40),
+        _ => (upper, 1),
+    };
+    let n: f64 = num.trim().parse().map_err(|_| bad())?;
+    if n.is_nan() || n <= 0.0 || !n.is_finite() {
+        return Err(bad());
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+fn backend_config(name: &str) -> CliResult<BackendConfig> {
+    let kind = match name {
+        "auto" => None,
+        other => Some(other.parse::<BackendKind>().map_err(|e| {
+            format!("--io-backend {other:?}: {e} (expected auto, io_uring, pread or mmap)")
+        })?),
+    };
+    Ok(BackendConfig {
+        kind,
+        ..BackendConfig::default()
+    })
+}
+
+fn prediction(args: &GenerateArgs, layers: u32, experts: u32) -> CliResult<Prediction> {
+    if args.predictor == "pregate" {
+        return Ok(Prediction::Pregate);
+    }
+    let kind: PredictorKind = args
+        .predictor
+        .parse()
+        .map_err(|e| format!("--predictor: {e}"))?;
+    if matches!(kind, PredictorKind::Oracle | PredictorKind::Scores) {
+        return Err(format!(
+            "--predictor {kind}: not available here (use pregate, none, temporal, transition or frequency)"
+        )
+        .into());
+    }
+    if kind == PredictorKind::None {
+        return Ok(Prediction::None);
+    }
+    let predictor = predictor::build(kind, layers, experts)
+        .ok_or_else(|| format!("--predictor {kind}: cannot be built"))?;
+    Ok(Prediction::Predictor {
+        predictor,
+        horizon: args.horizon,
+    })
+}
+
+/// Statistics of one run.
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub prefill_tok_per_s: f64,
+    pub decode_tok_per_s: f64,
+    pub hit_rate: f64,
+    pub prefetch_precision: f64,
+    pub prefetch_recall: f64,
+    pub prefetch_used: u64,
+    pub prefetch_wasted: u64,
+    pub bytes_read: u64,
+    pub bytes_read_per_token: f64,
+    pub stall_ms: f64,
+    pub budget_bytes: u64,
+    pub cache_slots: usize,
+    pub expert_bytes: u64,
+    pub expert_records: u64,
+    pub backend: String,
+    pub predictor: String,
+    /// Experts hinted per predicted layer (the flag, capped to what the cache holds).
+    pub hinted_per_layer: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct JsonOut<'a> {
+    model: String,
+    prompt: &'a str,
+    text: String,
+    tokens: &'a [u32],
+    stats: &'a Stats,
+}
+
+pub fn run(args: &GenerateArgs) -> CliResult<()> {
+    let dir = args
+        .model
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL));
+    let m = PackedModel::open(&dir)?;
+    // A percentage is of the cache it takes to hold every expert (records padded to 4096).
+    let all_slots =
+        m.experts.max_read_len() * (m.experts.num_layers() as u64 * m.experts.num_experts() as u64);
+    let budget = parse_budget(&args.budget, all_slots)?;
+    let (sched, fallbacks) = open_scheduler(
+        &m,
+        SchedulerConfig::with_budget(budget),
+        &backend_config(&args.io_backend)?,
+    )?;
+    for why in &fallbacks {
+        eprintln!("note: read backend fallback: {why}");
+    }
+    let prompt = m.tokenizer.encode(&args.prompt)?;
+    if prompt.is_empty() {
+        return Err("--prompt encodes to no tokens".into());
+    }
+    let cfg = &m.config;
+    let max_seq = (prompt.len() + args.max_tokens).min(cfg.max_position_embeddings);
+    if prompt.len() + args.max_tokens > cfg.max_position_embeddings {
+        return Err(format!(
+            "prompt ({} tokens) + --max-tokens {} exceeds the model's {} positions",
+            prompt.len(),
+            args.max_tokens,
+            cfg.max_position_embeddings
+        )
+        .into());
+    }
+    let mut model = m.load_model(CpuBackend::new(), max_seq)?;
+    let mut experts = SchedExperts::new(sched.clone(), m.record)?;
+    let per_layer = args.prefetch.unwrap_or(cfg.top_k + 2);
+    let mode = prediction(args, cfg.num_layers as u32, cfg.num_experts as u32)?;
+    let mut prefetch = Prefetcher::new(sched.clone(), mode, per_layer, cfg.top_k);
+    let mut sampler = Sampler::new(args.temperature, args.top_p, args.seed);
+    let stop: &[u32] = if args.ignore_eos { &[] } else { &m.eos };
+
+    let mut sink = match &args.trace {
+        Some(path) => Some(TraceSink::create(
+            path,
+            cfg.num_layers as u32,
+            cfg.num_experts as u32,
+            cfg.top_k as u32,
+            true,
+        )?),
+        None => None,
+    };
+    let mut stream = TextStream::new(!args.json);
+    if !args.json {
+        print!("{}", args.prompt);
+        std::io::stdout().flush()?;
+    }
+    let mut none = NoObserver;
+    let second: &mut dyn RoutingObserver = match sink.as_mut() {
+        Some(s) => s,
+        None => &mut none,
+    };
+    let mut obs = Tee(&mut prefetch, second);
+    let obs: &mut dyn RoutingObserver = &mut obs;
+    let tok = &m.tokenizer;
+    let mut on_token = |id: u32| stream.push(tok, id);
+    let g = generate(
+        &mut model,
+        &prompt,
+        args.max_tokens,
+        stop,
+        &mut sampler,
+        &mut experts,
+        obs,
+        &mut on_token,
+    )?;
+    if !args.json {
+        println!();
+    }
+    let hinted = prefetch.per_layer();
+    let traced = match (sink, &args.trace) {
+        (Some(sink), Some(path)) => Some((sink.finish()?, path.display().to_string())),
+        _ => None,
+    };
+    let stats = stats(args, &m, &sched, budget, prompt.len(), &g, hinted);
+    if args.json {
+        let out = JsonOut {
+            model: dir.display().to_string(),
+            prompt: &args.prompt,
+            text: m.tokenizer.decode(&g.tokens)?,
+            tokens: &g.tokens,
+            stats: &stats,
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if args.stats {
+        print_stats(&stats);
+    }
+    if let Some((tokens, path)) = traced
+        && !args.json
+    {
+        eprintln!("trace: {tokens} tokens of routing and pre-gate scores written to {path}");
+    }
+    Ok(())
+}
+
+fn stats(
+    args: &GenerateArgs,
+    m: &PackedModel,
+    sched: &Arc<Scheduler>,
+    budget: u64,
+    prompt_tokens: usize,
+    g: &flashmoe_engine::Generation,
+    hinted_per_layer: usize,
+) -> Stats {
+    let t: LayerMetrics = sched.metrics().total();
+    let steps = (prompt_tokens + g.decode_steps).max(1);
+    let per = |n: usize, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+    Stats {
+        prompt_tokens,
+        generated_tokens: g.tokens.len(),
+        prefill_tok_per_s: per(prompt_tokens, g.prefill_secs),
+        decode_tok_per_s: per(g.decode_steps, g.decode_secs),
+        hit_rate: t.hit_rate(),
+        prefetch_precision: t.prefetch_precision(),
+        prefetch_recall: t.prefetch_recall(),
+        prefetch_used: t.prefetch_used,
+        prefetch_wasted: t.prefetch_wasted,
+        bytes_read: t.bytes_read(),
+        bytes_read_per_token: t.bytes_read() as f64 / steps as f64,
+        stall_ms: t.stall_ns as f64 / 1e6,
+        budget_bytes: budget,
+        cache_slots: sched.capacity().0,
+        expert_bytes: m.expert_bytes(),
+        expert_records: m.experts.num_layers() as u64 * m.experts.num_experts() as u64,
+        backend: sched.backend_description().to_string(),
+        predictor: args.predictor.clone(),
+        hinted_per_layer,
+    }
+}
+
+fn print_stats(s: &Stats) {
+    eprintln!(
+        "{} prompt + {} generated tokens: prefill {:.1} tok/s, decode {:.1} tok/s",
+        s.prompt_tokens, s.generated_tokens, s.prefill_tok_per_s, s.decode_tok_per_s
+    );
+    eprintln!(
+        "experts: budget {:.1} MB = {} of {} expert records ({:.1} MB), {}, predictor {} ({} per layer)",
+        s.budget_bytes as f64 / 1e6,
+        s.cache_slots,
+        s.expert_records,
+        s.expert_bytes as f64 / 1e6,
+        s.backend,
+        s.predictor,
+        s.hinted_per_layer
+    );
+    eprintln!(
+        "hit rate {:.1}%, prefetch precision {:.1}% recall {:.1}% ({} used, {} wasted), {:.2} MB read per token, stalled {:.1} ms",
+        100.0 * s.hit_rate,
+        100.0 * s.prefetch_precision,
+        100.0 * s.prefetch_recall,
+        s.prefetch_used,
+        s.prefetch_wasted,
+        s.bytes_read_per_token / 1e6,
+        s.stall_ms
+    );
+}
+
+/// Prints decoded text as tokens arrive, holding back an incomplete UTF-8 sequence.
+struct TextStream {
+    ids: Vec<u32>,
+    printed: usize,
+    enabled: bool,
+}
+
+impl TextStream {
+    fn new(enabled: bool) -> Self {
+        Self {
+            ids: Vec::new(),
+            printed: 0,
+            enabled,
+        }
+    }
+
+    fn push(&mut self, tok: &flashmoe_engine::Tokenizer, id: u32) -> flashmoe_engine::Result<()> {
+        self.ids.push(id);
+        if !self.enabled {
+            return Ok(());
+        }
+        let text = tok.decode(&self.ids)?;
+        if text.ends_with('\u{FFFD}') || text.len() < self.printed {
+            return Ok(());
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&text.as_bytes()[self.printed..]);
+        let _ = out.flush();
+        self.printed = text.len();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_budget;
+
+    #[test]
+    fn budgets_parse() {
+        assert_eq!(parse_budget("512M", 0), Ok(512 << 20));
+        assert_eq!(parse_budget("2G", 0), Ok(2 << 30));
+        assert_eq!(parse_budget("2GiB", 0), Ok(2 << 30));
+        assert_eq!(parse_budget("1048576", 0), Ok(1 << 20));
+        assert_eq!(parse_budget("25%", 1000), Ok(250));
+        assert!(parse_budget("0%", 1000).is_err());
+        assert!(parse_budget("lots", 1000).is_err());
+        assert!(parse_budget("-5M", 1000).is_err());
+    }
+}
