@@ -83,7 +83,11 @@ impl ExpertGuard {
 
 impl Drop for ExpertGuard {
     fn drop(&mut self) {
-        self.shared.state.lock().core.unpin(&self.slots);
+        let mut st = self.shared.state.lock();
+        st.core.unpin(&self.slots);
+        if st.core.take_slot_freed() {
+            self.shared.notify(&mut st);
+        }
     }
 }
 
@@ -141,7 +145,7 @@ impl Future for AcquireFuture {
                 Poll::Ready(Ok(ExpertGuard::new(this.shared.clone(), layer, step)))
             }
             Some(Err(e)) => {
-                step.abandon(&mut st);
+                step.abandon(&this.shared, &mut st);
                 this.step = None;
                 Poll::Ready(Err(e))
             }
@@ -161,7 +165,7 @@ impl Drop for AcquireFuture {
             // Cancelled mid-wait: release the pins. Loads it started go on into their slots
             // (still `Loading`, so never reused) and end up cached.
             let mut st = self.shared.state.lock();
-            step.abandon(&mut st);
+            step.abandon(&self.shared, &mut st);
         }
     }
 }

@@ -50,7 +50,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Wakes every waiter after a load became ready or failed.
-    fn notify(&self, st: &mut State) {
+    pub(crate) fn notify(&self, st: &mut State) {
         self.progress.notify_all();
         for w in st.wakers.drain(..) {
             w.wake();
@@ -66,7 +66,6 @@ pub(crate) struct AcquireStep {
     /// The pinned slot of each position, once it has one.
     slots: Vec<Option<SlotId>>,
     pinned: Vec<SlotId>,
-    woke_io: bool,
     pub started: Option<Instant>,
 }
 
@@ -77,7 +76,6 @@ impl AcquireStep {
             experts: experts.to_vec(),
             slots: vec![None; experts.len()],
             pinned: Vec::with_capacity(experts.len()),
-            woke_io: false,
             started: None,
         }
     }
@@ -98,15 +96,17 @@ impl AcquireStep {
                     self.pinned.push(s);
                 }
                 Ok(None) => all_pinned = false,
-                Err(err) => return Some(Err(err)),
+                Err(err) => {
+                    wake_io_if_queued(shared, st);
+                    return Some(Err(err));
+                }
             }
         }
+        // Any read this step queued (on this call or a retry after waiting for a slot) needs the
+        // I/O thread awake.
+        wake_io_if_queued(shared, st);
         if all_pinned && let Some(done) = st.core.check_ready(&self.pinned) {
             return Some(done);
-        }
-        if !self.woke_io {
-            self.woke_io = true;
-            (shared.io_waker)();
         }
         self.started.get_or_insert_with(Instant::now);
         None
@@ -123,10 +123,19 @@ impl AcquireStep {
     }
 
     /// Unpins on failure or cancellation.
-    pub fn abandon(&mut self, st: &mut State) {
+    pub fn abandon(&mut self, shared: &Shared, st: &mut State) {
         st.core.unpin(&self.pinned);
+        if st.core.take_slot_freed() {
+            shared.notify(st);
+        }
         self.pinned.clear();
         self.slots.iter_mut().for_each(|s| *s = None);
+    }
+}
+
+fn wake_io_if_queued(shared: &Shared, st: &mut State) {
+    if st.core.take_io_queued() {
+        (shared.io_waker)();
     }
 }
 
@@ -211,7 +220,14 @@ impl Scheduler {
     /// Starts prefetching `candidates` of `layer` for its next acquire (supersedes the previous
     /// hint for that layer). Returns at once.
     pub fn hint(&self, layer: u32, candidates: &[Candidate]) {
-        let queued = self.shared.state.lock().core.hint(layer, candidates);
+        let mut st = self.shared.state.lock();
+        st.core.hint(layer, candidates);
+        let queued = st.core.take_io_queued();
+        // Superseded prefetches may have freed slots someone is waiting for.
+        if st.core.take_slot_freed() {
+            self.shared.notify(&mut st);
+        }
+        drop(st);
         if queued {
             (self.shared.io_waker)();
         }
@@ -234,7 +250,7 @@ impl Scheduler {
                     return Ok(ExpertGuard::new(self.shared.clone(), layer, step));
                 }
                 Some(Err(e)) => {
-                    step.abandon(&mut st);
+                    step.abandon(&self.shared, &mut st);
                     return Err(e);
                 }
                 None => self.shared.progress.wait(&mut st),
@@ -304,6 +320,7 @@ fn io_loop(shared: Arc<Shared>, mut backend: Box<dyn ReadBackend>) {
             work.extend(out.verify.map(Work::Verify));
         }
         st.core.take_ended_hashes(&mut ended);
+        changed |= st.core.take_slot_freed();
         if changed {
             shared.notify(&mut st);
         }

@@ -360,3 +360,56 @@ fn every_real_backend_returns_the_right_bytes_through_the_scheduler() {
         }
     }
 }
+
+#[test]
+fn tight_cache_with_eager_hints_never_hangs() {
+    // k = 4 experts per layer, 6 hinted per next layer, caches of 4..8 slots: hints and demand
+    // compete for slots, stale prefetches drain and free theirs, and every acquire must finish
+    // (a waiter for a slot has to be woken when a drained prefetch frees one).
+    for slots in 4..=8u64 {
+        let (layout, fb) = faulty(4, 16, |b| {
+            b.with_rule(Target::Any, Fault::Delay(Duration::from_micros(300)))
+        });
+        let mut cfg = SchedulerConfig::with_budget(slots * LEN as u64);
+        cfg.core.prefetch_chunk = 8192;
+        cfg.core.demand_chunk = 8192;
+        let s = Arc::new(Scheduler::with_backend(layout, cfg, Box::new(fb)).unwrap());
+        let worker = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let mut x = slots as u32 * 7919;
+                let mut next = |n: u32| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    (x >> 8) % n
+                };
+                for step in 0..1000u32 {
+                    let layer = step % 4;
+                    let mut experts = Vec::new();
+                    while experts.len() < 4 {
+                        let e = next(16);
+                        if !experts.contains(&e) {
+                            experts.push(e);
+                        }
+                    }
+                    let hints: Vec<Candidate> = (0..6).map(|_| conf(next(16))).collect();
+                    s.hint((layer + 1) % 4, &hints);
+                    let g = s.acquire(layer, &experts).unwrap();
+                    for (e, bytes) in g.iter() {
+                        assert_eq!(bytes, &record_bytes(ExpertKey::new(layer, e), LEN)[..]);
+                    }
+                }
+            })
+        };
+        // A watchdog, not a timing assertion: a hang fails the test instead of stalling CI.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !worker.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "acquire hung with {slots} cache slots:\n{}",
+                s.with_core(|c| c.describe())
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        worker.join().unwrap();
+    }
+}

@@ -425,6 +425,7 @@ impl SchedCore {
         if slot.pins == 0 {
             slot.state = SlotState::Free;
             self.free_slots.push(ld.slot);
+            self.slot_freed = true;
         } else {
             slot.state = SlotState::Failed(Box::new(f));
         }

@@ -164,6 +164,10 @@ pub struct SchedCore {
     depth: DepthMetrics,
     /// Loads (by `order`) that ended without a verify job: their hash state can go.
     ended_hashes: Vec<u64>,
+    /// A slot became free since the driver last asked: waiters for a slot must retry.
+    slot_freed: bool,
+    /// Reads were queued since the driver last asked: the I/O thread must be woken.
+    io_queued: bool,
 }
 
 impl SchedCore {
@@ -223,6 +227,8 @@ impl SchedCore {
             layer_metrics: vec![LayerMetrics::default(); layers],
             depth: DepthMetrics::default(),
             ended_hashes: Vec::new(),
+            slot_freed: false,
+            io_queued: false,
             layout,
         })
     }
@@ -433,6 +439,7 @@ impl SchedCore {
                             ld.cancelled = false;
                             if ld.issued < ld.total {
                                 self.prefetch_queue.push(id);
+                                self.io_queued = true;
                             }
                         }
                     }
@@ -463,8 +470,21 @@ impl SchedCore {
             if slot.pins == 0 && matches!(slot.state, SlotState::Failed(_)) {
                 slot.state = SlotState::Free;
                 self.free_slots.push(s);
+                self.slot_freed = true;
             }
         }
+    }
+
+    /// Whether reads were queued (new loads, promotions) since the last call: whoever queued
+    /// them must wake the driver.
+    pub fn take_io_queued(&mut self) -> bool {
+        std::mem::take(&mut self.io_queued)
+    }
+
+    /// Whether a slot became free since the last call (a cancelled prefetch drained, a failed
+    /// slot lost its last pin): acquires waiting for a slot must then be woken to retry.
+    pub fn take_slot_freed(&mut self) -> bool {
+        std::mem::take(&mut self.slot_freed)
     }
 
     /// Whether every slot is ready; the first failure as an error.
@@ -507,6 +527,38 @@ impl SchedCore {
             layers: self.layer_metrics.clone(),
             depth,
         }
+    }
+
+    /// A one-line-per-slot dump of the cache and queues, for diagnostics.
+    pub fn describe(&self) -> String {
+        let mut out = format!(
+            "ops in flight {}, prefetch ops {} bytes {}, demand queue {:?}, prefetch queue {:?}, retries {}\n",
+            self.ops_in_flight,
+            self.prefetch_ops_in_flight,
+            self.prefetch_bytes_in_flight,
+            self.demand_queue,
+            self.prefetch_queue,
+            self.retries.len()
+        );
+        for (i, s) in self.slots.iter().enumerate() {
+            let state = match &s.state {
+                SlotState::Free => "free".to_string(),
+                SlotState::Ready => "ready".to_string(),
+                SlotState::Failed(_) => "failed".to_string(),
+                SlotState::Loading(id) => match &self.loads[*id] {
+                    Some(l) => format!(
+                        "loading#{id} {:?} issued {}/{} outstanding {} cancelled {}",
+                        l.purpose, l.issued, l.total, l.outstanding, l.cancelled
+                    ),
+                    None => format!("loading#{id} MISSING"),
+                },
+            };
+            out += &format!(
+                "slot {i}: L{} E{} pins {} {state} unused_prefetch {} stale {} hinted {}\n",
+                s.key.layer, s.key.expert, s.pins, s.unused_prefetch, s.stale, s.hinted
+            );
+        }
+        out
     }
 
     /// Whether `key` is cached and ready (for tests and the simulator).

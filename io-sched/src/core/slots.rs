@@ -26,7 +26,11 @@ impl SchedCore {
             .prefetch_queue
             .iter()
             .copied()
-            .filter(|&id| self.loads[id].as_ref().is_some_and(|l| l.issued == 0))
+            .filter(|&id| {
+                self.loads[id]
+                    .as_ref()
+                    .is_some_and(|l| l.purpose == Purpose::Prefetch && l.issued == 0)
+            })
             .min_by(|&a, &b| {
                 let (la, lb) = (self.loads[a].as_ref(), self.loads[b].as_ref());
                 let ca = la.map_or(0.0, |l| l.confidence);
@@ -145,6 +149,7 @@ impl SchedCore {
             Purpose::Demand => self.demand_queue.push_back(id),
             Purpose::Prefetch => self.prefetch_queue.push(id),
         }
+        self.io_queued = true;
     }
 
     /// Turns a prefetch into a demand load: its unread bytes go to the front of the line.
@@ -159,6 +164,7 @@ impl SchedCore {
         self.prefetch_queue.retain(|&x| x != id);
         if unissued && !self.demand_queue.contains(&id) {
             self.demand_queue.push_back(id);
+            self.io_queued = true;
         }
         let s = ld.slot;
         self.slots[s as usize].unused_prefetch = false;
@@ -206,5 +212,6 @@ impl SchedCore {
             self.slot_of[idx] = NO_SLOT;
         }
         self.free_slots.push(ld.slot);
+        self.slot_freed = true;
     }
 }
