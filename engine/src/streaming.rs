@@ -22,11 +22,8 @@ use crate::hooks::RoutingObserver;
 use crate::packed_model::PackedModel;
 use io_sched::backend::select::{BackendConfig, open_backend};
 use io_sched::predictor::{Candidate, LayerPrediction, Predictor};
-use io_sched::{ExpertGuard, Scheduler, SchedulerConfig};
-use std::future::Future;
+use io_sched::{Scheduler, SchedulerConfig};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
-use std::time::Duration;
 
 /// Starts a scheduler over `model`'s expert files: opens the read backend `backend` asks for
 /// and refuses a budget that cannot hold one layer's `top_k` experts at once. Returns the
@@ -50,16 +47,10 @@ pub fn open_scheduler(
         });
     }
     let ctx = |what: &str| format!("{what} for {}", model.dir.display());
-    let mut backend = backend.clone();
-    if backend.kind == Some(io_sched::backend::BackendKind::Mmap) {
-        backend.threads = Some(backend.threads.unwrap_or(0).max(MIN_DEVICE_SLOTS));
-    }
-    let opened = open_backend(&model.experts, &backend).map_err(|source| EngineError::IoSched {
+    let opened = open_backend(&model.experts, backend).map_err(|source| EngineError::IoSched {
         context: ctx("opening the read backend"),
         source,
     })?;
-    let mut cfg = cfg;
-    avoid_stale_prefetch_queue(&mut cfg, opened.backend.max_in_flight());
     let sched =
         Scheduler::with_backend(model.experts.clone(), cfg, opened.backend).map_err(|source| {
             EngineError::IoSched {
@@ -68,54 +59,6 @@ pub fn open_scheduler(
             }
         })?;
     Ok((Arc::new(sched), opened.fallbacks))
-}
-
-/// Device queue slots the mmap backend gets at least (see [`avoid_stale_prefetch_queue`]).
-const MIN_DEVICE_SLOTS: usize = 16;
-
-/// Works around an io-sched bug (reported to its owner; remove once fixed there):
-/// `SchedCore::hint` panics with "queued load exists" when the prefetch queue still names a
-/// load that has completed. `next_op` prunes that queue, but only when it gets past the
-/// prefetch bounds, so a prefetch whose last read was issued just as a bound was reached stays
-/// queued after it completes. Bounds that can never bind (no more prefetch reads or bytes than
-/// the device queue holds) make the pruning run right after every prefetch read is issued.
-fn avoid_stale_prefetch_queue(cfg: &mut SchedulerConfig, device_slots: usize) {
-    let c = &mut cfg.core;
-    c.max_prefetch_ops_in_flight = c.max_prefetch_ops_in_flight.max(device_slots + 1);
-    let bytes = (device_slots as u64 + 2) * c.prefetch_chunk.max(c.demand_chunk) as u64;
-    c.max_prefetch_bytes_in_flight = c.max_prefetch_bytes_in_flight.max(bytes);
-}
-
-/// How long [`acquire_polling`] sleeps before polling again without a wake-up.
-const REPOLL: Duration = Duration::from_millis(1);
-
-struct Unpark(std::thread::Thread);
-
-impl Wake for Unpark {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-/// `sched.acquire`, but driven as a future that is also re-polled every [`REPOLL`].
-///
-/// Works around an io-sched lost wake-up (reported to its owner; remove once fixed there):
-/// when a cancelled prefetch finishes draining, its slot is freed without waking waiters, so
-/// a blocking `acquire` that waits for a slot can sleep forever. Re-polling finds the freed
-/// slot; real wake-ups still arrive at once through the waker.
-fn acquire_polling(sched: &Scheduler, layer: u32, ids: &[u32]) -> io_sched::Result<ExpertGuard> {
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = std::pin::pin!(sched.acquire_async(layer, ids));
-    loop {
-        match fut.as_mut().poll(&mut cx) {
-            Poll::Ready(r) => return r,
-            Poll::Pending => std::thread::park_timeout(REPOLL),
-        }
-    }
 }
 
 /// Expert records acquired from an io-sched [`Scheduler`]; each batch holds the acquire's
@@ -155,8 +98,10 @@ impl ExpertSource for SchedExperts {
     }
 
     fn experts(&mut self, layer: u32, ids: &[u32]) -> Result<ExpertBatch<'_>> {
-        let guard =
-            acquire_polling(&self.sched, layer, ids).map_err(|source| EngineError::IoSched {
+        let guard = self
+            .sched
+            .acquire(layer, ids)
+            .map_err(|source| EngineError::IoSched {
                 context: format!("acquiring layer {layer} experts {ids:?}"),
                 source,
             })?;
@@ -195,9 +140,8 @@ impl Prefetcher {
     /// `top_k` experts per layer.
     ///
     /// The hints are capped so that they and one layer's `top_k` demand reads fit in the cache
-    /// together: with io-sched as it is, hinting more than the cache can hold beside a demand
-    /// can leave an `acquire` waiting forever (seen on the fixture with 4–7 slots and 6 hints;
-    /// reported to io-sched's owner). A cache of exactly `top_k` slots gets no hints.
+    /// together: more would only evict each other (or the experts about to be demanded) before
+    /// use. A cache of exactly `top_k` slots gets no hints.
     pub fn new(sched: Arc<Scheduler>, mode: Prediction, per_layer: usize, top_k: usize) -> Self {
         let layers_ahead = match &mode {
             Prediction::Predictor { horizon, .. } => (*horizon).max(1) as usize,
