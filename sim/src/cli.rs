@@ -45,7 +45,7 @@ pub struct SimArgs {
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
     /// Predictor feeding prefetch hints (flashmoe mode).
-    #[arg(long, value_enum, default_value = "scores")]
+    #[arg(long, default_value = "scores")]
     pub predictor: PredictorKind,
     /// Cache eviction policy: lru or lfru.
     #[arg(long, default_value = "lru")]

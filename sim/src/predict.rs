@@ -4,50 +4,12 @@
 use std::sync::Arc;
 
 use io_sched::predictor::{self as io_pred, Oracle};
-pub use io_sched::predictor::{LayerPrediction, Predictor};
+
+pub use io_sched::predictor::{LayerPrediction, Predictor, PredictorKind};
 use io_sched::trace::Trace;
 
 use crate::error::{Result, SimError};
 use crate::rng::Rng;
-
-/// Which predictor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PredictorKind {
-    None,
-    Temporal,
-    Frequency,
-    Transition,
-    Scores,
-    Oracle,
-}
-
-impl PredictorKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Temporal => "temporal",
-            Self::Frequency => "frequency",
-            Self::Transition => "transition",
-            Self::Scores => "scores",
-            Self::Oracle => "oracle",
-        }
-    }
-}
-
-impl PredictorKind {
-    /// The io-sched predictor this names.
-    pub fn io_kind(self) -> io_pred::PredictorKind {
-        match self {
-            Self::None => io_pred::PredictorKind::None,
-            Self::Temporal => io_pred::PredictorKind::Temporal,
-            Self::Frequency => io_pred::PredictorKind::Frequency,
-            Self::Transition => io_pred::PredictorKind::Transition,
-            Self::Scores => io_pred::PredictorKind::Scores,
-            Self::Oracle => io_pred::PredictorKind::Oracle,
-        }
-    }
-}
 
 /// Builds io-sched's predictor of `kind` for a run of `steps` tokens over `trace` (the driver
 /// replays the trace from its start when a run is longer, and so does the oracle's view).
@@ -70,7 +32,7 @@ pub fn make(kind: PredictorKind, trace: &Arc<Trace>, steps: u64) -> Result<Box<d
             .collect();
         return Ok(Box::new(Oracle::new(routing, h.layers, h.experts)));
     }
-    io_pred::build(kind.io_kind(), h.layers, h.experts)
+    io_pred::build(kind, h.layers, h.experts)
         .ok_or_else(|| SimError::Setup(format!("predictor {} cannot be built", kind.name())))
 }
 

@@ -99,7 +99,8 @@ pub trait Predictor: Send {
 }
 
 /// The predictors [`build`] can make, by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum PredictorKind {
     /// [`NoPredictor`].
     None,
