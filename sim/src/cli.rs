@@ -303,15 +303,6 @@ fn run_one(
     Ok((summarise(label, p, &s, trace, &r), r))
 }
 
-const SWEEP_PREDICTORS: [PredictorKind; 6] = [
-    PredictorKind::None,
-    PredictorKind::Temporal,
-    PredictorKind::Frequency,
-    PredictorKind::Transition,
-    PredictorKind::Scores,
-    PredictorKind::Oracle,
-];
-
 fn sweep(args: &SimArgs, p: &Plan, trace: &Arc<Trace>) -> Result<Vec<Summary>> {
     let budgets: Vec<Option<f64>> = if args.sweep_budgets_gb.is_empty() {
         vec![args.budget_gb]
@@ -333,7 +324,7 @@ fn sweep(args: &SimArgs, p: &Plan, trace: &Arc<Trace>) -> Result<Vec<Summary>> {
             )?
             .0,
         );
-        for pred in SWEEP_PREDICTORS {
+        for pred in PredictorKind::ALL {
             rows.push(
                 run_one(
                     args,
