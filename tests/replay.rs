@@ -200,3 +200,18 @@ fn bad_input_names_the_field_or_file() {
     let e = err_line(&flashmoe(&["synth", "--layers", "2", "--out", dir.s()]));
     assert!(e.contains("--experts"), "{e}");
 }
+
+#[test]
+fn predict_adds_the_simulators_figures_to_every_row() {
+    let dir = TempDir::new("predict");
+    ok(&synth(&dir, &[]));
+    let v = replay_json(
+        dir.s(),
+        &["--compare", "--predict", "--device", "linux-nvme-gen4"],
+    );
+    for r in v["rows"].as_array().expect("rows") {
+        let p = &r["predicted"];
+        assert!(p["tok_per_s"].as_f64().is_some_and(|t| t > 0.0), "{r}");
+        assert!(p["hit_rate"].as_f64().is_some(), "{r}");
+    }
+}

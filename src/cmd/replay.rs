@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use flashmoe_sim::predict::PredictorKind;
+use flashmoe_sim::replay::prediction::predict_row;
 use flashmoe_sim::replay::{ReplaySpec, RowKind, RowResult, run_row};
 use io_sched::trace::Trace;
 use io_sched::{ExpertLayout, Manifest};
@@ -60,6 +61,20 @@ pub struct ReplayArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also print what `flashmoe sim` predicts for each row (device: --device).
+    #[arg(long)]
+    pub predict: bool,
+    /// Device profile of --predict: `this-machine` (calibrated now, on --calibrate-dir), a
+    /// preset name or a profile .json.
+    #[arg(long, default_value = "this-machine")]
+    pub device: String,
+    /// Where `this-machine` writes its scratch file (default: the model's directory, so the
+    /// same disk is measured).
+    #[arg(long)]
+    pub calibrate_dir: Option<PathBuf>,
+    /// Size of that scratch file, MiB.
+    #[arg(long, default_value_t = 512)]
+    pub calibrate_mb: u64,
 }
 
 fn parse_budget(s: &str, total: u64) -> CliResult<u64> {
@@ -237,12 +252,29 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
         seed: a.seed,
         queue_depth: a.queue_depth,
     };
+    let device = if a.predict {
+        if !a.json {
+            eprintln!("calibrating device {} ...", a.device);
+        }
+        Some(if a.device == "this-machine" {
+            let dir = a.calibrate_dir.as_deref().unwrap_or(&a.model);
+            flashmoe_sim::calibrate::this_machine(dir, a.calibrate_mb)?
+        } else {
+            flashmoe_sim::device::device_profile(&a.device)?
+        })
+    } else {
+        None
+    };
     let mut results = Vec::new();
     for kind in rows(a)? {
         if !a.json {
             eprintln!("replaying {} ...", kind.label());
         }
-        results.push(run_row(kind, &layout, &trace, &spec)?);
+        let mut r = run_row(kind, &layout, &trace, &spec)?;
+        if let Some(d) = &device {
+            r.predicted = Some(predict_row(kind, &layout, &trace, &spec, d)?);
+        }
+        results.push(r);
     }
     let report = Report {
         model: a.model.display().to_string(),
@@ -289,27 +321,52 @@ fn table(r: &Report) -> String {
             )
         }
     );
+    let predicted = r.rows.iter().any(|x| x.predicted.is_some());
     s += &format!(
-        "{:<22} {:>8} {:>6} {:>7} {:>9} {:>9} {:>9} {:>7} {:>7}  backend\n",
-        "row", "tok/s", "ratio", "hit%", "MB/tok", "disk MB/t", "stall ms", "GB/s", "prec%"
+        "{:<22} {:>8} {:>6} {:>6} {:>6} {:>8} {:>9} {:>9} {:>6} {:>6}",
+        "row",
+        "tok/s",
+        "ratio",
+        "hit%",
+        "miss%",
+        "MB/tok",
+        "disk MB/t",
+        "stall ms",
+        "GB/s",
+        "prec%"
     );
+    if predicted {
+        s += &format!(" {:>9} {:>6} {:>8}", "sim tok/s", "err%", "sim hit%");
+    }
+    s += "  backend\n";
     for x in &r.rows {
         let disk = x.disk_bytes.map_or("-".to_string(), |b| {
             format!("{:.1}", b as f64 / 1e6 / x.tokens as f64)
         });
         s += &format!(
-            "{:<22} {:>8.2} {:>6.2} {:>7.1} {:>9.1} {:>9} {:>9.2} {:>7.2} {:>7.1}  {}\n",
+            "{:<22} {:>8.2} {:>6.2} {:>6.1} {:>6.1} {:>8.1} {:>9} {:>9.2} {:>6.2} {:>6.1}",
             x.label,
             x.tok_per_s,
             x.tok_per_s / best.max(1e-12),
             100.0 * x.hit_rate,
+            100.0 * x.misses as f64 / x.demanded.max(1) as f64,
             x.bytes_per_token() / 1e6,
             disk,
             x.stall_ms_per_token(),
             x.device_gbps(),
             100.0 * x.prefetch_precision,
-            x.backend
         );
+        if let Some(p) = &x.predicted {
+            s += &format!(
+                " {:>9.2} {:>+6.1} {:>8.1}",
+                p.tok_per_s,
+                100.0 * (p.tok_per_s / x.tok_per_s.max(1e-12) - 1.0),
+                100.0 * p.hit_rate
+            );
+        } else if predicted {
+            s += &format!(" {:>9} {:>6} {:>8}", "-", "-", "-");
+        }
+        s += &format!("  {}\n", x.backend);
     }
     s
 }

@@ -11,6 +11,7 @@
 //! Compute is a busy-wait (it occupies a core as real kernels would), never a sleep.
 
 pub mod mmap;
+pub mod prediction;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,6 +90,8 @@ pub struct RowResult {
     pub prefetch_precision: f64,
     pub prefetch_recall: f64,
     pub cache_slots: usize,
+    /// What the virtual-time simulator predicts for this row (filled by the caller).
+    pub predicted: Option<prediction::Predicted>,
 }
 
 impl RowResult {
@@ -319,6 +322,7 @@ pub fn run_row(
         prefetch_precision: m.prefetch_precision(),
         prefetch_recall: m.prefetch_recall(),
         cache_slots,
+        predicted: None,
     })
 }
 
