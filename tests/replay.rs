@@ -207,11 +207,51 @@ fn predict_adds_the_simulators_figures_to_every_row() {
     ok(&synth(&dir, &[]));
     let v = replay_json(
         dir.s(),
-        &["--compare", "--predict", "--device", "linux-nvme-gen4"],
+        &[
+            "--compare",
+            "--predict",
+            "--device",
+            "linux-nvme-gen4",
+            "--calibrate-on-model",
+        ],
     );
     for r in v["rows"].as_array().expect("rows") {
         let p = &r["predicted"];
         assert!(p["tok_per_s"].as_f64().is_some_and(|t| t > 0.0), "{r}");
         assert!(p["hit_rate"].as_f64().is_some(), "{r}");
     }
+}
+
+#[test]
+fn fixture_trace_maps_onto_a_smaller_model() {
+    if !Path::new("../shared/fixtures/tiny-qwen3-moe/routing_trace.safetensors").exists()
+        && !Path::new("/work/shared/fixtures/tiny-qwen3-moe/routing_trace.safetensors").exists()
+    {
+        eprintln!("skipped: no fixture trace");
+        return;
+    }
+    let dir = TempDir::new("fixture");
+    ok(&synth(&dir, &[]));
+    // The fixture routes 32 experts over 8 layers, top-4; the model has 16 x 4 layers.
+    let mut args = vec![
+        "replay",
+        "--model",
+        dir.s(),
+        "--trace",
+        "fixture",
+        "--predictor",
+        "oracle",
+        "--tokens",
+        "8",
+        "--warmup",
+        "2",
+        "--compute-us",
+        "0",
+        "--json",
+    ];
+    args.push("--budget");
+    args.push("50%");
+    let v: serde_json::Value = serde_json::from_str(&ok(&flashmoe(&args))).expect("JSON");
+    assert_eq!(v["k"], 4);
+    assert_eq!(row(&v, "e io-sched+oracle")["demanded"], 8 * 4 * 4);
 }

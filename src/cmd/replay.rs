@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use flashmoe_sim::predict::PredictorKind;
-use flashmoe_sim::replay::prediction::predict_row;
+use flashmoe_sim::replay::prediction::{calibrate_on_model, predict_row};
 use flashmoe_sim::replay::{ReplaySpec, RowKind, RowResult, run_row};
 use io_sched::trace::Trace;
 use io_sched::{ExpertLayout, Manifest};
@@ -72,6 +72,10 @@ pub struct ReplayArgs {
     /// same disk is measured).
     #[arg(long)]
     pub calibrate_dir: Option<PathBuf>,
+    /// With --predict: re-measure the disk's bandwidth on the model's own files with the
+    /// replay's read pattern (k experts per layer in 1 MiB requests) instead of the scratch file.
+    #[arg(long)]
+    pub calibrate_on_model: bool,
     /// Size of that scratch file, MiB.
     #[arg(long, default_value_t = 512)]
     pub calibrate_mb: u64,
@@ -210,6 +214,8 @@ struct Report {
     trace: String,
     trace_has_scores: bool,
     pregate_recall: f64,
+    /// --predict's device: (name, direct peak GB/s, direct GB/s at one request in flight).
+    device: Option<(String, f64, f64)>,
     rows: Vec<RowResult>,
 }
 
@@ -252,7 +258,7 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
         seed: a.seed,
         queue_depth: a.queue_depth,
     };
-    let device = if a.predict {
+    let mut device = if a.predict {
         if !a.json {
             eprintln!("calibrating device {} ...", a.device);
         }
@@ -265,6 +271,9 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
     } else {
         None
     };
+    if let (Some(d), true) = (device.as_mut(), a.calibrate_on_model) {
+        calibrate_on_model(&layout, trace.header.k as usize, d)?;
+    }
     let mut results = Vec::new();
     for kind in rows(a)? {
         if !a.json {
@@ -288,6 +297,13 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
         trace: a.trace.clone(),
         trace_has_scores: trace.scores.is_some(),
         pregate_recall: a.pregate_recall,
+        device: device.as_ref().map(|d| {
+            (
+                d.name.clone(),
+                d.ssd_direct.peak_gbps.value,
+                d.ssd_direct.single_request_gbps.value,
+            )
+        }),
         rows: results,
     };
     if a.json {
@@ -321,6 +337,11 @@ fn table(r: &Report) -> String {
             )
         }
     );
+    if let Some((name, peak, single)) = &r.device {
+        s += &format!(
+            "sim device {name}: direct reads {peak:.2} GB/s peak, {single:.2} GB/s at one in flight\n"
+        );
+    }
     let predicted = r.rows.iter().any(|x| x.predicted.is_some());
     s += &format!(
         "{:<22} {:>8} {:>6} {:>6} {:>6} {:>8} {:>9} {:>9} {:>6} {:>6}",

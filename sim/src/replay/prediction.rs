@@ -98,3 +98,41 @@ pub fn predict_row(
         bytes_per_token: m.bytes_read() as f64 / tokens,
     })
 }
+
+/// Re-measures `device`'s direct-read path on the model's own files with the replay's own
+/// pattern (per layer `k` experts split into 1 MiB requests: peak at queue depth 32, single at
+/// depth 1), so the simulator's bandwidth term is the one the replay meets (the same files,
+/// and whatever the host caches of them). Returns (peak, single) GB/s.
+pub fn calibrate_on_model(
+    layout: &ExpertLayout,
+    k: usize,
+    device: &mut DeviceProfile,
+) -> Result<(f64, f64)> {
+    use io_sched::backend::select::{BackendConfig, open_backend};
+    let per_step = k as u64 * layout.max_read_len().max(1);
+    let steps = ((512u64 << 20) / per_step).max(8);
+    let mut gbps = [0.0f64; 2];
+    for (i, qd) in [32u32, 1].into_iter().enumerate() {
+        let cfg = BackendConfig {
+            queue_depth: qd,
+            threads: Some(qd as usize),
+            ..BackendConfig::default()
+        };
+        let mut opened = open_backend(layout, &cfg)?;
+        let steps = if qd == 1 { steps / 2 } else { steps };
+        let r = io_sched::bench::layer_reads(opened.backend.as_mut(), layout, k, 1 << 20, steps, 7)
+            .map_err(|e| crate::error::SimError::Setup(format!("calibrating on the model: {e}")))?;
+        gbps[i] = r.gb_per_s();
+    }
+    let how = |qd: u32| {
+        format!(
+            "measured on the replayed model's files: k = {k} experts per layer, 1 MiB requests, {qd} in flight"
+        )
+    };
+    for p in [&mut device.ssd_direct, &mut device.ssd_buffered] {
+        p.peak_gbps = crate::figure::Fig::new(gbps[0], how(32));
+        p.single_request_gbps = crate::figure::Fig::new(gbps[1], how(1));
+        p.channels = crate::figure::Fig::new(32.0, "depth of the peak measurement");
+    }
+    Ok((gbps[0], gbps[1]))
+}
