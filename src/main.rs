@@ -25,6 +25,11 @@ enum Command {
     /// Simulate model M on device D with policy P in virtual time, through the real scheduler
     /// (`--reproduce` replays the published flash-moe and iPhone figures).
     Sim(Box<flashmoe_sim::cli::SimArgs>),
+    /// Write a packed model of a real geometry with deterministic pseudo-random expert bytes.
+    Synth(cmd::synth::SynthArgs),
+    /// Replay a routing trace on the real disk through the real scheduler (`--compare`: mmap,
+    /// sync pread, io-sched, each predictor and the oracle side by side).
+    Replay(Box<cmd::replay::ReplayArgs>),
 }
 
 fn main() {
@@ -40,6 +45,8 @@ fn main() {
         Command::Generate(args) => cmd::generate::run(&args),
         Command::Pack(args) => cmd::pack::run(&args),
         Command::IoBench(args) => cmd::io_bench::run(&args),
+        Command::Synth(args) => cmd::synth::run(&args),
+        Command::Replay(args) => cmd::replay::run(&args),
         Command::Sim(args) => flashmoe_sim::cli::run(&args)
             .map(|out| print!("{out}"))
             .map_err(Into::into),

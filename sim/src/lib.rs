@@ -23,6 +23,7 @@ pub mod figures;
 pub mod fixture;
 pub mod geometry;
 pub mod predict;
+pub mod replay;
 pub mod report;
 pub mod reproduce;
 pub mod rng;

@@ -3,6 +3,8 @@
 pub mod generate;
 pub mod io_bench;
 pub mod pack;
+pub mod replay;
+pub mod synth;
 pub mod testfile;
 
 /// Errors of the CLI: a message with its context, printed as one line.

@@ -1,0 +1,339 @@
+//! Replay a routing trace in real time on the real disk through the real [`io_sched::Scheduler`]
+//! (or, for the "trust the OS" row, through a budget-limited page cache; see [`mmap`]).
+//!
+//! Per token, per layer `L` (as [`crate::vtime`] does in virtual time):
+//! 1. busy-wait the part of `L`'s compute before routing is known;
+//! 2. routing arrives: `acquire` the routed experts (blocking: the stall is measured);
+//! 3. the predictor observes the routing (and the pre-gate scores for `L+1`); its predictions
+//!    become `hint`s — issued after the demand reads, so demand never queues behind them;
+//! 4. busy-wait the expert FFN, drop the guard.
+//!
+//! Compute is a busy-wait (it occupies a core as real kernels would), never a sleep.
+
+pub mod mmap;
+pub mod prediction;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_sched::backend::BackendKind;
+use io_sched::backend::select::{BackendConfig, open_backend};
+use io_sched::core::CoreConfig;
+use io_sched::metrics::LayerMetrics;
+use io_sched::trace::Trace;
+use io_sched::{ExpertLayout, Scheduler, SchedulerConfig};
+
+use crate::error::{Result, SimError};
+use crate::predict::{self, LayerPrediction, PredictorKind};
+use crate::rng::Rng;
+
+/// How one row reads experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RowKind {
+    /// (a) mmap + page cache limited to the budget.
+    Mmap,
+    /// (b) one pread thread, one read per expert, on demand, no prefetch.
+    SyncPread,
+    /// (c)–(e) io-sched (automatic backend) with this predictor.
+    Sched(PredictorKind),
+}
+
+impl RowKind {
+    pub fn label(self) -> String {
+        match self {
+            RowKind::Mmap => "a mmap+page-cache".into(),
+            RowKind::SyncPread => "b sync pread".into(),
+            RowKind::Sched(PredictorKind::None) => "c io-sched".into(),
+            RowKind::Sched(PredictorKind::Oracle) => "e io-sched+oracle".into(),
+            RowKind::Sched(p) => format!("d io-sched+{}", p.name()),
+        }
+    }
+}
+
+/// What every row shares.
+#[derive(Debug, Clone)]
+pub struct ReplaySpec {
+    pub budget_bytes: u64,
+    /// Compute per layer, ns; `pre_share` of it before routing is known.
+    pub compute_ns: u64,
+    pub pre_share: f64,
+    pub warmup: u64,
+    pub tokens: u64,
+    pub horizon: u32,
+    pub max_per_layer: usize,
+    /// Recall of synthesized pre-gate scores when the trace has none.
+    pub pregate_recall: f64,
+    pub seed: u64,
+    /// io_uring queue depth / pread threads of the io-sched rows.
+    pub queue_depth: u32,
+}
+
+/// One measured row.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RowResult {
+    pub label: String,
+    pub kind: RowKind,
+    pub backend: String,
+    pub tokens: u64,
+    pub elapsed_s: f64,
+    pub tok_per_s: f64,
+    pub hits: u64,
+    pub misses: u64,
+    pub demanded: u64,
+    pub hit_rate: f64,
+    /// Bytes the scheduler read (demand + prefetch); for mmap, misses × record.
+    pub bytes_read: u64,
+    /// Bytes this process read from the block layer (`/proc/self/io` read_bytes), if known.
+    pub disk_bytes: Option<u64>,
+    pub stall_s: f64,
+    pub prefetch_precision: f64,
+    pub prefetch_recall: f64,
+    pub cache_slots: usize,
+    /// What the virtual-time simulator predicts for this row (filled by the caller).
+    pub predicted: Option<prediction::Predicted>,
+}
+
+impl RowResult {
+    pub fn bytes_per_token(&self) -> f64 {
+        self.bytes_read as f64 / self.tokens.max(1) as f64
+    }
+    pub fn stall_ms_per_token(&self) -> f64 {
+        1e3 * self.stall_s / self.tokens.max(1) as f64
+    }
+    pub fn device_gbps(&self) -> f64 {
+        self.bytes_read as f64 / self.elapsed_s.max(1e-9) / 1e9
+    }
+}
+
+/// Spins until `d` has passed (occupies the core, like compute would).
+pub fn busy_wait(d: Duration) {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        std::hint::spin_loop();
+    }
+}
+
+/// Bytes this process has read from storage so far (`/proc/self/io`), where available.
+pub fn proc_read_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/io").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("read_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The per-token loop, generic over how experts are fetched.
+trait Fetch {
+    /// Fetches `experts` of `layer`, then runs `after` (hints) while the bytes are held.
+    fn layer(&mut self, layer: u32, experts: &[u32], compute_post: Duration) -> Result<()>;
+    fn hint(&mut self, preds: &[LayerPrediction]);
+}
+
+struct SchedFetch<'a>(&'a Scheduler, Vec<LayerPrediction>);
+
+impl Fetch for SchedFetch<'_> {
+    fn layer(&mut self, layer: u32, experts: &[u32], post: Duration) -> Result<()> {
+        let guard = self.0.acquire(layer, experts)?;
+        for p in &self.1 {
+            self.0.hint(p.layer, &p.candidates);
+        }
+        busy_wait(post);
+        drop(guard);
+        Ok(())
+    }
+    fn hint(&mut self, preds: &[LayerPrediction]) {
+        self.1.clear();
+        self.1.extend_from_slice(preds);
+    }
+}
+
+/// Runs one row over `trace` (tokens wrap) on the model `layout`.
+pub fn run_row(
+    kind: RowKind,
+    layout: &ExpertLayout,
+    trace: &Arc<Trace>,
+    spec: &ReplaySpec,
+) -> Result<RowResult> {
+    let h = trace.header;
+    if h.layers != layout.num_layers() || h.experts != layout.num_experts() {
+        return Err(SimError::Setup(format!(
+            "trace has {} layers x {} experts, the model {} x {}",
+            h.layers,
+            h.experts,
+            layout.num_layers(),
+            layout.num_experts()
+        )));
+    }
+    if trace.tokens() == 0 || spec.tokens == 0 {
+        return Err(SimError::Setup("need a trace and --tokens > 0".into()));
+    }
+    let rec = layout.max_read_len();
+    let slots = spec.budget_bytes / rec.max(1);
+    if slots < h.k as u64 {
+        return Err(SimError::Setup(format!(
+            "a budget of {} bytes holds {slots} records of {rec} bytes: fewer than k = {}",
+            spec.budget_bytes, h.k
+        )));
+    }
+    mmap::drop_page_cache(layout);
+    let pred_kind = match kind {
+        RowKind::Sched(p) => p,
+        _ => PredictorKind::None,
+    };
+    let steps = spec.warmup + spec.tokens;
+    let mut predictor = predict::make(pred_kind, trace, steps)?;
+    let mut rng = Rng::new(spec.seed ^ 0x5eed);
+    let mut scores = Vec::new();
+    let mut preds: Vec<LayerPrediction> = Vec::new();
+    let compute = Duration::from_nanos(spec.compute_ns);
+    let pre = compute.mul_f64(spec.pre_share.clamp(0.0, 1.0));
+    let post = compute.saturating_sub(pre);
+
+    // Set up the fetch path.
+    let mut mm = None;
+    let mut fallbacks = Vec::new();
+    let sched = match kind {
+        RowKind::Mmap => {
+            mm = Some(mmap::LimitedMmap::open(layout, spec.budget_bytes)?);
+            None
+        }
+        RowKind::SyncPread | RowKind::Sched(_) => {
+            let sync = kind == RowKind::SyncPread;
+            let cfg = BackendConfig {
+                kind: sync.then_some(BackendKind::Pread),
+                threads: sync.then_some(1),
+                queue_depth: spec.queue_depth,
+                ..BackendConfig::default()
+            };
+            let opened = open_backend(layout, &cfg)?;
+            fallbacks = opened.fallbacks.clone();
+            let mut core = CoreConfig {
+                verify_checksums: false,
+                ..CoreConfig::default()
+            };
+            if sync {
+                core.demand_chunk = rec as usize;
+            }
+            let sc = SchedulerConfig {
+                core,
+                ..SchedulerConfig::with_budget(spec.budget_bytes)
+            };
+            Some(Scheduler::with_backend(layout.clone(), sc, opened.backend)?)
+        }
+    };
+    let backend = match &sched {
+        Some(s) if fallbacks.is_empty() => s.backend_description().to_string(),
+        Some(s) => format!(
+            "{} (fallback: {})",
+            s.backend_description(),
+            fallbacks.join("; ")
+        ),
+        None => "mmap (own mapping, page cache held to budget)".into(),
+    };
+    let mut sf = sched.as_ref().map(|s| SchedFetch(s, Vec::new()));
+
+    let (mut t0, mut stall) = (Instant::now(), Duration::ZERO);
+    let mut base = LayerMetrics::default();
+    let mut disk0 = None;
+    let (mut mm_hits, mut mm_demanded) = (0u64, 0u64);
+    for step in 0..steps {
+        let measuring = step >= spec.warmup;
+        if step == spec.warmup {
+            if let Some(s) = &sched {
+                base = s.metrics().total();
+            }
+            disk0 = proc_read_bytes();
+            t0 = Instant::now();
+            stall = Duration::ZERO;
+        }
+        let token = step % trace.tokens();
+        for layer in 0..h.layers {
+            busy_wait(pre);
+            let experts = trace.experts_at(token, layer);
+            predictor.observe(layer, experts);
+            if pred_kind == PredictorKind::Scores {
+                predict::pregate_scores(
+                    trace,
+                    token,
+                    layer,
+                    spec.pregate_recall,
+                    &mut rng,
+                    &mut scores,
+                );
+                predictor.observe_scores(layer + 1, &scores);
+            }
+            preds.clear();
+            predictor.predict(layer, spec.horizon, spec.max_per_layer, &mut preds);
+            let t = Instant::now();
+            if let Some(f) = sf.as_mut() {
+                f.hint(&preds);
+                f.layer(layer, experts, post)?;
+                // The stall is the acquire, not the compute after it.
+                let waited = t.elapsed().saturating_sub(post);
+                if measuring {
+                    stall += waited;
+                }
+            } else if let Some(m) = mm.as_mut() {
+                let hits = m.acquire(layer, experts)?;
+                if measuring {
+                    stall += t.elapsed();
+                    mm_hits += hits;
+                    mm_demanded += experts.len() as u64;
+                }
+                busy_wait(post);
+            }
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let disk_bytes = match (disk0, proc_read_bytes()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    let (m, cache_slots) = match &sched {
+        Some(s) => {
+            let now = s.metrics().total();
+            (diff(&now, &base), s.capacity().0)
+        }
+        None => {
+            let mut m = LayerMetrics {
+                demanded: mm_demanded,
+                hits: mm_hits,
+                misses: mm_demanded - mm_hits,
+                ..LayerMetrics::default()
+            };
+            m.demand_bytes = m.misses * rec;
+            (m, slots as usize)
+        }
+    };
+    Ok(RowResult {
+        label: kind.label(),
+        kind,
+        backend,
+        tokens: spec.tokens,
+        elapsed_s: elapsed,
+        tok_per_s: spec.tokens as f64 / elapsed.max(1e-9),
+        hits: m.hits,
+        misses: m.misses,
+        demanded: m.demanded,
+        hit_rate: m.hit_rate(),
+        bytes_read: m.bytes_read(),
+        disk_bytes,
+        stall_s: stall.as_secs_f64(),
+        prefetch_precision: m.prefetch_precision(),
+        prefetch_recall: m.prefetch_recall(),
+        cache_slots,
+        predicted: None,
+    })
+}
+
+fn diff(now: &LayerMetrics, base: &LayerMetrics) -> LayerMetrics {
+    let snap_now = io_sched::metrics::MetricsSnapshot {
+        layers: vec![*now],
+        ..Default::default()
+    };
+    let snap_base = io_sched::metrics::MetricsSnapshot {
+        layers: vec![*base],
+        ..Default::default()
+    };
+    snap_now.since(&snap_base).total()
+}

@@ -1,0 +1,393 @@
+//! `flashmoe replay`: a routing trace replayed in real time on the real disk through the real
+//! scheduler; `--compare` runs every fetch strategy side by side in one invocation.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Args;
+use flashmoe_sim::predict::PredictorKind;
+use flashmoe_sim::replay::prediction::{calibrate_on_model, predict_row};
+use flashmoe_sim::replay::{ReplaySpec, RowKind, RowResult, run_row};
+use io_sched::trace::Trace;
+use io_sched::{ExpertLayout, Manifest};
+
+use super::CliResult;
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// A model directory written by `flashmoe synth` (or any packed model's directory).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Routing trace: a flashmoe trace file, a fixture .safetensors trace, `fixture` (the
+    /// tiny-qwen3-moe fixture's real routing, mapped onto the model: expert ids mod experts,
+    /// layers mod layers) or `synthetic` (flashmoe_sim's generator at the model's geometry).
+    #[arg(long, default_value = "fixture")]
+    pub trace: String,
+    /// Cache budget: `N%` of the model's expert bytes, or bytes.
+    #[arg(long, default_value = "25%")]
+    pub budget: String,
+    /// Compute per layer, microseconds (a calibrated busy-wait).
+    #[arg(long, default_value_t = 2000.0)]
+    pub compute_us: f64,
+    /// Share of a layer's compute before its routing is known (attention, router).
+    #[arg(long, default_value_t = 0.5)]
+    pub pre_share: f64,
+    /// Tokens measured (the trace wraps).
+    #[arg(long, default_value_t = 64)]
+    pub tokens: u64,
+    /// Tokens run before measuring (cache warmup).
+    #[arg(long, default_value_t = 16)]
+    pub warmup: u64,
+    /// Predictor of a single run (none, temporal, frequency, transition, scores, oracle).
+    #[arg(long, default_value = "scores")]
+    pub predictor: String,
+    /// Run (a) mmap, (b) sync pread, (c) io-sched, (d) every predictor, (e) oracle.
+    #[arg(long)]
+    pub compare: bool,
+    /// Recall of synthesized pre-gate scores when the trace has none.
+    #[arg(long, default_value_t = 0.9)]
+    pub pregate_recall: f64,
+    /// Layers ahead to predict.
+    #[arg(long, default_value_t = 1)]
+    pub horizon: u32,
+    /// Experts routed per token for `--trace synthetic` (default: the manifest's, else 4).
+    #[arg(long)]
+    pub k: Option<u32>,
+    /// io_uring queue depth.
+    #[arg(long, default_value_t = 32)]
+    pub queue_depth: u32,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also print what `flashmoe sim` predicts for each row (device: --device).
+    #[arg(long)]
+    pub predict: bool,
+    /// Device profile of --predict: `this-machine` (calibrated now, on --calibrate-dir), a
+    /// preset name or a profile .json.
+    #[arg(long, default_value = "this-machine")]
+    pub device: String,
+    /// Where `this-machine` writes its scratch file (default: the model's directory, so the
+    /// same disk is measured).
+    #[arg(long)]
+    pub calibrate_dir: Option<PathBuf>,
+    /// With --predict: re-measure the disk's bandwidth on the model's own files with the
+    /// replay's read pattern (k experts per layer in 1 MiB requests) instead of the scratch file.
+    #[arg(long)]
+    pub calibrate_on_model: bool,
+    /// Size of that scratch file, MiB.
+    #[arg(long, default_value_t = 512)]
+    pub calibrate_mb: u64,
+}
+
+fn parse_budget(s: &str, total: u64) -> CliResult<u64> {
+    let bad = || format!("--budget {s:?}: expected N% or a byte count");
+    if let Some(p) = s.strip_suffix('%') {
+        let p: f64 = p.trim().parse().map_err(|_| bad())?;
+        if !(p > 0.0 && p <= 100.0) {
+            return Err(format!("--budget {s:?}: the share must be in (0, 100]").into());
+        }
+        Ok((total as f64 * p / 100.0) as u64)
+    } else {
+        Ok(s.trim().parse().map_err(|_| bad())?)
+    }
+}
+
+fn fixture_path() -> Option<PathBuf> {
+    let rel = "fixtures/tiny-qwen3-moe/routing_trace.safetensors";
+    [
+        std::env::var_os("FLASHMOE_SHARED").map(PathBuf::from),
+        Some(PathBuf::from("../shared")),
+        Some(PathBuf::from("/work/shared")),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|d| d.join(rel))
+    .find(|p| p.exists())
+}
+
+/// Maps `t` onto `layers × experts` (ids mod experts, layers mod layers; an id that collides
+/// after the mod takes the next free one). Scores survive only an identity mapping.
+fn map_trace(t: Trace, layers: u32, experts: u32) -> CliResult<Trace> {
+    let h = t.header;
+    if h.layers == layers && h.experts == experts {
+        return Ok(t);
+    }
+    if h.k > experts {
+        return Err(format!(
+            "the trace routes k = {} of a model with {experts} experts",
+            h.k
+        )
+        .into());
+    }
+    let mut ids = Vec::with_capacity((t.tokens() * layers as u64 * h.k as u64) as usize);
+    for tok in 0..t.tokens() {
+        for l in 0..layers {
+            let start = ids.len();
+            for &e in t.experts_at(tok, l % h.layers) {
+                let mut x = e % experts;
+                while ids[start..].contains(&x) {
+                    x = (x + 1) % experts;
+                }
+                ids.push(x);
+            }
+        }
+    }
+    Ok(Trace::from_ids(layers, experts, h.k, ids)?)
+}
+
+fn load_trace(a: &ReplayArgs, layout: &ExpertLayout, meta_k: Option<u32>) -> CliResult<Trace> {
+    let (layers, experts) = (layout.num_layers(), layout.num_experts());
+    let t = match a.trace.as_str() {
+        "synthetic" => {
+            let k = a.k.or(meta_k).unwrap_or(4);
+            let p = flashmoe_sim::synth::SynthParams {
+                pregate_recall: a.pregate_recall,
+                ..Default::default()
+            };
+            flashmoe_sim::synth::generate(layers, experts, k, a.warmup + a.tokens, &p, a.seed)?
+        }
+        "fixture" => {
+            let p = fixture_path().ok_or(
+                "--trace fixture: fixtures/tiny-qwen3-moe/routing_trace.safetensors not found \
+                 under $FLASHMOE_SHARED, ../shared or /work/shared",
+            )?;
+            flashmoe_sim::fixture::load_trace(&p)?
+        }
+        path => {
+            if !Path::new(path).exists() {
+                return Err(format!("--trace {path}: no such file").into());
+            }
+            flashmoe_sim::fixture::load_trace(Path::new(path))
+                .map_err(|e| format!("--trace {path}: {e}"))?
+        }
+    };
+    map_trace(t, layers, experts)
+}
+
+fn rows(a: &ReplayArgs) -> CliResult<Vec<RowKind>> {
+    if a.compare {
+        let mut v = vec![RowKind::Mmap, RowKind::SyncPread];
+        for p in [
+            PredictorKind::None,
+            PredictorKind::Temporal,
+            PredictorKind::Transition,
+            PredictorKind::Scores,
+            PredictorKind::Oracle,
+        ] {
+            v.push(RowKind::Sched(p));
+        }
+        return Ok(v);
+    }
+    let p = match a.predictor.as_str() {
+        "mmap" => return Ok(vec![RowKind::Mmap]),
+        "sync-pread" => return Ok(vec![RowKind::SyncPread]),
+        "none" => PredictorKind::None,
+        "temporal" => PredictorKind::Temporal,
+        "frequency" => PredictorKind::Frequency,
+        "transition" => PredictorKind::Transition,
+        "scores" => PredictorKind::Scores,
+        "oracle" => PredictorKind::Oracle,
+        other => {
+            return Err(format!(
+                "--predictor {other:?}: expected none, temporal, frequency, transition, scores, \
+                 oracle, mmap or sync-pread"
+            )
+            .into());
+        }
+    };
+    Ok(vec![RowKind::Sched(p)])
+}
+
+/// The measured rows and the run's setup, as `--json` prints them.
+#[derive(serde::Serialize)]
+struct Report {
+    model: String,
+    layers: u32,
+    experts: u32,
+    k: u32,
+    record_bytes: u64,
+    budget_bytes: u64,
+    budget_share: f64,
+    compute_us_per_layer: f64,
+    trace: String,
+    trace_has_scores: bool,
+    pregate_recall: f64,
+    /// --predict's device: (name, direct peak GB/s, direct GB/s at one request in flight).
+    device: Option<(String, f64, f64)>,
+    rows: Vec<RowResult>,
+}
+
+pub fn run(a: &ReplayArgs) -> CliResult<()> {
+    let manifest = a.model.join("manifest.json");
+    if !manifest.exists() {
+        return Err(format!("--model {}: no manifest.json in it", a.model.display()).into());
+    }
+    let (layout, meta) = Manifest::load(&manifest)?;
+    let meta_k = meta
+        .as_ref()
+        .and_then(|m| m.pointer("/synth/k"))
+        .and_then(|v| v.as_u64())
+        .map(|k| k as u32);
+    let total = layout.total_expert_bytes();
+    let budget = parse_budget(&a.budget, total)?;
+    if !(0.0..=1.0).contains(&a.pre_share) || !a.compute_us.is_finite() || a.compute_us < 0.0 {
+        return Err("--pre-share must be in [0, 1] and --compute-us >= 0".into());
+    }
+    let trace = Arc::new(load_trace(a, &layout, meta_k)?);
+    let rec = layout.max_read_len().max(1);
+    if budget / rec < trace.header.k as u64 {
+        return Err(format!(
+            "--budget {}: {budget} bytes hold {} records of {rec} bytes, fewer than k = {}",
+            a.budget,
+            budget / rec,
+            trace.header.k
+        )
+        .into());
+    }
+    let spec = ReplaySpec {
+        budget_bytes: budget,
+        compute_ns: (a.compute_us * 1e3) as u64,
+        pre_share: a.pre_share,
+        warmup: a.warmup,
+        tokens: a.tokens,
+        horizon: a.horizon,
+        max_per_layer: trace.header.k as usize,
+        pregate_recall: a.pregate_recall,
+        seed: a.seed,
+        queue_depth: a.queue_depth,
+    };
+    let mut device = if a.predict {
+        if !a.json {
+            eprintln!("calibrating device {} ...", a.device);
+        }
+        Some(if a.device == "this-machine" {
+            let dir = a.calibrate_dir.as_deref().unwrap_or(&a.model);
+            flashmoe_sim::calibrate::this_machine(dir, a.calibrate_mb)?
+        } else {
+            flashmoe_sim::device::device_profile(&a.device)?
+        })
+    } else {
+        None
+    };
+    if let (Some(d), true) = (device.as_mut(), a.calibrate_on_model) {
+        calibrate_on_model(&layout, trace.header.k as usize, d)?;
+    }
+    let mut results = Vec::new();
+    for kind in rows(a)? {
+        if !a.json {
+            eprintln!("replaying {} ...", kind.label());
+        }
+        let mut r = run_row(kind, &layout, &trace, &spec)?;
+        if let Some(d) = &device {
+            r.predicted = Some(predict_row(kind, &layout, &trace, &spec, d)?);
+        }
+        results.push(r);
+    }
+    let report = Report {
+        model: a.model.display().to_string(),
+        layers: layout.num_layers(),
+        experts: layout.num_experts(),
+        k: trace.header.k,
+        record_bytes: layout.max_read_len(),
+        budget_bytes: budget,
+        budget_share: budget as f64 / total.max(1) as f64,
+        compute_us_per_layer: a.compute_us,
+        trace: a.trace.clone(),
+        trace_has_scores: trace.scores.is_some(),
+        pregate_recall: a.pregate_recall,
+        device: device.as_ref().map(|d| {
+            (
+                d.name.clone(),
+                d.ssd_direct.peak_gbps.value,
+                d.ssd_direct.single_request_gbps.value,
+            )
+        }),
+        rows: results,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", table(&report));
+    }
+    Ok(())
+}
+
+fn table(r: &Report) -> String {
+    let best = r.rows.iter().map(|x| x.tok_per_s).fold(0.0, f64::max);
+    let mut s = format!(
+        "model {} ({} layers x {} experts, k {}, {} B records), budget {:.1}% = {:.2} GB, \
+         compute {} us/layer, trace {}{}\n",
+        r.model,
+        r.layers,
+        r.experts,
+        r.k,
+        r.record_bytes,
+        100.0 * r.budget_share,
+        r.budget_bytes as f64 / 1e9,
+        r.compute_us_per_layer,
+        r.trace,
+        if r.trace_has_scores {
+            " (recorded pre-gate scores)".to_string()
+        } else {
+            format!(
+                " (pre-gate scores synthesized at recall {})",
+                r.pregate_recall
+            )
+        }
+    );
+    if let Some((name, peak, single)) = &r.device {
+        s += &format!(
+            "sim device {name}: direct reads {peak:.2} GB/s peak, {single:.2} GB/s at one in flight\n"
+        );
+    }
+    let predicted = r.rows.iter().any(|x| x.predicted.is_some());
+    s += &format!(
+        "{:<22} {:>8} {:>6} {:>6} {:>6} {:>8} {:>9} {:>9} {:>6} {:>6}",
+        "row",
+        "tok/s",
+        "ratio",
+        "hit%",
+        "miss%",
+        "MB/tok",
+        "disk MB/t",
+        "stall ms",
+        "GB/s",
+        "prec%"
+    );
+    if predicted {
+        s += &format!(" {:>9} {:>6} {:>8}", "sim tok/s", "err%", "sim hit%");
+    }
+    s += "  backend\n";
+    for x in &r.rows {
+        let disk = x.disk_bytes.map_or("-".to_string(), |b| {
+            format!("{:.1}", b as f64 / 1e6 / x.tokens as f64)
+        });
+        s += &format!(
+            "{:<22} {:>8.2} {:>6.2} {:>6.1} {:>6.1} {:>8.1} {:>9} {:>9.2} {:>6.2} {:>6.1}",
+            x.label,
+            x.tok_per_s,
+            x.tok_per_s / best.max(1e-12),
+            100.0 * x.hit_rate,
+            100.0 * x.misses as f64 / x.demanded.max(1) as f64,
+            x.bytes_per_token() / 1e6,
+            disk,
+            x.stall_ms_per_token(),
+            x.device_gbps(),
+            100.0 * x.prefetch_precision,
+        );
+        if let Some(p) = &x.predicted {
+            s += &format!(
+                " {:>9.2} {:>+6.1} {:>8.1}",
+                p.tok_per_s,
+                100.0 * (p.tok_per_s / x.tok_per_s.max(1e-12) - 1.0),
+                100.0 * p.hit_rate
+            );
+        } else if predicted {
+            s += &format!(" {:>9} {:>6} {:>8}", "-", "-", "-");
+        }
+        s += &format!("  {}\n", x.backend);
+    }
+    s
+}
