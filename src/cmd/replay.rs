@@ -86,6 +86,11 @@ pub struct ReplayArgs {
     /// replay's read pattern (k experts per layer in 1 MiB requests) instead of the scratch file.
     #[arg(long)]
     pub calibrate_on_model: bool,
+    /// With --predict and --compare: set the sim's direct-read bandwidth to what row (c)
+    /// achieved while stalled (its demand bytes / its stall time), then predict every row
+    /// (the buffered path of row (a) keeps its own calibration).
+    #[arg(long)]
+    pub calibrate_on_row_c: bool,
     /// Size of that scratch file, MiB.
     #[arg(long, default_value_t = 512)]
     pub calibrate_mb: u64,
@@ -302,10 +307,23 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
         rs.sort_by(|x, y| x.tok_per_s.total_cmp(&y.tok_per_s));
         let mut r = rs.swap_remove(rs.len() / 2);
         r.rounds_tok_per_s = all;
-        if let Some(d) = &device {
-            r.predicted = Some(predict_row(kind, &layout, &trace, &spec, d)?);
+        results.push((kind, r));
+    }
+    if let (Some(d), true) = (device.as_mut(), a.calibrate_on_row_c) {
+        let c = results
+            .iter()
+            .find(|(k, _)| *k == RowKind::Sched(PredictorKind::None))
+            .map(|(_, r)| r)
+            .ok_or("--calibrate-on-row-c needs row (c): pass --compare or --predictor none")?;
+        let gbps = c.bytes_read as f64 / c.stall_s.max(1e-9) / 1e9;
+        let how = "replay row (c): demand bytes / stall time";
+        d.ssd_direct.peak_gbps = flashmoe_sim::figure::Fig::new(gbps, how);
+    }
+    let mut results: Vec<RowResult> = results.into_iter().map(|(_, r)| r).collect();
+    if let Some(d) = &device {
+        for r in &mut results {
+            r.predicted = Some(predict_row(r.kind, &layout, &trace, &spec, d)?);
         }
-        results.push(r);
     }
     let report = Report {
         model: a.model.display().to_string(),
