@@ -213,6 +213,9 @@ fn predict_adds_the_simulators_figures_to_every_row() {
             "--device",
             "linux-nvme-gen4",
             "--calibrate-on-model",
+            "--calibrate-on-row-c",
+            "--repeat",
+            "2",
         ],
     );
     for r in v["rows"].as_array().expect("rows") {

@@ -44,6 +44,10 @@ pub struct ReplayArgs {
     /// Run (a) mmap, (b) sync pread, (c) io-sched, (d) every predictor, (e) oracle.
     #[arg(long)]
     pub compare: bool,
+    /// Rounds: every round runs every row once (interleaved, so disk drift hits all rows
+    /// alike); the table shows each row's median round.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
     /// Recall of synthesized pre-gate scores when the trace has none.
     #[arg(long, default_value_t = 0.9)]
     pub pregate_recall: f64,
@@ -53,6 +57,12 @@ pub struct ReplayArgs {
     /// Experts routed per token for `--trace synthetic` (default: the manifest's, else 4).
     #[arg(long)]
     pub k: Option<u32>,
+    /// Prefetch MiB in flight at most (io-sched's default: 8).
+    #[arg(long)]
+    pub prefetch_mib: Option<u64>,
+    /// Prefetch reads in flight at most (io-sched's default: 8).
+    #[arg(long)]
+    pub prefetch_ops: Option<usize>,
     /// io_uring queue depth.
     #[arg(long, default_value_t = 32)]
     pub queue_depth: u32,
@@ -76,6 +86,11 @@ pub struct ReplayArgs {
     /// replay's read pattern (k experts per layer in 1 MiB requests) instead of the scratch file.
     #[arg(long)]
     pub calibrate_on_model: bool,
+    /// With --predict and --compare: set the sim's direct-read bandwidth to what row (c)
+    /// achieved while stalled (its demand bytes / its stall time), then predict every row
+    /// (the buffered path of row (a) keeps its own calibration).
+    #[arg(long)]
+    pub calibrate_on_row_c: bool,
     /// Size of that scratch file, MiB.
     #[arg(long, default_value_t = 512)]
     pub calibrate_mb: u64,
@@ -257,6 +272,8 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
         pregate_recall: a.pregate_recall,
         seed: a.seed,
         queue_depth: a.queue_depth,
+        max_prefetch_bytes: a.prefetch_mib.map(|m| m << 20),
+        max_prefetch_ops: a.prefetch_ops,
     };
     let mut device = if a.predict {
         if !a.json {
@@ -274,16 +291,39 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
     if let (Some(d), true) = (device.as_mut(), a.calibrate_on_model) {
         calibrate_on_model(&layout, trace.header.k as usize, d)?;
     }
+    let kinds = rows(a)?;
+    let mut rounds: Vec<Vec<RowResult>> = vec![Vec::new(); kinds.len()];
+    for round in 0..a.repeat.max(1) {
+        for (i, &kind) in kinds.iter().enumerate() {
+            if !a.json {
+                eprintln!("round {}: replaying {} ...", round + 1, kind.label());
+            }
+            rounds[i].push(run_row(kind, &layout, &trace, &spec)?);
+        }
+    }
     let mut results = Vec::new();
-    for kind in rows(a)? {
-        if !a.json {
-            eprintln!("replaying {} ...", kind.label());
+    for (kind, mut rs) in kinds.into_iter().zip(rounds) {
+        let all: Vec<f64> = rs.iter().map(|r| r.tok_per_s).collect();
+        rs.sort_by(|x, y| x.tok_per_s.total_cmp(&y.tok_per_s));
+        let mut r = rs.swap_remove(rs.len() / 2);
+        r.rounds_tok_per_s = all;
+        results.push((kind, r));
+    }
+    if let (Some(d), true) = (device.as_mut(), a.calibrate_on_row_c) {
+        let c = results
+            .iter()
+            .find(|(k, _)| *k == RowKind::Sched(PredictorKind::None))
+            .map(|(_, r)| r)
+            .ok_or("--calibrate-on-row-c needs row (c): pass --compare or --predictor none")?;
+        let gbps = c.bytes_read as f64 / c.stall_s.max(1e-9) / 1e9;
+        let how = "replay row (c): demand bytes / stall time";
+        d.ssd_direct.peak_gbps = flashmoe_sim::figure::Fig::new(gbps, how);
+    }
+    let mut results: Vec<RowResult> = results.into_iter().map(|(_, r)| r).collect();
+    if let Some(d) = &device {
+        for r in &mut results {
+            r.predicted = Some(predict_row(r.kind, &layout, &trace, &spec, d)?);
         }
-        let mut r = run_row(kind, &layout, &trace, &spec)?;
-        if let Some(d) = &device {
-            r.predicted = Some(predict_row(kind, &layout, &trace, &spec, d)?);
-        }
-        results.push(r);
     }
     let report = Report {
         model: a.model.display().to_string(),

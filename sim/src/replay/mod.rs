@@ -67,6 +67,9 @@ pub struct ReplaySpec {
     pub seed: u64,
     /// io_uring queue depth / pread threads of the io-sched rows.
     pub queue_depth: u32,
+    /// Prefetch bytes / reads in flight at most (io-sched's `CoreConfig`; None: its default).
+    pub max_prefetch_bytes: Option<u64>,
+    pub max_prefetch_ops: Option<usize>,
 }
 
 /// One measured row.
@@ -92,6 +95,8 @@ pub struct RowResult {
     pub cache_slots: usize,
     /// What the virtual-time simulator predicts for this row (filled by the caller).
     pub predicted: Option<prediction::Predicted>,
+    /// tok/s of every round when rows were repeated (this row is the median round).
+    pub rounds_tok_per_s: Vec<f64>,
 }
 
 impl RowResult {
@@ -214,6 +219,12 @@ pub fn run_row(
             if sync {
                 core.demand_chunk = rec as usize;
             }
+            if let Some(b) = spec.max_prefetch_bytes {
+                core.max_prefetch_bytes_in_flight = b;
+            }
+            if let Some(n) = spec.max_prefetch_ops {
+                core.max_prefetch_ops_in_flight = n;
+            }
             let sc = SchedulerConfig {
                 core,
                 ..SchedulerConfig::with_budget(spec.budget_bytes)
@@ -323,6 +334,7 @@ pub fn run_row(
         prefetch_recall: m.prefetch_recall(),
         cache_slots,
         predicted: None,
+        rounds_tok_per_s: Vec::new(),
     })
 }
 

@@ -80,7 +80,7 @@ pub fn predict_row(
         pregate_recall: spec.pregate_recall,
         demand_chunk,
         prefetch_chunk: 1 << 20,
-        max_prefetch_bytes_in_flight: 8 << 20,
+        max_prefetch_bytes_in_flight: spec.max_prefetch_bytes.unwrap_or(8 << 20),
         min_confidence: 0.0,
         warmup_tokens: spec.warmup,
         tokens: spec.tokens,
