@@ -36,6 +36,72 @@ pub fn make(kind: PredictorKind, trace: &Arc<Trace>, steps: u64) -> Result<Box<d
         .ok_or_else(|| SimError::Setup(format!("predictor {} cannot be built", kind.name())))
 }
 
+/// A predictor replaying a trace: per (token, layer) it observes the routing, feeds pre-gate
+/// scores (recorded, or synthesized at `recall`) when it is the scores predictor, and predicts.
+/// The one step both the virtual-time driver and the real-disk replay take.
+pub struct TracePredictor {
+    kind: PredictorKind,
+    predictor: Box<dyn Predictor>,
+    recall: f64,
+    horizon: u32,
+    max_per_layer: usize,
+    rng: Rng,
+    scores: Vec<f32>,
+    preds: Vec<LayerPrediction>,
+}
+
+impl TracePredictor {
+    /// io-sched's predictor of `kind` over `trace` for `steps` tokens (see [`make`]).
+    pub fn new(
+        kind: PredictorKind,
+        trace: &Arc<Trace>,
+        steps: u64,
+        recall: f64,
+        horizon: u32,
+        max_per_layer: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        Ok(Self {
+            kind,
+            predictor: make(kind, trace, steps)?,
+            recall,
+            horizon,
+            max_per_layer,
+            rng: Rng::new(seed ^ 0x5eed),
+            scores: Vec::new(),
+            preds: Vec::new(),
+        })
+    }
+
+    /// Observes `experts`, the routing of `layer` at `token`, and returns the predictions for
+    /// the layers after it.
+    pub fn step(
+        &mut self,
+        trace: &Trace,
+        token: u64,
+        layer: u32,
+        experts: &[u32],
+    ) -> &[LayerPrediction] {
+        self.predictor.observe(layer, experts);
+        if self.kind == PredictorKind::Scores {
+            pregate_scores(
+                trace,
+                token,
+                layer,
+                self.recall,
+                &mut self.rng,
+                &mut self.scores,
+            );
+            // io-sched's predictors take scores for the layer they score.
+            self.predictor.observe_scores(layer + 1, &self.scores);
+        }
+        self.preds.clear();
+        self.predictor
+            .predict(layer, self.horizon, self.max_per_layer, &mut self.preds);
+        &self.preds
+    }
+}
+
 /// Pre-gate scores for layer `layer + 1` of `token`: recorded ones if the trace has them,
 /// else synthesized so that the top-k recovers each true expert with probability `recall`
 /// (a missed one is replaced by a random decoy).

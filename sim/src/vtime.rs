@@ -24,8 +24,7 @@ use io_sched::trace::Trace;
 use io_sched::{ExpertKey, LayoutBuilder};
 
 use crate::error::{Result, SimError};
-use crate::predict::{self, LayerPrediction, PredictorKind};
-use crate::rng::Rng;
+use crate::predict::{self, PredictorKind};
 use crate::ssd::{Done, SsdParams, SsdSim};
 
 /// How expert bytes reach memory.
@@ -358,10 +357,15 @@ pub fn run(spec: &RunSpec, trace: &Arc<Trace>) -> Result<RunResult> {
         spec.predictor
     };
     let total_tokens = spec.warmup_tokens + spec.tokens;
-    let mut predictor = predict::make(predictor_kind, trace, total_tokens)?;
-    let mut rng = Rng::new(spec.seed ^ 0x5eed);
-    let mut scores = Vec::new();
-    let mut preds: Vec<LayerPrediction> = Vec::new();
+    let mut predictor = predict::TracePredictor::new(
+        predictor_kind,
+        trace,
+        total_tokens,
+        spec.pregate_recall,
+        spec.horizon,
+        spec.max_per_layer,
+        spec.seed,
+    )?;
     let mut times = vec![LayerTime::default(); h.layers as usize];
     let mut base = MetricsSnapshot::default();
     let mut t_start = 0.0;
@@ -386,22 +390,7 @@ pub fn run(spec: &RunSpec, trace: &Arc<Trace>) -> Result<RunResult> {
             for &e in experts {
                 pins.push(sim.pin(ExpertKey::new(layer, e))?);
             }
-            predictor.observe(layer, experts);
-            if predictor_kind == PredictorKind::Scores {
-                predict::pregate_scores(
-                    trace,
-                    token,
-                    layer,
-                    spec.pregate_recall,
-                    &mut rng,
-                    &mut scores,
-                );
-                // io-sched's predictors take scores for the layer they score.
-                predictor.observe_scores(layer + 1, &scores);
-            }
-            preds.clear();
-            predictor.predict(layer, spec.horizon, spec.max_per_layer, &mut preds);
-            for p in &preds {
+            for p in predictor.step(trace, token, layer, experts) {
                 sim.core.hint(p.layer, &p.candidates);
             }
             sim.pump();

@@ -25,7 +25,6 @@ use io_sched::{ExpertLayout, Scheduler, SchedulerConfig};
 
 use crate::error::{Result, SimError};
 use crate::predict::{self, LayerPrediction, PredictorKind};
-use crate::rng::Rng;
 
 /// How one row reads experts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -186,10 +185,15 @@ pub fn run_row(
         _ => PredictorKind::None,
     };
     let steps = spec.warmup + spec.tokens;
-    let mut predictor = predict::make(pred_kind, trace, steps)?;
-    let mut rng = Rng::new(spec.seed ^ 0x5eed);
-    let mut scores = Vec::new();
-    let mut preds: Vec<LayerPrediction> = Vec::new();
+    let mut predictor = predict::TracePredictor::new(
+        pred_kind,
+        trace,
+        steps,
+        spec.pregate_recall,
+        spec.horizon,
+        spec.max_per_layer,
+        spec.seed,
+    )?;
     let compute = Duration::from_nanos(spec.compute_ns);
     let pre = compute.mul_f64(spec.pre_share.clamp(0.0, 1.0));
     let post = compute.saturating_sub(pre);
@@ -261,23 +265,10 @@ pub fn run_row(
         for layer in 0..h.layers {
             busy_wait(pre);
             let experts = trace.experts_at(token, layer);
-            predictor.observe(layer, experts);
-            if pred_kind == PredictorKind::Scores {
-                predict::pregate_scores(
-                    trace,
-                    token,
-                    layer,
-                    spec.pregate_recall,
-                    &mut rng,
-                    &mut scores,
-                );
-                predictor.observe_scores(layer + 1, &scores);
-            }
-            preds.clear();
-            predictor.predict(layer, spec.horizon, spec.max_per_layer, &mut preds);
+            let preds = predictor.step(trace, token, layer, experts);
             let t = Instant::now();
             if let Some(f) = sf.as_mut() {
-                f.hint(&preds);
+                f.hint(preds);
                 f.layer(layer, experts, post)?;
                 // The stall is the acquire, not the compute after it.
                 let waited = t.elapsed().saturating_sub(post);
