@@ -27,8 +27,8 @@ use crate::vtime::{self, Mode, RunSpec};
 /// Options of `flashmoe sim`.
 #[derive(Debug, Clone, Args)]
 pub struct SimArgs {
-    /// Device preset (macbook-m3-max, iphone-17-pro, linux-nvme-gen4, this-machine) or a
-    /// profile .json.
+    /// Device preset (macbook-m3-max, iphone-17-pro, iphone-17-pro-256gb, linux-nvme-gen4,
+    /// this-machine) or a profile .json.
     #[arg(long, default_value = "macbook-m3-max")]
     pub device: String,
     /// Model preset (qwen3.5-397b-a17b, qwen3.5-35b-a3b, qwen3-30b-a3b, mixtral-8x7b, deepseek-v3).

@@ -95,6 +95,10 @@ const PRESETS: &[(&str, &str)] = &[
         include_str!("../presets/devices/iphone-17-pro.json"),
     ),
     (
+        "iphone-17-pro-256gb",
+        include_str!("../presets/devices/iphone-17-pro-256gb.json"),
+    ),
+    (
         "linux-nvme-gen4",
         include_str!("../presets/devices/linux-nvme-gen4.json"),
     ),

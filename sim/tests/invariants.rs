@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use flashmoe_sim::belady::belady_hit_rate;
 use flashmoe_sim::predict::PredictorKind;
+use flashmoe_sim::report;
 use flashmoe_sim::ssd::SsdParams;
 use flashmoe_sim::synth::{self, SynthParams};
 use flashmoe_sim::vtime::{self, Mode, RunSpec};
@@ -112,6 +113,37 @@ fn lru_never_beats_belady() {
             r.total().hit_rate()
         );
     }
+}
+
+#[test]
+fn cache_hits_never_beat_belady_even_with_prefetch() {
+    // Ready prefetches make `ready_rate` exceed the bound; the cache hit rate (first uses of
+    // a prefetch not counted) must not: a prefetching cache is a non-lazy paging schedule.
+    let t = trace(100);
+    let mut ready_above_bound = false;
+    for pred in [
+        PredictorKind::Oracle,
+        PredictorKind::Scores,
+        PredictorKind::Temporal,
+    ] {
+        for slots in [8u64, 16, 40] {
+            let r = vtime::run(&spec(Mode::Flashmoe, pred, slots), &t).unwrap();
+            let bound = belady_hit_rate(&t, r.cache_slots, 0);
+            let m = r.total();
+            let cache = report::cache_hit_rate(&m);
+            let ready = report::ready_rate(&m);
+            assert!(
+                cache <= bound + 1e-12,
+                "{pred:?} at {slots} slots: cache hits {cache} > Belady {bound}"
+            );
+            assert!(cache <= ready, "{pred:?}: cache {cache} > ready {ready}");
+            ready_above_bound |= ready > bound;
+        }
+    }
+    assert!(
+        ready_above_bound,
+        "the oracle's prefetches should serve more than Belady's cache alone"
+    );
 }
 
 #[test]
