@@ -48,6 +48,38 @@ impl<'a> WeightView<'a> {
     }
 }
 
+/// Names one expert record: a backend that keeps records resident (a GPU's expert slots) keys
+/// them by it, so one id must always name the same bytes for the life of the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ExpertId {
+    /// Decoder layer.
+    pub layer: u32,
+    /// Expert within the layer.
+    pub expert: u32,
+}
+
+/// One routed expert of a token: `[gate, up, down]` weights and its combine weight.
+#[derive(Clone, Copy, Debug)]
+pub struct RoutedExpert<'a> {
+    /// Which record the weights are.
+    pub id: ExpertId,
+    /// `gate_proj`, `up_proj`, `down_proj`.
+    pub weights: [WeightView<'a>; 3],
+    /// The router's combine weight.
+    pub combine: f32,
+}
+
+/// Scratch tensors for [`ComputeBackend::moe_experts`]: two of the expert intermediate size,
+/// one of the model width.
+pub struct ExpertScratch<T> {
+    /// `gate x`, then `silu(gate x) * up x`.
+    pub h1: T,
+    /// `up x`.
+    pub h2: T,
+    /// One expert's output.
+    pub out: T,
+}
+
 /// Shape of grouped-query attention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttnShape {
@@ -200,5 +232,44 @@ pub trait ComputeBackend: Send + Sync {
         self.matvec_bytes(up, x, h2)?;
         self.swiglu(h1, h2)?;
         self.matvec_bytes(down, h1, out)
+    }
+
+    /// The MoE block's experts for one token: `out = sum_i experts[i].combine * ffn_i(x)`.
+    ///
+    /// The default runs [`Self::expert_ffn`] per expert and accumulates with [`Self::axpy`]; a
+    /// GPU backend runs all of them in a couple of dispatches over its resident copies.
+    fn moe_experts(
+        &self,
+        experts: &[RoutedExpert<'_>],
+        x: &Self::Tensor,
+        scratch: &mut ExpertScratch<Self::Tensor>,
+        out: &mut Self::Tensor,
+    ) -> Result<()> {
+        self.fill_zero(out)?;
+        for e in experts {
+            self.expert_ffn(
+                e.weights,
+                x,
+                &mut scratch.h1,
+                &mut scratch.h2,
+                &mut scratch.out,
+            )?;
+            self.axpy(out, e.combine, &scratch.out)?;
+        }
+        Ok(())
+    }
+
+    /// Whether [`Self::stage_expert`] does anything: the backend keeps expert records in its own
+    /// memory (a GPU), so copying predicted records early takes the copy off the critical path.
+    fn stages_experts(&self) -> bool {
+        false
+    }
+
+    /// Copies the record `id` into backend memory ahead of its use (e.g. a prefetched expert of
+    /// the next layer while this one computes). The bytes are no longer needed once this
+    /// returns. Returns whether the record was copied (`false`: already resident, or the
+    /// backend reads records in place, as the CPU does).
+    fn stage_expert(&self, _id: ExpertId, _weights: [WeightView<'_>; 3]) -> Result<bool> {
+        Ok(false)
     }
 }

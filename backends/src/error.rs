@@ -67,6 +67,14 @@ pub enum BackendError {
         /// Which operand.
         what: &'static str,
     },
+    /// The GPU refused or failed an operation (no adapter, a validation error, out of memory).
+    #[error("{op}: GPU error: {reason}")]
+    Gpu {
+        /// The operation.
+        op: &'static str,
+        /// What the GPU layer said.
+        reason: String,
+    },
 }
 
 /// Result alias of this crate.

@@ -8,13 +8,19 @@
 //!   AVX2/FMA/F16C kernels for bf16, Q8 and Q4 picked at run time on x86_64 (portable kernels
 //!   elsewhere; both are tested against the dequantized reference).
 //! - [`routing`]: softmax / top-k router maths shared by backends.
+//! - `wgpu` (feature `wgpu`, on by default): [`wgpu::WgpuBackend`], WGSL compute shaders that
+//!   run on Vulkan, Metal and DX12, with a GPU-resident ring of expert slots.
 
 mod backend;
 pub mod cpu;
 mod error;
 pub mod quant;
 pub mod routing;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
-pub use backend::{AttnShape, ComputeBackend, KvShape, WeightView};
+pub use backend::{
+    AttnShape, ComputeBackend, ExpertId, ExpertScratch, KvShape, RoutedExpert, WeightView,
+};
 pub use cpu::CpuBackend;
 pub use error::{BackendError, Result};

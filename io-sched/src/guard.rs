@@ -29,6 +29,16 @@ unsafe impl Sync for ExpertGuard {}
 impl ExpertGuard {
     pub(crate) fn new(shared: Arc<Shared>, layer: u32, step: AcquireStep) -> Self {
         let (experts, slots) = step.into_slots();
+        Self::from_pinned(shared, layer, experts, slots)
+    }
+
+    /// A guard over slots already pinned for it, `slots[i]` holding `experts[i]`.
+    pub(crate) fn from_pinned(
+        shared: Arc<Shared>,
+        layer: u32,
+        experts: Vec<u32>,
+        slots: Vec<SlotId>,
+    ) -> Self {
         let st = shared.state.lock();
         let payloads = slots.iter().map(|&s| st.core.slot_payload(s)).collect();
         drop(st);

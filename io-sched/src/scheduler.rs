@@ -258,6 +258,23 @@ impl Scheduler {
         }
     }
 
+    /// A guard over those of `experts` of `layer` that are in memory now (in the order asked,
+    /// the others left out). It never waits, reads, or counts as a demand: it lets a runtime
+    /// copy prefetched records onward (e.g. upload them to GPU memory while the current layer
+    /// computes) before the real routing asks for them.
+    pub fn acquire_ready(&self, layer: u32, experts: &[u32]) -> ExpertGuard {
+        let mut st = self.shared.state.lock();
+        let (mut ids, mut slots) = (Vec::new(), Vec::new());
+        for &e in experts {
+            if let Some(s) = st.core.pin_if_ready(ExpertKey::new(layer, e)) {
+                ids.push(e);
+                slots.push(s);
+            }
+        }
+        drop(st);
+        ExpertGuard::from_pinned(self.shared.clone(), layer, ids, slots)
+    }
+
     /// Async [`acquire`](Self::acquire) for any executor (tokio included). Dropping the future
     /// releases its pins; reads it started finish into the cache, never into freed memory.
     pub fn acquire_async(&self, layer: u32, experts: &[u32]) -> AcquireFuture {

@@ -2,6 +2,8 @@
 
 mod matvec;
 mod ops;
+#[cfg(feature = "wgpu")]
+pub(crate) use ops::rope_table;
 #[cfg(target_arch = "x86_64")]
 mod simd;
 

@@ -11,18 +11,24 @@ pub(crate) fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// Rotate-half RoPE in place on `n_heads` heads of `head_dim`.
+/// Cosines and sines of the `head_dim / 2` rotary frequencies at `pos`.
 ///
-/// Frequencies are computed in f32 like HF transformers (`1 / theta^(2i/d)`, angle `pos * f`).
-pub(crate) fn rope(x: &mut [f32], n_heads: usize, head_dim: usize, pos: usize, theta: f32) {
-    let half = head_dim / 2;
-    let (cos, sin): (Vec<f32>, Vec<f32>) = (0..half)
+/// Computed in f32 like HF transformers (`1 / theta^(2i/d)`, angle `pos * f`); the GPU backend
+/// uploads this same table, so both rotate by identical angles.
+pub(crate) fn rope_table(head_dim: usize, pos: usize, theta: f32) -> (Vec<f32>, Vec<f32>) {
+    (0..head_dim / 2)
         .map(|i| {
             let inv_freq = 1.0 / theta.powf((2 * i) as f32 / head_dim as f32);
             let angle = pos as f32 * inv_freq;
             (angle.cos(), angle.sin())
         })
-        .unzip();
+        .unzip()
+}
+
+/// Rotate-half RoPE in place on `n_heads` heads of `head_dim`.
+pub(crate) fn rope(x: &mut [f32], n_heads: usize, head_dim: usize, pos: usize, theta: f32) {
+    let half = head_dim / 2;
+    let (cos, sin) = rope_table(head_dim, pos, theta);
     for head in x.chunks_exact_mut(head_dim).take(n_heads) {
         let (a, b) = head.split_at_mut(half);
         for i in 0..half {

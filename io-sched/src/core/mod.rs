@@ -387,6 +387,23 @@ impl SchedCore {
         Ok(Some(s))
     }
 
+    /// Pins `key` if it is cached and ready, without counting an access or touching eviction
+    /// order: for copying an already prefetched record onward (e.g. into GPU memory) before it
+    /// is demanded. The demand that follows still counts as the hit or miss it is.
+    pub fn pin_if_ready(&mut self, key: ExpertKey) -> Option<SlotId> {
+        self.layout.get(key).ok()?;
+        let s = self.slot_of[self.key_index(key)];
+        if s == NO_SLOT {
+            return None;
+        }
+        let slot = &mut self.slots[s as usize];
+        if !matches!(slot.state, SlotState::Ready) {
+            return None;
+        }
+        slot.pins += 1;
+        Some(s)
+    }
+
     /// Starts prefetches for `layer`'s next acquire. A new hint for a layer supersedes the
     /// previous one: its candidates not named again and not yet started are dropped.
     /// Returns whether new reads were queued.

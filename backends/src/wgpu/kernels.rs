@@ -1,0 +1,223 @@
+//! Every compute kernel: its WGSL source (one `.wgsl` per kernel family, the weight format
+//! appended from `formats.wgsl`), its entry point, and a cache of compiled pipelines keyed by
+//! kernel and format.
+
+use crate::error::{BackendError, Result};
+use crate::quant::WeightFormat;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+
+const FORMATS: &str = include_str!("shaders/formats.wgsl");
+const MATVEC: &str = include_str!("shaders/matvec.wgsl");
+const EXPERTS: &str = include_str!("shaders/experts.wgsl");
+const EMBED: &str = include_str!("shaders/embed.wgsl");
+const ELEMENTWISE: &str = include_str!("shaders/elementwise.wgsl");
+const RMS_NORM: &str = include_str!("shaders/rms_norm.wgsl");
+const ROPE: &str = include_str!("shaders/rope.wgsl");
+const ATTENTION: &str = include_str!("shaders/attention.wgsl");
+
+/// A weight format as the kernels see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Fmt {
+    /// 4-bit affine codes.
+    Q4,
+    /// 8-bit affine codes.
+    Q8,
+    /// bfloat16.
+    Bf16,
+    /// IEEE half.
+    F16,
+    /// f32.
+    F32,
+}
+
+impl Fmt {
+    /// Every format.
+    pub const ALL: [Fmt; 5] = [Fmt::Q4, Fmt::Q8, Fmt::Bf16, Fmt::F16, Fmt::F32];
+
+    /// The kernels' format for `f`.
+    pub fn of(f: WeightFormat) -> Self {
+        match f {
+            WeightFormat::Q4 { .. } => Fmt::Q4,
+            WeightFormat::Q8 { .. } => Fmt::Q8,
+            WeightFormat::Bf16 => Fmt::Bf16,
+            WeightFormat::F16 => Fmt::F16,
+            WeightFormat::F32 => Fmt::F32,
+        }
+    }
+
+    /// Values in one 16-byte chunk (one `vec4<u32>` load).
+    pub fn vals_per_chunk(self) -> usize {
+        match self {
+            Fmt::Q4 => 32,
+            Fmt::Q8 => 16,
+            Fmt::Bf16 | Fmt::F16 => 8,
+            Fmt::F32 => 4,
+        }
+    }
+
+    fn marker(self) -> &'static str {
+        match self {
+            Fmt::Q4 => "q4",
+            Fmt::Q8 => "q8",
+            Fmt::Bf16 => "bf16",
+            Fmt::F16 => "f16",
+            Fmt::F32 => "f32",
+        }
+    }
+
+    /// The shared helpers of `formats.wgsl` and this format's block.
+    fn wgsl(self) -> String {
+        let mut blocks = FORMATS.split("//! format ");
+        let common = blocks.next().unwrap_or_default();
+        let block = blocks
+            .find(|b| b.split_whitespace().next() == Some(self.marker()))
+            .unwrap_or_default();
+        let body = block.split_once('\n').map(|(_, b)| b).unwrap_or_default();
+        format!("{common}\n{body}")
+    }
+}
+
+/// Checks that a `[rows x cols]` matrix in `format` suits the kernels: rows start on 16-byte
+/// chunks and no chunk straddles two quantization groups.
+pub fn check_gpu_dims(format: WeightFormat, rows: usize, cols: usize) -> Result<()> {
+    let vals = Fmt::of(format).vals_per_chunk();
+    let bad = |reason| BackendError::BadDims {
+        format,
+        rows,
+        cols,
+        reason,
+    };
+    if !cols.is_multiple_of(vals) {
+        return Err(bad(
+            "the GPU kernels need columns in whole 16-byte chunks (Q4: 32, Q8: 16, 16-bit: 8, f32: 4)",
+        ));
+    }
+    if let Some(g) = format.group()
+        && !g.is_multiple_of(vals)
+    {
+        return Err(bad(
+            "the GPU kernels need the group size to be a multiple of the values per 16-byte chunk",
+        ));
+    }
+    Ok(())
+}
+
+/// One compute kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// `y[row] = W[row] . x`.
+    Matvec(Fmt),
+    /// Routed experts: `h = silu(gate x) * up x` for each expert.
+    GateUp(Fmt),
+    /// Routed experts: `y = sum_e w_e down_e h_e`.
+    DownCombine(Fmt),
+    /// `y = W[token]` decoded.
+    Embed(Fmt),
+    /// `y += alpha x`.
+    Axpy,
+    /// `y = silu(y) * x`.
+    Swiglu,
+    /// `y = rmsnorm(x) * weight`.
+    RmsNorm,
+    /// Per-head RMSNorm in place.
+    RmsNormHeads,
+    /// Rotate-half RoPE in place.
+    Rope,
+    /// Causal GQA for one query.
+    Attention,
+}
+
+impl Kernel {
+    /// Every kernel (every format of the format kernels).
+    pub fn all() -> Vec<Kernel> {
+        let mut v = Vec::new();
+        for f in Fmt::ALL {
+            v.extend([
+                Kernel::Matvec(f),
+                Kernel::GateUp(f),
+                Kernel::DownCombine(f),
+                Kernel::Embed(f),
+            ]);
+        }
+        v.extend([
+            Kernel::Axpy,
+            Kernel::Swiglu,
+            Kernel::RmsNorm,
+            Kernel::RmsNormHeads,
+            Kernel::Rope,
+            Kernel::Attention,
+        ]);
+        v
+    }
+
+    /// The entry point.
+    pub fn entry(self) -> &'static str {
+        match self {
+            Kernel::Matvec(_) => "matvec",
+            Kernel::GateUp(_) => "gate_up",
+            Kernel::DownCombine(_) => "down_combine",
+            Kernel::Embed(_) => "embed",
+            Kernel::Axpy => "axpy",
+            Kernel::Swiglu => "swiglu",
+            Kernel::RmsNorm => "rms_norm",
+            Kernel::RmsNormHeads => "rms_norm_heads",
+            Kernel::Rope => "rope",
+            Kernel::Attention => "attention",
+        }
+    }
+
+    /// The complete WGSL module.
+    pub fn source(self) -> String {
+        match self {
+            Kernel::Matvec(f) => format!("{MATVEC}\n{}", f.wgsl()),
+            Kernel::GateUp(f) | Kernel::DownCombine(f) => format!("{EXPERTS}\n{}", f.wgsl()),
+            Kernel::Embed(f) => format!("{EMBED}\n{}", f.wgsl()),
+            Kernel::Axpy | Kernel::Swiglu => ELEMENTWISE.to_string(),
+            Kernel::RmsNorm | Kernel::RmsNormHeads => RMS_NORM.to_string(),
+            Kernel::Rope => ROPE.to_string(),
+            Kernel::Attention => ATTENTION.to_string(),
+        }
+    }
+
+    /// A readable name, e.g. `matvec-q4`.
+    pub fn name(self) -> String {
+        match self {
+            Kernel::Matvec(f) | Kernel::GateUp(f) | Kernel::DownCombine(f) | Kernel::Embed(f) => {
+                format!("{}-{}", self.entry(), f.marker())
+            }
+            _ => self.entry().to_string(),
+        }
+    }
+}
+
+/// Compiled pipelines, built on first use.
+#[derive(Default)]
+pub(crate) struct Pipelines {
+    cache: Mutex<HashMap<Kernel, ::wgpu::ComputePipeline>>,
+}
+
+impl Pipelines {
+    /// The pipeline of `kernel` (compiled now if it is the first use).
+    pub fn get(&self, device: &::wgpu::Device, kernel: Kernel) -> ::wgpu::ComputePipeline {
+        self.cache
+            .lock()
+            .entry(kernel)
+            .or_insert_with(|| {
+                let name = kernel.name();
+                let module = device.create_shader_module(::wgpu::ShaderModuleDescriptor {
+                    label: Some(&name),
+                    source: ::wgpu::ShaderSource::Wgsl(kernel.source().into()),
+                });
+                device.create_compute_pipeline(&::wgpu::ComputePipelineDescriptor {
+                    label: Some(&name),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some(kernel.entry()),
+                    compilation_options: Default::default(),
+                    cache: None,
+                })
+            })
+            .clone()
+    }
+}

@@ -1,0 +1,920 @@
+//! The wgpu backend: every op of the decode step as a WGSL compute shader, on Vulkan, Metal
+//! or DX12.
+//!
+//! Design choices:
+//! - **Portable kernels only.** No subgroup operations and no `shader-f16`: reductions go
+//!   through workgroup memory (correct for any subgroup size: 8 on lavapipe, 32 on Apple), f16
+//!   scales are unpacked from `u32` with `unpack2x16float`. Every shader translates to MSL
+//!   (a test checks it with naga). Optional features are reported in [`GpuInfo`], not needed.
+//! - **One binding ≤ 128 MiB.** Resident weights are split into row blocks; KV caches are a
+//!   buffer per layer; the expert ring is one binding. Same splits on every adapter.
+//! - **Commands are batched.** Ops record into one command encoder; it is submitted only when
+//!   the host needs a result (a [`ComputeBackend::read`]) or must overwrite memory the GPU may
+//!   still read (an expert slot), so a layer's ops reach the GPU in one submission.
+//! - **Experts in a GPU-resident ring** ([`experts`]): `moe_experts` runs all routed experts of
+//!   a token in two dispatches (gate+up+SwiGLU, then down with the weighted combine) over
+//!   records in the ring; records already resident — used recently, or staged ahead with
+//!   [`ComputeBackend::stage_expert`] while the previous layer computed — are not uploaded.
+//! - **Router top-k on the host**: the logits are tiny (one read of `num_experts` floats) and
+//!   the host needs the ids anyway to ask io-sched for the experts.
+//!
+//! ```no_run
+//! use flashmoe_backends::{ComputeBackend, wgpu::WgpuBackend};
+//! let be = WgpuBackend::new(&Default::default())?;
+//! println!("{}", be.info());
+//! let x = be.upload(&[1.0, 2.0, 3.0])?;
+//! assert_eq!(be.read(&x)?, vec![1.0, 2.0, 3.0]);
+//! # Ok::<(), flashmoe_backends::BackendError>(())
+//! ```
+
+mod context;
+pub mod experts;
+pub mod kernels;
+mod tensor;
+
+pub use context::{GpuInfo, MAX_BINDING, WgpuConfig};
+pub use experts::RingStats;
+pub use tensor::{GpuKvCache, GpuTensor, GpuWeight};
+
+use crate::backend::{
+    AttnShape, ComputeBackend, ExpertId, ExpertScratch, KvShape, RoutedExpert, WeightView,
+};
+use crate::error::{BackendError, Result, check_len};
+use crate::quant::WeightFormat;
+use ::wgpu::util::DeviceExt;
+use context::{Gpu, gpu_error};
+use experts::ExpertRing;
+use kernels::{Fmt, Kernel, Pipelines, check_gpu_dims};
+use parking_lot::Mutex;
+use std::time::Instant;
+use tensor::{MatRef, TENSOR_USAGE, tensor_bytes};
+
+/// Default bytes of the expert ring (clamped to one binding).
+const DEFAULT_RING_BYTES: u64 = 256 << 20;
+/// Rows per matvec workgroup (8 rows x 32 lanes = 256 invocations, as in the shaders).
+const ROWS_PER_GROUP: u32 = 8;
+/// Invocations of the element-wise workgroups.
+const WG: u32 = 256;
+/// Most workgroups along one dispatch dimension.
+const MAX_GROUPS: u32 = 65535;
+
+/// Counters of the backend.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WgpuStats {
+    /// The expert ring (zero until the first expert).
+    pub ring: RingStats,
+    /// Compute dispatches recorded.
+    pub dispatches: u64,
+    /// Command buffers submitted.
+    pub submits: u64,
+    /// Reads back to the host.
+    pub readbacks: u64,
+    /// Nanoseconds the host waited for the GPU in reads.
+    pub wait_ns: u64,
+    /// Nanoseconds spent recording commands and creating their small buffers.
+    pub record_ns: u64,
+}
+
+/// Mutable state behind the `&self` API.
+#[derive(Default)]
+struct State {
+    encoder: Option<::wgpu::CommandEncoder>,
+    /// Incremented at each submission: names the encoder being recorded.
+    generation: u64,
+    readback: Option<::wgpu::Buffer>,
+    scores: Option<::wgpu::Buffer>,
+    moe_h: Option<::wgpu::Buffer>,
+    ring: Option<ExpertRing>,
+    stats: WgpuStats,
+}
+
+impl State {
+    fn encoder(&mut self, device: &::wgpu::Device) -> &mut ::wgpu::CommandEncoder {
+        self.encoder.get_or_insert_with(|| {
+            device.create_command_encoder(&::wgpu::CommandEncoderDescriptor {
+                label: Some("flashmoe ops"),
+            })
+        })
+    }
+}
+
+/// The wgpu implementation of [`ComputeBackend`].
+pub struct WgpuBackend {
+    gpu: Gpu,
+    pipelines: Pipelines,
+    ring_bytes: u64,
+    state: Mutex<State>,
+}
+
+/// A scratch buffer of at least `bytes`, reallocated (zeroed) when too small.
+fn grown(
+    slot: &mut Option<::wgpu::Buffer>,
+    device: &::wgpu::Device,
+    bytes: u64,
+    usage: ::wgpu::BufferUsages,
+    label: &'static str,
+) -> ::wgpu::Buffer {
+    match slot {
+        Some(b) if b.size() >= bytes => b.clone(),
+        _ => {
+            let b = device.create_buffer(&::wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes.max(16),
+                usage,
+                mapped_at_creation: false,
+            });
+            *slot = Some(b.clone());
+            b
+        }
+    }
+}
+
+fn words(w: &[u32]) -> Vec<u8> {
+    bytemuck::cast_slice(w).to_vec()
+}
+
+/// `(x, y)` workgroups covering `n` with at most [`MAX_GROUPS`] along x.
+fn grid(n: u32) -> (u32, u32) {
+    if n <= MAX_GROUPS {
+        (n.max(1), 1)
+    } else {
+        (MAX_GROUPS, n.div_ceil(MAX_GROUPS))
+    }
+}
+
+fn to_u32(op: &'static str, what: &'static str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| BackendError::OutOfRange {
+        op,
+        what,
+        index: v,
+        limit: u32::MAX as usize,
+    })
+}
+
+impl WgpuBackend {
+    /// Opens the GPU `cfg` asks for.
+    pub fn new(cfg: &WgpuConfig) -> Result<Self> {
+        let gpu = Gpu::open(cfg)?;
+        let ring_bytes = cfg
+            .expert_ring_bytes
+            .unwrap_or(DEFAULT_RING_BYTES)
+            .min(gpu.info.max_binding);
+        Ok(Self {
+            gpu,
+            pipelines: Pipelines::default(),
+            ring_bytes,
+            state: Mutex::default(),
+        })
+    }
+
+    /// The adapter in use.
+    pub fn info(&self) -> &GpuInfo {
+        &self.gpu.info
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> WgpuStats {
+        let st = self.state.lock();
+        let mut s = st.stats;
+        if let Some(r) = &st.ring {
+            s.ring = r.stats;
+        }
+        s
+    }
+
+    /// Forgets every resident expert record (e.g. before loading another model's experts).
+    pub fn forget_experts(&self) {
+        if let Some(r) = &mut self.state.lock().ring {
+            r.clear();
+        }
+    }
+
+    /// Submits everything recorded and waits until the GPU has run it.
+    pub fn sync(&self) -> Result<()> {
+        let mut st = self.state.lock();
+        self.flush(&mut st);
+        let t = Instant::now();
+        self.gpu
+            .device
+            .poll(::wgpu::PollType::wait_indefinitely())
+            .map_err(|e| gpu_error("sync", e.to_string()))?;
+        st.stats.wait_ns += t.elapsed().as_nanos() as u64;
+        self.gpu.check("sync")
+    }
+
+    /// Submits the commands recorded so far.
+    fn flush(&self, st: &mut State) {
+        if let Some(enc) = st.encoder.take() {
+            self.gpu.queue.submit([enc.finish()]);
+            st.stats.submits += 1;
+        }
+        st.generation += 1;
+    }
+
+    fn uniform(&self, bytes: &[u8]) -> ::wgpu::Buffer {
+        self.gpu
+            .device
+            .create_buffer_init(&::wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: bytes,
+                usage: ::wgpu::BufferUsages::UNIFORM,
+            })
+    }
+
+    fn storage(&self, bytes: &[u8]) -> ::wgpu::Buffer {
+        let mut padded;
+        let contents = if bytes.len() % 16 == 0 && !bytes.is_empty() {
+            bytes
+        } else {
+            padded = bytes.to_vec();
+            padded.resize(bytes.len().div_ceil(16).max(1) * 16, 0);
+            &padded
+        };
+        self.gpu
+            .device
+            .create_buffer_init(&::wgpu::util::BufferInitDescriptor {
+                label: Some("data"),
+                contents,
+                usage: ::wgpu::BufferUsages::STORAGE,
+            })
+    }
+
+    /// Records one dispatch of `kernel` with `bindings` (binding index, buffer; the params
+    /// uniform is one of them).
+    fn dispatch(
+        &self,
+        st: &mut State,
+        kernel: Kernel,
+        bindings: &[(u32, &::wgpu::Buffer)],
+        groups: (u32, u32, u32),
+    ) {
+        let t = Instant::now();
+        let pipeline = self.pipelines.get(&self.gpu.device, kernel);
+        let entries: Vec<::wgpu::BindGroupEntry<'_>> = bindings
+            .iter()
+            .map(|&(binding, buf)| ::wgpu::BindGroupEntry {
+                binding,
+                resource: buf.as_entire_binding(),
+            })
+            .collect();
+        let bind_group = self
+            .gpu
+            .device
+            .create_bind_group(&::wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            });
+        let enc = st.encoder(&self.gpu.device);
+        {
+            let mut pass = enc.begin_compute_pass(&::wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+        }
+        st.stats.dispatches += 1;
+        st.stats.record_ns += t.elapsed().as_nanos() as u64;
+    }
+
+    /// Records `y[y_off + r] = W[r] . x[x_off..]` for the rows of one matrix at `mat` in `w`.
+    #[allow(clippy::too_many_arguments)]
+    fn matvec_at(
+        &self,
+        st: &mut State,
+        w: &::wgpu::Buffer,
+        mat: MatRef,
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        x: &GpuTensor,
+        out: &GpuTensor,
+        y_off: usize,
+    ) -> Result<()> {
+        let group = format.group().unwrap_or(0);
+        let p = self.uniform(&words(&[
+            to_u32("matvec", "rows", rows)?,
+            to_u32("matvec", "cols", cols)?,
+            group as u32,
+            0,
+            mat.data,
+            mat.scales,
+            mat.biases,
+            0,
+            to_u32("matvec", "row offset", y_off)?,
+            0,
+            0,
+            0,
+        ]));
+        let (gx, gy) = grid(to_u32("matvec", "rows", rows)?.div_ceil(ROWS_PER_GROUP));
+        self.dispatch(
+            st,
+            Kernel::Matvec(Fmt::of(format)),
+            &[(0, w), (1, &x.buf), (2, &out.buf), (3, &p)],
+            (gx, gy, 1),
+        );
+        Ok(())
+    }
+
+    /// Records an element-wise op `y = f(y, x)`.
+    fn elementwise(&self, kernel: Kernel, y: &GpuTensor, x: &GpuTensor, alpha: f32) -> Result<()> {
+        let n = to_u32("elementwise", "length", y.len)?;
+        let p = self.uniform(&words(&[n, alpha.to_bits(), 0, 0]));
+        let mut st = self.state.lock();
+        self.dispatch(
+            &mut st,
+            kernel,
+            &[(0, &y.buf), (1, &x.buf), (2, &p)],
+            (n.div_ceil(WG).max(1), 1, 1),
+        );
+        Ok(())
+    }
+
+    /// The expert ring, created on first use with slots shaped like `views`; records of
+    /// another shape (another model, another format) replace it, forgetting what it held.
+    fn ring<'s>(
+        &self,
+        st: &'s mut State,
+        views: &[WeightView<'_>; 3],
+    ) -> Result<&'s mut ExpertRing> {
+        let fits = st.ring.as_ref().map(|r| r.check_shape(views).is_ok());
+        if fits != Some(true) {
+            let mut ring = ExpertRing::new(&self.gpu.device, views, self.ring_bytes)?;
+            if let Some(old) = st.ring.take() {
+                tracing::info!("expert records changed shape: the GPU expert ring starts anew");
+                ring.stats.carry(&old.stats);
+            }
+            st.ring = Some(ring);
+        }
+        Ok(st.ring.as_mut().expect("ring exists"))
+    }
+
+    /// Puts `id`'s record in a ring slot (uploading it unless resident) and returns the slot.
+    fn place_expert(
+        &self,
+        st: &mut State,
+        id: ExpertId,
+        views: &[WeightView<'_>; 3],
+        keep: &[usize],
+        staging: bool,
+    ) -> Result<(usize, bool)> {
+        let generation = st.generation;
+        let placed = self.ring(st, views)?.place(id, keep, generation, staging)?;
+        let Some(writes) = placed.writes else {
+            return Ok((placed.slot, false));
+        };
+        if placed.flush_first {
+            self.flush(st);
+        }
+        let ring = st.ring.as_mut().expect("ring exists");
+        let t = Instant::now();
+        for ((offset, len), v) in writes.iter().zip(views) {
+            let bytes = v.bytes();
+            debug_assert_eq!(bytes.len(), *len);
+            if bytes.len().is_multiple_of(4) {
+                self.gpu.queue.write_buffer(&ring.buf, *offset, bytes);
+            } else {
+                let mut padded = bytes.to_vec();
+                padded.resize(bytes.len().div_ceil(4) * 4, 0);
+                self.gpu.queue.write_buffer(&ring.buf, *offset, &padded);
+            }
+            ring.stats.upload_bytes += bytes.len() as u64;
+        }
+        ring.stats.upload_ns += t.elapsed().as_nanos() as u64;
+        Ok((placed.slot, true))
+    }
+}
+
+/// Checks that an expert's three views suit the expert kernels.
+fn check_expert(views: &[WeightView<'_>; 3], hidden: usize) -> Result<(usize, WeightFormat)> {
+    let [g, u, d] = views.map(|v| *v.layout());
+    let inter = g.rows;
+    let ok = u == g && g.cols == hidden && d.rows == hidden && d.cols == inter;
+    if !ok {
+        return Err(BackendError::Shape {
+            op: "moe_experts",
+            what: "expert [gate, up, down] dims",
+            expected: hidden,
+            got: g.cols,
+        });
+    }
+    if d.format != g.format {
+        return Err(BackendError::BadDims {
+            format: d.format,
+            rows: d.rows,
+            cols: d.cols,
+            reason: "gate, up and down of one expert must share a format on the GPU",
+        });
+    }
+    check_gpu_dims(g.format, g.rows, g.cols)?;
+    check_gpu_dims(d.format, d.rows, d.cols)?;
+    Ok((inter, g.format))
+}
+
+fn check_index(op: &'static str, what: &'static str, index: usize, limit: usize) -> Result<()> {
+    if index < limit {
+        Ok(())
+    } else {
+        Err(BackendError::OutOfRange {
+            op,
+            what,
+            index,
+            limit,
+        })
+    }
+}
+
+impl ComputeBackend for WgpuBackend {
+    type Tensor = GpuTensor;
+    type Weight = GpuWeight;
+    type KvCache = GpuKvCache;
+
+    fn name(&self) -> &'static str {
+        "wgpu"
+    }
+
+    fn zeros(&self, len: usize) -> Result<GpuTensor> {
+        let buf = self.gpu.device.create_buffer(&::wgpu::BufferDescriptor {
+            label: Some("tensor"),
+            size: tensor_bytes(len),
+            usage: TENSOR_USAGE,
+            mapped_at_creation: false,
+        });
+        Ok(GpuTensor { buf, len })
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<GpuTensor> {
+        let mut padded = data.to_vec();
+        padded.resize(tensor_bytes(data.len()) as usize / 4, 0.0);
+        let buf = self
+            .gpu
+            .device
+            .create_buffer_init(&::wgpu::util::BufferInitDescriptor {
+                label: Some("tensor"),
+                contents: bytemuck::cast_slice(&padded),
+                usage: TENSOR_USAGE,
+            });
+        Ok(GpuTensor {
+            buf,
+            len: data.len(),
+        })
+    }
+
+    fn len(&self, t: &GpuTensor) -> usize {
+        t.len
+    }
+
+    fn read(&self, t: &GpuTensor) -> Result<Vec<f32>> {
+        if t.len == 0 {
+            return Ok(Vec::new());
+        }
+        let bytes = t.len as u64 * 4;
+        let mut st = self.state.lock();
+        let rb = grown(
+            &mut st.readback,
+            &self.gpu.device,
+            bytes.max(1 << 16),
+            ::wgpu::BufferUsages::MAP_READ | ::wgpu::BufferUsages::COPY_DST,
+            "readback",
+        );
+        st.encoder(&self.gpu.device)
+            .copy_buffer_to_buffer(&t.buf, 0, &rb, 0, bytes);
+        self.flush(&mut st);
+        let slice = rb.slice(0..bytes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(::wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        let t0 = Instant::now();
+        self.gpu
+            .device
+            .poll(::wgpu::PollType::wait_indefinitely())
+            .map_err(|e| gpu_error("read", e.to_string()))?;
+        st.stats.wait_ns += t0.elapsed().as_nanos() as u64;
+        st.stats.readbacks += 1;
+        self.gpu.check("read")?;
+        rx.recv()
+            .map_err(|_| gpu_error("read", "the map callback never ran"))?
+            .map_err(|e| gpu_error("read", e.to_string()))?;
+        let out = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| gpu_error("read", e.to_string()))?;
+            view.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        rb.unmap();
+        Ok(out)
+    }
+
+    fn copy(&self, src: &GpuTensor, dst: &mut GpuTensor) -> Result<()> {
+        check_len("copy", "dst", src.len, dst.len)?;
+        let mut st = self.state.lock();
+        st.encoder(&self.gpu.device).copy_buffer_to_buffer(
+            &src.buf,
+            0,
+            &dst.buf,
+            0,
+            tensor_bytes(src.len),
+        );
+        Ok(())
+    }
+
+    fn load_weight(
+        &self,
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+        format: WeightFormat,
+    ) -> Result<GpuWeight> {
+        let w = GpuWeight::upload(
+            &self.gpu.device,
+            bytes,
+            rows,
+            cols,
+            format,
+            self.gpu.info.max_binding,
+        )?;
+        self.gpu.check("load_weight")?;
+        Ok(w)
+    }
+
+    fn kv_cache(&self, shape: KvShape) -> Result<GpuKvCache> {
+        let bytes = (shape.max_seq as u64)
+            .checked_mul(shape.kv_dim as u64 * 4)
+            .filter(|&b| b <= self.gpu.info.max_binding)
+            .ok_or(BackendError::OutOfRange {
+                op: "kv_cache",
+                what: "bytes per layer (max_seq * kv_dim * 4)",
+                index: shape.max_seq.saturating_mul(shape.kv_dim * 4),
+                limit: self.gpu.info.max_binding as usize,
+            })?;
+        let layer = |label| {
+            self.gpu.device.create_buffer(&::wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes.max(16),
+                usage: TENSOR_USAGE,
+                mapped_at_creation: false,
+            })
+        };
+        Ok(GpuKvCache {
+            k: (0..shape.layers).map(|_| layer("k cache")).collect(),
+            v: (0..shape.layers).map(|_| layer("v cache")).collect(),
+            shape,
+        })
+    }
+
+    fn embedding(&self, table: &GpuWeight, token: u32, out: &mut GpuTensor) -> Result<()> {
+        let l = table.layout;
+        check_index("embedding", "token", token as usize, l.rows)?;
+        check_len("embedding", "out", l.cols, out.len)?;
+        let t = token as usize;
+        let block = table
+            .blocks
+            .iter()
+            .find(|b| (b.row0..b.row0 + b.rows).contains(&t))
+            .expect("row blocks cover every row");
+        let p = self.uniform(&words(&[
+            (t - block.row0) as u32,
+            l.cols as u32,
+            l.format.group().unwrap_or(0) as u32,
+            0,
+            block.mat.data,
+            block.mat.scales,
+            block.mat.biases,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ]));
+        let mut st = self.state.lock();
+        self.dispatch(
+            &mut st,
+            Kernel::Embed(Fmt::of(l.format)),
+            &[(0, &block.buf), (2, &out.buf), (3, &p)],
+            ((l.cols as u32).div_ceil(WG), 1, 1),
+        );
+        Ok(())
+    }
+
+    fn matvec(&self, w: &GpuWeight, x: &GpuTensor, out: &mut GpuTensor) -> Result<()> {
+        let l = w.layout;
+        check_len("matvec", "x", l.cols, x.len)?;
+        check_len("matvec", "out", l.rows, out.len)?;
+        let mut st = self.state.lock();
+        for b in &w.blocks {
+            self.matvec_at(
+                &mut st, &b.buf, b.mat, l.format, b.rows, l.cols, x, out, b.row0,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn matvec_bytes(&self, w: WeightView<'_>, x: &GpuTensor, out: &mut GpuTensor) -> Result<()> {
+        let l = *w.layout();
+        check_len("matvec", "x", l.cols, x.len)?;
+        check_len("matvec", "out", l.rows, out.len)?;
+        check_gpu_dims(l.format, l.rows, l.cols)?;
+        if l.total as u64 > self.gpu.info.max_binding {
+            // Larger than one binding: split into row blocks like a resident weight.
+            let tmp = self.load_weight(w.bytes(), l.rows, l.cols, l.format)?;
+            return self.matvec(&tmp, x, out);
+        }
+        let buf = self.storage(w.bytes());
+        let mut st = self.state.lock();
+        self.matvec_at(
+            &mut st,
+            &buf,
+            MatRef::at(0, &l)?,
+            l.format,
+            l.rows,
+            l.cols,
+            x,
+            out,
+            0,
+        )
+    }
+
+    fn rms_norm(
+        &self,
+        x: &GpuTensor,
+        weight: &GpuTensor,
+        eps: f32,
+        out: &mut GpuTensor,
+    ) -> Result<()> {
+        check_len("rms_norm", "weight", x.len, weight.len)?;
+        check_len("rms_norm", "out", x.len, out.len)?;
+        let p = self.uniform(&words(&[
+            to_u32("rms_norm", "length", x.len)?,
+            eps.to_bits(),
+            0,
+            0,
+        ]));
+        let mut st = self.state.lock();
+        self.dispatch(
+            &mut st,
+            Kernel::RmsNorm,
+            &[(0, &out.buf), (1, &x.buf), (2, &weight.buf), (3, &p)],
+            (1, 1, 1),
+        );
+        Ok(())
+    }
+
+    fn rms_norm_heads(
+        &self,
+        x: &mut GpuTensor,
+        weight: &GpuTensor,
+        head_dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        check_len("rms_norm_heads", "weight", head_dim, weight.len)?;
+        if head_dim == 0 || !x.len.is_multiple_of(head_dim) {
+            return Err(BackendError::Shape {
+                op: "rms_norm_heads",
+                what: "x",
+                expected: head_dim,
+                got: x.len,
+            });
+        }
+        let p = self.uniform(&words(&[head_dim as u32, eps.to_bits(), 0, 0]));
+        let mut st = self.state.lock();
+        self.dispatch(
+            &mut st,
+            Kernel::RmsNormHeads,
+            &[(0, &x.buf), (2, &weight.buf), (3, &p)],
+            (to_u32("rms_norm_heads", "heads", x.len / head_dim)?, 1, 1),
+        );
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut GpuTensor,
+        n_heads: usize,
+        head_dim: usize,
+        pos: usize,
+        theta: f32,
+    ) -> Result<()> {
+        check_len("rope", "x", n_heads * head_dim, x.len)?;
+        if !head_dim.is_multiple_of(2) {
+            return Err(BackendError::Shape {
+                op: "rope",
+                what: "head_dim (must be even)",
+                expected: head_dim + 1,
+                got: head_dim,
+            });
+        }
+        let (cos, sin) = crate::cpu::rope_table(head_dim, pos, theta);
+        let table: Vec<f32> = cos.into_iter().chain(sin).collect();
+        let table = self.storage(bytemuck::cast_slice(&table));
+        let p = self.uniform(&words(&[n_heads as u32, head_dim as u32, 0, 0]));
+        let mut st = self.state.lock();
+        self.dispatch(
+            &mut st,
+            Kernel::Rope,
+            &[(0, &x.buf), (1, &table), (2, &p)],
+            (((n_heads * head_dim / 2) as u32).div_ceil(WG).max(1), 1, 1),
+        );
+        Ok(())
+    }
+
+    fn kv_write(
+        &self,
+        cache: &mut GpuKvCache,
+        layer: usize,
+        pos: usize,
+        k: &GpuTensor,
+        v: &GpuTensor,
+    ) -> Result<()> {
+        let s = cache.shape;
+        check_index("kv_write", "layer", layer, s.layers)?;
+        check_index("kv_write", "position", pos, s.max_seq)?;
+        check_len("kv_write", "k", s.kv_dim, k.len)?;
+        check_len("kv_write", "v", s.kv_dim, v.len)?;
+        let (off, n) = ((pos * s.kv_dim * 4) as u64, (s.kv_dim * 4) as u64);
+        let mut st = self.state.lock();
+        let enc = st.encoder(&self.gpu.device);
+        enc.copy_buffer_to_buffer(&k.buf, 0, &cache.k[layer], off, n);
+        enc.copy_buffer_to_buffer(&v.buf, 0, &cache.v[layer], off, n);
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &GpuTensor,
+        cache: &GpuKvCache,
+        layer: usize,
+        seq_len: usize,
+        shape: AttnShape,
+        out: &mut GpuTensor,
+    ) -> Result<()> {
+        let s = cache.shape;
+        check_index("attention", "layer", layer, s.layers)?;
+        check_index("attention", "seq_len", seq_len, s.max_seq + 1)?;
+        check_len(
+            "attention",
+            "kv_dim",
+            s.kv_dim,
+            shape.n_kv_heads * shape.head_dim,
+        )?;
+        check_len("attention", "q", shape.n_heads * shape.head_dim, q.len)?;
+        check_len("attention", "out", shape.n_heads * shape.head_dim, out.len)?;
+        if shape.n_kv_heads == 0 || !shape.n_heads.is_multiple_of(shape.n_kv_heads) || seq_len == 0
+        {
+            return Err(BackendError::Shape {
+                op: "attention",
+                what: "n_heads / n_kv_heads / seq_len",
+                expected: shape.n_kv_heads,
+                got: shape.n_heads,
+            });
+        }
+        let p = self.uniform(&words(&[
+            seq_len as u32,
+            shape.head_dim as u32,
+            s.kv_dim as u32,
+            (shape.n_heads / shape.n_kv_heads) as u32,
+            s.max_seq as u32,
+            0,
+            (1.0 / (shape.head_dim as f32).sqrt()).to_bits(),
+            0,
+        ]));
+        let mut st = self.state.lock();
+        let scores = grown(
+            &mut st.scores,
+            &self.gpu.device,
+            (shape.n_heads * s.max_seq * 4) as u64,
+            ::wgpu::BufferUsages::STORAGE,
+            "attention scores",
+        );
+        self.dispatch(
+            &mut st,
+            Kernel::Attention,
+            &[
+                (0, &q.buf),
+                (1, &cache.k[layer]),
+                (2, &cache.v[layer]),
+                (3, &scores),
+                (4, &out.buf),
+                (5, &p),
+            ],
+            (shape.n_heads as u32, 1, 1),
+        );
+        Ok(())
+    }
+
+    fn swiglu(&self, gate: &mut GpuTensor, up: &GpuTensor) -> Result<()> {
+        check_len("swiglu", "up", gate.len, up.len)?;
+        self.elementwise(Kernel::Swiglu, gate, up, 0.0)
+    }
+
+    fn axpy(&self, y: &mut GpuTensor, alpha: f32, x: &GpuTensor) -> Result<()> {
+        check_len("axpy", "x", y.len, x.len)?;
+        self.elementwise(Kernel::Axpy, y, x, alpha)
+    }
+
+    fn fill_zero(&self, y: &mut GpuTensor) -> Result<()> {
+        let mut st = self.state.lock();
+        st.encoder(&self.gpu.device).clear_buffer(&y.buf, 0, None);
+        Ok(())
+    }
+
+    fn moe_experts(
+        &self,
+        experts: &[RoutedExpert<'_>],
+        x: &GpuTensor,
+        _scratch: &mut ExpertScratch<GpuTensor>,
+        out: &mut GpuTensor,
+    ) -> Result<()> {
+        let Some(first) = experts.first() else {
+            return self.fill_zero(out);
+        };
+        let hidden = x.len;
+        check_len("moe_experts", "out", hidden, out.len)?;
+        let (inter, format) = check_expert(&first.weights, hidden)?;
+        for e in experts {
+            if check_expert(&e.weights, hidden)? != (inter, format) {
+                return Err(BackendError::Shape {
+                    op: "moe_experts",
+                    what: "expert intermediate size",
+                    expected: inter,
+                    got: e.weights[0].layout().rows,
+                });
+            }
+        }
+        let mut st = self.state.lock();
+        let mut slots = Vec::with_capacity(experts.len());
+        for e in experts {
+            let (slot, _) = self.place_expert(&mut st, e.id, &e.weights, &slots, false)?;
+            slots.push(slot);
+        }
+        let generation = st.generation;
+        let ring = st.ring.as_mut().expect("placed experts");
+        let mut table: Vec<u32> = Vec::with_capacity(16 * experts.len());
+        for (e, &slot) in experts.iter().zip(&slots) {
+            ring.mark_read(slot, generation);
+            for m in ring.mats(slot)? {
+                table.extend([m.data, m.scales, m.biases, 0]);
+            }
+            table.extend([e.combine.to_bits(), 0, 0, 0]);
+        }
+        let ring_buf = ring.buf.clone();
+        let table = self.storage(bytemuck::cast_slice(&table));
+        let n = to_u32("moe_experts", "experts", experts.len())?;
+        let h = grown(
+            &mut st.moe_h,
+            &self.gpu.device,
+            tensor_bytes(experts.len() * inter),
+            ::wgpu::BufferUsages::STORAGE,
+            "expert activations",
+        );
+        let group = format.group().unwrap_or(0) as u32;
+        let (inter32, hidden32) = (inter as u32, hidden as u32);
+        let p_up = self.uniform(&words(&[
+            inter32, hidden32, group, n, 0, 0, 0, 0, 0, 0, 0, 0,
+        ]));
+        let p_down = self.uniform(&words(&[
+            hidden32, inter32, group, n, 0, 0, 0, 0, 0, 0, 0, 0,
+        ]));
+        let fmt = Fmt::of(format);
+        self.dispatch(
+            &mut st,
+            Kernel::GateUp(fmt),
+            &[
+                (0, &ring_buf),
+                (1, &x.buf),
+                (2, &h),
+                (3, &p_up),
+                (4, &table),
+            ],
+            (inter32.div_ceil(ROWS_PER_GROUP), n, 1),
+        );
+        self.dispatch(
+            &mut st,
+            Kernel::DownCombine(fmt),
+            &[
+                (0, &ring_buf),
+                (1, &h),
+                (2, &out.buf),
+                (3, &p_down),
+                (4, &table),
+            ],
+            (hidden32.div_ceil(ROWS_PER_GROUP), 1, 1),
+        );
+        Ok(())
+    }
+
+    fn stages_experts(&self) -> bool {
+        true
+    }
+
+    fn stage_expert(&self, id: ExpertId, weights: [WeightView<'_>; 3]) -> Result<bool> {
+        let hidden = weights[0].layout().cols;
+        check_expert(&weights, hidden)?;
+        let mut st = self.state.lock();
+        Ok(self.place_expert(&mut st, id, &weights, &[], true)?.1)
+    }
+}

@@ -1,0 +1,31 @@
+// Element-wise ops on f32 vectors.
+
+struct Params {
+    n: u32,
+    alpha: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<uniform> p: Params;
+
+// y += alpha * x
+@compute @workgroup_size(256)
+fn axpy(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i < p.n) {
+        y[i] = y[i] + p.alpha * x[i];
+    }
+}
+
+// y = silu(y) * x   (y = gate, x = up)
+@compute @workgroup_size(256)
+fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i < p.n) {
+        let g = y[i];
+        y[i] = g / (1.0 + exp(-g)) * x[i];
+    }
+}
