@@ -209,6 +209,11 @@ pub trait ExpertSource {
     fn layout(&self) -> &ExpertLayout;
     /// The records of experts `ids` of `layer` (one per id, same order).
     fn experts(&mut self, layer: u32, ids: &[u32]) -> Result<ExpertBatch<'_>>;
+    /// Those of `ids` whose records are at hand now (no waiting, no reads, not a demand), and
+    /// their records: a GPU backend copies them ahead of use. The default offers none.
+    fn ready(&mut self, _layer: u32, _ids: &[u32]) -> Result<(Vec<u32>, ExpertBatch<'_>)> {
+        Ok((Vec::new(), ExpertBatch::slices(Vec::new())))
+    }
 }
 
 /// The record of expert `e` of layer `l` packed from `ckpt` in `layout.format` (`Bf16` from a
@@ -317,5 +322,10 @@ impl ExpertSource for InMemoryExperts {
             .map(|&e| self.record(layer, e))
             .collect::<Result<_>>()?;
         Ok(ExpertBatch::slices(records))
+    }
+
+    fn ready(&mut self, layer: u32, ids: &[u32]) -> Result<(Vec<u32>, ExpertBatch<'_>)> {
+        let batch = self.experts(layer, ids)?;
+        Ok((ids.to_vec(), batch))
     }
 }

@@ -8,7 +8,9 @@ use crate::experts::ExpertSource;
 use crate::hooks::RoutingObserver;
 use crate::weights::Checkpoint;
 use flashmoe_backends::routing::softmax;
-use flashmoe_backends::{AttnShape, ComputeBackend, KvShape};
+use flashmoe_backends::{
+    AttnShape, ComputeBackend, ExpertId, ExpertScratch, KvShape, RoutedExpert,
+};
 
 /// How a family names its MoE tensors (`model.layers.N.{moe}.{router}`, `...experts.E.{experts[k]}`).
 #[derive(Clone, Copy, Debug)]
@@ -74,9 +76,7 @@ struct Scratch<B: ComputeBackend> {
     o: B::Tensor,
     router_logits: B::Tensor,
     moe_out: B::Tensor,
-    expert_out: B::Tensor,
-    h1: B::Tensor,
-    h2: B::Tensor,
+    experts: ExpertScratch<B::Tensor>,
     logits: B::Tensor,
 }
 
@@ -93,6 +93,9 @@ pub struct MoeModel<B: ComputeBackend> {
     /// Positions `0..next_pos` hold valid keys and values.
     next_pos: usize,
     s: Scratch<B>,
+    /// The next layer's most probable experts by pre-gate, staged on backends that keep
+    /// expert records (a GPU) while this layer computes.
+    stage_next: Vec<u32>,
 }
 
 /// Loads resident tensors from a checkpoint onto a backend, checking shapes.
@@ -184,9 +187,11 @@ impl<B: ComputeBackend> MoeModel<B> {
             o: z(h)?,
             router_logits: z(cfg.num_experts)?,
             moe_out: z(h)?,
-            expert_out: z(h)?,
-            h1: z(cfg.expert_intermediate)?,
-            h2: z(cfg.expert_intermediate)?,
+            experts: ExpertScratch {
+                h1: z(cfg.expert_intermediate)?,
+                h2: z(cfg.expert_intermediate)?,
+                out: z(h)?,
+            },
             logits: z(v)?,
         };
         Ok(Self {
@@ -200,6 +205,7 @@ impl<B: ComputeBackend> MoeModel<B> {
             max_seq,
             next_pos: 0,
             s,
+            stage_next: Vec::new(),
         })
     }
 
@@ -357,10 +363,14 @@ impl<B: ComputeBackend> MoeModel<B> {
         .ctx(|| format!("model.layers.{l}.post_attention_layernorm"))?;
         be.matvec(&layer.router, &s.x, &mut s.router_logits)
             .ctx(|| ctx("router"))?;
+        let layer_id = l as u32;
+        let predicted = std::mem::take(&mut self.stage_next);
+        if be.stages_experts() && !predicted.is_empty() {
+            stage_ready(be, experts, layer_id, &predicted)?;
+        }
         let routing = be
             .router_top_k(&s.router_logits, cfg.top_k, cfg.norm_topk_prob)
             .ctx(|| ctx("router top-k"))?;
-        let layer_id = l as u32;
         obs.on_routing(layer_id, &routing.ids, &routing.weights);
         if obs.wants_pregate()
             && let Some(next) = self.layers.get(l + 1)
@@ -370,6 +380,9 @@ impl<B: ComputeBackend> MoeModel<B> {
             let scores = softmax(&be.read(&s.router_logits).ctx(|| ctx("pre-gate"))?)
                 .ctx(|| ctx("pre-gate"))?;
             obs.on_pregate(layer_id + 1, &scores);
+            if be.stages_experts() {
+                self.stage_next = crate::sampler::top_k(&scores, cfg.top_k);
+            }
         }
         let layout = *experts.layout();
         let batch = experts.experts(layer_id, &routing.ids)?;
@@ -384,20 +397,30 @@ impl<B: ComputeBackend> MoeModel<B> {
                 ),
             });
         }
-        be.fill_zero(&mut s.moe_out).ctx(|| ctx("combine"))?;
+        let mut routed = Vec::with_capacity(routing.ids.len());
         for (i, (&id, &w)) in routing.ids.iter().zip(&routing.weights).enumerate() {
-            let bad = |e: flashmoe_backends::BackendError| EngineError::Expert {
+            let rec = batch.record(i).unwrap_or_default();
+            let weights = layout.views(rec).map_err(|e| EngineError::Expert {
                 layer: layer_id,
                 expert: id,
                 reason: e.to_string(),
-            };
-            let rec = batch.record(i).unwrap_or_default();
-            let views = layout.views(rec).map_err(bad)?;
-            be.expert_ffn(views, &s.x, &mut s.h1, &mut s.h2, &mut s.expert_out)
-                .map_err(bad)?;
-            be.axpy(&mut s.moe_out, w, &s.expert_out)
-                .ctx(|| ctx("combine"))?;
+            })?;
+            routed.push(RoutedExpert {
+                id: ExpertId {
+                    layer: layer_id,
+                    expert: id,
+                },
+                weights,
+                combine: w,
+            });
         }
+        be.moe_experts(&routed, &s.x, &mut s.experts, &mut s.moe_out)
+            .map_err(|e| EngineError::Expert {
+                layer: layer_id,
+                expert: routing.ids[0],
+                reason: format!("computing experts {:?}: {e}", routing.ids),
+            })?;
+        drop(routed);
         drop(batch);
         be.axpy(&mut s.h, 1.0, &s.moe_out).ctx(|| ctx("residual"))
     }
@@ -411,4 +434,31 @@ impl<B: ComputeBackend> MoeModel<B> {
             .ctx(|| "lm_head".into())?;
         be.read(&s.logits).ctx(|| "reading logits".into())
     }
+}
+
+/// Copies those of `predicted` experts of `layer` that `experts` holds ready into the backend's
+/// own memory (a GPU's expert slots), so the upload is off the critical path when the routing
+/// agrees. The records' pins are released as soon as the backend has its copy.
+fn stage_ready<B: ComputeBackend>(
+    be: &B,
+    experts: &mut dyn ExpertSource,
+    layer: u32,
+    predicted: &[u32],
+) -> Result<()> {
+    let layout = *experts.layout();
+    let (ids, batch) = experts.ready(layer, predicted)?;
+    for (i, &id) in ids.iter().enumerate() {
+        let bad = |e: flashmoe_backends::BackendError| EngineError::Expert {
+            layer,
+            expert: id,
+            reason: format!("staging: {e}"),
+        };
+        let rec = batch.record(i).unwrap_or_default();
+        be.stage_expert(
+            ExpertId { layer, expert: id },
+            layout.views(rec).map_err(bad)?,
+        )
+        .map_err(bad)?;
+    }
+    Ok(())
 }

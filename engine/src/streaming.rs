@@ -107,6 +107,12 @@ impl ExpertSource for SchedExperts {
             })?;
         Ok(ExpertBatch::held(guard))
     }
+
+    fn ready(&mut self, layer: u32, ids: &[u32]) -> Result<(Vec<u32>, ExpertBatch<'_>)> {
+        let guard = self.sched.acquire_ready(layer, ids);
+        let ready = (0..guard.len()).map(|i| guard.expert(i)).collect();
+        Ok((ready, ExpertBatch::held(guard)))
+    }
 }
 
 /// How a [`Prefetcher`] predicts.

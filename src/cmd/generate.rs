@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
-use flashmoe_backends::CpuBackend;
+use flashmoe_backends::wgpu::{WgpuBackend, WgpuConfig};
+use flashmoe_backends::{ComputeBackend, CpuBackend};
 use flashmoe_engine::sampler::Sampler;
 use flashmoe_engine::{
     NoObserver, PackedModel, Prediction, Prefetcher, RoutingObserver, SchedExperts, Tee, TraceSink,
@@ -54,6 +55,12 @@ pub struct GenerateArgs {
     /// Read backend: auto, io_uring, pread or mmap.
     #[arg(long, default_value = "auto")]
     pub io_backend: String,
+    /// Compute backend: cpu, or wgpu (Vulkan / Metal; the adapter chosen is reported).
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+    /// wgpu: use the first adapter whose name contains this (default: the one wgpu prefers).
+    #[arg(long)]
+    pub adapter: Option<String>,
     /// Prefetch prediction: pregate, none, temporal, transition or frequency.
     #[arg(long, default_value = "pregate")]
     pub predictor: String,
@@ -166,6 +173,60 @@ pub struct Stats {
     pub predictor: String,
     /// Experts hinted per predicted layer (the flag, capped to what the cache holds).
     pub hinted_per_layer: usize,
+    /// Where the decode step ran.
+    pub compute: ComputeReport,
+}
+
+/// The compute backend of a run and, for a GPU, its expert-upload counters.
+#[derive(Debug, Default, Serialize)]
+pub struct ComputeReport {
+    /// `cpu` or `wgpu`.
+    pub backend: String,
+    /// The GPU adapter (wgpu).
+    pub adapter: Option<String>,
+    /// Expert records uploaded when their layer computed (not resident on the GPU).
+    pub gpu_demand_uploads: u64,
+    /// Expert records uploaded ahead (pre-gate predicted, ready in io-sched's cache).
+    pub gpu_staged_uploads: u64,
+    /// Routed experts found resident in the GPU's expert ring.
+    pub gpu_resident_hits: u64,
+    /// Of those, staged ahead and used for the first time.
+    pub gpu_staged_hits: u64,
+    /// Bytes of expert records uploaded.
+    pub gpu_upload_bytes: u64,
+    /// Host time copying expert records into wgpu's staging memory.
+    pub gpu_upload_ms: f64,
+    /// Host time waiting for the GPU (router, pre-gate and logit read-backs).
+    pub gpu_wait_ms: f64,
+    /// Command buffers submitted / compute dispatches recorded.
+    pub gpu_submits: u64,
+    pub gpu_dispatches: u64,
+}
+
+impl ComputeReport {
+    fn cpu(_: &CpuBackend) -> Self {
+        Self {
+            backend: "cpu".into(),
+            ..Self::default()
+        }
+    }
+
+    fn wgpu(be: &WgpuBackend) -> Self {
+        let s = be.stats();
+        Self {
+            backend: "wgpu".into(),
+            adapter: Some(be.info().to_string()),
+            gpu_demand_uploads: s.ring.demand_uploads,
+            gpu_staged_uploads: s.ring.staged_uploads,
+            gpu_resident_hits: s.ring.resident_hits,
+            gpu_staged_hits: s.ring.staged_hits,
+            gpu_upload_bytes: s.ring.upload_bytes,
+            gpu_upload_ms: s.ring.upload_ns as f64 / 1e6,
+            gpu_wait_ms: s.wait_ns as f64 / 1e6,
+            gpu_submits: s.submits,
+            gpu_dispatches: s.dispatches,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -210,57 +271,27 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
         )
         .into());
     }
-    let mut model = m.load_model(CpuBackend::new(), max_seq)?;
-    let mut experts = SchedExperts::new(sched.clone(), m.record)?;
-    let per_layer = args.prefetch.unwrap_or(cfg.top_k + 2);
-    let mode = prediction(args, cfg.num_layers as u32, cfg.num_experts as u32)?;
-    let mut prefetch = Prefetcher::new(sched.clone(), mode, per_layer, cfg.top_k);
-    let mut sampler = Sampler::new(args.temperature, args.top_p, args.seed);
-    let stop: &[u32] = if args.ignore_eos { &[] } else { &m.eos };
-
-    let mut sink = match &args.trace {
-        Some(path) => Some(TraceSink::create(
-            path,
-            cfg.num_layers as u32,
-            cfg.num_experts as u32,
-            cfg.top_k as u32,
-            true,
-        )?),
-        None => None,
+    let run = Decode {
+        args,
+        m: &m,
+        sched: &sched,
+        prompt: &prompt,
+        max_seq,
     };
-    let mut stream = TextStream::new(!args.json);
-    if !args.json {
-        print!("{}", args.prompt);
-        std::io::stdout().flush()?;
-    }
-    let mut none = NoObserver;
-    let second: &mut dyn RoutingObserver = match sink.as_mut() {
-        Some(s) => s,
-        None => &mut none,
+    let (g, hinted, traced, compute) = match args.backend.as_str() {
+        "cpu" => run.on(CpuBackend::new(), ComputeReport::cpu)?,
+        "wgpu" => {
+            let be = WgpuBackend::new(&WgpuConfig {
+                adapter_name: args.adapter.clone(),
+                ..WgpuConfig::default()
+            })
+            .map_err(|e| format!("--backend wgpu: {e}"))?;
+            eprintln!("note: compute on wgpu: {}", be.info());
+            run.on(be, ComputeReport::wgpu)?
+        }
+        other => return Err(format!("--backend {other:?}: expected cpu or wgpu").into()),
     };
-    let mut obs = Tee(&mut prefetch, second);
-    let obs: &mut dyn RoutingObserver = &mut obs;
-    let tok = &m.tokenizer;
-    let mut on_token = |id: u32| stream.push(tok, id);
-    let g = generate(
-        &mut model,
-        &prompt,
-        args.max_tokens,
-        stop,
-        &mut sampler,
-        &mut experts,
-        obs,
-        &mut on_token,
-    )?;
-    if !args.json {
-        println!();
-    }
-    let hinted = prefetch.per_layer();
-    let traced = match (sink, &args.trace) {
-        (Some(sink), Some(path)) => Some((sink.finish()?, path.display().to_string())),
-        _ => None,
-    };
-    let stats = stats(args, &m, &sched, budget, prompt.len(), &g, hinted);
+    let stats = stats(args, &m, &sched, budget, prompt.len(), &g, hinted, compute);
     if args.json {
         let out = JsonOut {
             model: dir.display().to_string(),
@@ -281,6 +312,87 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
     Ok(())
 }
 
+/// What one decode run needs, whatever the compute backend.
+struct Decode<'a> {
+    args: &'a GenerateArgs,
+    m: &'a PackedModel,
+    sched: &'a Arc<Scheduler>,
+    prompt: &'a [u32],
+    max_seq: usize,
+}
+
+/// The generation, experts hinted per layer, the trace written (tokens, path) and the
+/// compute report.
+type Decoded = (
+    flashmoe_engine::Generation,
+    usize,
+    Option<(u64, String)>,
+    ComputeReport,
+);
+
+impl Decode<'_> {
+    /// Loads the model on `be`, generates (streaming the text unless `--json`), and reports.
+    fn on<B: ComputeBackend>(
+        &self,
+        be: B,
+        report: impl FnOnce(&B) -> ComputeReport,
+    ) -> CliResult<Decoded> {
+        let (args, m, sched) = (self.args, self.m, self.sched);
+        let cfg = &m.config;
+        let mut model = m.load_model(be, self.max_seq)?;
+        let mut experts = SchedExperts::new(sched.clone(), m.record)?;
+        let per_layer = args.prefetch.unwrap_or(cfg.top_k + 2);
+        let mode = prediction(args, cfg.num_layers as u32, cfg.num_experts as u32)?;
+        let mut prefetch = Prefetcher::new(sched.clone(), mode, per_layer, cfg.top_k);
+        let mut sampler = Sampler::new(args.temperature, args.top_p, args.seed);
+        let stop: &[u32] = if args.ignore_eos { &[] } else { &m.eos };
+        let mut sink = match &args.trace {
+            Some(path) => Some(TraceSink::create(
+                path,
+                cfg.num_layers as u32,
+                cfg.num_experts as u32,
+                cfg.top_k as u32,
+                true,
+            )?),
+            None => None,
+        };
+        let mut stream = TextStream::new(!args.json);
+        if !args.json {
+            print!("{}", args.prompt);
+            std::io::stdout().flush()?;
+        }
+        let mut none = NoObserver;
+        let second: &mut dyn RoutingObserver = match sink.as_mut() {
+            Some(s) => s,
+            None => &mut none,
+        };
+        let mut obs = Tee(&mut prefetch, second);
+        let tok = &m.tokenizer;
+        let mut on_token = |id: u32| stream.push(tok, id);
+        let g = generate(
+            &mut model,
+            self.prompt,
+            args.max_tokens,
+            stop,
+            &mut sampler,
+            &mut experts,
+            &mut obs,
+            &mut on_token,
+        )?;
+        drop(obs);
+        let hinted = prefetch.per_layer();
+        let traced = match (sink, &args.trace) {
+            (Some(sink), Some(path)) => Some((sink.finish()?, path.display().to_string())),
+            _ => None,
+        };
+        if !args.json {
+            println!();
+        }
+        Ok((g, hinted, traced, report(model.backend())))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn stats(
     args: &GenerateArgs,
     m: &PackedModel,
@@ -289,6 +401,7 @@ fn stats(
     prompt_tokens: usize,
     g: &flashmoe_engine::Generation,
     hinted_per_layer: usize,
+    compute: ComputeReport,
 ) -> Stats {
     let t: LayerMetrics = sched.metrics().total();
     let steps = (prompt_tokens + g.decode_steps).max(1);
@@ -313,6 +426,7 @@ fn stats(
         backend: sched.backend_description().to_string(),
         predictor: args.predictor.clone(),
         hinted_per_layer,
+        compute,
     }
 }
 
@@ -341,6 +455,20 @@ fn print_stats(s: &Stats) {
         s.bytes_read_per_token / 1e6,
         s.stall_ms
     );
+    let c = &s.compute;
+    if let Some(adapter) = &c.adapter {
+        eprintln!(
+            "gpu {adapter}: experts resident {} (staged ahead {}), uploaded {} at demand + {} ahead ({:.1} MB, {:.1} ms host copy), waited {:.1} ms, {} submits",
+            c.gpu_resident_hits,
+            c.gpu_staged_hits,
+            c.gpu_demand_uploads,
+            c.gpu_staged_uploads,
+            c.gpu_upload_bytes as f64 / 1e6,
+            c.gpu_upload_ms,
+            c.gpu_wait_ms,
+            c.gpu_submits
+        );
+    }
 }
 
 /// Prints decoded text as tokens arrive, holding back an incomplete UTF-8 sequence.

@@ -915,6 +915,9 @@ impl ComputeBackend for WgpuBackend {
         let hidden = weights[0].layout().cols;
         check_expert(&weights, hidden)?;
         let mut st = self.state.lock();
+        // Hand the GPU what is recorded (the previous layer's experts, this layer's attention)
+        // so that it computes while the host copies the record.
+        self.flush(&mut st);
         Ok(self.place_expert(&mut st, id, &weights, &[], true)?.1)
     }
 }
