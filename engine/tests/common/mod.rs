@@ -1,8 +1,8 @@
 //! Shared helpers of the engine's integration tests: fixture lookup and golden data.
 #![allow(dead_code)]
 
-use flashmoe_backends::CpuBackend;
 use flashmoe_backends::quant::WeightFormat;
+use flashmoe_backends::{ComputeBackend, CpuBackend};
 use flashmoe_engine::{Checkpoint, FamilyNames, InMemoryExperts, ModelConfig, MoeModel};
 use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
@@ -88,11 +88,20 @@ pub fn golden(dir: &Path) -> Vec<GoldenPrompt> {
 
 /// Loads the model in `dir` on the CPU with its experts packed in memory in `format`.
 pub fn load(dir: &Path, format: WeightFormat) -> (MoeModel<CpuBackend>, InMemoryExperts) {
+    load_on(CpuBackend::new(), dir, format)
+}
+
+/// Loads the model in `dir` on `be` with its experts packed in memory in `format`.
+pub fn load_on<B: ComputeBackend>(
+    be: B,
+    dir: &Path,
+    format: WeightFormat,
+) -> (MoeModel<B>, InMemoryExperts) {
     let cfg = ModelConfig::from_file(&dir.join("config.json")).expect("config");
     let ckpt = Checkpoint::open(dir, cfg.dtype).expect("checkpoint");
     let experts = InMemoryExperts::pack(&ckpt, &cfg, FamilyNames::of(cfg.family), format)
         .expect("pack experts");
-    let model = MoeModel::load(CpuBackend::new(), cfg, &ckpt, 256).expect("model");
+    let model = MoeModel::load(be, cfg, &ckpt, 256).expect("model");
     (model, experts)
 }
 
