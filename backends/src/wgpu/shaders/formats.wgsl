@@ -3,13 +3,33 @@
 //   VALS           values per 16-byte chunk (one vec4<u32> load);
 //   chunk_dot      the dot product of chunk `c` of row `row` of matrix `m` with x;
 //   value_at       one weight, for gathers (embedding rows).
-// Scales and biases are f16 read with unpack2x16float, so no SHADER_F16 is needed.
+// f16 values (scales, biases, F16 weights) are decoded from their bits with integer ops:
+// neither SHADER_F16 nor naga's f16-in-f32 capability (which `unpack2x16float` needs) is used.
+
+// The f32 value of the f16 whose bits are the low 16 bits of `h` (exact, subnormals included).
+fn f16_bits(h: u32) -> f32 {
+    let sign = (h & 0x8000u) << 16u;
+    let e = (h >> 10u) & 0x1fu;
+    let man = h & 0x3ffu;
+    if (e == 0u) {
+        let v = f32(man) * 5.9604645e-8;
+        return select(v, -v, sign != 0u);
+    }
+    if (e == 31u) {
+        return bitcast<f32>(sign | 0x7f800000u | (man << 13u));
+    }
+    return bitcast<f32>(sign | ((e + 112u) << 23u) | (man << 13u));
+}
+
+// The two f16 of a word, low half first.
+fn f16_pair(word: u32) -> vec2<f32> {
+    return vec2<f32>(f16_bits(word & 0xffffu), f16_bits(word >> 16u));
+}
 
 // An f16 stored at half-word index `i` of the weight buffer.
 fn half_at(i: u32) -> f32 {
-    let word = i >> 1u;
-    let pair = unpack2x16float(w[word >> 2u][word & 3u]);
-    return select(pair.x, pair.y, (i & 1u) == 1u);
+    let word = w[(i >> 1u) >> 2u][(i >> 1u) & 3u];
+    return f16_bits(select(word & 0xffffu, word >> 16u, (i & 1u) == 1u));
 }
 
 // The 32-bit word at word index `i` of the weight buffer.
@@ -110,14 +130,14 @@ const VALS: u32 = 8u;
 fn chunk_dot(m: Mat, row: u32, c: u32) -> f32 {
     let q = w[m.data + row * (m.cols / VALS) + c];
     let xi = m.x + ((c * VALS) >> 2u);
-    let a = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
-    let b = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+    let a = vec4<f32>(f16_pair(q.x), f16_pair(q.y));
+    let b = vec4<f32>(f16_pair(q.z), f16_pair(q.w));
     return dot(a, x[xi]) + dot(b, x[xi + 1u]);
 }
 
 fn value_at(m: Mat, row: u32, col: u32) -> f32 {
     let idx = row * m.cols + col;
-    let pair = unpack2x16float(word_at(m.data * 4u + idx / 2u));
+    let pair = f16_pair(word_at(m.data * 4u + idx / 2u));
     return select(pair.x, pair.y, (idx & 1u) == 1u);
 }
 
