@@ -25,7 +25,9 @@ fn every_kernel_translates_to_msl() {
         {
             Ok(i) => i,
             Err(e) => {
-                failures.push(format!("{name}: validation (no optional capabilities): {e:?}"));
+                failures.push(format!(
+                    "{name}: validation (no optional capabilities): {e:?}"
+                ));
                 continue;
             }
         };

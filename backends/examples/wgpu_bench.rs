@@ -1,0 +1,305 @@
+//! GPU figures for the wgpu backend: achieved GB/s of weight bytes per kernel family, and a
+//! per-token decode split (expert upload, kernels, sync) for a model geometry.
+//!
+//! `cargo run --release -p flashmoe-backends --example wgpu_bench -- [--mem-gbps N]`
+//!
+//! `--mem-gbps` is the GPU's memory bandwidth, to print ratios (H100 SXM 3350, H200 4800).
+//! Times are wall-clock over many dispatches submitted back to back, then one sync: a lower
+//! bound of the achieved bandwidth (submission overhead included). Numbers, not statistics.
+
+use flashmoe_backends::quant::{WeightFormat, quantize};
+use flashmoe_backends::wgpu::{WgpuBackend, WgpuConfig};
+use flashmoe_backends::{
+    AttnShape, ComputeBackend, ExpertId, ExpertScratch, KvShape, RoutedExpert, WeightView,
+};
+use std::time::Instant;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Deterministic pseudo-random weights in [-0.3, 0.3].
+fn weights(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.6
+        })
+        .collect()
+}
+
+/// One expert record's three tensors in q4 (group 64).
+struct Expert {
+    gate: Vec<u8>,
+    up: Vec<u8>,
+    down: Vec<u8>,
+}
+
+fn expert(hidden: usize, inter: usize, seed: u64) -> Res<Expert> {
+    let f = WeightFormat::Q4_64;
+    Ok(Expert {
+        gate: quantize(&weights(inter * hidden, seed), inter, hidden, f)?,
+        up: quantize(&weights(inter * hidden, seed + 1), inter, hidden, f)?,
+        down: quantize(&weights(hidden * inter, seed + 2), hidden, inter, f)?,
+    })
+}
+
+fn routed<'a>(e: &'a Expert, id: ExpertId, hidden: usize, inter: usize) -> Res<RoutedExpert<'a>> {
+    let f = WeightFormat::Q4_64;
+    Ok(RoutedExpert {
+        id,
+        weights: [
+            WeightView::new(&e.gate, inter, hidden, f)?,
+            WeightView::new(&e.up, inter, hidden, f)?,
+            WeightView::new(&e.down, hidden, inter, f)?,
+        ],
+        combine: 1.0 / 8.0,
+    })
+}
+
+/// GB/s of the batched expert kernels: `n` resident experts of `[hidden x inter]` per call.
+fn experts_gbps(be: &WgpuBackend, hidden: usize, inter: usize, n: usize, reps: usize) -> Res<f64> {
+    let experts: Vec<Expert> = (0..n)
+        .map(|e| expert(hidden, inter, e as u64 * 7))
+        .collect::<Res<_>>()?;
+    let routed: Vec<RoutedExpert> = experts
+        .iter()
+        .enumerate()
+        .map(|(e, x)| {
+            routed(
+                x,
+                ExpertId {
+                    layer: 0,
+                    expert: e as u32,
+                },
+                hidden,
+                inter,
+            )
+        })
+        .collect::<Res<_>>()?;
+    let bytes: usize = experts
+        .iter()
+        .map(|e| e.gate.len() + e.up.len() + e.down.len())
+        .sum();
+    let x = be.upload(&weights(hidden, 99))?;
+    let mut scratch = ExpertScratch {
+        h1: be.zeros(inter)?,
+        h2: be.zeros(inter)?,
+        out: be.zeros(hidden)?,
+    };
+    let mut out = be.zeros(hidden)?;
+    be.moe_experts(&routed, &x, &mut scratch, &mut out)?; // uploads into the ring
+    be.sync()?;
+    let t = Instant::now();
+    for _ in 0..reps {
+        be.moe_experts(&routed, &x, &mut scratch, &mut out)?;
+    }
+    be.sync()?;
+    Ok((bytes * reps) as f64 / t.elapsed().as_secs_f64() / 1e9)
+}
+
+/// GB/s of the resident matvec kernel on one `[rows x cols]` q4 weight.
+fn matvec_gbps(be: &WgpuBackend, rows: usize, cols: usize, reps: usize) -> Res<f64> {
+    let f = WeightFormat::Q4_64;
+    let bytes = quantize(&weights(rows * cols, 5), rows, cols, f)?;
+    let w = be.load_weight(&bytes, rows, cols, f)?;
+    let x = be.upload(&weights(cols, 6))?;
+    let mut y = be.zeros(rows)?;
+    be.matvec(&w, &x, &mut y)?;
+    be.sync()?;
+    let t = Instant::now();
+    for _ in 0..reps {
+        be.matvec(&w, &x, &mut y)?;
+    }
+    be.sync()?;
+    Ok((bytes.len() * reps) as f64 / t.elapsed().as_secs_f64() / 1e9)
+}
+
+/// A decode-step geometry (the non-expert weights in q4 too, random routing).
+struct Geometry {
+    name: &'static str,
+    layers: usize,
+    hidden: usize,
+    inter: usize,
+    experts: usize,
+    k: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+/// Runs `tokens` decode steps of `g` with random routing over host-resident q4 experts and
+/// prints the split: host copies of expert records, host recording, waiting on the GPU.
+fn decode_split(be: &WgpuBackend, g: &Geometry, tokens: usize) -> Res<()> {
+    let f = WeightFormat::Q4_64;
+    let (h, qd, kvd) = (g.hidden, g.heads * g.head_dim, g.kv_heads * g.head_dim);
+    let mat = |r: usize, c: usize, s: u64| -> Res<_> {
+        Ok(be.load_weight(&quantize(&weights(r * c, s), r, c, f)?, r, c, f)?)
+    };
+    // One layer's resident weights, shared by every layer (the bytes read are the same).
+    let (wq, wk, wv, wo, router) = (
+        mat(qd, h, 1)?,
+        mat(kvd, h, 2)?,
+        mat(kvd, h, 3)?,
+        mat(h, qd, 4)?,
+        mat(g.experts, h, 5)?,
+    );
+    let norm = be.upload(&vec![1.0; h])?;
+    let pool: Vec<Expert> = (0..g.experts.min(64))
+        .map(|e| expert(h, g.inter, 100 + e as u64))
+        .collect::<Res<_>>()?;
+    let mut kv = be.kv_cache(KvShape {
+        layers: g.layers,
+        max_seq: tokens,
+        kv_dim: kvd,
+    })?;
+    let (mut x, mut hs) = (be.upload(&weights(h, 7))?, be.zeros(h)?);
+    let (mut q, mut k, mut v, mut att, mut o) = (
+        be.zeros(qd)?,
+        be.zeros(kvd)?,
+        be.zeros(kvd)?,
+        be.zeros(qd)?,
+        be.zeros(h)?,
+    );
+    let mut logits = be.zeros(g.experts)?;
+    let mut scratch = ExpertScratch {
+        h1: be.zeros(g.inter)?,
+        h2: be.zeros(g.inter)?,
+        out: be.zeros(h)?,
+    };
+    let mut moe = be.zeros(h)?;
+    let shape = AttnShape {
+        n_heads: g.heads,
+        n_kv_heads: g.kv_heads,
+        head_dim: g.head_dim,
+    };
+    let before = be.stats();
+    let mut rng = 12345u64;
+    let t = Instant::now();
+    for pos in 0..tokens {
+        for l in 0..g.layers {
+            be.rms_norm(&x, &norm, 1e-6, &mut hs)?;
+            be.matvec(&wq, &hs, &mut q)?;
+            be.matvec(&wk, &hs, &mut k)?;
+            be.matvec(&wv, &hs, &mut v)?;
+            be.rope(&mut q, g.heads, g.head_dim, pos, 1e6)?;
+            be.rope(&mut k, g.kv_heads, g.head_dim, pos, 1e6)?;
+            be.kv_write(&mut kv, l, pos, &k, &v)?;
+            be.attention(&q, &kv, l, pos + 1, shape, &mut att)?;
+            be.matvec(&wo, &att, &mut o)?;
+            be.axpy(&mut x, 1.0, &o)?;
+            be.rms_norm(&x, &norm, 1e-6, &mut hs)?;
+            be.matvec(&router, &hs, &mut logits)?;
+            let _ = be.router_top_k(&logits, g.k, true)?; // the sync a real decode pays
+            let mut chosen = Vec::with_capacity(g.k);
+            while chosen.len() < g.k {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let e = (rng % g.experts as u64) as u32;
+                if !chosen.contains(&e) {
+                    chosen.push(e);
+                }
+            }
+            let routed: Vec<RoutedExpert> = chosen
+                .iter()
+                .map(|&e| {
+                    routed(
+                        &pool[e as usize % pool.len()],
+                        ExpertId {
+                            layer: l as u32,
+                            expert: e,
+                        },
+                        h,
+                        g.inter,
+                    )
+                })
+                .collect::<Res<_>>()?;
+            be.moe_experts(&routed, &hs, &mut scratch, &mut moe)?;
+            be.axpy(&mut x, 1.0, &moe)?;
+        }
+        be.read(&x)?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let s = be.stats();
+    let per = |a: u64, b: u64| (a - b) as f64 / 1e6 / tokens as f64;
+    println!(
+        "{:<22} {:>8.2} ms/token  upload {:>7.2} ms ({:>6.1} MB, {} records)  record {:>7.2} ms  wait {:>7.2} ms  ring {} slots",
+        g.name,
+        secs * 1e3 / tokens as f64,
+        per(s.ring.upload_ns, before.ring.upload_ns),
+        (s.ring.upload_bytes - before.ring.upload_bytes) as f64 / 1e6 / tokens as f64,
+        (s.ring.demand_uploads - before.ring.demand_uploads) / tokens as u64,
+        per(s.record_ns, before.record_ns),
+        per(s.wait_ns, before.wait_ns),
+        s.ring.slots,
+    );
+    Ok(())
+}
+
+fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let mem = args
+        .iter()
+        .position(|a| a == "--mem-gbps")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse::<f64>().ok());
+    let be = WgpuBackend::new(&WgpuConfig::default())?;
+    println!("adapter: {}", be.info());
+    let ratio = |g: f64| {
+        mem.map(|m| format!("{:.2}x of {m} GB/s", g / m))
+            .unwrap_or_default()
+    };
+    println!("kernel                                     GB/s of weights");
+    for (hidden, inter, n) in [(4096, 1024, 16), (2048, 768, 40)] {
+        let g = experts_gbps(&be, hidden, inter, n, 40)?;
+        println!(
+            "q4 experts gate_up+down {hidden}x{inter}, {n} experts/dispatch {g:>9.1}  {}",
+            ratio(g)
+        );
+    }
+    for (hidden, inter) in [(4096, 1024), (2048, 768)] {
+        let g = experts_gbps(&be, hidden, inter, 8, 40)?;
+        println!(
+            "q4 experts gate_up+down {hidden}x{inter}, 8 experts/dispatch  {g:>9.1}  {}",
+            ratio(g)
+        );
+    }
+    for (rows, cols) in [(4096, 1024), (2048, 768), (32768, 4096)] {
+        let g = matvec_gbps(&be, rows, cols, 100)?;
+        println!(
+            "q4 matvec {rows}x{cols} (resident)                {g:>9.1}  {}",
+            ratio(g)
+        );
+    }
+    println!("decode step (random routing, every routed expert uploaded unless resident):");
+    let geos = [
+        Geometry {
+            name: "tiny-qwen3-moe",
+            layers: 8,
+            hidden: 256,
+            inter: 128,
+            experts: 32,
+            k: 4,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 64,
+        },
+        Geometry {
+            name: "qwen3-30b-a3b",
+            layers: 48,
+            hidden: 2048,
+            inter: 768,
+            experts: 128,
+            k: 8,
+            heads: 32,
+            kv_heads: 4,
+            head_dim: 128,
+        },
+    ];
+    for g in &geos {
+        decode_split(&be, g, 16)?;
+    }
+    Ok(())
+}
