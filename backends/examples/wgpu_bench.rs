@@ -116,6 +116,75 @@ fn matvec_gbps(be: &WgpuBackend, rows: usize, cols: usize, reps: usize) -> Res<f
     Ok((bytes.len() * reps) as f64 / t.elapsed().as_secs_f64() / 1e9)
 }
 
+/// The ceiling for a WGSL kernel here: GB/s of a plain streaming read (vec4<u32> loads, xor
+/// reduce) over `bytes`, through the same naga translation as the backend's kernels.
+fn stream_gbps(be: &WgpuBackend, bytes: u64, reps: usize) -> Res<f64> {
+    use wgpu::util::DeviceExt;
+    let d = be.device();
+    let src = r#"
+@group(0) @binding(0) var<storage, read> a: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read_write> out: array<u32>;
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let n = arrayLength(&a);
+    let step = nwg.x * 256u;
+    var s = vec4<u32>(0u);
+    for (var i = gid.x; i < n; i += step) {
+        s ^= a[i];
+    }
+    out[gid.x] = s.x ^ s.y ^ s.z ^ s.w;
+}
+"#;
+    let module = d.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("stream"),
+        source: wgpu::ShaderSource::Wgsl(src.into()),
+    });
+    let pipe = d.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("stream"),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let a = d.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: None,
+        contents: &vec![1u8; bytes as usize],
+        usage: wgpu::BufferUsages::STORAGE,
+    });
+    let groups = 132 * 16;
+    let out = d.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: groups * 256 * 4,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let bg = d.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipe.get_bind_group_layout(0),
+        entries: &[
+            wgpu::BindGroupEntry { binding: 0, resource: a.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 1, resource: out.as_entire_binding() },
+        ],
+    });
+    let run = |n: usize| -> Res<f64> {
+        let mut enc = d.create_command_encoder(&Default::default());
+        for _ in 0..n {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipe);
+            pass.set_bind_group(0, &bg, &[]);
+            pass.dispatch_workgroups(groups as u32, 1, 1);
+        }
+        let t = Instant::now();
+        be.queue().submit([enc.finish()]);
+        d.poll(wgpu::PollType::wait_indefinitely())?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    run(2)?;
+    let secs = run(reps)?;
+    Ok((bytes as usize * reps) as f64 / secs / 1e9)
+}
+
 /// A decode-step geometry (the non-expert weights in q4 too, random routing).
 struct Geometry {
     name: &'static str,
@@ -252,6 +321,8 @@ fn main() -> Res<()> {
             .unwrap_or_default()
     };
     println!("kernel                                     GB/s of weights");
+    let g = stream_gbps(&be, 96 << 20, 50)?;
+    println!("reference: plain WGSL streaming read, 96 MiB  {g:>9.1}  {}", ratio(g));
     for (hidden, inter, n) in [(4096, 1024, 16), (2048, 768, 40)] {
         let g = experts_gbps(&be, hidden, inter, n, 40)?;
         println!(

@@ -8,6 +8,8 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 
 const FORMATS: &str = include_str!("shaders/formats.wgsl");
+const QUANT_COMMON: &str = include_str!("shaders/quant_common.wgsl");
+const MAT: &str = include_str!("shaders/mat.wgsl");
 const MATVEC: &str = include_str!("shaders/matvec.wgsl");
 const EXPERTS: &str = include_str!("shaders/experts.wgsl");
 const EMBED: &str = include_str!("shaders/embed.wgsl");
@@ -66,7 +68,20 @@ impl Fmt {
         }
     }
 
-    /// The shared helpers of `formats.wgsl` and this format's block.
+    /// Whether scales and biases come with the codes (the kernels then bind them as u32s).
+    pub fn quantized(self) -> bool {
+        matches!(self, Fmt::Q4 | Fmt::Q8)
+    }
+
+    /// `log2(group / VALS)`: how far to shift a chunk index to get its group.
+    pub fn group_shift(self, format: WeightFormat) -> u32 {
+        format
+            .group()
+            .map(|g| (g / self.vals_per_chunk()).trailing_zeros())
+            .unwrap_or(0)
+    }
+
+    /// The matrix helpers, the shared format helpers and this format's block.
     fn wgsl(self) -> String {
         let mut blocks = FORMATS.split("//! format ");
         let common = blocks.next().unwrap_or_default();
@@ -74,7 +89,8 @@ impl Fmt {
             .find(|b| b.split_whitespace().next() == Some(self.marker()))
             .unwrap_or_default();
         let body = block.split_once('\n').map(|(_, b)| b).unwrap_or_default();
-        format!("{common}\n{body}")
+        let quant = if self.quantized() { QUANT_COMMON } else { "" };
+        format!("{MAT}\n{common}\n{quant}\n{body}")
     }
 }
 
@@ -94,10 +110,10 @@ pub fn check_gpu_dims(format: WeightFormat, rows: usize, cols: usize) -> Result<
         ));
     }
     if let Some(g) = format.group()
-        && !g.is_multiple_of(vals)
+        && !(g.is_multiple_of(vals) && (g / vals).is_power_of_two())
     {
         return Err(bad(
-            "the GPU kernels need the group size to be a multiple of the values per 16-byte chunk",
+            "the GPU kernels need the group size to be a power-of-two multiple of the values per 16-byte chunk (Q4: 32, 64, 128..; Q8: 16, 32, 64..)",
         ));
     }
     Ok(())

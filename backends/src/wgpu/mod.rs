@@ -51,8 +51,10 @@ use tensor::{MatRef, TENSOR_USAGE, tensor_bytes};
 
 /// Default bytes of the expert ring (clamped to one binding).
 const DEFAULT_RING_BYTES: u64 = 256 << 20;
-/// Rows per matvec workgroup (8 rows x 32 lanes = 256 invocations, as in the shaders).
-const ROWS_PER_GROUP: u32 = 8;
+/// Rows per workgroup of the matvec and down_combine kernels (8 slices x 8 rows, as in the
+/// shaders) and of gate_up (8 slices x 4 rows).
+const ROWS_PER_GROUP: u32 = 64;
+const GATE_UP_ROWS_PER_GROUP: u32 = 32;
 /// Invocations of the element-wise workgroups.
 const WG: u32 = 256;
 /// Most workgroups along one dispatch dimension.
@@ -85,6 +87,9 @@ struct State {
     scores: Option<::wgpu::Buffer>,
     moe_h: Option<::wgpu::Buffer>,
     ring: Option<ExpertRing>,
+    /// Small per-dispatch data (params, expert tables, RoPE tables) of the commands being
+    /// recorded, written into `arena` just before they are submitted.
+    arena_data: Vec<u8>,
     stats: WgpuStats,
 }
 
@@ -98,11 +103,26 @@ impl State {
     }
 }
 
+/// Bytes of the arena of small per-dispatch data (one submission's worth: ~4k dispatches).
+const ARENA_BYTES: u64 = 1 << 20;
+/// Alignment of each item in the arena (uniform and storage offsets on every adapter).
+const ARENA_ALIGN: usize = 256;
+
+/// A binding of a dispatch: a whole buffer, or an item of the arena.
+#[derive(Clone, Copy)]
+enum Bind<'a> {
+    Buf(&'a ::wgpu::Buffer),
+    Arena { offset: u64, size: u64 },
+}
+
 /// The wgpu implementation of [`ComputeBackend`].
 pub struct WgpuBackend {
     gpu: Gpu,
     pipelines: Pipelines,
     ring_bytes: u64,
+    /// Per-dispatch data of one submission. Rewritten for each submission: the queue orders
+    /// that write after the previous submission's reads.
+    arena: ::wgpu::Buffer,
     state: Mutex<State>,
 }
 
@@ -159,10 +179,19 @@ impl WgpuBackend {
             .expert_ring_bytes
             .unwrap_or(DEFAULT_RING_BYTES)
             .min(gpu.info.max_binding);
+        let arena = gpu.device.create_buffer(&::wgpu::BufferDescriptor {
+            label: Some("per-dispatch data"),
+            size: ARENA_BYTES,
+            usage: ::wgpu::BufferUsages::UNIFORM
+                | ::wgpu::BufferUsages::STORAGE
+                | ::wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
         Ok(Self {
             gpu,
             pipelines: Pipelines::default(),
             ring_bytes,
+            arena,
             state: Mutex::default(),
         })
     }
@@ -170,6 +199,16 @@ impl WgpuBackend {
     /// The adapter in use.
     pub fn info(&self) -> &GpuInfo {
         &self.gpu.info
+    }
+
+    /// The wgpu device, for runtimes that add kernels of their own beside these.
+    pub fn device(&self) -> &::wgpu::Device {
+        &self.gpu.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &::wgpu::Queue {
+        &self.gpu.queue
     }
 
     /// Counters so far.
@@ -204,6 +243,10 @@ impl WgpuBackend {
 
     /// Submits the commands recorded so far.
     fn flush(&self, st: &mut State) {
+        if !st.arena_data.is_empty() {
+            self.gpu.queue.write_buffer(&self.arena, 0, &st.arena_data);
+            st.arena_data.clear();
+        }
         if let Some(enc) = st.encoder.take() {
             self.gpu.queue.submit([enc.finish()]);
             st.stats.submits += 1;
@@ -211,16 +254,23 @@ impl WgpuBackend {
         st.generation += 1;
     }
 
-    fn uniform(&self, bytes: &[u8]) -> ::wgpu::Buffer {
-        self.gpu
-            .device
-            .create_buffer_init(&::wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: bytes,
-                usage: ::wgpu::BufferUsages::UNIFORM,
-            })
+    /// Puts `bytes` (params, a small table) in the arena for the commands being recorded.
+    fn arena_item(&self, st: &mut State, bytes: &[u8]) -> Bind<'static> {
+        let size = bytes.len().div_ceil(16).max(1) * 16;
+        if st.arena_data.len() + size > ARENA_BYTES as usize {
+            self.flush(st);
+        }
+        let offset = st.arena_data.len();
+        st.arena_data.extend_from_slice(bytes);
+        let padded = offset + size.div_ceil(ARENA_ALIGN) * ARENA_ALIGN;
+        st.arena_data.resize(padded, 0);
+        Bind::Arena {
+            offset: offset as u64,
+            size: size as u64,
+        }
     }
 
+    /// A storage buffer holding `bytes` (padded to 16), for data too large for the arena.
     fn storage(&self, bytes: &[u8]) -> ::wgpu::Buffer {
         let mut padded;
         let contents = if bytes.len() % 16 == 0 && !bytes.is_empty() {
@@ -245,16 +295,25 @@ impl WgpuBackend {
         &self,
         st: &mut State,
         kernel: Kernel,
-        bindings: &[(u32, &::wgpu::Buffer)],
+        bindings: &[(u32, Bind<'_>)],
         groups: (u32, u32, u32),
     ) {
         let t = Instant::now();
         let pipeline = self.pipelines.get(&self.gpu.device, kernel);
         let entries: Vec<::wgpu::BindGroupEntry<'_>> = bindings
             .iter()
-            .map(|&(binding, buf)| ::wgpu::BindGroupEntry {
+            .map(|&(binding, b)| ::wgpu::BindGroupEntry {
                 binding,
-                resource: buf.as_entire_binding(),
+                resource: match b {
+                    Bind::Buf(buf) => buf.as_entire_binding(),
+                    Bind::Arena { offset, size } => {
+                        ::wgpu::BindingResource::Buffer(::wgpu::BufferBinding {
+                            buffer: &self.arena,
+                            offset,
+                            size: std::num::NonZeroU64::new(size),
+                        })
+                    }
+                },
             })
             .collect();
         let bind_group = self
@@ -293,40 +352,44 @@ impl WgpuBackend {
         out: &GpuTensor,
         y_off: usize,
     ) -> Result<()> {
-        let group = format.group().unwrap_or(0);
-        let p = self.uniform(&words(&[
+        let fmt = Fmt::of(format);
+        let p = self.arena_item(st, &words(&[
             to_u32("matvec", "rows", rows)?,
             to_u32("matvec", "cols", cols)?,
-            group as u32,
-            0,
+            format.group().unwrap_or(0) as u32,
+            fmt.group_shift(format),
             mat.data,
             mat.scales,
             mat.biases,
             0,
-            to_u32("matvec", "row offset", y_off)?,
             0,
+            to_u32("matvec", "row offset", y_off)?,
             0,
             0,
         ]));
         let (gx, gy) = grid(to_u32("matvec", "rows", rows)?.div_ceil(ROWS_PER_GROUP));
-        self.dispatch(
-            st,
-            Kernel::Matvec(Fmt::of(format)),
-            &[(0, w), (1, &x.buf), (2, &out.buf), (3, &p)],
-            (gx, gy, 1),
-        );
+        let mut bindings = vec![
+            (0, Bind::Buf(w)),
+            (1, Bind::Buf(&x.buf)),
+            (2, Bind::Buf(&out.buf)),
+            (3, p),
+        ];
+        if fmt.quantized() {
+            bindings.push((5, Bind::Buf(w)));
+        }
+        self.dispatch(st, Kernel::Matvec(fmt), &bindings, (gx, gy, 1));
         Ok(())
     }
 
     /// Records an element-wise op `y = f(y, x)`.
     fn elementwise(&self, kernel: Kernel, y: &GpuTensor, x: &GpuTensor, alpha: f32) -> Result<()> {
         let n = to_u32("elementwise", "length", y.len)?;
-        let p = self.uniform(&words(&[n, alpha.to_bits(), 0, 0]));
         let mut st = self.state.lock();
+        let p = self.arena_item(&mut st, &words(&[n, alpha.to_bits(), 0, 0]));
         self.dispatch(
             &mut st,
             kernel,
-            &[(0, &y.buf), (1, &x.buf), (2, &p)],
+            &[(0, Bind::Buf(&y.buf)), (1, Bind::Buf(&x.buf)), (2, p)],
             (n.div_ceil(WG).max(1), 1, 1),
         );
         Ok(())
@@ -577,25 +640,26 @@ impl ComputeBackend for WgpuBackend {
             .iter()
             .find(|b| (b.row0..b.row0 + b.rows).contains(&t))
             .expect("row blocks cover every row");
-        let p = self.uniform(&words(&[
+        let fmt = Fmt::of(l.format);
+        let mut st = self.state.lock();
+        let p = self.arena_item(&mut st, &words(&[
             (t - block.row0) as u32,
             l.cols as u32,
             l.format.group().unwrap_or(0) as u32,
-            0,
+            fmt.group_shift(l.format),
             block.mat.data,
             block.mat.scales,
             block.mat.biases,
             0,
-            0,
-            0,
-            0,
-            0,
         ]));
-        let mut st = self.state.lock();
+        let mut bindings = vec![(0, Bind::Buf(&block.buf)), (2, Bind::Buf(&out.buf)), (3, p)];
+        if fmt.quantized() {
+            bindings.push((5, Bind::Buf(&block.buf)));
+        }
         self.dispatch(
             &mut st,
-            Kernel::Embed(Fmt::of(l.format)),
-            &[(0, &block.buf), (2, &out.buf), (3, &p)],
+            Kernel::Embed(fmt),
+            &bindings,
             ((l.cols as u32).div_ceil(WG), 1, 1),
         );
         Ok(())
@@ -648,17 +712,18 @@ impl ComputeBackend for WgpuBackend {
     ) -> Result<()> {
         check_len("rms_norm", "weight", x.len, weight.len)?;
         check_len("rms_norm", "out", x.len, out.len)?;
-        let p = self.uniform(&words(&[
-            to_u32("rms_norm", "length", x.len)?,
-            eps.to_bits(),
-            0,
-            0,
-        ]));
+        let n = to_u32("rms_norm", "length", x.len)?;
         let mut st = self.state.lock();
+        let p = self.arena_item(&mut st, &words(&[n, eps.to_bits(), 0, 0]));
         self.dispatch(
             &mut st,
             Kernel::RmsNorm,
-            &[(0, &out.buf), (1, &x.buf), (2, &weight.buf), (3, &p)],
+            &[
+                (0, Bind::Buf(&out.buf)),
+                (1, Bind::Buf(&x.buf)),
+                (2, Bind::Buf(&weight.buf)),
+                (3, p),
+            ],
             (1, 1, 1),
         );
         Ok(())
@@ -680,12 +745,12 @@ impl ComputeBackend for WgpuBackend {
                 got: x.len,
             });
         }
-        let p = self.uniform(&words(&[head_dim as u32, eps.to_bits(), 0, 0]));
         let mut st = self.state.lock();
+        let p = self.arena_item(&mut st, &words(&[head_dim as u32, eps.to_bits(), 0, 0]));
         self.dispatch(
             &mut st,
             Kernel::RmsNormHeads,
-            &[(0, &x.buf), (2, &weight.buf), (3, &p)],
+            &[(0, Bind::Buf(&x.buf)), (2, Bind::Buf(&weight.buf)), (3, p)],
             (to_u32("rms_norm_heads", "heads", x.len / head_dim)?, 1, 1),
         );
         Ok(())
@@ -710,13 +775,13 @@ impl ComputeBackend for WgpuBackend {
         }
         let (cos, sin) = crate::cpu::rope_table(head_dim, pos, theta);
         let table: Vec<f32> = cos.into_iter().chain(sin).collect();
-        let table = self.storage(bytemuck::cast_slice(&table));
-        let p = self.uniform(&words(&[n_heads as u32, head_dim as u32, 0, 0]));
         let mut st = self.state.lock();
+        let table = self.arena_item(&mut st, bytemuck::cast_slice(&table));
+        let p = self.arena_item(&mut st, &words(&[n_heads as u32, head_dim as u32, 0, 0]));
         self.dispatch(
             &mut st,
             Kernel::Rope,
-            &[(0, &x.buf), (1, &table), (2, &p)],
+            &[(0, Bind::Buf(&x.buf)), (1, table), (2, p)],
             (((n_heads * head_dim / 2) as u32).div_ceil(WG).max(1), 1, 1),
         );
         Ok(())
@@ -772,7 +837,8 @@ impl ComputeBackend for WgpuBackend {
                 got: shape.n_heads,
             });
         }
-        let p = self.uniform(&words(&[
+        let mut st = self.state.lock();
+        let p = self.arena_item(&mut st, &words(&[
             seq_len as u32,
             shape.head_dim as u32,
             s.kv_dim as u32,
@@ -782,7 +848,6 @@ impl ComputeBackend for WgpuBackend {
             (1.0 / (shape.head_dim as f32).sqrt()).to_bits(),
             0,
         ]));
-        let mut st = self.state.lock();
         let scores = grown(
             &mut st.scores,
             &self.gpu.device,
@@ -794,12 +859,12 @@ impl ComputeBackend for WgpuBackend {
             &mut st,
             Kernel::Attention,
             &[
-                (0, &q.buf),
-                (1, &cache.k[layer]),
-                (2, &cache.v[layer]),
-                (3, &scores),
-                (4, &out.buf),
-                (5, &p),
+                (0, Bind::Buf(&q.buf)),
+                (1, Bind::Buf(&cache.k[layer])),
+                (2, Bind::Buf(&cache.v[layer])),
+                (3, Bind::Buf(&scores)),
+                (4, Bind::Buf(&out.buf)),
+                (5, p),
             ],
             (shape.n_heads as u32, 1, 1),
         );
@@ -862,7 +927,7 @@ impl ComputeBackend for WgpuBackend {
             table.extend([e.combine.to_bits(), 0, 0, 0]);
         }
         let ring_buf = ring.buf.clone();
-        let table = self.storage(bytemuck::cast_slice(&table));
+        let table = self.arena_item(&mut st, bytemuck::cast_slice(&table));
         let n = to_u32("moe_experts", "experts", experts.len())?;
         let h = grown(
             &mut st.moe_h,
@@ -871,37 +936,29 @@ impl ComputeBackend for WgpuBackend {
             ::wgpu::BufferUsages::STORAGE,
             "expert activations",
         );
-        let group = format.group().unwrap_or(0) as u32;
-        let (inter32, hidden32) = (inter as u32, hidden as u32);
-        let p_up = self.uniform(&words(&[
-            inter32, hidden32, group, n, 0, 0, 0, 0, 0, 0, 0, 0,
-        ]));
-        let p_down = self.uniform(&words(&[
-            hidden32, inter32, group, n, 0, 0, 0, 0, 0, 0, 0, 0,
-        ]));
         let fmt = Fmt::of(format);
+        let (group, shift) = (format.group().unwrap_or(0) as u32, fmt.group_shift(format));
+        let (inter32, hidden32) = (inter as u32, hidden as u32);
+        let p_up = self.arena_item(&mut st, &words(&[inter32, hidden32, group, shift, n, 0, 0, 0]));
+        let p_down =
+            self.arena_item(&mut st, &words(&[hidden32, inter32, group, shift, n, 0, 0, 0]));
+        let ring = Bind::Buf(&ring_buf);
+        let mut up = vec![(0, ring), (1, Bind::Buf(&x.buf)), (2, Bind::Buf(&h)), (3, p_up), (4, table)];
+        let mut down = vec![(0, ring), (1, Bind::Buf(&h)), (2, Bind::Buf(&out.buf)), (3, p_down), (4, table)];
+        if fmt.quantized() {
+            up.push((5, ring));
+            down.push((5, ring));
+        }
         self.dispatch(
             &mut st,
             Kernel::GateUp(fmt),
-            &[
-                (0, &ring_buf),
-                (1, &x.buf),
-                (2, &h),
-                (3, &p_up),
-                (4, &table),
-            ],
-            (inter32.div_ceil(ROWS_PER_GROUP), n, 1),
+            &up,
+            (inter32.div_ceil(GATE_UP_ROWS_PER_GROUP), n, 1),
         );
         self.dispatch(
             &mut st,
             Kernel::DownCombine(fmt),
-            &[
-                (0, &ring_buf),
-                (1, &h),
-                (2, &out.buf),
-                (3, &p_down),
-                (4, &table),
-            ],
+            &down,
             (hidden32.div_ceil(ROWS_PER_GROUP), 1, 1),
         );
         Ok(())

@@ -1,26 +1,21 @@
-// The routed experts of one layer in two dispatches (the format block is appended by the host).
+// The routed experts of one layer in two dispatches (format code appended by the host).
 //
-// gate_up:      h[e * inter + r] = silu(gate_e[r] . x) * (up_e[r] . x)   (workgroup row y = e)
+// gate_up:      h[e * inter + r] = silu(gate_e[r] . x) * (up_e[r] . x)   (workgroup y = e)
 // down_combine: y[r] = sum_e weight_e * (down_e[r] . h[e * inter ..])
 //
-// Every expert's matrices lie in one buffer of expert slots; `table` says where.
+// Every expert's matrices lie in one buffer of expert slots; `table` says where. The work
+// split is the one of matvec.wgsl (slices of 32 lanes, R rows per slice, x loaded once per
+// chunk); gate_up computes the same R rows of gate and up together, sharing the x loads.
 
 struct Params {
-    rows: u32,    // inter for gate_up, hidden for down_combine
-    cols: u32,    // hidden for gate_up, inter for down_combine
+    rows: u32,   // inter for gate_up, hidden for down_combine
+    cols: u32,   // hidden for gate_up, inter for down_combine
     group: u32,
+    gshift: u32,
     experts: u32,
-    _pad: vec4<u32>,
-    _pad2: vec4<u32>,
-}
-
-struct Mat {
-    data: u32,
-    scales: u32,
-    biases: u32,
-    cols: u32,
-    group: u32,
-    x: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 struct ExpertDesc {
@@ -30,78 +25,124 @@ struct ExpertDesc {
     weight: vec4<f32>,
 }
 
-@group(0) @binding(0) var<storage, read> w: array<vec4<u32>>;
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
 @group(0) @binding(4) var<storage, read> table: array<ExpertDesc>;
 
 const LANES: u32 = 32u;
-const ROWS_PER_GROUP: u32 = 8u;
+const SLICES: u32 = 8u;
+const R_UP: u32 = 4u;
+const R_DOWN: u32 = 8u;
+const STRIDE: u32 = 257u;
 
-var<workgroup> red: array<f32, 256>;
-var<workgroup> red2: array<f32, 256>;
+var<workgroup> red: array<f32, 2056>; // 8 * STRIDE
 
-fn mat_of(r: vec4<u32>, x_off: u32) -> Mat {
-    return Mat(r.x, r.y, r.z, p.cols, p.group, x_off);
-}
-
-fn sums(li: u32) -> vec2<f32> {
-    var s = vec2<f32>(0.0);
-    let base = li & ~(LANES - 1u);
+fn slice_sum(r: u32, s: u32) -> f32 {
+    var sum = 0.0;
     for (var j = 0u; j < LANES; j++) {
-        s += vec2<f32>(red[base + j], red2[base + j]);
+        sum += red[r * STRIDE + s * LANES + j];
     }
-    return s;
+    return sum;
 }
 
 @compute @workgroup_size(256)
 fn gate_up(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let lane = li % LANES;
-    let row = wg.x * ROWS_PER_GROUP + li / LANES;
+    let slice = li / LANES;
+    let first = (wg.x * SLICES + slice) * R_UP;
     let e = wg.y;
     let d = table[e];
-    let g = mat_of(d.gate, 0u);
-    let u = mat_of(d.up, 0u);
-    var ag = 0.0;
-    var au = 0.0;
-    if (row < p.rows) {
-        let chunks = p.cols / VALS;
-        for (var c = lane; c < chunks; c += LANES) {
-            ag += chunk_dot(g, row, c);
-            au += chunk_dot(u, row, c);
-        }
+    let g = mat(d.gate, p.cols, p.group, p.gshift, 0u);
+    let u = mat(d.up, p.cols, p.group, p.gshift, 0u);
+    let last = max(p.rows, 1u) - 1u;
+    let r0 = min(first, last);
+    let r1 = min(first + 1u, last);
+    let r2 = min(first + 2u, last);
+    let r3 = min(first + 3u, last);
+    var g0 = 0.0; var g1 = 0.0; var g2 = 0.0; var g3 = 0.0;
+    var u0 = 0.0; var u1 = 0.0; var u2 = 0.0; var u3 = 0.0;
+    for (var c = lane; c < g.row_chunks; c += LANES) {
+        let xc = load_x(c * (VALS / 4u));
+        g0 += chunk_dot(g, r0, c, xc);
+        g1 += chunk_dot(g, r1, c, xc);
+        g2 += chunk_dot(g, r2, c, xc);
+        g3 += chunk_dot(g, r3, c, xc);
+        u0 += chunk_dot(u, r0, c, xc);
+        u1 += chunk_dot(u, r1, c, xc);
+        u2 += chunk_dot(u, r2, c, xc);
+        u3 += chunk_dot(u, r3, c, xc);
     }
-    red[li] = ag;
-    red2[li] = au;
+    red[li] = g0;
+    red[STRIDE + li] = g1;
+    red[2u * STRIDE + li] = g2;
+    red[3u * STRIDE + li] = g3;
+    red[4u * STRIDE + li] = u0;
+    red[5u * STRIDE + li] = u1;
+    red[6u * STRIDE + li] = u2;
+    red[7u * STRIDE + li] = u3;
     workgroupBarrier();
-    if (lane == 0u && row < p.rows) {
-        let s = sums(li);
-        y[e * p.rows + row] = s.x / (1.0 + exp(-s.x)) * s.y;
+    if (li < SLICES * R_UP) {
+        let s = li / R_UP;
+        let r = li % R_UP;
+        let row = (wg.x * SLICES + s) * R_UP + r;
+        if (row < p.rows) {
+            let gs = slice_sum(r, s);
+            let us = slice_sum(R_UP + r, s);
+            y[e * p.rows + row] = gs / (1.0 + exp(-gs)) * us;
+        }
     }
 }
 
 @compute @workgroup_size(256)
 fn down_combine(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let lane = li % LANES;
-    let row = wg.x * ROWS_PER_GROUP + li / LANES;
-    var acc = 0.0;
-    if (row < p.rows) {
-        let chunks = p.cols / VALS;
-        for (var e = 0u; e < p.experts; e++) {
-            let d = table[e];
-            let m = mat_of(d.down, e * (p.cols / 4u));
-            var part = 0.0;
-            for (var c = lane; c < chunks; c += LANES) {
-                part += chunk_dot(m, row, c);
-            }
-            acc += d.weight.x * part;
+    let slice = li / LANES;
+    let first = (wg.x * SLICES + slice) * R_DOWN;
+    let last = max(p.rows, 1u) - 1u;
+    let r0 = min(first, last);
+    let r1 = min(first + 1u, last);
+    let r2 = min(first + 2u, last);
+    let r3 = min(first + 3u, last);
+    let r4 = min(first + 4u, last);
+    let r5 = min(first + 5u, last);
+    let r6 = min(first + 6u, last);
+    let r7 = min(first + 7u, last);
+    var a0 = 0.0; var a1 = 0.0; var a2 = 0.0; var a3 = 0.0;
+    var a4 = 0.0; var a5 = 0.0; var a6 = 0.0; var a7 = 0.0;
+    for (var e = 0u; e < p.experts; e++) {
+        let d = table[e];
+        let m = mat(d.down, p.cols, p.group, p.gshift, e * (p.cols / 4u));
+        var b0 = 0.0; var b1 = 0.0; var b2 = 0.0; var b3 = 0.0;
+        var b4 = 0.0; var b5 = 0.0; var b6 = 0.0; var b7 = 0.0;
+        for (var c = lane; c < m.row_chunks; c += LANES) {
+            let xc = load_x(m.x + c * (VALS / 4u));
+            b0 += chunk_dot(m, r0, c, xc);
+            b1 += chunk_dot(m, r1, c, xc);
+            b2 += chunk_dot(m, r2, c, xc);
+            b3 += chunk_dot(m, r3, c, xc);
+            b4 += chunk_dot(m, r4, c, xc);
+            b5 += chunk_dot(m, r5, c, xc);
+            b6 += chunk_dot(m, r6, c, xc);
+            b7 += chunk_dot(m, r7, c, xc);
         }
+        let wt = d.weight.x;
+        a0 += wt * b0; a1 += wt * b1; a2 += wt * b2; a3 += wt * b3;
+        a4 += wt * b4; a5 += wt * b5; a6 += wt * b6; a7 += wt * b7;
     }
-    red[li] = acc;
-    red2[li] = 0.0;
+    red[li] = a0;
+    red[STRIDE + li] = a1;
+    red[2u * STRIDE + li] = a2;
+    red[3u * STRIDE + li] = a3;
+    red[4u * STRIDE + li] = a4;
+    red[5u * STRIDE + li] = a5;
+    red[6u * STRIDE + li] = a6;
+    red[7u * STRIDE + li] = a7;
     workgroupBarrier();
-    if (lane == 0u && row < p.rows) {
-        y[row] = sums(li).x;
+    if (li < SLICES * R_DOWN) {
+        let s = li / R_DOWN;
+        let r = li % R_DOWN;
+        let row = (wg.x * SLICES + s) * R_DOWN + r;
+        if (row < p.rows) {
+            y[row] = slice_sum(r, s);
+        }
     }
 }

@@ -1,10 +1,12 @@
 // Weight formats, one block per format; the host keeps exactly one block (each starts with a
 // marker line naming the format) and drops the others. Every format defines:
 //   VALS           values per 16-byte chunk (one vec4<u32> load);
-//   chunk_dot      the dot product of chunk `c` of row `row` of matrix `m` with x;
+//   XC, load_x     the x values one chunk multiplies, loaded once and reused for many rows;
+//   chunk_dot      the dot product of chunk `c` of row `row` of matrix `m` with those x;
 //   value_at       one weight, for gathers (embedding rows).
 // f16 values (scales, biases, F16 weights) are decoded from their bits with integer ops:
 // neither SHADER_F16 nor naga's f16-in-f32 capability (which `unpack2x16float` needs) is used.
+// Quantized formats read scales and biases through `ws`, the weight buffer bound as u32s.
 
 // The f32 value of the f16 whose bits are the low 16 bits of `h` (exact, subnormals included).
 fn f16_bits(h: u32) -> f32 {
@@ -26,96 +28,113 @@ fn f16_pair(word: u32) -> vec2<f32> {
     return vec2<f32>(f16_bits(word & 0xffffu), f16_bits(word >> 16u));
 }
 
-// An f16 stored at half-word index `i` of the weight buffer.
-fn half_at(i: u32) -> f32 {
-    let word = w[(i >> 1u) >> 2u][(i >> 1u) & 3u];
-    return f16_bits(select(word & 0xffffu, word >> 16u, (i & 1u) == 1u));
-}
-
 // The 32-bit word at word index `i` of the weight buffer.
 fn word_at(i: u32) -> u32 {
     return w[i >> 2u][i & 3u];
 }
 
-// Scale and bias of the group holding column `col` of row `row`.
-fn scale_bias(m: Mat, row: u32, col: u32) -> vec2<f32> {
-    let g = row * (m.cols / m.group) + col / m.group;
-    return vec2<f32>(half_at(m.scales + g), half_at(m.biases + g));
-}
-
 //! format q4
 const VALS: u32 = 32u;
 
-fn chunk_dot(m: Mat, row: u32, c: u32) -> f32 {
-    let q = w[m.data + row * (m.cols / VALS) + c];
-    let col = c * VALS;
-    let sb = scale_bias(m, row, col);
-    let xi = m.x + (col >> 2u);
-    var qx = 0.0;
-    var xs = 0.0;
-    for (var i = 0u; i < 4u; i++) {
-        let word = q[i];
-        let xa = x[xi + 2u * i];
-        let xb = x[xi + 2u * i + 1u];
-        let lo = vec4<f32>(vec4<u32>(word, word >> 8u, word >> 16u, word >> 24u) & vec4<u32>(15u));
-        let hi = vec4<f32>(vec4<u32>(word >> 4u, word >> 12u, word >> 20u, word >> 28u) & vec4<u32>(15u));
-        qx += dot(lo, vec4<f32>(xa.x, xa.z, xb.x, xb.z)) + dot(hi, vec4<f32>(xa.y, xa.w, xb.y, xb.w));
-        xs += dot(xa + xb, vec4<f32>(1.0));
-    }
-    return sb.x * qx + sb.y * xs;
+// x of one chunk split into even and odd columns (low and high nibbles), and its sum.
+struct XC {
+    e0: vec4<f32>, e1: vec4<f32>, e2: vec4<f32>, e3: vec4<f32>,
+    o0: vec4<f32>, o1: vec4<f32>, o2: vec4<f32>, o3: vec4<f32>,
+    sum: f32,
+}
+
+fn load_x(xi: u32) -> XC {
+    let a0 = x[xi]; let b0 = x[xi + 1u]; let a1 = x[xi + 2u]; let b1 = x[xi + 3u];
+    let a2 = x[xi + 4u]; let b2 = x[xi + 5u]; let a3 = x[xi + 6u]; let b3 = x[xi + 7u];
+    let all = a0 + b0 + a1 + b1 + a2 + b2 + a3 + b3;
+    return XC(
+        vec4<f32>(a0.x, a0.z, b0.x, b0.z), vec4<f32>(a1.x, a1.z, b1.x, b1.z),
+        vec4<f32>(a2.x, a2.z, b2.x, b2.z), vec4<f32>(a3.x, a3.z, b3.x, b3.z),
+        vec4<f32>(a0.y, a0.w, b0.y, b0.w), vec4<f32>(a1.y, a1.w, b1.y, b1.w),
+        vec4<f32>(a2.y, a2.w, b2.y, b2.w), vec4<f32>(a3.y, a3.w, b3.y, b3.w),
+        dot(all, vec4<f32>(1.0)));
+}
+
+fn nib_lo(word: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<u32>(word, word >> 8u, word >> 16u, word >> 24u) & vec4<u32>(15u));
+}
+
+fn nib_hi(word: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<u32>(word >> 4u, word >> 12u, word >> 20u, word >> 28u) & vec4<u32>(15u));
+}
+
+fn chunk_dot(m: Mat, row: u32, c: u32, xc: XC) -> f32 {
+    let q = w[m.data + row * m.row_chunks + c];
+    let sb = scale_bias(m, group_of(m, row, c));
+    let qx = dot(nib_lo(q.x), xc.e0) + dot(nib_hi(q.x), xc.o0)
+           + dot(nib_lo(q.y), xc.e1) + dot(nib_hi(q.y), xc.o1)
+           + dot(nib_lo(q.z), xc.e2) + dot(nib_hi(q.z), xc.o2)
+           + dot(nib_lo(q.w), xc.e3) + dot(nib_hi(q.w), xc.o3);
+    return sb.x * qx + sb.y * xc.sum;
 }
 
 fn value_at(m: Mat, row: u32, col: u32) -> f32 {
     let idx = row * m.cols + col;
     let word = word_at(m.data * 4u + idx / 8u);
     let q = f32((word >> (4u * (idx % 8u))) & 15u);
-    let sb = scale_bias(m, row, col);
+    let sb = scale_bias(m, row * m.gpr + col / m.group);
     return q * sb.x + sb.y;
 }
 
 //! format q8
 const VALS: u32 = 16u;
 
-fn chunk_dot(m: Mat, row: u32, c: u32) -> f32 {
-    let q = w[m.data + row * (m.cols / VALS) + c];
-    let col = c * VALS;
-    let sb = scale_bias(m, row, col);
-    let xi = m.x + (col >> 2u);
-    var qx = 0.0;
-    var xs = 0.0;
-    for (var i = 0u; i < 4u; i++) {
-        let word = q[i];
-        let xv = x[xi + i];
-        let codes = vec4<f32>(vec4<u32>(word, word >> 8u, word >> 16u, word >> 24u) & vec4<u32>(255u));
-        qx += dot(codes, xv);
-        xs += dot(xv, vec4<f32>(1.0));
-    }
-    return sb.x * qx + sb.y * xs;
+struct XC {
+    v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>,
+    sum: f32,
+}
+
+fn load_x(xi: u32) -> XC {
+    let v0 = x[xi]; let v1 = x[xi + 1u]; let v2 = x[xi + 2u]; let v3 = x[xi + 3u];
+    return XC(v0, v1, v2, v3, dot(v0 + v1 + v2 + v3, vec4<f32>(1.0)));
+}
+
+fn bytes4(word: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<u32>(word, word >> 8u, word >> 16u, word >> 24u) & vec4<u32>(255u));
+}
+
+fn chunk_dot(m: Mat, row: u32, c: u32, xc: XC) -> f32 {
+    let q = w[m.data + row * m.row_chunks + c];
+    let sb = scale_bias(m, group_of(m, row, c));
+    let qx = dot(bytes4(q.x), xc.v0) + dot(bytes4(q.y), xc.v1)
+           + dot(bytes4(q.z), xc.v2) + dot(bytes4(q.w), xc.v3);
+    return sb.x * qx + sb.y * xc.sum;
 }
 
 fn value_at(m: Mat, row: u32, col: u32) -> f32 {
     let idx = row * m.cols + col;
     let word = word_at(m.data * 4u + idx / 4u);
     let q = f32((word >> (8u * (idx % 4u))) & 255u);
-    let sb = scale_bias(m, row, col);
+    let sb = scale_bias(m, row * m.gpr + col / m.group);
     return q * sb.x + sb.y;
 }
 
 //! format bf16
 const VALS: u32 = 8u;
 
+struct XC {
+    a: vec4<f32>,
+    b: vec4<f32>,
+}
+
+fn load_x(xi: u32) -> XC {
+    return XC(x[xi], x[xi + 1u]);
+}
+
 fn bf16_pair(word: u32) -> vec2<f32> {
     return vec2<f32>(bitcast<f32>(word << 16u), bitcast<f32>(word & 0xffff0000u));
 }
 
-fn chunk_dot(m: Mat, row: u32, c: u32) -> f32 {
-    let q = w[m.data + row * (m.cols / VALS) + c];
-    let xi = m.x + ((c * VALS) >> 2u);
-    let xa = x[xi];
-    let xb = x[xi + 1u];
+fn chunk_dot(m: Mat, row: u32, c: u32, xc: XC) -> f32 {
+    let q = w[m.data + row * m.row_chunks + c];
     let a = vec4<f32>(bf16_pair(q.x), bf16_pair(q.y));
     let b = vec4<f32>(bf16_pair(q.z), bf16_pair(q.w));
-    return dot(a, xa) + dot(b, xb);
+    return dot(a, xc.a) + dot(b, xc.b);
 }
 
 fn value_at(m: Mat, row: u32, col: u32) -> f32 {
@@ -127,12 +146,20 @@ fn value_at(m: Mat, row: u32, col: u32) -> f32 {
 //! format f16
 const VALS: u32 = 8u;
 
-fn chunk_dot(m: Mat, row: u32, c: u32) -> f32 {
-    let q = w[m.data + row * (m.cols / VALS) + c];
-    let xi = m.x + ((c * VALS) >> 2u);
+struct XC {
+    a: vec4<f32>,
+    b: vec4<f32>,
+}
+
+fn load_x(xi: u32) -> XC {
+    return XC(x[xi], x[xi + 1u]);
+}
+
+fn chunk_dot(m: Mat, row: u32, c: u32, xc: XC) -> f32 {
+    let q = w[m.data + row * m.row_chunks + c];
     let a = vec4<f32>(f16_pair(q.x), f16_pair(q.y));
     let b = vec4<f32>(f16_pair(q.z), f16_pair(q.w));
-    return dot(a, x[xi]) + dot(b, x[xi + 1u]);
+    return dot(a, xc.a) + dot(b, xc.b);
 }
 
 fn value_at(m: Mat, row: u32, col: u32) -> f32 {
@@ -144,9 +171,17 @@ fn value_at(m: Mat, row: u32, col: u32) -> f32 {
 //! format f32
 const VALS: u32 = 4u;
 
-fn chunk_dot(m: Mat, row: u32, c: u32) -> f32 {
-    let q = w[m.data + row * (m.cols / VALS) + c];
-    return dot(bitcast<vec4<f32>>(q), x[m.x + c]);
+struct XC {
+    a: vec4<f32>,
+}
+
+fn load_x(xi: u32) -> XC {
+    return XC(x[xi]);
+}
+
+fn chunk_dot(m: Mat, row: u32, c: u32, xc: XC) -> f32 {
+    let q = w[m.data + row * m.row_chunks + c];
+    return dot(bitcast<vec4<f32>>(q), xc.a);
 }
 
 fn value_at(m: Mat, row: u32, col: u32) -> f32 {
