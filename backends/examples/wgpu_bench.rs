@@ -58,8 +58,23 @@ fn routed<'a>(e: &'a Expert, id: ExpertId, hidden: usize, inter: usize) -> Res<R
     })
 }
 
+/// GPU nanoseconds so far of the kernels whose name starts with `prefix`.
+fn gpu_ns(be: &WgpuBackend, prefix: &str) -> f64 {
+    be.kernel_times()
+        .iter()
+        .filter(|k| k.kernel.starts_with(prefix))
+        .map(|k| k.gpu_ns)
+        .sum()
+}
+
+/// Achieved GB/s: by wall clock (submission included) and, when profiling, by GPU time.
+struct Rate {
+    wall: f64,
+    gpu: Vec<(&'static str, f64)>,
+}
+
 /// GB/s of the batched expert kernels: `n` resident experts of `[hidden x inter]` per call.
-fn experts_gbps(be: &WgpuBackend, hidden: usize, inter: usize, n: usize, reps: usize) -> Res<f64> {
+fn experts_gbps(be: &WgpuBackend, hidden: usize, inter: usize, n: usize, reps: usize) -> Res<Rate> {
     let experts: Vec<Expert> = (0..n)
         .map(|e| expert(hidden, inter, e as u64 * 7))
         .collect::<Res<_>>()?;
@@ -78,10 +93,8 @@ fn experts_gbps(be: &WgpuBackend, hidden: usize, inter: usize, n: usize, reps: u
             )
         })
         .collect::<Res<_>>()?;
-    let bytes: usize = experts
-        .iter()
-        .map(|e| e.gate.len() + e.up.len() + e.down.len())
-        .sum();
+    let up_bytes: usize = experts.iter().map(|e| e.gate.len() + e.up.len()).sum();
+    let down_bytes: usize = experts.iter().map(|e| e.down.len()).sum();
     let x = be.upload(&weights(hidden, 99))?;
     let mut scratch = ExpertScratch {
         h1: be.zeros(inter)?,
@@ -91,16 +104,35 @@ fn experts_gbps(be: &WgpuBackend, hidden: usize, inter: usize, n: usize, reps: u
     let mut out = be.zeros(hidden)?;
     be.moe_experts(&routed, &x, &mut scratch, &mut out)?; // uploads into the ring
     be.sync()?;
+    let (up0, down0) = (gpu_ns(be, "gate_up"), gpu_ns(be, "down_combine"));
     let t = Instant::now();
     for _ in 0..reps {
         be.moe_experts(&routed, &x, &mut scratch, &mut out)?;
     }
     be.sync()?;
-    Ok((bytes * reps) as f64 / t.elapsed().as_secs_f64() / 1e9)
+    let wall = t.elapsed().as_secs_f64();
+    let (up1, down1) = (gpu_ns(be, "gate_up"), gpu_ns(be, "down_combine"));
+    let rate = |bytes: usize, ns: f64| (bytes * reps) as f64 / ns;
+    let gpu = if up1 > up0 {
+        vec![
+            ("gate_up", rate(up_bytes, up1 - up0)),
+            ("down_combine", rate(down_bytes, down1 - down0)),
+            (
+                "both",
+                rate(up_bytes + down_bytes, up1 - up0 + down1 - down0),
+            ),
+        ]
+    } else {
+        Vec::new()
+    };
+    Ok(Rate {
+        wall: ((up_bytes + down_bytes) * reps) as f64 / wall / 1e9,
+        gpu,
+    })
 }
 
 /// GB/s of the resident matvec kernel on one `[rows x cols]` q4 weight.
-fn matvec_gbps(be: &WgpuBackend, rows: usize, cols: usize, reps: usize) -> Res<f64> {
+fn matvec_gbps(be: &WgpuBackend, rows: usize, cols: usize, reps: usize) -> Res<Rate> {
     let f = WeightFormat::Q4_64;
     let bytes = quantize(&weights(rows * cols, 5), rows, cols, f)?;
     let w = be.load_weight(&bytes, rows, cols, f)?;
@@ -108,12 +140,23 @@ fn matvec_gbps(be: &WgpuBackend, rows: usize, cols: usize, reps: usize) -> Res<f
     let mut y = be.zeros(rows)?;
     be.matvec(&w, &x, &mut y)?;
     be.sync()?;
+    let g0 = gpu_ns(be, "matvec");
     let t = Instant::now();
     for _ in 0..reps {
         be.matvec(&w, &x, &mut y)?;
     }
     be.sync()?;
-    Ok((bytes.len() * reps) as f64 / t.elapsed().as_secs_f64() / 1e9)
+    let wall = t.elapsed().as_secs_f64();
+    let g1 = gpu_ns(be, "matvec");
+    let gpu = if g1 > g0 {
+        vec![("matvec", (bytes.len() * reps) as f64 / (g1 - g0))]
+    } else {
+        Vec::new()
+    };
+    Ok(Rate {
+        wall: (bytes.len() * reps) as f64 / wall / 1e9,
+        gpu,
+    })
 }
 
 /// The ceiling for a WGSL kernel here: GB/s of a plain streaming read (vec4<u32> loads, xor
@@ -129,7 +172,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let n = arrayLength(&a);
     let step = nwg.x * 256u;
     var s = vec4<u32>(0u);
-    for (var i = gid.x; i < n; i += step) {
+    var i = gid.x;
+    for (; i + 3u * step < n; i += 4u * step) {
+        s ^= a[i] ^ a[i + step] ^ a[i + 2u * step] ^ a[i + 3u * step];
+    }
+    for (; i < n; i += step) {
         s ^= a[i];
     }
     out[gid.x] = s.x ^ s.y ^ s.z ^ s.w;
@@ -163,8 +210,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         label: None,
         layout: &pipe.get_bind_group_layout(0),
         entries: &[
-            wgpu::BindGroupEntry { binding: 0, resource: a.as_entire_binding() },
-            wgpu::BindGroupEntry { binding: 1, resource: out.as_entire_binding() },
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: a.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: out.as_entire_binding(),
+            },
         ],
     });
     let run = |n: usize| -> Res<f64> {
@@ -291,10 +344,12 @@ fn decode_split(be: &WgpuBackend, g: &Geometry, tokens: usize) -> Res<()> {
         be.read(&x)?;
     }
     let secs = t.elapsed().as_secs_f64();
+    let kernels_ms: f64 =
+        be.kernel_times().iter().map(|k| k.gpu_ns).sum::<f64>() / 1e6 / tokens as f64;
     let s = be.stats();
     let per = |a: u64, b: u64| (a - b) as f64 / 1e6 / tokens as f64;
     println!(
-        "{:<22} {:>8.2} ms/token  upload {:>7.2} ms ({:>6.1} MB, {} records)  record {:>7.2} ms  wait {:>7.2} ms  ring {} slots",
+        "{:<16} {:>8.2} ms/token  upload {:>7.2} ms ({:>6.1} MB, {} records)  record {:>6.2} ms  wait {:>7.2} ms  GPU kernels {:>7.2} ms  ring {} slots",
         g.name,
         secs * 1e3 / tokens as f64,
         per(s.ring.upload_ns, before.ring.upload_ns),
@@ -302,6 +357,7 @@ fn decode_split(be: &WgpuBackend, g: &Geometry, tokens: usize) -> Res<()> {
         (s.ring.demand_uploads - before.ring.demand_uploads) / tokens as u64,
         per(s.record_ns, before.record_ns),
         per(s.wait_ns, before.wait_ns),
+        kernels_ms,
         s.ring.slots,
     );
     Ok(())
@@ -315,36 +371,58 @@ fn main() -> Res<()> {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse::<f64>().ok());
     let be = WgpuBackend::new(&WgpuConfig::default())?;
+    let prof = WgpuBackend::new(&WgpuConfig {
+        profile: true,
+        ..WgpuConfig::default()
+    })?;
     println!("adapter: {}", be.info());
-    let ratio = |g: f64| {
-        mem.map(|m| format!("{:.2}x of {m} GB/s", g / m))
-            .unwrap_or_default()
-    };
-    println!("kernel                                     GB/s of weights");
-    let g = stream_gbps(&be, 96 << 20, 50)?;
-    println!("reference: plain WGSL streaming read, 96 MiB  {g:>9.1}  {}", ratio(g));
-    for (hidden, inter, n) in [(4096, 1024, 16), (2048, 768, 40)] {
-        let g = experts_gbps(&be, hidden, inter, n, 40)?;
+    let ratio = |g: f64| mem.map(|m| format!("{:.2}x", g / m)).unwrap_or_default();
+    let show = |name: String, r: Rate| {
+        let gpu: Vec<String> = r
+            .gpu
+            .iter()
+            .map(|(k, g)| format!("{k} {g:.0} GB/s ({})", ratio(*g)))
+            .collect();
         println!(
-            "q4 experts gate_up+down {hidden}x{inter}, {n} experts/dispatch {g:>9.1}  {}",
-            ratio(g)
+            "{name:<44} wall {:>7.1} GB/s ({})  GPU time: {}",
+            r.wall,
+            ratio(r.wall),
+            if gpu.is_empty() {
+                "no timestamps".into()
+            } else {
+                gpu.join(", ")
+            }
         );
+    };
+    if let Some(m) = mem {
+        println!("ratios are of {m} GB/s");
     }
-    for (hidden, inter) in [(4096, 1024), (2048, 768)] {
-        let g = experts_gbps(&be, hidden, inter, 8, 40)?;
-        println!(
-            "q4 experts gate_up+down {hidden}x{inter}, 8 experts/dispatch  {g:>9.1}  {}",
-            ratio(g)
+    let g = stream_gbps(&be, 96 << 20, 50)?;
+    println!(
+        "{:<44} wall {g:>7.1} GB/s ({})",
+        "reference: WGSL streaming read, 96 MiB",
+        ratio(g)
+    );
+    for (hidden, inter, n) in [
+        (4096, 1024, 16),
+        (2048, 768, 40),
+        (4096, 1024, 8),
+        (2048, 768, 8),
+    ] {
+        show(
+            format!("q4 experts {hidden}x{inter}, {n} per dispatch"),
+            experts_gbps(&prof, hidden, inter, n, 40)?,
         );
     }
     for (rows, cols) in [(4096, 1024), (2048, 768), (32768, 4096)] {
-        let g = matvec_gbps(&be, rows, cols, 100)?;
-        println!(
-            "q4 matvec {rows}x{cols} (resident)                {g:>9.1}  {}",
-            ratio(g)
+        show(
+            format!("q4 matvec {rows}x{cols} resident"),
+            matvec_gbps(&prof, rows, cols, 100)?,
         );
     }
-    println!("decode step (random routing, every routed expert uploaded unless resident):");
+    println!(
+        "decode step (random routing, every routed expert uploaded unless resident; GPU kernel time from a profiled second run):"
+    );
     let geos = [
         Geometry {
             name: "tiny-qwen3-moe",
@@ -371,6 +449,14 @@ fn main() -> Res<()> {
     ];
     for g in &geos {
         decode_split(&be, g, 16)?;
+        decode_split(
+            &WgpuBackend::new(&WgpuConfig {
+                profile: true,
+                ..WgpuConfig::default()
+            })?,
+            g,
+            16,
+        )?;
     }
     Ok(())
 }

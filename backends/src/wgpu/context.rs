@@ -17,6 +17,9 @@ pub struct WgpuConfig {
     /// Largest storage binding to use (default and ceiling: [`MAX_BINDING`]); smaller values
     /// split weights into more row blocks (tests use it to exercise the splits).
     pub max_binding: Option<u64>,
+    /// Time every kernel on the GPU with timestamp queries (where the adapter has them); adds
+    /// a wait per submission. See [`super::WgpuBackend::kernel_times`].
+    pub profile: bool,
 }
 
 /// What was chosen, for logs and reports.
@@ -58,6 +61,8 @@ pub(crate) struct Gpu {
     pub device: ::wgpu::Device,
     pub queue: ::wgpu::Queue,
     pub info: GpuInfo,
+    /// Whether kernels are timed (profiling asked for and timestamp queries available).
+    pub timestamps: bool,
     /// The first validation or out-of-memory error wgpu reported, taken by the next check.
     errors: Arc<Mutex<Option<String>>>,
 }
@@ -72,10 +77,21 @@ impl Gpu {
         let ainfo = adapter.get_info();
         let limits = adapter.limits();
         let features = adapter.features();
+        let timestamps = cfg.profile && features.contains(::wgpu::Features::TIMESTAMP_QUERY);
+        if cfg.profile && !timestamps {
+            tracing::warn!(
+                "profiling asked for, but {} has no timestamp queries",
+                ainfo.name
+            );
+        }
         let (device, queue) =
             pollster::block_on(adapter.request_device(&::wgpu::DeviceDescriptor {
                 label: Some("flashmoe"),
-                required_features: ::wgpu::Features::empty(),
+                required_features: if timestamps {
+                    ::wgpu::Features::TIMESTAMP_QUERY
+                } else {
+                    ::wgpu::Features::empty()
+                },
                 required_limits: limits.clone(),
                 experimental_features: ::wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: ::wgpu::MemoryHints::Performance,
@@ -109,6 +125,7 @@ impl Gpu {
             device,
             queue,
             info,
+            timestamps,
             errors,
         })
     }

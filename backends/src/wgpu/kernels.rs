@@ -126,7 +126,7 @@ pub enum Kernel {
     Matvec(Fmt),
     /// Routed experts: `h = silu(gate x) * up x` for each expert.
     GateUp(Fmt),
-    /// Routed experts: `y = sum_e w_e down_e h_e`.
+    /// Routed experts: `y_e = w_e down_e h_e` for each expert.
     DownCombine(Fmt),
     /// `y = W[token]` decoded.
     Embed(Fmt),
@@ -134,6 +134,8 @@ pub enum Kernel {
     Axpy,
     /// `y = silu(y) * x`.
     Swiglu,
+    /// `y = sum_e x[e]` (the routed experts' weighted outputs).
+    Combine,
     /// `y = rmsnorm(x) * weight`.
     RmsNorm,
     /// Per-head RMSNorm in place.
@@ -159,6 +161,7 @@ impl Kernel {
         v.extend([
             Kernel::Axpy,
             Kernel::Swiglu,
+            Kernel::Combine,
             Kernel::RmsNorm,
             Kernel::RmsNormHeads,
             Kernel::Rope,
@@ -176,6 +179,7 @@ impl Kernel {
             Kernel::Embed(_) => "embed",
             Kernel::Axpy => "axpy",
             Kernel::Swiglu => "swiglu",
+            Kernel::Combine => "combine",
             Kernel::RmsNorm => "rms_norm",
             Kernel::RmsNormHeads => "rms_norm_heads",
             Kernel::Rope => "rope",
@@ -189,7 +193,7 @@ impl Kernel {
             Kernel::Matvec(f) => format!("{MATVEC}\n{}", f.wgsl()),
             Kernel::GateUp(f) | Kernel::DownCombine(f) => format!("{EXPERTS}\n{}", f.wgsl()),
             Kernel::Embed(f) => format!("{EMBED}\n{}", f.wgsl()),
-            Kernel::Axpy | Kernel::Swiglu => ELEMENTWISE.to_string(),
+            Kernel::Axpy | Kernel::Swiglu | Kernel::Combine => ELEMENTWISE.to_string(),
             Kernel::RmsNorm | Kernel::RmsNormHeads => RMS_NORM.to_string(),
             Kernel::Rope => ROPE.to_string(),
             Kernel::Attention => ATTENTION.to_string(),

@@ -30,10 +30,12 @@
 mod context;
 pub mod experts;
 pub mod kernels;
+mod profile;
 mod tensor;
 
 pub use context::{GpuInfo, MAX_BINDING, WgpuConfig};
 pub use experts::RingStats;
+pub use profile::KernelTime;
 pub use tensor::{GpuKvCache, GpuTensor, GpuWeight};
 
 use crate::backend::{
@@ -46,14 +48,16 @@ use context::{Gpu, gpu_error};
 use experts::ExpertRing;
 use kernels::{Fmt, Kernel, Pipelines, check_gpu_dims};
 use parking_lot::Mutex;
+use profile::Profiler;
 use std::time::Instant;
 use tensor::{MatRef, TENSOR_USAGE, tensor_bytes};
 
 /// Default bytes of the expert ring (clamped to one binding).
 const DEFAULT_RING_BYTES: u64 = 256 << 20;
-/// Rows per workgroup of the matvec and down_combine kernels (8 slices x 8 rows, as in the
-/// shaders) and of gate_up (8 slices x 4 rows).
-const ROWS_PER_GROUP: u32 = 64;
+/// Rows per workgroup (8 slices of 32 lanes, as in the shaders): down_combine 8 per slice,
+/// matvec and gate_up 4 per slice.
+const DOWN_ROWS_PER_GROUP: u32 = 64;
+const MATVEC_ROWS_PER_GROUP: u32 = 32;
 const GATE_UP_ROWS_PER_GROUP: u32 = 32;
 /// Invocations of the element-wise workgroups.
 const WG: u32 = 256;
@@ -86,10 +90,13 @@ struct State {
     readback: Option<::wgpu::Buffer>,
     scores: Option<::wgpu::Buffer>,
     moe_h: Option<::wgpu::Buffer>,
+    moe_parts: Option<::wgpu::Buffer>,
     ring: Option<ExpertRing>,
     /// Small per-dispatch data (params, expert tables, RoPE tables) of the commands being
     /// recorded, written into `arena` just before they are submitted.
     arena_data: Vec<u8>,
+    /// Kernel timestamps (profiling only).
+    profiler: Option<Profiler>,
     stats: WgpuStats,
 }
 
@@ -187,12 +194,18 @@ impl WgpuBackend {
                 | ::wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        let state = State {
+            profiler: gpu
+                .timestamps
+                .then(|| Profiler::new(&gpu.device, &gpu.queue)),
+            ..State::default()
+        };
         Ok(Self {
             gpu,
             pipelines: Pipelines::default(),
             ring_bytes,
             arena,
-            state: Mutex::default(),
+            state: Mutex::new(state),
         })
     }
 
@@ -221,6 +234,17 @@ impl WgpuBackend {
         s
     }
 
+    /// GPU time per kernel so far (empty unless [`WgpuConfig::profile`] and the adapter has
+    /// timestamp queries).
+    pub fn kernel_times(&self) -> Vec<KernelTime> {
+        let mut st = self.state.lock();
+        self.flush(&mut st);
+        st.profiler
+            .as_ref()
+            .map(Profiler::report)
+            .unwrap_or_default()
+    }
+
     /// Forgets every resident expert record (e.g. before loading another model's experts).
     pub fn forget_experts(&self) {
         if let Some(r) = &mut self.state.lock().ring {
@@ -247,9 +271,15 @@ impl WgpuBackend {
             self.gpu.queue.write_buffer(&self.arena, 0, &st.arena_data);
             st.arena_data.clear();
         }
-        if let Some(enc) = st.encoder.take() {
+        if let Some(mut enc) = st.encoder.take() {
+            if let Some(p) = &st.profiler {
+                p.resolve(&mut enc);
+            }
             self.gpu.queue.submit([enc.finish()]);
             st.stats.submits += 1;
+            if let Some(p) = &mut st.profiler {
+                p.collect(&self.gpu.device);
+            }
         }
         st.generation += 1;
     }
@@ -324,11 +354,18 @@ impl WgpuBackend {
                 layout: &pipeline.get_bind_group_layout(0),
                 entries: &entries,
             });
-        let enc = st.encoder(&self.gpu.device);
+        if st.profiler.as_ref().is_some_and(|p| !p.has_room()) {
+            self.flush(st);
+        }
+        st.encoder(&self.gpu.device);
+        let State {
+            encoder, profiler, ..
+        } = st;
+        let enc = encoder.as_mut().expect("encoder just made");
         {
             let mut pass = enc.begin_compute_pass(&::wgpu::ComputePassDescriptor {
                 label: None,
-                timestamp_writes: None,
+                timestamp_writes: profiler.as_mut().map(|p| p.next(kernel)),
             });
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
@@ -353,21 +390,24 @@ impl WgpuBackend {
         y_off: usize,
     ) -> Result<()> {
         let fmt = Fmt::of(format);
-        let p = self.arena_item(st, &words(&[
-            to_u32("matvec", "rows", rows)?,
-            to_u32("matvec", "cols", cols)?,
-            format.group().unwrap_or(0) as u32,
-            fmt.group_shift(format),
-            mat.data,
-            mat.scales,
-            mat.biases,
-            0,
-            0,
-            to_u32("matvec", "row offset", y_off)?,
-            0,
-            0,
-        ]));
-        let (gx, gy) = grid(to_u32("matvec", "rows", rows)?.div_ceil(ROWS_PER_GROUP));
+        let p = self.arena_item(
+            st,
+            &words(&[
+                to_u32("matvec", "rows", rows)?,
+                to_u32("matvec", "cols", cols)?,
+                format.group().unwrap_or(0) as u32,
+                fmt.group_shift(format),
+                mat.data,
+                mat.scales,
+                mat.biases,
+                0,
+                0,
+                to_u32("matvec", "row offset", y_off)?,
+                0,
+                0,
+            ]),
+        );
+        let (gx, gy) = grid(to_u32("matvec", "rows", rows)?.div_ceil(MATVEC_ROWS_PER_GROUP));
         let mut bindings = vec![
             (0, Bind::Buf(w)),
             (1, Bind::Buf(&x.buf)),
@@ -642,16 +682,19 @@ impl ComputeBackend for WgpuBackend {
             .expect("row blocks cover every row");
         let fmt = Fmt::of(l.format);
         let mut st = self.state.lock();
-        let p = self.arena_item(&mut st, &words(&[
-            (t - block.row0) as u32,
-            l.cols as u32,
-            l.format.group().unwrap_or(0) as u32,
-            fmt.group_shift(l.format),
-            block.mat.data,
-            block.mat.scales,
-            block.mat.biases,
-            0,
-        ]));
+        let p = self.arena_item(
+            &mut st,
+            &words(&[
+                (t - block.row0) as u32,
+                l.cols as u32,
+                l.format.group().unwrap_or(0) as u32,
+                fmt.group_shift(l.format),
+                block.mat.data,
+                block.mat.scales,
+                block.mat.biases,
+                0,
+            ]),
+        );
         let mut bindings = vec![(0, Bind::Buf(&block.buf)), (2, Bind::Buf(&out.buf)), (3, p)];
         if fmt.quantized() {
             bindings.push((5, Bind::Buf(&block.buf)));
@@ -838,16 +881,19 @@ impl ComputeBackend for WgpuBackend {
             });
         }
         let mut st = self.state.lock();
-        let p = self.arena_item(&mut st, &words(&[
-            seq_len as u32,
-            shape.head_dim as u32,
-            s.kv_dim as u32,
-            (shape.n_heads / shape.n_kv_heads) as u32,
-            s.max_seq as u32,
-            0,
-            (1.0 / (shape.head_dim as f32).sqrt()).to_bits(),
-            0,
-        ]));
+        let p = self.arena_item(
+            &mut st,
+            &words(&[
+                seq_len as u32,
+                shape.head_dim as u32,
+                s.kv_dim as u32,
+                (shape.n_heads / shape.n_kv_heads) as u32,
+                s.max_seq as u32,
+                0,
+                (1.0 / (shape.head_dim as f32).sqrt()).to_bits(),
+                0,
+            ]),
+        );
         let scores = grown(
             &mut st.scores,
             &self.gpu.device,
@@ -939,12 +985,29 @@ impl ComputeBackend for WgpuBackend {
         let fmt = Fmt::of(format);
         let (group, shift) = (format.group().unwrap_or(0) as u32, fmt.group_shift(format));
         let (inter32, hidden32) = (inter as u32, hidden as u32);
-        let p_up = self.arena_item(&mut st, &words(&[inter32, hidden32, group, shift, n, 0, 0, 0]));
-        let p_down =
-            self.arena_item(&mut st, &words(&[hidden32, inter32, group, shift, n, 0, 0, 0]));
+        let p_up = self.arena_item(
+            &mut st,
+            &words(&[inter32, hidden32, group, shift, n, 0, 0, 0]),
+        );
+        let p_down = self.arena_item(
+            &mut st,
+            &words(&[hidden32, inter32, group, shift, n, 0, 0, 0]),
+        );
         let ring = Bind::Buf(&ring_buf);
-        let mut up = vec![(0, ring), (1, Bind::Buf(&x.buf)), (2, Bind::Buf(&h)), (3, p_up), (4, table)];
-        let mut down = vec![(0, ring), (1, Bind::Buf(&h)), (2, Bind::Buf(&out.buf)), (3, p_down), (4, table)];
+        let mut up = vec![
+            (0, ring),
+            (1, Bind::Buf(&x.buf)),
+            (2, Bind::Buf(&h)),
+            (3, p_up),
+            (4, table),
+        ];
+        let mut down = vec![
+            (0, ring),
+            (1, Bind::Buf(&h)),
+            (2, Bind::Buf(&out.buf)),
+            (3, p_down),
+            (4, table),
+        ];
         if fmt.quantized() {
             up.push((5, ring));
             down.push((5, ring));
@@ -955,11 +1018,35 @@ impl ComputeBackend for WgpuBackend {
             &up,
             (inter32.div_ceil(GATE_UP_ROWS_PER_GROUP), n, 1),
         );
+        let parts = grown(
+            &mut st.moe_parts,
+            &self.gpu.device,
+            tensor_bytes(experts.len() * hidden),
+            ::wgpu::BufferUsages::STORAGE,
+            "expert outputs",
+        );
+        let mut down = vec![
+            (0, ring),
+            (1, Bind::Buf(&h)),
+            (2, Bind::Buf(&parts)),
+            (3, p_down),
+            (4, table),
+        ];
+        if fmt.quantized() {
+            down.push((5, ring));
+        }
         self.dispatch(
             &mut st,
             Kernel::DownCombine(fmt),
             &down,
-            (hidden32.div_ceil(ROWS_PER_GROUP), 1, 1),
+            (hidden32.div_ceil(DOWN_ROWS_PER_GROUP), n, 1),
+        );
+        let p_sum = self.arena_item(&mut st, &words(&[hidden32, 0, n, 0]));
+        self.dispatch(
+            &mut st,
+            Kernel::Combine,
+            &[(0, Bind::Buf(&out.buf)), (1, Bind::Buf(&parts)), (2, p_sum)],
+            (hidden32.div_ceil(WG), 1, 1),
         );
         Ok(())
     }

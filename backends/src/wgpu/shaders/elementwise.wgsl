@@ -3,7 +3,7 @@
 struct Params {
     n: u32,
     alpha: f32,
-    _pad0: u32,
+    parts: u32,  // combine: rows of x summed into y
     _pad1: u32,
 }
 
@@ -27,5 +27,18 @@ fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (i < p.n) {
         let g = y[i];
         y[i] = g / (1.0 + exp(-g)) * x[i];
+    }
+}
+
+// y = sum over p.parts of x[part * n ..]: the experts' weighted outputs summed.
+@compute @workgroup_size(256)
+fn combine(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i < p.n) {
+        var s = 0.0;
+        for (var e = 0u; e < p.parts; e++) {
+            s += x[e * p.n + i];
+        }
+        y[i] = s;
     }
 }

@@ -1,7 +1,8 @@
 // The routed experts of one layer in two dispatches (format code appended by the host).
 //
-// gate_up:      h[e * inter + r] = silu(gate_e[r] . x) * (up_e[r] . x)   (workgroup y = e)
-// down_combine: y[r] = sum_e weight_e * (down_e[r] . h[e * inter ..])
+// gate_up:      h[e * inter + r] = silu(gate_e[r] . x) * (up_e[r] . x)      (workgroup y = e)
+// down_combine: y[e * hidden + r] = weight_e * (down_e[r] . h[e * inter ..])  (workgroup y = e)
+// and then `combine` (elementwise.wgsl) sums the experts' rows.
 //
 // Every expert's matrices lie in one buffer of expert slots; `table` says where. The work
 // split is the one of matvec.wgsl (slices of 32 lanes, R rows per slice, x loaded once per
@@ -28,21 +29,8 @@ struct ExpertDesc {
 @group(0) @binding(3) var<uniform> p: Params;
 @group(0) @binding(4) var<storage, read> table: array<ExpertDesc>;
 
-const LANES: u32 = 32u;
-const SLICES: u32 = 8u;
 const R_UP: u32 = 4u;
 const R_DOWN: u32 = 8u;
-const STRIDE: u32 = 257u;
-
-var<workgroup> red: array<f32, 2056>; // 8 * STRIDE
-
-fn slice_sum(r: u32, s: u32) -> f32 {
-    var sum = 0.0;
-    for (var j = 0u; j < LANES; j++) {
-        sum += red[r * STRIDE + s * LANES + j];
-    }
-    return sum;
-}
 
 @compute @workgroup_size(256)
 fn gate_up(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3<u32>) {
@@ -79,15 +67,14 @@ fn gate_up(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: 
     red[5u * STRIDE + li] = u1;
     red[6u * STRIDE + li] = u2;
     red[7u * STRIDE + li] = u3;
-    workgroupBarrier();
-    if (li < SLICES * R_UP) {
-        let s = li / R_UP;
-        let r = li % R_UP;
-        let row = (wg.x * SLICES + s) * R_UP + r;
-        if (row < p.rows) {
-            let gs = slice_sum(r, s);
-            let us = slice_sum(R_UP + r, s);
-            y[e * p.rows + row] = gs / (1.0 + exp(-gs)) * us;
+    reduce_slices(li, 2u * R_UP);
+    if (lane == 0u) {
+        for (var r = 0u; r < R_UP; r++) {
+            if (first + r < p.rows) {
+                let gs = red[r * STRIDE + li];
+                let us = red[(R_UP + r) * STRIDE + li];
+                y[e * p.rows + first + r] = gs / (1.0 + exp(-gs)) * us;
+            }
         }
     }
 }
@@ -97,6 +84,9 @@ fn down_combine(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id)
     let lane = li % LANES;
     let slice = li / LANES;
     let first = (wg.x * SLICES + slice) * R_DOWN;
+    let e = wg.y;
+    let d = table[e];
+    let m = mat(d.down, p.cols, p.group, p.gshift, e * (p.cols / 4u));
     let last = max(p.rows, 1u) - 1u;
     let r0 = min(first, last);
     let r1 = min(first + 1u, last);
@@ -108,25 +98,16 @@ fn down_combine(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id)
     let r7 = min(first + 7u, last);
     var a0 = 0.0; var a1 = 0.0; var a2 = 0.0; var a3 = 0.0;
     var a4 = 0.0; var a5 = 0.0; var a6 = 0.0; var a7 = 0.0;
-    for (var e = 0u; e < p.experts; e++) {
-        let d = table[e];
-        let m = mat(d.down, p.cols, p.group, p.gshift, e * (p.cols / 4u));
-        var b0 = 0.0; var b1 = 0.0; var b2 = 0.0; var b3 = 0.0;
-        var b4 = 0.0; var b5 = 0.0; var b6 = 0.0; var b7 = 0.0;
-        for (var c = lane; c < m.row_chunks; c += LANES) {
-            let xc = load_x(m.x + c * (VALS / 4u));
-            b0 += chunk_dot(m, r0, c, xc);
-            b1 += chunk_dot(m, r1, c, xc);
-            b2 += chunk_dot(m, r2, c, xc);
-            b3 += chunk_dot(m, r3, c, xc);
-            b4 += chunk_dot(m, r4, c, xc);
-            b5 += chunk_dot(m, r5, c, xc);
-            b6 += chunk_dot(m, r6, c, xc);
-            b7 += chunk_dot(m, r7, c, xc);
-        }
-        let wt = d.weight.x;
-        a0 += wt * b0; a1 += wt * b1; a2 += wt * b2; a3 += wt * b3;
-        a4 += wt * b4; a5 += wt * b5; a6 += wt * b6; a7 += wt * b7;
+    for (var c = lane; c < m.row_chunks; c += LANES) {
+        let xc = load_x(m.x + c * (VALS / 4u));
+        a0 += chunk_dot(m, r0, c, xc);
+        a1 += chunk_dot(m, r1, c, xc);
+        a2 += chunk_dot(m, r2, c, xc);
+        a3 += chunk_dot(m, r3, c, xc);
+        a4 += chunk_dot(m, r4, c, xc);
+        a5 += chunk_dot(m, r5, c, xc);
+        a6 += chunk_dot(m, r6, c, xc);
+        a7 += chunk_dot(m, r7, c, xc);
     }
     red[li] = a0;
     red[STRIDE + li] = a1;
@@ -136,13 +117,12 @@ fn down_combine(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id)
     red[5u * STRIDE + li] = a5;
     red[6u * STRIDE + li] = a6;
     red[7u * STRIDE + li] = a7;
-    workgroupBarrier();
-    if (li < SLICES * R_DOWN) {
-        let s = li / R_DOWN;
-        let r = li % R_DOWN;
-        let row = (wg.x * SLICES + s) * R_DOWN + r;
-        if (row < p.rows) {
-            y[row] = slice_sum(r, s);
+    reduce_slices(li, R_DOWN);
+    if (lane == 0u) {
+        for (var r = 0u; r < R_DOWN; r++) {
+            if (first + r < p.rows) {
+                y[e * p.rows + first + r] = d.weight.x * red[r * STRIDE + li];
+            }
         }
     }
 }

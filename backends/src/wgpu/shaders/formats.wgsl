@@ -8,19 +8,15 @@
 // neither SHADER_F16 nor naga's f16-in-f32 capability (which `unpack2x16float` needs) is used.
 // Quantized formats read scales and biases through `ws`, the weight buffer bound as u32s.
 
-// The f32 value of the f16 whose bits are the low 16 bits of `h` (exact, subnormals included).
+// The f32 value of the f16 whose bits are the low 16 bits of `h` (exact, subnormals, infinities
+// and NaNs included), without branches.
 fn f16_bits(h: u32) -> f32 {
-    let sign = (h & 0x8000u) << 16u;
-    let e = (h >> 10u) & 0x1fu;
-    let man = h & 0x3ffu;
-    if (e == 0u) {
-        let v = f32(man) * 5.9604645e-8;
-        return select(v, -v, sign != 0u);
-    }
-    if (e == 31u) {
-        return bitcast<f32>(sign | 0x7f800000u | (man << 13u));
-    }
-    return bitcast<f32>(sign | ((e + 112u) << 23u) | (man << 13u));
+    let em = (h & 0x7fffu) << 13u;
+    let normal = bitcast<f32>(em + 0x38000000u); // rebias the exponent: (127 - 15) << 23
+    let sub = f32(h & 0x3ffu) * 5.9604645e-8;
+    let e = h & 0x7c00u;
+    let v = select(select(normal, sub, e == 0u), bitcast<f32>(0x7f800000u | em), e == 0x7c00u);
+    return select(v, -v, (h & 0x8000u) != 0u);
 }
 
 // The two f16 of a word, low half first.

@@ -22,3 +22,25 @@ fn mat(r: vec4<u32>, cols: u32, group: u32, gshift: u32, x_off: u32) -> Mat {
     let g = max(group, 1u);
     return Mat(r.x, r.y, r.z, cols, g, x_off, cols / VALS, cols / g, gshift);
 }
+
+const LANES: u32 = 32u;
+const SLICES: u32 = 8u;
+const STRIDE: u32 = 257u; // 256 + 1: the rows of `red` fall in different banks
+
+// Partial sums: `red[r * STRIDE + li]` is invocation li's part of its slice's row r.
+var<workgroup> red: array<f32, 2056>; // 8 * STRIDE
+
+// Sums each slice's 32 lanes of rows 0..rows of `red` (a tree: every lane adds, 5 steps);
+// afterwards lane 0 of a slice holds the totals. Call from uniform control flow.
+fn reduce_slices(li: u32, rows: u32) {
+    let lane = li % LANES;
+    workgroupBarrier();
+    for (var s = LANES / 2u; s > 0u; s >>= 1u) {
+        if (lane < s) {
+            for (var r = 0u; r < rows; r++) {
+                red[r * STRIDE + li] += red[r * STRIDE + li + s];
+            }
+        }
+        workgroupBarrier();
+    }
+}
