@@ -211,33 +211,129 @@ impl Kernel {
     }
 }
 
-/// Compiled pipelines, built on first use.
+/// What a kernel binds at one binding index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// A read-only storage buffer.
+    Read,
+    /// A read-write storage buffer.
+    ReadWrite,
+    /// The params uniform, an item of the per-submission arena (dynamic offset).
+    Params,
+    /// A small read-only table, an item of the arena (dynamic offset).
+    Table,
+}
+
+impl Kernel {
+    /// The kernel's bindings, by binding index (the WGSL declares exactly these).
+    pub(crate) fn slots(self) -> Vec<(u32, Slot)> {
+        use Slot::*;
+        let with_scales = |f: Fmt, mut v: Vec<(u32, Slot)>| {
+            if f.quantized() {
+                v.push((5, Read));
+            }
+            v
+        };
+        match self {
+            Kernel::Matvec(f) => {
+                with_scales(f, vec![(0, Read), (1, Read), (2, ReadWrite), (3, Params)])
+            }
+            Kernel::GateUp(f) | Kernel::DownCombine(f) => with_scales(
+                f,
+                vec![
+                    (0, Read),
+                    (1, Read),
+                    (2, ReadWrite),
+                    (3, Params),
+                    (4, Table),
+                ],
+            ),
+            Kernel::Embed(f) => with_scales(f, vec![(0, Read), (2, ReadWrite), (3, Params)]),
+            Kernel::Axpy | Kernel::Swiglu | Kernel::Combine => {
+                vec![(0, ReadWrite), (1, Read), (2, Params)]
+            }
+            Kernel::RmsNorm => vec![(0, ReadWrite), (1, Read), (2, Read), (3, Params)],
+            Kernel::RmsNormHeads => vec![(0, ReadWrite), (2, Read), (3, Params)],
+            Kernel::Rope => vec![(0, ReadWrite), (1, Table), (2, Params)],
+            Kernel::Attention => vec![
+                (0, Read),
+                (1, Read),
+                (2, Read),
+                (3, ReadWrite),
+                (4, ReadWrite),
+                (5, Params),
+            ],
+        }
+    }
+}
+
+/// A compiled kernel and the layout of its bind group.
+#[derive(Clone)]
+pub(crate) struct Compiled {
+    pub pipeline: ::wgpu::ComputePipeline,
+    pub layout: ::wgpu::BindGroupLayout,
+}
+
+/// Compiled pipelines, built on first use, with explicit bind group layouts (params and tables
+/// at dynamic offsets, so one bind group serves every dispatch over the same buffers).
 #[derive(Default)]
 pub(crate) struct Pipelines {
-    cache: Mutex<HashMap<Kernel, ::wgpu::ComputePipeline>>,
+    cache: Mutex<HashMap<Kernel, Compiled>>,
 }
 
 impl Pipelines {
     /// The pipeline of `kernel` (compiled now if it is the first use).
-    pub fn get(&self, device: &::wgpu::Device, kernel: Kernel) -> ::wgpu::ComputePipeline {
+    pub fn get(&self, device: &::wgpu::Device, kernel: Kernel) -> Compiled {
         self.cache
             .lock()
             .entry(kernel)
-            .or_insert_with(|| {
-                let name = kernel.name();
-                let module = device.create_shader_module(::wgpu::ShaderModuleDescriptor {
-                    label: Some(&name),
-                    source: ::wgpu::ShaderSource::Wgsl(kernel.source().into()),
-                });
-                device.create_compute_pipeline(&::wgpu::ComputePipelineDescriptor {
-                    label: Some(&name),
-                    layout: None,
-                    module: &module,
-                    entry_point: Some(kernel.entry()),
-                    compilation_options: Default::default(),
-                    cache: None,
-                })
-            })
+            .or_insert_with(|| compile(device, kernel))
             .clone()
     }
+}
+
+fn compile(device: &::wgpu::Device, kernel: Kernel) -> Compiled {
+    let name = kernel.name();
+    let entries: Vec<::wgpu::BindGroupLayoutEntry> = kernel
+        .slots()
+        .into_iter()
+        .map(|(binding, slot)| ::wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: ::wgpu::ShaderStages::COMPUTE,
+            ty: ::wgpu::BindingType::Buffer {
+                ty: match slot {
+                    Slot::Params => ::wgpu::BufferBindingType::Uniform,
+                    Slot::Read | Slot::Table => {
+                        ::wgpu::BufferBindingType::Storage { read_only: true }
+                    }
+                    Slot::ReadWrite => ::wgpu::BufferBindingType::Storage { read_only: false },
+                },
+                has_dynamic_offset: matches!(slot, Slot::Params | Slot::Table),
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    let layout = device.create_bind_group_layout(&::wgpu::BindGroupLayoutDescriptor {
+        label: Some(&name),
+        entries: &entries,
+    });
+    let pipeline_layout = device.create_pipeline_layout(&::wgpu::PipelineLayoutDescriptor {
+        label: Some(&name),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let module = device.create_shader_module(::wgpu::ShaderModuleDescriptor {
+        label: Some(&name),
+        source: ::wgpu::ShaderSource::Wgsl(kernel.source().into()),
+    });
+    let pipeline = device.create_compute_pipeline(&::wgpu::ComputePipelineDescriptor {
+        label: Some(&name),
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some(kernel.entry()),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    Compiled { pipeline, layout }
 }

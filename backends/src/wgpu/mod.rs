@@ -97,6 +97,8 @@ struct State {
     arena_data: Vec<u8>,
     /// Kernel timestamps (profiling only).
     profiler: Option<Profiler>,
+    /// Bind groups by kernel and buffers: a decode step reuses the same tensors every token.
+    bind_groups: std::collections::HashMap<BindKey, ::wgpu::BindGroup>,
     stats: WgpuStats,
 }
 
@@ -115,12 +117,21 @@ const ARENA_BYTES: u64 = 1 << 20;
 /// Alignment of each item in the arena (uniform and storage offsets on every adapter).
 const ARENA_ALIGN: usize = 256;
 
-/// A binding of a dispatch: a whole buffer, or an item of the arena.
+/// A binding of a dispatch: a whole buffer, an item of the arena, or a whole buffer that
+/// lives for one dispatch only (its bind group is not cached).
 #[derive(Clone, Copy)]
 enum Bind<'a> {
     Buf(&'a ::wgpu::Buffer),
     Arena { offset: u64, size: u64 },
+    Temp(&'a ::wgpu::Buffer),
 }
+
+/// Bind groups kept at most; past it the cache starts over (it also holds its buffers alive).
+const BIND_GROUP_CACHE: usize = 8192;
+
+/// What makes a bind group reusable: the kernel, and per binding the buffer (or the arena
+/// item's size; its offset is dynamic).
+type BindKey = (Kernel, Vec<(u32, Option<::wgpu::Buffer>, u64)>);
 
 /// The wgpu implementation of [`ComputeBackend`].
 pub struct WgpuBackend {
@@ -329,31 +340,63 @@ impl WgpuBackend {
         groups: (u32, u32, u32),
     ) {
         let t = Instant::now();
-        let pipeline = self.pipelines.get(&self.gpu.device, kernel);
-        let entries: Vec<::wgpu::BindGroupEntry<'_>> = bindings
+        let compiled = self.pipelines.get(&self.gpu.device, kernel);
+        let mut sorted: Vec<(u32, Bind<'_>)> = bindings.to_vec();
+        sorted.sort_by_key(|&(binding, _)| binding);
+        let dynamic: Vec<u32> = sorted
             .iter()
-            .map(|&(binding, b)| ::wgpu::BindGroupEntry {
-                binding,
-                resource: match b {
-                    Bind::Buf(buf) => buf.as_entire_binding(),
-                    Bind::Arena { offset, size } => {
-                        ::wgpu::BindingResource::Buffer(::wgpu::BufferBinding {
-                            buffer: &self.arena,
-                            offset,
-                            size: std::num::NonZeroU64::new(size),
-                        })
-                    }
-                },
+            .filter_map(|(_, b)| match b {
+                Bind::Arena { offset, .. } => Some(*offset as u32),
+                _ => None,
             })
             .collect();
-        let bind_group = self
-            .gpu
-            .device
-            .create_bind_group(&::wgpu::BindGroupDescriptor {
-                label: None,
-                layout: &pipeline.get_bind_group_layout(0),
-                entries: &entries,
-            });
+        let cacheable = !sorted.iter().any(|(_, b)| matches!(b, Bind::Temp(_)));
+        let key: BindKey = (
+            kernel,
+            sorted
+                .iter()
+                .map(|&(binding, b)| match b {
+                    Bind::Buf(buf) | Bind::Temp(buf) => (binding, Some(buf.clone()), 0),
+                    Bind::Arena { size, .. } => (binding, None, size),
+                })
+                .collect(),
+        );
+        let bind_group = match st.bind_groups.get(&key) {
+            Some(bg) => bg.clone(),
+            None => {
+                let entries: Vec<::wgpu::BindGroupEntry<'_>> = sorted
+                    .iter()
+                    .map(|&(binding, b)| ::wgpu::BindGroupEntry {
+                        binding,
+                        resource: match b {
+                            Bind::Buf(buf) | Bind::Temp(buf) => buf.as_entire_binding(),
+                            Bind::Arena { size, .. } => {
+                                ::wgpu::BindingResource::Buffer(::wgpu::BufferBinding {
+                                    buffer: &self.arena,
+                                    offset: 0,
+                                    size: std::num::NonZeroU64::new(size),
+                                })
+                            }
+                        },
+                    })
+                    .collect();
+                let bg = self
+                    .gpu
+                    .device
+                    .create_bind_group(&::wgpu::BindGroupDescriptor {
+                        label: None,
+                        layout: &compiled.layout,
+                        entries: &entries,
+                    });
+                if cacheable {
+                    if st.bind_groups.len() >= BIND_GROUP_CACHE {
+                        st.bind_groups.clear();
+                    }
+                    st.bind_groups.insert(key, bg.clone());
+                }
+                bg
+            }
+        };
         if st.profiler.as_ref().is_some_and(|p| !p.has_room()) {
             self.flush(st);
         }
@@ -367,8 +410,8 @@ impl WgpuBackend {
                 label: None,
                 timestamp_writes: profiler.as_mut().map(|p| p.next(kernel)),
             });
-            pass.set_pipeline(&pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
+            pass.set_pipeline(&compiled.pipeline);
+            pass.set_bind_group(0, &bind_group, &dynamic);
             pass.dispatch_workgroups(groups.0, groups.1, groups.2);
         }
         st.stats.dispatches += 1;
@@ -380,7 +423,7 @@ impl WgpuBackend {
     fn matvec_at(
         &self,
         st: &mut State,
-        w: &::wgpu::Buffer,
+        w: Bind<'_>,
         mat: MatRef,
         format: WeightFormat,
         rows: usize,
@@ -409,13 +452,13 @@ impl WgpuBackend {
         );
         let (gx, gy) = grid(to_u32("matvec", "rows", rows)?.div_ceil(MATVEC_ROWS_PER_GROUP));
         let mut bindings = vec![
-            (0, Bind::Buf(w)),
+            (0, w),
             (1, Bind::Buf(&x.buf)),
             (2, Bind::Buf(&out.buf)),
             (3, p),
         ];
         if fmt.quantized() {
-            bindings.push((5, Bind::Buf(w)));
+            bindings.push((5, w));
         }
         self.dispatch(st, Kernel::Matvec(fmt), &bindings, (gx, gy, 1));
         Ok(())
@@ -448,6 +491,7 @@ impl WgpuBackend {
             if let Some(old) = st.ring.take() {
                 tracing::info!("expert records changed shape: the GPU expert ring starts anew");
                 ring.stats.carry(&old.stats);
+                st.bind_groups.clear(); // they hold the old ring alive
             }
             st.ring = Some(ring);
         }
@@ -715,7 +759,15 @@ impl ComputeBackend for WgpuBackend {
         let mut st = self.state.lock();
         for b in &w.blocks {
             self.matvec_at(
-                &mut st, &b.buf, b.mat, l.format, b.rows, l.cols, x, out, b.row0,
+                &mut st,
+                Bind::Buf(&b.buf),
+                b.mat,
+                l.format,
+                b.rows,
+                l.cols,
+                x,
+                out,
+                b.row0,
             )?;
         }
         Ok(())
@@ -735,7 +787,7 @@ impl ComputeBackend for WgpuBackend {
         let mut st = self.state.lock();
         self.matvec_at(
             &mut st,
-            &buf,
+            Bind::Temp(&buf),
             MatRef::at(0, &l)?,
             l.format,
             l.rows,
