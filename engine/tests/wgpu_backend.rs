@@ -24,6 +24,9 @@ const BACKEND_TOL: f32 = 2e-4;
 fn gpu(cfg: &WgpuConfig) -> Option<WgpuBackend> {
     match WgpuBackend::new(cfg) {
         Ok(be) => Some(be),
+        Err(e) if std::env::var_os("FLASHMOE_REQUIRE_GPU").is_some() => {
+            panic!("FLASHMOE_REQUIRE_GPU is set but no wgpu adapter opened: {e}")
+        }
         Err(e) => {
             println!("SKIP: no wgpu adapter ({e}); install mesa-vulkan-drivers for lavapipe");
             None

@@ -379,7 +379,6 @@ impl Decode<'_> {
             &mut obs,
             &mut on_token,
         )?;
-        drop(obs);
         let hinted = prefetch.per_layer();
         let traced = match (sink, &args.trace) {
             (Some(sink), Some(path)) => Some((sink.finish()?, path.display().to_string())),

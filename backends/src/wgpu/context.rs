@@ -108,7 +108,7 @@ impl Gpu {
             .max_binding
             .unwrap_or(MAX_BINDING)
             .min(MAX_BINDING)
-            .min(u64::from(limits.max_storage_buffer_binding_size))
+            .min(limits.max_storage_buffer_binding_size)
             .min(limits.max_buffer_size);
         let info = GpuInfo {
             name: ainfo.name.clone(),

@@ -314,7 +314,7 @@ impl WgpuBackend {
     /// A storage buffer holding `bytes` (padded to 16), for data too large for the arena.
     fn storage(&self, bytes: &[u8]) -> ::wgpu::Buffer {
         let mut padded;
-        let contents = if bytes.len() % 16 == 0 && !bytes.is_empty() {
+        let contents = if bytes.len().is_multiple_of(16) && !bytes.is_empty() {
             bytes
         } else {
             padded = bytes.to_vec();
