@@ -125,6 +125,10 @@ pub trait ComputeBackend: Send + Sync {
     fn len(&self, t: &Self::Tensor) -> usize;
     /// Copies a tensor back to the host.
     fn read(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
+    /// Copies several tensors back at once: a GPU waits for its queue once, not once per tensor.
+    fn read_many(&self, ts: &[&Self::Tensor]) -> Result<Vec<Vec<f32>>> {
+        ts.iter().map(|t| self.read(t)).collect()
+    }
     /// Copies `src` into `dst` (same length).
     fn copy(&self, src: &Self::Tensor, dst: &mut Self::Tensor) -> Result<()>;
 

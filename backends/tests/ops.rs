@@ -138,6 +138,18 @@ fn norms_rope_swiglu_match_reference<B: ComputeBackend>(be: &B) {
         .collect();
     close(&be.read(&y).unwrap(), &want, 1e-6);
     assert!(be.axpy(&mut y, 1.0, &be.zeros(3).unwrap()).is_err());
+
+    // Several tensors back at once, empty ones included, each as a single read gives it.
+    let (a, b, e) = (
+        be.upload(&x).unwrap(),
+        be.upload(&w[..5]).unwrap(),
+        be.zeros(0).unwrap(),
+    );
+    let many = be.read_many(&[&a, &e, &b]).unwrap();
+    assert_eq!(
+        many,
+        vec![be.read(&a).unwrap(), Vec::new(), w[..5].to_vec()]
+    );
 }
 
 /// Deterministic weights with a spread that exercises every quantization code.

@@ -7,7 +7,7 @@ use crate::error::{BackendContext, EngineError, Result};
 use crate::experts::ExpertSource;
 use crate::hooks::RoutingObserver;
 use crate::weights::Checkpoint;
-use flashmoe_backends::routing::softmax;
+use flashmoe_backends::routing::{softmax, top_k_softmax};
 use flashmoe_backends::{
     AttnShape, ComputeBackend, ExpertId, ExpertScratch, KvShape, RoutedExpert,
 };
@@ -75,6 +75,7 @@ struct Scratch<B: ComputeBackend> {
     attn: B::Tensor,
     o: B::Tensor,
     router_logits: B::Tensor,
+    pregate_logits: B::Tensor,
     moe_out: B::Tensor,
     experts: ExpertScratch<B::Tensor>,
     logits: B::Tensor,
@@ -186,6 +187,7 @@ impl<B: ComputeBackend> MoeModel<B> {
             attn: z(cfg.q_dim())?,
             o: z(h)?,
             router_logits: z(cfg.num_experts)?,
+            pregate_logits: z(cfg.num_experts)?,
             moe_out: z(h)?,
             experts: ExpertScratch {
                 h1: z(cfg.expert_intermediate)?,
@@ -368,22 +370,40 @@ impl<B: ComputeBackend> MoeModel<B> {
         if be.stages_experts() && !predicted.is_empty() {
             stage_ready(be, experts, layer_id, &predicted)?;
         }
-        let routing = be
-            .router_top_k(&s.router_logits, cfg.top_k, cfg.norm_topk_prob)
-            .ctx(|| ctx("router top-k"))?;
-        obs.on_routing(layer_id, &routing.ids, &routing.weights);
-        if obs.wants_pregate()
-            && let Some(next) = self.layers.get(l + 1)
-        {
-            be.matvec(&next.router, &s.x, &mut s.router_logits)
-                .ctx(|| ctx("pre-gate"))?;
-            let scores = softmax(&be.read(&s.router_logits).ctx(|| ctx("pre-gate"))?)
-                .ctx(|| ctx("pre-gate"))?;
-            obs.on_pregate(layer_id + 1, &scores);
-            if be.stages_experts() {
-                self.stage_next = crate::sampler::top_k(&scores, cfg.top_k);
+        let next = self.layers.get(l + 1).filter(|_| obs.wants_pregate());
+        let routing = match next {
+            None => {
+                let routing = be
+                    .router_top_k(&s.router_logits, cfg.top_k, cfg.norm_topk_prob)
+                    .ctx(|| ctx("router top-k"))?;
+                obs.on_routing(layer_id, &routing.ids, &routing.weights);
+                routing
             }
-        }
+            Some(next) => {
+                // Pre-gate: the next layer's router on this layer's MoE input, read back
+                // together with this layer's router logits (one wait on a GPU).
+                be.matvec(&next.router, &s.x, &mut s.pregate_logits)
+                    .ctx(|| ctx("pre-gate"))?;
+                let [logits, pre]: [Vec<f32>; 2] = be
+                    .read_many(&[&s.router_logits, &s.pregate_logits])
+                    .ctx(|| ctx("router and pre-gate logits"))?
+                    .try_into()
+                    .map_err(|_| EngineError::Expert {
+                        layer: layer_id,
+                        expert: 0,
+                        reason: "read_many returned the wrong number of tensors".into(),
+                    })?;
+                let routing = top_k_softmax(&logits, cfg.top_k, cfg.norm_topk_prob)
+                    .ctx(|| ctx("router top-k"))?;
+                obs.on_routing(layer_id, &routing.ids, &routing.weights);
+                let scores = softmax(&pre).ctx(|| ctx("pre-gate"))?;
+                obs.on_pregate(layer_id + 1, &scores);
+                if be.stages_experts() {
+                    self.stage_next = crate::sampler::top_k(&scores, cfg.top_k);
+                }
+                routing
+            }
+        };
         let layout = *experts.layout();
         let batch = experts.experts(layer_id, &routing.ids)?;
         if batch.len() != routing.ids.len() {

@@ -614,22 +614,37 @@ impl ComputeBackend for WgpuBackend {
     }
 
     fn read(&self, t: &GpuTensor) -> Result<Vec<f32>> {
-        if t.len == 0 {
-            return Ok(Vec::new());
+        Ok(self.read_many(&[t])?.pop().unwrap_or_default())
+    }
+
+    /// Copies every tensor into one staging buffer and waits once.
+    fn read_many(&self, ts: &[&GpuTensor]) -> Result<Vec<Vec<f32>>> {
+        // Each tensor at a 256-byte aligned offset (map and copy alignments).
+        let mut offsets = Vec::with_capacity(ts.len());
+        let mut total = 0u64;
+        for t in ts {
+            offsets.push(total);
+            total += (t.len as u64 * 4).div_ceil(256) * 256;
         }
-        let bytes = t.len as u64 * 4;
+        if total == 0 {
+            return Ok(ts.iter().map(|_| Vec::new()).collect());
+        }
         let mut st = self.state.lock();
         let rb = grown(
             &mut st.readback,
             &self.gpu.device,
-            bytes.max(1 << 16),
+            total.max(1 << 16),
             ::wgpu::BufferUsages::MAP_READ | ::wgpu::BufferUsages::COPY_DST,
             "readback",
         );
-        st.encoder(&self.gpu.device)
-            .copy_buffer_to_buffer(&t.buf, 0, &rb, 0, bytes);
+        let enc = st.encoder(&self.gpu.device);
+        for (t, &off) in ts.iter().zip(&offsets) {
+            if t.len > 0 {
+                enc.copy_buffer_to_buffer(&t.buf, 0, &rb, off, t.len as u64 * 4);
+            }
+        }
         self.flush(&mut st);
-        let slice = rb.slice(0..bytes);
+        let slice = rb.slice(0..total);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(::wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
@@ -649,8 +664,14 @@ impl ComputeBackend for WgpuBackend {
             let view = slice
                 .get_mapped_range()
                 .map_err(|e| gpu_error("read", e.to_string()))?;
-            view.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            ts.iter()
+                .zip(&offsets)
+                .map(|(t, &off)| {
+                    view[off as usize..off as usize + t.len * 4]
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect()
+                })
                 .collect()
         };
         rb.unmap();
