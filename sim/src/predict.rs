@@ -135,3 +135,53 @@ pub fn pregate_scores(
         out[target as usize] = 1.0 + rng.f64() as f32;
     }
 }
+
+/// Over every (token, layer) with recorded pre-gate scores: the share of the next layer's
+/// routed experts that the scores' top `n` contain (`n = k`: the pre-gate's recall; `n > k`:
+/// what over-fetching `n - k` more would catch). `None` without recorded scores.
+pub fn recorded_pregate_recall(trace: &Trace, n: usize) -> Option<f64> {
+    trace.scores.as_ref()?;
+    let h = trace.header;
+    let (mut hit, mut all) = (0u64, 0u64);
+    let mut idx: Vec<u32> = Vec::with_capacity(h.experts as usize);
+    for token in 0..trace.tokens() {
+        for layer in 0..h.layers.saturating_sub(1) {
+            let Some(s) = trace.scores_at(token, layer) else {
+                continue;
+            };
+            idx.clear();
+            idx.extend(0..h.experts);
+            let key = |e: &u32| {
+                let v = s[*e as usize];
+                if v.is_finite() { v } else { f32::NEG_INFINITY }
+            };
+            idx.sort_by(|a, b| key(b).total_cmp(&key(a)));
+            let top = &idx[..n.min(idx.len())];
+            for e in trace.experts_at(token, layer + 1) {
+                all += 1;
+                hit += top.contains(e) as u64;
+            }
+        }
+    }
+    (all > 0).then(|| hit as f64 / all as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_recall_counts_next_layer_experts_in_the_top_n() {
+        // 1 token, 2 layers, 4 experts, k = 2; scores at layer 0 rank 3 > 0 > 1 > 2.
+        let mut t = Trace::from_ids(2, 4, 2, vec![0, 1, 3, 2]).unwrap();
+        t.scores = Some(vec![0.3, 0.2, 0.1, 0.4, 0.0, 0.0, 0.0, 0.0]);
+        t.header.scores = Some(io_sched::trace::Real::F32);
+        // Layer 1 routes {3, 2}: top-2 {3, 0} holds one, top-4 both.
+        assert_eq!(recorded_pregate_recall(&t, 2), Some(0.5));
+        assert_eq!(recorded_pregate_recall(&t, 4), Some(1.0));
+        assert_eq!(
+            recorded_pregate_recall(&Trace::from_ids(2, 4, 2, vec![0, 1, 3, 2]).unwrap(), 2),
+            None
+        );
+    }
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::Args;
 use flashmoe_sim::predict::PredictorKind;
 use flashmoe_sim::replay::prediction::{calibrate_on_model, predict_row};
+use flashmoe_sim::replay::reference::{self, Burst};
 use flashmoe_sim::replay::{ReplaySpec, RowKind, RowResult, run_row};
 use io_sched::trace::Trace;
 use io_sched::{ExpertLayout, Manifest};
@@ -18,11 +19,16 @@ pub struct ReplayArgs {
     /// A model directory written by `flashmoe synth` (or any packed model's directory).
     #[arg(long)]
     pub model: PathBuf,
-    /// Routing trace: a flashmoe trace file, a fixture .safetensors trace, `fixture` (the
+    /// Routing trace: flashmoe trace files (comma-separated: played one after another, e.g.
+    /// several `flashmoe generate --trace` runs), a fixture .safetensors trace, `fixture` (the
     /// tiny-qwen3-moe fixture's real routing, mapped onto the model: expert ids mod experts,
     /// layers mod layers) or `synthetic` (flashmoe_sim's generator at the model's geometry).
     #[arg(long, default_value = "fixture")]
     pub trace: String,
+    /// With several trace files: keep only the first N tokens of each (so that a short replay
+    /// still spans every prompt).
+    #[arg(long)]
+    pub tokens_per_trace: Option<u64>,
     /// Cache budget: `N%` of the model's expert bytes, or bytes.
     #[arg(long, default_value = "25%")]
     pub budget: String,
@@ -91,6 +97,11 @@ pub struct ReplayArgs {
     /// (the buffered path of row (a) keeps its own calibration).
     #[arg(long)]
     pub calibrate_on_row_c: bool,
+    /// MiB of each reference burst (the device's best for the rows' request size, measured
+    /// before every round and after the last: see flashmoe_sim::replay::reference); 0 skips
+    /// them.
+    #[arg(long, default_value_t = 256)]
+    pub reference_mib: u64,
     /// Size of that scratch file, MiB.
     #[arg(long, default_value_t = 512)]
     pub calibrate_mb: u64,
@@ -170,12 +181,23 @@ fn load_trace(a: &ReplayArgs, layout: &ExpertLayout, meta_k: Option<u32>) -> Cli
             )?;
             flashmoe_sim::fixture::load_trace(&p)?
         }
-        path => {
-            if !Path::new(path).exists() {
-                return Err(format!("--trace {path}: no such file").into());
+        paths => {
+            let mut all: Option<Trace> = None;
+            for path in paths.split(',') {
+                if !Path::new(path).exists() {
+                    return Err(format!("--trace {path}: no such file").into());
+                }
+                let mut t = flashmoe_sim::fixture::load_trace(Path::new(path))
+                    .map_err(|e| format!("--trace {path}: {e}"))?;
+                if let Some(n) = a.tokens_per_trace {
+                    t.truncate(n);
+                }
+                match all.as_mut() {
+                    None => all = Some(t),
+                    Some(a) => a.append(&t).map_err(|e| format!("--trace {path}: {e}"))?,
+                }
             }
-            flashmoe_sim::fixture::load_trace(Path::new(path))
-                .map_err(|e| format!("--trace {path}: {e}"))?
+            all.ok_or("--trace: no file named")?
         }
     };
     map_trace(t, layers, experts)
@@ -228,9 +250,18 @@ struct Report {
     compute_us_per_layer: f64,
     trace: String,
     trace_has_scores: bool,
+    trace_tokens: u64,
+    /// Over the whole trace, with recorded scores: (n, share of the next layer's experts in
+    /// the scores' top n) for n = k, k + 2, k + 4.
+    trace_pregate_recall: Vec<(usize, f64)>,
     pregate_recall: f64,
     /// --predict's device: (name, direct peak GB/s, direct GB/s at one request in flight).
     device: Option<(String, f64, f64)>,
+    /// Reference bursts at the io-sched rows' request size, before every round and after the
+    /// last.
+    reference: Vec<(String, Burst)>,
+    /// The best of them, GB/s.
+    reference_best_gbps: f64,
     rows: Vec<RowResult>,
 }
 
@@ -292,8 +323,23 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
         calibrate_on_model(&layout, trace.header.k as usize, d)?;
     }
     let kinds = rows(a)?;
+    let request = io_sched::core::CoreConfig::default().demand_chunk;
+    let k = trace.header.k as usize;
+    let mut reference = Vec::new();
+    let burst = |when: &str, out: &mut Vec<(String, Burst)>| -> CliResult<()> {
+        if a.reference_mib > 0 {
+            if !a.json {
+                eprintln!("reference bursts ({when}) ...");
+            }
+            for b in reference::measure(&layout, k, request, &[16, 32], a.reference_mib)? {
+                out.push((when.to_string(), b));
+            }
+        }
+        Ok(())
+    };
     let mut rounds: Vec<Vec<RowResult>> = vec![Vec::new(); kinds.len()];
     for round in 0..a.repeat.max(1) {
+        burst(&format!("before round {}", round + 1), &mut reference)?;
         for (i, &kind) in kinds.iter().enumerate() {
             if !a.json {
                 eprintln!("round {}: replaying {} ...", round + 1, kind.label());
@@ -301,6 +347,8 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
             rounds[i].push(run_row(kind, &layout, &trace, &spec)?);
         }
     }
+    burst("after the last round", &mut reference)?;
+    let reference_best_gbps = reference.iter().map(|(_, b)| b.gbps).fold(0.0, f64::max);
     let mut results = Vec::new();
     for (kind, mut rs) in kinds.into_iter().zip(rounds) {
         let all: Vec<f64> = rs.iter().map(|r| r.tok_per_s).collect();
@@ -336,6 +384,14 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
         compute_us_per_layer: a.compute_us,
         trace: a.trace.clone(),
         trace_has_scores: trace.scores.is_some(),
+        trace_tokens: trace.tokens(),
+        trace_pregate_recall: [0, 2, 4]
+            .iter()
+            .filter_map(|m| {
+                let n = trace.header.k as usize + m;
+                flashmoe_sim::predict::recorded_pregate_recall(&trace, n).map(|r| (n, r))
+            })
+            .collect(),
         pregate_recall: a.pregate_recall,
         device: device.as_ref().map(|d| {
             (
@@ -344,6 +400,8 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
                 d.ssd_direct.single_request_gbps.value,
             )
         }),
+        reference,
+        reference_best_gbps,
         rows: results,
     };
     if a.json {
@@ -377,14 +435,45 @@ fn table(r: &Report) -> String {
             )
         }
     );
+    if !r.trace_pregate_recall.is_empty() {
+        s += &format!(
+            "trace: {} tokens; recorded pre-gate recall (top n):",
+            r.trace_tokens
+        );
+        for (n, rec) in &r.trace_pregate_recall {
+            s += &format!(" n={n} {:.1}%", 100.0 * rec);
+        }
+        s += "\n";
+    }
     if let Some((name, peak, single)) = &r.device {
         s += &format!(
             "sim device {name}: direct reads {peak:.2} GB/s peak, {single:.2} GB/s at one in flight\n"
         );
     }
+    let mut last_when = None;
+    for (when, b) in &r.reference {
+        if last_when != Some(when) {
+            if last_when.is_some() {
+                s += "\n";
+            }
+            s += &format!("reference {} B reads ({when}), GB/s:", b.request_bytes);
+            last_when = Some(when);
+        }
+        s += &format!(" {} qd{} {:.2}", b.pattern, b.queue_depth, b.gbps);
+    }
+    if let Some((_, b)) = r.reference.last() {
+        s += &format!("  [{}]\n", b.backend);
+    }
+    let reference = r.reference_best_gbps;
+    if reference > 0.0 {
+        s += &format!(
+            "reference best {reference:.2} GB/s; dev GB/s = bytes read / time with a read in \
+             flight (mmap: copy time), busy% = that time / run time\n"
+        );
+    }
     let predicted = r.rows.iter().any(|x| x.predicted.is_some());
     s += &format!(
-        "{:<22} {:>8} {:>6} {:>6} {:>6} {:>8} {:>9} {:>9} {:>6} {:>6}",
+        "{:<22} {:>8} {:>6} {:>6} {:>6} {:>8} {:>9} {:>9} {:>8} {:>8} {:>6} {:>6} {:>6}",
         "row",
         "tok/s",
         "ratio",
@@ -393,7 +482,10 @@ fn table(r: &Report) -> String {
         "MB/tok",
         "disk MB/t",
         "stall ms",
-        "GB/s",
+        "run GB/s",
+        "dev GB/s",
+        "vs ref",
+        "busy%",
         "prec%"
     );
     if predicted {
@@ -404,8 +496,13 @@ fn table(r: &Report) -> String {
         let disk = x.disk_bytes.map_or("-".to_string(), |b| {
             format!("{:.1}", b as f64 / 1e6 / x.tokens as f64)
         });
+        let vs_ref = if reference > 0.0 {
+            format!("{:.2}", x.device_gbps() / reference)
+        } else {
+            "-".into()
+        };
         s += &format!(
-            "{:<22} {:>8.2} {:>6.2} {:>6.1} {:>6.1} {:>8.1} {:>9} {:>9.2} {:>6.2} {:>6.1}",
+            "{:<22} {:>8.2} {:>6.2} {:>6.1} {:>6.1} {:>8.1} {:>9} {:>9.2} {:>8.2} {:>8.2} {:>6} {:>6.1} {:>6.1}",
             x.label,
             x.tok_per_s,
             x.tok_per_s / best.max(1e-12),
@@ -414,7 +511,10 @@ fn table(r: &Report) -> String {
             x.bytes_per_token() / 1e6,
             disk,
             x.stall_ms_per_token(),
+            x.run_gbps(),
             x.device_gbps(),
+            vs_ref,
+            100.0 * x.busy_share(),
             100.0 * x.prefetch_precision,
         );
         if let Some(p) = &x.predicted {

@@ -12,6 +12,7 @@
 
 pub mod mmap;
 pub mod prediction;
+pub mod reference;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,6 +90,10 @@ pub struct RowResult {
     /// Bytes this process read from the block layer (`/proc/self/io` read_bytes), if known.
     pub disk_bytes: Option<u64>,
     pub stall_s: f64,
+    /// Time the device had at least one read in flight (io-sched's I/O thread timed it; for
+    /// the mmap row, the time spent copying out of the mapping, page faults included, which
+    /// bounds its device time from above).
+    pub device_busy_s: f64,
     pub prefetch_precision: f64,
     pub prefetch_recall: f64,
     pub cache_slots: usize,
@@ -105,8 +110,17 @@ impl RowResult {
     pub fn stall_ms_per_token(&self) -> f64 {
         1e3 * self.stall_s / self.tokens.max(1) as f64
     }
+    /// Bytes read over the time the device was busy: the device's throughput while it worked.
     pub fn device_gbps(&self) -> f64 {
+        self.bytes_read as f64 / self.device_busy_s.max(1e-9) / 1e9
+    }
+    /// Bytes read over the whole measured run (compute included).
+    pub fn run_gbps(&self) -> f64 {
         self.bytes_read as f64 / self.elapsed_s.max(1e-9) / 1e9
+    }
+    /// Share of the run the device was busy.
+    pub fn busy_share(&self) -> f64 {
+        self.device_busy_s / self.elapsed_s.max(1e-9)
     }
 }
 
@@ -249,13 +263,16 @@ pub fn run_row(
 
     let (mut t0, mut stall) = (Instant::now(), Duration::ZERO);
     let mut base = LayerMetrics::default();
+    let mut busy0 = 0u64;
     let mut disk0 = None;
     let (mut mm_hits, mut mm_demanded) = (0u64, 0u64);
     for step in 0..steps {
         let measuring = step >= spec.warmup;
         if step == spec.warmup {
             if let Some(s) = &sched {
-                base = s.metrics().total();
+                let m = s.metrics();
+                base = m.total();
+                busy0 = m.depth.busy_ns;
             }
             disk0 = proc_read_bytes();
             t0 = Instant::now();
@@ -291,10 +308,11 @@ pub fn run_row(
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
     };
-    let (m, cache_slots) = match &sched {
+    let (m, cache_slots, busy_s) = match &sched {
         Some(s) => {
-            let now = s.metrics().total();
-            (diff(&now, &base), s.capacity().0)
+            let snap = s.metrics();
+            let busy = snap.depth.busy_ns.saturating_sub(busy0) as f64 / 1e9;
+            (diff(&snap.total(), &base), s.capacity().0, busy)
         }
         None => {
             let mut m = LayerMetrics {
@@ -304,7 +322,7 @@ pub fn run_row(
                 ..LayerMetrics::default()
             };
             m.demand_bytes = m.misses * rec;
-            (m, slots as usize)
+            (m, slots as usize, stall.as_secs_f64())
         }
     };
     Ok(RowResult {
@@ -321,6 +339,7 @@ pub fn run_row(
         bytes_read: m.bytes_read(),
         disk_bytes,
         stall_s: stall.as_secs_f64(),
+        device_busy_s: busy_s,
         prefetch_precision: m.prefetch_precision(),
         prefetch_recall: m.prefetch_recall(),
         cache_slots,
