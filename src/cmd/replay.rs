@@ -8,7 +8,7 @@ use clap::Args;
 use flashmoe_sim::predict::PredictorKind;
 use flashmoe_sim::replay::prediction::{calibrate_on_model, predict_row};
 use flashmoe_sim::replay::reference::{self, Burst};
-use flashmoe_sim::replay::{ReplaySpec, RowKind, RowResult, run_row};
+use flashmoe_sim::replay::{OverFetchRow, ReplaySpec, RowKind, RowResult, run_row};
 use io_sched::trace::Trace;
 use io_sched::{ExpertLayout, Manifest};
 
@@ -57,6 +57,10 @@ pub struct ReplayArgs {
     /// Recall of synthesized pre-gate scores when the trace has none.
     #[arg(long, default_value_t = 0.9)]
     pub pregate_recall: f64,
+    /// With --compare: the tie rule of the idle-bounded over-fetch row, percent (a candidate
+    /// past k is hinted while its score is at least this share of the k-th's).
+    #[arg(long, default_value_t = 50)]
+    pub tie_pct: u8,
     /// Layers ahead to predict.
     #[arg(long, default_value_t = 1)]
     pub horizon: u32,
@@ -211,10 +215,26 @@ fn rows(a: &ReplayArgs) -> CliResult<Vec<RowKind>> {
             PredictorKind::Temporal,
             PredictorKind::Transition,
             PredictorKind::Scores,
-            PredictorKind::Oracle,
         ] {
             v.push(RowKind::Sched(p));
         }
+        // Over-fetching the pre-gate: a fixed k + 2, and near-ties of the k-th score (up to
+        // k + 4) within the device's idle time.
+        for o in [
+            OverFetchRow {
+                max_extra: 2,
+                tie_pct: 0,
+                idle_bound: false,
+            },
+            OverFetchRow {
+                max_extra: 4,
+                tie_pct: a.tie_pct,
+                idle_bound: true,
+            },
+        ] {
+            v.push(RowKind::SchedOver(PredictorKind::Scores, o));
+        }
+        v.push(RowKind::Sched(PredictorKind::Oracle));
         return Ok(v);
     }
     let p = match a.predictor.as_str() {
@@ -473,7 +493,7 @@ fn table(r: &Report) -> String {
     }
     let predicted = r.rows.iter().any(|x| x.predicted.is_some());
     s += &format!(
-        "{:<22} {:>8} {:>6} {:>6} {:>6} {:>8} {:>9} {:>9} {:>8} {:>8} {:>6} {:>6} {:>6}",
+        "{:<22} {:>8} {:>6} {:>6} {:>6} {:>8} {:>9} {:>9} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6}",
         "row",
         "tok/s",
         "ratio",
@@ -486,7 +506,8 @@ fn table(r: &Report) -> String {
         "dev GB/s",
         "vs ref",
         "busy%",
-        "prec%"
+        "prec%",
+        "hint/L"
     );
     if predicted {
         s += &format!(" {:>9} {:>6} {:>8}", "sim tok/s", "err%", "sim hit%");
@@ -502,7 +523,7 @@ fn table(r: &Report) -> String {
             "-".into()
         };
         s += &format!(
-            "{:<22} {:>8.2} {:>6.2} {:>6.1} {:>6.1} {:>8.1} {:>9} {:>9.2} {:>8.2} {:>8.2} {:>6} {:>6.1} {:>6.1}",
+            "{:<22} {:>8.2} {:>6.2} {:>6.1} {:>6.1} {:>8.1} {:>9} {:>9.2} {:>8.2} {:>8.2} {:>6} {:>6.1} {:>6.1} {:>6.2}",
             x.label,
             x.tok_per_s,
             x.tok_per_s / best.max(1e-12),
@@ -516,6 +537,7 @@ fn table(r: &Report) -> String {
             vs_ref,
             100.0 * x.busy_share(),
             100.0 * x.prefetch_precision,
+            x.hinted_per_layer,
         );
         if let Some(p) = &x.predicted {
             s += &format!(

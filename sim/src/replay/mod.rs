@@ -21,8 +21,10 @@ use io_sched::backend::BackendKind;
 use io_sched::backend::select::{BackendConfig, open_backend};
 use io_sched::core::CoreConfig;
 use io_sched::metrics::LayerMetrics;
+use io_sched::predictor::OverFetch;
+use io_sched::predictor::overfetch::idle_records;
 use io_sched::trace::Trace;
-use io_sched::{ExpertLayout, Scheduler, SchedulerConfig};
+use io_sched::{ExpertKey, ExpertLayout, Scheduler, SchedulerConfig};
 
 use crate::error::{Result, SimError};
 use crate::predict::{self, LayerPrediction, PredictorKind};
@@ -35,8 +37,22 @@ pub enum RowKind {
     Mmap,
     /// (b) one pread thread, one read per expert, on demand, no prefetch.
     SyncPread,
-    /// (c)–(e) io-sched (automatic backend) with this predictor.
+    /// (c)–(e) io-sched (automatic backend) with this predictor, hinting its top k.
     Sched(PredictorKind),
+    /// (d) io-sched with this predictor, hinting past its top k as [`OverFetchRow`] says.
+    SchedOver(PredictorKind, OverFetchRow),
+}
+
+/// An over-fetch variant of a predictor row: io-sched's [`OverFetch`] with these settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct OverFetchRow {
+    /// Candidates past k at most.
+    pub max_extra: u8,
+    /// [`OverFetch::tie_ratio`] in percent (0: every extra).
+    pub tie_pct: u8,
+    /// Bound the extras by the device's idle time in the layer's window
+    /// ([`io_sched::predictor::overfetch::idle_records`]).
+    pub idle_bound: bool,
 }
 
 impl RowKind {
@@ -47,6 +63,25 @@ impl RowKind {
             RowKind::Sched(PredictorKind::None) => "c io-sched".into(),
             RowKind::Sched(PredictorKind::Oracle) => "e io-sched+oracle".into(),
             RowKind::Sched(p) => format!("d io-sched+{}", p.name()),
+            RowKind::SchedOver(p, o) => format!(
+                "d {}+{}{}{}",
+                p.name(),
+                o.max_extra,
+                if o.tie_pct > 0 {
+                    format!(" tie{}", o.tie_pct)
+                } else {
+                    String::new()
+                },
+                if o.idle_bound { " idle" } else { "" }
+            ),
+        }
+    }
+
+    /// The predictor of an io-sched row (none for the others).
+    pub fn predictor(self) -> PredictorKind {
+        match self {
+            RowKind::Sched(p) | RowKind::SchedOver(p, _) => p,
+            _ => PredictorKind::None,
         }
     }
 }
@@ -96,6 +131,8 @@ pub struct RowResult {
     pub device_busy_s: f64,
     pub prefetch_precision: f64,
     pub prefetch_recall: f64,
+    /// Candidates hinted per predicted layer (mean), extras included.
+    pub hinted_per_layer: f64,
     pub cache_slots: usize,
     /// What the virtual-time simulator predicts for this row (filled by the caller).
     pub predicted: Option<prediction::Predicted>,
@@ -147,21 +184,67 @@ trait Fetch {
     fn hint(&mut self, preds: &[LayerPrediction]);
 }
 
-struct SchedFetch<'a>(&'a Scheduler, Vec<LayerPrediction>);
+/// The io-sched fetch path: acquire, then hint what the predictor said (under `over`).
+struct SchedFetch<'a> {
+    sched: &'a Scheduler,
+    preds: Vec<LayerPrediction>,
+    over: Option<(OverFetch, bool)>,
+    /// The window a hint for the next layer overlaps: one layer's compute, ns.
+    window_ns: f64,
+    record: u64,
+    hinted: u64,
+    hinted_layers: u64,
+}
+
+impl SchedFetch<'_> {
+    /// Device bytes per ns while busy, as measured so far (a fallback before any read).
+    fn bandwidth(&self) -> f64 {
+        let m = self.sched.metrics();
+        let bytes = m.total().bytes_read();
+        if m.depth.busy_ns > 0 && bytes > 0 {
+            m.depth.busy_gb_per_s(bytes)
+        } else {
+            1.0
+        }
+    }
+
+    fn hint_count(&self, p: &LayerPrediction) -> usize {
+        let Some((of, bounded)) = self.over else {
+            return p.candidates.len();
+        };
+        let idle = if bounded {
+            let pending = p.candidates[..of.base.min(p.candidates.len())]
+                .iter()
+                .filter(|c| {
+                    !self
+                        .sched
+                        .with_core(|core| core.is_ready(ExpertKey::new(p.layer, c.expert)))
+                })
+                .count();
+            idle_records(self.window_ns, self.bandwidth(), self.record, pending)
+        } else {
+            usize::MAX
+        };
+        of.count(&p.candidates, idle)
+    }
+}
 
 impl Fetch for SchedFetch<'_> {
     fn layer(&mut self, layer: u32, experts: &[u32], post: Duration) -> Result<()> {
-        let guard = self.0.acquire(layer, experts)?;
-        for p in &self.1 {
-            self.0.hint(p.layer, &p.candidates);
+        let guard = self.sched.acquire(layer, experts)?;
+        for p in &self.preds {
+            let n = self.hint_count(p);
+            self.hinted += n as u64;
+            self.hinted_layers += 1;
+            self.sched.hint(p.layer, &p.candidates[..n]);
         }
         busy_wait(post);
         drop(guard);
         Ok(())
     }
     fn hint(&mut self, preds: &[LayerPrediction]) {
-        self.1.clear();
-        self.1.extend_from_slice(preds);
+        self.preds.clear();
+        self.preds.extend_from_slice(preds);
     }
 }
 
@@ -194,10 +277,19 @@ pub fn run_row(
         )));
     }
     mmap::drop_page_cache(layout);
-    let pred_kind = match kind {
-        RowKind::Sched(p) => p,
-        _ => PredictorKind::None,
+    let pred_kind = kind.predictor();
+    let over = match kind {
+        RowKind::SchedOver(_, o) => Some((
+            OverFetch {
+                base: spec.max_per_layer,
+                max_extra: o.max_extra as usize,
+                tie_ratio: o.tie_pct as f32 / 100.0,
+            },
+            o.idle_bound,
+        )),
+        _ => None,
     };
+    let asked = spec.max_per_layer + over.map_or(0, |(o, _)| o.max_extra);
     let steps = spec.warmup + spec.tokens;
     let mut predictor = predict::TracePredictor::new(
         pred_kind,
@@ -205,7 +297,7 @@ pub fn run_row(
         steps,
         spec.pregate_recall,
         spec.horizon,
-        spec.max_per_layer,
+        asked,
         spec.seed,
     )?;
     let compute = Duration::from_nanos(spec.compute_ns);
@@ -220,7 +312,7 @@ pub fn run_row(
             mm = Some(mmap::LimitedMmap::open(layout, spec.budget_bytes)?);
             None
         }
-        RowKind::SyncPread | RowKind::Sched(_) => {
+        RowKind::SyncPread | RowKind::Sched(_) | RowKind::SchedOver(..) => {
             let sync = kind == RowKind::SyncPread;
             let cfg = BackendConfig {
                 kind: sync.then_some(BackendKind::Pread),
@@ -259,7 +351,15 @@ pub fn run_row(
         ),
         None => "mmap (own mapping, page cache held to budget)".into(),
     };
-    let mut sf = sched.as_ref().map(|s| SchedFetch(s, Vec::new()));
+    let mut sf = sched.as_ref().map(|s| SchedFetch {
+        sched: s,
+        preds: Vec::new(),
+        over,
+        window_ns: spec.compute_ns as f64,
+        record: rec,
+        hinted: 0,
+        hinted_layers: 0,
+    });
 
     let (mut t0, mut stall) = (Instant::now(), Duration::ZERO);
     let mut base = LayerMetrics::default();
@@ -275,6 +375,9 @@ pub fn run_row(
                 busy0 = m.depth.busy_ns;
             }
             disk0 = proc_read_bytes();
+            if let Some(f) = sf.as_mut() {
+                (f.hinted, f.hinted_layers) = (0, 0);
+            }
             t0 = Instant::now();
             stall = Duration::ZERO;
         }
@@ -342,6 +445,9 @@ pub fn run_row(
         device_busy_s: busy_s,
         prefetch_precision: m.prefetch_precision(),
         prefetch_recall: m.prefetch_recall(),
+        hinted_per_layer: sf
+            .as_ref()
+            .map_or(0.0, |f| f.hinted as f64 / f.hinted_layers.max(1) as f64),
         cache_slots,
         predicted: None,
         rounds_tok_per_s: Vec::new(),

@@ -38,6 +38,12 @@ pub fn predict_row(
 ) -> Result<Predicted> {
     let rec = layout.max_read_len();
     let pre = spec.compute_ns as f64 * spec.pre_share.clamp(0.0, 1.0);
+    // Over-fetch rows are simulated as hinting k + max_extra always (the sim has no tie or
+    // idle-time rule).
+    let per_layer = match kind {
+        RowKind::SchedOver(_, o) => spec.max_per_layer + o.max_extra as usize,
+        _ => spec.max_per_layer,
+    };
     let (mode, ssd, qd, predictor, demand_chunk) = match kind {
         RowKind::Mmap => (
             Mode::TrustOs,
@@ -53,7 +59,7 @@ pub fn predict_row(
             PredictorKind::None,
             rec,
         ),
-        RowKind::Sched(p) => (
+        RowKind::Sched(p) | RowKind::SchedOver(p, _) => (
             Mode::Flashmoe,
             device.ssd_direct.params(),
             spec.queue_depth.max(1) as usize,
@@ -76,7 +82,7 @@ pub fn predict_row(
         eviction: EvictionKind::Lru,
         predictor,
         horizon: spec.horizon,
-        max_per_layer: spec.max_per_layer,
+        max_per_layer: per_layer,
         pregate_recall: spec.pregate_recall,
         demand_chunk,
         prefetch_chunk: 1 << 20,
