@@ -282,6 +282,8 @@ struct Report {
     reference: Vec<(String, Burst)>,
     /// The best of them, GB/s.
     reference_best_gbps: f64,
+    /// Their median, GB/s (the bursts drift with the host's cache).
+    reference_median_gbps: f64,
     rows: Vec<RowResult>,
 }
 
@@ -325,6 +327,7 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
         queue_depth: a.queue_depth,
         max_prefetch_bytes: a.prefetch_mib.map(|m| m << 20),
         max_prefetch_ops: a.prefetch_ops,
+        sync_read_gbps: None,
     };
     let mut device = if a.predict {
         if !a.json {
@@ -354,6 +357,8 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
             for b in reference::measure(&layout, k, request, &[16, 32], a.reference_mib)? {
                 out.push((when.to_string(), b));
             }
+            let b = reference::sync_record_burst(&layout, k, a.reference_mib)?;
+            out.push((when.to_string(), b));
         }
         Ok(())
     };
@@ -368,7 +373,30 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
         }
     }
     burst("after the last round", &mut reference)?;
-    let reference_best_gbps = reference.iter().map(|(_, b)| b.gbps).fold(0.0, f64::max);
+    let reference_best_gbps = reference
+        .iter()
+        .filter(|(_, b)| b.request_bytes == request as u64)
+        .map(|(_, b)| b.gbps)
+        .fold(0.0, f64::max);
+    let mut same: Vec<f64> = reference
+        .iter()
+        .filter(|(_, b)| b.request_bytes == request as u64)
+        .map(|(_, b)| b.gbps)
+        .collect();
+    same.sort_by(f64::total_cmp);
+    let reference_median_gbps = same.get(same.len() / 2).copied().unwrap_or(0.0);
+    // Row (b)'s request measured alone (median of its bursts): the simulator's row (b) path.
+    let mut sync: Vec<f64> = reference
+        .iter()
+        .filter(|(_, b)| b.request_bytes != request as u64)
+        .map(|(_, b)| b.gbps)
+        .collect();
+    sync.sort_by(f64::total_cmp);
+    let sync_read_gbps = sync.get(sync.len() / 2).copied();
+    let spec = ReplaySpec {
+        sync_read_gbps,
+        ..spec
+    };
     let mut results = Vec::new();
     for (kind, mut rs) in kinds.into_iter().zip(rounds) {
         let all: Vec<f64> = rs.iter().map(|r| r.tok_per_s).collect();
@@ -422,6 +450,7 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
         }),
         reference,
         reference_best_gbps,
+        reference_median_gbps,
         rows: results,
     };
     if a.json {
@@ -476,19 +505,30 @@ fn table(r: &Report) -> String {
             if last_when.is_some() {
                 s += "\n";
             }
-            s += &format!("reference {} B reads ({when}), GB/s:", b.request_bytes);
+            s += &format!("reference ({when}), GB/s:");
             last_when = Some(when);
         }
-        s += &format!(" {} qd{} {:.2}", b.pattern, b.queue_depth, b.gbps);
+        s += &format!(
+            " {} {}K qd{} {:.2}",
+            b.pattern,
+            b.request_bytes >> 10,
+            b.queue_depth,
+            b.gbps
+        );
     }
-    if let Some((_, b)) = r.reference.last() {
-        s += &format!("  [{}]\n", b.backend);
+    if let Some((_, b)) = r.reference.first() {
+        s += &format!(
+            "\nreference backends: {}; row (b)'s: pread 1 thread\n",
+            b.backend
+        );
     }
     let reference = r.reference_best_gbps;
     if reference > 0.0 {
         s += &format!(
-            "reference best {reference:.2} GB/s; dev GB/s = bytes read / time with a read in \
-             flight (mmap: copy time), busy% = that time / run time\n"
+            "reference best {reference:.2} GB/s (median {:.2}) at the io-sched rows' request \
+             size; dev GB/s = bytes read / time with a read in \
+             flight (mmap: copy time), busy% = that time / run time\n",
+            r.reference_median_gbps
         );
     }
     let predicted = r.rows.iter().any(|x| x.predicted.is_some());

@@ -105,6 +105,9 @@ pub struct ReplaySpec {
     /// Prefetch bytes / reads in flight at most (io-sched's `CoreConfig`; None: its default).
     pub max_prefetch_bytes: Option<u64>,
     pub max_prefetch_ops: Option<usize>,
+    /// GB/s of row (b)'s own request measured alone (whole-record O_DIRECT preads, one in
+    /// flight: [`reference::sync_record_burst`]); the simulator's row (b) reads at it.
+    pub sync_read_gbps: Option<f64>,
 }
 
 /// One measured row.

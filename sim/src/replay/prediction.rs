@@ -54,7 +54,7 @@ pub fn predict_row(
         ),
         RowKind::SyncPread => (
             Mode::Flashmoe,
-            device.ssd_direct.params(),
+            sync_path(device, spec),
             1,
             PredictorKind::None,
             rec,
@@ -103,6 +103,21 @@ pub fn predict_row(
         stall_ms_per_token: t.stall_ns / 1e6 / tokens,
         bytes_per_token: m.bytes_read() as f64 / tokens,
     })
+}
+
+/// Row (b)'s path: one whole-record O_DIRECT pread at a time. The kernel splits such a read
+/// into block-layer requests (max_sectors_kb) served in parallel, so one "request" of the
+/// model is not one device request; when the replay measured that very read alone
+/// ([`ReplaySpec::sync_read_gbps`]), it is the path's bandwidth, latency included. Otherwise the
+/// device profile's direct path.
+fn sync_path(device: &DeviceProfile, spec: &ReplaySpec) -> crate::ssd::SsdParams {
+    let mut p = device.ssd_direct.params();
+    if let Some(g) = spec.sync_read_gbps.filter(|g| *g > 0.0) {
+        p.single_bps = g * 1e9;
+        p.peak_bps = p.peak_bps.max(p.single_bps);
+        p.latency_ns = 0.0;
+    }
+    p
 }
 
 /// Re-measures `device`'s direct-read path on the model's own files with the replay's own

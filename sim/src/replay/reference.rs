@@ -84,6 +84,33 @@ pub fn measure(
     Ok(out)
 }
 
+/// Row (b)'s own request, as a device figure: per layer `k` records, each one whole-record
+/// O_DIRECT `pread` on one thread (one request in flight, however the kernel splits it into
+/// block-layer requests), about `mib` MiB. What the simulator's row (b) is calibrated on.
+pub fn sync_record_burst(layout: &ExpertLayout, k: usize, mib: u64) -> Result<Burst> {
+    let setup = |e: std::io::Error| SimError::Setup(format!("reference burst: {e}"));
+    let rec = layout.max_read_len().max(1);
+    let steps = ((mib << 20) / (k as u64 * rec)).max(2);
+    let cfg = BackendConfig {
+        kind: Some(io_sched::backend::BackendKind::Pread),
+        queue_depth: 1,
+        threads: Some(1),
+        ..BackendConfig::default()
+    };
+    let mut opened = open_backend(layout, &cfg)?;
+    let backend = opened.backend.describe();
+    let r =
+        layer_reads(opened.backend.as_mut(), layout, k, rec as usize, steps, 17).map_err(setup)?;
+    Ok(Burst {
+        pattern: format!("layer-k{k} sync"),
+        request_bytes: rec,
+        queue_depth: 1,
+        bytes: r.bytes,
+        gbps: r.gb_per_s(),
+        backend,
+    })
+}
+
 /// The best burst's GB/s (0 when there is none).
 pub fn best(bursts: &[Burst]) -> f64 {
     bursts.iter().map(|b| b.gbps).fold(0.0, f64::max)
