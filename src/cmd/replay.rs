@@ -25,6 +25,11 @@ pub struct ReplayArgs {
     /// layers mod layers) or `synthetic` (flashmoe_sim's generator at the model's geometry).
     #[arg(long, default_value = "fixture")]
     pub trace: String,
+    /// Two-layers-ahead pre-gate traces of the same runs as --trace (`generate --trace-far`,
+    /// same order): the scores predictor then also hints layer L+2 at layer L, and --compare
+    /// adds horizon-2 rows (pre-gate and oracle).
+    #[arg(long)]
+    pub far_trace: Option<String>,
     /// With several trace files: keep only the first N tokens of each (so that a short replay
     /// still spans every prompt).
     #[arg(long)]
@@ -167,6 +172,27 @@ fn map_trace(t: Trace, layers: u32, experts: u32) -> CliResult<Trace> {
     Ok(Trace::from_ids(layers, experts, h.k, ids)?)
 }
 
+/// Trace files `paths` (comma-separated) played one after another, each cut to `per_file`
+/// tokens if given.
+fn load_files(flag: &str, paths: &str, per_file: Option<u64>) -> CliResult<Trace> {
+    let mut all: Option<Trace> = None;
+    for path in paths.split(',') {
+        if !Path::new(path).exists() {
+            return Err(format!("{flag} {path}: no such file").into());
+        }
+        let mut t = flashmoe_sim::fixture::load_trace(Path::new(path))
+            .map_err(|e| format!("{flag} {path}: {e}"))?;
+        if let Some(n) = per_file {
+            t.truncate(n);
+        }
+        match all.as_mut() {
+            None => all = Some(t),
+            Some(a) => a.append(&t).map_err(|e| format!("{flag} {path}: {e}"))?,
+        }
+    }
+    Ok(all.ok_or(format!("{flag}: no file named"))?)
+}
+
 fn load_trace(a: &ReplayArgs, layout: &ExpertLayout, meta_k: Option<u32>) -> CliResult<Trace> {
     let (layers, experts) = (layout.num_layers(), layout.num_experts());
     let t = match a.trace.as_str() {
@@ -185,24 +211,7 @@ fn load_trace(a: &ReplayArgs, layout: &ExpertLayout, meta_k: Option<u32>) -> Cli
             )?;
             flashmoe_sim::fixture::load_trace(&p)?
         }
-        paths => {
-            let mut all: Option<Trace> = None;
-            for path in paths.split(',') {
-                if !Path::new(path).exists() {
-                    return Err(format!("--trace {path}: no such file").into());
-                }
-                let mut t = flashmoe_sim::fixture::load_trace(Path::new(path))
-                    .map_err(|e| format!("--trace {path}: {e}"))?;
-                if let Some(n) = a.tokens_per_trace {
-                    t.truncate(n);
-                }
-                match all.as_mut() {
-                    None => all = Some(t),
-                    Some(a) => a.append(&t).map_err(|e| format!("--trace {path}: {e}"))?,
-                }
-            }
-            all.ok_or("--trace: no file named")?
-        }
+        paths => load_files("--trace", paths, a.tokens_per_trace)?,
     };
     map_trace(t, layers, experts)
 }
@@ -225,16 +234,34 @@ fn rows(a: &ReplayArgs) -> CliResult<Vec<RowKind>> {
                 max_extra: 2,
                 tie_pct: 0,
                 idle_bound: false,
+                horizon: 0,
             },
             OverFetchRow {
                 max_extra: 4,
                 tie_pct: a.tie_pct,
                 idle_bound: true,
+                horizon: 0,
             },
         ] {
             v.push(RowKind::SchedOver(PredictorKind::Scores, o));
         }
         v.push(RowKind::Sched(PredictorKind::Oracle));
+        if a.far_trace.is_some() {
+            // Two layers ahead: the far pre-gate, plain and over-fetched, and the oracle's
+            // bound at the same horizon.
+            let h2 = |max_extra, tie_pct, idle_bound| OverFetchRow {
+                max_extra,
+                tie_pct,
+                idle_bound,
+                horizon: 2,
+            };
+            v.push(RowKind::SchedOver(PredictorKind::Scores, h2(0, 0, false)));
+            v.push(RowKind::SchedOver(
+                PredictorKind::Scores,
+                h2(4, a.tie_pct, true),
+            ));
+            v.push(RowKind::SchedOver(PredictorKind::Oracle, h2(0, 0, false)));
+        }
         return Ok(v);
     }
     let p = match a.predictor.as_str() {
@@ -274,6 +301,8 @@ struct Report {
     /// Over the whole trace, with recorded scores: (n, share of the next layer's experts in
     /// the scores' top n) for n = k, k + 2, k + 4.
     trace_pregate_recall: Vec<(usize, f64)>,
+    /// The same for the far trace's scores against layer L+2.
+    far_pregate_recall: Vec<(usize, f64)>,
     pregate_recall: f64,
     /// --predict's device: (name, direct peak GB/s, direct GB/s at one request in flight).
     device: Option<(String, f64, f64)>,
@@ -304,6 +333,20 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
         return Err("--pre-share must be in [0, 1] and --compute-us >= 0".into());
     }
     let trace = Arc::new(load_trace(a, &layout, meta_k)?);
+    let far_trace = match &a.far_trace {
+        Some(paths) => {
+            let f = load_files("--far-trace", paths, a.tokens_per_trace)?;
+            if f.ids != trace.ids || f.scores.is_none() {
+                return Err(format!(
+                    "--far-trace {paths}: not the same runs as --trace (routing differs) or no \
+                     scores"
+                )
+                .into());
+            }
+            Some(Arc::new(f))
+        }
+        None => None,
+    };
     let rec = layout.max_read_len().max(1);
     if budget / rec < trace.header.k as u64 {
         return Err(format!(
@@ -328,6 +371,7 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
         max_prefetch_bytes: a.prefetch_mib.map(|m| m << 20),
         max_prefetch_ops: a.prefetch_ops,
         sync_read_gbps: None,
+        far_trace: far_trace.clone(),
     };
     let mut device = if a.predict {
         if !a.json {
@@ -433,13 +477,11 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
         trace: a.trace.clone(),
         trace_has_scores: trace.scores.is_some(),
         trace_tokens: trace.tokens(),
-        trace_pregate_recall: [0, 2, 4]
-            .iter()
-            .filter_map(|m| {
-                let n = trace.header.k as usize + m;
-                flashmoe_sim::predict::recorded_pregate_recall(&trace, n).map(|r| (n, r))
-            })
-            .collect(),
+        trace_pregate_recall: recalls(&trace, &trace, 1),
+        far_pregate_recall: far_trace
+            .as_ref()
+            .map(|f| recalls(f, &trace, 2))
+            .unwrap_or_default(),
         pregate_recall: a.pregate_recall,
         device: device.as_ref().map(|d| {
             (
@@ -459,6 +501,17 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
         print!("{}", table(&report));
     }
     Ok(())
+}
+
+/// (n, recorded pre-gate recall of the top n, `ahead` layers ahead) for n = k, k + 2, k + 4.
+fn recalls(scored: &Trace, trace: &Trace, ahead: u32) -> Vec<(usize, f64)> {
+    [0, 2, 4]
+        .iter()
+        .filter_map(|m| {
+            let n = trace.header.k as usize + m;
+            flashmoe_sim::predict::recorded_pregate_recall(scored, trace, n, ahead).map(|r| (n, r))
+        })
+        .collect()
 }
 
 fn table(r: &Report) -> String {
@@ -491,6 +544,12 @@ fn table(r: &Report) -> String {
         );
         for (n, rec) in &r.trace_pregate_recall {
             s += &format!(" n={n} {:.1}%", 100.0 * rec);
+        }
+        if !r.far_pregate_recall.is_empty() {
+            s += "; two layers ahead:";
+            for (n, rec) in &r.far_pregate_recall {
+                s += &format!(" n={n} {:.1}%", 100.0 * rec);
+            }
         }
         s += "\n";
     }

@@ -53,6 +53,8 @@ pub struct OverFetchRow {
     /// Bound the extras by the device's idle time in the layer's window
     /// ([`io_sched::predictor::overfetch::idle_records`]).
     pub idle_bound: bool,
+    /// Layers ahead to hint (0: the spec's horizon).
+    pub horizon: u8,
 }
 
 impl RowKind {
@@ -63,17 +65,23 @@ impl RowKind {
             RowKind::Sched(PredictorKind::None) => "c io-sched".into(),
             RowKind::Sched(PredictorKind::Oracle) => "e io-sched+oracle".into(),
             RowKind::Sched(p) => format!("d io-sched+{}", p.name()),
-            RowKind::SchedOver(p, o) => format!(
-                "d {}+{}{}{}",
-                p.name(),
-                o.max_extra,
+            RowKind::SchedOver(p, o) => {
+                let row = if p == PredictorKind::Oracle { 'e' } else { 'd' };
+                let mut l = format!("{row} {}", p.name());
+                if o.max_extra > 0 {
+                    l += &format!("+{}", o.max_extra);
+                }
                 if o.tie_pct > 0 {
-                    format!(" tie{}", o.tie_pct)
-                } else {
-                    String::new()
-                },
-                if o.idle_bound { " idle" } else { "" }
-            ),
+                    l += &format!(" tie{}", o.tie_pct);
+                }
+                if o.idle_bound {
+                    l += " idle";
+                }
+                if o.horizon > 0 {
+                    l += &format!(" h{}", o.horizon);
+                }
+                l
+            }
         }
     }
 
@@ -108,6 +116,9 @@ pub struct ReplaySpec {
     /// GB/s of row (b)'s own request measured alone (whole-record O_DIRECT preads, one in
     /// flight: [`reference::sync_record_burst`]); the simulator's row (b) reads at it.
     pub sync_read_gbps: Option<f64>,
+    /// Two-layers-ahead pre-gate scores of the same run as the trace (see
+    /// [`predict::TracePredictor::with_far_scores`]).
+    pub far_trace: Option<Arc<Trace>>,
 }
 
 /// One measured row.
@@ -197,6 +208,7 @@ struct SchedFetch<'a> {
     record: u64,
     hinted: u64,
     hinted_layers: u64,
+    counts: Vec<usize>,
 }
 
 impl SchedFetch<'_> {
@@ -211,36 +223,64 @@ impl SchedFetch<'_> {
         }
     }
 
-    fn hint_count(&self, p: &LayerPrediction) -> usize {
+    /// Base candidates of `p` not cached yet (the device must read them anyway).
+    fn pending(&self, p: &LayerPrediction, base: usize) -> usize {
+        p.candidates[..base.min(p.candidates.len())]
+            .iter()
+            .filter(|c| {
+                !self
+                    .sched
+                    .with_core(|core| core.is_ready(ExpertKey::new(p.layer, c.expert)))
+            })
+            .count()
+    }
+
+    /// How many candidates of each prediction to hint. With an idle bound the extras share the
+    /// device time of the window up to the farthest predicted layer (that many layers of
+    /// compute) left after every base candidate not cached yet, nearest layer first.
+    fn hint_counts(&self, layer: u32, out: &mut Vec<usize>) {
+        out.clear();
         let Some((of, bounded)) = self.over else {
-            return p.candidates.len();
+            out.extend(self.preds.iter().map(|p| p.candidates.len()));
+            return;
         };
-        let idle = if bounded {
-            let pending = p.candidates[..of.base.min(p.candidates.len())]
+        let mut idle = if bounded {
+            let n = self.sched.layout().num_layers();
+            let ahead = self
+                .preds
                 .iter()
-                .filter(|c| {
-                    !self
-                        .sched
-                        .with_core(|core| core.is_ready(ExpertKey::new(p.layer, c.expert)))
-                })
-                .count();
-            idle_records(self.window_ns, self.bandwidth(), self.record, pending)
+                .map(|p| (p.layer + n - layer - 1) % n + 1)
+                .max()
+                .unwrap_or(1);
+            let pending = self.preds.iter().map(|p| self.pending(p, of.base)).sum();
+            idle_records(
+                self.window_ns * ahead as f64,
+                self.bandwidth(),
+                self.record,
+                pending,
+            )
         } else {
             usize::MAX
         };
-        of.count(&p.candidates, idle)
+        for p in &self.preds {
+            let c = of.count(&p.candidates, idle);
+            idle = idle.saturating_sub(c.saturating_sub(of.base));
+            out.push(c);
+        }
     }
 }
 
 impl Fetch for SchedFetch<'_> {
     fn layer(&mut self, layer: u32, experts: &[u32], post: Duration) -> Result<()> {
         let guard = self.sched.acquire(layer, experts)?;
-        for p in &self.preds {
-            let n = self.hint_count(p);
+        let mut counts = std::mem::take(&mut self.counts);
+        self.hint_counts(layer, &mut counts);
+        for (p, &n) in self.preds.iter().zip(&counts) {
             self.hinted += n as u64;
             self.hinted_layers += 1;
             self.sched.hint(p.layer, &p.candidates[..n]);
         }
+        self.counts = counts;
         busy_wait(post);
         drop(guard);
         Ok(())
@@ -293,16 +333,23 @@ pub fn run_row(
         _ => None,
     };
     let asked = spec.max_per_layer + over.map_or(0, |(o, _)| o.max_extra);
+    let horizon = match kind {
+        RowKind::SchedOver(_, o) if o.horizon > 0 => o.horizon as u32,
+        _ => spec.horizon,
+    };
     let steps = spec.warmup + spec.tokens;
     let mut predictor = predict::TracePredictor::new(
         pred_kind,
         trace,
         steps,
         spec.pregate_recall,
-        spec.horizon,
+        horizon,
         asked,
         spec.seed,
     )?;
+    if let Some(far) = &spec.far_trace {
+        predictor = predictor.with_far_scores(far.clone());
+    }
     let compute = Duration::from_nanos(spec.compute_ns);
     let pre = compute.mul_f64(spec.pre_share.clamp(0.0, 1.0));
     let post = compute.saturating_sub(pre);
@@ -362,6 +409,7 @@ pub fn run_row(
         record: rec,
         hinted: 0,
         hinted_layers: 0,
+        counts: Vec::new(),
     });
 
     let (mut t0, mut stall) = (Instant::now(), Duration::ZERO);

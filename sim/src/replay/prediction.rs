@@ -40,9 +40,16 @@ pub fn predict_row(
     let pre = spec.compute_ns as f64 * spec.pre_share.clamp(0.0, 1.0);
     // Over-fetch rows are simulated as hinting k + max_extra always (the sim has no tie or
     // idle-time rule).
-    let per_layer = match kind {
-        RowKind::SchedOver(_, o) => spec.max_per_layer + o.max_extra as usize,
-        _ => spec.max_per_layer,
+    let (per_layer, horizon) = match kind {
+        RowKind::SchedOver(_, o) => (
+            spec.max_per_layer + o.max_extra as usize,
+            if o.horizon > 0 {
+                o.horizon as u32
+            } else {
+                spec.horizon
+            },
+        ),
+        _ => (spec.max_per_layer, spec.horizon),
     };
     let (mode, ssd, qd, predictor, demand_chunk) = match kind {
         RowKind::Mmap => (
@@ -81,7 +88,7 @@ pub fn predict_row(
         copy_bps_per_thread: device.page_cache_copy_gbps_per_thread.value * 1e9,
         eviction: EvictionKind::Lru,
         predictor,
-        horizon: spec.horizon,
+        horizon,
         max_per_layer: per_layer,
         pregate_recall: spec.pregate_recall,
         demand_chunk,
@@ -93,7 +100,7 @@ pub fn predict_row(
         timeline_tokens: 0,
         seed: spec.seed,
     };
-    let r = vtime::run(&rs, trace)?;
+    let r = vtime::run_with_far(&rs, trace, spec.far_trace.as_ref())?;
     let m = r.total();
     let t = r.time_total();
     let tokens = r.tokens.max(1) as f64;
