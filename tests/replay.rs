@@ -304,8 +304,8 @@ fn device_time_and_reference_bursts_are_reported() {
         v["reference_best_gbps"].as_f64().is_some_and(|g| g > 0.0),
         "{v}"
     );
-    // Two patterns x two depths, before the one round and after it.
-    assert_eq!(v["reference"].as_array().map(Vec::len), Some(8));
+    // Two patterns x two depths plus row (b)'s own request, before the one round and after.
+    assert_eq!(v["reference"].as_array().map(Vec::len), Some(10));
     for r in v["rows"].as_array().expect("rows") {
         let busy = r["device_busy_s"].as_f64().expect("device_busy_s");
         if r["bytes_read"].as_u64() > Some(0) {

@@ -198,11 +198,14 @@ mod tests {
         t.scores = Some(vec![0.3, 0.2, 0.1, 0.4, 0.0, 0.0, 0.0, 0.0]);
         t.header.scores = Some(io_sched::trace::Real::F32);
         // Layer 1 routes {3, 2}: top-2 {3, 0} holds one, top-4 both.
-        assert_eq!(recorded_pregate_recall(&t, 2), Some(0.5));
-        assert_eq!(recorded_pregate_recall(&t, 4), Some(1.0));
+        assert_eq!(recorded_pregate_recall(&t, &t, 2, 1), Some(0.5));
+        assert_eq!(recorded_pregate_recall(&t, &t, 4, 1), Some(1.0));
         assert_eq!(
-            recorded_pregate_recall(&Trace::from_ids(2, 4, 2, vec![0, 1, 3, 2]).unwrap(), 2),
-            None
+            recorded_pregate_recall(&t, &t, 4, 2),
+            None,
+            "no layer two ahead"
         );
+        let bare = Trace::from_ids(2, 4, 2, vec![0, 1, 3, 2]).unwrap();
+        assert_eq!(recorded_pregate_recall(&bare, &bare, 2, 1), None);
     }
 }

@@ -514,6 +514,17 @@ fn recalls(scored: &Trace, trace: &Trace, ahead: u32) -> Vec<(usize, f64)> {
         .collect()
 }
 
+/// (max - min) / median of a row's rounds (0 for a single round).
+fn spread(rounds: &[f64], median: f64) -> f64 {
+    let max = rounds.iter().copied().fold(f64::MIN, f64::max);
+    let min = rounds.iter().copied().fold(f64::MAX, f64::min);
+    if rounds.len() < 2 {
+        0.0
+    } else {
+        (max - min) / median.max(1e-12)
+    }
+}
+
 fn table(r: &Report) -> String {
     let best = r.rows.iter().map(|x| x.tok_per_s).fold(0.0, f64::max);
     let mut s = format!(
@@ -592,7 +603,7 @@ fn table(r: &Report) -> String {
     }
     let predicted = r.rows.iter().any(|x| x.predicted.is_some());
     s += &format!(
-        "{:<22} {:>8} {:>6} {:>6} {:>6} {:>8} {:>9} {:>9} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6}",
+        "{:<22} {:>8} {:>6} {:>6} {:>6} {:>8} {:>9} {:>9} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>7}",
         "row",
         "tok/s",
         "ratio",
@@ -606,7 +617,8 @@ fn table(r: &Report) -> String {
         "vs ref",
         "busy%",
         "prec%",
-        "hint/L"
+        "hint/L",
+        "spread%"
     );
     if predicted {
         s += &format!(" {:>9} {:>6} {:>8}", "sim tok/s", "err%", "sim hit%");
@@ -622,7 +634,7 @@ fn table(r: &Report) -> String {
             "-".into()
         };
         s += &format!(
-            "{:<22} {:>8.2} {:>6.2} {:>6.1} {:>6.1} {:>8.1} {:>9} {:>9.2} {:>8.2} {:>8.2} {:>6} {:>6.1} {:>6.1} {:>6.2}",
+            "{:<22} {:>8.2} {:>6.2} {:>6.1} {:>6.1} {:>8.1} {:>9} {:>9.2} {:>8.2} {:>8.2} {:>6} {:>6.1} {:>6.1} {:>6.2} {:>7.1}",
             x.label,
             x.tok_per_s,
             x.tok_per_s / best.max(1e-12),
@@ -637,6 +649,7 @@ fn table(r: &Report) -> String {
             100.0 * x.busy_share(),
             100.0 * x.prefetch_precision,
             x.hinted_per_layer,
+            100.0 * spread(&x.rounds_tok_per_s, x.tok_per_s),
         );
         if let Some(p) = &x.predicted {
             s += &format!(
