@@ -62,6 +62,10 @@ pub struct ReplayArgs {
     /// Recall of synthesized pre-gate scores when the trace has none.
     #[arg(long, default_value_t = 0.9)]
     pub pregate_recall: f64,
+    /// With --compare: run only the rows whose label starts with one of these (comma-separated,
+    /// e.g. `c,d scores,e`).
+    #[arg(long)]
+    pub only: Option<String>,
     /// With --compare: the tie rule of the idle-bounded over-fetch row, percent (a candidate
     /// past k is hinted while its score is at least this share of the k-th's).
     #[arg(long, default_value_t = 50)]
@@ -261,6 +265,14 @@ fn rows(a: &ReplayArgs) -> CliResult<Vec<RowKind>> {
                 h2(4, a.tie_pct, true),
             ));
             v.push(RowKind::SchedOver(PredictorKind::Oracle, h2(0, 0, false)));
+        }
+        if let Some(only) = &a.only {
+            v.retain(|k| only.split(',').any(|p| k.label().starts_with(p.trim())));
+            if v.is_empty() {
+                return Err(
+                    format!("--only {only:?}: no row's label starts with any of them").into(),
+                );
+            }
         }
         return Ok(v);
     }
