@@ -134,6 +134,8 @@ fn compare_has_every_row_and_bytes_match_misses() {
         "d io-sched+temporal",
         "d io-sched+transition",
         "d io-sched+scores",
+        "d scores+2",
+        "d scores+4 tie50 idle",
         "e io-sched+oracle",
     ];
     for l in labels {
@@ -257,4 +259,57 @@ fn fixture_trace_maps_onto_a_smaller_model() {
     let v: serde_json::Value = serde_json::from_str(&ok(&flashmoe(&args))).expect("JSON");
     assert_eq!(v["k"], 4);
     assert_eq!(row(&v, "e io-sched+oracle")["demanded"], 8 * 4 * 4);
+}
+
+#[test]
+fn over_fetch_rows_hint_past_k_only_within_the_devices_idle_time() {
+    let dir = TempDir::new("overfetch");
+    ok(&synth(&dir, &[]));
+    // 20 us of compute per layer: the window holds no extra 100 KB record at any bandwidth
+    // this disk has, so the idle-bounded row hints exactly k; the fixed row always k + 2.
+    let v = replay_json(dir.s(), &["--compare", "--tie-pct", "0"]);
+    assert_eq!(row(&v, "d io-sched+scores")["hinted_per_layer"], 4.0);
+    assert_eq!(row(&v, "d scores+2")["hinted_per_layer"], 6.0);
+    assert_eq!(row(&v, "d scores+4 idle")["hinted_per_layer"], 4.0);
+    // 100 ms of compute per layer leaves room for every extra: k + 4.
+    let args = [
+        "replay",
+        "--model",
+        dir.s(),
+        "--trace",
+        "synthetic",
+        "--compare",
+        "--tie-pct",
+        "0",
+        "--compute-us",
+        "100000",
+        "--tokens",
+        "1",
+        "--warmup",
+        "0",
+        "--reference-mib",
+        "0",
+        "--json",
+    ];
+    let v: serde_json::Value = serde_json::from_str(&ok(&flashmoe(&args))).expect("JSON");
+    assert_eq!(row(&v, "d scores+4 idle")["hinted_per_layer"], 8.0);
+}
+
+#[test]
+fn device_time_and_reference_bursts_are_reported() {
+    let dir = TempDir::new("busy");
+    ok(&synth(&dir, &[]));
+    let v = replay_json(dir.s(), &["--compare", "--reference-mib", "4"]);
+    assert!(
+        v["reference_best_gbps"].as_f64().is_some_and(|g| g > 0.0),
+        "{v}"
+    );
+    // Two patterns x two depths plus row (b)'s own request, before the one round and after.
+    assert_eq!(v["reference"].as_array().map(Vec::len), Some(10));
+    for r in v["rows"].as_array().expect("rows") {
+        let busy = r["device_busy_s"].as_f64().expect("device_busy_s");
+        if r["bytes_read"].as_u64() > Some(0) {
+            assert!(busy > 0.0, "{r}");
+        }
+    }
 }

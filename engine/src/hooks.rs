@@ -20,6 +20,14 @@ pub trait RoutingObserver {
     }
     /// Predicted router probabilities (`num_experts` values) for `layer`.
     fn on_pregate(&mut self, _layer: u32, _scores: &[f32]) {}
+    /// Whether to compute pre-gate scores two layers ahead too (one more router matvec).
+    fn wants_pregate_far(&self) -> bool {
+        false
+    }
+    /// Layer `L + 2`'s router probabilities on layer `L`'s MoE input (the input of step 2),
+    /// called right after step 2 when [`wants_pregate_far`](Self::wants_pregate_far) and
+    /// `L + 2` exists: `layer` is `L + 2`.
+    fn on_pregate_far(&mut self, _layer: u32, _scores: &[f32]) {}
     /// The experts actually chosen for `layer`, best first, with their combine weights.
     fn on_routing(&mut self, _layer: u32, _ids: &[u32], _weights: &[f32]) {}
 }

@@ -404,6 +404,15 @@ impl<B: ComputeBackend> MoeModel<B> {
                 routing
             }
         };
+        if obs.wants_pregate_far()
+            && let Some(far) = self.layers.get(l + 2)
+        {
+            be.matvec(&far.router, &s.x, &mut s.router_logits)
+                .ctx(|| ctx("pre-gate two layers ahead"))?;
+            let scores = softmax(&be.read(&s.router_logits).ctx(|| ctx("pre-gate far"))?)
+                .ctx(|| ctx("pre-gate far"))?;
+            obs.on_pregate_far(layer_id + 2, &scores);
+        }
         let layout = *experts.layout();
         let batch = experts.experts(layer_id, &routing.ids)?;
         if batch.len() != routing.ids.len() {

@@ -234,6 +234,13 @@ impl RoutingObserver for Tee<'_> {
         self.0.on_pregate(layer, scores);
         self.1.on_pregate(layer, scores);
     }
+    fn wants_pregate_far(&self) -> bool {
+        self.0.wants_pregate_far() || self.1.wants_pregate_far()
+    }
+    fn on_pregate_far(&mut self, layer: u32, scores: &[f32]) {
+        self.0.on_pregate_far(layer, scores);
+        self.1.on_pregate_far(layer, scores);
+    }
     fn on_routing(&mut self, layer: u32, ids: &[u32], weights: &[f32]) {
         self.0.on_routing(layer, ids, weights);
         self.1.on_routing(layer, ids, weights);

@@ -4,6 +4,9 @@
 //! Record `(t, L)` holds the experts and weights layer `L` chose for token `t` and, when
 //! scores are recorded, the pre-gate scores for layer `L + 1` that the engine computed from
 //! layer `L`'s hidden state (zeros for the last layer), exactly as the format defines them.
+//! A sink made [`far`](TraceSink::far) records layer `L + 2`'s scores from the same hidden
+//! state instead (zeros for the last two layers): the input of a two-layers-ahead pre-gate,
+//! replayed beside the ordinary trace of the same run.
 
 use crate::error::{EngineError, Result};
 use crate::hooks::RoutingObserver;
@@ -25,6 +28,8 @@ pub struct TraceSink {
     writer: Option<TraceWriter<BufWriter<File>>>,
     layers: u32,
     scores: bool,
+    /// Layers ahead of the recorded scores: 1, or 2 for a far sink.
+    ahead: u32,
     /// Routing of the layer whose pre-gate scores (for the next layer) are awaited.
     pending: Option<(u32, Vec<u32>, Vec<f32>)>,
     zeros: Vec<f32>,
@@ -44,10 +49,17 @@ impl TraceSink {
             writer: Some(writer),
             layers,
             scores,
+            ahead: 1,
             pending: None,
             zeros: vec![0.0; experts as usize],
             error: None,
         })
+    }
+
+    /// Records layer `L + 2`'s pre-gate scores at `(t, L)` instead of layer `L + 1`'s.
+    pub fn far(mut self) -> Self {
+        self.ahead = 2;
+        self
     }
 
     fn write(&mut self, layer: u32, ids: &[u32], weights: &[f32], scores: Option<&[f32]>) {
@@ -85,30 +97,49 @@ fn trace_error(path: &Path, e: TraceError) -> EngineError {
 
 impl RoutingObserver for TraceSink {
     fn wants_pregate(&self) -> bool {
-        self.scores
+        self.scores && self.ahead == 1
     }
 
     fn on_pregate(&mut self, layer: u32, scores: &[f32]) {
-        match self.pending.take() {
-            Some((l, ids, w)) if l + 1 == layer => self.write(l, &ids, &w, Some(scores)),
-            _ => {
-                self.error.get_or_insert(TraceError::Usage(format!(
-                    "pre-gate scores for layer {layer} without the routing of layer {}",
-                    layer.wrapping_sub(1)
-                )));
-            }
+        if self.ahead == 1 {
+            self.scored(layer, scores);
+        }
+    }
+
+    fn wants_pregate_far(&self) -> bool {
+        self.scores && self.ahead == 2
+    }
+
+    fn on_pregate_far(&mut self, layer: u32, scores: &[f32]) {
+        if self.ahead == 2 {
+            self.scored(layer, scores);
         }
     }
 
     fn on_routing(&mut self, layer: u32, ids: &[u32], weights: &[f32]) {
         if !self.scores {
             self.write(layer, ids, weights, None);
-        } else if layer + 1 == self.layers {
+        } else if layer + self.ahead >= self.layers {
             let zeros = std::mem::take(&mut self.zeros);
             self.write(layer, ids, weights, Some(&zeros));
             self.zeros = zeros;
         } else {
             self.pending = Some((layer, ids.to_vec(), weights.to_vec()));
+        }
+    }
+}
+
+impl TraceSink {
+    /// Scores for `layer` arrived: they complete the pending record of `layer - ahead`.
+    fn scored(&mut self, layer: u32, scores: &[f32]) {
+        match self.pending.take() {
+            Some((l, ids, w)) if l + self.ahead == layer => self.write(l, &ids, &w, Some(scores)),
+            _ => {
+                self.error.get_or_insert(TraceError::Usage(format!(
+                    "pre-gate scores for layer {layer} without the routing of layer {}",
+                    layer.wrapping_sub(self.ahead)
+                )));
+            }
         }
     }
 }

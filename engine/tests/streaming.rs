@@ -190,3 +190,57 @@ fn trace_file_holds_routing_and_pregate_scores() {
         );
     }
 }
+
+#[test]
+fn far_trace_holds_the_same_routing_and_scores_two_layers_ahead() {
+    let Some(dir) = fixture("tiny-qwen3-moe") else {
+        return;
+    };
+    let (tmp, packed) = pack_fixture(&dir, 4);
+    let m = PackedModel::open(&packed).expect("open packed");
+    let p = &golden(&dir)[2];
+    let (sched, _) = open_scheduler(
+        &m,
+        SchedulerConfig::with_budget(m.expert_bytes() / 4),
+        &BackendConfig::default(),
+    )
+    .expect("scheduler");
+    let mut model = m.load_model(CpuBackend::new(), 256).expect("model");
+    let mut experts = SchedExperts::new(sched, m.record).expect("source");
+    let c = &m.config;
+    let (layers, e, k) = (c.num_layers as u32, c.num_experts as u32, c.top_k as u32);
+    let (near_path, far_path) = (tmp.path().join("near.trace"), tmp.path().join("far.trace"));
+    let mut near =
+        flashmoe_engine::TraceSink::create(&near_path, layers, e, k, true).expect("near");
+    let mut far = flashmoe_engine::TraceSink::create(&far_path, layers, e, k, true)
+        .expect("far")
+        .far();
+    let mut obs = flashmoe_engine::Tee(&mut near, &mut far);
+    generate_greedy(&mut model, &p.input_ids, 8, &mut experts, &mut obs).expect("generate");
+    let tokens = near.finish().expect("near");
+    assert_eq!(far.finish().expect("far"), tokens);
+    let (n, f) = (
+        io_sched::trace::Trace::read(&near_path).expect("near back"),
+        io_sched::trace::Trace::read(&far_path).expect("far back"),
+    );
+    assert_eq!(n.ids, f.ids, "one run, one routing");
+    for t in 0..tokens {
+        for l in 0..layers {
+            let s = f.scores_at(t, l).expect("far scores");
+            let sum: f32 = s.iter().sum();
+            if l + 2 < layers {
+                assert!(
+                    (sum - 1.0).abs() < 1e-2,
+                    "token {t} layer {l}: probabilities ({sum})"
+                );
+                assert_ne!(
+                    s,
+                    n.scores_at(t, l).expect("near"),
+                    "another router's scores"
+                );
+            } else {
+                assert_eq!(sum, 0.0, "no layer two ahead of {l}");
+            }
+        }
+    }
+}

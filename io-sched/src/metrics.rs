@@ -93,11 +93,26 @@ pub struct DepthMetrics {
     pub max_depth: u64,
     /// Reads in flight right now.
     pub in_flight: u64,
+    /// Time the device had at least one read in flight, in nanoseconds: the denominator of
+    /// the device's real throughput (bytes read / busy time), which run time (compute
+    /// included) is not. Timed by the threaded [`crate::Scheduler`]'s I/O thread from its first
+    /// submit after idle to the reap that leaves nothing in flight; 0 where no clock runs (the
+    /// bare core, the simulator).
+    pub busy_ns: u64,
 }
 
 impl DepthMetrics {
     pub fn mean_depth(&self) -> f64 {
         ratio(self.depth_sum, self.submits)
+    }
+
+    /// `bytes` over the busy time, in GB/s (10^9 bytes per second); 0 when nothing was timed.
+    pub fn busy_gb_per_s(&self, bytes: u64) -> f64 {
+        if self.busy_ns == 0 {
+            0.0
+        } else {
+            bytes as f64 / self.busy_ns as f64
+        }
     }
 }
 
@@ -133,6 +148,7 @@ impl MetricsSnapshot {
         let mut depth = self.depth;
         depth.submits -= earlier.depth.submits.min(depth.submits);
         depth.depth_sum -= earlier.depth.depth_sum.min(depth.depth_sum);
+        depth.busy_ns -= earlier.depth.busy_ns.min(depth.busy_ns);
         MetricsSnapshot { layers, depth }
     }
 }

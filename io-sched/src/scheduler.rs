@@ -46,6 +46,42 @@ pub(crate) struct Shared {
     pub state: Mutex<State>,
     pub progress: Condvar,
     pub io_waker: BackendWaker,
+    /// Device busy time, kept by the I/O thread (its own lock: no contention with `state`).
+    pub busy: Mutex<BusyClock>,
+}
+
+/// Time with at least one read in flight: an interval opens at the first submit after idle
+/// and closes at the reap that leaves nothing in flight.
+#[derive(Debug, Default)]
+pub(crate) struct BusyClock {
+    since: Option<Instant>,
+    closed_ns: u64,
+}
+
+impl BusyClock {
+    /// Called after every submit and reap with the backend's reads in flight.
+    fn update(&mut self, in_flight: usize) {
+        self.update_at(in_flight, Instant::now());
+    }
+
+    fn update_at(&mut self, in_flight: usize, now: Instant) {
+        match (in_flight > 0, self.since) {
+            (true, None) => self.since = Some(now),
+            (false, Some(t)) => {
+                self.closed_ns += now.saturating_duration_since(t).as_nanos() as u64;
+                self.since = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// Busy time so far, the open interval included.
+    fn total_ns(&self, now: Instant) -> u64 {
+        self.closed_ns
+            + self
+                .since
+                .map_or(0, |t| now.saturating_duration_since(t).as_nanos() as u64)
+    }
 }
 
 impl Shared {
@@ -185,6 +221,7 @@ impl Scheduler {
             }),
             progress: Condvar::new(),
             io_waker: backend.waker(),
+            busy: Mutex::new(BusyClock::default()),
         });
         let thread_shared = shared.clone();
         let io_thread = std::thread::Builder::new()
@@ -281,8 +318,11 @@ impl Scheduler {
         AcquireFuture::new(self.shared.clone(), layer, experts)
     }
 
+    /// Every counter, with the device busy time ([`crate::metrics::DepthMetrics::busy_ns`]).
     pub fn metrics(&self) -> MetricsSnapshot {
-        self.shared.state.lock().core.metrics()
+        let mut m = self.shared.state.lock().core.metrics();
+        m.depth.busy_ns = self.shared.busy.lock().total_ns(Instant::now());
+        m
     }
 
     /// Runs `f` on the core under the lock (tests and diagnostics).
@@ -325,6 +365,7 @@ fn io_loop(shared: Arc<Shared>, mut backend: Box<dyn ReadBackend>) {
         if let Err(e) = backend.reap(&mut done, None) {
             tracing::error!("read backend reap failed: {e}");
         }
+        shared.busy.lock().update(backend.in_flight());
         if done.is_empty() {
             continue;
         }
@@ -456,7 +497,9 @@ fn issue(shared: &Shared, backend: &mut dyn ReadBackend) -> bool {
         // SAFETY: `op.buf` points into a slot in `Loading` state: the core hands out no other
         // reference to it and does not reuse it until this op's completion has been processed;
         // the arena outlives the backend (see `io_loop`).
-        if let Err(e) = unsafe { backend.submit(op) } {
+        let submitted = unsafe { backend.submit(op) };
+        shared.busy.lock().update(backend.in_flight());
+        if let Err(e) = submitted {
             let mut st = shared.state.lock();
             let out = st.core.complete(Completion {
                 tag: op.tag,
@@ -466,5 +509,31 @@ fn issue(shared: &Shared, backend: &mut dyn ReadBackend) -> bool {
                 shared.notify(&mut st);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BusyClock;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn busy_clock_counts_only_time_with_reads_in_flight() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut c = BusyClock::default();
+        c.update_at(0, at(0)); // idle: nothing opens
+        c.update_at(1, at(10)); // first submit opens
+        c.update_at(3, at(12)); // more submits: still the same interval
+        c.update_at(0, at(20)); // drained: 10 ms
+        c.update_at(0, at(50)); // idle time is not counted
+        c.update_at(2, at(60));
+        assert_eq!(
+            c.total_ns(at(65)),
+            15_000_000,
+            "open interval counted so far"
+        );
+        c.update_at(0, at(70));
+        assert_eq!(c.total_ns(at(100)), 20_000_000);
     }
 }

@@ -525,6 +525,59 @@ impl Trace {
         self.header.tokens
     }
 
+    /// Keeps the first `tokens` tokens (all of them if there are fewer).
+    pub fn truncate(&mut self, tokens: u64) {
+        let t = tokens.min(self.tokens());
+        let rows = t as usize * self.header.layers as usize;
+        self.ids.truncate(rows * self.header.k as usize);
+        if let Some(w) = self.weights.as_mut() {
+            w.truncate(rows * self.header.k as usize);
+        }
+        if let Some(s) = self.scores.as_mut() {
+            s.truncate(rows * self.header.experts as usize);
+        }
+        self.header.tokens = t;
+    }
+
+    /// Appends `other`'s tokens (e.g. several recorded generations made into one long trace).
+    /// Both must have the same geometry and carry the same extras (weights, scores); a value
+    /// type may differ (values are held as f32).
+    ///
+    /// ```
+    /// use io_sched::trace::Trace;
+    /// let mut a = Trace::from_ids(1, 8, 2, vec![0, 1]).unwrap();
+    /// a.append(&Trace::from_ids(1, 8, 2, vec![2, 3]).unwrap()).unwrap();
+    /// assert_eq!((a.tokens(), a.experts_at(1, 0)), (2, &[2u32, 3][..]));
+    /// assert!(a.append(&Trace::from_ids(1, 4, 2, vec![0, 1]).unwrap()).is_err());
+    /// a.truncate(1);
+    /// assert_eq!((a.tokens(), a.ids.len()), (1, 2));
+    /// ```
+    pub fn append(&mut self, other: &Trace) -> Result<()> {
+        let (a, b) = (self.header, other.header);
+        if (a.layers, a.experts, a.k) != (b.layers, b.experts, b.k) {
+            return Err(TraceError::Usage(format!(
+                "cannot append a {} x {} top-{} trace to a {} x {} top-{} one",
+                b.layers, b.experts, b.k, a.layers, a.experts, a.k
+            )));
+        }
+        if self.weights.is_some() != other.weights.is_some()
+            || self.scores.is_some() != other.scores.is_some()
+        {
+            return Err(TraceError::Usage(
+                "cannot append traces that differ in recorded weights or scores".into(),
+            ));
+        }
+        self.ids.extend_from_slice(&other.ids);
+        if let (Some(w), Some(o)) = (self.weights.as_mut(), other.weights.as_ref()) {
+            w.extend_from_slice(o);
+        }
+        if let (Some(s), Some(o)) = (self.scores.as_mut(), other.scores.as_ref()) {
+            s.extend_from_slice(o);
+        }
+        self.header.tokens += other.header.tokens;
+        Ok(())
+    }
+
     /// The experts `token` routed to at `layer`.
     pub fn experts_at(&self, token: u64, layer: u32) -> &[u32] {
         let k = self.header.k as usize;

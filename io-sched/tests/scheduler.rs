@@ -51,6 +51,18 @@ fn second_acquire_hits_and_reads_nothing_more() {
 }
 
 #[test]
+fn device_busy_time_is_counted_for_reads_and_not_for_hits() {
+    let s = sched(2, 8, 64);
+    assert_eq!(s.metrics().depth.busy_ns, 0, "no read yet");
+    drop(s.acquire(0, &[1, 2]).unwrap());
+    let after_reads = s.metrics().depth;
+    assert!(after_reads.busy_ns > 0, "reads were in flight");
+    assert_eq!(after_reads.in_flight, 0);
+    drop(s.acquire(0, &[1, 2]).unwrap()); // all hits: the device stays idle
+    assert_eq!(s.metrics().depth.busy_ns, after_reads.busy_ns);
+}
+
+#[test]
 fn small_cache_evicts_but_always_returns_right_bytes() {
     let s = sched(4, 16, 6);
     let mut rng = 12345u32;

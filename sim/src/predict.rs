@@ -47,6 +47,8 @@ pub struct TracePredictor {
     max_per_layer: usize,
     rng: Rng,
     scores: Vec<f32>,
+    /// Two-layers-ahead pre-gate scores (a far trace of the same run), if given.
+    far: Option<Arc<Trace>>,
     preds: Vec<LayerPrediction>,
 }
 
@@ -69,8 +71,17 @@ impl TracePredictor {
             max_per_layer,
             rng: Rng::new(seed ^ 0x5eed),
             scores: Vec::new(),
+            far: None,
             preds: Vec::new(),
         })
+    }
+
+    /// Also feeds the scores predictor layer `L + 2`'s scores at layer `L`, from `far`
+    /// (`generate --trace-far`, same run as the trace), so it can predict two layers ahead;
+    /// at `L + 1` the ordinary one-ahead scores supersede them.
+    pub fn with_far_scores(mut self, far: Arc<Trace>) -> Self {
+        self.far = Some(far);
+        self
     }
 
     /// Observes `experts`, the routing of `layer` at `token`, and returns the predictions for
@@ -94,6 +105,12 @@ impl TracePredictor {
             );
             // io-sched's predictors take scores for the layer they score.
             self.predictor.observe_scores(layer + 1, &self.scores);
+            if let Some(far) = &self.far
+                && layer + 2 < trace.header.layers
+                && let Some(s) = far.scores_at(token % far.tokens().max(1), layer)
+            {
+                self.predictor.observe_scores(layer + 2, s);
+            }
         }
         self.preds.clear();
         self.predictor
@@ -133,5 +150,62 @@ pub fn pregate_scores(
             rng.below(e as u64) as u32
         };
         out[target as usize] = 1.0 + rng.f64() as f32;
+    }
+}
+
+/// Over every (token, layer) with recorded pre-gate scores: the share of layer `L + ahead`'s
+/// routed experts that the scores' top `n` contain (`n = k`: the pre-gate's recall; `n > k`:
+/// what over-fetching `n - k` more would catch). `ahead` is 1 for an ordinary trace, 2 for a
+/// far one (`generate --trace-far`) with `trace` giving its routing. `None` without scores.
+pub fn recorded_pregate_recall(scored: &Trace, trace: &Trace, n: usize, ahead: u32) -> Option<f64> {
+    scored.scores.as_ref()?;
+    let h = scored.header;
+    if scored.tokens() != trace.tokens() {
+        return None;
+    }
+    let (mut hit, mut all) = (0u64, 0u64);
+    let mut idx: Vec<u32> = Vec::with_capacity(h.experts as usize);
+    for token in 0..trace.tokens() {
+        for layer in 0..h.layers.saturating_sub(ahead) {
+            let Some(s) = scored.scores_at(token, layer) else {
+                continue;
+            };
+            idx.clear();
+            idx.extend(0..h.experts);
+            let key = |e: &u32| {
+                let v = s[*e as usize];
+                if v.is_finite() { v } else { f32::NEG_INFINITY }
+            };
+            idx.sort_by(|a, b| key(b).total_cmp(&key(a)));
+            let top = &idx[..n.min(idx.len())];
+            for e in trace.experts_at(token, layer + ahead) {
+                all += 1;
+                hit += top.contains(e) as u64;
+            }
+        }
+    }
+    (all > 0).then(|| hit as f64 / all as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_recall_counts_next_layer_experts_in_the_top_n() {
+        // 1 token, 2 layers, 4 experts, k = 2; scores at layer 0 rank 3 > 0 > 1 > 2.
+        let mut t = Trace::from_ids(2, 4, 2, vec![0, 1, 3, 2]).unwrap();
+        t.scores = Some(vec![0.3, 0.2, 0.1, 0.4, 0.0, 0.0, 0.0, 0.0]);
+        t.header.scores = Some(io_sched::trace::Real::F32);
+        // Layer 1 routes {3, 2}: top-2 {3, 0} holds one, top-4 both.
+        assert_eq!(recorded_pregate_recall(&t, &t, 2, 1), Some(0.5));
+        assert_eq!(recorded_pregate_recall(&t, &t, 4, 1), Some(1.0));
+        assert_eq!(
+            recorded_pregate_recall(&t, &t, 4, 2),
+            None,
+            "no layer two ahead"
+        );
+        let bare = Trace::from_ids(2, 4, 2, vec![0, 1, 3, 2]).unwrap();
+        assert_eq!(recorded_pregate_recall(&bare, &bare, 2, 1), None);
     }
 }

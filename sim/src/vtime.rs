@@ -285,6 +285,16 @@ const PAGE: u64 = 4096;
 
 /// Runs `spec` over `trace` (tokens `0..warmup+tokens`, wrapping if the trace is shorter).
 pub fn run(spec: &RunSpec, trace: &Arc<Trace>) -> Result<RunResult> {
+    run_with_far(spec, trace, None)
+}
+
+/// [`run`], the scores predictor also fed two-layers-ahead pre-gate scores from `far` (see
+/// [`predict::TracePredictor::with_far_scores`]).
+pub fn run_with_far(
+    spec: &RunSpec,
+    trace: &Arc<Trace>,
+    far: Option<&Arc<Trace>>,
+) -> Result<RunResult> {
     let h = trace.header;
     if h.layers != spec.layers || h.experts != spec.experts {
         return Err(SimError::Setup(format!(
@@ -366,6 +376,9 @@ pub fn run(spec: &RunSpec, trace: &Arc<Trace>) -> Result<RunResult> {
         spec.max_per_layer,
         spec.seed,
     )?;
+    if let Some(f) = far {
+        predictor = predictor.with_far_scores(f.clone());
+    }
     let mut times = vec![LayerTime::default(); h.layers as usize];
     let mut base = MetricsSnapshot::default();
     let mut t_start = 0.0;

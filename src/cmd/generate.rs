@@ -81,6 +81,10 @@ pub struct GenerateArgs {
     /// routing-trace format (what `sim` replays).
     #[arg(long)]
     pub trace: Option<PathBuf>,
+    /// Also record a trace whose pre-gate scores are layer L+2's router applied to layer L's
+    /// hidden state (two layers ahead; `replay --far-trace`).
+    #[arg(long)]
+    pub trace_far: Option<PathBuf>,
 }
 
 /// Parses a budget: `512M`, `2G`, `64K`, `1048576` (bytes, powers of 1024) or `25%` of
@@ -356,17 +360,35 @@ impl Decode<'_> {
             )?),
             None => None,
         };
+        let mut far_sink = match &args.trace_far {
+            Some(path) => Some(
+                TraceSink::create(
+                    path,
+                    cfg.num_layers as u32,
+                    cfg.num_experts as u32,
+                    cfg.top_k as u32,
+                    true,
+                )?
+                .far(),
+            ),
+            None => None,
+        };
         let mut stream = TextStream::new(!args.json);
         if !args.json {
             print!("{}", args.prompt);
             std::io::stdout().flush()?;
         }
-        let mut none = NoObserver;
+        let (mut none, mut none_far) = (NoObserver, NoObserver);
         let second: &mut dyn RoutingObserver = match sink.as_mut() {
             Some(s) => s,
             None => &mut none,
         };
-        let mut obs = Tee(&mut prefetch, second);
+        let third: &mut dyn RoutingObserver = match far_sink.as_mut() {
+            Some(s) => s,
+            None => &mut none_far,
+        };
+        let mut sinks = Tee(second, third);
+        let mut obs = Tee(&mut prefetch, &mut sinks);
         let tok = &m.tokenizer;
         let mut on_token = |id: u32| stream.push(tok, id);
         let g = generate(
@@ -380,6 +402,15 @@ impl Decode<'_> {
             &mut on_token,
         )?;
         let hinted = prefetch.per_layer();
+        if let (Some(sink), Some(path)) = (far_sink, &args.trace_far) {
+            let tokens = sink.finish()?;
+            if !args.json {
+                eprintln!(
+                    "trace: {tokens} tokens of routing and two-layers-ahead pre-gate scores written to {}",
+                    path.display()
+                );
+            }
+        }
         let traced = match (sink, &args.trace) {
             (Some(sink), Some(path)) => Some((sink.finish()?, path.display().to_string())),
             _ => None,

@@ -14,7 +14,9 @@
 //! | `oracle` | the true future routing from a trace (upper bound) | [`oracle`] |
 //!
 //! [`Calibrated`] wraps any of them and replaces its confidences by the hit rates it actually
-//! achieves (measured online per distance and confidence bin).
+//! achieves (measured online per distance and confidence bin). [`OverFetch`] decides how many
+//! of a layer's candidates to hint: the top k, plus near-ties of the k-th while the device has
+//! idle time in the layer's window.
 //!
 //! Conventions shared by all predictors:
 //! - A confidence is an estimate of P(the expert is routed to), in `[0, 1]`.
@@ -32,6 +34,7 @@ pub mod calibrated;
 pub mod frequency;
 pub mod none;
 pub mod oracle;
+pub mod overfetch;
 pub mod scores;
 pub mod temporal;
 pub mod transition;
@@ -40,6 +43,7 @@ pub use calibrated::Calibrated;
 pub use frequency::Frequency;
 pub use none::NoPredictor;
 pub use oracle::Oracle;
+pub use overfetch::OverFetch;
 pub use scores::Scores;
 pub use temporal::Temporal;
 pub use transition::{Combine, Transition};

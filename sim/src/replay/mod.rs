@@ -12,6 +12,7 @@
 
 pub mod mmap;
 pub mod prediction;
+pub mod reference;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,8 +21,10 @@ use io_sched::backend::BackendKind;
 use io_sched::backend::select::{BackendConfig, open_backend};
 use io_sched::core::CoreConfig;
 use io_sched::metrics::LayerMetrics;
+use io_sched::predictor::OverFetch;
+use io_sched::predictor::overfetch::idle_records;
 use io_sched::trace::Trace;
-use io_sched::{ExpertLayout, Scheduler, SchedulerConfig};
+use io_sched::{ExpertKey, ExpertLayout, Scheduler, SchedulerConfig};
 
 use crate::error::{Result, SimError};
 use crate::predict::{self, LayerPrediction, PredictorKind};
@@ -34,8 +37,24 @@ pub enum RowKind {
     Mmap,
     /// (b) one pread thread, one read per expert, on demand, no prefetch.
     SyncPread,
-    /// (c)–(e) io-sched (automatic backend) with this predictor.
+    /// (c)–(e) io-sched (automatic backend) with this predictor, hinting its top k.
     Sched(PredictorKind),
+    /// (d) io-sched with this predictor, hinting past its top k as [`OverFetchRow`] says.
+    SchedOver(PredictorKind, OverFetchRow),
+}
+
+/// An over-fetch variant of a predictor row: io-sched's [`OverFetch`] with these settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct OverFetchRow {
+    /// Candidates past k at most.
+    pub max_extra: u8,
+    /// [`OverFetch::tie_ratio`] in percent (0: every extra).
+    pub tie_pct: u8,
+    /// Bound the extras by the device's idle time in the layer's window
+    /// ([`io_sched::predictor::overfetch::idle_records`]).
+    pub idle_bound: bool,
+    /// Layers ahead to hint (0: the spec's horizon).
+    pub horizon: u8,
 }
 
 impl RowKind {
@@ -46,6 +65,31 @@ impl RowKind {
             RowKind::Sched(PredictorKind::None) => "c io-sched".into(),
             RowKind::Sched(PredictorKind::Oracle) => "e io-sched+oracle".into(),
             RowKind::Sched(p) => format!("d io-sched+{}", p.name()),
+            RowKind::SchedOver(p, o) => {
+                let row = if p == PredictorKind::Oracle { 'e' } else { 'd' };
+                let mut l = format!("{row} {}", p.name());
+                if o.max_extra > 0 {
+                    l += &format!("+{}", o.max_extra);
+                }
+                if o.tie_pct > 0 {
+                    l += &format!(" tie{}", o.tie_pct);
+                }
+                if o.idle_bound {
+                    l += " idle";
+                }
+                if o.horizon > 0 {
+                    l += &format!(" h{}", o.horizon);
+                }
+                l
+            }
+        }
+    }
+
+    /// The predictor of an io-sched row (none for the others).
+    pub fn predictor(self) -> PredictorKind {
+        match self {
+            RowKind::Sched(p) | RowKind::SchedOver(p, _) => p,
+            _ => PredictorKind::None,
         }
     }
 }
@@ -69,6 +113,12 @@ pub struct ReplaySpec {
     /// Prefetch bytes / reads in flight at most (io-sched's `CoreConfig`; None: its default).
     pub max_prefetch_bytes: Option<u64>,
     pub max_prefetch_ops: Option<usize>,
+    /// GB/s of row (b)'s own request measured alone (whole-record O_DIRECT preads, one in
+    /// flight: [`reference::sync_record_burst`]); the simulator's row (b) reads at it.
+    pub sync_read_gbps: Option<f64>,
+    /// Two-layers-ahead pre-gate scores of the same run as the trace (see
+    /// [`predict::TracePredictor::with_far_scores`]).
+    pub far_trace: Option<Arc<Trace>>,
 }
 
 /// One measured row.
@@ -89,8 +139,14 @@ pub struct RowResult {
     /// Bytes this process read from the block layer (`/proc/self/io` read_bytes), if known.
     pub disk_bytes: Option<u64>,
     pub stall_s: f64,
+    /// Time the device had at least one read in flight (io-sched's I/O thread timed it; for
+    /// the mmap row, the time spent copying out of the mapping, page faults included, which
+    /// bounds its device time from above).
+    pub device_busy_s: f64,
     pub prefetch_precision: f64,
     pub prefetch_recall: f64,
+    /// Candidates hinted per predicted layer (mean), extras included.
+    pub hinted_per_layer: f64,
     pub cache_slots: usize,
     /// What the virtual-time simulator predicts for this row (filled by the caller).
     pub predicted: Option<prediction::Predicted>,
@@ -105,8 +161,17 @@ impl RowResult {
     pub fn stall_ms_per_token(&self) -> f64 {
         1e3 * self.stall_s / self.tokens.max(1) as f64
     }
+    /// Bytes read over the time the device was busy: the device's throughput while it worked.
     pub fn device_gbps(&self) -> f64 {
+        self.bytes_read as f64 / self.device_busy_s.max(1e-9) / 1e9
+    }
+    /// Bytes read over the whole measured run (compute included).
+    pub fn run_gbps(&self) -> f64 {
         self.bytes_read as f64 / self.elapsed_s.max(1e-9) / 1e9
+    }
+    /// Share of the run the device was busy.
+    pub fn busy_share(&self) -> f64 {
+        self.device_busy_s / self.elapsed_s.max(1e-9)
     }
 }
 
@@ -133,21 +198,96 @@ trait Fetch {
     fn hint(&mut self, preds: &[LayerPrediction]);
 }
 
-struct SchedFetch<'a>(&'a Scheduler, Vec<LayerPrediction>);
+/// The io-sched fetch path: acquire, then hint what the predictor said (under `over`).
+struct SchedFetch<'a> {
+    sched: &'a Scheduler,
+    preds: Vec<LayerPrediction>,
+    over: Option<(OverFetch, bool)>,
+    /// The window a hint for the next layer overlaps: one layer's compute, ns.
+    window_ns: f64,
+    record: u64,
+    hinted: u64,
+    hinted_layers: u64,
+    counts: Vec<usize>,
+}
+
+impl SchedFetch<'_> {
+    /// Device bytes per ns while busy, as measured so far (a fallback before any read).
+    fn bandwidth(&self) -> f64 {
+        let m = self.sched.metrics();
+        let bytes = m.total().bytes_read();
+        if m.depth.busy_ns > 0 && bytes > 0 {
+            m.depth.busy_gb_per_s(bytes)
+        } else {
+            1.0
+        }
+    }
+
+    /// Base candidates of `p` not cached yet (the device must read them anyway).
+    fn pending(&self, p: &LayerPrediction, base: usize) -> usize {
+        p.candidates[..base.min(p.candidates.len())]
+            .iter()
+            .filter(|c| {
+                !self
+                    .sched
+                    .with_core(|core| core.is_ready(ExpertKey::new(p.layer, c.expert)))
+            })
+            .count()
+    }
+
+    /// How many candidates of each prediction to hint. With an idle bound the extras share the
+    /// device time of the window up to the farthest predicted layer (that many layers of
+    /// compute) left after every base candidate not cached yet, nearest layer first.
+    fn hint_counts(&self, layer: u32, out: &mut Vec<usize>) {
+        out.clear();
+        let Some((of, bounded)) = self.over else {
+            out.extend(self.preds.iter().map(|p| p.candidates.len()));
+            return;
+        };
+        let mut idle = if bounded {
+            let n = self.sched.layout().num_layers();
+            let ahead = self
+                .preds
+                .iter()
+                .map(|p| (p.layer + n - layer - 1) % n + 1)
+                .max()
+                .unwrap_or(1);
+            let pending = self.preds.iter().map(|p| self.pending(p, of.base)).sum();
+            idle_records(
+                self.window_ns * ahead as f64,
+                self.bandwidth(),
+                self.record,
+                pending,
+            )
+        } else {
+            usize::MAX
+        };
+        for p in &self.preds {
+            let c = of.count(&p.candidates, idle);
+            idle = idle.saturating_sub(c.saturating_sub(of.base));
+            out.push(c);
+        }
+    }
+}
 
 impl Fetch for SchedFetch<'_> {
     fn layer(&mut self, layer: u32, experts: &[u32], post: Duration) -> Result<()> {
-        let guard = self.0.acquire(layer, experts)?;
-        for p in &self.1 {
-            self.0.hint(p.layer, &p.candidates);
+        let guard = self.sched.acquire(layer, experts)?;
+        let mut counts = std::mem::take(&mut self.counts);
+        self.hint_counts(layer, &mut counts);
+        for (p, &n) in self.preds.iter().zip(&counts) {
+            self.hinted += n as u64;
+            self.hinted_layers += 1;
+            self.sched.hint(p.layer, &p.candidates[..n]);
         }
+        self.counts = counts;
         busy_wait(post);
         drop(guard);
         Ok(())
     }
     fn hint(&mut self, preds: &[LayerPrediction]) {
-        self.1.clear();
-        self.1.extend_from_slice(preds);
+        self.preds.clear();
+        self.preds.extend_from_slice(preds);
     }
 }
 
@@ -180,9 +320,22 @@ pub fn run_row(
         )));
     }
     mmap::drop_page_cache(layout);
-    let pred_kind = match kind {
-        RowKind::Sched(p) => p,
-        _ => PredictorKind::None,
+    let pred_kind = kind.predictor();
+    let over = match kind {
+        RowKind::SchedOver(_, o) => Some((
+            OverFetch {
+                base: spec.max_per_layer,
+                max_extra: o.max_extra as usize,
+                tie_ratio: o.tie_pct as f32 / 100.0,
+            },
+            o.idle_bound,
+        )),
+        _ => None,
+    };
+    let asked = spec.max_per_layer + over.map_or(0, |(o, _)| o.max_extra);
+    let horizon = match kind {
+        RowKind::SchedOver(_, o) if o.horizon > 0 => o.horizon as u32,
+        _ => spec.horizon,
     };
     let steps = spec.warmup + spec.tokens;
     let mut predictor = predict::TracePredictor::new(
@@ -190,10 +343,13 @@ pub fn run_row(
         trace,
         steps,
         spec.pregate_recall,
-        spec.horizon,
-        spec.max_per_layer,
+        horizon,
+        asked,
         spec.seed,
     )?;
+    if let Some(far) = &spec.far_trace {
+        predictor = predictor.with_far_scores(far.clone());
+    }
     let compute = Duration::from_nanos(spec.compute_ns);
     let pre = compute.mul_f64(spec.pre_share.clamp(0.0, 1.0));
     let post = compute.saturating_sub(pre);
@@ -206,7 +362,7 @@ pub fn run_row(
             mm = Some(mmap::LimitedMmap::open(layout, spec.budget_bytes)?);
             None
         }
-        RowKind::SyncPread | RowKind::Sched(_) => {
+        RowKind::SyncPread | RowKind::Sched(_) | RowKind::SchedOver(..) => {
             let sync = kind == RowKind::SyncPread;
             let cfg = BackendConfig {
                 kind: sync.then_some(BackendKind::Pread),
@@ -245,19 +401,34 @@ pub fn run_row(
         ),
         None => "mmap (own mapping, page cache held to budget)".into(),
     };
-    let mut sf = sched.as_ref().map(|s| SchedFetch(s, Vec::new()));
+    let mut sf = sched.as_ref().map(|s| SchedFetch {
+        sched: s,
+        preds: Vec::new(),
+        over,
+        window_ns: spec.compute_ns as f64,
+        record: rec,
+        hinted: 0,
+        hinted_layers: 0,
+        counts: Vec::new(),
+    });
 
     let (mut t0, mut stall) = (Instant::now(), Duration::ZERO);
     let mut base = LayerMetrics::default();
+    let mut busy0 = 0u64;
     let mut disk0 = None;
     let (mut mm_hits, mut mm_demanded) = (0u64, 0u64);
     for step in 0..steps {
         let measuring = step >= spec.warmup;
         if step == spec.warmup {
             if let Some(s) = &sched {
-                base = s.metrics().total();
+                let m = s.metrics();
+                base = m.total();
+                busy0 = m.depth.busy_ns;
             }
             disk0 = proc_read_bytes();
+            if let Some(f) = sf.as_mut() {
+                (f.hinted, f.hinted_layers) = (0, 0);
+            }
             t0 = Instant::now();
             stall = Duration::ZERO;
         }
@@ -291,10 +462,11 @@ pub fn run_row(
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
         _ => None,
     };
-    let (m, cache_slots) = match &sched {
+    let (m, cache_slots, busy_s) = match &sched {
         Some(s) => {
-            let now = s.metrics().total();
-            (diff(&now, &base), s.capacity().0)
+            let snap = s.metrics();
+            let busy = snap.depth.busy_ns.saturating_sub(busy0) as f64 / 1e9;
+            (diff(&snap.total(), &base), s.capacity().0, busy)
         }
         None => {
             let mut m = LayerMetrics {
@@ -304,7 +476,7 @@ pub fn run_row(
                 ..LayerMetrics::default()
             };
             m.demand_bytes = m.misses * rec;
-            (m, slots as usize)
+            (m, slots as usize, stall.as_secs_f64())
         }
     };
     Ok(RowResult {
@@ -321,8 +493,12 @@ pub fn run_row(
         bytes_read: m.bytes_read(),
         disk_bytes,
         stall_s: stall.as_secs_f64(),
+        device_busy_s: busy_s,
         prefetch_precision: m.prefetch_precision(),
         prefetch_recall: m.prefetch_recall(),
+        hinted_per_layer: sf
+            .as_ref()
+            .map_or(0.0, |f| f.hinted as f64 / f.hinted_layers.max(1) as f64),
         cache_slots,
         predicted: None,
         rounds_tok_per_s: Vec::new(),

@@ -38,6 +38,19 @@ pub fn predict_row(
 ) -> Result<Predicted> {
     let rec = layout.max_read_len();
     let pre = spec.compute_ns as f64 * spec.pre_share.clamp(0.0, 1.0);
+    // Over-fetch rows are simulated as hinting k + max_extra always (the sim has no tie or
+    // idle-time rule).
+    let (per_layer, horizon) = match kind {
+        RowKind::SchedOver(_, o) => (
+            spec.max_per_layer + o.max_extra as usize,
+            if o.horizon > 0 {
+                o.horizon as u32
+            } else {
+                spec.horizon
+            },
+        ),
+        _ => (spec.max_per_layer, spec.horizon),
+    };
     let (mode, ssd, qd, predictor, demand_chunk) = match kind {
         RowKind::Mmap => (
             Mode::TrustOs,
@@ -48,12 +61,12 @@ pub fn predict_row(
         ),
         RowKind::SyncPread => (
             Mode::Flashmoe,
-            device.ssd_direct.params(),
+            sync_path(device, spec),
             1,
             PredictorKind::None,
             rec,
         ),
-        RowKind::Sched(p) => (
+        RowKind::Sched(p) | RowKind::SchedOver(p, _) => (
             Mode::Flashmoe,
             device.ssd_direct.params(),
             spec.queue_depth.max(1) as usize,
@@ -75,8 +88,8 @@ pub fn predict_row(
         copy_bps_per_thread: device.page_cache_copy_gbps_per_thread.value * 1e9,
         eviction: EvictionKind::Lru,
         predictor,
-        horizon: spec.horizon,
-        max_per_layer: spec.max_per_layer,
+        horizon,
+        max_per_layer: per_layer,
         pregate_recall: spec.pregate_recall,
         demand_chunk,
         prefetch_chunk: 1 << 20,
@@ -87,7 +100,7 @@ pub fn predict_row(
         timeline_tokens: 0,
         seed: spec.seed,
     };
-    let r = vtime::run(&rs, trace)?;
+    let r = vtime::run_with_far(&rs, trace, spec.far_trace.as_ref())?;
     let m = r.total();
     let t = r.time_total();
     let tokens = r.tokens.max(1) as f64;
@@ -97,6 +110,21 @@ pub fn predict_row(
         stall_ms_per_token: t.stall_ns / 1e6 / tokens,
         bytes_per_token: m.bytes_read() as f64 / tokens,
     })
+}
+
+/// Row (b)'s path: one whole-record O_DIRECT pread at a time. The kernel splits such a read
+/// into block-layer requests (max_sectors_kb) served in parallel, so one "request" of the
+/// model is not one device request; when the replay measured that very read alone
+/// ([`ReplaySpec::sync_read_gbps`]), it is the path's bandwidth, latency included. Otherwise the
+/// device profile's direct path.
+fn sync_path(device: &DeviceProfile, spec: &ReplaySpec) -> crate::ssd::SsdParams {
+    let mut p = device.ssd_direct.params();
+    if let Some(g) = spec.sync_read_gbps.filter(|g| *g > 0.0) {
+        p.single_bps = g * 1e9;
+        p.peak_bps = p.peak_bps.max(p.single_bps);
+        p.latency_ns = 0.0;
+    }
+    p
 }
 
 /// Re-measures `device`'s direct-read path on the model's own files with the replay's own
