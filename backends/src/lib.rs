@@ -12,6 +12,7 @@
 //!   run on Vulkan, Metal and DX12, with a GPU-resident ring of expert slots.
 
 mod backend;
+mod checks;
 pub mod cpu;
 mod error;
 pub mod quant;

@@ -101,6 +101,15 @@ impl Records {
         }
     }
 
+    /// Scratch tensors of this geometry on `be`.
+    fn scratch<B: ComputeBackend>(&self, be: &B) -> ExpertScratch<B::Tensor> {
+        ExpertScratch {
+            h1: be.zeros(self.i).unwrap(),
+            h2: be.zeros(self.i).unwrap(),
+            out: be.zeros(self.h).unwrap(),
+        }
+    }
+
     fn slot_bytes(&self) -> u64 {
         self.recs[0]
             .iter()
@@ -126,11 +135,7 @@ fn reused_slots_never_change_queued_results() {
     let (xg, xc) = (be.upload(&x).unwrap(), cpu.upload(&x).unwrap());
     let pairs = [(0, 1), (2, 3), (4, 5), (1, 0), (3, 5), (2, 4), (0, 5)];
     let mut outs = Vec::new();
-    let mut sg = ExpertScratch {
-        h1: be.zeros(r.i).unwrap(),
-        h2: be.zeros(r.i).unwrap(),
-        out: be.zeros(r.h).unwrap(),
-    };
+    let mut sg = r.scratch(&be);
     for &(a, b) in &pairs {
         let mut out = be.zeros(r.h).unwrap();
         be.moe_experts(
@@ -142,11 +147,7 @@ fn reused_slots_never_change_queued_results() {
         .unwrap();
         outs.push(out);
     }
-    let mut sc = ExpertScratch {
-        h1: cpu.zeros(r.i).unwrap(),
-        h2: cpu.zeros(r.i).unwrap(),
-        out: cpu.zeros(r.h).unwrap(),
-    };
+    let mut sc = r.scratch(&cpu);
     for (&(a, b), out) in pairs.iter().zip(&outs) {
         let mut want = cpu.zeros(r.h).unwrap();
         cpu.moe_experts(
@@ -188,11 +189,7 @@ fn staged_records_are_used_without_another_upload() {
         "already resident"
     );
     let x = be.upload(&vals(r.h, 1)).unwrap();
-    let mut s = ExpertScratch {
-        h1: be.zeros(r.i).unwrap(),
-        h2: be.zeros(r.i).unwrap(),
-        out: be.zeros(r.h).unwrap(),
-    };
+    let mut s = r.scratch(&be);
     let mut out = be.zeros(r.h).unwrap();
     be.moe_experts(&[e0, r.routed(1, 0.5)], &x, &mut s, &mut out)
         .unwrap();
@@ -224,11 +221,7 @@ fn refusals_are_errors_not_panics() {
         return;
     };
     let x = be.upload(&vals(r.h, 1)).unwrap();
-    let mut s = ExpertScratch {
-        h1: be.zeros(r.i).unwrap(),
-        h2: be.zeros(r.i).unwrap(),
-        out: be.zeros(r.h).unwrap(),
-    };
+    let mut s = r.scratch(&be);
     let mut out = be.zeros(r.h).unwrap();
     let three = [r.routed(0, 0.4), r.routed(1, 0.3), r.routed(2, 0.3)];
     let err = be.moe_experts(&three, &x, &mut s, &mut out).unwrap_err();

@@ -8,6 +8,7 @@ pub(crate) use ops::rope_table;
 mod simd;
 
 use crate::backend::{AttnShape, ComputeBackend, KvShape, WeightView};
+use crate::checks::{check_attention, check_index, check_kv_write, check_norm_heads, check_rope};
 use crate::error::{BackendError, Result, check_len};
 use crate::quant::{MatrixLayout, WeightFormat, dequantize_row};
 
@@ -62,19 +63,6 @@ impl CpuKvCache {
     fn layer_range(&self, layer: usize) -> std::ops::Range<usize> {
         let n = self.shape.max_seq * self.shape.kv_dim;
         layer * n..(layer + 1) * n
-    }
-}
-
-fn check_index(op: &'static str, what: &'static str, index: usize, limit: usize) -> Result<()> {
-    if index < limit {
-        Ok(())
-    } else {
-        Err(BackendError::OutOfRange {
-            op,
-            what,
-            index,
-            limit,
-        })
     }
 }
 
@@ -183,15 +171,7 @@ impl ComputeBackend for CpuBackend {
         head_dim: usize,
         eps: f32,
     ) -> Result<()> {
-        check_len("rms_norm_heads", "weight", head_dim, weight.0.len())?;
-        if head_dim == 0 || !x.0.len().is_multiple_of(head_dim) {
-            return Err(BackendError::Shape {
-                op: "rms_norm_heads",
-                what: "x",
-                expected: head_dim,
-                got: x.0.len(),
-            });
-        }
+        check_norm_heads(x.0.len(), weight.0.len(), head_dim)?;
         let mut tmp = vec![0f32; head_dim];
         for head in x.0.chunks_exact_mut(head_dim) {
             ops::rms_norm(head, &weight.0, eps, &mut tmp);
@@ -208,15 +188,7 @@ impl ComputeBackend for CpuBackend {
         pos: usize,
         theta: f32,
     ) -> Result<()> {
-        check_len("rope", "x", n_heads * head_dim, x.0.len())?;
-        if !head_dim.is_multiple_of(2) {
-            return Err(BackendError::Shape {
-                op: "rope",
-                what: "head_dim (must be even)",
-                expected: head_dim + 1,
-                got: head_dim,
-            });
-        }
+        check_rope(x.0.len(), n_heads, head_dim)?;
         ops::rope(&mut x.0, n_heads, head_dim, pos, theta);
         Ok(())
     }
@@ -230,10 +202,7 @@ impl ComputeBackend for CpuBackend {
         v: &CpuTensor,
     ) -> Result<()> {
         let s = cache.shape;
-        check_index("kv_write", "layer", layer, s.layers)?;
-        check_index("kv_write", "position", pos, s.max_seq)?;
-        check_len("kv_write", "k", s.kv_dim, k.0.len())?;
-        check_len("kv_write", "v", s.kv_dim, v.0.len())?;
+        check_kv_write(s, layer, pos, k.0.len(), v.0.len())?;
         let off = cache.layer_range(layer).start + pos * s.kv_dim;
         cache.k[off..off + s.kv_dim].copy_from_slice(&k.0);
         cache.v[off..off + s.kv_dim].copy_from_slice(&v.0);
@@ -250,30 +219,7 @@ impl ComputeBackend for CpuBackend {
         out: &mut CpuTensor,
     ) -> Result<()> {
         let s = cache.shape;
-        check_index("attention", "layer", layer, s.layers)?;
-        check_index("attention", "seq_len", seq_len, s.max_seq + 1)?;
-        check_len(
-            "attention",
-            "kv_dim",
-            s.kv_dim,
-            shape.n_kv_heads * shape.head_dim,
-        )?;
-        check_len("attention", "q", shape.n_heads * shape.head_dim, q.0.len())?;
-        check_len(
-            "attention",
-            "out",
-            shape.n_heads * shape.head_dim,
-            out.0.len(),
-        )?;
-        if shape.n_kv_heads == 0 || !shape.n_heads.is_multiple_of(shape.n_kv_heads) || seq_len == 0
-        {
-            return Err(BackendError::Shape {
-                op: "attention",
-                what: "n_heads / n_kv_heads / seq_len",
-                expected: shape.n_kv_heads,
-                got: shape.n_heads,
-            });
-        }
+        check_attention(s, layer, seq_len, shape, q.0.len(), out.0.len())?;
         let r = cache.layer_range(layer);
         ops::attention(
             &q.0,

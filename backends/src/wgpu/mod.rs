@@ -41,6 +41,7 @@ pub use tensor::{GpuKvCache, GpuTensor, GpuWeight};
 use crate::backend::{
     AttnShape, ComputeBackend, ExpertId, ExpertScratch, KvShape, RoutedExpert, WeightView,
 };
+use crate::checks::{check_attention, check_index, check_kv_write, check_norm_heads, check_rope};
 use crate::error::{BackendError, Result, check_len};
 use crate::quant::WeightFormat;
 use ::wgpu::util::DeviceExt;
@@ -560,19 +561,6 @@ fn check_expert(views: &[WeightView<'_>; 3], hidden: usize) -> Result<(usize, We
     Ok((inter, g.format))
 }
 
-fn check_index(op: &'static str, what: &'static str, index: usize, limit: usize) -> Result<()> {
-    if index < limit {
-        Ok(())
-    } else {
-        Err(BackendError::OutOfRange {
-            op,
-            what,
-            index,
-            limit,
-        })
-    }
-}
-
 impl ComputeBackend for WgpuBackend {
     type Tensor = GpuTensor;
     type Weight = GpuWeight;
@@ -852,15 +840,7 @@ impl ComputeBackend for WgpuBackend {
         head_dim: usize,
         eps: f32,
     ) -> Result<()> {
-        check_len("rms_norm_heads", "weight", head_dim, weight.len)?;
-        if head_dim == 0 || !x.len.is_multiple_of(head_dim) {
-            return Err(BackendError::Shape {
-                op: "rms_norm_heads",
-                what: "x",
-                expected: head_dim,
-                got: x.len,
-            });
-        }
+        check_norm_heads(x.len, weight.len, head_dim)?;
         let mut st = self.state.lock();
         let p = self.arena_item(&mut st, &words(&[head_dim as u32, eps.to_bits(), 0, 0]));
         self.dispatch(
@@ -880,15 +860,7 @@ impl ComputeBackend for WgpuBackend {
         pos: usize,
         theta: f32,
     ) -> Result<()> {
-        check_len("rope", "x", n_heads * head_dim, x.len)?;
-        if !head_dim.is_multiple_of(2) {
-            return Err(BackendError::Shape {
-                op: "rope",
-                what: "head_dim (must be even)",
-                expected: head_dim + 1,
-                got: head_dim,
-            });
-        }
+        check_rope(x.len, n_heads, head_dim)?;
         let (cos, sin) = crate::cpu::rope_table(head_dim, pos, theta);
         let table: Vec<f32> = cos.into_iter().chain(sin).collect();
         let mut st = self.state.lock();
@@ -912,10 +884,7 @@ impl ComputeBackend for WgpuBackend {
         v: &GpuTensor,
     ) -> Result<()> {
         let s = cache.shape;
-        check_index("kv_write", "layer", layer, s.layers)?;
-        check_index("kv_write", "position", pos, s.max_seq)?;
-        check_len("kv_write", "k", s.kv_dim, k.len)?;
-        check_len("kv_write", "v", s.kv_dim, v.len)?;
+        check_kv_write(s, layer, pos, k.len, v.len)?;
         let (off, n) = ((pos * s.kv_dim * 4) as u64, (s.kv_dim * 4) as u64);
         let mut st = self.state.lock();
         let enc = st.encoder(&self.gpu.device);
@@ -934,25 +903,7 @@ impl ComputeBackend for WgpuBackend {
         out: &mut GpuTensor,
     ) -> Result<()> {
         let s = cache.shape;
-        check_index("attention", "layer", layer, s.layers)?;
-        check_index("attention", "seq_len", seq_len, s.max_seq + 1)?;
-        check_len(
-            "attention",
-            "kv_dim",
-            s.kv_dim,
-            shape.n_kv_heads * shape.head_dim,
-        )?;
-        check_len("attention", "q", shape.n_heads * shape.head_dim, q.len)?;
-        check_len("attention", "out", shape.n_heads * shape.head_dim, out.len)?;
-        if shape.n_kv_heads == 0 || !shape.n_heads.is_multiple_of(shape.n_kv_heads) || seq_len == 0
-        {
-            return Err(BackendError::Shape {
-                op: "attention",
-                what: "n_heads / n_kv_heads / seq_len",
-                expected: shape.n_kv_heads,
-                got: shape.n_heads,
-            });
-        }
+        check_attention(s, layer, seq_len, shape, q.len, out.len)?;
         let mut st = self.state.lock();
         let p = self.arena_item(
             &mut st,
