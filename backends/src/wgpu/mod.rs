@@ -11,12 +11,20 @@
 //! - **Commands are batched.** Ops record into one command encoder; it is submitted only when
 //!   the host needs a result (a [`ComputeBackend::read`]) or must overwrite memory the GPU may
 //!   still read (an expert slot), so a layer's ops reach the GPU in one submission.
-//! - **Experts in a GPU-resident ring** ([`experts`]): `moe_experts` runs all routed experts of
-//!   a token in two dispatches (gate+up+SwiGLU, then down with the weighted combine) over
-//!   records in the ring; records already resident — used recently, or staged ahead with
-//!   [`ComputeBackend::stage_expert`] while the previous layer computed — are not uploaded.
+//! - **Experts in a GPU-resident ring** ([`ring`]): `moe_experts` runs all routed experts of a
+//!   token in three dispatches (gate+up+SwiGLU for every expert, down for every expert with
+//!   its combine weight, then the sum) over records in the ring; records already resident —
+//!   used recently, or staged ahead with [`ComputeBackend::stage_expert`] while the previous
+//!   layer computed — are not uploaded.
 //! - **Router top-k on the host**: the logits are tiny (one read of `num_experts` floats) and
-//!   the host needs the ids anyway to ask io-sched for the experts.
+//!   the host needs the ids anyway to ask io-sched for the experts; `read_many` brings the
+//!   router and pre-gate logits back in one wait.
+//! - **Kernel time is measurable**: [`WgpuConfig::profile`] times every dispatch with GPU
+//!   timestamps ([`WgpuBackend::kernel_times`]).
+//!
+//! Files: `context` (adapter, device, limits), `kernels` (WGSL sources, pipelines), `record`
+//! (arena, bind groups, dispatch, submission, read-back), `tensor` (tensors, row-blocked
+//! weights, KV cache), `ring` (expert slots), `moe` (routed experts), `profile` (timestamps).
 //!
 //! ```no_run
 //! use flashmoe_backends::{ComputeBackend, wgpu::WgpuBackend};
@@ -28,14 +36,16 @@
 //! ```
 
 mod context;
-pub mod experts;
 pub mod kernels;
+mod moe;
 mod profile;
+mod record;
+pub mod ring;
 mod tensor;
 
 pub use context::{GpuInfo, MAX_BINDING, WgpuConfig};
-pub use experts::RingStats;
 pub use profile::KernelTime;
+pub use ring::RingStats;
 pub use tensor::{GpuKvCache, GpuTensor, GpuWeight};
 
 use crate::backend::{
@@ -46,10 +56,11 @@ use crate::error::{BackendError, Result, check_len};
 use crate::quant::WeightFormat;
 use ::wgpu::util::DeviceExt;
 use context::{Gpu, gpu_error};
-use experts::ExpertRing;
 use kernels::{Fmt, Kernel, Pipelines, check_gpu_dims};
 use parking_lot::Mutex;
 use profile::Profiler;
+use record::{ARENA_BYTES, Bind, BindKey, grid, grown, to_u32, words};
+use ring::ExpertRing;
 use std::time::Instant;
 use tensor::{MatRef, TENSOR_USAGE, tensor_bytes};
 
@@ -113,27 +124,6 @@ impl State {
     }
 }
 
-/// Bytes of the arena of small per-dispatch data (one submission's worth: ~4k dispatches).
-const ARENA_BYTES: u64 = 1 << 20;
-/// Alignment of each item in the arena (uniform and storage offsets on every adapter).
-const ARENA_ALIGN: usize = 256;
-
-/// A binding of a dispatch: a whole buffer, an item of the arena, or a whole buffer that
-/// lives for one dispatch only (its bind group is not cached).
-#[derive(Clone, Copy)]
-enum Bind<'a> {
-    Buf(&'a ::wgpu::Buffer),
-    Arena { offset: u64, size: u64 },
-    Temp(&'a ::wgpu::Buffer),
-}
-
-/// Bind groups kept at most; past it the cache starts over (it also holds its buffers alive).
-const BIND_GROUP_CACHE: usize = 8192;
-
-/// What makes a bind group reusable: the kernel, and per binding the buffer (or the arena
-/// item's size; its offset is dynamic).
-type BindKey = (Kernel, Vec<(u32, Option<::wgpu::Buffer>, u64)>);
-
 /// The wgpu implementation of [`ComputeBackend`].
 pub struct WgpuBackend {
     gpu: Gpu,
@@ -143,51 +133,6 @@ pub struct WgpuBackend {
     /// that write after the previous submission's reads.
     arena: ::wgpu::Buffer,
     state: Mutex<State>,
-}
-
-/// A scratch buffer of at least `bytes`, reallocated (zeroed) when too small.
-fn grown(
-    slot: &mut Option<::wgpu::Buffer>,
-    device: &::wgpu::Device,
-    bytes: u64,
-    usage: ::wgpu::BufferUsages,
-    label: &'static str,
-) -> ::wgpu::Buffer {
-    match slot {
-        Some(b) if b.size() >= bytes => b.clone(),
-        _ => {
-            let b = device.create_buffer(&::wgpu::BufferDescriptor {
-                label: Some(label),
-                size: bytes.max(16),
-                usage,
-                mapped_at_creation: false,
-            });
-            *slot = Some(b.clone());
-            b
-        }
-    }
-}
-
-fn words(w: &[u32]) -> Vec<u8> {
-    bytemuck::cast_slice(w).to_vec()
-}
-
-/// `(x, y)` workgroups covering `n` with at most [`MAX_GROUPS`] along x.
-fn grid(n: u32) -> (u32, u32) {
-    if n <= MAX_GROUPS {
-        (n.max(1), 1)
-    } else {
-        (MAX_GROUPS, n.div_ceil(MAX_GROUPS))
-    }
-}
-
-fn to_u32(op: &'static str, what: &'static str, v: usize) -> Result<u32> {
-    u32::try_from(v).map_err(|_| BackendError::OutOfRange {
-        op,
-        what,
-        index: v,
-        limit: u32::MAX as usize,
-    })
 }
 
 impl WgpuBackend {
@@ -277,148 +222,6 @@ impl WgpuBackend {
         self.gpu.check("sync")
     }
 
-    /// Submits the commands recorded so far.
-    fn flush(&self, st: &mut State) {
-        if !st.arena_data.is_empty() {
-            self.gpu.queue.write_buffer(&self.arena, 0, &st.arena_data);
-            st.arena_data.clear();
-        }
-        if let Some(mut enc) = st.encoder.take() {
-            if let Some(p) = &st.profiler {
-                p.resolve(&mut enc);
-            }
-            self.gpu.queue.submit([enc.finish()]);
-            st.stats.submits += 1;
-            if let Some(p) = &mut st.profiler {
-                p.collect(&self.gpu.device);
-            }
-        }
-        st.generation += 1;
-    }
-
-    /// Puts `bytes` (params, a small table) in the arena for the commands being recorded.
-    fn arena_item(&self, st: &mut State, bytes: &[u8]) -> Bind<'static> {
-        let size = bytes.len().div_ceil(16).max(1) * 16;
-        if st.arena_data.len() + size > ARENA_BYTES as usize {
-            self.flush(st);
-        }
-        let offset = st.arena_data.len();
-        st.arena_data.extend_from_slice(bytes);
-        let padded = offset + size.div_ceil(ARENA_ALIGN) * ARENA_ALIGN;
-        st.arena_data.resize(padded, 0);
-        Bind::Arena {
-            offset: offset as u64,
-            size: size as u64,
-        }
-    }
-
-    /// A storage buffer holding `bytes` (padded to 16), for data too large for the arena.
-    fn storage(&self, bytes: &[u8]) -> ::wgpu::Buffer {
-        let mut padded;
-        let contents = if bytes.len().is_multiple_of(16) && !bytes.is_empty() {
-            bytes
-        } else {
-            padded = bytes.to_vec();
-            padded.resize(bytes.len().div_ceil(16).max(1) * 16, 0);
-            &padded
-        };
-        self.gpu
-            .device
-            .create_buffer_init(&::wgpu::util::BufferInitDescriptor {
-                label: Some("data"),
-                contents,
-                usage: ::wgpu::BufferUsages::STORAGE,
-            })
-    }
-
-    /// Records one dispatch of `kernel` with `bindings` (binding index, buffer; the params
-    /// uniform is one of them).
-    fn dispatch(
-        &self,
-        st: &mut State,
-        kernel: Kernel,
-        bindings: &[(u32, Bind<'_>)],
-        groups: (u32, u32, u32),
-    ) {
-        let t = Instant::now();
-        let compiled = self.pipelines.get(&self.gpu.device, kernel);
-        let mut sorted: Vec<(u32, Bind<'_>)> = bindings.to_vec();
-        sorted.sort_by_key(|&(binding, _)| binding);
-        let dynamic: Vec<u32> = sorted
-            .iter()
-            .filter_map(|(_, b)| match b {
-                Bind::Arena { offset, .. } => Some(*offset as u32),
-                _ => None,
-            })
-            .collect();
-        let cacheable = !sorted.iter().any(|(_, b)| matches!(b, Bind::Temp(_)));
-        let key: BindKey = (
-            kernel,
-            sorted
-                .iter()
-                .map(|&(binding, b)| match b {
-                    Bind::Buf(buf) | Bind::Temp(buf) => (binding, Some(buf.clone()), 0),
-                    Bind::Arena { size, .. } => (binding, None, size),
-                })
-                .collect(),
-        );
-        let bind_group = match st.bind_groups.get(&key) {
-            Some(bg) => bg.clone(),
-            None => {
-                let entries: Vec<::wgpu::BindGroupEntry<'_>> = sorted
-                    .iter()
-                    .map(|&(binding, b)| ::wgpu::BindGroupEntry {
-                        binding,
-                        resource: match b {
-                            Bind::Buf(buf) | Bind::Temp(buf) => buf.as_entire_binding(),
-                            Bind::Arena { size, .. } => {
-                                ::wgpu::BindingResource::Buffer(::wgpu::BufferBinding {
-                                    buffer: &self.arena,
-                                    offset: 0,
-                                    size: std::num::NonZeroU64::new(size),
-                                })
-                            }
-                        },
-                    })
-                    .collect();
-                let bg = self
-                    .gpu
-                    .device
-                    .create_bind_group(&::wgpu::BindGroupDescriptor {
-                        label: None,
-                        layout: &compiled.layout,
-                        entries: &entries,
-                    });
-                if cacheable {
-                    if st.bind_groups.len() >= BIND_GROUP_CACHE {
-                        st.bind_groups.clear();
-                    }
-                    st.bind_groups.insert(key, bg.clone());
-                }
-                bg
-            }
-        };
-        if st.profiler.as_ref().is_some_and(|p| !p.has_room()) {
-            self.flush(st);
-        }
-        st.encoder(&self.gpu.device);
-        let State {
-            encoder, profiler, ..
-        } = st;
-        let enc = encoder.as_mut().expect("encoder just made");
-        {
-            let mut pass = enc.begin_compute_pass(&::wgpu::ComputePassDescriptor {
-                label: None,
-                timestamp_writes: profiler.as_mut().map(|p| p.next(kernel)),
-            });
-            pass.set_pipeline(&compiled.pipeline);
-            pass.set_bind_group(0, &bind_group, &dynamic);
-            pass.dispatch_workgroups(groups.0, groups.1, groups.2);
-        }
-        st.stats.dispatches += 1;
-        st.stats.record_ns += t.elapsed().as_nanos() as u64;
-    }
-
     /// Records `y[y_off + r] = W[r] . x[x_off..]` for the rows of one matrix at `mat` in `w`.
     #[allow(clippy::too_many_arguments)]
     fn matvec_at(
@@ -478,87 +281,6 @@ impl WgpuBackend {
         );
         Ok(())
     }
-
-    /// The expert ring, created on first use with slots shaped like `views`; records of
-    /// another shape (another model, another format) replace it, forgetting what it held.
-    fn ring<'s>(
-        &self,
-        st: &'s mut State,
-        views: &[WeightView<'_>; 3],
-    ) -> Result<&'s mut ExpertRing> {
-        let fits = st.ring.as_ref().map(|r| r.check_shape(views).is_ok());
-        if fits != Some(true) {
-            let mut ring = ExpertRing::new(&self.gpu.device, views, self.ring_bytes)?;
-            if let Some(old) = st.ring.take() {
-                tracing::info!("expert records changed shape: the GPU expert ring starts anew");
-                ring.stats.carry(&old.stats);
-                st.bind_groups.clear(); // they hold the old ring alive
-            }
-            st.ring = Some(ring);
-        }
-        Ok(st.ring.as_mut().expect("ring exists"))
-    }
-
-    /// Puts `id`'s record in a ring slot (uploading it unless resident) and returns the slot.
-    fn place_expert(
-        &self,
-        st: &mut State,
-        id: ExpertId,
-        views: &[WeightView<'_>; 3],
-        keep: &[usize],
-        staging: bool,
-    ) -> Result<(usize, bool)> {
-        let generation = st.generation;
-        let placed = self.ring(st, views)?.place(id, keep, generation, staging)?;
-        let Some(writes) = placed.writes else {
-            return Ok((placed.slot, false));
-        };
-        if placed.flush_first {
-            self.flush(st);
-        }
-        let ring = st.ring.as_mut().expect("ring exists");
-        let t = Instant::now();
-        for ((offset, len), v) in writes.iter().zip(views) {
-            let bytes = v.bytes();
-            debug_assert_eq!(bytes.len(), *len);
-            if bytes.len().is_multiple_of(4) {
-                self.gpu.queue.write_buffer(&ring.buf, *offset, bytes);
-            } else {
-                let mut padded = bytes.to_vec();
-                padded.resize(bytes.len().div_ceil(4) * 4, 0);
-                self.gpu.queue.write_buffer(&ring.buf, *offset, &padded);
-            }
-            ring.stats.upload_bytes += bytes.len() as u64;
-        }
-        ring.stats.upload_ns += t.elapsed().as_nanos() as u64;
-        Ok((placed.slot, true))
-    }
-}
-
-/// Checks that an expert's three views suit the expert kernels.
-fn check_expert(views: &[WeightView<'_>; 3], hidden: usize) -> Result<(usize, WeightFormat)> {
-    let [g, u, d] = views.map(|v| *v.layout());
-    let inter = g.rows;
-    let ok = u == g && g.cols == hidden && d.rows == hidden && d.cols == inter;
-    if !ok {
-        return Err(BackendError::Shape {
-            op: "moe_experts",
-            what: "expert [gate, up, down] dims",
-            expected: hidden,
-            got: g.cols,
-        });
-    }
-    if d.format != g.format {
-        return Err(BackendError::BadDims {
-            format: d.format,
-            rows: d.rows,
-            cols: d.cols,
-            reason: "gate, up and down of one expert must share a format on the GPU",
-        });
-    }
-    check_gpu_dims(g.format, g.rows, g.cols)?;
-    check_gpu_dims(d.format, d.rows, d.cols)?;
-    Ok((inter, g.format))
 }
 
 impl ComputeBackend for WgpuBackend {
@@ -605,65 +327,8 @@ impl ComputeBackend for WgpuBackend {
         Ok(self.read_many(&[t])?.pop().unwrap_or_default())
     }
 
-    /// Copies every tensor into one staging buffer and waits once.
     fn read_many(&self, ts: &[&GpuTensor]) -> Result<Vec<Vec<f32>>> {
-        // Each tensor at a 256-byte aligned offset (map and copy alignments).
-        let mut offsets = Vec::with_capacity(ts.len());
-        let mut total = 0u64;
-        for t in ts {
-            offsets.push(total);
-            total += (t.len as u64 * 4).div_ceil(256) * 256;
-        }
-        if total == 0 {
-            return Ok(ts.iter().map(|_| Vec::new()).collect());
-        }
-        let mut st = self.state.lock();
-        let rb = grown(
-            &mut st.readback,
-            &self.gpu.device,
-            total.max(1 << 16),
-            ::wgpu::BufferUsages::MAP_READ | ::wgpu::BufferUsages::COPY_DST,
-            "readback",
-        );
-        let enc = st.encoder(&self.gpu.device);
-        for (t, &off) in ts.iter().zip(&offsets) {
-            if t.len > 0 {
-                enc.copy_buffer_to_buffer(&t.buf, 0, &rb, off, t.len as u64 * 4);
-            }
-        }
-        self.flush(&mut st);
-        let slice = rb.slice(0..total);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(::wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        let t0 = Instant::now();
-        self.gpu
-            .device
-            .poll(::wgpu::PollType::wait_indefinitely())
-            .map_err(|e| gpu_error("read", e.to_string()))?;
-        st.stats.wait_ns += t0.elapsed().as_nanos() as u64;
-        st.stats.readbacks += 1;
-        self.gpu.check("read")?;
-        rx.recv()
-            .map_err(|_| gpu_error("read", "the map callback never ran"))?
-            .map_err(|e| gpu_error("read", e.to_string()))?;
-        let out = {
-            let view = slice
-                .get_mapped_range()
-                .map_err(|e| gpu_error("read", e.to_string()))?;
-            ts.iter()
-                .zip(&offsets)
-                .map(|(t, &off)| {
-                    view[off as usize..off as usize + t.len * 4]
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect()
-                })
-                .collect()
-        };
-        rb.unmap();
-        Ok(out)
+        self.read_back(ts)
     }
 
     fn copy(&self, src: &GpuTensor, dst: &mut GpuTensor) -> Result<()> {
@@ -964,115 +629,7 @@ impl ComputeBackend for WgpuBackend {
         _scratch: &mut ExpertScratch<GpuTensor>,
         out: &mut GpuTensor,
     ) -> Result<()> {
-        let Some(first) = experts.first() else {
-            return self.fill_zero(out);
-        };
-        let hidden = x.len;
-        check_len("moe_experts", "out", hidden, out.len)?;
-        let (inter, format) = check_expert(&first.weights, hidden)?;
-        for e in experts {
-            if check_expert(&e.weights, hidden)? != (inter, format) {
-                return Err(BackendError::Shape {
-                    op: "moe_experts",
-                    what: "expert intermediate size",
-                    expected: inter,
-                    got: e.weights[0].layout().rows,
-                });
-            }
-        }
-        let mut st = self.state.lock();
-        let mut slots = Vec::with_capacity(experts.len());
-        for e in experts {
-            let (slot, _) = self.place_expert(&mut st, e.id, &e.weights, &slots, false)?;
-            slots.push(slot);
-        }
-        let generation = st.generation;
-        let ring = st.ring.as_mut().expect("placed experts");
-        let mut table: Vec<u32> = Vec::with_capacity(16 * experts.len());
-        for (e, &slot) in experts.iter().zip(&slots) {
-            ring.mark_read(slot, generation);
-            for m in ring.mats(slot)? {
-                table.extend([m.data, m.scales, m.biases, 0]);
-            }
-            table.extend([e.combine.to_bits(), 0, 0, 0]);
-        }
-        let ring_buf = ring.buf.clone();
-        let table = self.arena_item(&mut st, bytemuck::cast_slice(&table));
-        let n = to_u32("moe_experts", "experts", experts.len())?;
-        let h = grown(
-            &mut st.moe_h,
-            &self.gpu.device,
-            tensor_bytes(experts.len() * inter),
-            ::wgpu::BufferUsages::STORAGE,
-            "expert activations",
-        );
-        let fmt = Fmt::of(format);
-        let (group, shift) = (format.group().unwrap_or(0) as u32, fmt.group_shift(format));
-        let (inter32, hidden32) = (inter as u32, hidden as u32);
-        let p_up = self.arena_item(
-            &mut st,
-            &words(&[inter32, hidden32, group, shift, n, 0, 0, 0]),
-        );
-        let p_down = self.arena_item(
-            &mut st,
-            &words(&[hidden32, inter32, group, shift, n, 0, 0, 0]),
-        );
-        let ring = Bind::Buf(&ring_buf);
-        let mut up = vec![
-            (0, ring),
-            (1, Bind::Buf(&x.buf)),
-            (2, Bind::Buf(&h)),
-            (3, p_up),
-            (4, table),
-        ];
-        let mut down = vec![
-            (0, ring),
-            (1, Bind::Buf(&h)),
-            (2, Bind::Buf(&out.buf)),
-            (3, p_down),
-            (4, table),
-        ];
-        if fmt.quantized() {
-            up.push((5, ring));
-            down.push((5, ring));
-        }
-        self.dispatch(
-            &mut st,
-            Kernel::GateUp(fmt),
-            &up,
-            (inter32.div_ceil(GATE_UP_ROWS_PER_GROUP), n, 1),
-        );
-        let parts = grown(
-            &mut st.moe_parts,
-            &self.gpu.device,
-            tensor_bytes(experts.len() * hidden),
-            ::wgpu::BufferUsages::STORAGE,
-            "expert outputs",
-        );
-        let mut down = vec![
-            (0, ring),
-            (1, Bind::Buf(&h)),
-            (2, Bind::Buf(&parts)),
-            (3, p_down),
-            (4, table),
-        ];
-        if fmt.quantized() {
-            down.push((5, ring));
-        }
-        self.dispatch(
-            &mut st,
-            Kernel::DownCombine(fmt),
-            &down,
-            (hidden32.div_ceil(DOWN_ROWS_PER_GROUP), n, 1),
-        );
-        let p_sum = self.arena_item(&mut st, &words(&[hidden32, 0, n, 0]));
-        self.dispatch(
-            &mut st,
-            Kernel::Combine,
-            &[(0, Bind::Buf(&out.buf)), (1, Bind::Buf(&parts)), (2, p_sum)],
-            (hidden32.div_ceil(WG), 1, 1),
-        );
-        Ok(())
+        self.run_experts(experts, x, out)
     }
 
     fn stages_experts(&self) -> bool {
@@ -1080,12 +637,6 @@ impl ComputeBackend for WgpuBackend {
     }
 
     fn stage_expert(&self, id: ExpertId, weights: [WeightView<'_>; 3]) -> Result<bool> {
-        let hidden = weights[0].layout().cols;
-        check_expert(&weights, hidden)?;
-        let mut st = self.state.lock();
-        // Hand the GPU what is recorded (the previous layer's experts, this layer's attention)
-        // so that it computes while the host copies the record.
-        self.flush(&mut st);
-        Ok(self.place_expert(&mut st, id, &weights, &[], true)?.1)
+        self.stage(id, weights)
     }
 }

@@ -6,7 +6,7 @@
 //! the caller's buffer (an io-sched slot) can be released at once. wgpu orders the copy after
 //! every earlier submission that used the slot and before the next one, provided the command
 //! encoder that still reads the slot's old contents is submitted first — the ring tells its
-//! caller when that is needed ([`Placement::flush_first`]).
+//! caller when that is needed (`Placement::flush_first`).
 
 use super::tensor::MatRef;
 use crate::backend::{ExpertId, WeightView};
