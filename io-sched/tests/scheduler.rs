@@ -303,3 +303,31 @@ fn multi_block_records_verify_from_out_of_order_chunks() {
         "{e}"
     );
 }
+
+/// `acquire_ready` hands out only records already in memory, reads nothing, counts no demand,
+/// and its pins keep a record from being evicted while the guard lives.
+#[test]
+fn acquire_ready_pins_cached_records_without_reading_or_counting() {
+    let s = sched(1, 8, 2);
+    drop(s.acquire(0, &[3]).unwrap());
+    let before = s.metrics().total();
+    let g = s.acquire_ready(0, &[5, 3, 6]);
+    assert_eq!(g.len(), 1, "only expert 3 is cached");
+    assert_eq!(g.expert(0), 3);
+    assert_eq!(g.bytes(0), &record_bytes(ExpertKey::new(0, 3), LEN)[..]);
+    let m = s.metrics().total();
+    assert_eq!(
+        (m.demanded, m.hits, m.misses),
+        (before.demanded, before.hits, before.misses)
+    );
+    assert_eq!(m.bytes_read(), before.bytes_read());
+    // Two slots: with 3 pinned, loading 1 and then 2 can only ever evict each other.
+    drop(s.acquire(0, &[1]).unwrap());
+    drop(s.acquire(0, &[2]).unwrap());
+    assert!(
+        s.with_core(|c| c.is_ready(ExpertKey::new(0, 3))),
+        "a pinned record was evicted"
+    );
+    drop(g);
+    assert_eq!(s.acquire_ready(0, &[]).len(), 0);
+}
