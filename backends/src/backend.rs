@@ -129,6 +129,7 @@ pub trait ComputeBackend: Send + Sync {
     fn read_many(&self, ts: &[&Self::Tensor]) -> Result<Vec<Vec<f32>>> {
         ts.iter().map(|t| self.read(t)).collect()
     }
+
     /// Copies `src` into `dst` (same length).
     fn copy(&self, src: &Self::Tensor, dst: &mut Self::Tensor) -> Result<()>;
 
