@@ -121,6 +121,7 @@ fn errors_are_one_line_and_fail() {
         &["generate", "--budget", "lots"][..],
         &["generate", "--budget", "100K"][..],
         &["generate", "--predictor", "psychic"][..],
+        &["generate", "--backend", "tpu"][..],
     ] {
         let out = flashmoe(args);
         assert!(!out.status.success(), "{args:?} succeeded");
@@ -128,4 +129,41 @@ fn errors_are_one_line_and_fail() {
         let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
         assert_eq!(lines.len(), 1, "{args:?}: {err}");
     }
+}
+
+/// The GPU backend gives the text the CPU gives, and reports the adapter it chose and its expert
+/// traffic. Skips (printing why) where no wgpu adapter opens, unless CI asks for one.
+#[test]
+fn wgpu_backend_gives_the_cpu_text_and_reports_its_adapter() {
+    let args = [
+        "generate",
+        "--json",
+        "--ignore-eos",
+        "--max-tokens",
+        "16",
+        "--budget",
+        "25%",
+    ];
+    let mut gpu_args = args.to_vec();
+    gpu_args.extend(["--backend", "wgpu"]);
+    let out = flashmoe(&gpu_args);
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            std::env::var_os("FLASHMOE_REQUIRE_GPU").is_none() && err.contains("adapter"),
+            "flashmoe {gpu_args:?} failed: {err}"
+        );
+        println!("SKIP: no wgpu adapter: {err}");
+        return;
+    }
+    let gpu: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let cpu = json(&args[3..]);
+    assert_eq!(gpu["tokens"], cpu["tokens"], "wgpu vs cpu tokens");
+    let c = &gpu["stats"]["compute"];
+    assert_eq!(c["backend"], "wgpu");
+    assert!(c["adapter"].as_str().is_some_and(|a| !a.is_empty()), "{c}");
+    let routed =
+        c["gpu_resident_hits"].as_u64().unwrap() + c["gpu_demand_uploads"].as_u64().unwrap();
+    assert!(routed > 0, "no expert reached the GPU: {c}");
+    assert_eq!(cpu["stats"]["compute"]["backend"], "cpu");
 }
