@@ -61,6 +61,10 @@ pub struct GenerateArgs {
     /// wgpu: use the first adapter whose name contains this (default: the one wgpu prefers).
     #[arg(long)]
     pub adapter: Option<String>,
+    /// wgpu: GPU memory for resident expert records (`256M`, `1G`; default 256M, at most one
+    /// storage binding of the adapter).
+    #[arg(long)]
+    pub gpu_ring: Option<String>,
     /// Prefetch prediction: pregate, none, temporal, transition or frequency.
     #[arg(long, default_value = "pregate")]
     pub predictor: String,
@@ -285,8 +289,18 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
     let (g, hinted, traced, compute) = match args.backend.as_str() {
         "cpu" => run.on(CpuBackend::new(), ComputeReport::cpu)?,
         "wgpu" => {
+            let ring = match &args.gpu_ring {
+                Some(r) if r.trim_end().ends_with('%') => {
+                    return Err(format!("--gpu-ring {r:?}: give bytes (256M, 1G)").into());
+                }
+                Some(r) => {
+                    Some(parse_budget(r, 0).map_err(|e| e.replace("--budget", "--gpu-ring"))?)
+                }
+                None => None,
+            };
             let be = WgpuBackend::new(&WgpuConfig {
                 adapter_name: args.adapter.clone(),
+                expert_ring_bytes: ring,
                 ..WgpuConfig::default()
             })
             .map_err(|e| format!("--backend wgpu: {e}"))?;

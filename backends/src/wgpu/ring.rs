@@ -108,7 +108,7 @@ impl ExpertRing {
             return Err(BackendError::Gpu {
                 op: "expert ring",
                 reason: format!(
-                    "{bytes} bytes of expert slots hold {slots} records of {} bytes; need at least 2 (raise the ring size)",
+                    "{bytes} bytes of expert slots hold {slots} records of {} bytes; need at least 2: raise WgpuConfig::expert_ring_bytes (`flashmoe generate --gpu-ring`)",
                     shape.bytes
                 ),
             });
@@ -187,7 +187,7 @@ impl ExpertRing {
             .ok_or(BackendError::Gpu {
                 op: "expert ring",
                 reason: format!(
-                    "all {} slots are needed by one layer: raise the ring size",
+                    "all {} slots are needed by one layer: raise WgpuConfig::expert_ring_bytes (`flashmoe generate --gpu-ring`)",
                     self.slots()
                 ),
             })?;

@@ -2,7 +2,8 @@
 //!
 //! Weights larger than one storage binding are split into row blocks, each laid out as its own
 //! matrix in the same format, so every kernel sees one binding of at most
-//! [`super::context::MAX_BINDING`] bytes (lavapipe's limit, far below Metal's 4 GiB).
+//! the adapter's binding limit or [`super::context::MAX_BINDING`] (1 GiB, far below Metal's
+//! 4 GiB), whichever is smaller.
 
 use super::kernels::check_gpu_dims;
 use crate::error::{BackendError, Result};
