@@ -304,7 +304,13 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
                 ..WgpuConfig::default()
             })
             .map_err(|e| format!("--backend wgpu: {e}"))?;
-            eprintln!("note: compute on wgpu: {}", be.info());
+            let t = std::time::Instant::now();
+            let kernels = be.compile_all();
+            eprintln!(
+                "note: compute on wgpu: {} ({kernels} kernels compiled in {:.0} ms)",
+                be.info(),
+                t.elapsed().as_secs_f64() * 1e3
+            );
             run.on(be, ComputeReport::wgpu)?
         }
         other => return Err(format!("--backend {other:?}: expected cpu or wgpu").into()),

@@ -182,6 +182,16 @@ impl WgpuBackend {
         &self.gpu.queue
     }
 
+    /// Compiles every kernel now (they are otherwise compiled on first use, which then lands
+    /// in the first token's time). Returns how many.
+    pub fn compile_all(&self) -> usize {
+        let all = Kernel::all();
+        for k in &all {
+            self.pipelines.get(&self.gpu.device, *k);
+        }
+        all.len()
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> WgpuStats {
         let st = self.state.lock();
