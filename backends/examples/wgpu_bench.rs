@@ -375,12 +375,17 @@ fn decode_split(be: &WgpuBackend, g: &Geometry, tokens: usize) -> Res<()> {
         be.read(&x)?;
     }
     let secs = t.elapsed().as_secs_f64();
-    let kernels_ms: f64 =
-        be.kernel_times().iter().map(|k| k.gpu_ns).sum::<f64>() / 1e6 / tokens as f64;
+    let times = be.kernel_times();
+    let kernels = if times.is_empty() {
+        "     n/a".to_string()
+    } else {
+        let ms = times.iter().map(|k| k.gpu_ns).sum::<f64>() / 1e6 / tokens as f64;
+        format!("{ms:>5.2} ms")
+    };
     let s = be.stats();
     let per = |a: u64, b: u64| (a - b) as f64 / 1e6 / tokens as f64;
     println!(
-        "{:<16} {:>8.2} ms/token  upload {:>7.2} ms ({:>6.1} MB, {} records)  record {:>6.2} ms  wait {:>7.2} ms  GPU kernels {:>7.2} ms  ring {} slots",
+        "{:<16} {:>8.2} ms/token  upload {:>7.2} ms ({:>6.1} MB, {} records)  record {:>6.2} ms  wait {:>7.2} ms  GPU kernels {}  ring {} slots",
         g.name,
         secs * 1e3 / tokens as f64,
         per(s.ring.upload_ns, before.ring.upload_ns),
@@ -388,7 +393,7 @@ fn decode_split(be: &WgpuBackend, g: &Geometry, tokens: usize) -> Res<()> {
         (s.ring.demand_uploads - before.ring.demand_uploads) / tokens as u64,
         per(s.record_ns, before.record_ns),
         per(s.wait_ns, before.wait_ns),
-        kernels_ms,
+        kernels,
         s.ring.slots,
     );
     Ok(())
