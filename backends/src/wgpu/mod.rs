@@ -23,9 +23,10 @@
 //! - **Kernel time is measurable**: [`WgpuConfig::profile`] times every dispatch with GPU
 //!   timestamps ([`WgpuBackend::kernel_times`]).
 //!
-//! Files: `context` (adapter, device, limits), `kernels` (WGSL sources, pipelines), `ops` (the
-//! trait's ops), `record` (arena, bind groups, dispatch, submission, read-back), `tensor` (tensors, row-blocked
-//! weights, KV cache), `ring` (expert slots), `moe` (routed experts), `profile` (timestamps).
+//! Files: `context` (adapter, device, limits), `kernels` (WGSL sources, pipelines), `ops`
+//! (the trait's ops), `record` (arena, bind groups, dispatch, submission, read-back), `tensor`
+//! (tensors, row-blocked weights, KV cache), `ring` (expert slots), `moe` (routed experts),
+//! `profile` (timestamps).
 //!
 //! ```no_run
 //! use flashmoe_backends::{ComputeBackend, wgpu::WgpuBackend};
