@@ -8,7 +8,7 @@
 //!   (a test checks it with naga). Optional features are reported in [`GpuInfo`], not needed.
 //! - **One binding ≤ min(adapter limit, 1 GiB).** Resident weights are split into row blocks
 //!   (lavapipe's 128 MiB limit makes CI exercise the splits); KV caches are a
-//!   buffer per layer; the expert ring is one binding. Same splits on every adapter.
+//!   buffer per layer; the expert ring is one binding.
 //! - **Commands are batched.** Ops record into one command encoder; it is submitted only when
 //!   the host needs a result (a [`crate::ComputeBackend::read`]) or must overwrite memory the GPU may
 //!   still read (an expert slot), so a layer's ops reach the GPU in one submission.
