@@ -16,6 +16,29 @@ use io_sched::metrics::LayerMetrics;
 
 const TOKENS: usize = 24;
 
+/// The fixture packed to 4 bits in a temporary directory, its model on the CPU, and its
+/// experts streamed through io-sched at a quarter of their bytes.
+fn streamed_q4(
+    dir: &std::path::Path,
+) -> (
+    tempfile::TempDir,
+    PackedModel,
+    flashmoe_engine::MoeModel<CpuBackend>,
+    SchedExperts,
+) {
+    let (tmp, packed) = pack_fixture(dir, 4);
+    let m = PackedModel::open(&packed).expect("open packed");
+    let (sched, _) = open_scheduler(
+        &m,
+        SchedulerConfig::with_budget(m.expert_bytes() / 4),
+        &BackendConfig::default(),
+    )
+    .expect("scheduler");
+    let model = m.load_model(CpuBackend::new(), 256).expect("model");
+    let experts = SchedExperts::new(sched, m.record).expect("source");
+    (tmp, m, model, experts)
+}
+
 /// Greedy tokens through io-sched, and the scheduler's totals; `None` if the backend cannot
 /// start here (the reason is printed).
 fn run(
@@ -143,17 +166,8 @@ fn trace_file_holds_routing_and_pregate_scores() {
     let Some(dir) = fixture("tiny-qwen3-moe") else {
         return;
     };
-    let (tmp, packed) = pack_fixture(&dir, 4);
-    let m = PackedModel::open(&packed).expect("open packed");
+    let (tmp, m, mut model, mut experts) = streamed_q4(&dir);
     let p = &golden(&dir)[2];
-    let (sched, _) = open_scheduler(
-        &m,
-        SchedulerConfig::with_budget(m.expert_bytes() / 4),
-        &BackendConfig::default(),
-    )
-    .expect("scheduler");
-    let mut model = m.load_model(CpuBackend::new(), 256).expect("model");
-    let mut experts = SchedExperts::new(sched, m.record).expect("source");
     let c = &m.config;
     let path = tmp.path().join("run.trace");
     let mut sink = flashmoe_engine::TraceSink::create(
@@ -196,17 +210,8 @@ fn far_trace_holds_the_same_routing_and_scores_two_layers_ahead() {
     let Some(dir) = fixture("tiny-qwen3-moe") else {
         return;
     };
-    let (tmp, packed) = pack_fixture(&dir, 4);
-    let m = PackedModel::open(&packed).expect("open packed");
+    let (tmp, m, mut model, mut experts) = streamed_q4(&dir);
     let p = &golden(&dir)[2];
-    let (sched, _) = open_scheduler(
-        &m,
-        SchedulerConfig::with_budget(m.expert_bytes() / 4),
-        &BackendConfig::default(),
-    )
-    .expect("scheduler");
-    let mut model = m.load_model(CpuBackend::new(), 256).expect("model");
-    let mut experts = SchedExperts::new(sched, m.record).expect("source");
     let c = &m.config;
     let (layers, e, k) = (c.num_layers as u32, c.num_experts as u32, c.top_k as u32);
     let (near_path, far_path) = (tmp.path().join("near.trace"), tmp.path().join("far.trace"));
