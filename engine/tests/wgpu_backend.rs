@@ -7,11 +7,13 @@
 mod common;
 
 use common::{fixture, golden, load, load_on, max_abs_diff};
+use flashmoe_backends::CpuBackend;
 use flashmoe_backends::quant::WeightFormat;
 use flashmoe_backends::wgpu::{WgpuBackend, WgpuConfig};
 use flashmoe_engine::sampler::argmax;
 use flashmoe_engine::{
-    NoObserver, PackedModel, Prediction, Prefetcher, SchedExperts, generate_greedy, open_scheduler,
+    InMemoryExperts, MoeModel, NoObserver, PackedModel, Prediction, Prefetcher, SchedExperts,
+    generate_greedy, open_scheduler,
 };
 use io_sched::SchedulerConfig;
 use io_sched::backend::select::BackendConfig;
@@ -34,6 +36,48 @@ fn gpu(cfg: &WgpuConfig) -> Option<WgpuBackend> {
     }
 }
 
+/// The same fixture on the GPU and on the CPU, experts in memory in one format.
+struct Both {
+    gpu: (MoeModel<WgpuBackend>, InMemoryExperts),
+    cpu: (MoeModel<CpuBackend>, InMemoryExperts),
+}
+
+impl Both {
+    fn load(be: WgpuBackend, dir: &std::path::Path, format: WeightFormat) -> Self {
+        Self {
+            gpu: load_on(be, dir, format),
+            cpu: load(dir, format),
+        }
+    }
+
+    /// (gpu, cpu) logits after each prompt position, from an empty cache.
+    fn prompt_logits(&mut self, ids: &[u32]) -> Vec<(Vec<f32>, Vec<f32>)> {
+        let ((gm, ge), (cm, ce)) = (&mut self.gpu, &mut self.cpu);
+        gm.reset();
+        cm.reset();
+        ids.iter()
+            .enumerate()
+            .map(|(pos, &t)| {
+                let g = gm
+                    .forward(t, pos, ge, &mut NoObserver)
+                    .expect("gpu forward");
+                let c = cm
+                    .forward(t, pos, ce, &mut NoObserver)
+                    .expect("cpu forward");
+                (g, c)
+            })
+            .collect()
+    }
+
+    /// (gpu, cpu) greedy continuations of `ids`.
+    fn greedy(&mut self, ids: &[u32], n: usize) -> (Vec<u32>, Vec<u32>) {
+        let ((gm, ge), (cm, ce)) = (&mut self.gpu, &mut self.cpu);
+        let g = generate_greedy(gm, ids, n, ge, &mut NoObserver).expect("gpu greedy");
+        let c = generate_greedy(cm, ids, n, ce, &mut NoObserver).expect("cpu greedy");
+        (g, c)
+    }
+}
+
 #[test]
 fn bf16_logits_and_greedy_match_cpu_and_golden() {
     let Some(dir) = fixture("tiny-qwen3-moe") else {
@@ -43,27 +87,19 @@ fn bf16_logits_and_greedy_match_cpu_and_golden() {
         return;
     };
     println!("adapter: {}", be.info());
-    let (mut gpu_model, mut gpu_experts) = load_on(be, &dir, WeightFormat::Bf16);
-    let (mut cpu_model, mut cpu_experts) = load(&dir, WeightFormat::Bf16);
+    let mut both = Both::load(be, &dir, WeightFormat::Bf16);
     let mut worst = 0f32;
     for (i, p) in golden(&dir).iter().enumerate() {
-        gpu_model.reset();
-        cpu_model.reset();
-        for (pos, &t) in p.input_ids.iter().enumerate() {
-            let g = gpu_model
-                .forward(t, pos, &mut gpu_experts, &mut NoObserver)
-                .expect("gpu forward");
-            let c = cpu_model
-                .forward(t, pos, &mut cpu_experts, &mut NoObserver)
-                .expect("cpu forward");
-            let d = max_abs_diff(&g, &c);
+        let logits = both.prompt_logits(&p.input_ids);
+        for (pos, (g, c)) in logits.iter().enumerate() {
+            let d = max_abs_diff(g, c);
             worst = worst.max(d);
             assert!(
                 d < BACKEND_TOL,
                 "prompt {i} pos {pos}: wgpu vs cpu logits differ by {d}"
             );
             if pos + 1 == p.input_ids.len() {
-                let e = max_abs_diff(&g, &p.last_logits);
+                let e = max_abs_diff(g, &p.last_logits);
                 assert!(
                     e < BACKEND_TOL,
                     "prompt {i}: wgpu vs golden last logits differ by {e}"
@@ -71,22 +107,7 @@ fn bf16_logits_and_greedy_match_cpu_and_golden() {
             }
         }
         let n = p.greedy_ids.len();
-        let g = generate_greedy(
-            &mut gpu_model,
-            &p.input_ids,
-            n,
-            &mut gpu_experts,
-            &mut NoObserver,
-        )
-        .expect("gpu greedy");
-        let c = generate_greedy(
-            &mut cpu_model,
-            &p.input_ids,
-            n,
-            &mut cpu_experts,
-            &mut NoObserver,
-        )
-        .expect("cpu greedy");
+        let (g, c) = both.greedy(&p.input_ids, n);
         assert_eq!(g, c, "prompt {i}: greedy continuation wgpu vs cpu");
         assert_eq!(
             g, p.greedy_ids,
@@ -105,22 +126,14 @@ fn q4_top1_agreement_on_wgpu() {
     let Some(be) = gpu(&WgpuConfig::default()) else {
         return;
     };
-    let (mut gpu_model, mut gpu_experts) = load_on(be, &dir, WeightFormat::Q4_64);
-    let (mut cpu_model, mut cpu_experts) = load(&dir, WeightFormat::Q4_64);
+    let mut both = Both::load(be, &dir, WeightFormat::Q4_64);
     let (mut golden_ok, mut cpu_ok, mut n) = (0, 0, 0);
     for p in golden(&dir) {
-        gpu_model.reset();
-        cpu_model.reset();
-        for (pos, &t) in p.input_ids.iter().enumerate() {
-            let g = gpu_model
-                .forward(t, pos, &mut gpu_experts, &mut NoObserver)
-                .expect("gpu forward");
-            let c = cpu_model
-                .forward(t, pos, &mut cpu_experts, &mut NoObserver)
-                .expect("cpu forward");
+        let logits = both.prompt_logits(&p.input_ids);
+        for (pos, (g, c)) in logits.iter().enumerate() {
             n += 1;
-            golden_ok += usize::from(argmax(&g) == Some(p.top5_ids[pos][0]));
-            cpu_ok += usize::from(argmax(&g) == argmax(&c));
+            golden_ok += usize::from(argmax(g) == Some(p.top5_ids[pos][0]));
+            cpu_ok += usize::from(argmax(g) == argmax(c));
         }
     }
     println!("q4 on wgpu: top-1 = golden {golden_ok}/{n}, = cpu q4 {cpu_ok}/{n}");
