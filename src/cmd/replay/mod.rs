@@ -1,7 +1,7 @@
 //! `flashmoe replay`: a routing trace replayed in real time on the real disk through the real
 //! scheduler; `--compare` runs every fetch strategy side by side in one invocation.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
@@ -9,10 +9,16 @@ use flashmoe_sim::predict::PredictorKind;
 use flashmoe_sim::replay::prediction::{calibrate_on_model, predict_row};
 use flashmoe_sim::replay::reference::{self, Burst};
 use flashmoe_sim::replay::{OverFetchRow, ReplaySpec, RowKind, RowResult, run_row};
-use io_sched::trace::Trace;
-use io_sched::{ExpertLayout, Manifest};
+use io_sched::Manifest;
 
 use super::CliResult;
+use super::generate::parse_budget;
+
+mod table;
+mod traces;
+
+use table::{Report, table};
+use traces::{load_files, load_trace, recalls};
 
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
@@ -120,106 +126,6 @@ pub struct ReplayArgs {
     pub calibrate_mb: u64,
 }
 
-fn parse_budget(s: &str, total: u64) -> CliResult<u64> {
-    let bad = || format!("--budget {s:?}: expected N% or a byte count");
-    if let Some(p) = s.strip_suffix('%') {
-        let p: f64 = p.trim().parse().map_err(|_| bad())?;
-        if !(p > 0.0 && p <= 100.0) {
-            return Err(format!("--budget {s:?}: the share must be in (0, 100]").into());
-        }
-        Ok((total as f64 * p / 100.0) as u64)
-    } else {
-        Ok(s.trim().parse().map_err(|_| bad())?)
-    }
-}
-
-fn fixture_path() -> Option<PathBuf> {
-    let rel = "fixtures/tiny-qwen3-moe/routing_trace.safetensors";
-    [
-        std::env::var_os("FLASHMOE_SHARED").map(PathBuf::from),
-        Some(PathBuf::from("../shared")),
-        Some(PathBuf::from("/work/shared")),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|d| d.join(rel))
-    .find(|p| p.exists())
-}
-
-/// Maps `t` onto `layers × experts` (ids mod experts, layers mod layers; an id that collides
-/// after the mod takes the next free one). Scores survive only an identity mapping.
-fn map_trace(t: Trace, layers: u32, experts: u32) -> CliResult<Trace> {
-    let h = t.header;
-    if h.layers == layers && h.experts == experts {
-        return Ok(t);
-    }
-    if h.k > experts {
-        return Err(format!(
-            "the trace routes k = {} of a model with {experts} experts",
-            h.k
-        )
-        .into());
-    }
-    let mut ids = Vec::with_capacity((t.tokens() * layers as u64 * h.k as u64) as usize);
-    for tok in 0..t.tokens() {
-        for l in 0..layers {
-            let start = ids.len();
-            for &e in t.experts_at(tok, l % h.layers) {
-                let mut x = e % experts;
-                while ids[start..].contains(&x) {
-                    x = (x + 1) % experts;
-                }
-                ids.push(x);
-            }
-        }
-    }
-    Ok(Trace::from_ids(layers, experts, h.k, ids)?)
-}
-
-/// Trace files `paths` (comma-separated) played one after another, each cut to `per_file`
-/// tokens if given.
-fn load_files(flag: &str, paths: &str, per_file: Option<u64>) -> CliResult<Trace> {
-    let mut all: Option<Trace> = None;
-    for path in paths.split(',') {
-        if !Path::new(path).exists() {
-            return Err(format!("{flag} {path}: no such file").into());
-        }
-        let mut t = flashmoe_sim::fixture::load_trace(Path::new(path))
-            .map_err(|e| format!("{flag} {path}: {e}"))?;
-        if let Some(n) = per_file {
-            t.truncate(n);
-        }
-        match all.as_mut() {
-            None => all = Some(t),
-            Some(a) => a.append(&t).map_err(|e| format!("{flag} {path}: {e}"))?,
-        }
-    }
-    Ok(all.ok_or(format!("{flag}: no file named"))?)
-}
-
-fn load_trace(a: &ReplayArgs, layout: &ExpertLayout, meta_k: Option<u32>) -> CliResult<Trace> {
-    let (layers, experts) = (layout.num_layers(), layout.num_experts());
-    let t = match a.trace.as_str() {
-        "synthetic" => {
-            let k = a.k.or(meta_k).unwrap_or(4);
-            let p = flashmoe_sim::synth::SynthParams {
-                pregate_recall: a.pregate_recall,
-                ..Default::default()
-            };
-            flashmoe_sim::synth::generate(layers, experts, k, a.warmup + a.tokens, &p, a.seed)?
-        }
-        "fixture" => {
-            let p = fixture_path().ok_or(
-                "--trace fixture: fixtures/tiny-qwen3-moe/routing_trace.safetensors not found \
-                 under $FLASHMOE_SHARED, ../shared or /work/shared",
-            )?;
-            flashmoe_sim::fixture::load_trace(&p)?
-        }
-        paths => load_files("--trace", paths, a.tokens_per_trace)?,
-    };
-    map_trace(t, layers, experts)
-}
-
 fn rows(a: &ReplayArgs) -> CliResult<Vec<RowKind>> {
     if a.compare {
         let mut v = vec![RowKind::Mmap, RowKind::SyncPread];
@@ -294,38 +200,6 @@ fn rows(a: &ReplayArgs) -> CliResult<Vec<RowKind>> {
         }
     };
     Ok(vec![RowKind::Sched(p)])
-}
-
-/// The measured rows and the run's setup, as `--json` prints them.
-#[derive(serde::Serialize)]
-struct Report {
-    model: String,
-    layers: u32,
-    experts: u32,
-    k: u32,
-    record_bytes: u64,
-    budget_bytes: u64,
-    budget_share: f64,
-    compute_us_per_layer: f64,
-    trace: String,
-    trace_has_scores: bool,
-    trace_tokens: u64,
-    /// Over the whole trace, with recorded scores: (n, share of the next layer's experts in
-    /// the scores' top n) for n = k, k + 2, k + 4.
-    trace_pregate_recall: Vec<(usize, f64)>,
-    /// The same for the far trace's scores against layer L+2.
-    far_pregate_recall: Vec<(usize, f64)>,
-    pregate_recall: f64,
-    /// --predict's device: (name, direct peak GB/s, direct GB/s at one request in flight).
-    device: Option<(String, f64, f64)>,
-    /// Reference bursts at the io-sched rows' request size, before every round and after the
-    /// last.
-    reference: Vec<(String, Burst)>,
-    /// The best of them, GB/s.
-    reference_best_gbps: f64,
-    /// Their median, GB/s (the bursts drift with the host's cache).
-    reference_median_gbps: f64,
-    rows: Vec<RowResult>,
 }
 
 pub fn run(a: &ReplayArgs) -> CliResult<()> {
@@ -513,167 +387,4 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
         print!("{}", table(&report));
     }
     Ok(())
-}
-
-/// (n, recorded pre-gate recall of the top n, `ahead` layers ahead) for n = k, k + 2, k + 4.
-fn recalls(scored: &Trace, trace: &Trace, ahead: u32) -> Vec<(usize, f64)> {
-    [0, 2, 4]
-        .iter()
-        .filter_map(|m| {
-            let n = trace.header.k as usize + m;
-            flashmoe_sim::predict::recorded_pregate_recall(scored, trace, n, ahead).map(|r| (n, r))
-        })
-        .collect()
-}
-
-/// (max - min) / median of a row's rounds (0 for a single round).
-fn spread(rounds: &[f64], median: f64) -> f64 {
-    let max = rounds.iter().copied().fold(f64::MIN, f64::max);
-    let min = rounds.iter().copied().fold(f64::MAX, f64::min);
-    if rounds.len() < 2 {
-        0.0
-    } else {
-        (max - min) / median.max(1e-12)
-    }
-}
-
-fn table(r: &Report) -> String {
-    let best = r.rows.iter().map(|x| x.tok_per_s).fold(0.0, f64::max);
-    let mut s = format!(
-        "model {} ({} layers x {} experts, k {}, {} B records), budget {:.1}% = {:.2} GB, \
-         compute {} us/layer, trace {}{}\n",
-        r.model,
-        r.layers,
-        r.experts,
-        r.k,
-        r.record_bytes,
-        100.0 * r.budget_share,
-        r.budget_bytes as f64 / 1e9,
-        r.compute_us_per_layer,
-        r.trace,
-        if r.trace_has_scores {
-            " (recorded pre-gate scores)".to_string()
-        } else {
-            format!(
-                " (pre-gate scores synthesized at recall {})",
-                r.pregate_recall
-            )
-        }
-    );
-    if !r.trace_pregate_recall.is_empty() {
-        s += &format!(
-            "trace: {} tokens; recorded pre-gate recall (top n):",
-            r.trace_tokens
-        );
-        for (n, rec) in &r.trace_pregate_recall {
-            s += &format!(" n={n} {:.1}%", 100.0 * rec);
-        }
-        if !r.far_pregate_recall.is_empty() {
-            s += "; two layers ahead:";
-            for (n, rec) in &r.far_pregate_recall {
-                s += &format!(" n={n} {:.1}%", 100.0 * rec);
-            }
-        }
-        s += "\n";
-    }
-    if let Some((name, peak, single)) = &r.device {
-        s += &format!(
-            "sim device {name}: direct reads {peak:.2} GB/s peak, {single:.2} GB/s at one in flight\n"
-        );
-    }
-    let mut last_when = None;
-    for (when, b) in &r.reference {
-        if last_when != Some(when) {
-            if last_when.is_some() {
-                s += "\n";
-            }
-            s += &format!("reference ({when}), GB/s:");
-            last_when = Some(when);
-        }
-        s += &format!(
-            " {} {}K qd{} {:.2}",
-            b.pattern,
-            b.request_bytes >> 10,
-            b.queue_depth,
-            b.gbps
-        );
-    }
-    if let Some((_, b)) = r.reference.first() {
-        s += &format!(
-            "\nreference backends: {}; row (b)'s: pread 1 thread\n",
-            b.backend
-        );
-    }
-    let reference = r.reference_best_gbps;
-    if reference > 0.0 {
-        s += &format!(
-            "reference best {reference:.2} GB/s (median {:.2}) at the io-sched rows' request \
-             size; dev GB/s = bytes read / time with a read in \
-             flight (mmap: copy time), busy% = that time / run time\n",
-            r.reference_median_gbps
-        );
-    }
-    let predicted = r.rows.iter().any(|x| x.predicted.is_some());
-    s += &format!(
-        "{:<22} {:>8} {:>6} {:>6} {:>6} {:>8} {:>9} {:>9} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>7}",
-        "row",
-        "tok/s",
-        "ratio",
-        "hit%",
-        "miss%",
-        "MB/tok",
-        "disk MB/t",
-        "stall ms",
-        "run GB/s",
-        "dev GB/s",
-        "vs ref",
-        "busy%",
-        "prec%",
-        "hint/L",
-        "spread%"
-    );
-    if predicted {
-        s += &format!(" {:>9} {:>6} {:>8}", "sim tok/s", "err%", "sim hit%");
-    }
-    s += "  backend\n";
-    for x in &r.rows {
-        let disk = x.disk_bytes.map_or("-".to_string(), |b| {
-            format!("{:.1}", b as f64 / 1e6 / x.tokens as f64)
-        });
-        let vs_ref = if reference > 0.0 {
-            format!("{:.2}", x.device_gbps() / reference)
-        } else {
-            "-".into()
-        };
-        s += &format!(
-            "{:<22} {:>8.2} {:>6.2} {:>6.1} {:>6.1} {:>8.1} {:>9} {:>9.2} {:>8.2} {:>8.2} {:>6} {:>6.1} {:>6.1} {:>6.2} {:>7.1}",
-            x.label,
-            x.tok_per_s,
-            x.tok_per_s / best.max(1e-12),
-            100.0 * x.hit_rate,
-            100.0 * x.misses as f64 / x.demanded.max(1) as f64,
-            x.bytes_per_token() / 1e6,
-            disk,
-            x.stall_ms_per_token(),
-            x.run_gbps(),
-            x.device_gbps(),
-            vs_ref,
-            100.0 * x.busy_share(),
-            100.0 * x.prefetch_precision,
-            x.hinted_per_layer,
-            100.0 * spread(&x.rounds_tok_per_s, x.tok_per_s),
-        );
-        if let Some(p) = &x.predicted {
-            s += &format!(
-                " {:>9.2} {:>+6.1} {:>8.1}",
-                p.tok_per_s,
-                100.0 * (p.tok_per_s / x.tok_per_s.max(1e-12) - 1.0),
-                100.0 * p.hit_rate
-            );
-        } else if predicted {
-            s += &format!(" {:>9} {:>6} {:>8}", "-", "-", "-");
-        }
-        s += &format!("  {}\n", x.backend);
-    }
-    s
 }
