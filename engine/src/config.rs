@@ -190,6 +190,9 @@ pub(crate) const HARMLESS_KEYS: &[&str] = &[
     "model_type",
     "output_router_logits",
     "pad_token_id",
+    // MLX quantization: honoured by the packer (crate::mlx), which checks every tensor against it.
+    "quantization",
+    "quantization_config",
     "router_aux_loss_coef",
     "torch_dtype",
     "transformers_version",
