@@ -14,7 +14,9 @@ Outputs (under this directory):
   tiny-qwen3-moe-4bit/, tiny-qwen3-moe-8bit/   from ../shared/fixtures/tiny-qwen3-moe (~16 / ~30 MB:
                                                not committed; .ci/run regenerates them)
   tiny-mixtral-4bit/                           from engine/tests/data/tiny-mixtral (small: committed; the
-                                               fixture has no tokenizer, so the qwen3 fixture's is added)
+                                               fixture has no tokenizer, so the qwen3 fixture's is added,
+                                               and its rope_theta is repeated at the top level of the
+                                               config, the only place mlx-lm's mixtral.py reads it)
 
 Usage: pip install "mlx[cpu]" mlx-lm; python3 engine/tests/data/mlx/make.py [--only NAME] [--force]
 """
@@ -88,6 +90,17 @@ def build(name, src, bits, force):
         if not os.path.exists(os.path.join(hf, "tokenizer.json")):
             for f in ["tokenizer.json", "tokenizer_config.json"]:
                 shutil.copy(os.path.join(QWEN3, f), hf)
+        # mlx-lm's mixtral.py reads only a top-level `rope_theta` (default 1e6), not
+        # transformers 5's `rope_parameters`: state the same value at the top level.
+        cfg_path = os.path.join(hf, "config.json")
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+        theta = (cfg.get("rope_parameters") or {}).get("rope_theta")
+        if theta is not None and "rope_theta" not in cfg:
+            cfg["rope_theta"] = theta
+            os.chmod(cfg_path, 0o644)
+            with open(cfg_path, "w") as f:
+                json.dump(cfg, f, indent=2)
         convert(hf, out, quantize=True, q_bits=bits, q_group_size=64)
     prompts = prompts_of(src)
     model, _ = load(out)
