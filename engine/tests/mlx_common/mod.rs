@@ -123,3 +123,20 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
+
+/// `../shared/fixtures/<name>`, or `None` (reason printed) when absent; absent is a failure
+/// when `FLASHMOE_REQUIRE_FIXTURES=1`.
+pub fn shared_fixture(name: &str) -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures")
+        .join(name);
+    if dir.join("config.json").exists() {
+        return Some(dir);
+    }
+    let why = format!("fixture {} not found", dir.display());
+    if std::env::var("FLASHMOE_REQUIRE_FIXTURES").is_ok_and(|v| v == "1") {
+        panic!("FLASHMOE_REQUIRE_FIXTURES=1 but {why}");
+    }
+    println!("SKIP: {why}");
+    None
+}
