@@ -39,7 +39,7 @@ impl DenseTensor<'static> {
     /// The three tensors (`{module}.weight` codes, `.scales`, `.biases`) of a matrix held in
     /// our quantized layout in `bytes`; empty for a float layout.
     pub fn quantized(module: &str, bytes: &[u8], layout: &MatrixLayout) -> Vec<Self> {
-        let Some((cshape, sshape, [codes, scales, biases])) = split(bytes, layout) else {
+        let Some(p) = split(bytes, layout) else {
             return Vec::new();
         };
         let t = |suffix: &str, dtype, shape: [usize; 2], b: &[u8]| DenseTensor {
@@ -49,9 +49,9 @@ impl DenseTensor<'static> {
             bytes: Cow::Owned(b.to_vec()),
         };
         vec![
-            t("weight", Dtype::U32, cshape, codes),
-            t("scales", Dtype::F16, sshape, scales),
-            t("biases", Dtype::F16, sshape, biases),
+            t("weight", Dtype::U32, p.codes_shape, p.codes),
+            t("scales", Dtype::F16, p.groups_shape, p.scales),
+            t("biases", Dtype::F16, p.groups_shape, p.biases),
         ]
     }
 }

@@ -25,9 +25,9 @@
 //! ```
 
 pub mod config;
+pub mod dense_pack;
 mod error;
 pub mod experts;
-pub mod dense_pack;
 mod generate;
 pub mod hooks;
 pub mod mixtral;

@@ -119,20 +119,25 @@ impl MlxQuantization {
             path: path.to_path_buf(),
             source,
         })?;
-        let (field, q) = match (v.get("quantization"), v.get("quantization_config")) {
-            (Some(q), _) => ("quantization", q),
-            (None, Some(q)) => ("quantization_config", q),
-            (None, None) => return Ok(None),
-        };
-        let unsupported = |field: String, value: &Value, reason: &str| EngineError::UnsupportedValue {
-            path: path.to_path_buf(),
-            field,
-            value: value.to_string(),
-            reason: reason.into(),
-        };
-        let obj = q.as_object().ok_or_else(|| {
-            unsupported(field.into(), q, "expected an object (MLX quantization)")
-        })?;
+        match (v.get("quantization"), v.get("quantization_config")) {
+            (Some(q), _) => Self::from_value(path, "quantization", q).map(Some),
+            (None, Some(q)) => Self::from_value(path, "quantization_config", q).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Parses the quantization object `q`, found under `field` of the config at `path`.
+    pub fn from_value(path: &Path, field: &str, q: &Value) -> Result<Self> {
+        let unsupported =
+            |field: String, value: &Value, reason: &str| EngineError::UnsupportedValue {
+                path: path.to_path_buf(),
+                field,
+                value: value.to_string(),
+                reason: reason.into(),
+            };
+        let obj = q
+            .as_object()
+            .ok_or_else(|| unsupported(field.into(), q, "expected an object (MLX quantization)"))?;
         let default = parse_spec(path, field, obj)?;
         let mut overrides = BTreeMap::new();
         for (key, value) in obj {
@@ -155,11 +160,11 @@ impl MlxQuantization {
             };
             overrides.insert(key.clone(), spec);
         }
-        Ok(Some(Self {
+        Ok(Self {
             path: path.to_path_buf(),
             default,
             overrides,
-        }))
+        })
     }
 
     /// What the config says for `module` (a path such as `model.layers.0.mlp.gate`): its
@@ -227,7 +232,8 @@ impl MlxQuantization {
             for (k, (rows, cols)) in [(i, h), (i, h), (h, i)].into_iter().enumerate() {
                 let module = names.switch(l, k);
                 let p = parts(ckpt, &module)?;
-                let (format, got_cols) = self.check_module(&p, &module, &[cfg.num_experts], rows)?;
+                let (format, got_cols) =
+                    self.check_module(&p, &module, &[cfg.num_experts], rows)?;
                 if got_cols != cols {
                     return Err(EngineError::TensorShape {
                         file: p.codes.file.to_path_buf(),
@@ -293,11 +299,13 @@ impl MlxQuantization {
                 let p = parts(ckpt, module)?;
                 let rows = p.codes.shape.first().copied().unwrap_or(0);
                 let (format, cols) = self.check_module(&p, module, &[], rows)?;
-                let layout = format.layout(rows, cols).map_err(|e| EngineError::QuantTensor {
-                    file: t.file.to_path_buf(),
-                    name: name.into(),
-                    reason: e.to_string(),
-                })?;
+                let layout = format
+                    .layout(rows, cols)
+                    .map_err(|e| EngineError::QuantTensor {
+                        file: t.file.to_path_buf(),
+                        name: name.into(),
+                        reason: e.to_string(),
+                    })?;
                 let mut buf = vec![0u8; layout.total];
                 p.write(module, 0, &layout, &mut buf, log)?;
                 out.extend(DenseTensor::quantized(module, &buf, &layout));
@@ -327,7 +335,8 @@ fn parse_spec(path: &Path, field: &str, o: &Map<String, Value>) -> Result<QuantS
             path: path.to_path_buf(),
             field: format!("{field}.{key}"),
         })?;
-        v.as_u64().ok_or_else(|| bad(key, v, "expected a positive integer"))
+        v.as_u64()
+            .ok_or_else(|| bad(key, v, "expected a positive integer"))
     };
     if let Some(mode) = o.get("mode")
         && mode.as_str() != Some("affine")

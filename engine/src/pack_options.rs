@@ -103,7 +103,9 @@ impl PackOptions {
                     .ok_or_else(|| fail(format!("--bits must be 16, 8 or 4, not {bits}")))?;
                 let dense = self.dense_bits.unwrap_or(16);
                 if !matches!(dense, 4 | 8 | 16) {
-                    return Err(fail(format!("--dense-bits must be 16, 8 or 4, not {dense}")));
+                    return Err(fail(format!(
+                        "--dense-bits must be 16, 8 or 4, not {dense}"
+                    )));
                 }
                 Ok((format, dense))
             }

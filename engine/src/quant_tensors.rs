@@ -76,7 +76,13 @@ fn bad(t: &RawTensor<'_>, name: &str, reason: String) -> EngineError {
 impl QuantParts<'_> {
     /// The format of each `[rows x cols]` matrix of a stack of `lead` matrices (`lead` empty for
     /// one matrix), from the shapes; `module` names the tensors in errors.
-    pub fn format(&self, module: &str, lead: &[usize], rows: usize, cols: usize) -> Result<WeightFormat> {
+    pub fn format(
+        &self,
+        module: &str,
+        lead: &[usize],
+        rows: usize,
+        cols: usize,
+    ) -> Result<WeightFormat> {
         let cshape = self.codes.shape;
         let n = lead.len();
         let wname = format!("{module}.weight");
@@ -108,7 +114,7 @@ impl QuantParts<'_> {
         };
         let sname = format!("{module}.scales");
         let groups = match self.scales.shape {
-            [l @ .., r, g] if l == lead && *r == rows && *g > 0 && cols % g == 0 => *g,
+            [l @ .., r, g] if l == lead && *r == rows && *g > 0 && cols.is_multiple_of(*g) => *g,
             got => {
                 return Err(bad(
                     &self.scales,
@@ -155,17 +161,32 @@ impl QuantParts<'_> {
         let data = layout.data_len;
         fn slice<'b>(t: &RawTensor<'b>, index: usize, per: usize, name: &str) -> Result<&'b [u8]> {
             t.bytes.get(index * per..(index + 1) * per).ok_or_else(|| {
-                bad(t, name, format!("matrix {index} lies past the end of the data"))
+                bad(
+                    t,
+                    name,
+                    format!("matrix {index} lies past the end of the data"),
+                )
             })
         }
-        out[..data].copy_from_slice(slice(&self.codes, index, data, &format!("{module}.weight"))?);
+        out[..data].copy_from_slice(slice(
+            &self.codes,
+            index,
+            data,
+            &format!("{module}.weight"),
+        )?);
         for (t, off, what) in [
             (&self.scales, layout.scales_offset, "scales"),
             (&self.biases, layout.biases_offset, "biases"),
         ] {
             let name = format!("{module}.{what}");
             let per = groups * dtype_size(t.dtype);
-            to_f16(slice(t, index, per, &name)?, t, &name, &mut out[off..off + 2 * groups], log)?;
+            to_f16(
+                slice(t, index, per, &name)?,
+                t,
+                &name,
+                &mut out[off..off + 2 * groups],
+                log,
+            )?;
         }
         Ok(())
     }
@@ -208,7 +229,11 @@ pub fn to_f16(
     let size = dtype_size(t.dtype);
     let n = out.len() / 2;
     if bytes.len() != n * size {
-        return Err(bad(t, name, format!("holds {} bytes, expected {}", bytes.len(), n * size)));
+        return Err(bad(
+            t,
+            name,
+            format!("holds {} bytes, expected {}", bytes.len(), n * size),
+        ));
     }
     let mut rounded = 0u64;
     for i in 0..n {
@@ -217,10 +242,21 @@ pub fn to_f16(
                 out[2 * i..2 * i + 2].copy_from_slice(&bytes[2 * i..2 * i + 2]);
                 continue;
             }
-            Dtype::BF16 => f32::from_bits(u32::from(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])) << 16),
-            Dtype::F32 => f32::from_le_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]]),
+            Dtype::BF16 => f32::from_bits(
+                u32::from(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])) << 16,
+            ),
+            Dtype::F32 => f32::from_le_bytes([
+                bytes[4 * i],
+                bytes[4 * i + 1],
+                bytes[4 * i + 2],
+                bytes[4 * i + 3],
+            ]),
             other => {
-                return Err(bad(t, name, format!("scales and biases must be F16, BF16 or F32, found {other:?}")));
+                return Err(bad(
+                    t,
+                    name,
+                    format!("scales and biases must be F16, BF16 or F32, found {other:?}"),
+                ));
             }
         };
         let h = f16::from_f32(v);
@@ -269,33 +305,41 @@ pub fn matrix<'a>(
     let module = module_of(name);
     let p = parts(ckpt, module)?;
     let format = p.format(module, &[], rows, cols)?;
-    let layout = format
-        .layout(rows, cols)
-        .ctx(|| format!("`{module}`"))?;
+    let layout = format.layout(rows, cols).ctx(|| format!("`{module}`"))?;
     let mut out = vec![0u8; layout.total];
     let mut log = RoundLog::default();
     p.write(module, 0, &layout, &mut out, &mut log)?;
     Ok((Cow::Owned(out), format))
 }
 
-/// Splits one matrix in our quantized layout into MLX's three tensors: (codes as `U32` bytes of
-/// shape `[rows, cols * bits / 32]`, scales and biases as `F16` bytes of `[rows, cols / group]`).
-pub fn split<'a>(
-    bytes: &'a [u8],
-    layout: &MatrixLayout,
-) -> Option<([usize; 2], [usize; 2], [&'a [u8]; 3])> {
+/// One quantized matrix as MLX's three tensors (see [`split`]).
+#[derive(Clone, Copy, Debug)]
+pub struct MlxParts<'a> {
+    /// Shape of the codes as `U32`: `[rows, cols * bits / 32]`.
+    pub codes_shape: [usize; 2],
+    /// Shape of the scales and of the biases: `[rows, cols / group]`.
+    pub groups_shape: [usize; 2],
+    /// The codes' bytes.
+    pub codes: &'a [u8],
+    /// The f16 scales' bytes.
+    pub scales: &'a [u8],
+    /// The f16 biases' bytes.
+    pub biases: &'a [u8],
+}
+
+/// Splits one matrix held in our quantized `layout` in `bytes` into MLX's three tensors;
+/// `None` for a float layout.
+pub fn split<'a>(bytes: &'a [u8], layout: &MatrixLayout) -> Option<MlxParts<'a>> {
     let group = layout.format.group()?;
     let bits = layout.format.bits() as usize;
     let groups = layout.rows * layout.cols / group;
-    Some((
-        [layout.rows, layout.cols * bits / 32],
-        [layout.rows, layout.cols / group],
-        [
-            &bytes[..layout.data_len],
-            &bytes[layout.scales_offset..layout.scales_offset + 2 * groups],
-            &bytes[layout.biases_offset..layout.biases_offset + 2 * groups],
-        ],
-    ))
+    Some(MlxParts {
+        codes_shape: [layout.rows, layout.cols * bits / 32],
+        groups_shape: [layout.rows, layout.cols / group],
+        codes: &bytes[..layout.data_len],
+        scales: &bytes[layout.scales_offset..layout.scales_offset + 2 * groups],
+        biases: &bytes[layout.biases_offset..layout.biases_offset + 2 * groups],
+    })
 }
 
 #[cfg(test)]
@@ -329,16 +373,28 @@ mod tests {
             .collect();
         assert_eq!(got, [0.0078125, -1.5]);
         // 2^-30 and 2^-17 * (1 + 1/128): below f16's normal range, rounded and counted.
-        let tiny: Vec<u8> = [0x3080u16, 0x3701].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let tiny: Vec<u8> = [0x3080u16, 0x3701]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         to_f16(&tiny, &raw(Dtype::BF16), "x.scales", &mut out, &mut log).unwrap();
-        assert_eq!((log.values, log.rounded), (4, 1), "2^-17 * 1.0078 is a multiple of 2^-24");
+        assert_eq!(
+            (log.values, log.rounded),
+            (4, 1),
+            "2^-17 * 1.0078 is a multiple of 2^-24"
+        );
         assert!(log.max_change > 0.0 && log.max_change <= MAX_ROUNDING);
         assert_eq!(log.tensors, [("x.scales".to_string(), 1)]);
         // Too large for f16, and NaN: refused, naming file, tensor and element.
         let big = 0x4789u16.to_le_bytes(); // 70144
         let err = to_f16(&big, &raw(Dtype::BF16), "x.biases", &mut out[..2], &mut log).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("model.safetensors") && msg.contains("`x.biases`") && msg.contains("element 0"), "{msg}");
+        assert!(
+            msg.contains("model.safetensors")
+                && msg.contains("`x.biases`")
+                && msg.contains("element 0"),
+            "{msg}"
+        );
         let nan = 0x7fc0u16.to_le_bytes();
         assert!(to_f16(&nan, &raw(Dtype::BF16), "x.biases", &mut out[..2], &mut log).is_err());
         // An f32 value between f16 steps in the normal range would change by more: refused.

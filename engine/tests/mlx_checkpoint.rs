@@ -43,11 +43,17 @@ fn check_against_mlx(name: &str, min_top1: f64) {
             }
         }
         let greedy = run.greedy(&p.input_ids, p.greedy_ids.len());
-        assert_eq!(greedy, p.greedy_ids, "{name} prompt {i}: greedy tokens vs mlx-lm");
+        assert_eq!(
+            greedy, p.greedy_ids,
+            "{name} prompt {i}: greedy tokens vs mlx-lm"
+        );
     }
     let share = agree as f64 / total as f64;
     println!("{name}: top-1 agreement with mlx-lm f32 at every prompt position {agree}/{total}");
-    assert!(share >= min_top1, "{name}: top-1 agreement {share} < {min_top1}");
+    assert!(
+        share >= min_top1,
+        "{name}: top-1 agreement {share} < {min_top1}"
+    );
 }
 
 #[test]
@@ -69,7 +75,9 @@ fn qwen3_q8_matches_mlx_lm() {
 /// experts) on wgpu gives the CPU's logits and tokens.
 #[test]
 fn qwen3_q4_on_wgpu_matches_cpu() {
-    let Some(dir) = mlx_dir("tiny-qwen3-moe-4bit") else { return };
+    let Some(dir) = mlx_dir("tiny-qwen3-moe-4bit") else {
+        return;
+    };
     let be = match WgpuBackend::new(&WgpuConfig::default()) {
         Ok(be) => be,
         Err(e) if std::env::var_os("FLASHMOE_REQUIRE_GPU").is_some() => {
@@ -90,6 +98,10 @@ fn qwen3_q4_on_wgpu_matches_cpu() {
         println!("prompt {i}: max |gpu - cpu| = {diff:.2e}");
         assert!(diff < 2e-3, "prompt {i}: {diff}");
         let n = 16;
-        assert_eq!(gpu.greedy(&p.input_ids, n), p.greedy_ids[..n], "prompt {i}: gpu greedy");
+        assert_eq!(
+            gpu.greedy(&p.input_ids, n),
+            p.greedy_ids[..n],
+            "prompt {i}: gpu greedy"
+        );
     }
 }

@@ -42,7 +42,10 @@ fn check_relaid(dir: &Path) -> usize {
     let mut records = Vec::new();
     for l in 0..m.config.num_layers as u32 {
         for e in 0..m.config.num_experts as u32 {
-            let loc = m.experts.get(ExpertKey::new(l, e)).expect("record location");
+            let loc = m
+                .experts
+                .get(ExpertKey::new(l, e))
+                .expect("record location");
             let file = std::fs::read(&m.experts.files()[loc.file as usize]).expect("expert file");
             records.push(file[loc.offset as usize..(loc.offset + loc.len) as usize].to_vec());
         }
@@ -53,7 +56,9 @@ fn check_relaid(dir: &Path) -> usize {
         if let Some(pos) = name.find(&switch) {
             // model.layers.L.{moe}.switch_mlp.{proj}.{part}
             let l: usize = name["model.layers.".len()..pos].parse().expect("layer");
-            let (proj, part) = name[pos + switch.len()..].split_once('.').expect("proj.part");
+            let (proj, part) = name[pos + switch.len()..]
+                .split_once('.')
+                .expect("proj.part");
             let (ml, off) = match proj {
                 "gate_proj" => (rec.gate, 0),
                 "up_proj" => (rec.up, rec.up_offset),
@@ -68,7 +73,11 @@ fn check_relaid(dir: &Path) -> usize {
                 match part {
                     "weight" => assert_eq!(&r[..ml.data_len], want, "{name} expert {e}: codes"),
                     "scales" | "biases" => {
-                        let at = if part == "scales" { ml.scales_offset } else { ml.biases_offset };
+                        let at = if part == "scales" {
+                            ml.scales_offset
+                        } else {
+                            ml.biases_offset
+                        };
                         let got = values(Dtype::F16, &r[at..at + want.len()]);
                         assert_eq!(got, values(t.dtype(), want), "{name} expert {e}");
                     }
@@ -78,14 +87,19 @@ fn check_relaid(dir: &Path) -> usize {
             }
             continue;
         }
-        let d = dense.tensor(&name).unwrap_or_else(|e| panic!("dense lacks {name}: {e}"));
+        let d = dense
+            .tensor(&name)
+            .unwrap_or_else(|e| panic!("dense lacks {name}: {e}"));
         assert_eq!(d.shape(), t.shape(), "{name}: shape");
         if name.ends_with(".scales") || name.ends_with(".biases") {
             assert_eq!(d.dtype(), Dtype::F16, "{name}: dtype");
             let (a, b) = (values(Dtype::F16, d.data()), values(t.dtype(), t.data()));
             for (x, y) in a.iter().zip(&b) {
                 if x != y {
-                    assert!((x - y).abs() <= 1.0 / (1u64 << 25) as f32, "{name}: {x} vs {y}");
+                    assert!(
+                        (x - y).abs() <= 1.0 / (1u64 << 25) as f32,
+                        "{name}: {x} vs {y}"
+                    );
                     changed += 1;
                 }
             }
@@ -100,14 +114,23 @@ fn check_relaid(dir: &Path) -> usize {
     )
     .expect("parse pack info");
     assert_eq!(info["source"], "mlx");
-    assert_eq!(info["scales_rounded"].as_u64(), Some(changed as u64), "reported rounding");
-    println!("{}: {checked} tensors (per expert) checked, {changed} values rounded", dir.display());
+    assert_eq!(
+        info["scales_rounded"].as_u64(),
+        Some(changed as u64),
+        "reported rounding"
+    );
+    println!(
+        "{}: {checked} tensors (per expert) checked, {changed} values rounded",
+        dir.display()
+    );
     changed
 }
 
 #[test]
 fn mixtral_records_and_dense_modules_are_the_mlx_tensors() {
-    let Some(dir) = mlx_dir("tiny-mixtral-4bit") else { return };
+    let Some(dir) = mlx_dir("tiny-mixtral-4bit") else {
+        return;
+    };
     assert_eq!(check_relaid(&dir), 0);
 }
 
@@ -121,7 +144,10 @@ fn qwen3_records_and_dense_modules_are_the_mlx_tensors() {
 }
 
 /// A copy of `dir` (weights linked, `config.json` rewritten by `edit`).
-fn with_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> (tempfile::TempDir, PathBuf) {
+fn with_config(
+    dir: &Path,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let copy = tmp.path().join("mlx");
     std::fs::create_dir(&copy).expect("mkdir");
@@ -149,7 +175,9 @@ fn pack_err(dir: &Path, opts: &PackOptions) -> String {
 
 #[test]
 fn qwen3_without_its_8bit_router_override_is_refused() {
-    let Some(dir) = mlx_dir("tiny-qwen3-moe-4bit") else { return };
+    let Some(dir) = mlx_dir("tiny-qwen3-moe-4bit") else {
+        return;
+    };
     // The routers are stored 8-bit, as the overrides say; read as the 4-bit default they
     // would be [32 x 512] matrices in groups of 128: the packer refuses, naming the router.
     let (_tmp, copy) = with_config(&dir, |c| {
@@ -159,7 +187,12 @@ fn qwen3_without_its_8bit_router_override_is_refused() {
         }
     });
     let msg = pack_err(&copy, &PackOptions::new());
-    for want in ["model.safetensors", "`model.layers.0.mlp.gate.weight`", "config.json", "no override"] {
+    for want in [
+        "model.safetensors",
+        "`model.layers.0.mlp.gate.weight`",
+        "config.json",
+        "no override",
+    ] {
         assert!(msg.contains(want), "{want:?} not in: {msg}");
     }
     // With the overrides, the dense routers are 8-bit.
@@ -167,46 +200,78 @@ fn qwen3_without_its_8bit_router_override_is_refused() {
     let bytes = std::fs::read(packed.join("dense.safetensors")).expect("dense");
     let st = SafeTensors::deserialize(&bytes).expect("parse");
     let router = st.tensor("model.layers.0.mlp.gate.weight").expect("router");
-    assert_eq!((router.dtype(), router.shape()), (Dtype::U32, &[32usize, 64][..]));
+    assert_eq!(
+        (router.dtype(), router.shape()),
+        (Dtype::U32, &[32usize, 64][..])
+    );
 }
 
 #[test]
 fn an_override_the_tensors_do_not_follow_is_refused() {
-    let Some(dir) = mlx_dir("tiny-mixtral-4bit") else { return };
+    let Some(dir) = mlx_dir("tiny-mixtral-4bit") else {
+        return;
+    };
     let (_tmp, copy) = with_config(&dir, |c| {
         c["quantization"]["model.layers.1.block_sparse_moe.gate"] =
             serde_json::json!({"group_size": 64, "bits": 8});
     });
     let msg = pack_err(&copy, &PackOptions::new());
-    assert!(msg.contains("`model.layers.1.block_sparse_moe.gate.weight`") && msg.contains("its override"), "{msg}");
+    assert!(
+        msg.contains("`model.layers.1.block_sparse_moe.gate.weight`")
+            && msg.contains("its override"),
+        "{msg}"
+    );
     let (_tmp, copy) = with_config(&dir, |c| {
         c["quantization"]["model.layers.0.self_attn.q_proj"] = serde_json::json!(false);
     });
     let msg = pack_err(&copy, &PackOptions::new());
-    assert!(msg.contains("`model.layers.0.self_attn.q_proj.weight`") && msg.contains("unquantized"), "{msg}");
+    assert!(
+        msg.contains("`model.layers.0.self_attn.q_proj.weight`") && msg.contains("unquantized"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn quantization_configs_this_code_cannot_honour_are_refused() {
-    let Some(dir) = mlx_dir("tiny-mixtral-4bit") else { return };
+    let Some(dir) = mlx_dir("tiny-mixtral-4bit") else {
+        return;
+    };
     let cases: [(&str, serde_json::Value, &str); 5] = [
         ("bits", serde_json::json!(3), "`quantization.bits` = 3"),
-        ("mode", serde_json::json!("mxfp4"), "`quantization.mode` = \"mxfp4\""),
-        ("group_size", serde_json::json!(10), "`quantization.group_size` = 10"),
+        (
+            "mode",
+            serde_json::json!("mxfp4"),
+            "`quantization.mode` = \"mxfp4\"",
+        ),
+        (
+            "group_size",
+            serde_json::json!(10),
+            "`quantization.group_size` = 10",
+        ),
         (
             "model.layers.0.block_sparse_moe.gate",
             serde_json::json!({"group_size": 64, "bits": 2}),
             "`quantization.model.layers.0.block_sparse_moe.gate.bits` = 2",
         ),
-        ("quant_method", serde_json::json!("gptq"), "`quantization.quant_method`"),
+        (
+            "quant_method",
+            serde_json::json!("gptq"),
+            "`quantization.quant_method`",
+        ),
     ];
     for (key, value, want) in cases {
         let (_tmp, copy) = with_config(&dir, |c| c["quantization"][key] = value.clone());
         let msg = pack_err(&copy, &PackOptions::new());
-        assert!(msg.contains("config.json") && msg.contains(want), "{key}: {want:?} not in: {msg}");
+        assert!(
+            msg.contains("config.json") && msg.contains(want),
+            "{key}: {want:?} not in: {msg}"
+        );
     }
     let msg = pack_err(&dir, &PackOptions::new().bits(8));
-    assert!(msg.contains("MLX 4-bit") && msg.contains("--bits 8"), "{msg}");
+    assert!(
+        msg.contains("MLX 4-bit") && msg.contains("--bits 8"),
+        "{msg}"
+    );
     let msg = pack_err(&dir, &PackOptions::new().dense_bits(8));
     assert!(msg.contains("--dense-bits 8"), "{msg}");
 }
@@ -239,11 +304,16 @@ fn with_weights(
 
 #[test]
 fn missing_scales_and_values_f16_cannot_hold_are_named() {
-    let Some(dir) = mlx_dir("tiny-mixtral-4bit") else { return };
+    let Some(dir) = mlx_dir("tiny-mixtral-4bit") else {
+        return;
+    };
     let gone = "model.layers.1.block_sparse_moe.switch_mlp.up_proj.scales";
     let (_tmp, copy) = with_weights(&dir, |n, _, b| (n != gone).then(|| b.to_vec()));
     let msg = pack_err(&copy, &PackOptions::new());
-    assert!(msg.contains(&format!("`{gone}`")) && msg.contains("model.safetensors"), "{msg}");
+    assert!(
+        msg.contains(&format!("`{gone}`")) && msg.contains("model.safetensors"),
+        "{msg}"
+    );
     let gone = "model.layers.0.self_attn.k_proj.biases";
     let (_tmp, copy) = with_weights(&dir, |n, _, b| (n != gone).then(|| b.to_vec()));
     let msg = pack_err(&copy, &PackOptions::new());
@@ -258,5 +328,8 @@ fn missing_scales_and_values_f16_cannot_hold_are_named() {
         Some(b)
     });
     let msg = pack_err(&copy, &PackOptions::new());
-    assert!(msg.contains(&format!("`{bad}`")) && msg.contains("element 3") && msg.contains("f16"), "{msg}");
+    assert!(
+        msg.contains(&format!("`{bad}`")) && msg.contains("element 3") && msg.contains("f16"),
+        "{msg}"
+    );
 }

@@ -50,7 +50,12 @@ pub fn mlx_golden(dir: &Path, run: &str) -> Vec<MlxPrompt> {
     let v: serde_json::Value = serde_json::from_str(&text).expect("parse mlx_golden.json");
     let ids = |x: &serde_json::Value| -> Vec<u32> {
         x.as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_u64())
+                    .map(|v| v as u32)
+                    .collect()
+            })
             .unwrap_or_default()
     };
     v[run]
@@ -62,7 +67,12 @@ pub fn mlx_golden(dir: &Path, run: &str) -> Vec<MlxPrompt> {
             top1: ids(&p["top1"]),
             last_logits: p["last_logits"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_f64()).map(|v| v as f32).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_f64())
+                        .map(|v| v as f32)
+                        .collect()
+                })
                 .unwrap_or_default(),
             greedy_ids: ids(&p["greedy_ids"]),
         })
@@ -121,7 +131,10 @@ impl<B: ComputeBackend> Running<B> {
 /// Largest absolute difference.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// `../shared/fixtures/<name>`, or `None` (reason printed) when absent; absent is a failure
