@@ -270,17 +270,12 @@ fn write_all(
         .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
         .collect();
     expert_files.sort();
-    let info = serde_json::json!({
+    let mut info = serde_json::json!({
         "format": "flashmoe-packed-model",
         "version": PACK_VERSION,
         "model_type": meta.model_type,
         "weight_format": format_name(format),
         "bits": format.bits(),
-        "source": if source.mlx.is_some() { "mlx" } else { "hf" },
-        "dense_bits": source.dense_bits,
-        "scales_rounded": rounding.rounded,
-        "scales_rounded_max_change": rounding.max_change,
-        "scales_rounded_tensors": rounding.tensors,
         "layers": cfg.num_layers,
         "experts": cfg.num_experts,
         "top_k": cfg.top_k,
@@ -291,6 +286,24 @@ fn write_all(
         "dense_file": DENSE_FILE,
         "copied": copied,
     });
+    // Only what differs from a plain HF pack, so that its description stays as it was.
+    if let Some(obj) = info.as_object_mut() {
+        if source.mlx.is_some() {
+            obj.insert("source".into(), "mlx".into());
+            obj.insert("scales_rounded".into(), rounding.rounded.into());
+            obj.insert(
+                "scales_rounded_max_change".into(),
+                rounding.max_change.into(),
+            );
+            obj.insert(
+                "scales_rounded_tensors".into(),
+                serde_json::json!(rounding.tensors),
+            );
+        }
+        if source.dense_bits != 16 {
+            obj.insert("dense_bits".into(), source.dense_bits.into());
+        }
+    }
     let info_path = dir.join(PACK_INFO_FILE);
     let text = serde_json::to_string_pretty(&info).map_err(|source| EngineError::Json {
         path: info_path.clone(),
