@@ -71,11 +71,16 @@ fn qwen3_q8_matches_mlx_lm() {
     check_against_mlx("tiny-qwen3-moe-8bit", 1.0);
 }
 
-/// The packed MLX model (Q4 embeddings gathered on the GPU, Q4 attention, Q8 routers, Q4
-/// experts) on wgpu gives the CPU's logits and tokens.
+/// The packed MLX models (Q4 embeddings gathered on the GPU, Q4 attention, Q8 routers in the
+/// Qwen3 one, Q4 experts) on wgpu give the CPU's logits and mlx-lm's tokens.
 #[test]
-fn qwen3_q4_on_wgpu_matches_cpu() {
-    let Some(dir) = mlx_dir("tiny-qwen3-moe-4bit") else {
+fn mlx_q4_on_wgpu_matches_cpu() {
+    on_wgpu_matches_cpu("tiny-mixtral-4bit");
+    on_wgpu_matches_cpu("tiny-qwen3-moe-4bit");
+}
+
+fn on_wgpu_matches_cpu(name: &str) {
+    let Some(dir) = mlx_dir(name) else {
         return;
     };
     let be = match WgpuBackend::new(&WgpuConfig::default()) {
@@ -95,13 +100,14 @@ fn qwen3_q4_on_wgpu_matches_cpu() {
     for (i, p) in mlx_golden(&dir, "f32").iter().enumerate() {
         let (g, c) = (gpu.logits(&p.input_ids), cpu.logits(&p.input_ids));
         let diff = max_abs_diff(g.last().expect("logits"), c.last().expect("logits"));
-        println!("prompt {i}: max |gpu - cpu| = {diff:.2e}");
-        assert!(diff < 2e-3, "prompt {i}: {diff}");
+        println!("{name} prompt {i}: max |gpu - cpu| = {diff:.2e}");
+        assert!(diff < 2e-3, "{name} prompt {i}: {diff}");
         let n = 16;
+        let greedy = gpu.greedy(&p.input_ids, n);
         assert_eq!(
-            gpu.greedy(&p.input_ids, n),
+            greedy,
             p.greedy_ids[..n],
-            "prompt {i}: gpu greedy"
+            "{name} prompt {i}: gpu greedy vs mlx-lm"
         );
     }
 }
