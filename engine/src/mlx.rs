@@ -20,7 +20,7 @@
 
 use crate::config::{Family, ModelConfig};
 use crate::dense_pack::{DenseTensor, serialize_dense};
-use crate::error::{EngineError, Result};
+use crate::error::{BackendContext, EngineError, Result};
 use crate::experts::ExpertLayout;
 use crate::quant_tensors::{QuantParts, RoundLog, is_quantized, module_of, parts};
 use crate::weights::Checkpoint;
@@ -301,11 +301,7 @@ impl MlxQuantization {
                 let (format, cols) = self.check_module(&p, module, &[], rows)?;
                 let layout = format
                     .layout(rows, cols)
-                    .map_err(|e| EngineError::QuantTensor {
-                        file: t.file.to_path_buf(),
-                        name: name.into(),
-                        reason: e.to_string(),
-                    })?;
+                    .ctx(|| format!("{}: `{name}`", t.file.display()))?;
                 let mut buf = vec![0u8; layout.total];
                 p.write(module, 0, &layout, &mut buf, log)?;
                 out.extend(DenseTensor::quantized(module, &buf, &layout));
