@@ -16,8 +16,8 @@ enum Command {
     /// Generate text from a packed model, streaming its experts from disk through io-sched
     /// under a memory budget (default model: the tiny Qwen3-MoE committed in models/).
     Generate(cmd::generate::GenerateArgs),
-    /// Pack a Hugging Face MoE checkpoint for streaming: experts in io-sched's packed format
-    /// (16, 8 or 4 bits), everything else unchanged.
+    /// Pack a Hugging Face or MLX quantized MoE checkpoint for streaming: experts in io-sched's
+    /// packed format (16, 8 or 4 bits; MLX codes as stored), the rest as stored or `--dense-bits`.
     Pack(cmd::pack::PackArgs),
     /// Measure this machine's disk for expert-sized reads: serial pread, pread pool, io_uring
     /// at several queue depths, mmap, and the scheduler itself, cold, as GB/s and ratios.

@@ -199,7 +199,13 @@ pub(crate) const HARMLESS_KEYS: &[&str] = &[
 impl RawConfig {
     /// Refuses any key outside `HARMLESS_KEYS` and `known`.
     pub(crate) fn check_keys(&self, known: &[&str]) -> Result<()> {
-        for key in self.map.keys() {
+        for (key, value) in &self.map {
+            if matches!(key.as_str(), "quantization" | "quantization_config") {
+                // MLX's quantization is honoured (crate::mlx checks every tensor against it);
+                // anything else (GPTQ, AWQ, ...) is refused there, naming the field.
+                crate::mlx::MlxQuantization::from_value(&self.path, key, value)?;
+                continue;
+            }
             if !HARMLESS_KEYS.contains(&key.as_str()) && !known.contains(&key.as_str()) {
                 return Err(EngineError::UnsupportedField {
                     path: self.path.clone(),

@@ -165,6 +165,16 @@ pub enum EngineError {
         /// What went wrong.
         reason: String,
     },
+    /// A quantized tensor (MLX checkpoint or packed dense weights) cannot be used as stored.
+    #[error("{file}: tensor `{name}`: {reason}")]
+    QuantTensor {
+        /// The file holding the tensor.
+        file: PathBuf,
+        /// The tensor.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A backend op failed.
     #[error("{context}: {source}")]
     Backend {

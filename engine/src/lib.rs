@@ -7,7 +7,8 @@
 //!   expert weights from an [`ExpertSource`] in the [expert record layout](experts).
 //! - [`RoutingObserver`]: actual routing and pre-gate scores, for traces and prefetching.
 //! - [`pack_model`] / [`PackedModel`]: an HF checkpoint packed for streaming (experts in
-//!   io-sched's packed format, the rest in `dense.safetensors`), and opened again.
+//!   io-sched's packed format, the rest in `dense.safetensors`), and opened again; MLX
+//!   quantized checkpoints are packed without re-quantizing ([`mlx`]).
 //! - [`SchedExperts`] / [`Prefetcher`]: experts streamed through io-sched, with pre-gate or
 //!   predictor hints.
 //!
@@ -24,14 +25,18 @@
 //! ```
 
 pub mod config;
+pub mod dense_pack;
 mod error;
 pub mod experts;
 mod generate;
 pub mod hooks;
 pub mod mixtral;
+pub mod mlx;
 pub mod model;
 pub mod pack;
+mod pack_options;
 pub mod packed_model;
+pub mod quant_tensors;
 pub mod qwen3_moe;
 pub mod sampler;
 pub mod streaming;
@@ -45,7 +50,8 @@ pub use experts::{ExpertBatch, ExpertLayout, ExpertSource, HeldRecords, InMemory
 pub use generate::{Generation, generate, generate_greedy};
 pub use hooks::{NoObserver, RoutingObserver, RoutingRecord, TraceRecorder};
 pub use model::{FamilyNames, MoeModel};
-pub use pack::{PackSummary, pack_model};
+pub use pack::{PackSummary, pack_model, pack_model_with};
+pub use pack_options::PackOptions;
 pub use packed_model::{PackMeta, PackedModel};
 pub use sampler::Sampler;
 pub use streaming::{Prediction, Prefetcher, SchedExperts, Tee, open_scheduler};

@@ -106,10 +106,11 @@ struct Loader<'a, B: ComputeBackend> {
 }
 
 impl<B: ComputeBackend> Loader<'_, B> {
+    /// A float weight, or a quantized one ([`crate::quant_tensors`]) run quantized.
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<B::Weight> {
-        let t = self.ckpt.tensor(name, &[rows, cols])?;
+        let (bytes, format) = crate::quant_tensors::matrix(self.ckpt, name, rows, cols)?;
         self.be
-            .load_weight(t.bytes, rows, cols, t.format)
+            .load_weight(&bytes, rows, cols, format)
             .ctx(|| format!("uploading `{name}`"))
     }
 

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `experts-layer-NNNN.fmoe` | the expert records of layer N in io-sched's packed-experts format v1 ([`io_sched::packfile`]), each record in the [expert record layout](crate::experts) |
 //! | `manifest.json` | io-sched's manifest of those files; its `meta` is a [`PackMeta`] |
-//! | `dense.safetensors` | every non-expert tensor, unchanged (original names, dtype and bytes) |
+//! | `dense.safetensors` | every non-expert tensor: unchanged (original names, dtype and bytes), or quantized with `--dense-bits` / from an MLX checkpoint as [`crate::quant_tensors`] describes |
 //! | `config.json`, `tokenizer.json` | copied from the checkpoint |
 //! | `tokenizer_config.json`, `generation_config.json` | copied when present |
 //! | `flashmoe-pack.json` | what was packed: format, sizes and the files, for people and tools |
@@ -14,12 +14,18 @@
 //! Everything is written into a hidden temporary sibling of the output directory, which is
 //! renamed to its final name only once complete: a directory under the final name is always
 //! whole. Packing is deterministic: the same checkpoint and options give the same bytes.
+//!
+//! The input is a Hugging Face checkpoint, or an MLX quantized one (its `config.json` has a
+//! `quantization`): see [`crate::mlx`], which re-lays its codes without re-quantizing.
 
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::experts::{ExpertLayout, pack_record};
+use crate::mlx::MlxQuantization;
 use crate::model::FamilyNames;
+use crate::pack_options::PackOptions;
 use crate::packed_model::{PACK_VERSION, PackMeta, format_name};
+use crate::quant_tensors::RoundLog;
 use crate::weights::Checkpoint;
 use flashmoe_backends::quant::WeightFormat;
 use io_sched::packfile::{PackSplit, write_pack_set};
@@ -53,6 +59,9 @@ pub struct PackSummary {
     pub expert_file_bytes: u64,
     /// Bytes of `dense.safetensors`.
     pub dense_bytes: u64,
+    /// MLX scales and biases below f16's normal range that were rounded (see
+    /// [`crate::quant_tensors`]), and the largest change; 0 from a Hugging Face checkpoint.
+    pub scales_rounded: (u64, f32),
 }
 
 /// The record format for `--bits`: 16 keeps the checkpoint's 16-bit float type (bf16 for an
@@ -79,17 +88,28 @@ pub fn pack_model(
     force: bool,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<PackSummary> {
+    let opts = PackOptions::new().bits(bits).force(force);
+    pack_model_with(src, out, &opts, progress)
+}
+
+/// Packs the HF or MLX checkpoint in `src` into `out` as `opts` says.
+pub fn pack_model_with(
+    src: &Path,
+    out: &Path,
+    opts: &PackOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<PackSummary> {
     let fail = |reason: String| EngineError::Pack {
         path: out.to_path_buf(),
         reason,
     };
-    if out.exists() && !force {
+    if out.exists() && !opts.forced() {
         return Err(fail("already exists (pass --force to replace it)".into()));
     }
     let cfg = ModelConfig::from_file(&src.join("config.json"))?;
-    let format = format_for_bits(bits, &cfg)
-        .ok_or_else(|| fail(format!("--bits must be 16, 8 or 4, not {bits}")))?;
+    let mlx = MlxQuantization::from_config(&src.join("config.json"))?;
     let ckpt = Checkpoint::open(src, cfg.dtype)?;
+    let (format, dense_bits) = opts.resolve(&cfg, &ckpt, mlx.as_ref(), out)?;
     let name = out
         .file_name()
         .ok_or_else(|| fail("has no directory name".into()))?
@@ -111,7 +131,11 @@ pub fn pack_model(
         path: tmp.clone(),
         source,
     })?;
-    let written = write_all(src, &tmp, &cfg, &ckpt, format, progress);
+    let source = Source {
+        mlx: mlx.as_ref(),
+        dense_bits,
+    };
+    let written = write_all(src, &tmp, &cfg, &ckpt, format, &source, progress);
     let summary = match written {
         Ok(s) => s,
         Err(e) => {
@@ -147,6 +171,13 @@ fn replace_dir(tmp: &Path, out: &Path, parent: &Path, name: &str) -> Result<()> 
     Ok(())
 }
 
+/// Where the records and dense weights come from: an MLX checkpoint (re-laid as stored) or an
+/// HF one (`dense_bits` 16 keeps its dense weights as they are).
+struct Source<'a> {
+    mlx: Option<&'a MlxQuantization>,
+    dense_bits: u32,
+}
+
 /// Writes every file of the packed model into `dir`.
 fn write_all(
     src: &Path,
@@ -154,6 +185,7 @@ fn write_all(
     cfg: &ModelConfig,
     ckpt: &Checkpoint,
     format: WeightFormat,
+    source: &Source<'_>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<PackSummary> {
     let names = FamilyNames::of(cfg.family);
@@ -167,6 +199,7 @@ fn write_all(
     let mut done = 0u64;
     // The fill closure must return io-sched errors: keep the engine's own error aside.
     let mut inner: Option<EngineError> = None;
+    let mut rounding = RoundLog::default();
     let packed = write_pack_set(
         dir,
         cfg.num_layers as u32,
@@ -174,13 +207,12 @@ fn write_all(
         PackSplit::PerLayer,
         Some(&meta_json),
         |key, buf| {
-            match pack_record(
-                ckpt,
-                names,
-                &layout,
-                key.layer as usize,
-                key.expert as usize,
-            ) {
+            let (l, e) = (key.layer as usize, key.expert as usize);
+            let record = match source.mlx {
+                Some(_) => crate::mlx::relay_record(ckpt, cfg.family, &layout, l, e, &mut rounding),
+                None => pack_record(ckpt, names, &layout, l, e),
+            };
+            match record {
                 Ok(rec) => buf.extend_from_slice(&rec),
                 Err(e) => {
                     let msg = e.to_string();
@@ -207,7 +239,12 @@ fn write_all(
     for f in expert_layout.files() {
         expert_file_bytes += file_len(f)?;
     }
-    let dense_bytes = write_dense(ckpt, cfg, names, &dir.join(DENSE_FILE))?;
+    let dense_path = dir.join(DENSE_FILE);
+    let dense_bytes = match (source.mlx, source.dense_bits) {
+        (Some(q), _) => q.write_dense(ckpt, cfg, &dense_path, &mut rounding)?,
+        (None, 16) => write_dense(ckpt, cfg, names, &dense_path)?,
+        (None, bits) => crate::dense_pack::write_dense_quantized(ckpt, cfg, bits, &dense_path)?,
+    };
     let mut copied = Vec::new();
     for (file, required) in COPIED {
         let from = src.join(file);
@@ -233,7 +270,7 @@ fn write_all(
         .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
         .collect();
     expert_files.sort();
-    let info = serde_json::json!({
+    let mut info = serde_json::json!({
         "format": "flashmoe-packed-model",
         "version": PACK_VERSION,
         "model_type": meta.model_type,
@@ -249,6 +286,24 @@ fn write_all(
         "dense_file": DENSE_FILE,
         "copied": copied,
     });
+    // Only what differs from a plain HF pack, so that its description stays as it was.
+    if let Some(obj) = info.as_object_mut() {
+        if source.mlx.is_some() {
+            obj.insert("source".into(), "mlx".into());
+            obj.insert("scales_rounded".into(), rounding.rounded.into());
+            obj.insert(
+                "scales_rounded_max_change".into(),
+                rounding.max_change.into(),
+            );
+            obj.insert(
+                "scales_rounded_tensors".into(),
+                serde_json::json!(rounding.tensors),
+            );
+        }
+        if source.dense_bits != 16 {
+            obj.insert("dense_bits".into(), source.dense_bits.into());
+        }
+    }
     let info_path = dir.join(PACK_INFO_FILE);
     let text = serde_json::to_string_pretty(&info).map_err(|source| EngineError::Json {
         path: info_path.clone(),
@@ -265,6 +320,7 @@ fn write_all(
         records: total,
         expert_file_bytes,
         dense_bytes,
+        scales_rounded: (rounding.rounded, rounding.max_change),
     })
 }
 

@@ -1,5 +1,6 @@
-//! `flashmoe pack`: an HF checkpoint directory → a packed model directory that `generate`
-//! streams (experts in io-sched's packed format, one file per layer; the rest unchanged).
+//! `flashmoe pack`: an HF or MLX checkpoint directory → a packed model directory that `generate`
+//! streams (experts in io-sched's packed format, one file per layer; the rest as stored, or
+//! quantized with `--dense-bits`).
 
 use std::path::PathBuf;
 
@@ -10,14 +11,19 @@ use super::CliResult;
 
 #[derive(Args, Debug)]
 pub struct PackArgs {
-    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+    /// Hugging Face or MLX model directory (config.json, *.safetensors, tokenizer.json).
     pub hf_dir: PathBuf,
     /// Output directory (written under a temporary name, renamed when complete).
     pub out_dir: PathBuf,
     /// Bits per expert weight: 16 (the checkpoint's float type), 8 or 4 (MLX-style affine,
-    /// groups of 64).
-    #[arg(long, default_value_t = 4)]
-    pub bits: u32,
+    /// groups of 64); default 4. An MLX quantized checkpoint is packed as stored (omit it).
+    #[arg(long)]
+    pub bits: Option<u32>,
+    /// Bits per non-expert weight (attention, routers, embeddings, lm_head): 16 keeps the
+    /// checkpoint's float type (default), 8 or 4 quantize them (routers stay at 8 at least);
+    /// Hugging Face checkpoints only (an MLX one keeps its own).
+    #[arg(long)]
+    pub dense_bits: Option<u32>,
     /// Replace `out_dir` if it exists (only once the new one is complete).
     #[arg(long)]
     pub force: bool,
@@ -33,13 +39,15 @@ pub fn run(args: &PackArgs) -> CliResult<()> {
         bar.set_length(total);
         bar.set_position(done);
     };
-    let summary = flashmoe_engine::pack_model(
-        &args.hf_dir,
-        &args.out_dir,
-        args.bits,
-        args.force,
-        &mut progress,
-    );
+    let mut opts = flashmoe_engine::PackOptions::new().force(args.force);
+    if let Some(bits) = args.bits {
+        opts = opts.bits(bits);
+    }
+    if let Some(bits) = args.dense_bits {
+        opts = opts.dense_bits(bits);
+    }
+    let summary =
+        flashmoe_engine::pack_model_with(&args.hf_dir, &args.out_dir, &opts, &mut progress);
     bar.finish_and_clear();
     let s = summary?;
     println!(
@@ -50,5 +58,12 @@ pub fn run(args: &PackArgs) -> CliResult<()> {
         s.expert_file_bytes as f64 / 1e6,
         s.dense_bytes as f64 / 1e6
     );
+    if s.scales_rounded.0 > 0 {
+        println!(
+            "note: {} MLX scale/bias values below f16's normal range were rounded to f16 (largest \
+             change {:.1e}; codes and all other values are byte-exact; see flashmoe-pack.json)",
+            s.scales_rounded.0, s.scales_rounded.1
+        );
+    }
     Ok(())
 }
