@@ -70,10 +70,14 @@ pub mod cache;
 pub mod core;
 pub mod guard;
 pub mod metrics;
+pub mod pending;
 pub mod scheduler;
+pub mod session;
 pub mod trace;
 
 pub use guard::{AcquireFuture, ExpertGuard};
 pub use manifest::Manifest;
 pub use predictor::{Candidate, LayerPrediction, Predictor, PredictorKind};
+pub use pending::PendingAcquire;
 pub use scheduler::{Scheduler, SchedulerConfig};
+pub use session::{Call, Session, SessionConfig, SessionIo, SessionStats};

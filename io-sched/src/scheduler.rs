@@ -13,6 +13,7 @@ use crate::checksum;
 use crate::core::{CoreConfig, SchedCore, SlotId};
 use crate::error::{Error, Result};
 use crate::guard::{AcquireFuture, ExpertGuard};
+use crate::pending::PendingAcquire;
 use crate::layout::{ExpertKey, ExpertLayout};
 use crate::metrics::MetricsSnapshot;
 use crate::predictor::Candidate;
@@ -274,25 +275,15 @@ impl Scheduler {
     /// their bytes (in the order asked). Also tells the scheduler the real routing of `layer`,
     /// which makes prefetches that missed stale.
     pub fn acquire(&self, layer: u32, experts: &[u32]) -> Result<ExpertGuard> {
-        let mut step = AcquireStep::new(layer, experts);
-        let mut st = self.shared.state.lock();
-        st.core.note_routing(layer, experts)?;
-        loop {
-            match step.advance(&self.shared, &mut st) {
-                Some(Ok(())) => {
-                    if let Some(t) = step.started {
-                        st.core.record_stall(layer, t.elapsed().as_nanos() as u64);
-                    }
-                    drop(st);
-                    return Ok(ExpertGuard::new(self.shared.clone(), layer, step));
-                }
-                Some(Err(e)) => {
-                    step.abandon(&self.shared, &mut st);
-                    return Err(e);
-                }
-                None => self.shared.progress.wait(&mut st),
-            }
-        }
+        self.begin_acquire(layer, experts)?.wait()
+    }
+
+    /// The first half of [`acquire`](Self::acquire): notes the real routing of `layer` and
+    /// pins `experts`, queueing their demand reads, without waiting. Hints given before
+    /// [`PendingAcquire::wait`] queue behind these demand reads (demand goes first) yet start
+    /// while the caller waits.
+    pub fn begin_acquire(&self, layer: u32, experts: &[u32]) -> Result<PendingAcquire> {
+        PendingAcquire::start(self.shared.clone(), layer, experts)
     }
 
     /// A guard over those of `experts` of `layer` that are in memory now (in the order asked,
