@@ -8,7 +8,7 @@
 //! - [`RoutingObserver`]: actual routing and pre-gate scores, for traces and prefetching.
 //! - [`pack_model`] / [`PackedModel`]: an HF checkpoint packed for streaming (experts in
 //!   io-sched's packed format, the rest in `dense.safetensors`), and opened again.
-//! - [`SchedExperts`] / [`Prefetcher`]: experts streamed through io-sched, with pre-gate or
+//! - [`streamed`] ([`SchedExperts`] / [`Prefetcher`]): experts streamed through io-sched's `Session`, with pre-gate or
 //!   predictor hints.
 //!
 //! ```no_run
@@ -48,7 +48,7 @@ pub use model::{FamilyNames, MoeModel};
 pub use pack::{PackSummary, pack_model};
 pub use packed_model::{PackMeta, PackedModel};
 pub use sampler::Sampler;
-pub use streaming::{Prediction, Prefetcher, SchedExperts, Tee, open_scheduler};
+pub use streaming::{Prediction, Prefetcher, SchedExperts, SharedSession, Tee, open_scheduler, streamed};
 pub use tokenizer::Tokenizer;
 pub use trace_sink::TraceSink;
 pub use weights::{Checkpoint, RawTensor, TensorRef};
