@@ -11,7 +11,7 @@
 //! let (sched, _fallbacks) = open_scheduler(&m, SchedulerConfig::with_budget(4 << 20), &BackendConfig::default())?;
 //! let k = m.config.top_k;
 //! let policy = SessionConfig::new(k).with_per_layer(k + 2);
-//! let (mut experts, mut prefetch) = streamed(&m, sched, Prediction::Pregate, policy)?;
+//! let (mut experts, mut prefetch) = streamed(sched, m.record, Prediction::Pregate, policy)?;
 //! let mut model = m.load_model(flashmoe_backends::CpuBackend::new(), 512)?;
 //! let ids = m.tokenizer.encode("The Rust programming language")?;
 //! let out = flashmoe_engine::generate_greedy(&mut model, &ids, 8, &mut experts, &mut prefetch)?;
@@ -86,17 +86,14 @@ pub enum Prediction {
 }
 
 /// The expert source and the observer of a model streamed through one [`Session`] over
-/// `sched`, hinting as `mode` and `policy` say.
+/// `sched` (records in the `record` layout), hinting as `mode` and `policy` say.
 pub fn streamed(
-    model: &PackedModel,
     sched: Arc<Scheduler>,
+    record: ExpertLayout,
     mode: Prediction,
     policy: SessionConfig,
 ) -> Result<(SchedExperts, Prefetcher)> {
-    let (layers, experts) = (
-        model.config.num_layers as u32,
-        model.config.num_experts as u32,
-    );
+    let (layers, experts) = (sched.layout().num_layers(), sched.layout().num_experts());
     let pregate = matches!(mode, Prediction::Pregate);
     let predictor: Box<dyn Predictor> = match mode {
         Prediction::None => Box::new(NoPredictor),
@@ -104,7 +101,7 @@ pub fn streamed(
         Prediction::Predictor(p) => p,
     };
     let far = pregate && policy.horizon() >= 2;
-    let source = SchedExperts::with_session(sched, model.record, policy, predictor)?;
+    let source = SchedExperts::with_session(sched, record, policy, predictor)?;
     let prefetch = Prefetcher {
         session: source.session.clone(),
         pregate,

@@ -67,7 +67,7 @@ fn run(
     };
     let k = m.config.top_k;
     let policy = SessionConfig::new(k).with_per_layer(k + 2);
-    let (mut experts, mut obs) = streamed(m, sched.clone(), mode, policy).expect("source");
+    let (mut experts, mut obs) = streamed(sched.clone(), m.record, mode, policy).expect("source");
     let out =
         generate_greedy(&mut model, prompt, TOKENS, &mut experts, &mut obs).expect("generate");
     Some((out, sched.metrics().total()))

@@ -173,7 +173,7 @@ fn streamed_experts_with_pregate_staging_match_cpu() {
         .expect("scheduler");
         let policy = io_sched::SessionConfig::new(k).with_per_layer(k + 2);
         let (mut experts, mut prefetch) =
-            streamed(&m, sched, Prediction::Pregate, policy).expect("experts");
+            streamed(sched, m.record, Prediction::Pregate, policy).expect("experts");
         *tokens = match model_gpu {
             Some(be) => {
                 let mut model = m.load_model(be, 256).expect("gpu model");

@@ -367,7 +367,7 @@ impl Decode<'_> {
         let policy = SessionConfig::new(cfg.top_k)
             .with_per_layer(per_layer)
             .with_horizon(args.horizon);
-        let (mut experts, mut prefetch) = streamed(m, sched.clone(), mode, policy)?;
+        let (mut experts, mut prefetch) = streamed(sched.clone(), m.record, mode, policy)?;
         let mut sampler = Sampler::new(args.temperature, args.top_p, args.seed);
         let stop: &[u32] = if args.ignore_eos { &[] } else { &m.eos };
         let mut sink = match &args.trace {
