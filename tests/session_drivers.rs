@@ -7,7 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use flashmoe_backends::CpuBackend;
-use flashmoe_engine::{PackedModel, Prediction, Tee, TraceRecorder, generate_greedy, open_scheduler, streamed};
+use flashmoe_engine::{
+    PackedModel, Prediction, Tee, TraceRecorder, generate_greedy, open_scheduler, streamed,
+};
 use flashmoe_sim::predict::PredictorKind;
 use flashmoe_sim::replay::{OverFetchRow, ReplaySpec, RowKind, run_row};
 use flashmoe_sim::vtime::{self, Mode, RunSpec};
@@ -54,7 +56,10 @@ fn generate_calls(m: &PackedModel, kind: RowKind, budget: u64) -> (Vec<Call>, Tr
         pos_of.push(r.pos);
     }
     for (pos, layer, s) in &rec.pregate {
-        let t = pos_of.iter().rposition(|p| p == pos).expect("a routed position");
+        let t = pos_of
+            .iter()
+            .rposition(|p| p == pos)
+            .expect("a routed position");
         let at = (t * layers as usize + (*layer as usize - 1)) * e;
         scores[at..at + e].copy_from_slice(s);
     }
@@ -81,7 +86,9 @@ fn replay_calls(m: &PackedModel, kind: RowKind, trace: &Arc<Trace>, budget: u64)
         far_trace: None,
         record_calls: true,
     };
-    run_row(kind, &m.experts, trace, &spec).expect("replay").calls
+    run_row(kind, &m.experts, trace, &spec)
+        .expect("replay")
+        .calls
 }
 
 fn sim_calls(m: &PackedModel, kind: RowKind, trace: &Arc<Trace>, budget: u64) -> Vec<Call> {
@@ -163,8 +170,14 @@ fn generate_replay_and_sim_make_the_same_session_calls() {
             }
         }
         let replayed = replay_calls(&m, kind, &trace, budget);
-        assert_eq!(replayed, generated, "{kind:?}: replay differs from generate");
+        assert_eq!(
+            replayed, generated,
+            "{kind:?}: replay differs from generate"
+        );
         let simulated = sim_calls(&m, kind, &trace, budget);
-        assert_eq!(simulated, generated, "{kind:?}: the simulator differs from generate");
+        assert_eq!(
+            simulated, generated,
+            "{kind:?}: the simulator differs from generate"
+        );
     }
 }

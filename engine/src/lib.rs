@@ -48,7 +48,9 @@ pub use model::{FamilyNames, MoeModel};
 pub use pack::{PackSummary, pack_model};
 pub use packed_model::{PackMeta, PackedModel};
 pub use sampler::Sampler;
-pub use streaming::{Prediction, Prefetcher, SchedExperts, SharedSession, Tee, open_scheduler, streamed};
+pub use streaming::{
+    Prediction, Prefetcher, SchedExperts, SharedSession, Tee, open_scheduler, streamed,
+};
 pub use tokenizer::Tokenizer;
 pub use trace_sink::TraceSink;
 pub use weights::{Checkpoint, RawTensor, TensorRef};

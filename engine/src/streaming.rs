@@ -22,6 +22,7 @@ use crate::error::{EngineError, Result};
 use crate::experts::{ExpertBatch, ExpertLayout, ExpertSource};
 use crate::hooks::RoutingObserver;
 use crate::packed_model::PackedModel;
+use io_sched::backend::fallback::Fallback;
 use io_sched::backend::select::{BackendConfig, open_backend};
 use io_sched::predictor::{NoPredictor, Predictor, Scores};
 use io_sched::{Scheduler, SchedulerConfig, Session, SessionConfig, SessionStats};
@@ -34,16 +35,16 @@ pub fn open_scheduler(
     model: &PackedModel,
     cfg: SchedulerConfig,
     backend: &BackendConfig,
-) -> Result<(Arc<Scheduler>, Vec<String>)> {
+) -> Result<(Arc<Scheduler>, Vec<Fallback>)> {
     let slot = model.experts.max_read_len();
-    let slots = cfg.budget_bytes / slot.max(1);
+    let slots = cfg.budget_bytes() / slot.max(1);
     let k = model.config.top_k as u64;
     if slots < k {
         return Err(EngineError::IoSched {
             context: format!("expert cache for {}", model.dir.display()),
             source: io_sched::Error::Budget(format!(
                 "{} bytes hold {slots} expert records of {slot} bytes, but a layer needs its top_k = {k} experts at once (at least {} bytes)",
-                cfg.budget_bytes,
+                cfg.budget_bytes(),
                 k * slot
             )),
         });
@@ -165,12 +166,13 @@ impl ExpertSource for SchedExperts {
     }
 
     fn experts(&mut self, layer: u32, ids: &[u32]) -> Result<ExpertBatch<'_>> {
-        let guard = lock(&self.session)
-            .demand(layer, ids)
-            .map_err(|source| EngineError::IoSched {
-                context: format!("acquiring layer {layer} experts {ids:?}"),
-                source,
-            })?;
+        let guard =
+            lock(&self.session)
+                .demand(layer, ids)
+                .map_err(|source| EngineError::IoSched {
+                    context: format!("acquiring layer {layer} experts {ids:?}"),
+                    source,
+                })?;
         Ok(ExpertBatch::held(guard))
     }
 

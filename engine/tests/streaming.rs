@@ -9,10 +9,10 @@ use flashmoe_backends::quant::WeightFormat;
 use flashmoe_engine::{
     NoObserver, PackedModel, Prediction, SchedExperts, generate_greedy, open_scheduler, streamed,
 };
-use io_sched::{SchedulerConfig, SessionConfig};
 use io_sched::backend::BackendKind;
 use io_sched::backend::select::BackendConfig;
 use io_sched::metrics::LayerMetrics;
+use io_sched::{SchedulerConfig, SessionConfig};
 
 const TOKENS: usize = 24;
 
@@ -48,10 +48,7 @@ fn run(
     kind: Option<BackendKind>,
     pregate: bool,
 ) -> Option<(Vec<u32>, LayerMetrics)> {
-    let backend = BackendConfig {
-        kind,
-        ..BackendConfig::default()
-    };
+    let backend = BackendConfig::default().kind(kind);
     let (sched, _) = match open_scheduler(m, SchedulerConfig::with_budget(budget), &backend) {
         Ok(s) => s,
         Err(e) => {

@@ -128,10 +128,7 @@ fn backend_config(name: &str) -> CliResult<BackendConfig> {
             format!("--io-backend {other:?}: {e} (expected auto, io_uring, pread or mmap)")
         })?),
     };
-    Ok(BackendConfig {
-        kind,
-        ..BackendConfig::default()
-    })
+    Ok(BackendConfig::default().kind(kind))
 }
 
 fn prediction(args: &GenerateArgs, layers: u32, experts: u32) -> CliResult<Prediction> {

@@ -27,10 +27,10 @@ mod tests;
 pub use config::SessionConfig;
 pub use io::{Call, SessionIo};
 
+use crate::error::Result;
 use crate::layout::ExpertKey;
 use crate::predictor::overfetch::idle_records;
 use crate::predictor::{LayerPrediction, Predictor};
-use crate::error::Result;
 
 /// Counters of what a session hinted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

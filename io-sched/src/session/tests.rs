@@ -141,7 +141,11 @@ fn over_fetch_takes_near_ties_only_while_the_device_would_idle() {
     let mut s = scores_session(FakeIo::new(3, 32), cfg.clone());
     s.scores(1, &SCORES);
     s.demand(0, &[0, 2]).unwrap();
-    assert_eq!(s.io().log[1], "hint 1 [1, 3, 4, 5, 6]", "unbounded: every tie");
+    assert_eq!(
+        s.io().log[1],
+        "hint 1 [1, 3, 4, 5, 6]",
+        "unbounded: every tie"
+    );
 
     // A 3000 ns window at 1 byte/ns moves 3 records of 1000 bytes; the 2 base candidates
     // not cached take 2 of them: 1 extra.
@@ -173,8 +177,16 @@ fn a_routing_predictor_hints_from_what_it_observed() {
     s.demand(1, &[3, 4]).unwrap();
     // Token 2, layer 0: temporal predicts layer 1's experts of the previous token.
     s.demand(0, &[1, 2]).unwrap();
-    assert!(s.io().log.contains(&"hint 1 [3, 4]".to_string()), "{:?}", s.io().log);
-    let mut none = Session::new(FakeIo::new(2, 16), SessionConfig::new(2), Box::new(NoPredictor));
+    assert!(
+        s.io().log.contains(&"hint 1 [3, 4]".to_string()),
+        "{:?}",
+        s.io().log
+    );
+    let mut none = Session::new(
+        FakeIo::new(2, 16),
+        SessionConfig::new(2),
+        Box::new(NoPredictor),
+    );
     none.demand(0, &[1, 2]).unwrap();
     assert_eq!(none.io().log, ["begin 0 [1, 2]", "wait 0"]);
     assert!(none.calls().is_empty(), "no log unless asked");

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use io_sched::backend::BackendKind;
 use io_sched::backend::select::{BackendConfig, open_backend};
-use io_sched::core::CoreConfig;
 use io_sched::metrics::LayerMetrics;
 use io_sched::trace::Trace;
 use io_sched::{Call, ExpertLayout, Scheduler, SchedulerConfig, Session, SessionConfig};
@@ -128,7 +127,9 @@ impl RowKind {
     /// layers, over-fetched as the row says; an idle bound uses one layer's compute
     /// (`compute_ns`) as the window.
     pub fn policy(self, k: usize, horizon: u32, compute_ns: u64) -> SessionConfig {
-        let mut p = SessionConfig::new(k).with_per_layer(k).with_horizon(horizon);
+        let mut p = SessionConfig::new(k)
+            .with_per_layer(k)
+            .with_horizon(horizon);
         if let RowKind::SchedOver(_, o) = self {
             if o.horizon > 0 {
                 p = p.with_horizon(o.horizon as u32);
@@ -268,29 +269,23 @@ pub fn run_row(
         }
         RowKind::SyncPread | RowKind::Sched(_) | RowKind::SchedOver(..) => {
             let sync = kind == RowKind::SyncPread;
-            let cfg = BackendConfig {
-                kind: sync.then_some(BackendKind::Pread),
-                threads: sync.then_some(1),
-                queue_depth: spec.queue_depth,
-                ..BackendConfig::default()
-            };
+            let cfg = BackendConfig::default()
+                .kind(sync.then_some(BackendKind::Pread))
+                .threads(sync.then_some(1))
+                .queue_depth(spec.queue_depth);
             let opened = open_backend(layout, &cfg)?;
             fallbacks = opened.fallbacks.clone();
             // Checksums on, as `generate` runs.
-            let mut core = CoreConfig::default();
+            let mut sc = SchedulerConfig::with_budget(spec.budget_bytes);
             if sync {
-                core.demand_chunk = rec as usize;
+                sc = sc.demand_chunk(rec as usize);
             }
             if let Some(b) = spec.max_prefetch_bytes {
-                core.max_prefetch_bytes_in_flight = b;
+                sc = sc.max_prefetch_bytes_in_flight(b);
             }
             if let Some(n) = spec.max_prefetch_ops {
-                core.max_prefetch_ops_in_flight = n;
+                sc = sc.max_prefetch_ops_in_flight(n);
             }
-            let sc = SchedulerConfig {
-                core,
-                ..SchedulerConfig::with_budget(spec.budget_bytes)
-            };
             Some(Arc::new(Scheduler::with_backend(
                 layout.clone(),
                 sc,
@@ -303,7 +298,11 @@ pub fn run_row(
         Some(s) => format!(
             "{} (fallback: {})",
             s.backend_description(),
-            fallbacks.join("; ")
+            fallbacks
+                .iter()
+                .map(|f| f.reason())
+                .collect::<Vec<_>>()
+                .join("; ")
         ),
         None => "mmap (own mapping, page cache held to budget)".into(),
     };

@@ -131,11 +131,9 @@ pub fn calibrate_on_model(
     let steps = ((512u64 << 20) / per_step).max(8);
     let mut gbps = [0.0f64; 2];
     for (i, qd) in [32u32, 1].into_iter().enumerate() {
-        let cfg = BackendConfig {
-            queue_depth: qd,
-            threads: Some(qd as usize),
-            ..BackendConfig::default()
-        };
+        let cfg = BackendConfig::default()
+            .queue_depth(qd)
+            .threads(Some(qd as usize));
         let mut opened = open_backend(layout, &cfg)?;
         let steps = if qd == 1 { steps / 2 } else { steps };
         let r = io_sched::bench::layer_reads(opened.backend.as_mut(), layout, k, 1 << 20, steps, 7)

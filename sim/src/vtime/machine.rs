@@ -166,7 +166,6 @@ impl Sim {
     }
 }
 
-
 impl SessionIo for Sim {
     type Pending = Vec<SlotId>;
     type Guard = Vec<SlotId>;
