@@ -268,7 +268,7 @@ fn checksums_stream_over_out_of_order_chunks_and_catch_a_bad_middle_chunk() {
     let bad = layout.get(ExpertKey::new(0, 3)).unwrap().offset as usize + 2 * 4096 + 7;
     image[bad] ^= 1;
     let mut cfg = SchedulerConfig::with_budget(8 * 6 * 4096);
-    cfg.core.demand_chunk = 4096;
+    cfg = cfg.demand_chunk(4096);
     let s = Scheduler::with_backend(layout, cfg, Box::new(Reversing(memory_backend(image, 16))))
         .unwrap();
     let g = s.acquire(0, &[0, 1, 2]).unwrap();
@@ -289,7 +289,7 @@ fn multi_block_records_verify_from_out_of_order_chunks() {
     image[bad] ^= 0x80;
     let slot = len.div_ceil(4096) * 4096;
     let mut cfg = SchedulerConfig::with_budget(3 * slot as u64);
-    cfg.core.demand_chunk = 48 * 1024; // chunks straddle block boundaries
+    cfg = cfg.demand_chunk(48 * 1024); // chunks straddle block boundaries
     let s = Scheduler::with_backend(layout, cfg, Box::new(Reversing(memory_backend(image, 64))))
         .unwrap();
     let g = s.acquire(0, &[0, 1]).unwrap();
