@@ -331,3 +331,28 @@ fn acquire_ready_pins_cached_records_without_reading_or_counting() {
     drop(g);
     assert_eq!(s.acquire_ready(0, &[]).len(), 0);
 }
+
+#[test]
+fn begin_acquire_queues_the_demand_so_hints_can_follow_before_the_wait() {
+    let s = sched(2, 8, 4);
+    let pending = s.begin_acquire(0, &[3, 6]).unwrap();
+    s.hint(1, &[cand(2), cand(5)]);
+    let g = pending.wait().unwrap();
+    assert_eq!(g.bytes(0), &record_bytes(ExpertKey::new(0, 3), LEN)[..]);
+    assert_eq!(g.bytes(1), &record_bytes(ExpertKey::new(0, 6), LEN)[..]);
+    drop(g);
+    let g = s.acquire(1, &[2, 5]).unwrap();
+    assert_eq!(g.bytes(1), &record_bytes(ExpertKey::new(1, 5), LEN)[..]);
+    drop(g);
+    let m = s.metrics().total();
+    assert_eq!((m.demanded, m.misses, m.prefetch_used), (4, 2, 2));
+
+    // A pending acquire dropped unwaited releases its pins: the 4 slots can be had again.
+    drop(s.begin_acquire(0, &[0, 1, 2, 4]).unwrap());
+    let g = s.acquire(1, &[0, 1, 3, 4]).unwrap();
+    assert_eq!(g.len(), 4);
+    assert!(matches!(
+        s.begin_acquire(0, &[99]).unwrap_err(),
+        Error::UnknownExpert { .. }
+    ));
+}
