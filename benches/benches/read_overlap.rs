@@ -72,13 +72,11 @@ fn read_overlap(c: &mut Criterion) {
         ),
     ];
     for (name, kind, qd, threads, direct, chunk) in configs {
-        let cfg = BackendConfig {
-            kind: Some(kind),
-            queue_depth: qd,
-            threads: (threads > 0).then_some(threads),
-            direct,
-            ..BackendConfig::default()
-        };
+        let cfg = BackendConfig::default()
+            .kind(Some(kind))
+            .queue_depth(qd)
+            .threads((threads > 0).then_some(threads))
+            .direct(direct);
         if let Err(e) = open_backend(&layout, &cfg) {
             eprintln!("skipping {name}: {e}");
             continue;

@@ -158,12 +158,12 @@ pub enum EngineError {
         reason: String,
     },
     /// A routing trace could not be written.
-    #[error("trace {path}: {reason}")]
+    #[error("trace {path}: {source}")]
     Trace {
         /// The trace file.
         path: PathBuf,
-        /// What went wrong.
-        reason: String,
+        /// The trace writer's error (its I/O error kept as the source).
+        source: io_sched::trace::TraceError,
     },
     /// A quantized tensor (MLX checkpoint or packed dense weights) cannot be used as stored.
     #[error("{file}: tensor `{name}`: {reason}")]

@@ -9,7 +9,7 @@
 //! - [`pack_model`] / [`PackedModel`]: an HF checkpoint packed for streaming (experts in
 //!   io-sched's packed format, the rest in `dense.safetensors`), and opened again; MLX
 //!   quantized checkpoints are packed without re-quantizing ([`mlx`]).
-//! - [`SchedExperts`] / [`Prefetcher`]: experts streamed through io-sched, with pre-gate or
+//! - [`streamed`] ([`SchedExperts`] / [`Prefetcher`]): experts streamed through io-sched's `Session`, with pre-gate or
 //!   predictor hints.
 //!
 //! ```no_run
@@ -54,7 +54,9 @@ pub use pack::{PackSummary, pack_model, pack_model_with};
 pub use pack_options::PackOptions;
 pub use packed_model::{PackMeta, PackedModel};
 pub use sampler::Sampler;
-pub use streaming::{Prediction, Prefetcher, SchedExperts, Tee, open_scheduler};
+pub use streaming::{
+    Prediction, Prefetcher, SchedExperts, SharedSession, Tee, open_scheduler, streamed,
+};
 pub use tokenizer::Tokenizer;
 pub use trace_sink::TraceSink;
 pub use weights::{Checkpoint, RawTensor, TensorRef};

@@ -1,15 +1,17 @@
-//! Experts streamed through io-sched: [`SchedExperts`] (an [`ExpertSource`] over a
-//! [`Scheduler`]) and [`Prefetcher`] (a [`RoutingObserver`] that turns pre-gate scores or a
-//! predictor's guesses into `hint`s).
+//! Experts streamed through io-sched's [`Session`]: [`SchedExperts`] (an [`ExpertSource`]:
+//! each layer's demand, and the staging of ready records) and [`Prefetcher`] (a
+//! [`RoutingObserver`] that hands the model's pre-gate scores to the same session). The
+//! session owns the prefetch policy — what to hint, how many, in what order — the very one
+//! `flashmoe replay` and the simulator run.
 //!
 //! ```no_run
-//! use std::sync::Arc;
-//! use flashmoe_engine::{PackedModel, Prefetcher, Prediction, SchedExperts, open_scheduler};
-//! use io_sched::{SchedulerConfig, backend::select::BackendConfig};
+//! use flashmoe_engine::{PackedModel, Prediction, open_scheduler, streamed};
+//! use io_sched::{SchedulerConfig, SessionConfig, backend::select::BackendConfig};
 //! let m = PackedModel::open("models/tiny-qwen3-moe-q4".as_ref())?;
 //! let (sched, _fallbacks) = open_scheduler(&m, SchedulerConfig::with_budget(4 << 20), &BackendConfig::default())?;
-//! let mut experts = SchedExperts::new(sched.clone(), m.record)?;
-//! let mut prefetch = Prefetcher::new(sched, Prediction::Pregate, m.config.top_k + 2, m.config.top_k);
+//! let k = m.config.top_k;
+//! let policy = SessionConfig::new(k).with_per_layer(k + 2);
+//! let (mut experts, mut prefetch) = streamed(sched, m.record, Prediction::Pregate, policy)?;
 //! let mut model = m.load_model(flashmoe_backends::CpuBackend::new(), 512)?;
 //! let ids = m.tokenizer.encode("The Rust programming language")?;
 //! let out = flashmoe_engine::generate_greedy(&mut model, &ids, 8, &mut experts, &mut prefetch)?;
@@ -20,10 +22,11 @@ use crate::error::{EngineError, Result};
 use crate::experts::{ExpertBatch, ExpertLayout, ExpertSource};
 use crate::hooks::RoutingObserver;
 use crate::packed_model::PackedModel;
+use io_sched::backend::fallback::Fallback;
 use io_sched::backend::select::{BackendConfig, open_backend};
-use io_sched::predictor::{Candidate, LayerPrediction, Predictor};
-use io_sched::{Scheduler, SchedulerConfig};
-use std::sync::Arc;
+use io_sched::predictor::{NoPredictor, Predictor, Scores};
+use io_sched::{Scheduler, SchedulerConfig, Session, SessionConfig, SessionStats};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// Starts a scheduler over `model`'s expert files: opens the read backend `backend` asks for
 /// and refuses a budget that cannot hold one layer's `top_k` experts at once. Returns the
@@ -32,16 +35,16 @@ pub fn open_scheduler(
     model: &PackedModel,
     cfg: SchedulerConfig,
     backend: &BackendConfig,
-) -> Result<(Arc<Scheduler>, Vec<String>)> {
+) -> Result<(Arc<Scheduler>, Vec<Fallback>)> {
     let slot = model.experts.max_read_len();
-    let slots = cfg.budget_bytes / slot.max(1);
+    let slots = cfg.budget_bytes() / slot.max(1);
     let k = model.config.top_k as u64;
     if slots < k {
         return Err(EngineError::IoSched {
             context: format!("expert cache for {}", model.dir.display()),
             source: io_sched::Error::Budget(format!(
                 "{} bytes hold {slots} expert records of {slot} bytes, but a layer needs its top_k = {k} experts at once (at least {} bytes)",
-                cfg.budget_bytes,
+                cfg.budget_bytes(),
                 k * slot
             )),
         });
@@ -61,17 +64,73 @@ pub fn open_scheduler(
     Ok((Arc::new(sched), opened.fallbacks))
 }
 
-/// Expert records acquired from an io-sched [`Scheduler`]; each batch holds the acquire's
-/// guard, so its cache slots stay pinned until the model is done with the batch.
-pub struct SchedExperts {
+/// The session both halves of a streamed model share: [`SchedExperts`] demands and stages
+/// through it, [`Prefetcher`] feeds it scores.
+pub type SharedSession = Arc<Mutex<Session<Arc<Scheduler>>>>;
+
+fn lock(s: &SharedSession) -> MutexGuard<'_, Session<Arc<Scheduler>>> {
+    // A panic elsewhere cannot leave the session half-updated in a way that matters here:
+    // its state is counters and the predictor's tables.
+    s.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How a streamed model predicts.
+pub enum Prediction {
+    /// No hints.
+    None,
+    /// Pre-gate: layer L+1's router applied to layer L's MoE input (and L+2's, for a horizon
+    /// of 2); its most probable experts are hinted while layer L's experts are read and
+    /// computed.
+    Pregate,
+    /// An io-sched predictor fed with the real routing.
+    Predictor(Box<dyn Predictor>),
+}
+
+/// The expert source and the observer of a model streamed through one [`Session`] over
+/// `sched` (records in the `record` layout), hinting as `mode` and `policy` say.
+pub fn streamed(
     sched: Arc<Scheduler>,
+    record: ExpertLayout,
+    mode: Prediction,
+    policy: SessionConfig,
+) -> Result<(SchedExperts, Prefetcher)> {
+    let (layers, experts) = (sched.layout().num_layers(), sched.layout().num_experts());
+    let pregate = matches!(mode, Prediction::Pregate);
+    let predictor: Box<dyn Predictor> = match mode {
+        Prediction::None => Box::new(NoPredictor),
+        Prediction::Pregate => Box::new(Scores::new(layers, experts)),
+        Prediction::Predictor(p) => p,
+    };
+    let far = pregate && policy.horizon() >= 2;
+    let source = SchedExperts::with_session(sched, record, policy, predictor)?;
+    let prefetch = Prefetcher {
+        session: source.session.clone(),
+        pregate,
+        far,
+    };
+    Ok((source, prefetch))
+}
+
+/// Expert records acquired through a [`Session`]; each batch holds the acquire's guard, so
+/// its cache slots stay pinned until the model is done with the batch.
+pub struct SchedExperts {
+    session: SharedSession,
     record: ExpertLayout,
 }
 
 impl SchedExperts {
-    /// A source over `sched`, whose records are in the `record` layout (checked against the
-    /// scheduler's largest record).
+    /// A source over `sched` that hints nothing, whose records are in the `record` layout
+    /// (checked against the scheduler's largest record). [`streamed`] makes one that hints.
     pub fn new(sched: Arc<Scheduler>, record: ExpertLayout) -> Result<Self> {
+        Self::with_session(sched, record, SessionConfig::new(0), Box::new(NoPredictor))
+    }
+
+    fn with_session(
+        sched: Arc<Scheduler>,
+        record: ExpertLayout,
+        policy: SessionConfig,
+        predictor: Box<dyn Predictor>,
+    ) -> Result<Self> {
         let max = sched.layout().max_read_len();
         if (record.record_len as u64) > max {
             return Err(EngineError::Expert {
@@ -83,12 +142,21 @@ impl SchedExperts {
                 ),
             });
         }
-        Ok(Self { sched, record })
+        let session = Session::new(sched, policy, predictor);
+        Ok(Self {
+            session: Arc::new(Mutex::new(session)),
+            record,
+        })
     }
 
     /// The scheduler.
-    pub fn scheduler(&self) -> &Arc<Scheduler> {
-        &self.sched
+    pub fn scheduler(&self) -> Arc<Scheduler> {
+        lock(&self.session).io().clone()
+    }
+
+    /// The session (e.g. to read its stats or call log).
+    pub fn session(&self) -> &SharedSession {
+        &self.session
     }
 }
 
@@ -98,121 +166,57 @@ impl ExpertSource for SchedExperts {
     }
 
     fn experts(&mut self, layer: u32, ids: &[u32]) -> Result<ExpertBatch<'_>> {
-        let guard = self
-            .sched
-            .acquire(layer, ids)
-            .map_err(|source| EngineError::IoSched {
-                context: format!("acquiring layer {layer} experts {ids:?}"),
-                source,
-            })?;
+        let guard =
+            lock(&self.session)
+                .demand(layer, ids)
+                .map_err(|source| EngineError::IoSched {
+                    context: format!("acquiring layer {layer} experts {ids:?}"),
+                    source,
+                })?;
         Ok(ExpertBatch::held(guard))
     }
 
     fn ready(&mut self, layer: u32, ids: &[u32]) -> Result<(Vec<u32>, ExpertBatch<'_>)> {
-        let guard = self.sched.acquire_ready(layer, ids);
-        let ready = (0..guard.len()).map(|i| guard.expert(i)).collect();
+        let (ready, guard) = lock(&self.session).stage(layer, ids);
         Ok((ready, ExpertBatch::held(guard)))
     }
 }
 
-/// How a [`Prefetcher`] predicts.
-pub enum Prediction {
-    /// No hints.
-    None,
-    /// Pre-gate: layer L+1's router applied to layer L's MoE input; its most probable experts
-    /// are hinted for layer L+1 while layer L's experts are read and computed.
-    Pregate,
-    /// An io-sched predictor fed with the real routing, asked `horizon` layers ahead.
-    Predictor {
-        /// The predictor.
-        predictor: Box<dyn Predictor>,
-        /// Layers ahead to hint.
-        horizon: u32,
-    },
-}
-
-/// Drives prefetching from the model's routing callbacks.
+/// Hands the model's pre-gate scores to the session of its [`SchedExperts`] (the session
+/// hints when the layer is demanded).
 pub struct Prefetcher {
-    sched: Arc<Scheduler>,
-    mode: Prediction,
-    per_layer: usize,
-    candidates: Vec<Candidate>,
-    predictions: Vec<LayerPrediction>,
-    hints: u64,
+    session: SharedSession,
+    pregate: bool,
+    far: bool,
 }
 
 impl Prefetcher {
-    /// Hints at most `per_layer` experts per predicted layer to `sched`, for a model routing
-    /// `top_k` experts per layer.
-    ///
-    /// The hints are capped so that they and one layer's `top_k` demand reads fit in the cache
-    /// together: more would only evict each other (or the experts about to be demanded) before
-    /// use. A cache of exactly `top_k` slots gets no hints.
-    pub fn new(sched: Arc<Scheduler>, mode: Prediction, per_layer: usize, top_k: usize) -> Self {
-        let layers_ahead = match &mode {
-            Prediction::Predictor { horizon, .. } => (*horizon).max(1) as usize,
-            _ => 1,
-        };
-        let room = sched.capacity().0.saturating_sub(top_k) / layers_ahead;
-        let per_layer = per_layer.min(room);
-        Self {
-            sched,
-            mode,
-            per_layer,
-            candidates: Vec::new(),
-            predictions: Vec::new(),
-            hints: 0,
-        }
-    }
-
-    /// Experts hinted per predicted layer at most (after the cap).
+    /// Experts hinted per predicted layer at most (after the session's cap).
     pub fn per_layer(&self) -> usize {
-        self.per_layer
+        lock(&self.session).per_layer()
     }
 
-    /// Hint calls made so far.
-    pub fn hints(&self) -> u64 {
-        self.hints
+    /// What the session hinted so far.
+    pub fn stats(&self) -> SessionStats {
+        lock(&self.session).stats()
     }
-}
-
-/// The `n` highest scores of `scores` as candidates (confidence = score), best first.
-pub fn top_candidates(scores: &[f32], n: usize, out: &mut Vec<Candidate>) {
-    out.clear();
-    let top = crate::sampler::top_k(scores, n);
-    out.extend(top.into_iter().map(|e| Candidate {
-        expert: e,
-        confidence: scores[e as usize].clamp(0.0, 1.0),
-    }));
 }
 
 impl RoutingObserver for Prefetcher {
     fn wants_pregate(&self) -> bool {
-        matches!(self.mode, Prediction::Pregate)
+        self.pregate
     }
 
     fn on_pregate(&mut self, layer: u32, scores: &[f32]) {
-        if let Prediction::Pregate = self.mode
-            && self.per_layer > 0
-        {
-            top_candidates(scores, self.per_layer, &mut self.candidates);
-            self.sched.hint(layer, &self.candidates);
-            self.hints += 1;
-        }
+        lock(&self.session).scores(layer, scores);
     }
 
-    fn on_routing(&mut self, layer: u32, ids: &[u32], _weights: &[f32]) {
-        if let Prediction::Predictor { predictor, horizon } = &mut self.mode {
-            predictor.observe(layer, ids);
-            if self.per_layer == 0 {
-                return;
-            }
-            predictor.predict(layer, *horizon, self.per_layer, &mut self.predictions);
-            for p in &self.predictions {
-                self.sched.hint(p.layer, &p.candidates);
-                self.hints += 1;
-            }
-        }
+    fn wants_pregate_far(&self) -> bool {
+        self.far
+    }
+
+    fn on_pregate_far(&mut self, layer: u32, scores: &[f32]) {
+        lock(&self.session).scores(layer, scores);
     }
 }
 

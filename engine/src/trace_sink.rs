@@ -91,7 +91,7 @@ impl TraceSink {
 fn trace_error(path: &Path, e: TraceError) -> EngineError {
     EngineError::Trace {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        source: e,
     }
 }
 

@@ -7,12 +7,12 @@ use common::{fixture, golden, load, pack_fixture};
 use flashmoe_backends::CpuBackend;
 use flashmoe_backends::quant::WeightFormat;
 use flashmoe_engine::{
-    NoObserver, PackedModel, Prediction, Prefetcher, SchedExperts, generate_greedy, open_scheduler,
+    NoObserver, PackedModel, Prediction, SchedExperts, generate_greedy, open_scheduler, streamed,
 };
-use io_sched::SchedulerConfig;
 use io_sched::backend::BackendKind;
 use io_sched::backend::select::BackendConfig;
 use io_sched::metrics::LayerMetrics;
+use io_sched::{SchedulerConfig, SessionConfig};
 
 const TOKENS: usize = 24;
 
@@ -48,10 +48,7 @@ fn run(
     kind: Option<BackendKind>,
     pregate: bool,
 ) -> Option<(Vec<u32>, LayerMetrics)> {
-    let backend = BackendConfig {
-        kind,
-        ..BackendConfig::default()
-    };
+    let backend = BackendConfig::default().kind(kind);
     let (sched, _) = match open_scheduler(m, SchedulerConfig::with_budget(budget), &backend) {
         Ok(s) => s,
         Err(e) => {
@@ -60,13 +57,14 @@ fn run(
         }
     };
     let mut model = m.load_model(CpuBackend::new(), 256).expect("model");
-    let mut experts = SchedExperts::new(sched.clone(), m.record).expect("source");
     let mode = if pregate {
         Prediction::Pregate
     } else {
         Prediction::None
     };
-    let mut obs = Prefetcher::new(sched.clone(), mode, m.config.top_k + 2, m.config.top_k);
+    let k = m.config.top_k;
+    let policy = SessionConfig::new(k).with_per_layer(k + 2);
+    let (mut experts, mut obs) = streamed(sched.clone(), m.record, mode, policy).expect("source");
     let out =
         generate_greedy(&mut model, prompt, TOKENS, &mut experts, &mut obs).expect("generate");
     Some((out, sched.metrics().total()))

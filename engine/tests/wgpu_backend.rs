@@ -12,8 +12,8 @@ use flashmoe_backends::quant::WeightFormat;
 use flashmoe_backends::wgpu::{WgpuBackend, WgpuConfig};
 use flashmoe_engine::sampler::argmax;
 use flashmoe_engine::{
-    InMemoryExperts, MoeModel, NoObserver, PackedModel, Prediction, Prefetcher, SchedExperts,
-    generate_greedy, open_scheduler,
+    InMemoryExperts, MoeModel, NoObserver, PackedModel, Prediction, generate_greedy,
+    open_scheduler, streamed,
 };
 use io_sched::SchedulerConfig;
 use io_sched::backend::select::BackendConfig;
@@ -171,8 +171,9 @@ fn streamed_experts_with_pregate_staging_match_cpu() {
             &BackendConfig::default(),
         )
         .expect("scheduler");
-        let mut experts = SchedExperts::new(sched.clone(), m.record).expect("experts");
-        let mut prefetch = Prefetcher::new(sched, Prediction::Pregate, k + 2, k);
+        let policy = io_sched::SessionConfig::new(k).with_per_layer(k + 2);
+        let (mut experts, mut prefetch) =
+            streamed(sched, m.record, Prediction::Pregate, policy).expect("experts");
         *tokens = match model_gpu {
             Some(be) => {
                 let mut model = m.load_model(be, 256).expect("gpu model");

@@ -1,5 +1,6 @@
-//! A runtime that owns its own compute, using io-sched alone: describe a layout → hint →
-//! acquire → use the bytes → release. No flashmoe engine or backend involved.
+//! A runtime that owns its own compute, using io-sched alone: describe a layout → open a
+//! session → per layer, demand what the router chose (the session hints what its predictor
+//! expects next) → use the bytes → release. No flashmoe engine or backend involved.
 //!
 //! ```text
 //! cargo run --release -p flashmoe-io-sched --example standalone_runtime
@@ -7,8 +8,10 @@
 
 use io_sched::backend::select::{BackendConfig, open_backend};
 use io_sched::packfile::{PackSplit, write_pack_set};
-use io_sched::predictor::{self, LayerPrediction, PredictorKind};
-use io_sched::{Manifest, Scheduler, SchedulerConfig};
+use std::sync::Arc;
+
+use io_sched::predictor::{self, PredictorKind};
+use io_sched::{Manifest, Scheduler, SchedulerConfig, Session, SessionConfig};
 
 const LAYERS: u32 = 8;
 const EXPERTS: u32 = 32;
@@ -41,27 +44,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("fallback: {why}");
     }
     let budget = layout.total_expert_bytes() / 4; // a quarter of the experts fit
-    let sched =
-        Scheduler::with_backend(layout, SchedulerConfig::with_budget(budget), opened.backend)?;
+    let sched = Arc::new(Scheduler::with_backend(
+        layout,
+        SchedulerConfig::with_budget(budget),
+        opened.backend,
+    )?);
     println!("reading with {}", sched.backend_description());
 
-    // 3. Decode: your router decides; io-sched fetches, ahead of time when it can.
-    let mut predictor = predictor::build(PredictorKind::Temporal, LAYERS, EXPERTS)
+    // 3. Decode: your router decides; io-sched fetches, ahead of time when it can. The
+    //    session owns the per-layer protocol: each demand is queued first, then the next two
+    //    layers' top K + 2 candidates are hinted, then it waits. (A runtime with pre-gate
+    //    scores hands them to `session.scores` and predicts with `predictor::Scores`.)
+    let predictor = predictor::build(PredictorKind::Temporal, LAYERS, EXPERTS)
         .ok_or("temporal predictor needs no trace")?;
-    let mut predictions: Vec<LayerPrediction> = Vec::new();
+    let policy = SessionConfig::new(K).with_per_layer(K + 2).with_horizon(2);
+    let mut session = Session::new(sched.clone(), policy, predictor);
     let mut checksum = 0u64;
     for token in 0..64u32 {
         for layer in 0..LAYERS {
-            // Hint the next layer(s) before computing this one.
-            predictor.predict(layer, 2, K + 2, &mut predictions);
-            for p in &predictions {
-                sched.hint(p.layer, &p.candidates);
-            }
             // Your router's choice (here: a drifting pattern with reuse between tokens).
             let routed: Vec<u32> = (0..K as u32)
                 .map(|i| (token / 4 + i * 5 + layer * 3) % EXPERTS)
                 .collect();
-            let guard = sched.acquire(layer, &routed)?;
+            let guard = session.demand(layer, &routed)?;
             for (expert, bytes) in guard.iter() {
                 // Your compute reads the expert's bytes in place; they stay pinned until the
                 // guard drops.
@@ -69,7 +74,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 checksum = checksum.wrapping_add(bytes.iter().map(|&b| b as u64).sum::<u64>());
             }
             drop(guard);
-            predictor.observe(layer, &routed);
         }
     }
     let m = sched.metrics().total();

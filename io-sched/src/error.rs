@@ -6,9 +6,13 @@ use std::path::PathBuf;
 /// Where a failed read was headed: enough to find the bytes by hand.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadSite {
+    /// Layer of the expert.
     pub layer: u32,
+    /// Expert within the layer.
     pub expert: u32,
+    /// File of its record.
     pub file: PathBuf,
+    /// Byte offset of the read in the file.
     pub offset: u64,
 }
 
@@ -25,7 +29,10 @@ impl std::fmt::Display for ReadSite {
     }
 }
 
+/// An io-sched error: what went wrong and where, the underlying `io::Error` kept as its
+/// source. Match on [`Error::kind`] to decide what to do.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A manifest, packed file or in-code layout is malformed.
     #[error("invalid layout: {0}")]
@@ -83,9 +90,51 @@ pub enum Error {
     Shutdown,
 }
 
+/// The kind of an [`Error`], for callers that branch on it (a C ABI maps it to an error code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// [`Error::Layout`]: bad manifest, packed file or layout (bad input; retrying won't help).
+    Layout,
+    /// [`Error::File`]: opening, sizing or mapping a file failed.
+    File,
+    /// [`Error::Read`]: a read failed after retries (the device or file).
+    Read,
+    /// [`Error::Checksum`]: bytes on disk do not match the layout (corruption).
+    Checksum,
+    /// [`Error::UnknownExpert`]: a (layer, expert) outside the layout was asked for.
+    UnknownExpert,
+    /// [`Error::Budget`]: the cache (or a setting) cannot hold what was asked.
+    Budget,
+    /// [`Error::Backend`]: a read backend could not be set up.
+    Backend,
+    /// [`Error::Shutdown`]: the scheduler shut down while a request waited.
+    Shutdown,
+}
+
+/// `Result` with io-sched's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// What kind of error this is.
+    ///
+    /// ```
+    /// use io_sched::{Error, ErrorKind};
+    /// assert_eq!(Error::Shutdown.kind(), ErrorKind::Shutdown);
+    /// ```
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Layout(_) => ErrorKind::Layout,
+            Error::File { .. } => ErrorKind::File,
+            Error::Read { .. } => ErrorKind::Read,
+            Error::Checksum { .. } => ErrorKind::Checksum,
+            Error::UnknownExpert { .. } => ErrorKind::UnknownExpert,
+            Error::Budget(_) => ErrorKind::Budget,
+            Error::Backend { .. } => ErrorKind::Backend,
+            Error::Shutdown => ErrorKind::Shutdown,
+        }
+    }
+
     pub(crate) fn file(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::File {
             op,

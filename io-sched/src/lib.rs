@@ -56,6 +56,7 @@
 //! ```
 
 pub mod backend;
+#[doc(hidden)]
 pub mod bench;
 pub mod checksum;
 pub mod error;
@@ -64,16 +65,21 @@ pub mod manifest;
 pub mod packfile;
 pub mod predictor;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use layout::{ExpertKey, ExpertLayout, ExpertLocation, LayoutBuilder};
 pub mod cache;
+#[doc(hidden)]
 pub mod core;
 pub mod guard;
 pub mod metrics;
+pub mod pending;
 pub mod scheduler;
+pub mod session;
 pub mod trace;
 
 pub use guard::{AcquireFuture, ExpertGuard};
 pub use manifest::Manifest;
+pub use pending::PendingAcquire;
 pub use predictor::{Candidate, LayerPrediction, Predictor, PredictorKind};
 pub use scheduler::{Scheduler, SchedulerConfig};
+pub use session::{Call, Session, SessionConfig, SessionIo, SessionStats};

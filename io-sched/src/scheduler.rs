@@ -15,24 +15,98 @@ use crate::error::{Error, Result};
 use crate::guard::{AcquireFuture, ExpertGuard};
 use crate::layout::{ExpertKey, ExpertLayout};
 use crate::metrics::MetricsSnapshot;
+use crate::pending::PendingAcquire;
 use crate::predictor::Candidate;
 
-/// How a [`Scheduler`] caches and reads.
+/// How a [`Scheduler`] caches and reads: a budget, then chained setters over defaults that
+/// suit SSDs from phone class to NVMe.
+///
+/// ```
+/// use io_sched::{SchedulerConfig, cache::EvictionKind};
+/// let cfg = SchedulerConfig::with_budget(2 << 30)
+///     .eviction(EvictionKind::Lru)
+///     .max_prefetch_bytes_in_flight(16 << 20);
+/// assert_eq!(cfg.budget_bytes(), 2 << 30);
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SchedulerConfig {
-    /// Bytes of memory for cached experts (rounded down to whole slots).
-    pub budget_bytes: u64,
-    pub eviction: EvictionKind,
-    pub core: CoreConfig,
+    budget_bytes: u64,
+    eviction: EvictionKind,
+    core: CoreConfig,
 }
 
 impl SchedulerConfig {
+    /// `budget_bytes` of memory for cached experts (rounded down to whole slots), LRU
+    /// eviction, the default read sizes and limits, checksums verified.
     pub fn with_budget(budget_bytes: u64) -> Self {
         Self {
             budget_bytes,
             eviction: EvictionKind::Lru,
             core: CoreConfig::default(),
         }
+    }
+
+    /// The cache budget in bytes.
+    pub fn budget_bytes(&self) -> u64 {
+        self.budget_bytes
+    }
+
+    /// Which cached record to evict (default LRU).
+    pub fn eviction(mut self, kind: EvictionKind) -> Self {
+        self.eviction = kind;
+        self
+    }
+
+    /// Bytes of one demand read request (default 1 MiB): a record is split into several so
+    /// the device works on them in parallel.
+    pub fn demand_chunk(mut self, bytes: usize) -> Self {
+        self.core.demand_chunk = bytes;
+        self
+    }
+
+    /// Bytes of one prefetch read request (default 1 MiB): the most traffic a demand read can
+    /// find issued ahead of it once it arrives.
+    pub fn prefetch_chunk(mut self, bytes: usize) -> Self {
+        self.core.prefetch_chunk = bytes;
+        self
+    }
+
+    /// Prefetch bytes in flight at most (default 8 MiB; demand reads are not limited).
+    pub fn max_prefetch_bytes_in_flight(mut self, bytes: u64) -> Self {
+        self.core.max_prefetch_bytes_in_flight = bytes;
+        self
+    }
+
+    /// Prefetch reads in flight at most (default 8), leaving the rest of the queue to demand.
+    pub fn max_prefetch_ops_in_flight(mut self, ops: usize) -> Self {
+        self.core.max_prefetch_ops_in_flight = ops;
+        self
+    }
+
+    /// Retries of a short or interrupted read before the load fails (default 8).
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.core.max_retries = retries;
+        self
+    }
+
+    /// Check every record's checksum before handing it out (default on).
+    pub fn verify_checksums(mut self, on: bool) -> Self {
+        self.core.verify_checksums = on;
+        self
+    }
+
+    /// Candidates below this confidence are not prefetched (default 0).
+    pub fn min_confidence(mut self, confidence: f32) -> Self {
+        self.core.min_confidence = confidence;
+        self
+    }
+
+    /// Replaces every core setting at once (the simulator's path).
+    #[doc(hidden)]
+    pub fn core_config(mut self, core: CoreConfig) -> Self {
+        self.core = core;
+        self
     }
 }
 
@@ -274,25 +348,15 @@ impl Scheduler {
     /// their bytes (in the order asked). Also tells the scheduler the real routing of `layer`,
     /// which makes prefetches that missed stale.
     pub fn acquire(&self, layer: u32, experts: &[u32]) -> Result<ExpertGuard> {
-        let mut step = AcquireStep::new(layer, experts);
-        let mut st = self.shared.state.lock();
-        st.core.note_routing(layer, experts)?;
-        loop {
-            match step.advance(&self.shared, &mut st) {
-                Some(Ok(())) => {
-                    if let Some(t) = step.started {
-                        st.core.record_stall(layer, t.elapsed().as_nanos() as u64);
-                    }
-                    drop(st);
-                    return Ok(ExpertGuard::new(self.shared.clone(), layer, step));
-                }
-                Some(Err(e)) => {
-                    step.abandon(&self.shared, &mut st);
-                    return Err(e);
-                }
-                None => self.shared.progress.wait(&mut st),
-            }
-        }
+        self.begin_acquire(layer, experts)?.wait()
+    }
+
+    /// The first half of [`acquire`](Self::acquire): notes the real routing of `layer` and
+    /// pins `experts`, queueing their demand reads, without waiting. Hints given before
+    /// [`PendingAcquire::wait`] queue behind these demand reads (demand goes first) yet start
+    /// while the caller waits.
+    pub fn begin_acquire(&self, layer: u32, experts: &[u32]) -> Result<PendingAcquire> {
+        PendingAcquire::start(self.shared.clone(), layer, experts)
     }
 
     /// A guard over those of `experts` of `layer` that are in memory now (in the order asked,
@@ -326,6 +390,7 @@ impl Scheduler {
     }
 
     /// Runs `f` on the core under the lock (tests and diagnostics).
+    #[doc(hidden)]
     pub fn with_core<R>(&self, f: impl FnOnce(&SchedCore) -> R) -> R {
         f(&self.shared.state.lock().core)
     }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use backend_common::{Arena, Fixture, read_all_and_check};
+use io_sched::backend::fallback::Fallback;
 use io_sched::backend::files::{DirectMode, OpenFiles, probe_aligned_read};
 use io_sched::backend::pread::PreadBackend;
 use io_sched::backend::select::{BackendConfig, open_backend};
@@ -18,10 +19,7 @@ use io_sched::backend::{BackendKind, ReadBackend, ReadOp};
 #[test]
 fn io_uring_disabled_by_config_falls_back_to_pread_with_reason() {
     let fx = Fixture::new(None, 2, 8, 64 << 10, 1);
-    let cfg = BackendConfig {
-        allow_io_uring: false,
-        ..BackendConfig::default()
-    };
+    let cfg = BackendConfig::default().allow_io_uring(false);
     let mut opened = open_backend(&fx.layout, &cfg).unwrap();
     assert_eq!(opened.backend.kind(), BackendKind::Pread);
     if cfg!(target_os = "linux") {
@@ -29,7 +27,8 @@ fn io_uring_disabled_by_config_falls_back_to_pread_with_reason() {
             opened
                 .fallbacks
                 .iter()
-                .any(|r| r.contains("io_uring disabled")),
+                .any(|r| matches!(r, Fallback::Pread { .. })
+                    && r.reason().contains("io_uring disabled")),
             "{:?}",
             opened.fallbacks
         );
@@ -38,11 +37,9 @@ fn io_uring_disabled_by_config_falls_back_to_pread_with_reason() {
     read_all_and_check(opened.backend.as_mut(), &arena, 8, 1);
 
     // Forcing io_uring while forbidding it is an error, not a silent fallback.
-    let forced = BackendConfig {
-        kind: Some(BackendKind::IoUring),
-        allow_io_uring: false,
-        ..BackendConfig::default()
-    };
+    let forced = BackendConfig::default()
+        .kind(Some(BackendKind::IoUring))
+        .allow_io_uring(false);
     let e = open_backend(&fx.layout, &forced).unwrap_err().to_string();
     assert!(e.contains("io_uring"), "{e}");
 }
@@ -312,7 +309,12 @@ mod unavailable {
             deny_io_uring_setup_in_this_thread(errno).map_err(|e| format!("seccomp: {e}"))?;
             let mut opened = open_backend(&layout, &BackendConfig::default()).unwrap();
             assert_eq!(opened.backend.kind(), BackendKind::Pread);
-            let reason = opened.fallbacks.join("\n");
+            let reason = opened
+                .fallbacks
+                .iter()
+                .map(|f| f.reason())
+                .collect::<Vec<_>>()
+                .join("\n");
             println!("fallback: {reason}");
             assert!(reason.contains("io_uring_setup failed"), "{reason}");
             assert!(reason.contains(expect), "{reason}");
@@ -320,10 +322,7 @@ mod unavailable {
             let arena = Arena::new(&layout);
             read_all_and_check(opened.backend.as_mut(), &arena, 8, 1);
 
-            let forced = BackendConfig {
-                kind: Some(BackendKind::IoUring),
-                ..BackendConfig::default()
-            };
+            let forced = BackendConfig::default().kind(Some(BackendKind::IoUring));
             let e = open_backend(&layout, &forced).unwrap_err().to_string();
             assert!(e.contains("io_uring_setup failed"), "{e}");
             Ok(())

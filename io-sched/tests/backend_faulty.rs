@@ -28,10 +28,7 @@ fn pread(fx: &Fixture, threads: usize) -> Box<dyn ReadBackend> {
 fn inner_kinds(fx: &Fixture) -> Vec<Box<dyn ReadBackend>> {
     let mut v = vec![pread(fx, 4)];
     if cfg!(target_os = "linux") {
-        let cfg = BackendConfig {
-            kind: Some(io_sched::backend::BackendKind::IoUring),
-            ..BackendConfig::default()
-        };
+        let cfg = BackendConfig::default().kind(Some(io_sched::backend::BackendKind::IoUring));
         v.push(open_backend(&fx.layout, &cfg).unwrap().backend);
     }
     v
@@ -280,10 +277,7 @@ fn dropping_a_backend_waits_for_reads_in_flight() {
         &fx,
     );
     if cfg!(target_os = "linux") {
-        let cfg = BackendConfig {
-            kind: Some(io_sched::backend::BackendKind::IoUring),
-            ..BackendConfig::default()
-        };
+        let cfg = BackendConfig::default().kind(Some(io_sched::backend::BackendKind::IoUring));
         drop_waits(open_backend(&fx.layout, &cfg).unwrap().backend, &fx);
     }
     // Through the fault injector, with every completion held back.

@@ -193,11 +193,7 @@ fn every_kind_through_the_selector() {
         &[BackendKind::Pread, BackendKind::Mmap]
     };
     for &kind in kinds {
-        let cfg = BackendConfig {
-            kind: Some(kind),
-            threads: Some(6),
-            ..BackendConfig::default()
-        };
+        let cfg = BackendConfig::default().kind(Some(kind)).threads(Some(6));
         let mut opened = open_backend(&fx.layout, &cfg).unwrap();
         assert_eq!(opened.backend.kind(), kind);
         println!("{kind:?}: {}", opened.backend.describe());

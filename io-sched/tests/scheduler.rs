@@ -268,7 +268,7 @@ fn checksums_stream_over_out_of_order_chunks_and_catch_a_bad_middle_chunk() {
     let bad = layout.get(ExpertKey::new(0, 3)).unwrap().offset as usize + 2 * 4096 + 7;
     image[bad] ^= 1;
     let mut cfg = SchedulerConfig::with_budget(8 * 6 * 4096);
-    cfg.core.demand_chunk = 4096;
+    cfg = cfg.demand_chunk(4096);
     let s = Scheduler::with_backend(layout, cfg, Box::new(Reversing(memory_backend(image, 16))))
         .unwrap();
     let g = s.acquire(0, &[0, 1, 2]).unwrap();
@@ -289,7 +289,7 @@ fn multi_block_records_verify_from_out_of_order_chunks() {
     image[bad] ^= 0x80;
     let slot = len.div_ceil(4096) * 4096;
     let mut cfg = SchedulerConfig::with_budget(3 * slot as u64);
-    cfg.core.demand_chunk = 48 * 1024; // chunks straddle block boundaries
+    cfg = cfg.demand_chunk(48 * 1024); // chunks straddle block boundaries
     let s = Scheduler::with_backend(layout, cfg, Box::new(Reversing(memory_backend(image, 64))))
         .unwrap();
     let g = s.acquire(0, &[0, 1]).unwrap();
@@ -330,4 +330,29 @@ fn acquire_ready_pins_cached_records_without_reading_or_counting() {
     );
     drop(g);
     assert_eq!(s.acquire_ready(0, &[]).len(), 0);
+}
+
+#[test]
+fn begin_acquire_queues_the_demand_so_hints_can_follow_before_the_wait() {
+    let s = sched(2, 8, 4);
+    let pending = s.begin_acquire(0, &[3, 6]).unwrap();
+    s.hint(1, &[cand(2), cand(5)]);
+    let g = pending.wait().unwrap();
+    assert_eq!(g.bytes(0), &record_bytes(ExpertKey::new(0, 3), LEN)[..]);
+    assert_eq!(g.bytes(1), &record_bytes(ExpertKey::new(0, 6), LEN)[..]);
+    drop(g);
+    let g = s.acquire(1, &[2, 5]).unwrap();
+    assert_eq!(g.bytes(1), &record_bytes(ExpertKey::new(1, 5), LEN)[..]);
+    drop(g);
+    let m = s.metrics().total();
+    assert_eq!((m.demanded, m.misses, m.prefetch_used), (4, 2, 2));
+
+    // A pending acquire dropped unwaited releases its pins: the 4 slots can be had again.
+    drop(s.begin_acquire(0, &[0, 1, 2, 4]).unwrap());
+    let g = s.acquire(1, &[0, 1, 3, 4]).unwrap();
+    assert_eq!(g.len(), 4);
+    assert!(matches!(
+        s.begin_acquire(0, &[99]).unwrap_err(),
+        Error::UnknownExpert { .. }
+    ));
 }

@@ -57,10 +57,10 @@ fn demand_is_issued_after_at_most_one_prefetch_chunk() {
     });
     let log = fb.log();
     let mut cfg = SchedulerConfig::with_budget(32 * LEN as u64);
-    cfg.core.prefetch_chunk = 4096;
-    cfg.core.demand_chunk = LEN;
-    cfg.core.max_prefetch_ops_in_flight = 2;
-    cfg.core.max_prefetch_bytes_in_flight = 8192;
+    cfg = cfg.prefetch_chunk(4096);
+    cfg = cfg.demand_chunk(LEN);
+    cfg = cfg.max_prefetch_ops_in_flight(2);
+    cfg = cfg.max_prefetch_bytes_in_flight(8192);
     let s = Scheduler::with_backend(layout, cfg, Box::new(fb)).unwrap();
     // Fill the prefetch queue: 8 experts x 4 chunks for layer 1, two chunks in flight.
     s.hint(1, &(0..8).map(conf).collect::<Vec<_>>());
@@ -94,8 +94,8 @@ fn prefetch_in_flight_is_promoted_not_read_twice() {
     });
     let log = fb.log();
     let mut cfg = SchedulerConfig::with_budget(16 * LEN as u64);
-    cfg.core.prefetch_chunk = 4096;
-    cfg.core.max_prefetch_ops_in_flight = 1;
+    cfg = cfg.prefetch_chunk(4096);
+    cfg = cfg.max_prefetch_ops_in_flight(1);
     let s = Scheduler::with_backend(layout, cfg, Box::new(fb)).unwrap();
     let key = ExpertKey::new(1, 5);
     s.hint(1, &[conf(5)]);
@@ -188,7 +188,7 @@ fn short_reads_are_retried_until_the_record_is_whole() {
         )
     });
     let mut cfg = SchedulerConfig::with_budget(8 * LEN as u64);
-    cfg.core.demand_chunk = LEN;
+    cfg = cfg.demand_chunk(LEN);
     let s = Scheduler::with_backend(layout, cfg, Box::new(fb)).unwrap();
     let g = s.acquire(0, &[1]).unwrap();
     assert_eq!(g.bytes(0), &record_bytes(key, LEN)[..]);
@@ -201,11 +201,9 @@ fn short_direct_reads_retry_from_an_aligned_offset() {
     let path = dir.path().join("model.bin");
     let (layout, image) = model_image_at(&path, 1, 4, LEN);
     std::fs::write(&path, image).unwrap();
-    let cfg = BackendConfig {
-        kind: Some(BackendKind::Pread),
-        direct: DirectMode::Auto,
-        ..BackendConfig::default()
-    };
+    let cfg = BackendConfig::default()
+        .kind(Some(BackendKind::Pread))
+        .direct(DirectMode::Auto);
     let opened = open_backend(&layout, &cfg).unwrap();
     let direct = opened.backend.direct();
     let key = ExpertKey::new(0, 3);
@@ -217,7 +215,7 @@ fn short_direct_reads_retry_from_an_aligned_offset() {
         },
     );
     let mut sc = SchedulerConfig::with_budget(8 * LEN as u64);
-    sc.core.demand_chunk = LEN;
+    sc = sc.demand_chunk(LEN);
     let s = Scheduler::with_backend(layout, sc, Box::new(fb)).unwrap();
     let g = s.acquire(0, &[3]).unwrap();
     assert_eq!(g.bytes(0), &record_bytes(key, LEN)[..]);
@@ -232,7 +230,7 @@ fn cancellation_storm_never_corrupts_or_leaks_slots() {
         b.with_rule(Target::Any, Fault::Delay(Duration::from_millis(2)))
     });
     let mut cfg = SchedulerConfig::with_budget(12 * LEN as u64);
-    cfg.core.demand_chunk = 4096;
+    cfg = cfg.demand_chunk(4096);
     let s = Scheduler::with_backend(layout, cfg, Box::new(fb)).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -322,15 +320,13 @@ fn every_real_backend_returns_the_right_bytes_through_the_scheduler() {
     let (layout, image) = model_image_at(&path, 3, 8, 10_000);
     std::fs::write(&path, image).unwrap();
     for kind in [BackendKind::IoUring, BackendKind::Pread, BackendKind::Mmap] {
-        let cfg = BackendConfig {
-            kind: Some(kind),
-            direct: if kind == BackendKind::Mmap {
+        let cfg = BackendConfig::default()
+            .kind(Some(kind))
+            .direct(if kind == BackendKind::Mmap {
                 DirectMode::Off
             } else {
                 DirectMode::Auto
-            },
-            ..BackendConfig::default()
-        };
+            });
         let opened = match open_backend(&layout, &cfg) {
             Ok(o) => o,
             Err(e) if kind == BackendKind::IoUring => {
@@ -371,8 +367,8 @@ fn tight_cache_with_eager_hints_never_hangs() {
             b.with_rule(Target::Any, Fault::Delay(Duration::from_micros(300)))
         });
         let mut cfg = SchedulerConfig::with_budget(slots * LEN as u64);
-        cfg.core.prefetch_chunk = 8192;
-        cfg.core.demand_chunk = 8192;
+        cfg = cfg.prefetch_chunk(8192);
+        cfg = cfg.demand_chunk(8192);
         let s = Arc::new(Scheduler::with_backend(layout, cfg, Box::new(fb)).unwrap());
         let worker = {
             let s = s.clone();

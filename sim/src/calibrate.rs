@@ -49,11 +49,9 @@ fn measure(
     let layout = b
         .build()
         .map_err(|e| SimError::Setup(format!("calibration layout: {e}")))?;
-    let cfg = BackendConfig {
-        queue_depth: depth as u32,
-        threads: Some(depth),
-        ..BackendConfig::default()
-    };
+    let cfg = BackendConfig::default()
+        .queue_depth(depth as u32)
+        .threads(Some(depth));
     let mut opened =
         open_backend(&layout, &cfg).map_err(|e| SimError::Setup(format!("calibration: {e}")))?;
     let reads = (total / size as u64).max(4 * depth as u64);

@@ -1,5 +1,6 @@
 //! Expert predictors for the simulator: io-sched's own (the shipped code, not a copy), plus
-//! the wiring a trace needs — an oracle over the replayed tokens and synthetic pre-gate scores.
+//! the wiring a trace needs — an oracle over the replayed tokens, and the pre-gate scores
+//! (recorded or synthetic) a trace feeds io-sched's [`Session`].
 
 use std::sync::Arc;
 
@@ -7,6 +8,7 @@ use io_sched::predictor::{self as io_pred, Oracle};
 
 pub use io_sched::predictor::{LayerPrediction, Predictor, PredictorKind};
 use io_sched::trace::Trace;
+use io_sched::{Session, SessionIo};
 
 use crate::error::{Result, SimError};
 use crate::rng::Rng;
@@ -36,86 +38,68 @@ pub fn make(kind: PredictorKind, trace: &Arc<Trace>, steps: u64) -> Result<Box<d
         .ok_or_else(|| SimError::Setup(format!("predictor {} cannot be built", kind.name())))
 }
 
-/// A predictor replaying a trace: per (token, layer) it observes the routing, feeds pre-gate
-/// scores (recorded, or synthesized at `recall`) when it is the scores predictor, and predicts.
-/// The one step both the virtual-time driver and the real-disk replay take.
-pub struct TracePredictor {
-    kind: PredictorKind,
-    predictor: Box<dyn Predictor>,
+/// The pre-gate scores a trace gives a [`Session`] at each (token, layer) — recorded, or
+/// synthesized at `recall` when the trace has none — as the engine would by the time layer
+/// `L` is demanded: layer `L + 1`'s, and with a far trace `L + 2`'s. Only the scores predictor
+/// gets them (the others take no scores). Predicting is the session's job.
+pub struct TraceScores {
+    feeds: bool,
     recall: f64,
-    horizon: u32,
-    max_per_layer: usize,
     rng: Rng,
     scores: Vec<f32>,
     /// Two-layers-ahead pre-gate scores (a far trace of the same run), if given.
     far: Option<Arc<Trace>>,
-    preds: Vec<LayerPrediction>,
 }
 
-impl TracePredictor {
-    /// io-sched's predictor of `kind` over `trace` for `steps` tokens (see [`make`]).
-    pub fn new(
-        kind: PredictorKind,
-        trace: &Arc<Trace>,
-        steps: u64,
-        recall: f64,
-        horizon: u32,
-        max_per_layer: usize,
-        seed: u64,
-    ) -> Result<Self> {
-        Ok(Self {
-            kind,
-            predictor: make(kind, trace, steps)?,
+impl TraceScores {
+    /// Scores for a session predicting with `kind` (none unless it is the scores predictor).
+    pub fn new(kind: PredictorKind, recall: f64, seed: u64) -> Self {
+        Self {
+            feeds: kind == PredictorKind::Scores,
             recall,
-            horizon,
-            max_per_layer,
             rng: Rng::new(seed ^ 0x5eed),
             scores: Vec::new(),
             far: None,
-            preds: Vec::new(),
-        })
+        }
     }
 
-    /// Also feeds the scores predictor layer `L + 2`'s scores at layer `L`, from `far`
-    /// (`generate --trace-far`, same run as the trace), so it can predict two layers ahead;
-    /// at `L + 1` the ordinary one-ahead scores supersede them.
+    /// Also gives layer `L + 2`'s scores at layer `L`, from `far` (`generate --trace-far`,
+    /// same run as the trace), so the session can hint two layers ahead; at `L + 1` the
+    /// ordinary one-ahead scores supersede them.
     pub fn with_far_scores(mut self, far: Arc<Trace>) -> Self {
         self.far = Some(far);
         self
     }
 
-    /// Observes `experts`, the routing of `layer` at `token`, and returns the predictions for
-    /// the layers after it.
-    pub fn step(
+    /// Hands `session` the scores known when layer `layer` of `token` is routed (call it
+    /// right before [`Session::demand`]).
+    pub fn feed<Io: SessionIo>(
         &mut self,
+        session: &mut Session<Io>,
         trace: &Trace,
         token: u64,
         layer: u32,
-        experts: &[u32],
-    ) -> &[LayerPrediction] {
-        self.predictor.observe(layer, experts);
-        if self.kind == PredictorKind::Scores {
-            pregate_scores(
-                trace,
-                token,
-                layer,
-                self.recall,
-                &mut self.rng,
-                &mut self.scores,
-            );
-            // io-sched's predictors take scores for the layer they score.
-            self.predictor.observe_scores(layer + 1, &self.scores);
-            if let Some(far) = &self.far
-                && layer + 2 < trace.header.layers
-                && let Some(s) = far.scores_at(token % far.tokens().max(1), layer)
-            {
-                self.predictor.observe_scores(layer + 2, s);
-            }
+    ) {
+        if !self.feeds {
+            return;
         }
-        self.preds.clear();
-        self.predictor
-            .predict(layer, self.horizon, self.max_per_layer, &mut self.preds);
-        &self.preds
+        pregate_scores(
+            trace,
+            token,
+            layer,
+            self.recall,
+            &mut self.rng,
+            &mut self.scores,
+        );
+        if !self.scores.is_empty() {
+            session.scores(layer + 1, &self.scores);
+        }
+        if let Some(far) = &self.far
+            && layer + 2 < trace.header.layers
+            && let Some(s) = far.scores_at(token % far.tokens().max(1), layer)
+        {
+            session.scores(layer + 2, s);
+        }
     }
 }
 

@@ -10,14 +10,14 @@ use flashmoe_backends::wgpu::{WgpuBackend, WgpuConfig};
 use flashmoe_backends::{ComputeBackend, CpuBackend};
 use flashmoe_engine::sampler::Sampler;
 use flashmoe_engine::{
-    NoObserver, PackedModel, Prediction, Prefetcher, RoutingObserver, SchedExperts, Tee, TraceSink,
-    generate, open_scheduler,
+    NoObserver, PackedModel, Prediction, RoutingObserver, Tee, TraceSink, generate, open_scheduler,
+    streamed,
 };
 use io_sched::backend::BackendKind;
 use io_sched::backend::select::BackendConfig;
 use io_sched::metrics::LayerMetrics;
 use io_sched::predictor::{self, PredictorKind};
-use io_sched::{Scheduler, SchedulerConfig};
+use io_sched::{Scheduler, SchedulerConfig, SessionConfig};
 use serde::Serialize;
 
 use super::CliResult;
@@ -71,7 +71,8 @@ pub struct GenerateArgs {
     /// Experts hinted per predicted layer (default: top_k + 2).
     #[arg(long)]
     pub prefetch: Option<usize>,
-    /// Layers ahead that the temporal/transition/frequency predictors hint.
+    /// Layers ahead to hint (pre-gate: 2 also applies layer L+2's router to layer L's hidden
+    /// state).
     #[arg(long, default_value_t = 1)]
     pub horizon: u32,
     /// Print tok/s, hit rate, prefetch precision/recall, bytes read per token and stall time
@@ -127,10 +128,7 @@ fn backend_config(name: &str) -> CliResult<BackendConfig> {
             format!("--io-backend {other:?}: {e} (expected auto, io_uring, pread or mmap)")
         })?),
     };
-    Ok(BackendConfig {
-        kind,
-        ..BackendConfig::default()
-    })
+    Ok(BackendConfig::default().kind(kind))
 }
 
 fn prediction(args: &GenerateArgs, layers: u32, experts: u32) -> CliResult<Prediction> {
@@ -152,10 +150,7 @@ fn prediction(args: &GenerateArgs, layers: u32, experts: u32) -> CliResult<Predi
     }
     let predictor = predictor::build(kind, layers, experts)
         .ok_or_else(|| format!("--predictor {kind}: cannot be built"))?;
-    Ok(Prediction::Predictor {
-        predictor,
-        horizon: args.horizon,
-    })
+    Ok(Prediction::Predictor(predictor))
 }
 
 /// Statistics of one run.
@@ -364,10 +359,12 @@ impl Decode<'_> {
         let (args, m, sched) = (self.args, self.m, self.sched);
         let cfg = &m.config;
         let mut model = m.load_model(be, self.max_seq)?;
-        let mut experts = SchedExperts::new(sched.clone(), m.record)?;
         let per_layer = args.prefetch.unwrap_or(cfg.top_k + 2);
         let mode = prediction(args, cfg.num_layers as u32, cfg.num_experts as u32)?;
-        let mut prefetch = Prefetcher::new(sched.clone(), mode, per_layer, cfg.top_k);
+        let policy = SessionConfig::new(cfg.top_k)
+            .with_per_layer(per_layer)
+            .with_horizon(args.horizon);
+        let (mut experts, mut prefetch) = streamed(sched.clone(), m.record, mode, policy)?;
         let mut sampler = Sampler::new(args.temperature, args.top_p, args.seed);
         let stop: &[u32] = if args.ignore_eos { &[] } else { &m.eos };
         let mut sink = match &args.trace {

@@ -132,14 +132,13 @@ pub fn run(args: &IoBenchArgs) -> CliResult<()> {
 }
 
 fn cfg(kind: BackendKind, qd: u32, threads: usize, direct: DirectMode) -> BackendConfig {
-    BackendConfig {
-        kind: Some(kind),
-        queue_depth: qd,
-        threads: Some(threads),
-        direct,
-        register_buffers: RegisterBuffers::Auto,
-        allow_io_uring: true,
-    }
+    BackendConfig::default()
+        .kind(kind)
+        .queue_depth(qd)
+        .threads(threads)
+        .direct(direct)
+        .register_buffers(RegisterBuffers::Auto)
+        .allow_io_uring(true)
 }
 
 /// One configuration measured in every round.
@@ -373,8 +372,8 @@ fn scheduler_layer_reads(
     seed: u64,
 ) -> CliResult<BenchResult> {
     let mut sc = SchedulerConfig::with_budget(layout.max_read_len() * 2 * k as u64);
-    sc.core.demand_chunk = chunk;
-    sc.core.verify_checksums = verify;
+    sc = sc.demand_chunk(chunk);
+    sc = sc.verify_checksums(verify);
     let sched = Scheduler::with_backend(layout.clone(), sc, backend)?;
     let mut rng = Rng::new(seed);
     let mut experts = Vec::new();
@@ -393,10 +392,10 @@ fn scheduler_layer_reads(
     })
 }
 
-fn note_fallbacks(fallbacks: &[String], report: &mut Report) {
+fn note_fallbacks(fallbacks: &[io_sched::backend::fallback::Fallback], report: &mut Report) {
     for f in fallbacks {
-        if !report.notes.contains(f) {
-            report.notes.push(f.clone());
+        if !report.notes.iter().any(|n| n == f.reason()) {
+            report.notes.push(f.reason().to_string());
         }
     }
 }

@@ -10,6 +10,7 @@
 //! | `mmap` | page cache | a pool of threads copying out of a `memmap2` mapping ("trust the OS") |
 //! | `faulty` | wraps any | injects EIO, short reads and delays, for tests |
 
+pub mod fallback;
 pub mod memory;
 
 #[cfg(target_os = "linux")]

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use super::fallback::Fallback;
 use super::files::{DirectMode, OpenFiles};
 use super::mmap::{DEFAULT_MMAP_THREADS, MmapBackend};
 use super::pread::{DEFAULT_PREAD_THREADS, PreadBackend};
@@ -41,6 +42,7 @@ pub enum RegisterBuffers {
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct BackendConfig {
     /// The backend to use; `None` picks automatically.
     pub kind: Option<BackendKind>,
@@ -71,9 +73,47 @@ impl Default for BackendConfig {
 }
 
 /// A started backend and why it is not the one that was preferred, one line per reason.
+impl BackendConfig {
+    /// Forces a backend (`None`: choose automatically, io_uring first on Linux).
+    pub fn kind(mut self, kind: impl Into<Option<BackendKind>>) -> Self {
+        self.kind = kind.into();
+        self
+    }
+
+    /// io_uring queue depth (default 32).
+    pub fn queue_depth(mut self, depth: u32) -> Self {
+        self.queue_depth = depth;
+        self
+    }
+
+    /// Threads of the pread or mmap pool (`None`: the backend's default).
+    pub fn threads(mut self, threads: impl Into<Option<usize>>) -> Self {
+        self.threads = threads.into();
+        self
+    }
+
+    /// Direct I/O: `Auto` (try, fall back to buffered with a reason), `Off`, or `Require`.
+    pub fn direct(mut self, mode: DirectMode) -> Self {
+        self.direct = mode;
+        self
+    }
+
+    /// Registering the cache arena with io_uring.
+    pub fn register_buffers(mut self, mode: RegisterBuffers) -> Self {
+        self.register_buffers = mode;
+        self
+    }
+
+    /// Whether the automatic choice may use io_uring (default true).
+    pub fn allow_io_uring(mut self, allow: bool) -> Self {
+        self.allow_io_uring = allow;
+        self
+    }
+}
+
 pub struct OpenedBackend {
     pub backend: Box<dyn ReadBackend>,
-    pub fallbacks: Vec<String>,
+    pub fallbacks: Vec<Fallback>,
 }
 
 impl std::fmt::Debug for OpenedBackend {
@@ -92,9 +132,9 @@ pub fn open_backend(layout: &ExpertLayout, cfg: &BackendConfig) -> Result<Opened
         Some(kind) => kind,
         None if !cfg!(target_os = "linux") => BackendKind::Pread,
         None if !cfg.allow_io_uring => {
-            fallbacks.push(note(
-                "io_uring disabled by config (allow_io_uring = false); using pread",
-            ));
+            fallbacks.push(note(Fallback::Pread {
+                reason: "io_uring disabled by config (allow_io_uring = false); using pread".into(),
+            }));
             BackendKind::Pread
         }
         None => BackendKind::IoUring,
@@ -118,12 +158,19 @@ pub fn open_backend(layout: &ExpertLayout, cfg: &BackendConfig) -> Result<Opened
     }
 
     let files = Arc::new(OpenFiles::open(layout, cfg.direct)?);
-    fallbacks.extend(files.fallbacks().iter().cloned());
+    fallbacks.extend(
+        files
+            .fallbacks()
+            .iter()
+            .map(|r| Fallback::Buffered { reason: r.clone() }),
+    );
     if kind == BackendKind::IoUring {
         match start_uring(files.clone(), cfg) {
             Ok(backend) => return Ok(OpenedBackend { backend, fallbacks }),
             Err(e) if cfg.kind.is_some() => return Err(e),
-            Err(e) => fallbacks.push(note(&format!("{e}; using pread"))),
+            Err(e) => fallbacks.push(note(Fallback::Pread {
+                reason: format!("{e}; using pread"),
+            })),
         }
     }
     let threads = cfg.threads.unwrap_or(DEFAULT_PREAD_THREADS);
@@ -137,9 +184,9 @@ pub fn open_backend(layout: &ExpertLayout, cfg: &BackendConfig) -> Result<Opened
     })
 }
 
-fn note(reason: &str) -> String {
-    tracing::warn!("read backend fallback: {reason}");
-    reason.to_string()
+fn note(f: Fallback) -> Fallback {
+    tracing::warn!("read backend fallback: {f}");
+    f
 }
 
 #[cfg(target_os = "linux")]

@@ -1,12 +1,13 @@
 //! Replay a routing trace in real time on the real disk through the real [`io_sched::Scheduler`]
 //! (or, for the "trust the OS" row, through a budget-limited page cache; see [`mmap`]).
 //!
-//! Per token, per layer `L` (as [`crate::vtime`] does in virtual time):
+//! Per token, per layer `L` (as [`crate::vtime`] does in virtual time, and `generate` through
+//! the engine — all three drive io-sched's [`Session`]):
 //! 1. busy-wait the part of `L`'s compute before routing is known;
-//! 2. routing arrives: `acquire` the routed experts (blocking: the stall is measured);
-//! 3. the predictor observes the routing (and the pre-gate scores for `L+1`); its predictions
-//!    become `hint`s — issued after the demand reads, so demand never queues behind them;
-//! 4. busy-wait the expert FFN, drop the guard.
+//! 2. routing arrives: the session gets the pre-gate scores for `L+1` (and `L+2`), queues the
+//!    demand reads of the routed experts, hints its predictions (behind the demand reads), and
+//!    waits for the demand (blocking: the stall is measured);
+//! 3. busy-wait the expert FFN, drop the guard.
 //!
 //! Compute is a busy-wait (it occupies a core as real kernels would), never a sleep.
 
@@ -19,15 +20,12 @@ use std::time::{Duration, Instant};
 
 use io_sched::backend::BackendKind;
 use io_sched::backend::select::{BackendConfig, open_backend};
-use io_sched::core::CoreConfig;
 use io_sched::metrics::LayerMetrics;
-use io_sched::predictor::OverFetch;
-use io_sched::predictor::overfetch::idle_records;
 use io_sched::trace::Trace;
-use io_sched::{ExpertKey, ExpertLayout, Scheduler, SchedulerConfig};
+use io_sched::{Call, ExpertLayout, Scheduler, SchedulerConfig, Session, SessionConfig};
 
 use crate::error::{Result, SimError};
-use crate::predict::{self, LayerPrediction, PredictorKind};
+use crate::predict::{self, PredictorKind};
 
 /// How one row reads experts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -43,15 +41,16 @@ pub enum RowKind {
     SchedOver(PredictorKind, OverFetchRow),
 }
 
-/// An over-fetch variant of a predictor row: io-sched's [`OverFetch`] with these settings.
+/// An over-fetch variant of a predictor row: io-sched's
+/// [`OverFetch`](io_sched::predictor::OverFetch) with these settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct OverFetchRow {
     /// Candidates past k at most.
     pub max_extra: u8,
-    /// [`OverFetch::tie_ratio`] in percent (0: every extra).
+    /// [`OverFetch::tie_ratio`](io_sched::predictor::OverFetch::tie_ratio) in percent (0: every extra).
     pub tie_pct: u8,
     /// Bound the extras by the device's idle time in the layer's window
-    /// ([`io_sched::predictor::overfetch::idle_records`]).
+    /// ([`SessionConfig::idle_window_ns`]).
     pub idle_bound: bool,
     /// Layers ahead to hint (0: the spec's horizon).
     pub horizon: u8,
@@ -117,8 +116,31 @@ pub struct ReplaySpec {
     /// flight: [`reference::sync_record_burst`]); the simulator's row (b) reads at it.
     pub sync_read_gbps: Option<f64>,
     /// Two-layers-ahead pre-gate scores of the same run as the trace (see
-    /// [`predict::TracePredictor::with_far_scores`]).
+    /// [`predict::TraceScores::with_far_scores`]).
     pub far_trace: Option<Arc<Trace>>,
+    /// Keep the session's call log in [`RowResult::calls`] (for tests).
+    pub record_calls: bool,
+}
+
+impl RowKind {
+    /// The session policy of an io-sched row: hint the predictor's top `k` for `horizon`
+    /// layers, over-fetched as the row says; an idle bound uses one layer's compute
+    /// (`compute_ns`) as the window.
+    pub fn policy(self, k: usize, horizon: u32, compute_ns: u64) -> SessionConfig {
+        let mut p = SessionConfig::new(k)
+            .with_per_layer(k)
+            .with_horizon(horizon);
+        if let RowKind::SchedOver(_, o) = self {
+            if o.horizon > 0 {
+                p = p.with_horizon(o.horizon as u32);
+            }
+            p = p.over_fetch(o.max_extra as usize, o.tie_pct as f32 / 100.0);
+            if o.idle_bound {
+                p = p.idle_window_ns(compute_ns as f64);
+            }
+        }
+        p
+    }
 }
 
 /// One measured row.
@@ -152,6 +174,9 @@ pub struct RowResult {
     pub predicted: Option<prediction::Predicted>,
     /// tok/s of every round when rows were repeated (this row is the median round).
     pub rounds_tok_per_s: Vec<f64>,
+    /// The session's calls, warmup included, when [`ReplaySpec::record_calls`].
+    #[serde(skip)]
+    pub calls: Vec<Call>,
 }
 
 impl RowResult {
@@ -191,106 +216,6 @@ pub fn proc_read_bytes() -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// The per-token loop, generic over how experts are fetched.
-trait Fetch {
-    /// Fetches `experts` of `layer`, then runs `after` (hints) while the bytes are held.
-    fn layer(&mut self, layer: u32, experts: &[u32], compute_post: Duration) -> Result<()>;
-    fn hint(&mut self, preds: &[LayerPrediction]);
-}
-
-/// The io-sched fetch path: acquire, then hint what the predictor said (under `over`).
-struct SchedFetch<'a> {
-    sched: &'a Scheduler,
-    preds: Vec<LayerPrediction>,
-    over: Option<(OverFetch, bool)>,
-    /// The window a hint for the next layer overlaps: one layer's compute, ns.
-    window_ns: f64,
-    record: u64,
-    hinted: u64,
-    hinted_layers: u64,
-    counts: Vec<usize>,
-}
-
-impl SchedFetch<'_> {
-    /// Device bytes per ns while busy, as measured so far (a fallback before any read).
-    fn bandwidth(&self) -> f64 {
-        let m = self.sched.metrics();
-        let bytes = m.total().bytes_read();
-        if m.depth.busy_ns > 0 && bytes > 0 {
-            m.depth.busy_gb_per_s(bytes)
-        } else {
-            1.0
-        }
-    }
-
-    /// Base candidates of `p` not cached yet (the device must read them anyway).
-    fn pending(&self, p: &LayerPrediction, base: usize) -> usize {
-        p.candidates[..base.min(p.candidates.len())]
-            .iter()
-            .filter(|c| {
-                !self
-                    .sched
-                    .with_core(|core| core.is_ready(ExpertKey::new(p.layer, c.expert)))
-            })
-            .count()
-    }
-
-    /// How many candidates of each prediction to hint. With an idle bound the extras share the
-    /// device time of the window up to the farthest predicted layer (that many layers of
-    /// compute) left after every base candidate not cached yet, nearest layer first.
-    fn hint_counts(&self, layer: u32, out: &mut Vec<usize>) {
-        out.clear();
-        let Some((of, bounded)) = self.over else {
-            out.extend(self.preds.iter().map(|p| p.candidates.len()));
-            return;
-        };
-        let mut idle = if bounded {
-            let n = self.sched.layout().num_layers();
-            let ahead = self
-                .preds
-                .iter()
-                .map(|p| (p.layer + n - layer - 1) % n + 1)
-                .max()
-                .unwrap_or(1);
-            let pending = self.preds.iter().map(|p| self.pending(p, of.base)).sum();
-            idle_records(
-                self.window_ns * ahead as f64,
-                self.bandwidth(),
-                self.record,
-                pending,
-            )
-        } else {
-            usize::MAX
-        };
-        for p in &self.preds {
-            let c = of.count(&p.candidates, idle);
-            idle = idle.saturating_sub(c.saturating_sub(of.base));
-            out.push(c);
-        }
-    }
-}
-
-impl Fetch for SchedFetch<'_> {
-    fn layer(&mut self, layer: u32, experts: &[u32], post: Duration) -> Result<()> {
-        let guard = self.sched.acquire(layer, experts)?;
-        let mut counts = std::mem::take(&mut self.counts);
-        self.hint_counts(layer, &mut counts);
-        for (p, &n) in self.preds.iter().zip(&counts) {
-            self.hinted += n as u64;
-            self.hinted_layers += 1;
-            self.sched.hint(p.layer, &p.candidates[..n]);
-        }
-        self.counts = counts;
-        busy_wait(post);
-        drop(guard);
-        Ok(())
-    }
-    fn hint(&mut self, preds: &[LayerPrediction]) {
-        self.preds.clear();
-        self.preds.extend_from_slice(preds);
-    }
-}
-
 /// Runs one row over `trace` (tokens wrap) on the model `layout`.
 pub fn run_row(
     kind: RowKind,
@@ -321,34 +246,14 @@ pub fn run_row(
     }
     mmap::drop_page_cache(layout);
     let pred_kind = kind.predictor();
-    let over = match kind {
-        RowKind::SchedOver(_, o) => Some((
-            OverFetch {
-                base: spec.max_per_layer,
-                max_extra: o.max_extra as usize,
-                tie_ratio: o.tie_pct as f32 / 100.0,
-            },
-            o.idle_bound,
-        )),
-        _ => None,
-    };
-    let asked = spec.max_per_layer + over.map_or(0, |(o, _)| o.max_extra);
-    let horizon = match kind {
-        RowKind::SchedOver(_, o) if o.horizon > 0 => o.horizon as u32,
-        _ => spec.horizon,
-    };
+    let policy = kind
+        .policy(spec.max_per_layer, spec.horizon, spec.compute_ns)
+        .record_calls(spec.record_calls);
     let steps = spec.warmup + spec.tokens;
-    let mut predictor = predict::TracePredictor::new(
-        pred_kind,
-        trace,
-        steps,
-        spec.pregate_recall,
-        horizon,
-        asked,
-        spec.seed,
-    )?;
+    let predictor = predict::make(pred_kind, trace, steps)?;
+    let mut scores = predict::TraceScores::new(pred_kind, spec.pregate_recall, spec.seed);
     if let Some(far) = &spec.far_trace {
-        predictor = predictor.with_far_scores(far.clone());
+        scores = scores.with_far_scores(far.clone());
     }
     let compute = Duration::from_nanos(spec.compute_ns);
     let pre = compute.mul_f64(spec.pre_share.clamp(0.0, 1.0));
@@ -364,32 +269,28 @@ pub fn run_row(
         }
         RowKind::SyncPread | RowKind::Sched(_) | RowKind::SchedOver(..) => {
             let sync = kind == RowKind::SyncPread;
-            let cfg = BackendConfig {
-                kind: sync.then_some(BackendKind::Pread),
-                threads: sync.then_some(1),
-                queue_depth: spec.queue_depth,
-                ..BackendConfig::default()
-            };
+            let cfg = BackendConfig::default()
+                .kind(sync.then_some(BackendKind::Pread))
+                .threads(sync.then_some(1))
+                .queue_depth(spec.queue_depth);
             let opened = open_backend(layout, &cfg)?;
             fallbacks = opened.fallbacks.clone();
-            let mut core = CoreConfig {
-                verify_checksums: false,
-                ..CoreConfig::default()
-            };
+            // Checksums on, as `generate` runs.
+            let mut sc = SchedulerConfig::with_budget(spec.budget_bytes);
             if sync {
-                core.demand_chunk = rec as usize;
+                sc = sc.demand_chunk(rec as usize);
             }
             if let Some(b) = spec.max_prefetch_bytes {
-                core.max_prefetch_bytes_in_flight = b;
+                sc = sc.max_prefetch_bytes_in_flight(b);
             }
             if let Some(n) = spec.max_prefetch_ops {
-                core.max_prefetch_ops_in_flight = n;
+                sc = sc.max_prefetch_ops_in_flight(n);
             }
-            let sc = SchedulerConfig {
-                core,
-                ..SchedulerConfig::with_budget(spec.budget_bytes)
-            };
-            Some(Scheduler::with_backend(layout.clone(), sc, opened.backend)?)
+            Some(Arc::new(Scheduler::with_backend(
+                layout.clone(),
+                sc,
+                opened.backend,
+            )?))
         }
     };
     let backend = match &sched {
@@ -397,21 +298,18 @@ pub fn run_row(
         Some(s) => format!(
             "{} (fallback: {})",
             s.backend_description(),
-            fallbacks.join("; ")
+            fallbacks
+                .iter()
+                .map(|f| f.reason())
+                .collect::<Vec<_>>()
+                .join("; ")
         ),
         None => "mmap (own mapping, page cache held to budget)".into(),
     };
-    let mut sf = sched.as_ref().map(|s| SchedFetch {
-        sched: s,
-        preds: Vec::new(),
-        over,
-        window_ns: spec.compute_ns as f64,
-        record: rec,
-        hinted: 0,
-        hinted_layers: 0,
-        counts: Vec::new(),
-    });
-
+    let mut session = sched
+        .as_ref()
+        .map(|s| Session::new(s.clone(), policy, predictor));
+    let mut hinted0 = io_sched::SessionStats::default();
     let (mut t0, mut stall) = (Instant::now(), Duration::ZERO);
     let mut base = LayerMetrics::default();
     let mut busy0 = 0u64;
@@ -426,8 +324,8 @@ pub fn run_row(
                 busy0 = m.depth.busy_ns;
             }
             disk0 = proc_read_bytes();
-            if let Some(f) = sf.as_mut() {
-                (f.hinted, f.hinted_layers) = (0, 0);
+            if let Some(s) = &session {
+                hinted0 = s.stats();
             }
             t0 = Instant::now();
             stall = Duration::ZERO;
@@ -436,16 +334,15 @@ pub fn run_row(
         for layer in 0..h.layers {
             busy_wait(pre);
             let experts = trace.experts_at(token, layer);
-            let preds = predictor.step(trace, token, layer, experts);
             let t = Instant::now();
-            if let Some(f) = sf.as_mut() {
-                f.hint(preds);
-                f.layer(layer, experts, post)?;
-                // The stall is the acquire, not the compute after it.
-                let waited = t.elapsed().saturating_sub(post);
+            if let Some(s) = session.as_mut() {
+                scores.feed(s, trace, token, layer);
+                let guard = s.demand(layer, experts)?;
                 if measuring {
-                    stall += waited;
+                    stall += t.elapsed();
                 }
+                busy_wait(post);
+                drop(guard);
             } else if let Some(m) = mm.as_mut() {
                 let hits = m.acquire(layer, experts)?;
                 if measuring {
@@ -496,12 +393,13 @@ pub fn run_row(
         device_busy_s: busy_s,
         prefetch_precision: m.prefetch_precision(),
         prefetch_recall: m.prefetch_recall(),
-        hinted_per_layer: sf
+        hinted_per_layer: session
             .as_ref()
-            .map_or(0.0, |f| f.hinted as f64 / f.hinted_layers.max(1) as f64),
+            .map_or(0.0, |s| s.stats().since(&hinted0).hinted_per_layer()),
         cache_slots,
         predicted: None,
         rounds_tok_per_s: Vec::new(),
+        calls: session.as_mut().map(|s| s.take_calls()).unwrap_or_default(),
     })
 }
 

@@ -38,19 +38,9 @@ pub fn predict_row(
 ) -> Result<Predicted> {
     let rec = layout.max_read_len();
     let pre = spec.compute_ns as f64 * spec.pre_share.clamp(0.0, 1.0);
-    // Over-fetch rows are simulated as hinting k + max_extra always (the sim has no tie or
-    // idle-time rule).
-    let (per_layer, horizon) = match kind {
-        RowKind::SchedOver(_, o) => (
-            spec.max_per_layer + o.max_extra as usize,
-            if o.horizon > 0 {
-                o.horizon as u32
-            } else {
-                spec.horizon
-            },
-        ),
-        _ => (spec.max_per_layer, spec.horizon),
-    };
+    // The row's own session policy (over-fetch, tie rule, idle bound): the same object the
+    // replay runs.
+    let policy = kind.policy(spec.max_per_layer, spec.horizon, spec.compute_ns);
     let (mode, ssd, qd, predictor, demand_chunk) = match kind {
         RowKind::Mmap => (
             Mode::TrustOs,
@@ -88,8 +78,8 @@ pub fn predict_row(
         copy_bps_per_thread: device.page_cache_copy_gbps_per_thread.value * 1e9,
         eviction: EvictionKind::Lru,
         predictor,
-        horizon,
-        max_per_layer: per_layer,
+        horizon: policy.horizon(),
+        max_per_layer: policy.per_layer(),
         pregate_recall: spec.pregate_recall,
         demand_chunk,
         prefetch_chunk: 1 << 20,
@@ -100,7 +90,7 @@ pub fn predict_row(
         timeline_tokens: 0,
         seed: spec.seed,
     };
-    let r = vtime::run_with_far(&rs, trace, spec.far_trace.as_ref())?;
+    let r = vtime::run_session(&rs, trace, spec.far_trace.as_ref(), policy)?;
     let m = r.total();
     let t = r.time_total();
     let tokens = r.tokens.max(1) as f64;
@@ -141,11 +131,9 @@ pub fn calibrate_on_model(
     let steps = ((512u64 << 20) / per_step).max(8);
     let mut gbps = [0.0f64; 2];
     for (i, qd) in [32u32, 1].into_iter().enumerate() {
-        let cfg = BackendConfig {
-            queue_depth: qd,
-            threads: Some(qd as usize),
-            ..BackendConfig::default()
-        };
+        let cfg = BackendConfig::default()
+            .queue_depth(qd)
+            .threads(Some(qd as usize));
         let mut opened = open_backend(layout, &cfg)?;
         let steps = if qd == 1 { steps / 2 } else { steps };
         let r = io_sched::bench::layer_reads(opened.backend.as_mut(), layout, k, 1 << 20, steps, 7)

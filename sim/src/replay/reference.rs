@@ -46,11 +46,9 @@ pub fn measure(
         .len();
     let mut out = Vec::new();
     for &qd in depths {
-        let cfg = BackendConfig {
-            queue_depth: qd,
-            threads: Some(qd as usize),
-            ..BackendConfig::default()
-        };
+        let cfg = BackendConfig::default()
+            .queue_depth(qd)
+            .threads(Some(qd as usize));
         let mut opened = open_backend(layout, &cfg)?;
         let backend = opened.backend.describe();
         let r =
@@ -91,12 +89,10 @@ pub fn sync_record_burst(layout: &ExpertLayout, k: usize, mib: u64) -> Result<Bu
     let setup = |e: std::io::Error| SimError::Setup(format!("reference burst: {e}"));
     let rec = layout.max_read_len().max(1);
     let steps = ((mib << 20) / (k as u64 * rec)).max(2);
-    let cfg = BackendConfig {
-        kind: Some(io_sched::backend::BackendKind::Pread),
-        queue_depth: 1,
-        threads: Some(1),
-        ..BackendConfig::default()
-    };
+    let cfg = BackendConfig::default()
+        .kind(Some(io_sched::backend::BackendKind::Pread))
+        .queue_depth(1)
+        .threads(Some(1));
     let mut opened = open_backend(layout, &cfg)?;
     let backend = opened.backend.describe();
     let r =

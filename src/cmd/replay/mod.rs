@@ -258,6 +258,7 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
         max_prefetch_ops: a.prefetch_ops,
         sync_read_gbps: None,
         far_trace: far_trace.clone(),
+        record_calls: false,
     };
     let mut device = if a.predict {
         if !a.json {

@@ -3,8 +3,9 @@
 //! Per token, per layer `L`:
 //! 1. compute the part of `L` before routing is known (attention, router) — prefetches issued
 //!    earlier proceed meanwhile, and slow compute by the device's memory contention;
-//! 2. routing arrives: `note_routing`, `pin_or_load` each expert, then the predictor observes
-//!    it (and the pre-gate scores for `L+1`) and its predictions become `hint`s;
+//! 2. routing arrives: io-sched's [`Session`] — the per-layer protocol `generate` and `replay`
+//!    run too — gets the pre-gate scores for `L+1` (and `L+2`), then the routing: it queues
+//!    the demand (`note_routing`, `pin_or_load` each expert), hints its predictions, waits;
 //! 3. stall until the demanded bytes are in (in "trust the OS" mode, also until each expert is
 //!    copied out of the page cache by its reader thread);
 //! 4. compute the expert FFN, unpin.
@@ -13,19 +14,20 @@
 //! uses records `scale` times smaller than the real experts; the device model multiplies
 //! every read by `scale`, and reports convert back.
 
-use std::collections::HashMap;
+mod machine;
+
 use std::sync::Arc;
 
-use io_sched::backend::Completion;
 use io_sched::cache::EvictionKind;
-use io_sched::core::{CoreConfig, SchedCore, SlotId};
+use io_sched::core::{CoreConfig, SchedCore};
 use io_sched::metrics::{LayerMetrics, MetricsSnapshot};
 use io_sched::trace::Trace;
-use io_sched::{ExpertKey, LayoutBuilder};
+use io_sched::{Call, ExpertKey, LayoutBuilder, Session, SessionConfig, SessionStats};
 
 use crate::error::{Result, SimError};
 use crate::predict::{self, PredictorKind};
-use crate::ssd::{Done, SsdParams, SsdSim};
+use crate::ssd::{SsdParams, SsdSim};
+use machine::Sim;
 
 /// How expert bytes reach memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -116,6 +118,10 @@ pub struct RunResult {
     pub spans: Vec<Span>,
     /// Real bytes the simulated device transferred while measuring.
     pub device_bytes: f64,
+    /// What the session hinted while measuring.
+    pub session: SessionStats,
+    /// Every call the session made (warmup included), when its policy records them.
+    pub calls: Vec<Call>,
 }
 
 impl RunResult {
@@ -140,145 +146,6 @@ impl RunResult {
     }
 }
 
-struct OpInfo {
-    layer: u32,
-    demand: bool,
-    sim_len: usize,
-}
-
-struct Sim {
-    core: SchedCore,
-    ssd: SsdSim,
-    spec: RunSpec,
-    scale: f64,
-    rec: u64,
-    ops: HashMap<u64, OpInfo>,
-    waiting: Vec<ExpertKey>,
-    done: Vec<Done>,
-    record: bool,
-    spans: Vec<Span>,
-}
-
-impl Sim {
-    fn now(&self) -> f64 {
-        self.ssd.now()
-    }
-
-    /// Hands the device what the core wants issued, up to the queue depth.
-    fn pump(&mut self) {
-        while self.ssd.in_flight() < self.spec.queue_depth {
-            let free = self.spec.queue_depth - self.ssd.in_flight();
-            let Some(op) = self.core.next_op(free) else {
-                break;
-            };
-            let idx = op.offset / self.rec;
-            let layer = (idx / self.spec.experts as u64) as u32;
-            let expert = (idx % self.spec.experts as u64) as u32;
-            let demand = self.waiting.contains(&ExpertKey::new(layer, expert));
-            self.ops.insert(
-                op.tag,
-                OpInfo {
-                    layer,
-                    demand,
-                    sim_len: op.len,
-                },
-            );
-            self.ssd.submit(op.tag, op.len as f64 * self.scale);
-        }
-    }
-
-    /// Advances the device to its next event (or `to`), feeding completions to the core.
-    fn step(&mut self, to: f64) {
-        self.done.clear();
-        let mut done = std::mem::take(&mut self.done);
-        self.ssd.advance(to, true, &mut done);
-        for d in &done {
-            let Some(info) = self.ops.remove(&d.tag) else {
-                continue;
-            };
-            if self.record {
-                let kind = if info.demand {
-                    SpanKind::DemandRead
-                } else {
-                    SpanKind::PrefetchRead
-                };
-                self.spans.push(Span {
-                    start_ns: d.issued_at,
-                    end_ns: d.done_at,
-                    layer: info.layer,
-                    kind,
-                });
-            }
-            let _ = self.core.complete(Completion {
-                tag: d.tag,
-                result: Ok(info.sim_len),
-            });
-        }
-        self.done = done;
-        self.pump();
-    }
-
-    /// Computes `work` ns of work at full speed; returns (elapsed, device-busy) ns.
-    fn compute(&mut self, mut work: f64, layer: u32) -> (f64, f64) {
-        let (t0, busy0) = (self.now(), self.ssd.busy_ns);
-        while work > 1e-9 {
-            self.pump();
-            let rate = 1.0 / (1.0 + self.spec.contention * self.ssd.utilisation());
-            let finish = self.now() + work / rate;
-            let next = self.ssd.next_event().unwrap_or(f64::INFINITY);
-            let to = next.min(finish);
-            let before = self.now();
-            self.step(to);
-            let moved = self.now() - before;
-            work -= moved * rate;
-            if moved <= 0.0 && next >= finish {
-                break;
-            }
-        }
-        if self.record {
-            self.spans.push(Span {
-                start_ns: t0,
-                end_ns: self.now(),
-                layer,
-                kind: SpanKind::Compute,
-            });
-        }
-        (self.now() - t0, self.ssd.busy_ns - busy0)
-    }
-
-    fn pin(&mut self, key: ExpertKey) -> Result<SlotId> {
-        loop {
-            if let Some(s) = self.core.pin_or_load(key)? {
-                return Ok(s);
-            }
-            self.pump();
-            let Some(next) = self.ssd.next_event() else {
-                return Err(SimError::Setup(format!(
-                    "no cache slot for {key:?} and no read in flight: budget too small"
-                )));
-            };
-            self.step(next);
-        }
-    }
-
-    fn wait_ready(&mut self, slots: &[SlotId]) -> Result<()> {
-        loop {
-            match self.core.check_ready(slots) {
-                Some(r) => return r.map_err(SimError::from),
-                None => {
-                    self.pump();
-                    let Some(next) = self.ssd.next_event() else {
-                        return Err(SimError::Setup(
-                            "waiting for expert bytes with no read in flight".into(),
-                        ));
-                    };
-                    self.step(next);
-                }
-            }
-        }
-    }
-}
-
 /// Arena bytes the simulated cache may take.
 const ARENA_CAP: u64 = 256 << 20;
 const PAGE: u64 = 4096;
@@ -289,11 +156,25 @@ pub fn run(spec: &RunSpec, trace: &Arc<Trace>) -> Result<RunResult> {
 }
 
 /// [`run`], the scores predictor also fed two-layers-ahead pre-gate scores from `far` (see
-/// [`predict::TracePredictor::with_far_scores`]).
+/// [`predict::TraceScores::with_far_scores`]).
 pub fn run_with_far(
     spec: &RunSpec,
     trace: &Arc<Trace>,
     far: Option<&Arc<Trace>>,
+) -> Result<RunResult> {
+    let policy = SessionConfig::new(trace.header.k as usize)
+        .with_per_layer(spec.max_per_layer)
+        .with_horizon(spec.horizon);
+    run_session(spec, trace, far, policy)
+}
+
+/// [`run_with_far`] with an explicit session policy (over-fetch, call log): `spec`'s
+/// `max_per_layer` and `horizon` are then ignored in favour of `policy`'s.
+pub fn run_session(
+    spec: &RunSpec,
+    trace: &Arc<Trace>,
+    far: Option<&Arc<Trace>>,
+    policy: SessionConfig,
 ) -> Result<RunResult> {
     let h = trace.header;
     if h.layers != spec.layers || h.experts != spec.experts {
@@ -349,65 +230,42 @@ pub fn run_with_far(
     };
     let core = SchedCore::new(layout, slots * rec, spec.eviction, cfg)?;
     let cache_slots = core.slot_count();
-    let mut sim = Sim {
-        core,
-        ssd: SsdSim::new(spec.ssd),
-        spec: spec.clone(),
-        scale,
-        rec,
-        ops: HashMap::new(),
-        waiting: Vec::new(),
-        done: Vec::new(),
-        record: false,
-        spans: Vec::new(),
-    };
+    let sim = Sim::new(core, SsdSim::new(spec.ssd), spec.clone(), scale, rec);
     let predictor_kind = if spec.mode == Mode::TrustOs {
         PredictorKind::None
     } else {
         spec.predictor
     };
     let total_tokens = spec.warmup_tokens + spec.tokens;
-    let mut predictor = predict::TracePredictor::new(
-        predictor_kind,
-        trace,
-        total_tokens,
-        spec.pregate_recall,
-        spec.horizon,
-        spec.max_per_layer,
-        spec.seed,
-    )?;
+    let predictor = predict::make(predictor_kind, trace, total_tokens)?;
+    let mut session = Session::new(sim, policy, predictor);
+    let mut scores = predict::TraceScores::new(predictor_kind, spec.pregate_recall, spec.seed);
     if let Some(f) = far {
-        predictor = predictor.with_far_scores(f.clone());
+        scores = scores.with_far_scores(f.clone());
     }
     let mut times = vec![LayerTime::default(); h.layers as usize];
     let mut base = MetricsSnapshot::default();
+    let mut hinted0 = SessionStats::default();
     let mut t_start = 0.0;
     let mut bytes_start = 0.0;
     for step in 0..total_tokens {
         let measuring = step >= spec.warmup_tokens;
         if step == spec.warmup_tokens {
+            let sim = session.io();
             base = sim.core.metrics();
             t_start = sim.now();
             bytes_start = sim.ssd.bytes_done;
+            hinted0 = session.stats();
         }
-        sim.record = measuring && step < spec.warmup_tokens + spec.timeline_tokens;
+        session.io_mut().record = measuring && step < spec.warmup_tokens + spec.timeline_tokens;
         let token = step % trace.tokens();
         for layer in 0..h.layers {
-            let lt = &mut times[layer as usize];
-            let (c1, o1) = sim.compute(spec.compute_pre_ns, layer);
+            let (c1, o1) = session.io_mut().compute(spec.compute_pre_ns, layer);
             let experts = trace.experts_at(token, layer);
-            sim.core.note_routing(layer, experts)?;
-            let t_route = sim.now();
-            sim.waiting = experts.iter().map(|&e| ExpertKey::new(layer, e)).collect();
-            let mut pins = Vec::with_capacity(experts.len());
-            for &e in experts {
-                pins.push(sim.pin(ExpertKey::new(layer, e))?);
-            }
-            for p in predictor.step(trace, token, layer, experts) {
-                sim.core.hint(p.layer, &p.candidates);
-            }
-            sim.pump();
-            sim.wait_ready(&pins)?;
+            let t_route = session.io().now();
+            scores.feed(&mut session, trace, token, layer);
+            let pins = session.demand(layer, experts)?;
+            let sim = session.io_mut();
             if spec.mode == Mode::TrustOs {
                 // Each reader thread copies its experts out of the page cache; a miss's copy
                 // runs as its bytes arrive, so the layer is done at max(read, copy).
@@ -435,12 +293,16 @@ pub fn run_with_far(
             let (c2, o2) = sim.compute(spec.compute_post_ns, layer);
             sim.core.unpin(&pins);
             if measuring {
+                let lt = &mut times[layer as usize];
                 lt.compute_ns += c1 + c2;
                 lt.stall_ns += stall;
                 lt.overlapped_io_ns += o1 + o2;
             }
         }
     }
+    let hinted = session.stats().since(&hinted0);
+    let calls = session.take_calls();
+    let sim = session.io_mut();
     let elapsed = sim.now() - t_start;
     // Drain reads still in flight so every byte the device moved is accounted for (not timed).
     sim.record = false;
@@ -460,6 +322,8 @@ pub fn run_with_far(
         metrics,
         cache_slots,
         device_bytes: sim.ssd.bytes_done - bytes_start,
-        spans: sim.spans,
+        spans: std::mem::take(&mut sim.spans),
+        session: hinted,
+        calls,
     })
 }

@@ -1,0 +1,109 @@
+//! [`SessionConfig`]: the per-layer prefetch policy a [`super::Session`] runs.
+
+use crate::predictor::OverFetch;
+
+/// What a [`super::Session`] hints, built with defaults and chained setters:
+///
+/// ```
+/// use io_sched::SessionConfig;
+/// // Top-4 routing; hint the predictor's top 4, plus near-ties of the 4th score (up to 4
+/// // more, each at least half its confidence) while the device would idle in the 10 ms of
+/// // compute the reads overlap.
+/// let cfg = SessionConfig::new(4).over_fetch(4, 0.5).idle_window_ns(10e6);
+/// assert_eq!((cfg.top_k(), cfg.per_layer(), cfg.horizon()), (4, 4, 1));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SessionConfig {
+    top_k: usize,
+    per_layer: usize,
+    horizon: u32,
+    max_extra: usize,
+    tie_ratio: f32,
+    idle_window_ns: Option<f64>,
+    record_calls: bool,
+}
+
+impl SessionConfig {
+    /// The policy for a model that routes `top_k` experts per layer: hint the predictor's top
+    /// `top_k` for the next layer, no over-fetch, no call log.
+    pub fn new(top_k: usize) -> Self {
+        Self {
+            top_k,
+            per_layer: top_k,
+            horizon: 1,
+            max_extra: 0,
+            tie_ratio: 0.0,
+            idle_window_ns: None,
+            record_calls: false,
+        }
+    }
+
+    /// Candidates always hinted per predicted layer (default `top_k`). Capped so that the
+    /// hints of every predicted layer and one layer's `top_k` demand fit in the cache at once.
+    pub fn per_layer(&self) -> usize {
+        self.per_layer
+    }
+    /// Sets [`per_layer`](Self::per_layer).
+    pub fn with_per_layer(mut self, n: usize) -> Self {
+        self.per_layer = n;
+        self
+    }
+
+    /// Experts routed per layer.
+    pub fn top_k(&self) -> usize {
+        self.top_k
+    }
+
+    /// Layers ahead to predict and hint (default 1; 2 hints layer `L + 2` at layer `L` too).
+    pub fn horizon(&self) -> u32 {
+        self.horizon
+    }
+    /// Sets [`horizon`](Self::horizon) (at least 1).
+    pub fn with_horizon(mut self, layers: u32) -> Self {
+        self.horizon = layers.max(1);
+        self
+    }
+
+    /// Over-fetch: past the `per_layer` candidates, up to `max_extra` more while their
+    /// confidence is at least `tie_ratio` x the `per_layer`-th's ([`OverFetch`]); 0 turns it off.
+    pub fn over_fetch(mut self, max_extra: usize, tie_ratio: f32) -> Self {
+        self.max_extra = max_extra;
+        self.tie_ratio = tie_ratio;
+        self
+    }
+
+    /// The over-fetch rule, if any.
+    pub fn over_fetch_rule(&self) -> Option<OverFetch> {
+        (self.max_extra > 0).then_some(OverFetch {
+            base: self.per_layer,
+            max_extra: self.max_extra,
+            tie_ratio: self.tie_ratio,
+        })
+    }
+
+    /// Bounds the over-fetched extras by the device's idle time: per predicted layer, a window
+    /// of `ns` (one layer's compute, which the reads overlap) at the device's measured
+    /// throughput, less the base candidates not cached yet. Unbounded when not set.
+    pub fn idle_window_ns(mut self, ns: f64) -> Self {
+        self.idle_window_ns = Some(ns);
+        self
+    }
+
+    /// The idle window, if extras are bounded by it.
+    pub fn idle_window(&self) -> Option<f64> {
+        self.idle_window_ns
+    }
+
+    /// Keeps a log of every call the session makes on its I/O ([`super::Call`]), for tests
+    /// that compare drivers.
+    pub fn record_calls(mut self, on: bool) -> Self {
+        self.record_calls = on;
+        self
+    }
+
+    /// Whether calls are logged.
+    pub fn records_calls(&self) -> bool {
+        self.record_calls
+    }
+}

@@ -1,0 +1,271 @@
+//! [`Session`]: the one per-layer prefetch protocol of a decode step, shared by every driver —
+//! `flashmoe generate` (through the engine), `flashmoe replay` (real disk) and the simulator
+//! (virtual time) — so a policy change happens here and nowhere else.
+//!
+//! Per layer `L` of a token, a driver calls:
+//! 1. [`Session::scores`] for any pre-gate scores it has (layer `L + 1`'s router on `L`'s
+//!    hidden state; `L + 2`'s too for two layers ahead) — optional;
+//! 2. [`Session::stage`] to pin experts predicted for `L` that are already cached, for copying
+//!    onward (e.g. to GPU memory) — optional;
+//! 3. [`Session::demand`] with `L`'s real routing, which returns the guard over its bytes.
+//!
+//! Inside `demand` the order is fixed: the predictor observes the routing and predicts the
+//! next `horizon` layers; the session decides how many candidates of each to hint (the hint
+//! cap, then over-fetch of near-ties bounded by the device's idle time); it queues `L`'s demand
+//! reads, then hints the predicted layers — so the hints go out before `L`'s demand is waited
+//! on, yet queue behind it (demand reads go first) — and only then waits.
+//!
+//! The session makes every call through [`SessionIo`] (the threaded [`crate::Scheduler`], or
+//! the simulator's core): its policy is plain code, testable with a fake I/O and no threads,
+//! and it can log each call ([`Call`]) so tests check that drivers issue the same sequence.
+
+mod config;
+mod io;
+#[cfg(test)]
+mod tests;
+
+pub use config::SessionConfig;
+pub use io::{Call, SessionIo};
+
+use crate::error::Result;
+use crate::layout::ExpertKey;
+use crate::predictor::overfetch::idle_records;
+use crate::predictor::{LayerPrediction, Predictor};
+
+/// Counters of what a session hinted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Demands (layers acquired).
+    pub demands: u64,
+    /// Hint calls (predicted layers hinted).
+    pub hint_calls: u64,
+    /// Candidates hinted in all, over-fetched extras included.
+    pub hinted: u64,
+}
+
+impl SessionStats {
+    /// Candidates hinted per hinted layer (mean).
+    pub fn hinted_per_layer(&self) -> f64 {
+        self.hinted as f64 / self.hint_calls.max(1) as f64
+    }
+
+    /// Counts since `earlier`.
+    pub fn since(&self, earlier: &SessionStats) -> SessionStats {
+        SessionStats {
+            demands: self.demands - earlier.demands.min(self.demands),
+            hint_calls: self.hint_calls - earlier.hint_calls.min(self.hint_calls),
+            hinted: self.hinted - earlier.hinted.min(self.hinted),
+        }
+    }
+}
+
+/// The per-layer prefetch protocol over a [`SessionIo`] (see the [module docs](self)).
+///
+/// ```
+/// use std::sync::Arc;
+/// use io_sched::{backend::memory::MemoryBackend, checksum::checksum, predictor::Scores};
+/// use io_sched::{ExpertKey, LayoutBuilder, Scheduler, SchedulerConfig, Session, SessionConfig};
+///
+/// let mut image = vec![0u8; 8 * 4096];
+/// let mut layout = LayoutBuilder::new(2, 4);
+/// let file = layout.add_file("experts.bin");
+/// for i in 0..8u32 {
+///     let bytes = &mut image[i as usize * 4096..][..4096];
+///     bytes.fill(i as u8);
+///     layout.set(ExpertKey::new(i / 4, i % 4), file, i as u64 * 4096, 4096, checksum(bytes));
+/// }
+/// let backend = Box::new(MemoryBackend::new(vec![Arc::from(image)], 8));
+/// let sched = Scheduler::with_backend(layout.build()?, SchedulerConfig::with_budget(6 * 4096), backend)?;
+/// let mut session = Session::new(Arc::new(sched), SessionConfig::new(2), Box::new(Scores::new(2, 4)));
+///
+/// session.scores(1, &[0.1, 0.6, 0.05, 0.25]);    // layer 1's router on layer 0's hidden state
+/// let guard = session.demand(0, &[0, 2])?;       // demand layer 0; hints layer 1's top 2
+/// assert!(guard.bytes(1).iter().all(|&b| b == 2));
+/// drop(guard);
+/// assert_eq!(session.stats().hinted, 2);
+/// # Ok::<(), io_sched::Error>(())
+/// ```
+pub struct Session<Io: SessionIo> {
+    io: Io,
+    cfg: SessionConfig,
+    predictor: Box<dyn Predictor>,
+    /// Candidates always hinted per predicted layer, after the cap.
+    base: usize,
+    /// Candidates asked of the predictor per layer (base plus possible extras), after the cap.
+    asked: usize,
+    preds: Vec<LayerPrediction>,
+    counts: Vec<usize>,
+    stats: SessionStats,
+    calls: Vec<Call>,
+}
+
+impl<Io: SessionIo> Session<Io> {
+    /// A session over `io` with `cfg`'s policy, predicting with `predictor`.
+    ///
+    /// The hints are capped so that those of every predicted layer and one layer's `top_k`
+    /// demand fit in the cache together: more would only evict each other (or the experts
+    /// about to be demanded) before use. A cache of exactly `top_k` slots gets no hints.
+    pub fn new(io: Io, cfg: SessionConfig, predictor: Box<dyn Predictor>) -> Self {
+        let ahead = cfg.horizon().clamp(1, io.layers().max(1)) as usize;
+        let room = io.slots().saturating_sub(cfg.top_k()) / ahead;
+        let extra = cfg.over_fetch_rule().map_or(0, |o| o.max_extra);
+        let base = cfg.per_layer().min(room);
+        let asked = (cfg.per_layer() + extra).min(room);
+        Self {
+            io,
+            cfg,
+            predictor,
+            base,
+            asked,
+            preds: Vec::new(),
+            counts: Vec::new(),
+            stats: SessionStats::default(),
+            calls: Vec::new(),
+        }
+    }
+
+    /// Pre-gate (or any engine) scores for `layer`'s experts, e.g. layer `L + 1`'s router
+    /// probabilities on layer `L`'s hidden state; they count until `layer` is demanded.
+    pub fn scores(&mut self, layer: u32, scores: &[f32]) {
+        self.predictor.observe_scores(layer, scores);
+    }
+
+    /// Layer `layer`'s real routing: queues its demand reads, hints the predicted layers, then
+    /// waits for `experts`' bytes and returns the guard over them (in the order asked).
+    pub fn demand(&mut self, layer: u32, experts: &[u32]) -> Result<Io::Guard> {
+        self.stats.demands += 1;
+        self.predictor.observe(layer, experts);
+        self.preds.clear();
+        if self.asked > 0 {
+            self.predictor
+                .predict(layer, self.cfg.horizon(), self.asked, &mut self.preds);
+        }
+        let mut counts = std::mem::take(&mut self.counts);
+        self.hint_counts(layer, &mut counts);
+        self.log(|| Call::Demand {
+            layer,
+            experts: experts.to_vec(),
+        });
+        let pending = self.io.begin(layer, experts)?;
+        for (p, &n) in self.preds.iter().zip(&counts) {
+            let n = n.min(p.candidates.len());
+            if n == 0 {
+                continue;
+            }
+            let hinted = &p.candidates[..n];
+            self.io.hint(p.layer, hinted);
+            self.stats.hint_calls += 1;
+            self.stats.hinted += n as u64;
+            if self.cfg.records_calls() {
+                self.calls.push(Call::Hint {
+                    layer: p.layer,
+                    experts: hinted.iter().map(|c| c.expert).collect(),
+                });
+            }
+        }
+        self.counts = counts;
+        self.log(|| Call::Wait { layer });
+        self.io.wait(pending)
+    }
+
+    /// Pins those of `experts` of `layer` that are cached now, for staging them onward before
+    /// the layer is demanded (it never waits or reads, and counts no demand).
+    pub fn stage(&mut self, layer: u32, experts: &[u32]) -> (Vec<u32>, Io::Guard) {
+        self.log(|| Call::Stage {
+            layer,
+            experts: experts.to_vec(),
+        });
+        self.io.ready(layer, experts)
+    }
+
+    /// Candidates always hinted per predicted layer, after the cap.
+    pub fn per_layer(&self) -> usize {
+        self.base
+    }
+
+    /// The policy.
+    pub fn config(&self) -> &SessionConfig {
+        &self.cfg
+    }
+
+    /// The predictor's name.
+    pub fn predictor_name(&self) -> &'static str {
+        self.predictor.name()
+    }
+
+    /// What was hinted so far.
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    /// The calls made so far, when [`SessionConfig::record_calls`] is on (else empty).
+    pub fn calls(&self) -> &[Call] {
+        &self.calls
+    }
+
+    /// Takes the call log.
+    pub fn take_calls(&mut self) -> Vec<Call> {
+        std::mem::take(&mut self.calls)
+    }
+
+    /// The I/O the session drives.
+    pub fn io(&self) -> &Io {
+        &self.io
+    }
+
+    /// The I/O, mutably (e.g. for a simulator to advance its clock between layers).
+    pub fn io_mut(&mut self) -> &mut Io {
+        &mut self.io
+    }
+
+    fn log(&mut self, call: impl FnOnce() -> Call) {
+        if self.cfg.records_calls() {
+            self.calls.push(call());
+        }
+    }
+
+    /// How many candidates of each prediction to hint. With over-fetch bounded by idle time,
+    /// the extras share the device time of the window up to the farthest predicted layer (that
+    /// many windows) left after every base candidate not cached yet, nearest layer first.
+    fn hint_counts(&self, layer: u32, out: &mut Vec<usize>) {
+        out.clear();
+        let Some(mut rule) = self.cfg.over_fetch_rule() else {
+            out.extend(self.preds.iter().map(|p| p.candidates.len().min(self.base)));
+            return;
+        };
+        rule.base = self.base;
+        rule.max_extra = self.asked - self.base;
+        let mut idle = match self.cfg.idle_window() {
+            Some(window) => {
+                let n = self.io.layers().max(1);
+                let ahead = self
+                    .preds
+                    .iter()
+                    .map(|p| (p.layer + n - layer % n - 1) % n + 1)
+                    .max()
+                    .unwrap_or(1);
+                let pending = self.preds.iter().map(|p| self.pending(p)).sum();
+                // Before any read is timed the device is taken to move 1 byte/ns (1 GB/s).
+                let bw = match self.io.bytes_per_ns() {
+                    b if b > 0.0 && b.is_finite() => b,
+                    _ => 1.0,
+                };
+                idle_records(window * ahead as f64, bw, self.io.record_bytes(), pending)
+            }
+            None => usize::MAX,
+        };
+        for p in &self.preds {
+            let c = rule.count(&p.candidates, idle);
+            idle = idle.saturating_sub(c.saturating_sub(rule.base));
+            out.push(c);
+        }
+    }
+
+    /// Base candidates of `p` not cached yet (the device must read them anyway).
+    fn pending(&self, p: &LayerPrediction) -> usize {
+        p.candidates[..self.base.min(p.candidates.len())]
+            .iter()
+            .filter(|c| !self.io.is_cached(ExpertKey::new(p.layer, c.expert)))
+            .count()
+    }
+}

@@ -1,0 +1,209 @@
+//! The session's policy against a fake I/O: no threads, no clock.
+
+use super::*;
+use crate::predictor::{Candidate, NoPredictor, Scores, Temporal};
+
+/// Records what it is asked; `cached` experts count as ready; fixed bandwidth.
+struct FakeIo {
+    layers: u32,
+    slots: usize,
+    record: u64,
+    bytes_per_ns: f64,
+    cached: Vec<ExpertKey>,
+    log: Vec<String>,
+}
+
+impl FakeIo {
+    fn new(layers: u32, slots: usize) -> Self {
+        Self {
+            layers,
+            slots,
+            record: 1000,
+            bytes_per_ns: 0.0,
+            cached: Vec::new(),
+            log: Vec::new(),
+        }
+    }
+}
+
+impl SessionIo for FakeIo {
+    type Pending = u32;
+    type Guard = Vec<u32>;
+    fn begin(&mut self, layer: u32, experts: &[u32]) -> Result<u32> {
+        self.log.push(format!("begin {layer} {experts:?}"));
+        Ok(layer)
+    }
+    fn hint(&mut self, layer: u32, candidates: &[Candidate]) {
+        let e: Vec<u32> = candidates.iter().map(|c| c.expert).collect();
+        self.log.push(format!("hint {layer} {e:?}"));
+    }
+    fn wait(&mut self, layer: u32) -> Result<Vec<u32>> {
+        self.log.push(format!("wait {layer}"));
+        Ok(vec![layer])
+    }
+    fn ready(&mut self, layer: u32, experts: &[u32]) -> (Vec<u32>, Vec<u32>) {
+        let ids: Vec<u32> = experts
+            .iter()
+            .copied()
+            .filter(|&e| self.cached.contains(&ExpertKey::new(layer, e)))
+            .collect();
+        (ids.clone(), ids)
+    }
+    fn is_cached(&self, key: ExpertKey) -> bool {
+        self.cached.contains(&key)
+    }
+    fn bytes_per_ns(&self) -> f64 {
+        self.bytes_per_ns
+    }
+    fn slots(&self) -> usize {
+        self.slots
+    }
+    fn record_bytes(&self) -> u64 {
+        self.record
+    }
+    fn layers(&self) -> u32 {
+        self.layers
+    }
+}
+
+fn scores_session(io: FakeIo, cfg: SessionConfig) -> Session<FakeIo> {
+    let layers = io.layers;
+    Session::new(io, cfg.record_calls(true), Box::new(Scores::new(layers, 8)))
+}
+
+const SCORES: [f32; 8] = [0.05, 0.3, 0.02, 0.2, 0.15, 0.14, 0.1, 0.04];
+
+#[test]
+fn demand_is_queued_then_the_next_layer_hinted_then_waited_on() {
+    let mut s = scores_session(FakeIo::new(3, 16), SessionConfig::new(2));
+    s.scores(1, &SCORES);
+    let g = s.demand(0, &[4, 5]).unwrap();
+    assert_eq!(g, [0]);
+    assert_eq!(
+        s.io().log,
+        ["begin 0 [4, 5]", "hint 1 [1, 3]", "wait 0"],
+        "demand, then the hint for L+1, then the wait"
+    );
+    assert_eq!(
+        s.calls(),
+        [
+            Call::Demand {
+                layer: 0,
+                experts: vec![4, 5]
+            },
+            Call::Hint {
+                layer: 1,
+                experts: vec![1, 3]
+            },
+            Call::Wait { layer: 0 },
+        ]
+    );
+    // Layer 1's scores are stale once it is demanded: nothing to hint for layer 2.
+    s.demand(1, &[1, 3]).unwrap();
+    assert_eq!(s.io().log[3..], ["begin 1 [1, 3]", "wait 1"]);
+    assert_eq!(s.stats().hinted, 2);
+    assert_eq!(s.stats().demands, 2);
+}
+
+#[test]
+fn hints_are_capped_to_what_fits_beside_one_layers_demand() {
+    // 5 slots, top 2: room for 3 hinted, though 6 were asked.
+    let mut s = scores_session(FakeIo::new(3, 5), SessionConfig::new(2).with_per_layer(6));
+    assert_eq!(s.per_layer(), 3);
+    s.scores(1, &SCORES);
+    s.demand(0, &[0, 2]).unwrap();
+    assert_eq!(s.io().log[1], "hint 1 [1, 3, 4]");
+    // Two layers ahead share the room; a cache of exactly top_k slots hints nothing.
+    let two = scores_session(FakeIo::new(3, 5), SessionConfig::new(2).with_horizon(2));
+    assert_eq!(two.per_layer(), 1);
+    let none = scores_session(FakeIo::new(3, 2), SessionConfig::new(2));
+    assert_eq!(none.per_layer(), 0);
+}
+
+#[test]
+fn far_scores_hint_two_layers_ahead_after_the_next_one() {
+    let mut s = scores_session(FakeIo::new(4, 32), SessionConfig::new(2).with_horizon(2));
+    s.scores(1, &SCORES);
+    let mut far = SCORES;
+    far.reverse();
+    s.scores(2, &far);
+    s.demand(0, &[0, 1]).unwrap();
+    assert_eq!(
+        s.io().log,
+        ["begin 0 [0, 1]", "hint 1 [1, 3]", "hint 2 [6, 4]", "wait 0"]
+    );
+}
+
+#[test]
+fn over_fetch_takes_near_ties_only_while_the_device_would_idle() {
+    // Near-ties of the 2nd score (0.2): 0.15 and 0.14 pass a 0.5 tie rule, 0.1 does too.
+    let cfg = SessionConfig::new(2).over_fetch(3, 0.5);
+    let mut s = scores_session(FakeIo::new(3, 32), cfg.clone());
+    s.scores(1, &SCORES);
+    s.demand(0, &[0, 2]).unwrap();
+    assert_eq!(
+        s.io().log[1],
+        "hint 1 [1, 3, 4, 5, 6]",
+        "unbounded: every tie"
+    );
+
+    // A 3000 ns window at 1 byte/ns moves 3 records of 1000 bytes; the 2 base candidates
+    // not cached take 2 of them: 1 extra.
+    let mut io = FakeIo::new(3, 32);
+    io.bytes_per_ns = 1.0;
+    let mut s = scores_session(io, cfg.clone().idle_window_ns(3000.0));
+    s.scores(1, &SCORES);
+    s.demand(0, &[0, 2]).unwrap();
+    assert_eq!(s.io().log[1], "hint 1 [1, 3, 4]");
+
+    // With both base candidates cached, all 3 records of the window go to extras.
+    let mut io = FakeIo::new(3, 32);
+    io.bytes_per_ns = 1.0;
+    io.cached = vec![ExpertKey::new(1, 1), ExpertKey::new(1, 3)];
+    let mut s = scores_session(io, cfg.idle_window_ns(3000.0));
+    s.scores(1, &SCORES);
+    s.demand(0, &[0, 2]).unwrap();
+    assert_eq!(s.io().log[1], "hint 1 [1, 3, 4, 5, 6]");
+}
+
+#[test]
+fn a_routing_predictor_hints_from_what_it_observed() {
+    let mut s = Session::new(
+        FakeIo::new(2, 16),
+        SessionConfig::new(2),
+        Box::new(Temporal::new(2, 8)),
+    );
+    s.demand(0, &[1, 2]).unwrap();
+    s.demand(1, &[3, 4]).unwrap();
+    // Token 2, layer 0: temporal predicts layer 1's experts of the previous token.
+    s.demand(0, &[1, 2]).unwrap();
+    assert!(
+        s.io().log.contains(&"hint 1 [3, 4]".to_string()),
+        "{:?}",
+        s.io().log
+    );
+    let mut none = Session::new(
+        FakeIo::new(2, 16),
+        SessionConfig::new(2),
+        Box::new(NoPredictor),
+    );
+    none.demand(0, &[1, 2]).unwrap();
+    assert_eq!(none.io().log, ["begin 0 [1, 2]", "wait 0"]);
+    assert!(none.calls().is_empty(), "no log unless asked");
+}
+
+#[test]
+fn stage_pins_only_what_is_cached_and_is_logged() {
+    let mut io = FakeIo::new(2, 16);
+    io.cached = vec![ExpertKey::new(1, 5)];
+    let mut s = scores_session(io, SessionConfig::new(2));
+    let (ids, _g) = s.stage(1, &[5, 6]);
+    assert_eq!(ids, [5]);
+    assert_eq!(
+        s.calls(),
+        [Call::Stage {
+            layer: 1,
+            experts: vec![5, 6]
+        }]
+    );
+}
