@@ -1,4 +1,4 @@
-/* flashmoe io-sched C ABI. Link libflashmoe_io_sched.a (with -lpthread -ldl -lm) or libflashmoe_io_sched.so. */
+/* flashmoe io-sched C ABI. Link libflashmoe_io_sched_capi.a (with -lpthread -ldl -lm) or libflashmoe_io_sched_capi.so. */
 
 #ifndef FLASHMOE_IO_SCHED_H
 #define FLASHMOE_IO_SCHED_H

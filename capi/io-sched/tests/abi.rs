@@ -4,11 +4,11 @@
 use std::ffi::{CStr, CString};
 use std::ptr;
 
-use flashmoe_io_sched::error::fmio_last_error;
-use flashmoe_io_sched::layout::*;
-use flashmoe_io_sched::options::*;
-use flashmoe_io_sched::session::*;
-use flashmoe_io_sched::{FMIO_ALL_LAYERS, FmioMetrics, FmioStatus, fmio_checksum};
+use flashmoe_io_sched_capi::error::fmio_last_error;
+use flashmoe_io_sched_capi::layout::*;
+use flashmoe_io_sched_capi::options::*;
+use flashmoe_io_sched_capi::session::*;
+use flashmoe_io_sched_capi::{FMIO_ALL_LAYERS, FmioMetrics, FmioStatus, fmio_checksum};
 
 const LAYERS: u32 = 2;
 const EXPERTS: u32 = 4;

@@ -57,7 +57,7 @@ fn read_experts_c_example_checks_every_checksum() {
     compile(
         &root.join("io-sched/examples/c/read_experts.c"),
         &root.join("capi/io-sched/include"),
-        &static_lib("libflashmoe_io_sched.a"),
+        &static_lib("libflashmoe_io_sched_capi.a"),
         &exe,
     );
     let manifest = root.join("models/tiny-qwen3-moe-q4/manifest.json");
@@ -99,7 +99,7 @@ fn a_missing_manifest_is_reported_with_its_path() {
     compile(
         &root.join("io-sched/examples/c/read_experts.c"),
         &root.join("capi/io-sched/include"),
-        &static_lib("libflashmoe_io_sched.a"),
+        &static_lib("libflashmoe_io_sched_capi.a"),
         &exe,
     );
     let missing = tmp.path().join("nowhere/manifest.json");

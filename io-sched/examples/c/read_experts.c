@@ -4,7 +4,7 @@
  *
  *   cargo build --release -p flashmoe-io-sched-capi
  *   cc -std=c11 -Icapi/io-sched/include io-sched/examples/c/read_experts.c \
- *      target/release/libflashmoe_io_sched.a -lpthread -ldl -lm -o read_experts
+ *      target/release/libflashmoe_io_sched_capi.a -lpthread -ldl -lm -o read_experts
  *   ./read_experts models/tiny-qwen3-moe-q4/manifest.json [auto|io_uring|pread|mmap]
  *
  * Prints one summary line ("checked N experts ...") and exits 0 when every checksum matched.
