@@ -322,11 +322,13 @@ mod tests {
     /// later: a driver that returns with reads in flight leaves them to land in its freed
     /// arena. Dropping it discards what is still queued (never writes it), so a failing test
     /// stays memory-safe.
+    /// The memory a [`SlowDevice`] has registered now, as (address, length); `None` once withdrawn.
+    type Registered = Arc<parking_lot::Mutex<Option<(usize, usize)>>>;
+
     struct SlowDevice {
         image: Vec<u8>,
         queue: std::collections::VecDeque<ReadOp>,
-        /// The memory registered now, as (address, length); `None` once withdrawn.
-        registered: Arc<parking_lot::Mutex<Option<(usize, usize)>>>,
+        registered: Registered,
     }
 
     impl ReadBackend for SlowDevice {
@@ -380,9 +382,7 @@ mod tests {
         }
     }
 
-    fn slow_device(
-        image_len: usize,
-    ) -> (SlowDevice, Arc<parking_lot::Mutex<Option<(usize, usize)>>>) {
+    fn slow_device(image_len: usize) -> (SlowDevice, Registered) {
         let registered = Arc::default();
         let dev = SlowDevice {
             image: vec![5u8; image_len],

@@ -102,9 +102,9 @@ pub unsafe extern "C" fn fme_generate(
         let params = if params.is_null() {
             fme_generate_params_default()
         } else {
-            // SAFETY: non-NULL and valid by the caller's promise; every bit pattern of its
-            // fields is a valid value.
-            unsafe { params.read() }
+            // SAFETY: non-NULL and readable by the caller's promise (alignment not assumed);
+            // every bit pattern of its fields is a valid value.
+            unsafe { params.read_unaligned() }
         };
         let mut st = m.state.try_lock().ok_or_else(|| {
             CError::new(

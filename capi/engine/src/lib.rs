@@ -29,3 +29,10 @@ pub const FME_ABI_VERSION: u32 = 1;
 pub extern "C" fn fme_abi_version() -> u32 {
     FME_ABI_VERSION
 }
+
+/// The thread-safety the header documents, checked by the compiler: a model is cancelled from
+/// other threads while one generates.
+const _: () = {
+    const fn shared_across_threads<T: Send + Sync>() {}
+    shared_across_threads::<FmeModel>();
+};

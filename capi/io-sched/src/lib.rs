@@ -63,3 +63,12 @@ pub unsafe extern "C" fn fmio_checksum(data: *const u8, len: usize) -> u64 {
         Ok(io_sched::checksum::checksum(bytes))
     })
 }
+
+/// The thread-safety the header documents, checked by the compiler: sessions, layouts and
+/// guards are used from several threads at once.
+const _: () = {
+    const fn shared_across_threads<T: Send + Sync>() {}
+    shared_across_threads::<FmioSession>();
+    shared_across_threads::<FmioLayout>();
+    shared_across_threads::<FmioGuard>();
+};
