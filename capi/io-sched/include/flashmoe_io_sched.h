@@ -16,6 +16,10 @@
 // `layer` argument of `fmio_session_metrics` asking for all layers together.
 #define FMIO_ALL_LAYERS UINT32_MAX
 
+// Most records a layout may have (a 60-layer x 512-expert model has 30,720): a guard against
+// a bad count allocating without bound.
+#define FMIO_MAX_RECORDS (1 << 24)
+
 // What a call returned. `FMIO_STATUS_OK` is 0; every other value is an error whose message
 // `fmio_last_error` gives on the same thread.
 typedef enum FmioStatus {

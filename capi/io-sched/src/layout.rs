@@ -29,7 +29,13 @@ impl FmioLayout {
 /// A layout being described record by record. Opaque; one thread at a time.
 pub struct FmioLayoutBuilder {
     inner: Option<LayoutBuilder>,
+    layers: u32,
+    experts: u32,
 }
+
+/// Most records a layout may have (a 60-layer x 512-expert model has 30,720): a guard against
+/// a bad count allocating without bound.
+pub const FMIO_MAX_RECORDS: u64 = 1 << 24;
 
 /// One expert record of a layout.
 #[repr(C)]
@@ -170,15 +176,18 @@ pub unsafe extern "C" fn fmio_layout_builder_new(
     const F: &str = "fmio_layout_builder_new";
     ffi(F, || {
         need_out(F, "out", out)?;
-        if layers == 0 || experts == 0 {
+        let records = layers as u64 * experts as u64;
+        if records == 0 || records > FMIO_MAX_RECORDS {
             return Err(CError::invalid(
                 F,
                 "layers/experts",
-                format_args!("must be non-zero (got {layers} x {experts})"),
+                format_args!("{layers} x {experts}: need 1 to {FMIO_MAX_RECORDS} records"),
             ));
         }
         let b = Box::into_raw(Box::new(FmioLayoutBuilder {
             inner: Some(LayoutBuilder::new(layers, experts)),
+            layers,
+            experts,
         }));
         // SAFETY: checked non-NULL; writable by the caller's promise.
         unsafe { write_out(F, "out", out, b) }
@@ -229,6 +238,15 @@ pub unsafe extern "C" fn fmio_layout_builder_set(
     ffi(F, || {
         // SAFETY: forwarded from this function's contract.
         let b = unsafe { handle_mut(F, "builder", builder) }?;
+        if layer >= b.layers || expert >= b.experts {
+            return Err(CError::new(
+                FmioStatus::UnknownExpert,
+                format!(
+                    "{F}: no record slot for layer {layer} expert {expert} (the builder has {} layers x {} experts)",
+                    b.layers, b.experts
+                ),
+            ));
+        }
         let inner = b.inner.as_mut().ok_or_else(|| built(F))?;
         inner.set(ExpertKey::new(layer, expert), file, offset, len, checksum);
         Ok(())

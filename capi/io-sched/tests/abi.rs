@@ -57,6 +57,14 @@ fn built_layout(dir: &std::path::Path) -> *mut FmioLayout {
             );
             assert_eq!(st, FmioStatus::Ok);
         }
+        // Out-of-range keys are refused at once, not left for build to report as missing.
+        let st = fmio_layout_builder_set(b, LAYERS, 0, file, 0, REC as u64, 0);
+        assert_eq!(st, FmioStatus::UnknownExpert);
+        assert!(
+            last_error().contains("layer 2 expert 0"),
+            "{}",
+            last_error()
+        );
         assert_eq!(fmio_layout_builder_build(b, &mut layout), FmioStatus::Ok);
         // A used-up builder says so.
         assert_eq!(
@@ -65,6 +73,13 @@ fn built_layout(dir: &std::path::Path) -> *mut FmioLayout {
         );
         assert!(last_error().contains("already built"), "{}", last_error());
         fmio_layout_builder_free(b);
+        // A count that would allocate without bound is refused.
+        let mut huge = ptr::null_mut();
+        assert_eq!(
+            fmio_layout_builder_new(u32::MAX, u32::MAX, &mut huge),
+            FmioStatus::InvalidArgument
+        );
+        assert!(huge.is_null());
     }
     layout
 }
