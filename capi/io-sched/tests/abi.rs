@@ -314,3 +314,70 @@ fn a_corrupted_record_fails_its_acquire_with_a_checksum_error() {
         fmio_layout_free(layout);
     }
 }
+
+/// The session pointer, to share between threads (documented thread-safe; checked Send + Sync).
+#[derive(Clone, Copy)]
+struct Shared(*const FmioSession);
+// SAFETY: `FmioSession` is Send + Sync (checked in lib.rs); it outlives the threads.
+unsafe impl Send for Shared {}
+
+#[test]
+fn threads_acquire_from_one_session_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = built_layout(dir.path());
+    let mut s = ptr::null_mut();
+    // Guards held at once by all threads must fit (8 slots for 4 threads x 2 experts): with
+    // every slot pinned an acquire fails with FMIO_STATUS_BUDGET rather than waiting.
+    let mut opts = ptr::null_mut();
+    // SAFETY: live layout and options, writable out pointers.
+    unsafe {
+        assert_eq!(fmio_options_new(&mut opts), FmioStatus::Ok);
+        assert_eq!(fmio_options_set_budget_share(opts, 1.0), FmioStatus::Ok);
+        assert_eq!(fmio_session_open(layout, opts, &mut s), FmioStatus::Ok);
+        fmio_options_free(opts);
+    }
+    let shared = Shared(s);
+    let threads: Vec<_> = (0..4u32)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let shared = shared;
+                for round in 0..50u32 {
+                    let layer = (t + round) % LAYERS;
+                    let experts = [round % EXPERTS, (round + 1) % EXPERTS];
+                    let mut g = ptr::null_mut();
+                    // SAFETY: the session is live until every thread is joined.
+                    unsafe {
+                        let st = fmio_session_acquire(shared.0, layer, experts.as_ptr(), 2, &mut g);
+                        assert_eq!(st, FmioStatus::Ok, "{}", last_error());
+                        for (i, &e) in experts.iter().enumerate() {
+                            let mut b = std::mem::zeroed::<FmioExpertBytes>();
+                            assert_eq!(fmio_guard_get(g, i, &mut b), FmioStatus::Ok);
+                            let want = (layer * EXPERTS + e) as u8;
+                            let bytes = std::slice::from_raw_parts(b.data, b.len as usize);
+                            assert!(
+                                bytes.iter().all(|&x| x == want),
+                                "layer {layer} expert {}",
+                                experts[i]
+                            );
+                        }
+                        fmio_guard_release(g);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut m = FmioMetrics::default();
+    // SAFETY: live session, no other user now; freed once.
+    unsafe {
+        assert_eq!(
+            fmio_session_metrics(s, FMIO_ALL_LAYERS, &mut m),
+            FmioStatus::Ok
+        );
+        assert_eq!(m.demanded, 4 * 50 * 2);
+        fmio_session_free(s);
+        fmio_layout_free(layout);
+    }
+}
