@@ -61,6 +61,74 @@ pub fn pick_experts(rng: &mut Rng, experts: u32, count: usize, out: &mut Vec<u32
     }
 }
 
+/// An arena lent to a backend for one run.
+///
+/// Dropping it first reaps every read still in flight and withdraws the registration, and only
+/// then frees the arena; if the backend cannot confirm that (a failing `reap` or
+/// unregistration), the arena is leaked rather than freed under a read. So no exit from a
+/// driver (`?`, an error completion, EOF) can leave the device writing into freed memory.
+struct LentArena<'b> {
+    backend: &'b mut dyn ReadBackend,
+    arena: Option<Arena>,
+}
+
+impl<'b> LentArena<'b> {
+    /// `slots × slot_size` bytes, registered with `backend` (which must be idle: the drain on
+    /// drop counts on every read in flight being ours).
+    fn new(backend: &'b mut dyn ReadBackend, slots: usize, slot_size: usize) -> io::Result<Self> {
+        if backend.in_flight() > 0 {
+            return Err(io::Error::other(format!(
+                "{} has {} reads in flight: a bench run needs an idle backend",
+                backend.describe(),
+                backend.in_flight()
+            )));
+        }
+        let arena = Arena::new(slots, slot_size).map_err(io::Error::other)?;
+        // SAFETY: the arena stays allocated until `drop` below has withdrawn the registration
+        // (`register_memory` returned `Ok` again); otherwise it is leaked.
+        let _ = unsafe { backend.register_memory(arena.base(), arena.len()) };
+        Ok(Self {
+            backend,
+            arena: Some(arena),
+        })
+    }
+
+    /// The backend and the arena, for one run.
+    fn parts(&mut self) -> (&mut dyn ReadBackend, &Arena) {
+        let arena = self
+            .arena
+            .as_ref()
+            .expect("the arena is taken only by drop");
+        (&mut *self.backend, arena)
+    }
+}
+
+impl Drop for LentArena<'_> {
+    fn drop(&mut self) {
+        let mut sink = Vec::new();
+        let mut idle = true;
+        while self.backend.in_flight() > 0 {
+            sink.clear();
+            if let Err(e) = self.backend.reap(&mut sink, None) {
+                tracing::warn!(
+                    "bench: reaping the reads in flight failed ({e}); leaking the arena"
+                );
+                idle = false;
+                break;
+            }
+        }
+        // SAFETY: nothing is in flight; a null registration only withdraws the earlier one.
+        let withdrawn =
+            idle && unsafe { self.backend.register_memory(std::ptr::null_mut(), 0) }.is_ok();
+        if let Some(arena) = self.arena.take()
+            && !withdrawn
+        {
+            // The device may still own these bytes: never free them.
+            std::mem::forget(arena);
+        }
+    }
+}
+
 /// Keeps `qd` reads of `block` bytes in flight at random `block`-aligned offsets of the
 /// layout's first file, until `total_reads` have completed.
 pub fn random_reads(
@@ -80,10 +148,10 @@ pub fn random_reads(
             format!("file of {file_len} bytes is smaller than one {block}-byte block"),
         ));
     }
-    let arena = Arena::new(qd, block).map_err(io::Error::other)?;
-    // SAFETY: `arena` outlives every read: we reap all completions before returning, and it
-    // is dropped after the loop.
-    let _ = unsafe { backend.register_memory(arena.base(), arena.len()) };
+    // Every exit below (`?` included) drops `lent` first, which waits for the reads still in
+    // flight before the arena is freed.
+    let mut lent = LentArena::new(backend, qd, block)?;
+    let (backend, arena) = lent.parts();
     let mut rng = Rng::new(seed);
     let mut free: Vec<usize> = (0..qd).collect();
     let mut done = Vec::with_capacity(qd);
@@ -101,7 +169,8 @@ pub fn random_reads(
                 buf: arena.slot_ptr(slot),
             };
             // SAFETY: slot `slot` of the arena is used by this read alone until its
-            // completion comes back (it returns to `free` only then).
+            // completion comes back (it returns to `free` only then); `lent` keeps the arena
+            // alive until no read is in flight.
             unsafe { backend.submit(op)? };
             issued += 1;
         }
@@ -135,9 +204,9 @@ pub fn layer_reads(
     let k = k.clamp(1, layout.num_experts() as usize);
     let slot = layout.max_read_len() as usize;
     let chunk = chunk.div_ceil(RECORD_ALIGN as usize).max(1) * RECORD_ALIGN as usize;
-    let arena = Arena::new(k, slot).map_err(io::Error::other)?;
-    // SAFETY: `arena` outlives every read (all reaped before return).
-    let _ = unsafe { backend.register_memory(arena.base(), arena.len()) };
+    // As in `random_reads`: an early return waits for the reads in flight before the arena goes.
+    let mut lent = LentArena::new(backend, k, slot)?;
+    let (backend, arena) = lent.parts();
     let mut rng = Rng::new(seed);
     let mut experts = Vec::with_capacity(k);
     let mut pending: Vec<(usize, u64, u64)> = Vec::new();
@@ -181,7 +250,8 @@ pub fn layer_reads(
                     buf: arena.slot_ptr(i).wrapping_add(s as usize),
                 };
                 // SAFETY: each (slot, range) is read by exactly one request at a time; ranges of
-                // one slot do not overlap, and the arena outlives the reads.
+                // one slot do not overlap, and `lent` keeps the arena alive until no read is in
+                // flight.
                 unsafe { backend.submit(op)? };
                 in_flight += 1;
             }
@@ -246,6 +316,148 @@ mod tests {
         let mut be = MemoryBackend::new(vec![Arc::from(vec![1u8; 1 << 20])], 4);
         let r = random_reads(&mut be, 1 << 20, 65536, 4, 50, 9).unwrap();
         assert_eq!((r.bytes, r.reads), (50 * 65536, 50));
+    }
+
+    /// A device whose reads land at `reap`, one per call, as a real one would finish them
+    /// later: a driver that returns with reads in flight leaves them to land in its freed
+    /// arena. Dropping it discards what is still queued (never writes it), so a failing test
+    /// stays memory-safe.
+    /// The memory a [`SlowDevice`] has registered now, as (address, length); `None` once withdrawn.
+    type Registered = Arc<parking_lot::Mutex<Option<(usize, usize)>>>;
+
+    struct SlowDevice {
+        image: Vec<u8>,
+        queue: std::collections::VecDeque<ReadOp>,
+        registered: Registered,
+    }
+
+    impl ReadBackend for SlowDevice {
+        fn kind(&self) -> crate::backend::BackendKind {
+            crate::backend::BackendKind::Pread
+        }
+        fn describe(&self) -> String {
+            "slow device".into()
+        }
+        fn max_in_flight(&self) -> usize {
+            4
+        }
+        fn in_flight(&self) -> usize {
+            self.queue.len()
+        }
+        fn direct(&self) -> bool {
+            false
+        }
+        unsafe fn register_memory(&mut self, ptr: *mut u8, len: usize) -> io::Result<bool> {
+            *self.registered.lock() = (!ptr.is_null() && len > 0).then_some((ptr as usize, len));
+            Ok(false)
+        }
+        unsafe fn submit(&mut self, op: ReadOp) -> io::Result<()> {
+            self.queue.push_back(op);
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        fn reap(
+            &mut self,
+            out: &mut Vec<Completion>,
+            _timeout: Option<std::time::Duration>,
+        ) -> io::Result<()> {
+            let Some(op) = self.queue.pop_front() else {
+                return Ok(());
+            };
+            let start = (op.offset as usize).min(self.image.len());
+            let n = op.len.min(self.image.len() - start);
+            // SAFETY: the driver keeps `op.buf` valid for `op.len` bytes until this completion
+            // is reaped (the contract under test); `n <= op.len`.
+            unsafe { std::ptr::copy_nonoverlapping(self.image.as_ptr().add(start), op.buf, n) };
+            out.push(Completion {
+                tag: op.tag,
+                result: Ok(n),
+            });
+            Ok(())
+        }
+        fn waker(&self) -> crate::backend::BackendWaker {
+            Arc::new(|| {})
+        }
+    }
+
+    fn slow_device(image_len: usize) -> (SlowDevice, Registered) {
+        let registered = Arc::default();
+        let dev = SlowDevice {
+            image: vec![5u8; image_len],
+            queue: Default::default(),
+            registered: Arc::clone(&registered),
+        };
+        (dev, registered)
+    }
+
+    #[test]
+    fn random_reads_error_mid_burst_leaves_no_read_in_flight() {
+        let mut b = LayoutBuilder::new(1, 1);
+        let f = b.add_file("m");
+        b.set(ExpertKey::new(0, 0), f, 0, 65536, 0);
+        let layout = b.build().unwrap();
+        let (dev, registered) = slow_device(1 << 20);
+        // The first read fails while three more are queued on the device.
+        let mut be = crate::backend::faulty::FaultyBackend::new(Box::new(dev), &layout).with_rule(
+            crate::backend::faulty::Target::Any,
+            crate::backend::faulty::Fault::Eio { times: 1 },
+        );
+        let err = random_reads(&mut be, 1 << 20, 65536, 4, 100, 3).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO));
+        // Anything still in flight would be written into the arena `random_reads` freed.
+        assert_eq!(be.in_flight(), 0, "reads left in flight into a freed arena");
+        assert_eq!(*registered.lock(), None, "freed arena left registered");
+    }
+
+    #[test]
+    fn layer_reads_eof_mid_layer_leaves_no_read_in_flight() {
+        // Experts 2 and 3 lie past the end of the 2-expert image: their reads hit EOF while
+        // reads of the others are in flight.
+        let mut b = LayoutBuilder::new(1, 4);
+        let f = b.add_file("m");
+        for e in 0..4u32 {
+            b.set(ExpertKey::new(0, e), f, e as u64 * 16384, 16384, 0);
+        }
+        let layout = b.build().unwrap();
+        let (mut dev, registered) = slow_device(2 * 16384);
+        let err = layer_reads(&mut dev, &layout, 4, 4096, 1, 1).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(
+            dev.in_flight(),
+            0,
+            "reads left in flight into a freed arena"
+        );
+        assert_eq!(*registered.lock(), None, "freed arena left registered");
+        // The same device runs a good layer afterwards (its registration was replaced cleanly).
+        let mut b = LayoutBuilder::new(1, 2);
+        let f = b.add_file("m");
+        for e in 0..2u32 {
+            b.set(ExpertKey::new(0, e), f, e as u64 * 16384, 16384, 0);
+        }
+        let r = layer_reads(&mut dev, &b.build().unwrap(), 2, 4096, 3, 1).unwrap();
+        assert_eq!((r.bytes, r.reads), (3 * 2 * 16384, 3 * 2 * 4));
+    }
+
+    #[test]
+    fn a_busy_backend_is_refused() {
+        let (mut dev, _) = slow_device(1 << 16);
+        let mut buf = vec![0u8; 4096];
+        let op = ReadOp {
+            tag: 0,
+            file: 0,
+            offset: 0,
+            len: 4096,
+            buf: buf.as_mut_ptr(),
+        };
+        // SAFETY: `buf` outlives the read: it is reaped below before `buf` drops.
+        unsafe { dev.submit(op).unwrap() };
+        let err = random_reads(&mut dev, 1 << 16, 4096, 2, 4, 1).unwrap_err();
+        assert!(err.to_string().contains("reads in flight"), "{err}");
+        let mut out = Vec::new();
+        dev.reap(&mut out, None).unwrap();
+        assert_eq!(out.len(), 1);
     }
 
     #[test]

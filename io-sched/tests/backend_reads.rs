@@ -73,6 +73,12 @@ mod uring {
         for depth in [4, 64, 256] {
             read_all_and_check(&mut b, &arena, depth, 2);
         }
+        // A null registration withdraws the earlier one (what lets a caller free its memory
+        // before the backend goes), and reads still work, unregistered.
+        // SAFETY: nothing is registered by this call.
+        let again = unsafe { b.register_memory(std::ptr::null_mut(), 0) }.unwrap();
+        assert!(!again && !b.buffers_registered(), "{}", b.describe());
+        read_all_and_check(&mut b, &arena, 4, 2);
         drop(b);
     }
 

@@ -114,8 +114,12 @@ pub trait ReadBackend: Send {
     /// Offers the memory all reads will land in, so the backend can register it
     /// (io_uring fixed buffers). Returns whether it did. Optional to call.
     ///
+    /// A later call replaces the registration (a null `ptr` with `len == 0` withdraws it);
+    /// it must be made with no reads in flight (backends may refuse otherwise).
+    ///
     /// # Safety
-    /// `ptr..ptr+len` must stay allocated until the backend is dropped.
+    /// `ptr..ptr+len` must stay allocated until the backend is dropped or this method has
+    /// returned `Ok` from a later call (which replaced the registration).
     unsafe fn register_memory(&mut self, ptr: *mut u8, len: usize) -> io::Result<bool> {
         let _ = (ptr, len);
         Ok(false)

@@ -348,17 +348,18 @@ impl ReadBackend for UringBackend {
     }
 
     unsafe fn register_memory(&mut self, ptr: *mut u8, len: usize) -> io::Result<bool> {
-        if self.config.register_buffers == RegisterBuffers::Off || len == 0 || ptr.is_null() {
-            self.registration = "unregistered-buffers";
-            return Ok(false);
-        }
         if self.in_flight > 0 {
             return Err(io::Error::other(
                 "register_memory called with reads in flight",
             ));
         }
+        // Any earlier registration is withdrawn first, so its memory may be freed after this.
         if self.region.take().is_some() {
             self.ring.submitter().unregister_buffers()?;
+        }
+        if self.config.register_buffers == RegisterBuffers::Off || len == 0 || ptr.is_null() {
+            self.registration = "unregistered-buffers";
+            return Ok(false);
         }
         match self.register(ptr, len) {
             Ok(()) => {

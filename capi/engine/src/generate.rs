@@ -1,0 +1,241 @@
+//! `fme_generate`: prompt in, tokens out through a callback, cancellable between tokens.
+
+use std::ffi::{CString, c_char, c_void};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use flashmoe_engine::sampler::Sampler;
+
+use crate::args::{handle, str_arg};
+use crate::error::{CError, FmeStatus, ffi};
+use crate::model::{FmeModel, State};
+
+/// Called with every token as soon as it is chosen: its id and the text it adds (UTF-8,
+/// `piece_len` bytes, NUL-terminated; empty while a multi-byte character is incomplete),
+/// valid during the call only. Return 0 to go on, anything else to cancel (as
+/// `fme_model_cancel`). Runs on the thread that called `fme_generate`.
+pub type FmeTokenCallback = Option<
+    unsafe extern "C" fn(
+        user: *mut c_void,
+        token: u32,
+        piece: *const c_char,
+        piece_len: usize,
+    ) -> i32,
+>;
+
+/// How to generate. Start from `fme_generate_params_default()`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FmeGenerateParams {
+    /// Tokens to generate at most.
+    pub max_tokens: u32,
+    /// Sampling temperature; 0 is greedy.
+    pub temperature: f32,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass (1: all).
+    pub top_p: f32,
+    /// Seed of the sampler (same seed, same text).
+    pub seed: u64,
+    /// 1: stop after an end-of-sequence token; 0: go on to `max_tokens`.
+    pub stop_at_eos: u8,
+}
+
+/// What one `fme_generate` did (also filled when it was cancelled).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FmeGeneration {
+    /// Tokens of the prompt (plus the previous call's last token, fed first).
+    pub prompt_tokens: u32,
+    /// Tokens generated (each given to the callback).
+    pub generated_tokens: u32,
+    /// 1 if an end-of-sequence token ended generation.
+    pub stopped_at_eos: u8,
+    /// 1 if generation was cancelled.
+    pub cancelled: u8,
+    /// KV-cache positions in use after this call.
+    pub positions: u32,
+    /// Seconds spent on the prompt.
+    pub prefill_secs: f64,
+    /// Seconds spent on the generated tokens.
+    pub decode_secs: f64,
+    /// Share of demanded experts found in the cache, since the model was opened.
+    pub hit_rate: f64,
+    /// Expert bytes read from disk since the model was opened.
+    pub bytes_read: u64,
+}
+
+/// Greedy, 64 tokens at most, stopping at end-of-sequence. Any thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn fme_generate_params_default() -> FmeGenerateParams {
+    FmeGenerateParams {
+        max_tokens: 64,
+        temperature: 0.0,
+        top_p: 1.0,
+        seed: 0,
+        stop_at_eos: 1,
+    }
+}
+
+/// Continues the conversation with `prompt` (after what earlier calls since the last reset
+/// left in the KV cache) and generates up to `params->max_tokens` tokens, calling `callback`
+/// (may be NULL) with each. `params` NULL: the defaults; `out` may be NULL. Returns
+/// `FME_STATUS_CANCELLED` when cancelled (`*out` still filled), `FME_STATUS_BUSY` while another
+/// thread generates with `model`. See `FmeModel` for thread-safety.
+///
+/// # Safety
+/// `model` must be a live model; `prompt` a NUL-terminated string; `params` NULL or valid;
+/// `out` NULL or writable; `callback`, if given, must be safe to call with `user`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fme_generate(
+    model: *const FmeModel,
+    prompt: *const c_char,
+    params: *const FmeGenerateParams,
+    callback: FmeTokenCallback,
+    user: *mut c_void,
+    out: *mut FmeGeneration,
+) -> FmeStatus {
+    const F: &str = "fme_generate";
+    ffi(F, || {
+        // SAFETY: forwarded from this function's contract.
+        let m = unsafe { handle(F, "model", model) }?;
+        // SAFETY: as above.
+        let prompt = unsafe { str_arg(F, "prompt", prompt) }?;
+        let params = if params.is_null() {
+            fme_generate_params_default()
+        } else {
+            // SAFETY: non-NULL and readable by the caller's promise (alignment not assumed);
+            // every bit pattern of its fields is a valid value.
+            unsafe { params.read_unaligned() }
+        };
+        let mut st = m.state.try_lock().ok_or_else(|| {
+            CError::new(
+                FmeStatus::Busy,
+                format!("{F}: another thread is generating"),
+            )
+        })?;
+        let mut g = FmeGeneration::default();
+        let result = run(m, &mut st, prompt, &params, callback, user, &mut g);
+        let total = st.sched.metrics().total();
+        g.hit_rate = total.hit_rate();
+        g.bytes_read = total.bytes_read();
+        g.positions = st.pos as u32;
+        if !out.is_null() {
+            // SAFETY: non-NULL and writable by the caller's promise.
+            unsafe { out.write(g) };
+        }
+        result
+    })
+}
+
+/// The generation loop: prefill, then sample → callback → feed back, checking for a cancel
+/// before every token.
+fn run(
+    m: &FmeModel,
+    st: &mut State,
+    prompt: &str,
+    p: &FmeGenerateParams,
+    callback: FmeTokenCallback,
+    user: *mut c_void,
+    g: &mut FmeGeneration,
+) -> Result<(), CError> {
+    const F: &str = "fme_generate";
+    let cancelled = |g: &mut FmeGeneration| {
+        g.cancelled = 1;
+        CError::new(
+            FmeStatus::Cancelled,
+            format!("{F}: cancelled (call fme_model_reset to generate again)"),
+        )
+    };
+    if m.cancel.load(Ordering::SeqCst) {
+        return Err(cancelled(g));
+    }
+    let State {
+        packed,
+        model,
+        experts,
+        prefetch,
+        pos,
+        pending,
+        ..
+    } = st;
+    let mut feed: Vec<u32> = pending.iter().copied().collect();
+    feed.extend(
+        packed
+            .tokenizer
+            .encode(prompt)
+            .map_err(|e| CError::engine(F, &e))?,
+    );
+    if feed.is_empty() {
+        return Err(CError::invalid(F, "prompt", "encodes to no tokens"));
+    }
+    let need = *pos + feed.len() + p.max_tokens as usize;
+    if need > model.max_seq() {
+        return Err(CError::invalid(
+            F,
+            "prompt",
+            format_args!(
+                "and max_tokens need {need} positions, the KV cache holds {} ({} in use): call fme_model_reset",
+                model.max_seq(),
+                *pos
+            ),
+        ));
+    }
+    *pending = None;
+    g.prompt_tokens = feed.len() as u32;
+    let t = Instant::now();
+    let mut logits = model
+        .prefill(&feed, *pos, experts, prefetch)
+        .map_err(|e| CError::engine(F, &e))?;
+    *pos += feed.len();
+    g.prefill_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut sampler = Sampler::new(p.temperature, p.top_p, p.seed);
+    let (mut ids, mut shown) = (Vec::new(), 0usize);
+    let mut outcome = Ok(());
+    for i in 0..p.max_tokens {
+        if m.cancel.load(Ordering::SeqCst) {
+            outcome = Err(cancelled(g));
+            break;
+        }
+        let next = sampler.sample(&logits).ok_or_else(|| {
+            CError::new(FmeStatus::Model, format!("{F}: the model gave no logits"))
+        })?;
+        ids.push(next);
+        g.generated_tokens += 1;
+        *pending = Some(next);
+        let text = packed
+            .tokenizer
+            .decode(&ids)
+            .map_err(|e| CError::engine(F, &e))?;
+        let piece = match text.get(shown..) {
+            Some(rest) if !text.ends_with('\u{FFFD}') => {
+                shown = text.len();
+                rest
+            }
+            _ => "",
+        };
+        if let Some(cb) = callback {
+            let c = CString::new(piece.replace('\0', " ")).unwrap_or_default();
+            // SAFETY: the caller promises `callback` may be called with `user`; `c` outlives
+            // the call.
+            let rc = unsafe { cb(user, next, c.as_ptr(), c.as_bytes().len()) };
+            if rc != 0 {
+                m.cancel.store(true, Ordering::SeqCst);
+                outcome = Err(cancelled(g));
+                break;
+            }
+        }
+        if p.stop_at_eos != 0 && packed.eos.contains(&next) {
+            g.stopped_at_eos = 1;
+            break;
+        }
+        if i + 1 < p.max_tokens {
+            logits = model
+                .forward(next, *pos, experts, prefetch)
+                .map_err(|e| CError::engine(F, &e))?;
+            *pos += 1;
+            *pending = None;
+        }
+    }
+    g.decode_secs = t.elapsed().as_secs_f64();
+    outcome
+}

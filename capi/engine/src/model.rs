@@ -1,0 +1,199 @@
+//! A model opened from a packed directory: its weights on the CPU backend, its experts streamed
+//! through io-sched under a budget, and the conversation state (KV cache position).
+
+use std::ffi::c_char;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use flashmoe_backends::CpuBackend;
+use flashmoe_engine::{
+    MoeModel, PackedModel, Prediction, Prefetcher, SchedExperts, open_scheduler,
+};
+use io_sched::backend::BackendKind;
+use io_sched::backend::select::BackendConfig;
+use io_sched::predictor::{self, PredictorKind};
+use io_sched::{Scheduler, SchedulerConfig};
+use parking_lot::Mutex;
+
+use crate::args::{handle, need_out, str_arg, write_out};
+use crate::error::{CError, FmeStatus, ffi};
+use crate::options::{Budget, FmeOptions, ModelSettings};
+
+/// An open model. Opaque.
+///
+/// Thread-safety: `fme_model_cancel` may be called from any thread at any time (also from
+/// inside the token callback). `fme_generate` and `fme_model_reset` may be called from any
+/// thread, one at a time: a second concurrent call gets `FME_STATUS_BUSY`. `fme_model_free`
+/// must not race any other call.
+pub struct FmeModel {
+    pub(crate) state: Mutex<State>,
+    pub(crate) cancel: AtomicBool,
+}
+
+/// What generation changes.
+pub(crate) struct State {
+    pub packed: PackedModel,
+    pub model: MoeModel<CpuBackend>,
+    pub experts: SchedExperts,
+    pub prefetch: Prefetcher,
+    pub sched: Arc<Scheduler>,
+    /// Positions already in the KV cache.
+    pub pos: usize,
+    /// The last chosen token, not yet run through the model (it goes first next time).
+    pub pending: Option<u32>,
+}
+
+impl State {
+    fn open(dir: &Path, s: &ModelSettings, func: &str) -> Result<Self, CError> {
+        let packed = PackedModel::open(dir).map_err(|e| CError::engine(func, &e))?;
+        let all = packed.experts.max_read_len()
+            * (packed.experts.num_layers() as u64 * packed.experts.num_experts() as u64);
+        let budget = match s.budget {
+            Budget::Bytes(b) => b,
+            Budget::Share(share) => (all as f64 * share).ceil() as u64,
+        };
+        let kind = match s.io_backend.as_str() {
+            "auto" => None,
+            other => Some(other.parse::<BackendKind>().map_err(|e| {
+                CError::invalid(func, "io_backend option", format_args!("{e} (or auto)"))
+            })?),
+        };
+        let backend = BackendConfig {
+            kind,
+            ..BackendConfig::default()
+        };
+        let (sched, _fallbacks) =
+            open_scheduler(&packed, SchedulerConfig::with_budget(budget), &backend)
+                .map_err(|e| CError::engine(func, &e))?;
+        let cfg = &packed.config;
+        let max_seq = match s.max_seq {
+            0 => cfg.max_position_embeddings.min(4096),
+            n => n.min(cfg.max_position_embeddings),
+        };
+        let model = packed
+            .load_model(CpuBackend::new(), max_seq)
+            .map_err(|e| CError::engine(func, &e))?;
+        let experts = SchedExperts::new(sched.clone(), packed.record)
+            .map_err(|e| CError::engine(func, &e))?;
+        let mode = prediction(
+            &s.predictor,
+            cfg.num_layers as u32,
+            cfg.num_experts as u32,
+            func,
+        )?;
+        let prefetch = Prefetcher::new(sched.clone(), mode, cfg.top_k + 2, cfg.top_k);
+        Ok(Self {
+            packed,
+            model,
+            experts,
+            prefetch,
+            sched,
+            pos: 0,
+            pending: None,
+        })
+    }
+}
+
+/// The prefetch mode named `name` (as `flashmoe generate --predictor`).
+fn prediction(name: &str, layers: u32, experts: u32, func: &str) -> Result<Prediction, CError> {
+    if name == "pregate" {
+        return Ok(Prediction::Pregate);
+    }
+    let bad = |why: String| CError::invalid(func, "predictor option", why);
+    let kind: PredictorKind = name.parse().map_err(|e| bad(format!("{e} (or pregate)")))?;
+    match kind {
+        PredictorKind::None => Ok(Prediction::None),
+        PredictorKind::Oracle | PredictorKind::Scores => Err(bad(format!(
+            "{kind} is not available here (use pregate, none, temporal, transition or frequency)"
+        ))),
+        _ => Ok(Prediction::Predictor {
+            predictor: predictor::build(kind, layers, experts)
+                .ok_or_else(|| bad(format!("{kind} cannot be built")))?,
+            horizon: 1,
+        }),
+    }
+}
+
+/// Opens the packed model in `dir` (from `flashmoe pack`) with `options` (NULL: defaults).
+/// `*out` is freed with `fme_model_free`. Any thread.
+///
+/// # Safety
+/// `dir` must be a NUL-terminated string; `options` NULL or live options; `out` writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fme_model_open(
+    dir: *const c_char,
+    options: *const FmeOptions,
+    out: *mut *mut FmeModel,
+) -> FmeStatus {
+    const F: &str = "fme_model_open";
+    ffi(F, || {
+        need_out(F, "out", out)?;
+        // SAFETY: forwarded from this function's contract.
+        let dir = unsafe { str_arg(F, "dir", dir) }?;
+        let settings = if options.is_null() {
+            ModelSettings::default()
+        } else {
+            // SAFETY: non-NULL, live by the caller's promise.
+            unsafe { handle(F, "options", options) }?.settings.clone()
+        };
+        let state = State::open(Path::new(dir), &settings, F)?;
+        let m = FmeModel {
+            state: Mutex::new(state),
+            cancel: AtomicBool::new(false),
+        };
+        // SAFETY: checked non-NULL; writable by the caller's promise.
+        unsafe { write_out(F, "out", out, Box::into_raw(Box::new(m))) }
+    })
+}
+
+/// Frees a model (NULL is ignored).
+///
+/// # Safety
+/// `model` must come from `fme_model_open`, not be freed already, and no other thread may be
+/// using it.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fme_model_free(model: *mut FmeModel) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { crate::args::free_handle(model) }
+}
+
+/// Asks a generation in progress to stop before its next token; every `fme_generate` then
+/// returns `FME_STATUS_CANCELLED` until `fme_model_reset`. Any thread, any time, also from
+/// the token callback.
+///
+/// # Safety
+/// `model` must be a live model.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fme_model_cancel(model: *const FmeModel) -> FmeStatus {
+    const F: &str = "fme_model_cancel";
+    ffi(F, || {
+        // SAFETY: forwarded from this function's contract.
+        let m = unsafe { handle(F, "model", model) }?;
+        m.cancel.store(true, Ordering::SeqCst);
+        Ok(())
+    })
+}
+
+/// Forgets the conversation (the KV cache: the next prompt starts at position 0) and clears a
+/// cancel. The expert cache stays warm. Any thread; `FME_STATUS_BUSY` while generating.
+///
+/// # Safety
+/// `model` must be a live model.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fme_model_reset(model: *const FmeModel) -> FmeStatus {
+    const F: &str = "fme_model_reset";
+    ffi(F, || {
+        // SAFETY: forwarded from this function's contract.
+        let m = unsafe { handle(F, "model", model) }?;
+        let mut st = m
+            .state
+            .try_lock()
+            .ok_or_else(|| CError::new(FmeStatus::Busy, format!("{F}: the model is generating")))?;
+        st.model.reset();
+        st.pos = 0;
+        st.pending = None;
+        m.cancel.store(false, Ordering::SeqCst);
+        Ok(())
+    })
+}
