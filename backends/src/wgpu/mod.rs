@@ -38,6 +38,7 @@
 //! ```
 
 mod context;
+mod linear_attn;
 pub mod kernels;
 mod moe;
 mod ops;
