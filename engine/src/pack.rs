@@ -56,15 +56,24 @@ pub struct PackSummary {
 }
 
 /// The record format for `--bits`: 16 keeps the checkpoint's 16-bit float type (bf16 for an
-/// f32 checkpoint), 8 and 4 are MLX-style affine formats with groups of 64.
+/// f32 checkpoint), 8 and 4 are MLX-style affine formats with groups of 64 (of 32 when an
+/// expert dimension is a multiple of 32 but not of 64, e.g. an intermediate size of 32).
 pub fn format_for_bits(bits: u32, cfg: &ModelConfig) -> Option<WeightFormat> {
+    let (h, i) = (cfg.hidden_size, cfg.expert_intermediate);
+    let group = if h.is_multiple_of(64) && i.is_multiple_of(64) {
+        64
+    } else if h.is_multiple_of(32) && i.is_multiple_of(32) {
+        32
+    } else {
+        64
+    };
     match bits {
         16 => Some(match cfg.dtype {
             Some(WeightFormat::F16) => WeightFormat::F16,
             _ => WeightFormat::Bf16,
         }),
-        8 => Some(WeightFormat::Q8_64),
-        4 => Some(WeightFormat::Q4_64),
+        8 => Some(WeightFormat::Q8 { group }),
+        4 => Some(WeightFormat::Q4 { group }),
         _ => None,
     }
 }
