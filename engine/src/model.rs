@@ -44,6 +44,13 @@ impl FamilyNames {
         format!("model.layers.{layer}.{}.{}.weight", self.moe, self.router)
     }
 
+    /// The fused expert tensors of `layer` (`experts.gate_up_proj` `[E, 2 inter, hidden]`,
+    /// `experts.down_proj` `[E, hidden, inter]`), the layout transformers 5 saves.
+    pub fn fused_experts(&self, layer: usize) -> [String; 2] {
+        let p = format!("model.layers.{layer}.{}.experts", self.moe);
+        [format!("{p}.gate_up_proj"), format!("{p}.down_proj")]
+    }
+
     /// Projection `k` (0 gate, 1 up, 2 down) of expert `e` in `layer`.
     pub fn expert(&self, layer: usize, e: usize, k: usize) -> String {
         format!(

@@ -98,7 +98,11 @@ pub fn pack_model(
     let cfg = ModelConfig::from_file(&src.join("config.json"))?;
     let format = format_for_bits(bits, &cfg)
         .ok_or_else(|| fail(format!("--bits must be 16, 8 or 4, not {bits}")))?;
-    let ckpt = Checkpoint::open(src, cfg.dtype)?;
+    let mut ckpt = Checkpoint::open(src, cfg.dtype)?;
+    if cfg.hybrid.is_some() {
+        // Multimodal Qwen3.5 checkpoints: the text model under text names, no vision/MTP.
+        ckpt = ckpt.text_only();
+    }
     let name = out
         .file_name()
         .ok_or_else(|| fail("has no directory name".into()))?
@@ -301,6 +305,7 @@ fn write_dense(
                 experts.insert(names.expert(l, e, k));
             }
         }
+        experts.extend(names.fused_experts(l));
     }
     let mut dense: Vec<&str> = ckpt.names().filter(|n| !experts.contains(*n)).collect();
     dense.sort_unstable();
