@@ -142,7 +142,12 @@ pub(crate) fn check_conv1d(
             got: 0,
         });
     }
-    check_len("conv1d_silu_step", "state", (kernel - 1) * channels, state_len)?;
+    check_len(
+        "conv1d_silu_step",
+        "state",
+        (kernel - 1) * channels,
+        state_len,
+    )?;
     check_len("conv1d_silu_step", "weight", channels * kernel, weight_len)
 }
 

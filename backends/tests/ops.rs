@@ -321,7 +321,6 @@ fn moe_experts_match_reference<B: ComputeBackend>(be: &B) {
     }
 }
 
-
 fn sig(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
@@ -344,26 +343,45 @@ fn hybrid_elementwise_ops_match_reference<B: ComputeBackend>(be: &B) {
         }
     }
     close(&be.read(&t).unwrap(), &want, 1e-5);
-    assert!(be.rope_partial(&mut t, heads, hd, 5, pos, theta).is_err(), "odd rot_dim");
-    assert!(be.rope_partial(&mut t, heads, hd, 18, pos, theta).is_err(), "rot_dim > head_dim");
+    assert!(
+        be.rope_partial(&mut t, heads, hd, 5, pos, theta).is_err(),
+        "odd rot_dim"
+    );
+    assert!(
+        be.rope_partial(&mut t, heads, hd, 18, pos, theta).is_err(),
+        "rot_dim > head_dim"
+    );
 
     // Sigmoid gates: per element, and one scalar broadcast.
     let (x, g) = (vals(40, 1), vals(40, 2));
     let mut t = be.upload(&x).unwrap();
     be.sigmoid_mul(&mut t, &be.upload(&g).unwrap()).unwrap();
-    let want: Vec<f64> = x.iter().zip(&g).map(|(&a, &b)| a as f64 * sig(b as f64)).collect();
+    let want: Vec<f64> = x
+        .iter()
+        .zip(&g)
+        .map(|(&a, &b)| a as f64 * sig(b as f64))
+        .collect();
     close(&be.read(&t).unwrap(), &want, 1e-6);
     let mut t = be.upload(&x).unwrap();
     be.sigmoid_mul(&mut t, &be.upload(&[0.7]).unwrap()).unwrap();
     let want: Vec<f64> = x.iter().map(|&a| a as f64 * sig(0.7)).collect();
     close(&be.read(&t).unwrap(), &want, 1e-6);
-    assert!(be.sigmoid_mul(&mut t, &be.upload(&[1.0; 3]).unwrap()).is_err());
+    assert!(
+        be.sigmoid_mul(&mut t, &be.upload(&[1.0; 3]).unwrap())
+            .is_err()
+    );
 
     // Gated RMSNorm: 4 heads of 24, one weight.
     let (x, z, w) = (vals(96, 3), vals(96, 4), vals(24, 6));
     let mut t = be.upload(&x).unwrap();
-    be.gated_rms_norm_heads(&mut t, &be.upload(&z).unwrap(), &be.upload(&w).unwrap(), 24, 1e-6)
-        .unwrap();
+    be.gated_rms_norm_heads(
+        &mut t,
+        &be.upload(&z).unwrap(),
+        &be.upload(&w).unwrap(),
+        24,
+        1e-6,
+    )
+    .unwrap();
     let mut want = vec![0f64; 96];
     for h in 0..4 {
         let xs = &x[h * 24..(h + 1) * 24];
@@ -386,7 +404,8 @@ fn conv1d_and_delta_rule_match_reference<B: ComputeBackend>(be: &B) {
     let mut state = be.zeros((kernel - 1) * ch).unwrap();
     for t in 0..steps {
         let mut x = be.upload(&inputs[t]).unwrap();
-        be.conv1d_silu_step(&mut x, &mut state, &wt, kernel).unwrap();
+        be.conv1d_silu_step(&mut x, &mut state, &wt, kernel)
+            .unwrap();
         let want: Vec<f64> = (0..ch)
             .map(|c| {
                 let mut y = 0f64;
@@ -462,11 +481,21 @@ fn conv1d_and_delta_rule_match_reference<B: ComputeBackend>(be: &B) {
         close(&be.read(&out).unwrap(), &want, 1e-5);
     }
     close(&be.read(&state_t).unwrap(), &st, 1e-5);
-    let bad_shape = DeltaShape { value_heads: 3, ..s };
+    let bad_shape = DeltaShape {
+        value_heads: 3,
+        ..s
+    };
     let mut out = be.zeros(s.out_len()).unwrap();
     assert!(
-        be.gated_delta_step(&decay_t, &decay_t, &decay_t, &mut state_t, bad_shape, &mut out)
-            .is_err()
+        be.gated_delta_step(
+            &decay_t,
+            &decay_t,
+            &decay_t,
+            &mut state_t,
+            bad_shape,
+            &mut out
+        )
+        .is_err()
     );
 }
 

@@ -8,7 +8,9 @@
 
 use flashmoe_backends::CpuBackend;
 use flashmoe_backends::quant::WeightFormat;
-use flashmoe_engine::{Checkpoint, FamilyNames, InMemoryExperts, ModelConfig, MoeModel, NoObserver};
+use flashmoe_engine::{
+    Checkpoint, FamilyNames, InMemoryExperts, ModelConfig, MoeModel, NoObserver,
+};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -26,7 +28,10 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let dir = PathBuf::from(args.next().ok_or("usage: context_cost MODEL_DIR [POS_A] [POS_B]")?);
+    let dir = PathBuf::from(
+        args.next()
+            .ok_or("usage: context_cost MODEL_DIR [POS_A] [POS_B]")?,
+    );
     let a: usize = args.next().map_or(Ok(100), |s| s.parse())?;
     let b: usize = args.next().map_or(Ok(2000), |s| s.parse())?;
     let n = b + 10;
@@ -51,10 +56,20 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let (mut ta, mut tb) = (Vec::new(), Vec::new());
     for i in 0..20 {
         let t0 = Instant::now();
-        near.forward(token(start_a + i), start_a + i, &mut experts, &mut NoObserver)?;
+        near.forward(
+            token(start_a + i),
+            start_a + i,
+            &mut experts,
+            &mut NoObserver,
+        )?;
         ta.push(t0.elapsed().as_secs_f64() * 1e3);
         let t0 = Instant::now();
-        far.forward(token(start_b + i), start_b + i, &mut experts, &mut NoObserver)?;
+        far.forward(
+            token(start_b + i),
+            start_b + i,
+            &mut experts,
+            &mut NoObserver,
+        )?;
         tb.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     let (ma, mb) = (median(&mut ta), median(&mut tb));

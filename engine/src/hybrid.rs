@@ -127,7 +127,12 @@ pub(crate) struct DeltaScratch<B: ComputeBackend> {
 
 impl<B: ComputeBackend> DeltaNet<B> {
     /// Loads `{p}.linear_attn` (fused Qwen3-Next names when `hy.fused_projections`).
-    pub(crate) fn load(ld: &Loader<'_, B>, p: &str, hidden: usize, hy: &HybridConfig) -> Result<Self> {
+    pub(crate) fn load(
+        ld: &Loader<'_, B>,
+        p: &str,
+        hidden: usize,
+        hy: &HybridConfig,
+    ) -> Result<Self> {
         let d = &hy.deltanet;
         let (nk, nv, dk, dv) = (
             d.num_key_heads,
@@ -155,7 +160,13 @@ impl<B: ComputeBackend> DeltaNet<B> {
             let ba_name = format!("{la}.in_proj_ba.weight");
             let ba_part = |off: usize| {
                 (0..nk)
-                    .map(|h| (ba_name.as_str(), nk * 2 * r, h * 2 * r + off..h * 2 * r + off + r))
+                    .map(|h| {
+                        (
+                            ba_name.as_str(),
+                            nk * 2 * r,
+                            h * 2 * r + off..h * 2 * r + off + r,
+                        )
+                    })
                     .collect::<Vec<_>>()
             };
             let mut ba_parts = ba_part(0);
@@ -202,9 +213,11 @@ impl<B: ComputeBackend> DeltaNet<B> {
         out: &mut B::Tensor,
         ctx: &dyn Fn(&str) -> String,
     ) -> Result<()> {
-        be.matvec(&self.qkv, x, &mut s.qkv).ctx(|| ctx("in_proj_qkv"))?;
+        be.matvec(&self.qkv, x, &mut s.qkv)
+            .ctx(|| ctx("in_proj_qkv"))?;
         be.matvec(&self.z, x, &mut s.z).ctx(|| ctx("in_proj_z"))?;
-        be.matvec(&self.ba, x, &mut s.ba).ctx(|| ctx("in_proj_b/a"))?;
+        be.matvec(&self.ba, x, &mut s.ba)
+            .ctx(|| ctx("in_proj_b/a"))?;
         be.conv1d_silu_step(&mut s.qkv, &mut state.conv, &self.conv, d.conv_kernel)
             .ctx(|| ctx("conv1d"))?;
         be.gated_delta_step(
@@ -321,7 +334,10 @@ impl<B: ComputeBackend> SharedScratch<B> {
 }
 
 /// Rows of head `i`'s query and output gate in a gated `q_proj` (`[heads][2][head_dim]`).
-pub(crate) fn gated_q_rows(heads: usize, head_dim: usize) -> (Vec<Range<usize>>, Vec<Range<usize>>) {
+pub(crate) fn gated_q_rows(
+    heads: usize,
+    head_dim: usize,
+) -> (Vec<Range<usize>>, Vec<Range<usize>>) {
     (0..heads)
         .map(|i| {
             let q = 2 * head_dim * i;

@@ -226,9 +226,7 @@ impl<B: ComputeBackend> MoeModel<B> {
             },
             logits: z(v)?,
             delta: match hybrid {
-                Some(hy) if !delta_states.is_empty() => {
-                    Some(DeltaScratch::new(&be, &hy.deltanet)?)
-                }
+                Some(hy) if !delta_states.is_empty() => Some(DeltaScratch::new(&be, &hy.deltanet)?),
                 _ => None,
             },
             shared: match hybrid {

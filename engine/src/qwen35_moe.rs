@@ -216,8 +216,7 @@ fn text_config(raw: &RawConfig) -> Result<RawConfig> {
             return Err(EngineError::UnsupportedField {
                 path: raw.path.clone(),
                 field: key.clone(),
-                reason: "not implemented by this engine (it could change the model's maths)"
-                    .into(),
+                reason: "not implemented by this engine (it could change the model's maths)".into(),
             });
         }
     }
@@ -323,7 +322,10 @@ pub(crate) fn config(raw: &RawConfig) -> Result<ModelConfig> {
         ("linear_key_head_dim", deltanet.key_head_dim),
         ("linear_value_head_dim", deltanet.value_head_dim),
         ("linear_conv_kernel_dim", deltanet.conv_kernel),
-        ("shared_expert_intermediate_size", c.shared_expert_intermediate_size),
+        (
+            "shared_expert_intermediate_size",
+            c.shared_expert_intermediate_size,
+        ),
     ] {
         if v == 0 {
             return Err(raw.bad(field, &Value::from(v), "must be positive"));
@@ -424,7 +426,11 @@ fn layer_types(raw: &RawConfig, c: &HybridMoeConfig) -> Result<Vec<LayerType>> {
         return Err(raw.bad(
             "layer_types",
             &Value::from(types.len()),
-            &format!("has {} entries for {} layers", types.len(), c.num_hidden_layers),
+            &format!(
+                "has {} entries for {} layers",
+                types.len(),
+                c.num_hidden_layers
+            ),
         ));
     }
     Ok(types)

@@ -22,7 +22,10 @@ fn config_error(cfg: &serde_json::Value) -> String {
     std::fs::write(&path, cfg.to_string()).expect("write");
     let err = ModelConfig::from_file(&path).expect_err("bad config must be refused");
     let msg = err.to_string();
-    assert!(msg.contains(&path.display().to_string()), "error names the file: {msg}");
+    assert!(
+        msg.contains(&path.display().to_string()),
+        "error names the file: {msg}"
+    );
     msg
 }
 
@@ -32,12 +35,18 @@ fn unsupported_layer_type_names_config_and_index() {
     let mut cfg = config(&dir);
     cfg["layer_types"][5] = "sliding_attention".into();
     let msg = config_error(&cfg);
-    assert!(msg.contains("layer_types[5]") && msg.contains("sliding_attention"), "{msg}");
+    assert!(
+        msg.contains("layer_types[5]") && msg.contains("sliding_attention"),
+        "{msg}"
+    );
 
     let mut cfg = config(&dir);
     cfg["layer_types"].as_array_mut().expect("array").pop();
     let msg = config_error(&cfg);
-    assert!(msg.contains("layer_types") && msg.contains("7 entries for 8 layers"), "{msg}");
+    assert!(
+        msg.contains("layer_types") && msg.contains("7 entries for 8 layers"),
+        "{msg}"
+    );
 
     let wrapped = serde_json::json!({"model_type": "qwen3_5_moe", "vision_config": {}});
     let msg = config_error(&wrapped);
@@ -55,7 +64,10 @@ fn missing_deltanet_tensor_names_tensor_and_file() {
         .filter(|p| p.to_string_lossy().contains("model-0000"))
         .collect();
     shards.sort();
-    let blobs: Vec<Vec<u8>> = shards.iter().map(|p| std::fs::read(p).expect("shard")).collect();
+    let blobs: Vec<Vec<u8>> = shards
+        .iter()
+        .map(|p| std::fs::read(p).expect("shard"))
+        .collect();
     let missing = "model.layers.1.linear_attn.dt_bias";
     let mut views = Vec::new();
     for b in &blobs {
@@ -67,7 +79,11 @@ fn missing_deltanet_tensor_names_tensor_and_file() {
         }
     }
     let file = tmp.path().join("model.safetensors");
-    std::fs::write(&file, safetensors::serialize(views, None).expect("serialize")).expect("write");
+    std::fs::write(
+        &file,
+        safetensors::serialize(views, None).expect("serialize"),
+    )
+    .expect("write");
     let cfg = ModelConfig::from_file(&tmp.path().join("config.json")).expect("config");
     let ckpt = Checkpoint::open(tmp.path(), cfg.dtype).expect("checkpoint");
     let err = match MoeModel::load(CpuBackend::new(), cfg, &ckpt, 16) {
@@ -75,5 +91,8 @@ fn missing_deltanet_tensor_names_tensor_and_file() {
         Err(e) => e.to_string(),
     };
     assert!(err.contains(missing), "error names the tensor: {err}");
-    assert!(err.contains(&file.display().to_string()), "error names the file: {err}");
+    assert!(
+        err.contains(&file.display().to_string()),
+        "error names the file: {err}"
+    );
 }

@@ -7,10 +7,10 @@ mod common;
 mod qwen35_common;
 
 use common::{golden, load, max_abs_diff};
-use qwen35_common::{DOCUMENTED_TIES, check_greedy, fixture};
 use flashmoe_backends::quant::WeightFormat;
 use flashmoe_engine::sampler::{argmax, top_k};
 use flashmoe_engine::{NoObserver, generate_greedy};
+use qwen35_common::{DOCUMENTED_TIES, check_greedy, fixture};
 
 /// Max |logit - golden| at the last prompt position, bf16 weights computed in f32.
 ///
@@ -79,7 +79,10 @@ fn bf16_logits_top5_and_greedy_match_golden() {
                 println!(
                     "prompt {i}: the documented routing near-tie (position {pos}, layer {layer}, margin {margin:e}) resolved the other way"
                 );
-                assert!(err < FLIPPED_TIE_TOL, "prompt {i}: last logits differ by {err}");
+                assert!(
+                    err < FLIPPED_TIE_TOL,
+                    "prompt {i}: last logits differ by {err}"
+                );
             }
             _ => assert!(err < LOGIT_TOL, "prompt {i}: last logits differ by {err}"),
         }
@@ -131,7 +134,10 @@ fn q8_experts_keep_greedy_continuations() {
     let Some((greedy_ok, _, _)) = quantized_agreement(Q8) else {
         return;
     };
-    assert!(greedy_ok >= 2, "8-bit experts: only {greedy_ok}/3 greedy continuations match");
+    assert!(
+        greedy_ok >= 2,
+        "8-bit experts: only {greedy_ok}/3 greedy continuations match"
+    );
 }
 
 #[test]
@@ -162,7 +168,10 @@ fn recurrent_state_restarts_at_position_zero_and_refuses_rewinds() {
     let first = run();
     // Without reset(): position 0 restarts the sequence, DeltaNet states included.
     let again = run();
-    assert_eq!(first, again, "a second pass from position 0 must give identical logits");
+    assert_eq!(
+        first, again,
+        "a second pass from position 0 must give identical logits"
+    );
     let err = model
         .forward(p.input_ids[0], 3, &mut experts, &mut NoObserver)
         .expect_err("rewinding a recurrent state must be refused");

@@ -22,7 +22,13 @@ use std::path::Path;
 
 /// Greedy tokens of `prompt` through io-sched at `budget` bytes with pre-gate hints, or `None`
 /// (printed) if the read backend cannot start here.
-fn streamed(m: &PackedModel, prompt: &[u32], n: usize, budget: u64, kind: BackendKind) -> Option<Vec<u32>> {
+fn streamed(
+    m: &PackedModel,
+    prompt: &[u32],
+    n: usize,
+    budget: u64,
+    kind: BackendKind,
+) -> Option<Vec<u32>> {
     let backend = BackendConfig {
         kind: Some(kind),
         ..BackendConfig::default()
@@ -68,7 +74,8 @@ fn packed_bf16_streams_golden_tokens_at_every_budget_and_backend() {
 /// an MTP tensor that must be skipped.
 fn hub_layout(src: &Path, dst: &Path) {
     let cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(src.join("config.json")).expect("config")).expect("json");
+        serde_json::from_slice(&std::fs::read(src.join("config.json")).expect("config"))
+            .expect("json");
     let wrapped = serde_json::json!({
         "architectures": ["Qwen3_5MoeForConditionalGeneration"],
         "model_type": "qwen3_5_moe",
@@ -92,7 +99,10 @@ fn hub_layout(src: &Path, dst: &Path) {
         .collect();
     files.sort();
     files.dedup();
-    let blobs: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(src.join(f)).expect("shard")).collect();
+    let blobs: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(src.join(f)).expect("shard"))
+        .collect();
     let mut tensors: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = BTreeMap::new();
     for b in &blobs {
         let st = SafeTensors::deserialize(b).expect("shard");
@@ -112,13 +122,29 @@ fn hub_layout(src: &Path, dst: &Path) {
         for e in 0..n_exp {
             let p = format!("model.layers.{l}.mlp.experts.{e}");
             for k in ["gate_proj", "up_proj"] {
-                gu.extend(tensors.remove(&format!("{p}.{k}.weight")).expect("expert").2);
+                gu.extend(
+                    tensors
+                        .remove(&format!("{p}.{k}.weight"))
+                        .expect("expert")
+                        .2,
+                );
             }
-            down.extend(tensors.remove(&format!("{p}.down_proj.weight")).expect("expert").2);
+            down.extend(
+                tensors
+                    .remove(&format!("{p}.down_proj.weight"))
+                    .expect("expert")
+                    .2,
+            );
         }
         let p = format!("model.language_model.layers.{l}.mlp.experts");
-        out.insert(format!("{p}.gate_up_proj"), (Dtype::BF16, vec![n_exp, 2 * i, h], gu));
-        out.insert(format!("{p}.down_proj"), (Dtype::BF16, vec![n_exp, h, i], down));
+        out.insert(
+            format!("{p}.gate_up_proj"),
+            (Dtype::BF16, vec![n_exp, 2 * i, h], gu),
+        );
+        out.insert(
+            format!("{p}.down_proj"),
+            (Dtype::BF16, vec![n_exp, h, i], down),
+        );
     }
     for (name, t) in tensors {
         let name = match name.strip_prefix("model.") {
@@ -127,8 +153,14 @@ fn hub_layout(src: &Path, dst: &Path) {
         };
         out.insert(name, t);
     }
-    out.insert("model.visual.patch_embed.proj.weight".into(), (Dtype::BF16, vec![4, 4], vec![0; 32]));
-    out.insert("mtp.fc.weight".into(), (Dtype::BF16, vec![4, 4], vec![0; 32]));
+    out.insert(
+        "model.visual.patch_embed.proj.weight".into(),
+        (Dtype::BF16, vec![4, 4], vec![0; 32]),
+    );
+    out.insert(
+        "mtp.fc.weight".into(),
+        (Dtype::BF16, vec![4, 4], vec![0; 32]),
+    );
     let views: Vec<(String, TensorView<'_>)> = out
         .iter()
         .map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).expect("view")))
@@ -155,7 +187,17 @@ fn hub_layout_with_fused_experts_packs_to_the_same_bytes() {
     }
     let m = PackedModel::open(&fused).expect("open hub-layout pack");
     let p = &golden(&dir)[1];
-    let got = streamed(&m, &p.input_ids, 8, m.expert_bytes() / 4, BackendKind::Pread)
-        .expect("pread runs everywhere");
-    assert_eq!(got, p.greedy_ids[..8], "greedy tokens of the hub-layout pack");
+    let got = streamed(
+        &m,
+        &p.input_ids,
+        8,
+        m.expert_bytes() / 4,
+        BackendKind::Pread,
+    )
+    .expect("pread runs everywhere");
+    assert_eq!(
+        got,
+        p.greedy_ids[..8],
+        "greedy tokens of the hub-layout pack"
+    );
 }

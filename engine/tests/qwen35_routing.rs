@@ -6,10 +6,10 @@ mod common;
 mod qwen35_common;
 
 use common::load;
-use qwen35_common::fixture;
 use flashmoe_backends::quant::WeightFormat;
 use flashmoe_engine::TraceRecorder;
 use half::f16;
+use qwen35_common::fixture;
 use safetensors::SafeTensors;
 
 /// Probability margin under which a different top-k choice is a legitimate near-tie (64 experts:
@@ -48,7 +48,9 @@ fn routing_matches_hf_trace_and_pregate_recall_matches_stats() {
         let mut rec = TraceRecorder::new(true);
         let start = s * seq_len;
         for (pos, &t) in ids[start..start + seq_len].iter().enumerate() {
-            model.forward(t, pos, &mut experts, &mut rec).expect("forward");
+            model
+                .forward(t, pos, &mut experts, &mut rec)
+                .expect("forward");
         }
         assert_eq!(rec.routing.len(), seq_len * layers);
         for r in &rec.routing {
@@ -64,8 +66,8 @@ fn routing_matches_hf_trace_and_pregate_recall_matches_stats() {
             if got == want {
                 same += 1;
             } else {
-                let margin = f16::from_bits(u16_at(&margin_raw, tok * layers + r.layer as usize))
-                    .to_f32();
+                let margin =
+                    f16::from_bits(u16_at(&margin_raw, tok * layers + r.layer as usize)).to_f32();
                 assert!(
                     margin < NEAR_TIE,
                     "seq {s} pos {} layer {}: experts {got:?} vs HF {want:?}, margin {margin}",
@@ -85,7 +87,10 @@ fn routing_matches_hf_trace_and_pregate_recall_matches_stats() {
     println!(
         "routing vs HF trace over {seqs} sequences: {same}/{total} identical expert sets, {ties} near-tie differences (margin < {NEAR_TIE})"
     );
-    assert!(ties * 100 <= total, "{ties}/{total} near-tie flips: more than 1%");
+    assert!(
+        ties * 100 <= total,
+        "{ties}/{total} near-tie flips: more than 1%"
+    );
 
     let stats: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("stats.json")).expect("stats.json"))
@@ -111,7 +116,11 @@ fn routing_matches_hf_trace_and_pregate_recall_matches_stats() {
     // Per pair, a subset of the sequences samples a layer pair's recall with a few points of
     // noise (16 of 79: 6->7 measured 2.8 points off with every routing identical to HF's); over
     // all 79 sequences (FLASHMOE_PREGATE_SEQS=79) the reference's 2 points hold per pair too.
-    let pair_tol = if seqs * seq_len >= ids.len() { 0.02 } else { 0.04 };
+    let pair_tol = if seqs * seq_len >= ids.len() {
+        0.02
+    } else {
+        0.04
+    };
     for (i, (got, want)) in pairs.iter().zip(&ref_pairs).enumerate() {
         assert!(
             (got - want).abs() <= pair_tol,

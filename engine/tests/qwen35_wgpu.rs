@@ -12,8 +12,7 @@ use flashmoe_backends::quant::WeightFormat;
 use flashmoe_backends::wgpu::{WgpuBackend, WgpuConfig};
 use flashmoe_engine::sampler::argmax;
 use flashmoe_engine::{
-    NoObserver, PackedModel, Prediction, Prefetcher, SchedExperts, generate_greedy,
-    open_scheduler,
+    NoObserver, PackedModel, Prediction, Prefetcher, SchedExperts, generate_greedy, open_scheduler,
 };
 use io_sched::SchedulerConfig;
 use io_sched::backend::select::BackendConfig;
@@ -50,8 +49,12 @@ fn bf16_logits_and_greedy_match_golden_on_wgpu() {
         gm.reset();
         cm.reset();
         for (pos, &t) in p.input_ids.iter().enumerate() {
-            let g = gm.forward(t, pos, &mut ge, &mut NoObserver).expect("gpu forward");
-            let c = cm.forward(t, pos, &mut ce, &mut NoObserver).expect("cpu forward");
+            let g = gm
+                .forward(t, pos, &mut ge, &mut NoObserver)
+                .expect("gpu forward");
+            let c = cm
+                .forward(t, pos, &mut ce, &mut NoObserver)
+                .expect("cpu forward");
             let d = max_abs_diff(&g, &c);
             worst = worst.max(d);
             let flipped_ok = DOCUMENTED_TIES[i].is_some_and(|t| pos >= t.0);
@@ -88,13 +91,18 @@ fn q4_top1_agreement_on_wgpu() {
     for p in golden(&dir) {
         gm.reset();
         for (pos, &t) in p.input_ids.iter().enumerate() {
-            let g = gm.forward(t, pos, &mut ge, &mut NoObserver).expect("forward");
+            let g = gm
+                .forward(t, pos, &mut ge, &mut NoObserver)
+                .expect("forward");
             n += 1;
             ok += usize::from(argmax(&g) == Some(p.top5_ids[pos][0]));
         }
     }
     println!("q4 on wgpu: top-1 = golden {ok}/{n}");
-    assert!(ok as f64 >= 0.9 * n as f64, "top-1 vs golden {ok}/{n} < 90%");
+    assert!(
+        ok as f64 >= 0.9 * n as f64,
+        "top-1 vs golden {ok}/{n} < 90%"
+    );
 }
 
 /// The packed fixture streamed through io-sched at a 25 % budget with pre-gate hints staged

@@ -46,7 +46,13 @@ fn fused_projections_match_transformers_logits() {
             .expect("forward");
         let d = max_abs_diff(&got, &want[pos * v..(pos + 1) * v]);
         worst = worst.max(d);
-        assert!(d < TOL, "position {pos}: logits differ from transformers by {d}");
+        assert!(
+            d < TOL,
+            "position {pos}: logits differ from transformers by {d}"
+        );
     }
-    println!("qwen3_next: max |logit - transformers| over {} positions: {worst:.3e}", ids.len());
+    println!(
+        "qwen3_next: max |logit - transformers| over {} positions: {worst:.3e}",
+        ids.len()
+    );
 }

@@ -118,7 +118,11 @@ impl WgpuBackend {
                 (4, Bind::Buf(&out.buf)),
                 (5, p),
             ],
-            (to_u32("gated_delta_step", "value heads", shape.value_heads)?, 1, 1),
+            (
+                to_u32("gated_delta_step", "value heads", shape.value_heads)?,
+                1,
+                1,
+            ),
         );
         Ok(())
     }
@@ -143,7 +147,11 @@ impl WgpuBackend {
                 (2, Bind::Buf(&weight.buf)),
                 (3, p),
             ],
-            (to_u32("gated_rms_norm_heads", "heads", x.len / head_dim)?, 1, 1),
+            (
+                to_u32("gated_rms_norm_heads", "heads", x.len / head_dim)?,
+                1,
+                1,
+            ),
         );
         Ok(())
     }

@@ -21,11 +21,8 @@ pub fn fixture() -> Option<std::path::PathBuf> {
 /// a correct f32 engine may legitimately diverge). Prompt 0: an independent engine (mlx-lm)
 /// resolved a tie the other way and diverged at greedy step 16. Prompt 2: a 2.2e-8 margin at
 /// position 2 (within f32 rounding), so only teacher-forced agreement is required there.
-pub const DOCUMENTED_TIES: [Option<(usize, usize, f64, usize)>; 3] = [
-    Some((16, 2, 7.1e-7, 16)),
-    None,
-    Some((2, 5, 2.2e-8, 0)),
-];
+pub const DOCUMENTED_TIES: [Option<(usize, usize, f64, usize)>; 3] =
+    [Some((16, 2, 7.1e-7, 16)), None, Some((2, 5, 2.2e-8, 0))];
 
 /// Greedy continuation of prompt `i` against golden (`want`): identical, except that after a
 /// documented near-tie only the prefix up to the tie must be identical and teacher-forced top-1
@@ -37,8 +34,8 @@ pub fn check_greedy<B: ComputeBackend>(
     model: &mut MoeModel<B>,
     experts: &mut dyn ExpertSource,
 ) {
-    let got = generate_greedy(model, prompt, want.len(), experts, &mut NoObserver)
-        .expect("generate");
+    let got =
+        generate_greedy(model, prompt, want.len(), experts, &mut NoObserver).expect("generate");
     let same = got.iter().zip(want).take_while(|(a, b)| a == b).count();
     println!(
         "prompt {i}: greedy matches golden for {same}/{} tokens",
