@@ -23,6 +23,7 @@
 //! # Ok::<(), EngineError>(())
 //! ```
 
+mod attention;
 pub mod config;
 mod error;
 pub mod experts;

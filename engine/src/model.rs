@@ -4,13 +4,12 @@
 //! families (Qwen3.5-MoE, Qwen3-Next) mix Gated DeltaNet layers with gated attention and add a
 //! dense shared expert to every MoE block ([`crate::hybrid`]).
 
+use crate::attention::Attention;
 use crate::config::{Family, ModelConfig};
 use crate::error::{BackendContext, EngineError, Result};
 use crate::experts::ExpertSource;
 use crate::hooks::RoutingObserver;
-use crate::hybrid::{
-    DeltaNet, DeltaScratch, DeltaState, Loader, SharedExpert, SharedScratch, gated_q_rows,
-};
+use crate::hybrid::{DeltaNet, DeltaScratch, DeltaState, Loader, SharedExpert, SharedScratch};
 use crate::qwen35_moe::LayerType;
 use crate::weights::Checkpoint;
 use flashmoe_backends::routing::{softmax, top_k_softmax};
@@ -58,20 +57,6 @@ impl FamilyNames {
             self.moe, self.experts[k]
         )
     }
-}
-
-/// `self_attn` of one layer.
-struct Attention<B: ComputeBackend> {
-    q_proj: B::Weight,
-    k_proj: B::Weight,
-    v_proj: B::Weight,
-    o_proj: B::Weight,
-    q_norm: Option<B::Tensor>,
-    k_norm: Option<B::Tensor>,
-    /// The per-head output gate rows of a gated `q_proj` (Qwen3.5, Qwen3-Next).
-    gate_proj: Option<B::Weight>,
-    /// This layer's index in the KV cache (only attention layers have one).
-    kv_slot: usize,
 }
 
 /// What mixes positions in a layer.
@@ -169,7 +154,7 @@ impl<B: ComputeBackend> MoeModel<B> {
                 }
                 _ => {
                     kv_layers += 1;
-                    Mixer::Attention(Self::load_attention(&ld, &cfg, &p, kv_layers - 1)?)
+                    Mixer::Attention(Attention::load(&ld, &cfg, &p, kv_layers - 1)?)
                 }
             };
             let shared = match hybrid {
@@ -247,49 +232,6 @@ impl<B: ComputeBackend> MoeModel<B> {
             next_pos: 0,
             s,
             stage_next: Vec::new(),
-        })
-    }
-
-    /// `{p}.self_attn`, with its KV cache slot; a gated `q_proj` is split into query and gate.
-    fn load_attention(
-        ld: &Loader<'_, B>,
-        cfg: &ModelConfig,
-        p: &str,
-        kv_slot: usize,
-    ) -> Result<Attention<B>> {
-        let h = cfg.hidden_size;
-        let hybrid = cfg.hybrid.as_ref();
-        let norm = |n: &str| {
-            let name = format!("{p}.self_attn.{n}.weight");
-            match (cfg.qk_norm, hybrid) {
-                (false, _) => Ok(None),
-                (true, Some(_)) => ld.offset_norm(&name, cfg.head_dim).map(Some),
-                (true, None) => ld.vector(&name, cfg.head_dim).map(Some),
-            }
-        };
-        let q_name = format!("{p}.self_attn.q_proj.weight");
-        let (q_proj, gate_proj) = match hybrid.filter(|hy| hy.attn_output_gate) {
-            Some(_) => {
-                let rows = 2 * cfg.q_dim();
-                let (q, g) = gated_q_rows(cfg.num_heads, cfg.head_dim);
-                let part = |r: Vec<std::ops::Range<usize>>| {
-                    r.into_iter()
-                        .map(|r| (q_name.as_str(), rows, r))
-                        .collect::<Vec<_>>()
-                };
-                (ld.gather(&part(q), h)?, Some(ld.gather(&part(g), h)?))
-            }
-            None => (ld.matrix(&q_name, cfg.q_dim(), h)?, None),
-        };
-        Ok(Attention {
-            q_proj,
-            k_proj: ld.matrix(&format!("{p}.self_attn.k_proj.weight"), cfg.kv_dim(), h)?,
-            v_proj: ld.matrix(&format!("{p}.self_attn.v_proj.weight"), cfg.kv_dim(), h)?,
-            o_proj: ld.matrix(&format!("{p}.self_attn.o_proj.weight"), h, cfg.q_dim())?,
-            q_norm: norm("q_norm")?,
-            k_norm: norm("k_norm")?,
-            gate_proj,
-            kv_slot,
         })
     }
 
