@@ -240,7 +240,7 @@ impl<B: ComputeBackend> DeltaState<B> {
     pub(crate) fn new(be: &B, d: &DeltaNetDims) -> Result<Self> {
         Ok(Self {
             conv: be
-                .zeros((d.conv_kernel - 1).max(1) * d.conv_dim())
+                .zeros((d.conv_kernel - 1) * d.conv_dim())
                 .ctx(|| "allocating the conv state".into())?,
             recurrent: be
                 .zeros(d.state_len())

@@ -1,6 +1,6 @@
 //! Routing of the tiny Qwen3.5-MoE fixture: the experts chosen for the fixture's routing-trace
 //! tokens equal HF transformers' (sets per token and layer, near-ties allowed by the trace's own
-//! `topk_margin`), and pre-gate recall matches the fixture's stats.json within 2 points.
+//! `topk_margin`, and what follows such a flip in its sequence), and pre-gate recall matches the fixture's stats.json within 2 points.
 
 mod common;
 mod qwen35_common;
@@ -40,13 +40,15 @@ fn routing_matches_hf_trace_and_pregate_recall_matches_stats() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(DEFAULT_SEQS)
         .min(ids.len() / seq_len);
-    let (mut same, mut ties, mut total) = (0, 0, 0);
+    let (mut same, mut ties, mut downstream, mut total) = (0, 0, 0, 0);
     let mut hits = vec![0usize; layers];
     let mut trials = vec![0usize; layers];
     for s in 0..seqs {
         model.reset();
         let mut rec = TraceRecorder::new(true);
         let start = s * seq_len;
+        // The first near-tie flip of this sequence, as (position, layer).
+        let mut flipped: Option<(usize, u32)> = None;
         for (pos, &t) in ids[start..start + seq_len].iter().enumerate() {
             model
                 .forward(t, pos, &mut experts, &mut rec)
@@ -65,16 +67,25 @@ fn routing_matches_hf_trace_and_pregate_recall_matches_stats() {
             total += 1;
             if got == want {
                 same += 1;
-            } else {
-                let margin =
-                    f16::from_bits(u16_at(&margin_raw, tok * layers + r.layer as usize)).to_f32();
-                assert!(
-                    margin < NEAR_TIE,
-                    "seq {s} pos {} layer {}: experts {got:?} vs HF {want:?}, margin {margin}",
-                    r.pos,
-                    r.layer
-                );
+                continue;
+            }
+            let margin =
+                f16::from_bits(u16_at(&margin_raw, tok * layers + r.layer as usize)).to_f32();
+            let at = (r.pos, r.layer);
+            if margin < NEAR_TIE {
                 ties += 1;
+                flipped.get_or_insert(at);
+            } else {
+                // After a legitimate near-tie flip the two runs' hidden states differ (through
+                // the KV cache and the DeltaNet states) for every later token and layer, so
+                // later choices may differ by more than a rounding-sized margin.
+                let after = flipped.is_some_and(|f| at > f);
+                assert!(
+                    after,
+                    "seq {s} pos {} layer {}: experts {got:?} vs HF {want:?}, margin {margin}, with no near-tie flip before",
+                    r.pos, r.layer
+                );
+                downstream += 1;
             }
         }
         for (pos, layer, scores) in &rec.pregate {
@@ -85,11 +96,11 @@ fn routing_matches_hf_trace_and_pregate_recall_matches_stats() {
         }
     }
     println!(
-        "routing vs HF trace over {seqs} sequences: {same}/{total} identical expert sets, {ties} near-tie differences (margin < {NEAR_TIE})"
+        "routing vs HF trace over {seqs} sequences: {same}/{total} identical expert sets, {ties} near-tie differences (margin < {NEAR_TIE}), {downstream} downstream of one"
     );
     assert!(
-        ties * 100 <= total,
-        "{ties}/{total} near-tie flips: more than 1%"
+        (ties + downstream) * 100 <= total,
+        "{ties} near-tie flips and {downstream} routings after them in {total}: more than 1%"
     );
 
     let stats: serde_json::Value =
