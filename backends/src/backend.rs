@@ -102,6 +102,34 @@ pub struct KvShape {
     pub kv_dim: usize,
 }
 
+/// Shape of one Gated DeltaNet step ([`ComputeBackend::gated_delta_step`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeltaShape {
+    /// Key (and query) heads.
+    pub key_heads: usize,
+    /// Value heads (a multiple of `key_heads`; value head `j` uses key head `j / (value_heads / key_heads)`).
+    pub value_heads: usize,
+    /// Dimension of one key head.
+    pub key_dim: usize,
+    /// Dimension of one value head.
+    pub value_dim: usize,
+}
+
+impl DeltaShape {
+    /// Length of the q/k/v input: `2 * key_heads * key_dim + value_heads * value_dim`.
+    pub fn qkv_len(&self) -> usize {
+        2 * self.key_heads * self.key_dim + self.value_heads * self.value_dim
+    }
+    /// Length of the recurrent state: `value_heads * key_dim * value_dim`.
+    pub fn state_len(&self) -> usize {
+        self.value_heads * self.key_dim * self.value_dim
+    }
+    /// Length of the output: `value_heads * value_dim`.
+    pub fn out_len(&self) -> usize {
+        self.value_heads * self.value_dim
+    }
+}
+
 /// The compute operations of a decode step, on backend-owned tensors.
 ///
 /// All tensors are f32 vectors of a fixed length chosen at allocation.
@@ -183,6 +211,66 @@ pub trait ComputeBackend: Send + Sync {
         head_dim: usize,
         pos: usize,
         theta: f32,
+    ) -> Result<()>;
+
+    /// Partial rotary embedding in place: rotate-half RoPE over the first `rot_dim` dims of each
+    /// of `n_heads` heads of `head_dim` (element `i < rot_dim/2` pairs with `i + rot_dim/2`,
+    /// angle `pos * theta^(-2i/rot_dim)`); dims `rot_dim..head_dim` are left unchanged.
+    /// `rot_dim == head_dim` is [`Self::rope`].
+    fn rope_partial(
+        &self,
+        x: &mut Self::Tensor,
+        n_heads: usize,
+        head_dim: usize,
+        rot_dim: usize,
+        pos: usize,
+        theta: f32,
+    ) -> Result<()>;
+
+    /// `x[i] *= sigmoid(gate[i / (len(x) / len(gate))])`: an element-wise output gate (equal
+    /// lengths) or one scalar gate broadcast over `x` (`gate` of length 1), or one per group.
+    fn sigmoid_mul(&self, x: &mut Self::Tensor, gate: &Self::Tensor) -> Result<()>;
+
+    /// One step of a causal depthwise conv1d of width `kernel` followed by SiLU, in place on the
+    /// `channels` values of `x`: `y[c] = sum_j weight[c * kernel + j] * in[j][c]` over the
+    /// previous `kernel - 1` inputs (`state`, oldest first, `[kernel - 1][channels]`) and `x`
+    /// itself, then `x = silu(y)`; `state` shifts by one and keeps `x`'s input.
+    fn conv1d_silu_step(
+        &self,
+        x: &mut Self::Tensor,
+        state: &mut Self::Tensor,
+        weight: &Self::Tensor,
+        kernel: usize,
+    ) -> Result<()>;
+
+    /// One token of the gated delta rule (Gated DeltaNet), all in f32.
+    ///
+    /// `qkv` = `[q (key_heads x key_dim), k (same), v (value_heads x value_dim)]`; `ba` =
+    /// `[b (value_heads), a (value_heads)]`; `decay` = `[-exp(A_log) (value_heads), dt_bias
+    /// (value_heads)]`; `state` = `[value_heads][key_dim][value_dim]`. Per value head `j` (key
+    /// head `j / (value_heads / key_heads)`): q, k L2-normalised (`x / sqrt(sum x^2 + 1e-6)`),
+    /// q scaled by `1/sqrt(key_dim)`, `beta = sigmoid(b)`, `g = -exp(A_log) * softplus(a +
+    /// dt_bias)`; `S = exp(g) S; S += k (beta (v - S^T k))^T; out = S^T q`.
+    fn gated_delta_step(
+        &self,
+        qkv: &Self::Tensor,
+        ba: &Self::Tensor,
+        decay: &Self::Tensor,
+        state: &mut Self::Tensor,
+        shape: DeltaShape,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+
+    /// Gated RMSNorm of each `head_dim` slice of `x` in place:
+    /// `x = x / sqrt(mean(x^2) + eps) * weight * silu(z)` (one `weight` of `head_dim` for every
+    /// head, `z` as long as `x`).
+    fn gated_rms_norm_heads(
+        &self,
+        x: &mut Self::Tensor,
+        z: &Self::Tensor,
+        weight: &Self::Tensor,
+        head_dim: usize,
+        eps: f32,
     ) -> Result<()>;
 
     /// Stores `k` and `v` (each `kv_dim`) of `layer` at position `pos`.

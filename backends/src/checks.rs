@@ -1,7 +1,7 @@
 //! Operand checks every backend makes before an op, written once so that the CPU and GPU
 //! backends refuse exactly the same inputs with the same errors.
 
-use crate::backend::{AttnShape, KvShape};
+use crate::backend::{AttnShape, DeltaShape, KvShape};
 use crate::error::{BackendError, Result, check_len};
 
 /// `index < limit`, or an [`BackendError::OutOfRange`] naming `what`.
@@ -93,4 +93,96 @@ pub(crate) fn check_attention(
         });
     }
     Ok(())
+}
+
+/// Partial RoPE: `n_heads` heads of `head_dim`, an even `rot_dim` in `2..=head_dim`.
+pub(crate) fn check_rope_partial(
+    x_len: usize,
+    n_heads: usize,
+    head_dim: usize,
+    rot_dim: usize,
+) -> Result<()> {
+    check_len("rope_partial", "x", n_heads * head_dim, x_len)?;
+    if rot_dim == 0 || !rot_dim.is_multiple_of(2) || rot_dim > head_dim {
+        return Err(BackendError::Shape {
+            op: "rope_partial",
+            what: "rot_dim (even, at most head_dim)",
+            expected: head_dim,
+            got: rot_dim,
+        });
+    }
+    Ok(())
+}
+
+/// Sigmoid gate: `gate` non-empty and dividing `x` into equal groups.
+pub(crate) fn check_sigmoid_mul(x_len: usize, gate_len: usize) -> Result<()> {
+    if gate_len == 0 || !x_len.is_multiple_of(gate_len) {
+        return Err(BackendError::Shape {
+            op: "sigmoid_mul",
+            what: "gate (must divide x)",
+            expected: x_len,
+            got: gate_len,
+        });
+    }
+    Ok(())
+}
+
+/// Conv step: `state` of `(kernel - 1) * channels`, `weight` of `channels * kernel`.
+pub(crate) fn check_conv1d(
+    channels: usize,
+    state_len: usize,
+    weight_len: usize,
+    kernel: usize,
+) -> Result<()> {
+    if kernel == 0 {
+        return Err(BackendError::Shape {
+            op: "conv1d_silu_step",
+            what: "kernel",
+            expected: 1,
+            got: 0,
+        });
+    }
+    check_len(
+        "conv1d_silu_step",
+        "state",
+        (kernel - 1) * channels,
+        state_len,
+    )?;
+    check_len("conv1d_silu_step", "weight", channels * kernel, weight_len)
+}
+
+/// Delta-rule step operands against `shape`.
+pub(crate) fn check_delta(
+    shape: DeltaShape,
+    qkv: usize,
+    ba: usize,
+    decay: usize,
+    state: usize,
+    out: usize,
+) -> Result<()> {
+    let op = "gated_delta_step";
+    if shape.key_heads == 0 || !shape.value_heads.is_multiple_of(shape.key_heads) {
+        return Err(BackendError::Shape {
+            op,
+            what: "value_heads (a multiple of key_heads)",
+            expected: shape.key_heads,
+            got: shape.value_heads,
+        });
+    }
+    check_len(op, "qkv", shape.qkv_len(), qkv)?;
+    check_len(op, "ba", 2 * shape.value_heads, ba)?;
+    check_len(op, "decay", 2 * shape.value_heads, decay)?;
+    check_len(op, "state", shape.state_len(), state)?;
+    check_len(op, "out", shape.out_len(), out)
+}
+
+/// Gated per-head RMSNorm: whole heads, `z` as long as `x`.
+pub(crate) fn check_gated_norm(
+    x_len: usize,
+    z_len: usize,
+    weight_len: usize,
+    head_dim: usize,
+) -> Result<()> {
+    check_norm_heads(x_len, weight_len, head_dim)?;
+    check_len("gated_rms_norm_heads", "z", x_len, z_len)
 }

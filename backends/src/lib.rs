@@ -21,7 +21,8 @@ pub mod routing;
 pub mod wgpu;
 
 pub use backend::{
-    AttnShape, ComputeBackend, ExpertId, ExpertScratch, KvShape, RoutedExpert, WeightView,
+    AttnShape, ComputeBackend, DeltaShape, ExpertId, ExpertScratch, KvShape, RoutedExpert,
+    WeightView,
 };
 pub use cpu::CpuBackend;
 pub use error::{BackendError, Result};

@@ -2,8 +2,8 @@
 
 use flashmoe_backends::quant::{WeightFormat, dequantize, quantize};
 use flashmoe_backends::{
-    AttnShape, ComputeBackend, CpuBackend, ExpertId, ExpertScratch, KvShape, RoutedExpert,
-    WeightView,
+    AttnShape, ComputeBackend, CpuBackend, DeltaShape, ExpertId, ExpertScratch, KvShape,
+    RoutedExpert, WeightView,
 };
 
 fn close(a: &[f32], b: &[f64], tol: f64) {
@@ -321,6 +321,184 @@ fn moe_experts_match_reference<B: ComputeBackend>(be: &B) {
     }
 }
 
+fn sig(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Partial RoPE, sigmoid gates and the gated norm of the hybrid (Qwen3.5) layers.
+fn hybrid_elementwise_ops_match_reference<B: ComputeBackend>(be: &B) {
+    // Partial rotary: 3 heads of 16, the first 6 dims rotated (pairs (i, i + 3)).
+    let (heads, hd, rot, pos, theta) = (3, 16, 6, 7, 10000.0f32);
+    let x = vals(heads * hd, 5);
+    let mut t = be.upload(&x).unwrap();
+    be.rope_partial(&mut t, heads, hd, rot, pos, theta).unwrap();
+    let mut want: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    for h in 0..heads {
+        for i in 0..rot / 2 {
+            let f = 1.0 / (theta as f64).powf(2.0 * i as f64 / rot as f64);
+            let (c, s) = ((pos as f64 * f).cos(), (pos as f64 * f).sin());
+            let (a, b) = (x[h * hd + i] as f64, x[h * hd + i + rot / 2] as f64);
+            want[h * hd + i] = a * c - b * s;
+            want[h * hd + i + rot / 2] = b * c + a * s;
+        }
+    }
+    close(&be.read(&t).unwrap(), &want, 1e-5);
+    assert!(
+        be.rope_partial(&mut t, heads, hd, 5, pos, theta).is_err(),
+        "odd rot_dim"
+    );
+    assert!(
+        be.rope_partial(&mut t, heads, hd, 18, pos, theta).is_err(),
+        "rot_dim > head_dim"
+    );
+
+    // Sigmoid gates: per element, and one scalar broadcast.
+    let (x, g) = (vals(40, 1), vals(40, 2));
+    let mut t = be.upload(&x).unwrap();
+    be.sigmoid_mul(&mut t, &be.upload(&g).unwrap()).unwrap();
+    let want: Vec<f64> = x
+        .iter()
+        .zip(&g)
+        .map(|(&a, &b)| a as f64 * sig(b as f64))
+        .collect();
+    close(&be.read(&t).unwrap(), &want, 1e-6);
+    let mut t = be.upload(&x).unwrap();
+    be.sigmoid_mul(&mut t, &be.upload(&[0.7]).unwrap()).unwrap();
+    let want: Vec<f64> = x.iter().map(|&a| a as f64 * sig(0.7)).collect();
+    close(&be.read(&t).unwrap(), &want, 1e-6);
+    assert!(
+        be.sigmoid_mul(&mut t, &be.upload(&[1.0; 3]).unwrap())
+            .is_err()
+    );
+
+    // Gated RMSNorm: 4 heads of 24, one weight.
+    let (x, z, w) = (vals(96, 3), vals(96, 4), vals(24, 6));
+    let mut t = be.upload(&x).unwrap();
+    be.gated_rms_norm_heads(
+        &mut t,
+        &be.upload(&z).unwrap(),
+        &be.upload(&w).unwrap(),
+        24,
+        1e-6,
+    )
+    .unwrap();
+    let mut want = vec![0f64; 96];
+    for h in 0..4 {
+        let xs = &x[h * 24..(h + 1) * 24];
+        let ms = xs.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / 24.0;
+        for i in 0..24 {
+            let zz = z[h * 24 + i] as f64;
+            want[h * 24 + i] = xs[i] as f64 / (ms + 1e-6).sqrt() * w[i] as f64 * zz * sig(zz);
+        }
+    }
+    close(&be.read(&t).unwrap(), &want, 1e-5);
+}
+
+/// Three steps of the causal conv1d (width 4) and of the gated delta rule against f64
+/// recomputations over the whole history.
+fn conv1d_and_delta_rule_match_reference<B: ComputeBackend>(be: &B) {
+    let (ch, kernel, steps) = (40, 4, 3);
+    let w = vals(ch * kernel, 9);
+    let inputs: Vec<Vec<f32>> = (0..steps).map(|t| vals(ch, 20 + t)).collect();
+    let wt = be.upload(&w).unwrap();
+    let mut state = be.zeros((kernel - 1) * ch).unwrap();
+    for t in 0..steps {
+        let mut x = be.upload(&inputs[t]).unwrap();
+        be.conv1d_silu_step(&mut x, &mut state, &wt, kernel)
+            .unwrap();
+        let want: Vec<f64> = (0..ch)
+            .map(|c| {
+                let mut y = 0f64;
+                for j in 0..kernel {
+                    // weight j sees the input at time t - (kernel - 1) + j (zeros before 0)
+                    if let Some(src) = (t + j).checked_sub(kernel - 1) {
+                        y += w[c * kernel + j] as f64 * inputs[src][c] as f64;
+                    }
+                }
+                y * sig(y)
+            })
+            .collect();
+        close(&be.read(&x).unwrap(), &want, 1e-5);
+    }
+    let mut bad = be.zeros(ch).unwrap();
+    assert!(be.conv1d_silu_step(&mut bad, &mut state, &wt, 3).is_err());
+
+    // Delta rule: 2 key heads, 4 value heads (value head j uses key head j / 2), dk 8, dv 12.
+    let s = DeltaShape {
+        key_heads: 2,
+        value_heads: 4,
+        key_dim: 8,
+        value_dim: 12,
+    };
+    let (nk, nv, dk, dv) = (2, 4, 8, 12);
+    let decay: Vec<f32> = (0..nv)
+        .map(|j| -(0.1 + j as f32))
+        .chain((0..nv).map(|j| 0.3 * j as f32 - 0.5))
+        .collect();
+    let decay_t = be.upload(&decay).unwrap();
+    let mut state_t = be.zeros(s.state_len()).unwrap();
+    let mut st = vec![0f64; nv * dk * dv];
+    let l2 = |v: &[f32]| {
+        let n = (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() + 1e-6).sqrt();
+        v.iter().map(|&x| x as f64 / n).collect::<Vec<f64>>()
+    };
+    for t in 0..steps {
+        let qkv = vals(s.qkv_len(), 40 + t);
+        let ba = vals(2 * nv, 50 + t);
+        let mut out = be.zeros(s.out_len()).unwrap();
+        be.gated_delta_step(
+            &be.upload(&qkv).unwrap(),
+            &be.upload(&ba).unwrap(),
+            &decay_t,
+            &mut state_t,
+            s,
+            &mut out,
+        )
+        .unwrap();
+        let mut want = vec![0f64; nv * dv];
+        for j in 0..nv {
+            let kh = j / (nv / nk);
+            let q: Vec<f64> = l2(&qkv[kh * dk..(kh + 1) * dk])
+                .iter()
+                .map(|x| x / (dk as f64).sqrt())
+                .collect();
+            let k = l2(&qkv[nk * dk + kh * dk..nk * dk + (kh + 1) * dk]);
+            let v = &qkv[2 * nk * dk + j * dv..2 * nk * dk + (j + 1) * dv];
+            let x = ba[nv + j] as f64 + decay[nv + j] as f64;
+            let g = decay[j] as f64 * (1.0 + x.exp()).ln();
+            let beta = sig(ba[j] as f64);
+            let sj = &mut st[j * dk * dv..(j + 1) * dk * dv];
+            sj.iter_mut().for_each(|e| *e *= g.exp());
+            for b in 0..dv {
+                let kv: f64 = (0..dk).map(|a| sj[a * dv + b] * k[a]).sum();
+                let delta = beta * (v[b] as f64 - kv);
+                for a in 0..dk {
+                    sj[a * dv + b] += k[a] * delta;
+                }
+                want[j * dv + b] = (0..dk).map(|a| sj[a * dv + b] * q[a]).sum();
+            }
+        }
+        close(&be.read(&out).unwrap(), &want, 1e-5);
+    }
+    close(&be.read(&state_t).unwrap(), &st, 1e-5);
+    let bad_shape = DeltaShape {
+        value_heads: 3,
+        ..s
+    };
+    let mut out = be.zeros(s.out_len()).unwrap();
+    assert!(
+        be.gated_delta_step(
+            &decay_t,
+            &decay_t,
+            &decay_t,
+            &mut state_t,
+            bad_shape,
+            &mut out
+        )
+        .is_err()
+    );
+}
+
 macro_rules! backend_tests {
     ($($name:ident),*) => {
         mod cpu {
@@ -343,7 +521,9 @@ backend_tests!(
     attention_matches_reference,
     norms_rope_swiglu_match_reference,
     matvec_every_format_matches_dequantized,
-    moe_experts_match_reference
+    moe_experts_match_reference,
+    hybrid_elementwise_ops_match_reference,
+    conv1d_and_delta_rule_match_reference
 );
 
 #[test]

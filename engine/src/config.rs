@@ -17,6 +17,11 @@ pub enum Family {
     Qwen3Moe,
     /// `model_type: "mixtral"` (MixtralForCausalLM).
     Mixtral,
+    /// `model_type: "qwen3_5_moe_text"` / `"qwen3_5_moe"` (Qwen3.5-MoE: Gated DeltaNet + gated
+    /// attention + shared expert; see [`crate::qwen35_moe`]).
+    Qwen35Moe,
+    /// `model_type: "qwen3_next"` (Qwen3-Next: the same maths with fused DeltaNet projections).
+    Qwen3Next,
 }
 
 /// What the decode loop needs to know about a model, whatever its family.
@@ -56,6 +61,9 @@ pub struct ModelConfig {
     pub max_position_embeddings: usize,
     /// Dtype the config announces for the checkpoint, if any.
     pub dtype: Option<WeightFormat>,
+    /// The hybrid (Gated DeltaNet + gated attention + shared expert) part of a Qwen3.5-MoE or
+    /// Qwen3-Next config; `None` for the plain full-attention families.
+    pub hybrid: Option<crate::qwen35_moe::HybridConfig>,
 }
 
 impl ModelConfig {
@@ -96,11 +104,14 @@ impl ModelConfig {
         match raw.map.get("model_type").and_then(Value::as_str) {
             Some("qwen3_moe") => crate::qwen3_moe::config(&raw),
             Some("mixtral") => crate::mixtral::config(&raw),
+            Some("qwen3_5_moe_text" | "qwen3_5_moe" | "qwen3_next") => {
+                crate::qwen35_moe::config(&raw)
+            }
             Some(other) => Err(unsupported_value(
                 path,
                 "model_type",
                 &Value::from(other),
-                "supported: \"qwen3_moe\", \"mixtral\"",
+                "supported: \"qwen3_moe\", \"mixtral\", \"qwen3_5_moe_text\", \"qwen3_5_moe\", \"qwen3_next\"",
             )),
             None => Err(EngineError::MissingField {
                 path: path.to_path_buf(),

@@ -228,8 +228,13 @@ pub fn pack_record(
     let (h, i) = (layout.hidden, layout.inter);
     let shapes = [[i, h], [i, h], [h, i]];
     let mut ts = Vec::with_capacity(3);
-    for (k, shape) in shapes.iter().enumerate() {
-        ts.push(ckpt.tensor(&names.expert(l, e, k), shape)?);
+    let fused = names.fused_experts(l);
+    if ckpt.raw(&names.expert(l, e, 0)).is_err() && ckpt.raw(&fused[0]).is_ok() {
+        ts = fused_expert(ckpt, &fused, e, h, i)?;
+    } else {
+        for (k, shape) in shapes.iter().enumerate() {
+            ts.push(ckpt.tensor(&names.expert(l, e, k), shape)?);
+        }
     }
     if ts.iter().all(|t| t.format == layout.format) {
         let mut rec = vec![0u8; layout.record_len];
@@ -243,6 +248,40 @@ pub fn pack_record(
             .pack(&g, &u, &d)
             .ctx(|| format!("packing layer {l} expert {e}"))
     }
+}
+
+/// Expert `e`'s `[gate, up, down]` from fused tensors: `experts.gate_up_proj` `[E, 2 inter,
+/// hidden]` (gate rows first, as HF's `chunk(2)`) and `experts.down_proj` `[E, hidden, inter]`.
+fn fused_expert<'a>(
+    ckpt: &'a Checkpoint,
+    fused: &[String; 2],
+    e: usize,
+    h: usize,
+    i: usize,
+) -> Result<Vec<crate::weights::TensorRef<'a>>> {
+    let experts = ckpt.raw(&fused[0])?.shape.first().copied().unwrap_or(0);
+    if e >= experts {
+        return Err(EngineError::TensorShape {
+            file: ckpt.raw(&fused[0])?.file.to_path_buf(),
+            name: fused[0].clone(),
+            expected: vec![e + 1, 2 * i, h],
+            got: ckpt.raw(&fused[0])?.shape.to_vec(),
+        });
+    }
+    let gu = ckpt.tensor(&fused[0], &[experts, 2 * i, h])?;
+    let down = ckpt.tensor(&fused[1], &[experts, h, i])?;
+    let one = gu.bytes.len() / experts;
+    let g = &gu.bytes[e * one..(e + 1) * one];
+    let d_one = down.bytes.len() / experts;
+    let part = |bytes| crate::weights::TensorRef { bytes, ..gu };
+    Ok(vec![
+        part(&g[..one / 2]),
+        part(&g[one / 2..]),
+        crate::weights::TensorRef {
+            bytes: &down.bytes[e * d_one..(e + 1) * d_one],
+            ..down
+        },
+    ])
 }
 
 /// All experts packed in memory in the record layout (one buffer per layer).

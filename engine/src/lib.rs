@@ -1,7 +1,7 @@
 //! The flashmoe engine: model configs, HF checkpoint and tokenizer loading, expert packing and
 //! the MoE decode loop.
 //!
-//! - [`ModelConfig`]: `config.json` of Qwen3-MoE or Mixtral, validated (unsupported features refused).
+//! - [`ModelConfig`]: `config.json` of Qwen3-MoE, Mixtral, Qwen3.5-MoE or Qwen3-Next, validated (unsupported features refused).
 //! - [`Checkpoint`]: memory-mapped, sharded safetensors with shape and dtype checks.
 //! - [`MoeModel`]: the decoder on any [`flashmoe_backends::ComputeBackend`]; its MoE blocks take
 //!   expert weights from an [`ExpertSource`] in the [expert record layout](experts).
@@ -24,12 +24,14 @@
 //! # Ok::<(), EngineError>(())
 //! ```
 
+mod attention;
 pub mod config;
 pub mod dense_pack;
 mod error;
 pub mod experts;
 mod generate;
 pub mod hooks;
+mod hybrid;
 pub mod mixtral;
 pub mod mlx;
 pub mod model;
@@ -37,6 +39,7 @@ pub mod pack;
 mod pack_options;
 pub mod packed_model;
 pub mod quant_tensors;
+pub mod qwen35_moe;
 pub mod qwen3_moe;
 pub mod sampler;
 pub mod streaming;

@@ -131,6 +131,7 @@ pub(crate) fn config(raw: &RawConfig) -> Result<ModelConfig> {
         qk_norm: false,
         max_position_embeddings: c.max_position_embeddings,
         dtype: raw.dtype()?,
+        hybrid: None,
     }
     .validate(&raw.path)
 }

@@ -75,12 +75,27 @@ const MIXTRAL: MlxNames = MlxNames {
 };
 
 impl MlxNames {
-    /// The names used by `family`.
-    pub fn of(family: Family) -> &'static MlxNames {
+    /// The names used by `family`, or `None` for a family whose MLX conversion is not read
+    /// yet: mlx-lm's Qwen3.5 / Qwen3-Next conversions also move the conv1d weights to
+    /// `[C, K, 1]` and store the norm weights as `1 + w`, which this reader does not undo.
+    pub fn of(family: Family) -> Option<&'static MlxNames> {
         match family {
-            Family::Qwen3Moe => &QWEN3_MOE,
-            Family::Mixtral => &MIXTRAL,
+            Family::Qwen3Moe => Some(&QWEN3_MOE),
+            Family::Mixtral => Some(&MIXTRAL),
+            Family::Qwen35Moe | Family::Qwen3Next => None,
         }
+    }
+
+    /// [`MlxNames::of`], or an error naming `config` (the checkpoint's config.json).
+    pub fn of_checked(family: Family, config: &Path) -> Result<&'static MlxNames> {
+        Self::of(family).ok_or_else(|| EngineError::UnsupportedField {
+            path: config.to_path_buf(),
+            field: "quantization".into(),
+            reason: format!(
+                "MLX checkpoints of the {family:?} family are not read yet (their conversion \
+                 re-lays conv1d weights and norm offsets); pack the Hugging Face checkpoint instead"
+            ),
+        })
     }
 
     /// The module of projection `k` (0 gate, 1 up, 2 down) of `layer`'s stacked experts.
@@ -225,7 +240,7 @@ impl MlxQuantization {
     /// The one format of every routed expert matrix of `cfg` (the record layout has one),
     /// each checked against the config and against the model's dims.
     pub fn expert_format(&self, ckpt: &Checkpoint, cfg: &ModelConfig) -> Result<WeightFormat> {
-        let names = MlxNames::of(cfg.family);
+        let names = MlxNames::of_checked(cfg.family, &self.path)?;
         let (h, i) = (cfg.hidden_size, cfg.expert_intermediate);
         let mut first: Option<(WeightFormat, String)> = None;
         for l in 0..cfg.num_layers {
@@ -273,7 +288,7 @@ impl MlxQuantization {
         path: &Path,
         log: &mut RoundLog,
     ) -> Result<u64> {
-        let names = MlxNames::of(cfg.family);
+        let names = MlxNames::of_checked(cfg.family, &self.path)?;
         let mut dense: Vec<&str> = ckpt
             .names()
             .filter(|n| !names.is_expert_tensor(n))
@@ -380,7 +395,11 @@ pub fn relay_record(
     e: usize,
     log: &mut RoundLog,
 ) -> Result<Vec<u8>> {
-    let names = MlxNames::of(family);
+    let names = MlxNames::of(family).ok_or_else(|| EngineError::Expert {
+        layer: l as u32,
+        expert: e as u32,
+        reason: format!("MLX experts of the {family:?} family are not read yet"),
+    })?;
     let mut rec = vec![0u8; layout.record_len];
     let parts_of = [
         (&layout.gate, 0),

@@ -1,11 +1,16 @@
 //! The MoE decoder, top-down with HF names: embeddings, layers of (attention, MoE block), final
 //! norm, lm_head. Family differences (tensor names, q/k norm, routing renormalisation) come from
-//! [`FamilyNames`] and [`ModelConfig`]; the experts come from an [`ExpertSource`].
+//! [`FamilyNames`] and [`ModelConfig`]; the experts come from an [`ExpertSource`]. Hybrid
+//! families (Qwen3.5-MoE, Qwen3-Next) mix Gated DeltaNet layers with gated attention and add a
+//! dense shared expert to every MoE block ([`crate::hybrid`]).
 
+use crate::attention::Attention;
 use crate::config::{Family, ModelConfig};
 use crate::error::{BackendContext, EngineError, Result};
 use crate::experts::ExpertSource;
 use crate::hooks::RoutingObserver;
+use crate::hybrid::{DeltaNet, DeltaScratch, DeltaState, Loader, SharedExpert, SharedScratch};
+use crate::qwen35_moe::LayerType;
 use crate::weights::Checkpoint;
 use flashmoe_backends::routing::{softmax, top_k_softmax};
 use flashmoe_backends::{
@@ -29,12 +34,20 @@ impl FamilyNames {
         match family {
             Family::Qwen3Moe => &crate::qwen3_moe::NAMES,
             Family::Mixtral => &crate::mixtral::NAMES,
+            Family::Qwen35Moe | Family::Qwen3Next => &crate::qwen35_moe::NAMES,
         }
     }
 
     /// Router weight of `layer`.
     pub fn router(&self, layer: usize) -> String {
         format!("model.layers.{layer}.{}.{}.weight", self.moe, self.router)
+    }
+
+    /// The fused expert tensors of `layer` (`experts.gate_up_proj` `[E, 2 inter, hidden]`,
+    /// `experts.down_proj` `[E, hidden, inter]`), the layout transformers 5 saves.
+    pub fn fused_experts(&self, layer: usize) -> [String; 2] {
+        let p = format!("model.layers.{layer}.{}.experts", self.moe);
+        [format!("{p}.gate_up_proj"), format!("{p}.down_proj")]
     }
 
     /// Projection `k` (0 gate, 1 up, 2 down) of expert `e` in `layer`.
@@ -46,23 +59,23 @@ impl FamilyNames {
     }
 }
 
-/// `self_attn` of one layer.
-struct Attention<B: ComputeBackend> {
-    q_proj: B::Weight,
-    k_proj: B::Weight,
-    v_proj: B::Weight,
-    o_proj: B::Weight,
-    q_norm: Option<B::Tensor>,
-    k_norm: Option<B::Tensor>,
+/// What mixes positions in a layer.
+enum Mixer<B: ComputeBackend> {
+    /// Softmax attention over the KV cache.
+    Attention(Attention<B>),
+    /// Gated DeltaNet; its state is `delta_states[index]`.
+    DeltaNet(DeltaNet<B>, usize),
 }
 
 /// One decoder layer (its experts live outside, in an [`ExpertSource`]).
 struct DecoderLayer<B: ComputeBackend> {
     input_layernorm: B::Tensor,
-    self_attn: Attention<B>,
+    mixer: Mixer<B>,
     post_attention_layernorm: B::Tensor,
     /// The MoE router (`mlp.gate` / `block_sparse_moe.gate`).
     router: B::Weight,
+    /// The dense shared expert (hybrid families).
+    shared: Option<SharedExpert<B>>,
 }
 
 /// Per-token work tensors, allocated once.
@@ -70,6 +83,7 @@ struct Scratch<B: ComputeBackend> {
     h: B::Tensor,
     x: B::Tensor,
     q: B::Tensor,
+    q_gate: B::Tensor,
     k: B::Tensor,
     v: B::Tensor,
     attn: B::Tensor,
@@ -79,6 +93,8 @@ struct Scratch<B: ComputeBackend> {
     moe_out: B::Tensor,
     experts: ExpertScratch<B::Tensor>,
     logits: B::Tensor,
+    delta: Option<DeltaScratch<B>>,
+    shared: Option<SharedScratch<B>>,
 }
 
 /// A loaded MoE causal LM on backend `B`, with its KV cache.
@@ -90,6 +106,8 @@ pub struct MoeModel<B: ComputeBackend> {
     norm: B::Tensor,
     lm_head: B::Weight,
     kv: B::KvCache,
+    /// Decode state of each DeltaNet layer.
+    delta_states: Vec<DeltaState<B>>,
     max_seq: usize,
     /// Positions `0..next_pos` hold valid keys and values.
     next_pos: usize,
@@ -97,29 +115,6 @@ pub struct MoeModel<B: ComputeBackend> {
     /// The next layer's most probable experts by pre-gate, staged on backends that keep
     /// expert records (a GPU) while this layer computes.
     stage_next: Vec<u32>,
-}
-
-/// Loads resident tensors from a checkpoint onto a backend, checking shapes.
-struct Loader<'a, B: ComputeBackend> {
-    be: &'a B,
-    ckpt: &'a Checkpoint,
-}
-
-impl<B: ComputeBackend> Loader<'_, B> {
-    /// A float weight, or a quantized one ([`crate::quant_tensors`]) run quantized.
-    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<B::Weight> {
-        let (bytes, format) = crate::quant_tensors::matrix(self.ckpt, name, rows, cols)?;
-        self.be
-            .load_weight(&bytes, rows, cols, format)
-            .ctx(|| format!("uploading `{name}`"))
-    }
-
-    fn vector(&self, name: &str, len: usize) -> Result<B::Tensor> {
-        let t = self.ckpt.tensor(name, &[len])?;
-        self.be
-            .upload(&t.to_f32()?)
-            .ctx(|| format!("uploading `{name}`"))
-    }
 }
 
 impl<B: ComputeBackend> MoeModel<B> {
@@ -139,32 +134,50 @@ impl<B: ComputeBackend> MoeModel<B> {
         let (h, v) = (cfg.hidden_size, cfg.vocab_size);
         let embed_tokens = ld.matrix("model.embed_tokens.weight", v, h)?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
+        let (mut kv_layers, mut delta_states) = (0, Vec::new());
+        let hybrid = cfg.hybrid.as_ref();
+        // Hybrid families store RMSNorm weights as offsets from 1.
+        let norm_vec = |name: &str, len: usize| {
+            if hybrid.is_some() {
+                ld.offset_norm(name, len)
+            } else {
+                ld.vector(name, len)
+            }
+        };
         for l in 0..cfg.num_layers {
             let p = format!("model.layers.{l}");
-            let norm = |n: &str| {
-                if cfg.qk_norm {
-                    ld.vector(&format!("{p}.self_attn.{n}.weight"), cfg.head_dim)
-                        .map(Some)
-                } else {
-                    Ok(None)
+            let kind = hybrid.map_or(LayerType::FullAttention, |hy| hy.layer_types[l]);
+            let mixer = match (kind, hybrid) {
+                (LayerType::LinearAttention, Some(hy)) => {
+                    delta_states.push(DeltaState::new(&be, &hy.deltanet)?);
+                    Mixer::DeltaNet(DeltaNet::load(&ld, &p, h, hy)?, delta_states.len() - 1)
+                }
+                _ => {
+                    kv_layers += 1;
+                    Mixer::Attention(Attention::load(&ld, &cfg, &p, kv_layers - 1)?)
                 }
             };
+            let shared = match hybrid {
+                Some(hy) => Some(SharedExpert::load(
+                    &ld,
+                    &p,
+                    h,
+                    hy.shared_expert_intermediate,
+                )?),
+                None => None,
+            };
             layers.push(DecoderLayer {
-                input_layernorm: ld.vector(&format!("{p}.input_layernorm.weight"), h)?,
-                self_attn: Attention {
-                    q_proj: ld.matrix(&format!("{p}.self_attn.q_proj.weight"), cfg.q_dim(), h)?,
-                    k_proj: ld.matrix(&format!("{p}.self_attn.k_proj.weight"), cfg.kv_dim(), h)?,
-                    v_proj: ld.matrix(&format!("{p}.self_attn.v_proj.weight"), cfg.kv_dim(), h)?,
-                    o_proj: ld.matrix(&format!("{p}.self_attn.o_proj.weight"), h, cfg.q_dim())?,
-                    q_norm: norm("q_norm")?,
-                    k_norm: norm("k_norm")?,
-                },
-                post_attention_layernorm: ld
-                    .vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
+                input_layernorm: norm_vec(&format!("{p}.input_layernorm.weight"), h)?,
+                mixer,
+                post_attention_layernorm: norm_vec(
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    h,
+                )?,
                 router: ld.matrix(&names.router(l), cfg.num_experts, h)?,
+                shared,
             });
         }
-        let norm = ld.vector("model.norm.weight", h)?;
+        let norm = norm_vec("model.norm.weight", h)?;
         let lm_head_name = if cfg.tie_word_embeddings {
             "model.embed_tokens.weight"
         } else {
@@ -173,7 +186,7 @@ impl<B: ComputeBackend> MoeModel<B> {
         let lm_head = ld.matrix(lm_head_name, v, h)?;
         let kv = be
             .kv_cache(KvShape {
-                layers: cfg.num_layers,
+                layers: kv_layers.max(1),
                 max_seq,
                 kv_dim: cfg.kv_dim(),
             })
@@ -183,6 +196,7 @@ impl<B: ComputeBackend> MoeModel<B> {
             h: z(h)?,
             x: z(h)?,
             q: z(cfg.q_dim())?,
+            q_gate: z(cfg.q_dim())?,
             k: z(cfg.kv_dim())?,
             v: z(cfg.kv_dim())?,
             attn: z(cfg.q_dim())?,
@@ -196,6 +210,14 @@ impl<B: ComputeBackend> MoeModel<B> {
                 out: z(h)?,
             },
             logits: z(v)?,
+            delta: match hybrid {
+                Some(hy) if !delta_states.is_empty() => Some(DeltaScratch::new(&be, &hy.deltanet)?),
+                _ => None,
+            },
+            shared: match hybrid {
+                Some(hy) => Some(SharedScratch::new(&be, h, hy.shared_expert_intermediate)?),
+                None => None,
+            },
         };
         Ok(Self {
             cfg,
@@ -205,6 +227,7 @@ impl<B: ComputeBackend> MoeModel<B> {
             norm,
             lm_head,
             kv,
+            delta_states,
             max_seq,
             next_pos: 0,
             s,
@@ -227,7 +250,7 @@ impl<B: ComputeBackend> MoeModel<B> {
         self.max_seq
     }
 
-    /// Forgets the KV cache (the next token must be at position 0).
+    /// Forgets the KV cache and the DeltaNet states (the next token must be at position 0).
     pub fn reset(&mut self) {
         self.next_pos = 0;
     }
@@ -288,6 +311,19 @@ impl<B: ComputeBackend> MoeModel<B> {
                 limit: self.next_pos.min(self.max_seq - 1) + 1,
             });
         }
+        if !self.delta_states.is_empty() && pos != 0 && pos != self.next_pos {
+            // A recurrent state cannot be rewound to an earlier position.
+            return Err(EngineError::OutOfRange {
+                what: "position (DeltaNet layers continue only at the next position or restart at 0)",
+                value: pos,
+                limit: self.next_pos + 1,
+            });
+        }
+        if pos == 0 {
+            for st in &mut self.delta_states {
+                st.clear(&self.be)?;
+            }
+        }
         let el = experts.layout();
         if (el.hidden, el.inter) != (self.cfg.hidden_size, self.cfg.expert_intermediate) {
             return Err(EngineError::Expert {
@@ -304,23 +340,50 @@ impl<B: ComputeBackend> MoeModel<B> {
             .embedding(&self.embed_tokens, token, &mut self.s.h)
             .ctx(|| "model.embed_tokens".into())?;
         for l in 0..self.layers.len() {
-            self.attention(l, pos)?;
+            self.mixer(l, pos)?;
             self.moe(l, experts, obs)?;
         }
         self.next_pos = pos + 1;
         Ok(())
     }
 
-    /// `h += self_attn(input_layernorm(h))` for layer `l` at `pos`.
-    fn attention(&mut self, l: usize, pos: usize) -> Result<()> {
+    /// `h += mixer(input_layernorm(h))` for layer `l` at `pos` (attention or Gated DeltaNet).
+    fn mixer(&mut self, l: usize, pos: usize) -> Result<()> {
         let (be, cfg, s) = (&self.be, &self.cfg, &mut self.s);
         let layer = &self.layers[l];
-        let a = &layer.self_attn;
+        be.rms_norm(&s.h, &layer.input_layernorm, cfg.rms_norm_eps, &mut s.x)
+            .ctx(|| format!("model.layers.{l}.input_layernorm"))?;
+        let a = match &layer.mixer {
+            Mixer::Attention(a) => a,
+            Mixer::DeltaNet(d, i) => {
+                let (Some(hy), Some(ds)) = (&cfg.hybrid, &mut s.delta) else {
+                    return Err(EngineError::OutOfRange {
+                        what: "DeltaNet layer without a hybrid config",
+                        value: l,
+                        limit: 0,
+                    });
+                };
+                let ctx = |what: &str| format!("model.layers.{l}.linear_attn.{what}");
+                d.step(
+                    be,
+                    &hy.deltanet,
+                    cfg.rms_norm_eps,
+                    &s.x,
+                    &mut self.delta_states[*i],
+                    ds,
+                    &mut s.o,
+                    &ctx,
+                )?;
+                return be.axpy(&mut s.h, 1.0, &s.o).ctx(|| ctx("residual"));
+            }
+        };
         let ctx = |what: &str| format!("model.layers.{l}.self_attn.{what}");
         let (eps, hd) = (cfg.rms_norm_eps, cfg.head_dim);
-        be.rms_norm(&s.h, &layer.input_layernorm, eps, &mut s.x)
-            .ctx(|| format!("model.layers.{l}.input_layernorm"))?;
         be.matvec(&a.q_proj, &s.x, &mut s.q).ctx(|| ctx("q_proj"))?;
+        if let Some(g) = &a.gate_proj {
+            be.matvec(g, &s.x, &mut s.q_gate)
+                .ctx(|| ctx("q_proj (output gate)"))?;
+        }
         be.matvec(&a.k_proj, &s.x, &mut s.k).ctx(|| ctx("k_proj"))?;
         be.matvec(&a.v_proj, &s.x, &mut s.v).ctx(|| ctx("v_proj"))?;
         if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
@@ -329,19 +392,34 @@ impl<B: ComputeBackend> MoeModel<B> {
             be.rms_norm_heads(&mut s.k, kn, hd, eps)
                 .ctx(|| ctx("k_norm"))?;
         }
-        be.rope(&mut s.q, cfg.num_heads, hd, pos, cfg.rope_theta)
-            .ctx(|| ctx("rope q"))?;
-        be.rope(&mut s.k, cfg.num_kv_heads, hd, pos, cfg.rope_theta)
-            .ctx(|| ctx("rope k"))?;
-        be.kv_write(&mut self.kv, l, pos, &s.k, &s.v)
+        match cfg.hybrid.as_ref().map(|hy| hy.rotary_dim) {
+            Some(rot) if rot != hd => {
+                be.rope_partial(&mut s.q, cfg.num_heads, hd, rot, pos, cfg.rope_theta)
+                    .ctx(|| ctx("rope q"))?;
+                be.rope_partial(&mut s.k, cfg.num_kv_heads, hd, rot, pos, cfg.rope_theta)
+                    .ctx(|| ctx("rope k"))?;
+            }
+            _ => {
+                be.rope(&mut s.q, cfg.num_heads, hd, pos, cfg.rope_theta)
+                    .ctx(|| ctx("rope q"))?;
+                be.rope(&mut s.k, cfg.num_kv_heads, hd, pos, cfg.rope_theta)
+                    .ctx(|| ctx("rope k"))?;
+            }
+        }
+        let slot = a.kv_slot;
+        be.kv_write(&mut self.kv, slot, pos, &s.k, &s.v)
             .ctx(|| ctx("kv cache"))?;
         let shape = AttnShape {
             n_heads: cfg.num_heads,
             n_kv_heads: cfg.num_kv_heads,
             head_dim: hd,
         };
-        be.attention(&s.q, &self.kv, l, pos + 1, shape, &mut s.attn)
+        be.attention(&s.q, &self.kv, slot, pos + 1, shape, &mut s.attn)
             .ctx(|| ctx("attention"))?;
+        if a.gate_proj.is_some() {
+            be.sigmoid_mul(&mut s.attn, &s.q_gate)
+                .ctx(|| ctx("output gate"))?;
+        }
         be.matvec(&a.o_proj, &s.attn, &mut s.o)
             .ctx(|| ctx("o_proj"))?;
         be.axpy(&mut s.h, 1.0, &s.o).ctx(|| ctx("residual"))
@@ -452,6 +530,11 @@ impl<B: ComputeBackend> MoeModel<B> {
             })?;
         drop(routed);
         drop(batch);
+        if let (Some(sh), Some(ss)) = (&layer.shared, &mut s.shared) {
+            sh.add(be, &s.x, ss, &mut s.moe_out, &|w: &str| {
+                format!("model.layers.{l}.mlp.{w}")
+            })?;
+        }
         be.axpy(&mut s.h, 1.0, &s.moe_out).ctx(|| ctx("residual"))
     }
 

@@ -65,15 +65,24 @@ pub struct PackSummary {
 }
 
 /// The record format for `--bits`: 16 keeps the checkpoint's 16-bit float type (bf16 for an
-/// f32 checkpoint), 8 and 4 are MLX-style affine formats with groups of 64.
+/// f32 checkpoint), 8 and 4 are MLX-style affine formats with groups of 64 (of 32 when an
+/// expert dimension is a multiple of 32 but not of 64, e.g. an intermediate size of 32).
 pub fn format_for_bits(bits: u32, cfg: &ModelConfig) -> Option<WeightFormat> {
+    let (h, i) = (cfg.hidden_size, cfg.expert_intermediate);
+    let group = if h.is_multiple_of(64) && i.is_multiple_of(64) {
+        64
+    } else if h.is_multiple_of(32) && i.is_multiple_of(32) {
+        32
+    } else {
+        64
+    };
     match bits {
         16 => Some(match cfg.dtype {
             Some(WeightFormat::F16) => WeightFormat::F16,
             _ => WeightFormat::Bf16,
         }),
-        8 => Some(WeightFormat::Q8_64),
-        4 => Some(WeightFormat::Q4_64),
+        8 => Some(WeightFormat::Q8 { group }),
+        4 => Some(WeightFormat::Q4 { group }),
         _ => None,
     }
 }
@@ -108,7 +117,11 @@ pub fn pack_model_with(
     }
     let cfg = ModelConfig::from_file(&src.join("config.json"))?;
     let mlx = MlxQuantization::from_config(&src.join("config.json"))?;
-    let ckpt = Checkpoint::open(src, cfg.dtype)?;
+    let mut ckpt = Checkpoint::open(src, cfg.dtype)?;
+    if cfg.hybrid.is_some() {
+        // Multimodal Qwen3.5 checkpoints: the text model under text names, no vision/MTP.
+        ckpt = ckpt.text_only();
+    }
     let (format, dense_bits) = opts.resolve(&cfg, &ckpt, mlx.as_ref(), out)?;
     let name = out
         .file_name()
@@ -348,6 +361,7 @@ fn write_dense(
                 experts.insert(names.expert(l, e, k));
             }
         }
+        experts.extend(names.fused_experts(l));
     }
     let mut dense: Vec<&str> = ckpt.names().filter(|n| !experts.contains(*n)).collect();
     dense.sort_unstable();

@@ -63,6 +63,8 @@ pub fn model_type(family: Family) -> &'static str {
     match family {
         Family::Qwen3Moe => "qwen3_moe",
         Family::Mixtral => "mixtral",
+        Family::Qwen35Moe => "qwen3_5_moe",
+        Family::Qwen3Next => "qwen3_next",
     }
 }
 

@@ -197,6 +197,7 @@ pub(crate) fn config(raw: &RawConfig) -> Result<ModelConfig> {
         qk_norm: true,
         max_position_embeddings: c.max_position_embeddings,
         dtype: raw.dtype()?,
+        hybrid: None,
     }
     .validate(&raw.path)
 }

@@ -252,6 +252,39 @@ impl Checkpoint {
     }
 }
 
+impl Checkpoint {
+    /// The text model's tensors only, under text-model names: a multimodal checkpoint's
+    /// `model.language_model.X` becomes `model.X` (its other `model.*` tensors, the vision
+    /// tower, are dropped), and multi-token-prediction heads (`mtp.*`) are dropped. A text-only
+    /// checkpoint keeps every other name.
+    pub fn text_only(mut self) -> Self {
+        const PREFIX: &str = "model.language_model.";
+        let multimodal = self.index.keys().any(|k| k.starts_with(PREFIX));
+        let rename = |k: &str| -> Option<String> {
+            if k.starts_with("mtp.") {
+                None
+            } else if let Some(rest) = k.strip_prefix(PREFIX) {
+                Some(format!("model.{rest}"))
+            } else if multimodal && k.starts_with("model.") {
+                None
+            } else {
+                Some(k.to_string())
+            }
+        };
+        self.index = std::mem::take(&mut self.index)
+            .into_iter()
+            .filter_map(|(k, s)| rename(&k).map(|n| (n, s)))
+            .collect();
+        for shard in &mut self.shards {
+            shard.tensors = std::mem::take(&mut shard.tensors)
+                .into_iter()
+                .filter_map(|(k, v)| rename(&k).map(|n| (n, v)))
+                .collect();
+        }
+        self
+    }
+}
+
 /// A shard name must stay inside the model directory.
 fn is_plain_file_name(f: &str) -> bool {
     !f.is_empty() && !f.contains('/') && !f.contains('\\') && f != "." && f != ".."

@@ -37,6 +37,7 @@ fn check_relaid(dir: &Path) -> usize {
     let moe = match m.config.family {
         flashmoe_engine::Family::Qwen3Moe => "mlp",
         flashmoe_engine::Family::Mixtral => "block_sparse_moe",
+        other => panic!("no MLX test data for the {other:?} family"),
     };
     let rec = m.record;
     let mut records = Vec::new();

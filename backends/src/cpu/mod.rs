@@ -1,5 +1,6 @@
 //! The CPU backend: host `Vec<f32>` tensors, rayon-parallel matvecs.
 
+mod linear_attn;
 mod matvec;
 mod ops;
 #[cfg(feature = "wgpu")]
@@ -7,8 +8,11 @@ pub(crate) use ops::rope_table;
 #[cfg(target_arch = "x86_64")]
 mod simd;
 
-use crate::backend::{AttnShape, ComputeBackend, KvShape, WeightView};
-use crate::checks::{check_attention, check_index, check_kv_write, check_norm_heads, check_rope};
+use crate::backend::{AttnShape, ComputeBackend, DeltaShape, KvShape, WeightView};
+use crate::checks::{
+    check_attention, check_conv1d, check_delta, check_gated_norm, check_index, check_kv_write,
+    check_norm_heads, check_rope, check_rope_partial, check_sigmoid_mul,
+};
 use crate::error::{BackendError, Result, check_len};
 use crate::quant::{MatrixLayout, WeightFormat, dequantize_row};
 
@@ -190,6 +194,72 @@ impl ComputeBackend for CpuBackend {
     ) -> Result<()> {
         check_rope(x.0.len(), n_heads, head_dim)?;
         ops::rope(&mut x.0, n_heads, head_dim, pos, theta);
+        Ok(())
+    }
+
+    fn rope_partial(
+        &self,
+        x: &mut CpuTensor,
+        n_heads: usize,
+        head_dim: usize,
+        rot_dim: usize,
+        pos: usize,
+        theta: f32,
+    ) -> Result<()> {
+        check_rope_partial(x.0.len(), n_heads, head_dim, rot_dim)?;
+        linear_attn::rope_partial(&mut x.0, n_heads, head_dim, rot_dim, pos, theta);
+        Ok(())
+    }
+
+    fn sigmoid_mul(&self, x: &mut CpuTensor, gate: &CpuTensor) -> Result<()> {
+        check_sigmoid_mul(x.0.len(), gate.0.len())?;
+        linear_attn::sigmoid_mul(&mut x.0, &gate.0);
+        Ok(())
+    }
+
+    fn conv1d_silu_step(
+        &self,
+        x: &mut CpuTensor,
+        state: &mut CpuTensor,
+        weight: &CpuTensor,
+        kernel: usize,
+    ) -> Result<()> {
+        check_conv1d(x.0.len(), state.0.len(), weight.0.len(), kernel)?;
+        linear_attn::conv1d_silu_step(&mut x.0, &mut state.0, &weight.0, kernel);
+        Ok(())
+    }
+
+    fn gated_delta_step(
+        &self,
+        qkv: &CpuTensor,
+        ba: &CpuTensor,
+        decay: &CpuTensor,
+        state: &mut CpuTensor,
+        shape: DeltaShape,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        check_delta(
+            shape,
+            qkv.0.len(),
+            ba.0.len(),
+            decay.0.len(),
+            state.0.len(),
+            out.0.len(),
+        )?;
+        linear_attn::gated_delta_step(&qkv.0, &ba.0, &decay.0, &mut state.0, shape, &mut out.0);
+        Ok(())
+    }
+
+    fn gated_rms_norm_heads(
+        &self,
+        x: &mut CpuTensor,
+        z: &CpuTensor,
+        weight: &CpuTensor,
+        head_dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        check_gated_norm(x.0.len(), z.0.len(), weight.0.len(), head_dim)?;
+        linear_attn::gated_rms_norm_heads(&mut x.0, &z.0, &weight.0, head_dim, eps);
         Ok(())
     }
 

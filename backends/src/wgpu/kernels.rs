@@ -17,6 +17,8 @@ const ELEMENTWISE: &str = include_str!("shaders/elementwise.wgsl");
 const RMS_NORM: &str = include_str!("shaders/rms_norm.wgsl");
 const ROPE: &str = include_str!("shaders/rope.wgsl");
 const ATTENTION: &str = include_str!("shaders/attention.wgsl");
+const CONV1D: &str = include_str!("shaders/conv1d.wgsl");
+const DELTA_RULE: &str = include_str!("shaders/delta_rule.wgsl");
 
 /// A weight format as the kernels see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -144,6 +146,14 @@ pub enum Kernel {
     Rope,
     /// Causal GQA for one query.
     Attention,
+    /// `y *= sigmoid(x[i / group])` (attention output gate, shared-expert gate).
+    SigmoidMul,
+    /// Per-head RMSNorm times `silu(z)`, in place.
+    GatedRmsNormHeads,
+    /// Causal depthwise conv1d step + SiLU, with its state.
+    Conv1d,
+    /// One token of the gated delta rule.
+    DeltaRule,
 }
 
 impl Kernel {
@@ -166,6 +176,10 @@ impl Kernel {
             Kernel::RmsNormHeads,
             Kernel::Rope,
             Kernel::Attention,
+            Kernel::SigmoidMul,
+            Kernel::GatedRmsNormHeads,
+            Kernel::Conv1d,
+            Kernel::DeltaRule,
         ]);
         v
     }
@@ -184,6 +198,10 @@ impl Kernel {
             Kernel::RmsNormHeads => "rms_norm_heads",
             Kernel::Rope => "rope",
             Kernel::Attention => "attention",
+            Kernel::SigmoidMul => "sigmoid_mul",
+            Kernel::GatedRmsNormHeads => "gated_rms_norm_heads",
+            Kernel::Conv1d => "conv1d_silu_step",
+            Kernel::DeltaRule => "gated_delta_step",
         }
     }
 
@@ -193,10 +211,16 @@ impl Kernel {
             Kernel::Matvec(f) => format!("{MATVEC}\n{}", f.wgsl()),
             Kernel::GateUp(f) | Kernel::DownCombine(f) => format!("{EXPERTS}\n{}", f.wgsl()),
             Kernel::Embed(f) => format!("{EMBED}\n{}", f.wgsl()),
-            Kernel::Axpy | Kernel::Swiglu | Kernel::Combine => ELEMENTWISE.to_string(),
-            Kernel::RmsNorm | Kernel::RmsNormHeads => RMS_NORM.to_string(),
+            Kernel::Axpy | Kernel::Swiglu | Kernel::Combine | Kernel::SigmoidMul => {
+                ELEMENTWISE.to_string()
+            }
+            Kernel::RmsNorm | Kernel::RmsNormHeads | Kernel::GatedRmsNormHeads => {
+                RMS_NORM.to_string()
+            }
             Kernel::Rope => ROPE.to_string(),
             Kernel::Attention => ATTENTION.to_string(),
+            Kernel::Conv1d => CONV1D.to_string(),
+            Kernel::DeltaRule => DELTA_RULE.to_string(),
         }
     }
 
@@ -249,10 +273,21 @@ impl Kernel {
                 ],
             ),
             Kernel::Embed(f) => with_scales(f, vec![(0, Read), (2, ReadWrite), (3, Params)]),
-            Kernel::Axpy | Kernel::Swiglu | Kernel::Combine => {
+            Kernel::Axpy | Kernel::Swiglu | Kernel::Combine | Kernel::SigmoidMul => {
                 vec![(0, ReadWrite), (1, Read), (2, Params)]
             }
-            Kernel::RmsNorm => vec![(0, ReadWrite), (1, Read), (2, Read), (3, Params)],
+            Kernel::RmsNorm | Kernel::GatedRmsNormHeads => {
+                vec![(0, ReadWrite), (1, Read), (2, Read), (3, Params)]
+            }
+            Kernel::Conv1d => vec![(0, ReadWrite), (1, ReadWrite), (2, Read), (3, Params)],
+            Kernel::DeltaRule => vec![
+                (0, Read),
+                (1, Read),
+                (2, Read),
+                (3, ReadWrite),
+                (4, ReadWrite),
+                (5, Params),
+            ],
             Kernel::RmsNormHeads => vec![(0, ReadWrite), (2, Read), (3, Params)],
             Kernel::Rope => vec![(0, ReadWrite), (1, Table), (2, Params)],
             Kernel::Attention => vec![

@@ -26,7 +26,8 @@
 //! Files: `context` (adapter, device, limits), `kernels` (WGSL sources, pipelines), `ops`
 //! (the trait's ops), `record` (arena, bind groups, dispatch, submission, read-back), `tensor`
 //! (tensors, row-blocked weights, KV cache), `ring` (expert slots), `moe` (routed experts),
-//! `profile` (timestamps).
+//! `linear_attn` (the hybrid layers' ops: DeltaNet step, conv1d step, gated norm, sigmoid
+//! gates, partial RoPE), `profile` (timestamps).
 //!
 //! ```no_run
 //! use flashmoe_backends::{ComputeBackend, wgpu::WgpuBackend};
@@ -39,6 +40,7 @@
 
 mod context;
 pub mod kernels;
+mod linear_attn;
 mod moe;
 mod ops;
 mod profile;

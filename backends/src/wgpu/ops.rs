@@ -6,9 +6,13 @@ use super::record::{Bind, grown, to_u32, words};
 use super::tensor::{GpuKvCache, GpuTensor, GpuWeight, MatRef, TENSOR_USAGE, tensor_bytes};
 use super::{WG, WgpuBackend};
 use crate::backend::{
-    AttnShape, ComputeBackend, ExpertId, ExpertScratch, KvShape, RoutedExpert, WeightView,
+    AttnShape, ComputeBackend, DeltaShape, ExpertId, ExpertScratch, KvShape, RoutedExpert,
+    WeightView,
 };
-use crate::checks::{check_attention, check_index, check_kv_write, check_norm_heads, check_rope};
+use crate::checks::{
+    check_attention, check_conv1d, check_delta, check_gated_norm, check_index, check_kv_write,
+    check_norm_heads, check_rope, check_rope_partial, check_sigmoid_mul,
+};
 use crate::error::{BackendError, Result, check_len};
 use crate::quant::WeightFormat;
 use ::wgpu::util::DeviceExt;
@@ -256,18 +260,61 @@ impl ComputeBackend for WgpuBackend {
         theta: f32,
     ) -> Result<()> {
         check_rope(x.len, n_heads, head_dim)?;
-        let (cos, sin) = crate::cpu::rope_table(head_dim, pos, theta);
-        let table: Vec<f32> = cos.into_iter().chain(sin).collect();
-        let mut st = self.state.lock();
-        let table = self.arena_item(&mut st, bytemuck::cast_slice(&table));
-        let p = self.arena_item(&mut st, &words(&[n_heads as u32, head_dim as u32, 0, 0]));
-        self.dispatch(
-            &mut st,
-            Kernel::Rope,
-            &[(0, Bind::Buf(&x.buf)), (1, table), (2, p)],
-            (((n_heads * head_dim / 2) as u32).div_ceil(WG).max(1), 1, 1),
-        );
-        Ok(())
+        self.rope_dims(x, n_heads, head_dim, head_dim, pos, theta)
+    }
+
+    fn rope_partial(
+        &self,
+        x: &mut GpuTensor,
+        n_heads: usize,
+        head_dim: usize,
+        rot_dim: usize,
+        pos: usize,
+        theta: f32,
+    ) -> Result<()> {
+        check_rope_partial(x.len, n_heads, head_dim, rot_dim)?;
+        self.rope_dims(x, n_heads, head_dim, rot_dim, pos, theta)
+    }
+
+    fn sigmoid_mul(&self, x: &mut GpuTensor, gate: &GpuTensor) -> Result<()> {
+        check_sigmoid_mul(x.len, gate.len)?;
+        self.sigmoid_gate(x, gate)
+    }
+
+    fn conv1d_silu_step(
+        &self,
+        x: &mut GpuTensor,
+        state: &mut GpuTensor,
+        weight: &GpuTensor,
+        kernel: usize,
+    ) -> Result<()> {
+        check_conv1d(x.len, state.len, weight.len, kernel)?;
+        self.conv1d(x, state, weight, kernel)
+    }
+
+    fn gated_delta_step(
+        &self,
+        qkv: &GpuTensor,
+        ba: &GpuTensor,
+        decay: &GpuTensor,
+        state: &mut GpuTensor,
+        shape: DeltaShape,
+        out: &mut GpuTensor,
+    ) -> Result<()> {
+        check_delta(shape, qkv.len, ba.len, decay.len, state.len, out.len)?;
+        self.delta_rule(qkv, ba, decay, state, shape, out)
+    }
+
+    fn gated_rms_norm_heads(
+        &self,
+        x: &mut GpuTensor,
+        z: &GpuTensor,
+        weight: &GpuTensor,
+        head_dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        check_gated_norm(x.len, z.len, weight.len, head_dim)?;
+        self.gated_norm(x, z, weight, head_dim, eps)
     }
 
     fn kv_write(

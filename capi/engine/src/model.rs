@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use flashmoe_backends::CpuBackend;
 use flashmoe_engine::{
-    MoeModel, PackedModel, Prediction, Prefetcher, SchedExperts, open_scheduler,
+    MoeModel, PackedModel, Prediction, Prefetcher, SchedExperts, open_scheduler, streamed,
 };
 use io_sched::backend::BackendKind;
 use io_sched::backend::select::BackendConfig;
 use io_sched::predictor::{self, PredictorKind};
-use io_sched::{Scheduler, SchedulerConfig};
+use io_sched::{Scheduler, SchedulerConfig, SessionConfig};
 use parking_lot::Mutex;
 
 use crate::args::{handle, need_out, str_arg, write_out};
@@ -59,10 +59,7 @@ impl State {
                 CError::invalid(func, "io_backend option", format_args!("{e} (or auto)"))
             })?),
         };
-        let backend = BackendConfig {
-            kind,
-            ..BackendConfig::default()
-        };
+        let backend = BackendConfig::default().kind(kind);
         let (sched, _fallbacks) =
             open_scheduler(&packed, SchedulerConfig::with_budget(budget), &backend)
                 .map_err(|e| CError::engine(func, &e))?;
@@ -74,15 +71,16 @@ impl State {
         let model = packed
             .load_model(CpuBackend::new(), max_seq)
             .map_err(|e| CError::engine(func, &e))?;
-        let experts = SchedExperts::new(sched.clone(), packed.record)
-            .map_err(|e| CError::engine(func, &e))?;
         let mode = prediction(
             &s.predictor,
             cfg.num_layers as u32,
             cfg.num_experts as u32,
             func,
         )?;
-        let prefetch = Prefetcher::new(sched.clone(), mode, cfg.top_k + 2, cfg.top_k);
+        // The CLI's policy: the pre-gate top k + 2 per layer, one layer ahead.
+        let policy = SessionConfig::new(cfg.top_k).with_per_layer(cfg.top_k + 2);
+        let (experts, prefetch) = streamed(sched.clone(), packed.record, mode, policy)
+            .map_err(|e| CError::engine(func, &e))?;
         Ok(Self {
             packed,
             model,
@@ -107,11 +105,10 @@ fn prediction(name: &str, layers: u32, experts: u32, func: &str) -> Result<Predi
         PredictorKind::Oracle | PredictorKind::Scores => Err(bad(format!(
             "{kind} is not available here (use pregate, none, temporal, transition or frequency)"
         ))),
-        _ => Ok(Prediction::Predictor {
-            predictor: predictor::build(kind, layers, experts)
+        _ => Ok(Prediction::Predictor(
+            predictor::build(kind, layers, experts)
                 .ok_or_else(|| bad(format!("{kind} cannot be built")))?,
-            horizon: 1,
-        }),
+        )),
     }
 }
 

@@ -4,15 +4,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 
 use flashmoe_backends::CpuBackend;
 use flashmoe_engine::sampler::Sampler;
-use flashmoe_engine::{
-    PackedModel, Prediction, Prefetcher, SchedExperts, generate, open_scheduler,
-};
-use io_sched::SchedulerConfig;
+use flashmoe_engine::{PackedModel, Prediction, generate, open_scheduler, streamed};
 use io_sched::backend::select::BackendConfig;
+use io_sched::{SchedulerConfig, SessionConfig};
 
 const PROMPT: &str = "The Rust programming language";
 const TOKENS: usize = 32;
@@ -79,8 +76,9 @@ fn rust_greedy(dir: &Path) -> Vec<u32> {
     let mut model = m
         .load_model(CpuBackend::new(), prompt.len() + TOKENS)
         .unwrap();
-    let mut experts = SchedExperts::new(Arc::clone(&sched), m.record).unwrap();
-    let mut prefetch = Prefetcher::new(sched, Prediction::Pregate, cfg.top_k + 2, cfg.top_k);
+    let policy = SessionConfig::new(cfg.top_k).with_per_layer(cfg.top_k + 2);
+    let (mut experts, mut prefetch) =
+        streamed(sched, m.record, Prediction::Pregate, policy).unwrap();
     let g = generate(
         &mut model,
         &prompt,

@@ -78,8 +78,7 @@ impl SessionCore {
                 reason: format!("{} cannot be built without a trace", s.predictor),
             })?;
         let opened = open_backend(&layout, &s.backend)?;
-        let mut cfg = SchedulerConfig::with_budget(budget_bytes);
-        cfg.core.verify_checksums = s.verify_checksums;
+        let cfg = SchedulerConfig::with_budget(budget_bytes).verify_checksums(s.verify_checksums);
         let sched = Scheduler::with_backend(layout, cfg, opened.backend)?;
         Ok(Self {
             sched,
@@ -89,7 +88,7 @@ impl SessionCore {
                 per_layer: s.per_layer,
                 predictions: Vec::new(),
             }),
-            fallbacks: opened.fallbacks,
+            fallbacks: opened.fallbacks.iter().map(|f| f.to_string()).collect(),
             budget_bytes,
         })
     }

@@ -66,16 +66,18 @@ impl CError {
 
     /// An io-sched error met in `func`, its whole source chain in the message.
     pub fn sched(func: &str, e: &io_sched::Error) -> Self {
-        use io_sched::Error as E;
-        let status = match e {
-            E::Layout(_) => FmioStatus::Layout,
-            E::File { .. } => FmioStatus::File,
-            E::Read { .. } => FmioStatus::Read,
-            E::Checksum { .. } => FmioStatus::Checksum,
-            E::UnknownExpert { .. } => FmioStatus::UnknownExpert,
-            E::Budget(_) => FmioStatus::Budget,
-            E::Backend { .. } => FmioStatus::Backend,
-            E::Shutdown => FmioStatus::Shutdown,
+        use io_sched::ErrorKind as K;
+        let status = match e.kind() {
+            K::Layout => FmioStatus::Layout,
+            K::File => FmioStatus::File,
+            K::Read => FmioStatus::Read,
+            K::Checksum => FmioStatus::Checksum,
+            K::UnknownExpert => FmioStatus::UnknownExpert,
+            K::Budget => FmioStatus::Budget,
+            K::Backend => FmioStatus::Backend,
+            K::Shutdown => FmioStatus::Shutdown,
+            // A kind added to io-sched after this mapping: still an error, named in the message.
+            _ => FmioStatus::Internal,
         };
         let mut message = format!("{func}: {e}");
         let mut source = std::error::Error::source(e);

@@ -3,7 +3,7 @@
 struct Params {
     n: u32,
     alpha: f32,
-    parts: u32,  // combine: rows of x summed into y
+    parts: u32,  // combine: rows of x summed into y; sigmoid_mul: elements per gate
     _pad1: u32,
 }
 
@@ -40,5 +40,14 @@ fn combine(@builtin(global_invocation_id) gid: vec3<u32>) {
             s += x[e * p.n + i];
         }
         y[i] = s;
+    }
+}
+
+// y *= sigmoid(x[i / parts]): an output gate per element (parts 1) or per group of parts.
+@compute @workgroup_size(256)
+fn sigmoid_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i < p.n) {
+        y[i] = y[i] / (1.0 + exp(-x[i / p.parts]));
     }
 }

@@ -1,5 +1,6 @@
 // RMSNorm. `rms_norm`: one workgroup over the whole vector, y = x / rms(x) * weight.
 // `rms_norm_heads`: one workgroup per head of `p.width`, in place on y, same weight per head.
+// `gated_rms_norm_heads`: the same, then times silu(x) (x = the gate z, as long as y).
 
 struct Params {
     n: u32,      // elements normalised together
@@ -52,5 +53,19 @@ fn rms_norm_heads(@builtin(local_invocation_index) li: u32, @builtin(workgroup_i
     let inv = 1.0 / sqrt(workgroup_sum(li, ss) / f32(p.n) + p.eps);
     for (var i = li; i < p.n; i += 256u) {
         y[base + i] = y[base + i] * inv * weight[i];
+    }
+}
+
+@compute @workgroup_size(256)
+fn gated_rms_norm_heads(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let base = wg.x * p.n;
+    var ss = 0.0;
+    for (var i = li; i < p.n; i += 256u) {
+        ss += y[base + i] * y[base + i];
+    }
+    let inv = 1.0 / sqrt(workgroup_sum(li, ss) / f32(p.n) + p.eps);
+    for (var i = li; i < p.n; i += 256u) {
+        let z = x[base + i];
+        y[base + i] = y[base + i] * inv * weight[i] * (z / (1.0 + exp(-z)));
     }
 }

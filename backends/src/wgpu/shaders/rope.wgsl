@@ -1,11 +1,12 @@
-// Rotate-half RoPE in place. The host computes cos and sin of every frequency exactly as the
+// Rotate-half RoPE in place over the first `rot` dims of each head (all of them for full RoPE;
+// partial rotary leaves dims rot..head_dim unchanged). The host computes cos and sin of every frequency exactly as the
 // CPU backend does (f32, like HF transformers), so both backends rotate by the same angles:
-// `table` = cos[0..half] then sin[0..half].
+// `table` = cos[0..half] then sin[0..half], half = rot / 2.
 
 struct Params {
     heads: u32,
     head_dim: u32,
-    _pad0: u32,
+    rot: u32,
     _pad1: u32,
 }
 
@@ -15,7 +16,7 @@ struct Params {
 
 @compute @workgroup_size(256)
 fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let half = p.head_dim / 2u;
+    let half = p.rot / 2u;
     let i = gid.x;
     if (i < p.heads * half) {
         let h = i / half;
