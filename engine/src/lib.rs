@@ -23,6 +23,7 @@
 //! # Ok::<(), EngineError>(())
 //! ```
 
+pub mod chat_template;
 pub mod config;
 mod error;
 pub mod experts;
@@ -32,23 +33,28 @@ pub mod mixtral;
 pub mod model;
 pub mod pack;
 pub mod packed_model;
+pub mod prompt_cache;
 pub mod qwen3_moe;
 pub mod sampler;
 pub mod streaming;
 mod tokenizer;
+pub mod text_stream;
 pub mod trace_sink;
 pub mod weights;
 
+pub use chat_template::{ChatMessage, ChatTemplate, ChatTemplateError, RenderOptions};
 pub use config::{Family, ModelConfig};
 pub use error::{EngineError, Result};
 pub use experts::{ExpertBatch, ExpertLayout, ExpertSource, HeldRecords, InMemoryExperts};
-pub use generate::{Generation, generate, generate_greedy};
+pub use generate::{Generation, generate, generate_from, generate_greedy};
 pub use hooks::{NoObserver, RoutingObserver, RoutingRecord, TraceRecorder};
 pub use model::{FamilyNames, MoeModel};
 pub use pack::{PackSummary, pack_model};
 pub use packed_model::{PackMeta, PackedModel};
+pub use prompt_cache::{ContextState, PromptCache};
 pub use sampler::Sampler;
 pub use streaming::{Prediction, Prefetcher, SchedExperts, Tee, open_scheduler};
 pub use tokenizer::Tokenizer;
+pub use text_stream::TextStream;
 pub use trace_sink::TraceSink;
 pub use weights::{Checkpoint, RawTensor, TensorRef};
