@@ -29,7 +29,8 @@ fn rss_kb(pid: u32) -> u64 {
 /// One request: (status, text, seconds to the first byte of the body).
 fn one(port: u16, prompt: &str, stream: bool) -> (u16, String, f64) {
     let body = json!({"model": "tiny", "prompt": prompt, "max_tokens": 6, "temperature": 0,
-                      "stream": stream}).to_string();
+                      "stream": stream})
+    .to_string();
     let t = Instant::now();
     let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(c, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
@@ -46,7 +47,12 @@ fn one(port: u16, prompt: &str, stream: bool) -> (u16, String, f64) {
         r.sse()
             .iter()
             .filter(|d| d.as_str() != "[DONE]")
-            .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap()["choices"][0]["text"].as_str().unwrap_or("").to_string())
+            .map(|d| {
+                serde_json::from_str::<serde_json::Value>(d).unwrap()["choices"][0]["text"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
             .collect()
     } else {
         r.json()["choices"][0]["text"].as_str().unwrap().to_string()
@@ -77,7 +83,10 @@ fn thirty_two_clients_get_their_own_text_or_429() {
             })
         })
         .collect();
-    let results: Vec<_> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let results: Vec<_> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
     let secs = t.elapsed().as_secs_f64();
     let mut ok = 0;
     let mut ttfts = Vec::new();
@@ -105,10 +114,16 @@ fn thirty_two_clients_get_their_own_text_or_429() {
     );
     // Still serving, nothing left queued, memory flat.
     let (status, text, _) = one(s.port, PROMPTS[0], false);
-    assert_eq!((status, text.as_str()), (200, expected[PROMPTS[0]].as_str()));
+    assert_eq!(
+        (status, text.as_str()),
+        (200, expected[PROMPTS[0]].as_str())
+    );
     let h = s.health();
     assert_eq!(h["queued"], 0, "{h}");
     let rss_after = rss_kb(s.child.id());
     eprintln!("load: server RSS {rss_before} kB before, {rss_after} kB after");
-    assert!(rss_after < rss_before + 100 * 1024, "RSS grew from {rss_before} to {rss_after} kB");
+    assert!(
+        rss_after < rss_before + 100 * 1024,
+        "RSS grew from {rss_before} to {rss_after} kB"
+    );
 }

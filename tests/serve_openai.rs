@@ -14,7 +14,9 @@ fn official_openai_client_works() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !have {
-        eprintln!("skipped: python3 with the `openai` package is not installed (pip install openai)");
+        eprintln!(
+            "skipped: python3 with the `openai` package is not installed (pip install openai)"
+        );
         return;
     }
     let dir = chat_model();

@@ -118,7 +118,8 @@ impl RenderOptions {
     /// Adds the template variable `name` (e.g. `enable_thinking`, `tools`). Map keys keep
     /// their order when `value` keeps it (a struct, or a [`Value`] parsed from JSON text).
     pub fn var(mut self, name: impl Into<String>, value: impl Serialize) -> Self {
-        self.extra.push((name.into(), Value::from_serialize(&value)));
+        self.extra
+            .push((name.into(), Value::from_serialize(&value)));
         self
     }
 }
@@ -141,21 +142,22 @@ impl ChatTemplate {
     /// `tokenizer_config.json` `chat_template`) with its special tokens.
     pub fn from_dir(dir: &Path) -> Result<Self, ChatTemplateError> {
         let cfg_path = dir.join(TOKENIZER_CONFIG_FILE);
-        let cfg = match std::fs::read_to_string(&cfg_path) {
-            Ok(text) => Some(serde_json::from_str::<serde_json::Value>(&text).map_err(|e| {
-                ChatTemplateError::Config {
-                    path: cfg_path.clone(),
-                    reason: format!("not valid JSON: {e}"),
+        let cfg =
+            match std::fs::read_to_string(&cfg_path) {
+                Ok(text) => Some(serde_json::from_str::<serde_json::Value>(&text).map_err(
+                    |e| ChatTemplateError::Config {
+                        path: cfg_path.clone(),
+                        reason: format!("not valid JSON: {e}"),
+                    },
+                )?),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(source) => {
+                    return Err(ChatTemplateError::Io {
+                        path: cfg_path,
+                        source,
+                    });
                 }
-            })?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(source) => {
-                return Err(ChatTemplateError::Io {
-                    path: cfg_path,
-                    source,
-                });
-            }
-        };
+            };
         let jinja_path = dir.join(TEMPLATE_FILE);
         let (source, path) = match std::fs::read_to_string(&jinja_path) {
             Ok(text) => (text, jinja_path),
@@ -422,7 +424,9 @@ mod tests {
     #[test]
     fn tojson_matches_python_json_dumps() {
         let t = tmpl("{{ x | tojson }}|{{ x | tojson(indent=2) }}|{{ [] | tojson }}");
-        let x: Value = serde_json::from_str(r#"{"b": 1, "a": [true, null, "é\"\n", 1.5, 2.0], "c": {}}"#).unwrap();
+        let x: Value =
+            serde_json::from_str(r#"{"b": 1, "a": [true, null, "é\"\n", 1.5, 2.0], "c": {}}"#)
+                .unwrap();
         let out = t
             .render_values(&[], &RenderOptions::default().var("x", x))
             .unwrap();
@@ -434,9 +438,14 @@ mod tests {
 
     #[test]
     fn raise_exception_is_a_render_error_with_its_message() {
-        let t = tmpl("{% if messages[0].role != 'user' %}{{ raise_exception('first must be user') }}{% endif %}ok");
+        let t = tmpl(
+            "{% if messages[0].role != 'user' %}{{ raise_exception('first must be user') }}{% endif %}ok",
+        );
         let err = t
-            .render(&[ChatMessage::new("assistant", "x")], &RenderOptions::default())
+            .render(
+                &[ChatMessage::new("assistant", "x")],
+                &RenderOptions::default(),
+            )
             .unwrap_err();
         assert!(err.to_string().contains("first must be user"), "{err}");
         let ok = t
@@ -462,7 +471,11 @@ mod tests {
     #[test]
     fn a_directory_without_a_template_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(TOKENIZER_CONFIG_FILE), r#"{"eos_token": "</s>"}"#).unwrap();
+        std::fs::write(
+            dir.path().join(TOKENIZER_CONFIG_FILE),
+            r#"{"eos_token": "</s>"}"#,
+        )
+        .unwrap();
         let err = ChatTemplate::from_dir(dir.path()).unwrap_err();
         assert!(matches!(err, ChatTemplateError::Missing { .. }), "{err}");
         assert!(err.to_string().contains("no chat template"));
@@ -495,8 +508,8 @@ mod tests {
 
     #[test]
     fn a_syntax_error_names_the_file() {
-        let err = ChatTemplate::new("{% if %}".into(), "x.jinja".into(), Default::default())
-            .unwrap_err();
+        let err =
+            ChatTemplate::new("{% if %}".into(), "x.jinja".into(), Default::default()).unwrap_err();
         assert!(err.to_string().contains("x.jinja"), "{err}");
     }
 }

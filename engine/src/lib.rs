@@ -37,8 +37,8 @@ pub mod prompt_cache;
 pub mod qwen3_moe;
 pub mod sampler;
 pub mod streaming;
-mod tokenizer;
 pub mod text_stream;
+mod tokenizer;
 pub mod trace_sink;
 pub mod weights;
 
@@ -54,7 +54,7 @@ pub use packed_model::{PackMeta, PackedModel};
 pub use prompt_cache::{ContextState, PromptCache};
 pub use sampler::Sampler;
 pub use streaming::{Prediction, Prefetcher, SchedExperts, Tee, open_scheduler};
-pub use tokenizer::Tokenizer;
 pub use text_stream::TextStream;
+pub use tokenizer::Tokenizer;
 pub use trace_sink::TraceSink;
 pub use weights::{Checkpoint, RawTensor, TensorRef};

@@ -21,7 +21,10 @@ fn load(name: &str, special: &serde_json::Value) -> ChatTemplate {
 /// file's key order (what `tojson` must reproduce).
 fn golden() -> (serde_json::Value, Value) {
     let text = std::fs::read_to_string(data().join("golden.json")).unwrap();
-    (serde_json::from_str(&text).unwrap(), serde_json::from_str(&text).unwrap())
+    (
+        serde_json::from_str(&text).unwrap(),
+        serde_json::from_str(&text).unwrap(),
+    )
 }
 
 fn item(v: &Value, path: &[&str], index: Option<usize>) -> Value {
@@ -48,7 +51,11 @@ fn real_templates_render_like_transformers() {
     assert!(cases.len() >= 20, "golden.json has {} cases", cases.len());
     let mut failures = Vec::new();
     for (i, c) in cases.iter().enumerate() {
-        let cv = gv.get_attr("cases").unwrap().get_item(&Value::from(i)).unwrap();
+        let cv = gv
+            .get_attr("cases")
+            .unwrap()
+            .get_item(&Value::from(i))
+            .unwrap();
         let t = load(c["template"].as_str().unwrap(), &c["special_tokens"]);
         let mut opts =
             RenderOptions::default().add_generation_prompt(c["add_generation_prompt"] == true);
@@ -80,5 +87,8 @@ fn mistral_template_refuses_non_alternating_roles_with_its_message() {
         .render_values(&messages, &RenderOptions::generation())
         .unwrap_err();
     let want = r["error"].as_str().unwrap();
-    assert!(err.to_string().contains(want), "{err} does not contain {want}");
+    assert!(
+        err.to_string().contains(want),
+        "{err} does not contain {want}"
+    );
 }

@@ -19,9 +19,12 @@ struct Run {
 fn open() -> (PackedModel, Run) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny-qwen3-moe-q4");
     let m = PackedModel::open(&dir).unwrap();
-    let (sched, _) =
-        open_scheduler(&m, SchedulerConfig::with_budget(64 << 20), &BackendConfig::default())
-            .unwrap();
+    let (sched, _) = open_scheduler(
+        &m,
+        SchedulerConfig::with_budget(64 << 20),
+        &BackendConfig::default(),
+    )
+    .unwrap();
     let experts = SchedExperts::new(sched, m.record).unwrap();
     let model = m.load_model(CpuBackend::new(), 512).unwrap();
     (m, Run { model, experts })
@@ -70,7 +73,10 @@ fn reused_prefix_gives_the_tokens_of_a_fresh_generation() {
     let mut other = turn1.clone();
     other.extend(m.tokenizer.encode(" is not").unwrap());
     let (c, reused) = go(&mut r, &mut cache2, &other, 8);
-    assert!(reused >= turn1.len() - 1 && reused < other.len(), "reused {reused}");
+    assert!(
+        reused >= turn1.len() - 1 && reused < other.len(),
+        "reused {reused}"
+    );
     let (fresh_c, _) = go(&mut r, &mut PromptCache::new(), &other, 8);
     assert_eq!(c, fresh_c, "rewound context changed the tokens");
 

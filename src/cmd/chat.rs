@@ -70,14 +70,21 @@ extern "C" fn on_sigint(_: libc::c_int) {
 
 /// Runs the REPL until end of input, `/quit` or Ctrl-C at the prompt.
 pub fn run(args: &ChatArgs) -> CliResult<()> {
-    let dir = args.model.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL));
+    let dir = args
+        .model
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL));
     let template = ChatTemplate::from_dir(&dir)?;
     let opts = OpenOptions {
         budget: args.budget.clone(),
         ctx: args.ctx,
     };
     match args.backend.as_str() {
-        "cpu" => repl(args, template, Session::open(&dir, CpuBackend::new(), &opts)?),
+        "cpu" => repl(
+            args,
+            template,
+            Session::open(&dir, CpuBackend::new(), &opts)?,
+        ),
         "wgpu" => {
             let be = WgpuBackend::new(&WgpuConfig::default())
                 .map_err(|e| format!("--backend wgpu: {e}"))?;
@@ -111,7 +118,11 @@ fn repl<B: ComputeBackend>(
     let mut history = fresh();
     let mut last: Option<(Outcome, f64)> = None;
     let mut turn = 0u64;
-    println!("flashmoe chat: {} ({} positions). /reset, /stats, /quit; Ctrl-C stops an answer.", s.m.dir.display(), s.ctx());
+    println!(
+        "flashmoe chat: {} ({} positions). /reset, /stats, /quit; Ctrl-C stops an answer.",
+        s.m.dir.display(),
+        s.ctx()
+    );
     let stdin = std::io::stdin();
     let mut line = String::new();
     loop {
@@ -153,7 +164,11 @@ fn repl<B: ComputeBackend>(
         };
         let prompt = s.m.tokenizer.encode(&text)?;
         if prompt.len() + 1 >= s.ctx() {
-            println!("error: the conversation ({} tokens) fills the context of {}; /reset to start again", prompt.len(), s.ctx());
+            println!(
+                "error: the conversation ({} tokens) fills the context of {}; /reset to start again",
+                prompt.len(),
+                s.ctx()
+            );
             history.pop();
             continue;
         }
@@ -198,7 +213,11 @@ fn print_stats<B: ComputeBackend>(s: &Session<B>, last: Option<&(Outcome, f64)>)
     match last {
         Some((o, secs)) => println!(
             "last turn: {} prompt tokens ({} reused from the previous turn), {} generated in {:.2} s; context holds {} tokens",
-            o.prompt_tokens, o.cached_tokens, o.completion_tokens, secs, s.cached_tokens()
+            o.prompt_tokens,
+            o.cached_tokens,
+            o.completion_tokens,
+            secs,
+            s.cached_tokens()
         ),
         None => println!("no turn yet"),
     }

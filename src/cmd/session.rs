@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use flashmoe_backends::ComputeBackend;
 use flashmoe_engine::{
-    MoeModel, PackedModel, Prediction, Prefetcher, PromptCache, Sampler,
-    SchedExperts, TextStream, Tokenizer, open_scheduler,
+    MoeModel, PackedModel, Prediction, Prefetcher, PromptCache, Sampler, SchedExperts, TextStream,
+    Tokenizer, open_scheduler,
 };
 use io_sched::backend::select::BackendConfig;
 use io_sched::{Scheduler, SchedulerConfig};

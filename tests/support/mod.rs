@@ -52,10 +52,7 @@ impl Server {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
-        let line = lines
-            .next()
-            .expect("serve printed nothing")
-            .unwrap();
+        let line = lines.next().expect("serve printed nothing").unwrap();
         let addr = line
             .split("http://")
             .nth(1)
@@ -81,9 +78,18 @@ impl Server {
     }
 
     /// One request, `Connection: close`, the whole response read.
-    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
         let mut s = self.connect();
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -95,7 +101,12 @@ impl Server {
     }
 
     pub fn post_json(&self, path: &str, body: &serde_json::Value) -> Response {
-        self.request("POST", path, &[("Content-Type", "application/json")], body.to_string().as_bytes())
+        self.request(
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
     }
 
     pub fn get(&self, path: &str) -> Response {
@@ -141,7 +152,9 @@ impl Response {
     /// An OpenAI error body's message (asserting the shape).
     pub fn error_message(&self) -> String {
         let v = self.json();
-        let m = v["error"]["message"].as_str().unwrap_or_else(|| panic!("not an error body: {v}"));
+        let m = v["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not an error body: {v}"));
         assert!(v["error"]["type"].is_string(), "{v}");
         m.to_string()
     }
@@ -150,7 +163,10 @@ impl Response {
 pub fn sse_data(text: &str) -> Vec<String> {
     text.split("\n\n")
         .filter_map(|ev| {
-            let data: Vec<&str> = ev.lines().filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:"))).collect();
+            let data: Vec<&str> = ev
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+                .collect();
             (!data.is_empty()).then(|| data.join("\n"))
         })
         .collect()
@@ -170,23 +186,40 @@ pub fn parse_response(raw: &[u8]) -> Response {
         .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
     let mut body = raw[split + 4..].to_vec();
-    if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
         body = dechunk(&body);
     }
-    Response { status, headers, body }
+    Response {
+        status,
+        headers,
+        body,
+    }
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else { break };
-        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
         if size == 0 {
             break;
         }
@@ -205,11 +238,23 @@ pub fn generate_text(model: &Path, prompt: &str, max_tokens: usize) -> String {
         .arg("generate")
         .arg("--model")
         .arg(model)
-        .args(["--prompt", prompt, "--max-tokens", &max_tokens.to_string(), "--json"])
+        .args([
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            &max_tokens.to_string(),
+            "--json",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let text = v["text"].as_str().unwrap();
-    text.strip_suffix("<|endoftext|>").unwrap_or(text).to_string()
+    text.strip_suffix("<|endoftext|>")
+        .unwrap_or(text)
+        .to_string()
 }

@@ -141,7 +141,10 @@ impl Sampling {
         if let Some(n) = self.n
             && n != 1
         {
-            return Err(ApiError::invalid("n", format!("only n = 1 is supported, got {n}")));
+            return Err(ApiError::invalid(
+                "n",
+                format!("only n = 1 is supported, got {n}"),
+            ));
         }
         for (name, v) in [
             ("presence_penalty", self.presence_penalty),
@@ -150,7 +153,10 @@ impl Sampling {
             if let Some(v) = v
                 && v != 0.0
             {
-                return Err(ApiError::invalid(name, format!("is not supported (only 0), got {v}")));
+                return Err(ApiError::invalid(
+                    name,
+                    format!("is not supported (only 0), got {v}"),
+                ));
             }
         }
         let stop = match &self.stop {
@@ -171,7 +177,10 @@ impl Sampling {
             seed: self.seed.unwrap_or(fallback_seed),
             stop,
             stream: self.stream,
-            include_usage: self.stream_options.as_ref().is_some_and(|o| o.include_usage),
+            include_usage: self
+                .stream_options
+                .as_ref()
+                .is_some_and(|o| o.include_usage),
             ignore_eos: self.ignore_eos,
         })
     }
@@ -258,7 +267,9 @@ impl Message {
                         (kind, _) => {
                             return Err(ApiError::invalid(
                                 "messages",
-                                format!("content part of type {kind:?} is not supported (text only)"),
+                                format!(
+                                    "content part of type {kind:?} is not supported (text only)"
+                                ),
                             ));
                         }
                     }

@@ -124,7 +124,9 @@ impl ApiError {
         Self::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
-            format!("no route {path} (try /v1/chat/completions, /v1/completions, /v1/models, /health)"),
+            format!(
+                "no route {path} (try /v1/chat/completions, /v1/completions, /v1/models, /health)"
+            ),
         )
     }
 

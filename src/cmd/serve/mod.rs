@@ -73,8 +73,13 @@ pub fn run(args: &ServeArgs) -> CliResult<()> {
         )
         .into());
     }
-    let max_body = usize::try_from(parse_budget(&args.max_body, 0).map_err(|e| e.replace("--budget", "--max-body"))?)?;
-    let dir = args.model.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL));
+    let max_body = usize::try_from(
+        parse_budget(&args.max_body, 0).map_err(|e| e.replace("--budget", "--max-body"))?,
+    )?;
+    let dir = args
+        .model
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL));
     let model_id = match &args.model_id {
         Some(id) => id.clone(),
         None => dir

@@ -217,7 +217,10 @@ async fn completions(
             if let Some(bad) = ids.iter().find(|&&t| t as usize >= s.ready.vocab) {
                 return Err(ApiError::invalid(
                     "prompt",
-                    format!("token id {bad} is outside the vocabulary of {}", s.ready.vocab),
+                    format!(
+                        "token id {bad} is outside the vocabulary of {}",
+                        s.ready.vocab
+                    ),
                 ));
             }
             ids
@@ -248,7 +251,11 @@ async fn chat(
     let body = read_body(&headers, body, s.max_body).await?;
     let req: ChatRequest = api::parse(&body, api::CHAT_FIELDS)?;
     s.check_model(&req.model)?;
-    if req.logprobs.as_ref().is_some_and(|v| !v.is_null() && *v != false) {
+    if req
+        .logprobs
+        .as_ref()
+        .is_some_and(|v| !v.is_null() && *v != false)
+    {
         return Err(ApiError::invalid("logprobs", "is not supported".into()));
     }
     if req.messages.is_empty() {
@@ -263,7 +270,10 @@ async fn chat(
     let messages = req
         .messages
         .iter()
-        .map(|m| m.to_template().map(|v| minijinja::Value::from_serialize(&v)))
+        .map(|m| {
+            m.to_template()
+                .map(|v| minijinja::Value::from_serialize(&v))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mut opts = RenderOptions::generation();
     for (k, v) in req.chat_template_kwargs.unwrap_or_default() {
@@ -362,7 +372,12 @@ fn stream(meta: Meta, mut rx: mpsc::Receiver<Event>) -> impl IntoResponse {
     let (tx, out) = mpsc::channel::<Result<SseEvent, Infallible>>(16);
     tokio::spawn(async move {
         let send = |v: serde_json::Value| SseEvent::default().data(v.to_string());
-        if meta.chat && tx.send(Ok(send(meta.chunk(Some(""), true, None)))).await.is_err() {
+        if meta.chat
+            && tx
+                .send(Ok(send(meta.chunk(Some(""), true, None))))
+                .await
+                .is_err()
+        {
             return;
         }
         loop {
@@ -372,12 +387,20 @@ fn stream(meta: Meta, mut rx: mpsc::Receiver<Event>) -> impl IntoResponse {
             };
             match ev {
                 Some(Event::Text(t)) => {
-                    if tx.send(Ok(send(meta.chunk(Some(&t), false, None)))).await.is_err() {
+                    if tx
+                        .send(Ok(send(meta.chunk(Some(&t), false, None))))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
                 Some(Event::Done(o)) => {
-                    let last = meta.chunk(if meta.chat { None } else { Some("") }, false, Some(o.finish.as_str()));
+                    let last = meta.chunk(
+                        if meta.chat { None } else { Some("") },
+                        false,
+                        Some(o.finish.as_str()),
+                    );
                     let _ = tx.send(Ok(send(last))).await;
                     if meta.include_usage {
                         let mut u = meta.chunk(None, false, None);

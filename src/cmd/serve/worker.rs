@@ -141,7 +141,10 @@ fn run<B: ComputeBackend>(
         match s.generate(&req.job, &mut on_text) {
             Ok(o) if o.finish == Finish::Cancelled => {
                 counters.cancelled.fetch_add(1, Ordering::Relaxed);
-                tracing::info!("client went away: generation stopped after {} tokens", o.completion_tokens);
+                tracing::info!(
+                    "client went away: generation stopped after {} tokens",
+                    o.completion_tokens
+                );
             }
             Ok(o) => {
                 counters.completed.fetch_add(1, Ordering::Relaxed);
