@@ -1,6 +1,7 @@
 //! The official `openai` Python client against `flashmoe serve` (tests/openai_client.py).
 //! Skips with a printed reason when `python3 -c 'import openai'` fails (CI installs it with
-//! `pip install openai`).
+//! `pip install openai` and sets `FLASHMOE_REQUIRE_OPENAI=1`, which turns the skip into a
+//! failure).
 
 mod support;
 
@@ -14,6 +15,10 @@ fn official_openai_client_works() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !have {
+        assert!(
+            std::env::var_os("FLASHMOE_REQUIRE_OPENAI").is_none(),
+            "FLASHMOE_REQUIRE_OPENAI is set but `import openai` fails"
+        );
         eprintln!(
             "skipped: python3 with the `openai` package is not installed (pip install openai)"
         );
