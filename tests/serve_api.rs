@@ -270,6 +270,10 @@ fn malformed_requests_are_4xx_with_a_message_and_the_server_keeps_serving() {
     let r = s.get("/v1/nothing");
     assert_eq!(r.status, 404);
     r.error_message();
+    // Wrong method: JSON 405.
+    let r = s.get("/v1/completions");
+    assert_eq!(r.status, 405);
+    assert!(r.error_message().contains("GET"), "{}", r.text());
     // Still serving.
     let r = s.post_json(
         "/v1/completions",

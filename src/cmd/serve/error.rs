@@ -130,6 +130,15 @@ impl ApiError {
         )
     }
 
+    /// 405: the route exists with another method.
+    pub fn wrong_method(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            format!("{method} is not allowed on {path}"),
+        )
+    }
+
     /// 500: generation failed.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
