@@ -30,6 +30,12 @@ enum Command {
     /// Replay a routing trace on the real disk through the real scheduler (`--compare`: mmap,
     /// sync pread, io-sched, each predictor and the oracle side by side).
     Replay(Box<cmd::replay::ReplayArgs>),
+    /// Serve the model over an OpenAI-compatible HTTP API (chat and text completions,
+    /// streaming), on 127.0.0.1 by default.
+    Serve(Box<cmd::serve::ServeArgs>),
+    /// Chat with the model in the terminal, on its own chat template (streamed answers,
+    /// /reset, /stats; Ctrl-C stops an answer).
+    Chat(Box<cmd::chat::ChatArgs>),
 }
 
 fn main() {
@@ -47,6 +53,8 @@ fn main() {
         Command::IoBench(args) => cmd::io_bench::run(&args),
         Command::Synth(args) => cmd::synth::run(&args),
         Command::Replay(args) => cmd::replay::run(&args),
+        Command::Serve(args) => cmd::serve::run(&args),
+        Command::Chat(args) => cmd::chat::run(&args),
         Command::Sim(args) => flashmoe_sim::cli::run(&args)
             .map(|out| print!("{out}"))
             .map_err(Into::into),

@@ -7,6 +7,7 @@ use crate::hooks::RoutingObserver;
 use crate::model::MoeModel;
 use crate::sampler::{Sampler, argmax};
 use flashmoe_backends::ComputeBackend;
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 /// Prefills `prompt` from position 0 and appends `n` greedy tokens; returns the new tokens.
@@ -62,10 +63,34 @@ pub fn generate<B: ComputeBackend>(
     obs: &mut dyn RoutingObserver,
     on_token: &mut dyn FnMut(u32) -> Result<()>,
 ) -> Result<Generation> {
-    let mut g = Generation::default();
     model.reset();
+    let mut each = |id: u32| on_token(id).map(|()| ControlFlow::Continue(()));
+    generate_from(
+        model, prompt, 0, max_tokens, stop, sampler, experts, obs, &mut each,
+    )
+}
+
+/// Like [`generate`], but the model's cache already holds `prompt[..cached]` at positions
+/// `0..cached` (see [`crate::prompt_cache::PromptCache`]): only `prompt[cached..]` is
+/// prefilled (at least its last token, for the logits). `on_token` may end generation early
+/// by returning [`ControlFlow::Break`] (a stop string matched, the client went away): the
+/// token it was given is kept in [`Generation::tokens`] and not fed back.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_from<B: ComputeBackend>(
+    model: &mut MoeModel<B>,
+    prompt: &[u32],
+    cached: usize,
+    max_tokens: usize,
+    stop: &[u32],
+    sampler: &mut Sampler,
+    experts: &mut dyn ExpertSource,
+    obs: &mut dyn RoutingObserver,
+    on_token: &mut dyn FnMut(u32) -> Result<ControlFlow<()>>,
+) -> Result<Generation> {
+    let mut g = Generation::default();
+    let start = cached.min(prompt.len().saturating_sub(1));
     let t = Instant::now();
-    let mut logits = model.prefill(prompt, 0, experts, obs)?;
+    let mut logits = model.prefill(&prompt[start..], start, experts, obs)?;
     g.prefill_secs = t.elapsed().as_secs_f64();
     let t = Instant::now();
     for i in 0..max_tokens {
@@ -75,9 +100,12 @@ pub fn generate<B: ComputeBackend>(
             limit: 1,
         })?;
         g.tokens.push(next);
-        on_token(next)?;
+        let flow = on_token(next)?;
         if stop.contains(&next) {
             g.stopped = true;
+            break;
+        }
+        if flow.is_break() {
             break;
         }
         if i + 1 < max_tokens {

@@ -25,6 +25,7 @@
 //! ```
 
 mod attention;
+pub mod chat_template;
 pub mod config;
 pub mod dense_pack;
 mod error;
@@ -38,28 +39,33 @@ pub mod model;
 pub mod pack;
 mod pack_options;
 pub mod packed_model;
+pub mod prompt_cache;
 pub mod quant_tensors;
 pub mod qwen35_moe;
 pub mod qwen3_moe;
 pub mod sampler;
 pub mod streaming;
+pub mod text_stream;
 mod tokenizer;
 pub mod trace_sink;
 pub mod weights;
 
+pub use chat_template::{ChatMessage, ChatTemplate, ChatTemplateError, RenderOptions};
 pub use config::{Family, ModelConfig};
 pub use error::{EngineError, Result};
 pub use experts::{ExpertBatch, ExpertLayout, ExpertSource, HeldRecords, InMemoryExperts};
-pub use generate::{Generation, generate, generate_greedy};
+pub use generate::{Generation, generate, generate_from, generate_greedy};
 pub use hooks::{NoObserver, RoutingObserver, RoutingRecord, TraceRecorder};
 pub use model::{FamilyNames, MoeModel};
 pub use pack::{PackSummary, pack_model, pack_model_with};
 pub use pack_options::PackOptions;
 pub use packed_model::{PackMeta, PackedModel};
+pub use prompt_cache::{ContextState, PromptCache};
 pub use sampler::Sampler;
 pub use streaming::{
     Prediction, Prefetcher, SchedExperts, SharedSession, Tee, open_scheduler, streamed,
 };
+pub use text_stream::TextStream;
 pub use tokenizer::Tokenizer;
 pub use trace_sink::TraceSink;
 pub use weights::{Checkpoint, RawTensor, TensorRef};

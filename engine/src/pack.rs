@@ -8,7 +8,7 @@
 //! | `manifest.json` | io-sched's manifest of those files; its `meta` is a [`PackMeta`] |
 //! | `dense.safetensors` | every non-expert tensor: unchanged (original names, dtype and bytes), or quantized with `--dense-bits` / from an MLX checkpoint as [`crate::quant_tensors`] describes |
 //! | `config.json`, `tokenizer.json` | copied from the checkpoint |
-//! | `tokenizer_config.json`, `generation_config.json` | copied when present |
+//! | `tokenizer_config.json`, `generation_config.json`, `chat_template.jinja` | copied when present (chat needs the template and the stop tokens) |
 //! | `flashmoe-pack.json` | what was packed: format, sizes and the files, for people and tools |
 //!
 //! Everything is written into a hidden temporary sibling of the output directory, which is
@@ -34,11 +34,12 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Files copied from the checkpoint: (name, required).
-const COPIED: [(&str, bool); 4] = [
+const COPIED: [(&str, bool); 5] = [
     ("config.json", true),
     ("tokenizer.json", true),
     ("tokenizer_config.json", false),
     ("generation_config.json", false),
+    ("chat_template.jinja", false),
 ];
 
 /// Name of the packer's description file.

@@ -1,9 +1,12 @@
 //! One module per subcommand.
 
+pub mod chat;
 pub mod generate;
 pub mod io_bench;
 pub mod pack;
 pub mod replay;
+pub mod serve;
+pub mod session;
 pub mod synth;
 pub mod testfile;
 
