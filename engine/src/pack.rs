@@ -83,13 +83,12 @@ pub fn pack_model(
         path: out.to_path_buf(),
         reason,
     };
-    if out.exists() && !force {
-        return Err(fail("already exists (pass --force to replace it)".into()));
-    }
+    crate::safe_replace::check_target(src, out, force)?;
     let cfg = ModelConfig::from_file(&src.join("config.json"))?;
     let format = format_for_bits(bits, &cfg)
         .ok_or_else(|| fail(format!("--bits must be 16, 8 or 4, not {bits}")))?;
     let ckpt = Checkpoint::open(src, cfg.dtype)?;
+    crate::pack_check::check_checkpoint(src, &cfg, &ckpt)?;
     let name = out
         .file_name()
         .ok_or_else(|| fail("has no directory name".into()))?
@@ -111,7 +110,8 @@ pub fn pack_model(
         path: tmp.clone(),
         source,
     })?;
-    let written = write_all(src, &tmp, &cfg, &ckpt, format, progress);
+    let written = write_all(src, &tmp, &cfg, &ckpt, format, progress)
+        .and_then(|s| crate::pack_check::check_packed(&tmp).map(|()| s));
     let summary = match written {
         Ok(s) => s,
         Err(e) => {
@@ -119,7 +119,7 @@ pub fn pack_model(
             return Err(e);
         }
     };
-    if let Err(e) = replace_dir(&tmp, out, &parent, &name) {
+    if let Err(e) = crate::safe_replace::replace_dir(&tmp, out, &parent, &name) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
@@ -127,24 +127,6 @@ pub fn pack_model(
         out_dir: out.to_path_buf(),
         ..summary
     })
-}
-
-/// Moves the finished `tmp` to `out`, replacing an existing `out` (only after `tmp` is whole).
-fn replace_dir(tmp: &Path, out: &Path, parent: &Path, name: &str) -> Result<()> {
-    let io = |op, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| EngineError::Io { op, path, source }
-    };
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    let had_old = out.exists();
-    if had_old {
-        std::fs::rename(out, &old).map_err(io("move aside", out))?;
-    }
-    std::fs::rename(tmp, out).map_err(io("rename", out))?;
-    if had_old {
-        let _ = std::fs::remove_dir_all(&old);
-    }
-    Ok(())
 }
 
 /// Writes every file of the packed model into `dir`.
