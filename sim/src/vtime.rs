@@ -295,6 +295,7 @@ pub fn run_with_far(
     trace: &Arc<Trace>,
     far: Option<&Arc<Trace>>,
 ) -> Result<RunResult> {
+    crate::validate::check_spec(spec)?;
     let h = trace.header;
     if h.layers != spec.layers || h.experts != spec.experts {
         return Err(SimError::Setup(format!(
