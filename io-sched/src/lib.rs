@@ -61,6 +61,7 @@ pub mod checksum;
 pub mod error;
 pub mod layout;
 pub mod manifest;
+pub mod mapped;
 pub mod packfile;
 pub mod predictor;
 
