@@ -34,6 +34,7 @@ pub mod pack;
 mod pack_check;
 pub mod packed_model;
 pub mod qwen3_moe;
+mod read_retry;
 mod safe_replace;
 pub mod sampler;
 pub mod streaming;

@@ -98,13 +98,7 @@ impl ExpertSource for SchedExperts {
     }
 
     fn experts(&mut self, layer: u32, ids: &[u32]) -> Result<ExpertBatch<'_>> {
-        let guard = self
-            .sched
-            .acquire(layer, ids)
-            .map_err(|source| EngineError::IoSched {
-                context: format!("acquiring layer {layer} experts {ids:?}"),
-                source,
-            })?;
+        let guard = crate::read_retry::acquire(&self.sched, layer, ids)?;
         Ok(ExpertBatch::held(guard))
     }
 
