@@ -9,7 +9,7 @@ seed() { # seed TARGET FILE...
   local t=$1; shift
   mkdir -p "corpus/$t"
   for f in "$@"; do
-    [ -f "$f" ] && cp "$f" "corpus/$t/$(echo "$f" | tr '/' '_' | tr -cd 'A-Za-z0-9._-')"
+    [ -f "$f" ] && cp "$f" "corpus/$t/seed-$(echo "$f" | tr '/' '_' | tr -cd 'A-Za-z0-9._-')"
   done
   return 0
 }
