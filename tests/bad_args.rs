@@ -65,7 +65,10 @@ fn refused(args: &[&str], want: &[&str]) {
 
 #[test]
 fn generate_refuses_bad_sampling_and_budget() {
-    refused(&["generate", "--temperature", "nan"], &["--temperature", ">= 0"]);
+    refused(
+        &["generate", "--temperature", "nan"],
+        &["--temperature", ">= 0"],
+    );
     refused(&["generate", "--top-p", "2"], &["--top-p", "(0, 1]"]);
     refused(&["generate", "--top-p", "nan"], &["--top-p", "(0, 1]"]);
     refused(&["generate", "--budget", "0"], &["more than 0 bytes"]);
@@ -76,15 +79,17 @@ fn generate_refuses_bad_sampling_and_budget() {
     let (code, _, err) = run(&["generate", "--predictor", "bogus"]);
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("pregate, none, temporal, transition or frequency")
-            && !err.contains("oracle"),
+        err.contains("pregate, none, temporal, transition or frequency") && !err.contains("oracle"),
         "{err}"
     );
 }
 
 #[test]
 fn io_bench_and_synth_refuse_zero_and_huge_counts() {
-    refused(&["io-bench", "--experts", "0"], &["--experts", "at least 1"]);
+    refused(
+        &["io-bench", "--experts", "0"],
+        &["--experts", "at least 1"],
+    );
     refused(&["io-bench", "--k", "0"], &["--k", "at least 1"]);
     refused(&["io-bench", "--experts", "2", "--k", "4"], &["--k 4"]);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -92,8 +97,17 @@ fn io_bench_and_synth_refuse_zero_and_huge_counts() {
     let out = out.to_str().expect("utf-8");
     refused(
         &[
-            "synth", "--layers", "100000", "--experts", "100000", "--k", "4",
-            "--expert-bytes", "4096", "--out", out,
+            "synth",
+            "--layers",
+            "100000",
+            "--experts",
+            "100000",
+            "--k",
+            "4",
+            "--expert-bytes",
+            "4096",
+            "--out",
+            out,
         ],
         &["expert records", "at most"],
     );
@@ -124,20 +138,36 @@ fn sim_refuses_a_profile_with_a_field_out_of_range() {
     let base: serde_json::Value = serde_json::from_str(&json).expect("profile JSON");
     let dir = tempfile::tempdir().expect("tempdir");
     for (ptr, value, want) in [
-        ("/ssd_direct/peak_gbps/value", 0.0, "ssd_direct.peak_gbps = 0 GB/s"),
+        (
+            "/ssd_direct/peak_gbps/value",
+            0.0,
+            "ssd_direct.peak_gbps = 0 GB/s",
+        ),
         ("/ssd_buffered/single_request_gbps/value", 0.0, "GB/s"),
-        ("/ssd_direct/channels/value", 0.0, "ssd_direct.channels = 0 requests"),
+        (
+            "/ssd_direct/channels/value",
+            0.0,
+            "ssd_direct.channels = 0 requests",
+        ),
         ("/ssd_direct/latency_us/value", -1.0, "latency_us = -1 µs"),
         ("/contention/value", -0.5, "contention"),
         ("/compute/mem_bw_gbps/value", 0.0, "compute.mem_bw_gbps"),
-        ("/compute/calibration/ms_per_layer/value", 0.0, "ms_per_layer = 0 ms"),
+        (
+            "/compute/calibration/ms_per_layer/value",
+            0.0,
+            "ms_per_layer = 0 ms",
+        ),
     ] {
         let mut p = base.clone();
-        *p.pointer_mut(ptr).unwrap_or_else(|| panic!("{ptr} in profile")) = value.into();
+        *p.pointer_mut(ptr)
+            .unwrap_or_else(|| panic!("{ptr} in profile")) = value.into();
         let path = dir.path().join("dev.json");
         std::fs::write(&path, p.to_string()).expect("write profile");
         let path = path.to_str().expect("utf-8");
-        refused(&["sim", "--mode", "flashmoe", "--device", path], &["profile", want]);
+        refused(
+            &["sim", "--mode", "flashmoe", "--device", path],
+            &["profile", want],
+        );
     }
 }
 
@@ -152,7 +182,10 @@ fn logs_have_no_colours_off_a_terminal_and_a_runtime_dir_is_made() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("DEBUG"), "no log line to check: {err}");
-    assert!(!err.contains('\u{1b}'), "ANSI escapes in a log file: {err:?}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "ANSI escapes in a log file: {err:?}"
+    );
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
     let dir = tmp.path().join(format!("flashmoe-runtime-{uid}"));
@@ -171,33 +204,71 @@ fn replay_names_the_far_trace_geometry_and_the_reference_switch() {
     let (model, trace, far) = (p("model"), p("s.trace"), p("f.trace"));
     let synth = |layers: &str, experts: &str, bytes: &str| {
         let (code, _, err) = run(&[
-            "synth", "--layers", layers, "--experts", experts, "--k", "2", "--expert-bytes",
-            bytes, "--out", &model, "--quiet", "--force",
+            "synth",
+            "--layers",
+            layers,
+            "--experts",
+            experts,
+            "--k",
+            "2",
+            "--expert-bytes",
+            bytes,
+            "--out",
+            &model,
+            "--quiet",
+            "--force",
         ]);
         assert_eq!(code, 0, "{err}");
     };
     // A model smaller than one reference request: refused, naming the switch that skips it.
     synth("2", "8", "4096");
     refused(
-        &["replay", "--model", &model, "--trace", "synthetic", "--compute-us", "0"],
+        &[
+            "replay",
+            "--model",
+            &model,
+            "--trace",
+            "synthetic",
+            "--compute-us",
+            "0",
+        ],
         &["smaller than one", "--reference-mib 0"],
     );
     refused(
         &[
-            "replay", "--model", &model, "--trace", "synthetic", "--warmup",
+            "replay",
+            "--model",
+            &model,
+            "--trace",
+            "synthetic",
+            "--warmup",
             "18446744073709551615",
         ],
         &["--warmup", "--tokens"],
     );
     // Traces of the 8 x 32 default model on a 2 x 8 model: the far trace's geometry is named.
     let (code, _, err) = run(&[
-        "generate", "--max-tokens", "4", "--ignore-eos", "--trace", &trace, "--trace-far", &far,
+        "generate",
+        "--max-tokens",
+        "4",
+        "--ignore-eos",
+        "--trace",
+        &trace,
+        "--trace-far",
+        &far,
     ]);
     assert_eq!(code, 0, "{err}");
     refused(
         &[
-            "replay", "--model", &model, "--trace", &trace, "--far-trace", &far,
-            "--reference-mib", "0",
+            "replay",
+            "--model",
+            &model,
+            "--trace",
+            &trace,
+            "--far-trace",
+            &far,
+            "--reference-mib",
+            "0",
         ],
         &["recorded on 8 layers x 32 experts", "2 x 8"],
     );

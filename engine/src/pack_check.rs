@@ -33,12 +33,12 @@ pub(crate) fn check_checkpoint(src: &Path, cfg: &ModelConfig, ckpt: &Checkpoint)
     let mut names: Vec<&str> = ckpt.names().collect();
     names.sort_unstable();
     for name in names {
-        let (field, limit, index) = match (index_after(name, "layers"), index_after(name, "experts"))
-        {
-            (Some(l), _) if l >= cfg.num_layers => ("num_hidden_layers", cfg.num_layers, l),
-            (_, Some(e)) if e >= cfg.num_experts => ("num_experts", cfg.num_experts, e),
-            _ => continue,
-        };
+        let (field, limit, index) =
+            match (index_after(name, "layers"), index_after(name, "experts")) {
+                (Some(l), _) if l >= cfg.num_layers => ("num_hidden_layers", cfg.num_layers, l),
+                (_, Some(e)) if e >= cfg.num_experts => ("num_experts", cfg.num_experts, e),
+                _ => continue,
+            };
         return Err(EngineError::Pack {
             path: src.to_path_buf(),
             reason: format!(

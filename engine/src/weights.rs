@@ -147,7 +147,9 @@ impl Shard {
         if len < end as u64 {
             return Err(io(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
-                format!("truncated to {len} bytes while open (a tensor needs bytes {start}..{end})"),
+                format!(
+                    "truncated to {len} bytes while open (a tensor needs bytes {start}..{end})"
+                ),
             )));
         }
         let mut scratch = vec![0u8; PROBE_CHUNK.min(end - start)];
@@ -155,7 +157,12 @@ impl Shard {
         while at < end {
             let n = PROBE_CHUNK.min(end - at);
             io_sched::mapped::copy_out(&self.mmap, at, &mut scratch[..n], &self.file).map_err(
-                |e| io(std::io::Error::new(e.kind(), format!("at offset {at}: {e}"))),
+                |e| {
+                    io(std::io::Error::new(
+                        e.kind(),
+                        format!("at offset {at}: {e}"),
+                    ))
+                },
             )?;
             at += n;
         }

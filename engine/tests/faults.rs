@@ -5,11 +5,11 @@
 
 use flashmoe_backends::CpuBackend;
 use flashmoe_engine::{NoObserver, PackedModel, SchedExperts, generate_greedy};
+use io_sched::backend::BackendKind;
 use io_sched::backend::faulty::{Fault, FaultyBackend, Target};
 use io_sched::backend::select::{BackendConfig, open_backend};
-use io_sched::backend::BackendKind;
-use io_sched::{Scheduler, SchedulerConfig};
 use io_sched::metrics::LayerMetrics;
+use io_sched::{Scheduler, SchedulerConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,7 +65,9 @@ fn transient_faults_give_the_same_tokens() {
         (
             "EIO once per layer",
             Box::new(|b| {
-                (0..8).fold(b, |b, l| b.with_rule(Target::Layer(l), Fault::Eio { times: 1 }))
+                (0..8).fold(b, |b, l| {
+                    b.with_rule(Target::Layer(l), Fault::Eio { times: 1 })
+                })
             }),
         ),
         (
@@ -89,10 +91,16 @@ fn transient_faults_give_the_same_tokens() {
         let (got, failed) = run(&dir, faults);
         assert_eq!(got.as_ref(), Ok(&clean), "{what} changed the tokens");
         if what.starts_with("EIO") {
-            assert!(failed.failed_loads >= 1, "{what}: the fault was not applied");
+            assert!(
+                failed.failed_loads >= 1,
+                "{what}: the fault was not applied"
+            );
         }
         if what.starts_with("short") {
-            assert!(failed.short_read_retries >= 1, "{what}: the fault was not applied");
+            assert!(
+                failed.short_read_retries >= 1,
+                "{what}: the fault was not applied"
+            );
         }
     }
 }
@@ -103,8 +111,18 @@ fn persistent_eio_is_an_error_naming_the_read() {
         b.with_rule(Target::Layer(5), Fault::Eio { times: u32::MAX })
     });
     let e = got.expect_err("a layer that never reads");
-    assert!(failed.failed_loads >= 2, "{} failed loads", failed.failed_loads);
-    for want in ["layer 5", "expert", "experts-layer-0005.fmoe", "offset", "attempt 2 of 2"] {
+    assert!(
+        failed.failed_loads >= 2,
+        "{} failed loads",
+        failed.failed_loads
+    );
+    for want in [
+        "layer 5",
+        "expert",
+        "experts-layer-0005.fmoe",
+        "offset",
+        "attempt 2 of 2",
+    ] {
         assert!(e.contains(want), "{want:?} not in: {e}");
     }
 }

@@ -242,8 +242,12 @@ impl Manifest {
         }
         for (i, f) in m.files.iter().enumerate() {
             let inside = !f.as_os_str().is_empty()
-                && f.components()
-                    .all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
+                && f.components().all(|c| {
+                    matches!(
+                        c,
+                        std::path::Component::Normal(_) | std::path::Component::CurDir
+                    )
+                });
             if !inside {
                 return Err(bad(format!(
                     "files[{i}] = {}: must be a relative path inside the manifest's directory \

@@ -97,8 +97,8 @@ impl Harness {
             ..CoreConfig::default()
         };
         let budget = slots * layout.max_read_len();
-        let core = SchedCore::new(Arc::new(layout.clone()), budget, EvictionKind::Lru, cfg)
-            .expect("core");
+        let core =
+            SchedCore::new(Arc::new(layout.clone()), budget, EvictionKind::Lru, cfg).expect("core");
         Self {
             core,
             layout,
@@ -111,7 +111,10 @@ impl Harness {
 
     fn issue(&mut self, n: usize) {
         for _ in 0..n {
-            match self.core.next_op(8usize.saturating_sub(self.in_flight.len())) {
+            match self
+                .core
+                .next_op(8usize.saturating_sub(self.in_flight.len()))
+            {
                 Some(op) => self.in_flight.push(op),
                 None => break,
             }
@@ -184,13 +187,20 @@ impl Harness {
     fn check_invariants(&mut self) {
         let arena = self.core.arena();
         let (base, len) = (arena.base() as usize, arena.len());
-        assert!(len as u64 <= self.budget, "arena {len} over the budget {}", self.budget);
+        assert!(
+            len as u64 <= self.budget,
+            "arena {len} over the budget {}",
+            self.budget
+        );
         let slot_size = self.core.slot_size();
         let mut handed: HashSet<SlotId> = HashSet::new();
         let mut failed = Vec::new();
         for (i, h) in self.held.iter().enumerate() {
             for &s in &h.slots {
-                assert!((s as usize) < self.core.slot_count(), "slot {s} past the budget");
+                assert!(
+                    (s as usize) < self.core.slot_count(),
+                    "slot {s} past the budget"
+                );
             }
             match self.core.check_ready(&h.slots) {
                 Some(Ok(())) => {
@@ -201,7 +211,8 @@ impl Harness {
                         assert_eq!(n as u64, loc.len);
                         // SAFETY: a Ready, pinned slot of the arena: no one writes it.
                         let got = unsafe { std::slice::from_raw_parts(ptr, n) };
-                        let want = &self.image[loc.offset as usize..(loc.offset + loc.len) as usize];
+                        let want =
+                            &self.image[loc.offset as usize..(loc.offset + loc.len) as usize];
                         assert!(got == want, "slot {s} handed out with bytes not {key:?}'s");
                         handed.insert(s);
                     }

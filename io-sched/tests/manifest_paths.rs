@@ -20,12 +20,20 @@ fn manifest(files: serde_json::Value) -> String {
 #[test]
 fn paths_outside_the_model_directory_are_refused() {
     let base = std::path::Path::new("/models/m");
-    for bad in ["/etc/passwd", "../other/experts.fmoe", "sub/../../x.bin", ""] {
+    for bad in [
+        "/etc/passwd",
+        "../other/experts.fmoe",
+        "sub/../../x.bin",
+        "",
+    ] {
         let e = Manifest::parse(&manifest(json!([bad])), base, "manifest.json".as_ref())
             .expect_err(bad);
         assert!(matches!(e, Error::Layout(_)), "{e}");
         let msg = e.to_string();
-        assert!(msg.contains("files[0]") && msg.contains("inside"), "{bad}: {msg}");
+        assert!(
+            msg.contains("files[0]") && msg.contains("inside"),
+            "{bad}: {msg}"
+        );
     }
     for good in ["experts.fmoe", "sub/experts.fmoe", "./experts.fmoe"] {
         let (layout, _) = Manifest::parse(&manifest(json!([good])), base, "m.json".as_ref())

@@ -38,7 +38,10 @@ fn truncated_file_gives_an_error_not_sigbus() {
     b.flush().expect("flush");
     let mut done = reap_n(&mut b, 2);
     done.sort_by_key(|c| c.tag);
-    let e = done[0].result.as_ref().expect_err("read past the truncation");
+    let e = done[0]
+        .result
+        .as_ref()
+        .expect_err("read past the truncation");
     assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
     assert!(e.to_string().contains("truncated"), "{e}");
     let n = *done[1].result.as_ref().expect("read before the truncation");
@@ -72,7 +75,8 @@ fn scheduler_on_mmap_names_the_expert_of_a_truncated_record() {
         .expect("a truncated record cannot be acquired")
         .to_string();
     assert!(
-        e.contains(&format!("layer {}", last.layer)) && e.contains(&format!("expert {}", last.expert)),
+        e.contains(&format!("layer {}", last.layer))
+            && e.contains(&format!("expert {}", last.expert)),
         "{e}"
     );
 }

@@ -56,22 +56,42 @@ fn check(what: &str, value: f64, unit: &str, range: Range) -> std::result::Resul
 
 fn path_checks(name: &str, p: &SsdPath) -> Vec<(String, f64, &'static str, Range)> {
     vec![
-        (format!("{name}.peak_gbps"), p.peak_gbps.value, "GB/s", Range::Positive),
+        (
+            format!("{name}.peak_gbps"),
+            p.peak_gbps.value,
+            "GB/s",
+            Range::Positive,
+        ),
         (
             format!("{name}.single_request_gbps"),
             p.single_request_gbps.value,
             "GB/s",
             Range::Positive,
         ),
-        (format!("{name}.latency_us"), p.latency_us.value, "µs", Range::NonNegative),
-        (format!("{name}.channels"), p.channels.value, "requests", Range::AtLeastOne),
+        (
+            format!("{name}.latency_us"),
+            p.latency_us.value,
+            "µs",
+            Range::NonNegative,
+        ),
+        (
+            format!("{name}.channels"),
+            p.channels.value,
+            "requests",
+            Range::AtLeastOne,
+        ),
     ]
 }
 
 /// Checks every numeric field of a device profile (named `name` in the error).
 pub fn check_profile(name: &str, d: &DeviceProfile) -> Result<()> {
     let mut checks = vec![
-        ("ram_bytes".to_string(), d.ram_bytes.value, "bytes", Range::Positive),
+        (
+            "ram_bytes".to_string(),
+            d.ram_bytes.value,
+            "bytes",
+            Range::Positive,
+        ),
         (
             "os_reserved_bytes".into(),
             d.os_reserved_bytes.value,
@@ -96,10 +116,20 @@ pub fn check_profile(name: &str, d: &DeviceProfile) -> Result<()> {
             "GB/s",
             Range::Positive,
         ),
-        ("contention".into(), d.contention.value, "(slowdown at full SSD use)", Range::NonNegative),
+        (
+            "contention".into(),
+            d.contention.value,
+            "(slowdown at full SSD use)",
+            Range::NonNegative,
+        ),
     ];
     if let Some(f) = &d.page_cache_bytes {
-        checks.push(("page_cache_bytes".into(), f.value, "bytes", Range::NonNegative));
+        checks.push((
+            "page_cache_bytes".into(),
+            f.value,
+            "bytes",
+            Range::NonNegative,
+        ));
     }
     if let Some(c) = &d.compute.calibration {
         checks.push((
@@ -128,7 +158,13 @@ pub fn check_args(a: &SimArgs) -> Result<()> {
         None => Ok(()),
     };
     opt("--ssd-peak-gbps", a.ssd_peak_gbps, "GB/s", Range::Positive).map_err(setup)?;
-    opt("--ssd-single-gbps", a.ssd_single_gbps, "GB/s", Range::Positive).map_err(setup)?;
+    opt(
+        "--ssd-single-gbps",
+        a.ssd_single_gbps,
+        "GB/s",
+        Range::Positive,
+    )
+    .map_err(setup)?;
     opt("--contention", a.contention, "", Range::NonNegative).map_err(setup)?;
     opt("--budget-gb", a.budget_gb, "GB", Range::NonNegative).map_err(setup)?;
     for &b in &a.sweep_budgets_gb {
@@ -171,8 +207,22 @@ pub fn check_spec(s: &RunSpec) -> Result<()> {
         .and_then(|()| bw("SSD single-request bandwidth", s.ssd.single_bps))
         .and_then(|()| bw("page-cache copy bandwidth", s.copy_bps_per_thread))
         .and_then(|()| check("SSD latency", s.ssd.latency_ns, "ns", Range::NonNegative))
-        .and_then(|()| check("compute before routing", s.compute_pre_ns, "ns/layer", Range::NonNegative))
-        .and_then(|()| check("expert compute", s.compute_post_ns, "ns/layer", Range::NonNegative))
+        .and_then(|()| {
+            check(
+                "compute before routing",
+                s.compute_pre_ns,
+                "ns/layer",
+                Range::NonNegative,
+            )
+        })
+        .and_then(|()| {
+            check(
+                "expert compute",
+                s.compute_post_ns,
+                "ns/layer",
+                Range::NonNegative,
+            )
+        })
         .and_then(|()| check("contention", s.contention, "", Range::NonNegative))
         .and_then(|()| check("pre-gate recall", s.pregate_recall, "", Range::Share))
         .and_then(|()| {

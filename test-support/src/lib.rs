@@ -56,7 +56,10 @@ mod tests {
         let missing = "no-such-fixture/config.json";
         if fixtures_required() {
             let r = std::panic::catch_unwind(|| fixture(missing));
-            assert!(r.is_err(), "a missing fixture must fail under {REQUIRE_ENV}");
+            assert!(
+                r.is_err(),
+                "a missing fixture must fail under {REQUIRE_ENV}"
+            );
         } else {
             assert_eq!(fixture(missing), None);
         }

@@ -116,8 +116,9 @@ impl LimitedMmap {
             handles
                 .into_iter()
                 .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(SimError::Setup("mmap copy thread panicked".into())))
+                    h.join().unwrap_or_else(|_| {
+                        Err(SimError::Setup("mmap copy thread panicked".into()))
+                    })
                 })
                 .collect::<Result<Vec<()>>>()
         })?;
@@ -226,6 +227,9 @@ mod tests {
             .unwrap();
         m.acquire(0, &[0]).unwrap();
         let e = m.acquire(0, &[2]).unwrap_err().to_string();
-        assert!(e.contains("experts.bin at offset 8192") && e.contains("truncated"), "{e}");
+        assert!(
+            e.contains("experts.bin at offset 8192") && e.contains("truncated"),
+            "{e}"
+        );
     }
 }

@@ -311,8 +311,8 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
                     a.reference_mib
                 )
             };
-            for b in reference::measure(&layout, k, request, &[16, 32], a.reference_mib)
-                .map_err(hint)?
+            for b in
+                reference::measure(&layout, k, request, &[16, 32], a.reference_mib).map_err(hint)?
             {
                 out.push((when.to_string(), b));
             }
