@@ -16,6 +16,9 @@ use std::time::Duration;
 
 const TOKENS: usize = 12;
 
+/// Rules added to the fault-injecting backend.
+type Faults = Box<dyn FnOnce(FaultyBackend) -> FaultyBackend>;
+
 fn default_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny-qwen3-moe-q4")
 }
@@ -61,7 +64,7 @@ fn transient_faults_give_the_same_tokens() {
     let (clean, failed) = run(&dir, |b| b);
     let clean = clean.expect("clean run");
     assert_eq!((clean.len(), failed.failed_loads), (TOKENS, 0));
-    let cases: Vec<(&str, Box<dyn FnOnce(FaultyBackend) -> FaultyBackend>)> = vec![
+    let cases: Vec<(&str, Faults)> = vec![
         (
             "EIO once per layer",
             Box::new(|b| {

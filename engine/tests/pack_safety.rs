@@ -69,6 +69,9 @@ fn retype(dir: &Path, name: &str, f: impl Fn(Dtype, Vec<usize>) -> (Dtype, Vec<u
     std::fs::write(&shard, safetensors::serialize(views, None).expect("ser")).expect("write");
 }
 
+/// A change of one tensor's (dtype, shape).
+type Retype = fn(Dtype, Vec<usize>) -> (Dtype, Vec<usize>);
+
 /// Only the expected entries are left in `parent` (no temporary or moved-aside directory).
 fn no_leftovers(parent: &Path, expected: &[&str]) {
     let mut names: Vec<String> = std::fs::read_dir(parent)
@@ -118,7 +121,7 @@ fn force_replaces_only_a_packed_model() {
 
 #[test]
 fn dense_tensor_of_wrong_shape_or_dtype_is_refused_at_pack_time() {
-    let cases: [(&str, fn(Dtype, Vec<usize>) -> (Dtype, Vec<usize>), &str); 2] = [
+    let cases: [(&str, Retype, &str); 2] = [
         ("model.norm.weight", |d, _| (d, vec![32, 2]), "shape"),
         (
             "model.layers.1.self_attn.o_proj.weight",

@@ -109,13 +109,10 @@ fn explain(file: &File, pos: usize, end: usize) -> io::Error {
                 m.len()
             ),
         ),
-        _ => io::Error::new(
-            io::ErrorKind::Other,
-            format!(
-                "{} (a mapped page at byte {pos} could not be read)",
-                io::Error::from_raw_os_error(libc::EIO)
-            ),
-        ),
+        _ => io::Error::other(format!(
+            "{} (a mapped page at byte {pos} could not be read)",
+            io::Error::from_raw_os_error(libc::EIO)
+        )),
     }
 }
 

@@ -1,7 +1,6 @@
 //! The routing-trace format: round trip, and clear errors on malformed input.
 
 use std::io::Cursor;
-use std::path::PathBuf;
 
 use io_sched::trace::{Real, Trace, TraceHeader, TraceWriter, f16_to_f32, f32_to_f16};
 
