@@ -1,6 +1,7 @@
 //! The `flashmoe` command line.
 
 mod cmd;
+mod runtime_dir;
 
 use clap::{Parser, Subcommand};
 
@@ -39,12 +40,15 @@ enum Command {
 }
 
 fn main() {
+    runtime_dir::ensure();
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let result = match cli.command {

@@ -229,10 +229,7 @@ fn predict_adds_the_simulators_figures_to_every_row() {
 
 #[test]
 fn fixture_trace_maps_onto_a_smaller_model() {
-    if !Path::new("../shared/fixtures/tiny-qwen3-moe/routing_trace.safetensors").exists()
-        && !Path::new("/work/shared/fixtures/tiny-qwen3-moe/routing_trace.safetensors").exists()
-    {
-        eprintln!("skipped: no fixture trace");
+    if flashmoe_test_support::fixture("tiny-qwen3-moe/routing_trace.safetensors").is_none() {
         return;
     }
     let dir = TempDir::new("fixture");

@@ -113,9 +113,7 @@ pub fn pack_model_with(
         path: out.to_path_buf(),
         reason,
     };
-    if out.exists() && !opts.forced() {
-        return Err(fail("already exists (pass --force to replace it)".into()));
-    }
+    crate::safe_replace::check_target(src, out, opts.forced())?;
     let cfg = ModelConfig::from_file(&src.join("config.json"))?;
     let mlx = MlxQuantization::from_config(&src.join("config.json"))?;
     let mut ckpt = Checkpoint::open(src, cfg.dtype)?;
@@ -123,6 +121,7 @@ pub fn pack_model_with(
         // Multimodal Qwen3.5 checkpoints: the text model under text names, no vision/MTP.
         ckpt = ckpt.text_only();
     }
+    crate::pack_check::check_checkpoint(src, &cfg, &ckpt)?;
     let (format, dense_bits) = opts.resolve(&cfg, &ckpt, mlx.as_ref(), out)?;
     let name = out
         .file_name()
@@ -149,7 +148,8 @@ pub fn pack_model_with(
         mlx: mlx.as_ref(),
         dense_bits,
     };
-    let written = write_all(src, &tmp, &cfg, &ckpt, format, &source, progress);
+    let written = write_all(src, &tmp, &cfg, &ckpt, format, &source, progress)
+        .and_then(|s| crate::pack_check::check_packed(&tmp).map(|()| s));
     let summary = match written {
         Ok(s) => s,
         Err(e) => {
@@ -157,7 +157,7 @@ pub fn pack_model_with(
             return Err(e);
         }
     };
-    if let Err(e) = replace_dir(&tmp, out, &parent, &name) {
+    if let Err(e) = crate::safe_replace::replace_dir(&tmp, out, &parent, &name) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
@@ -165,24 +165,6 @@ pub fn pack_model_with(
         out_dir: out.to_path_buf(),
         ..summary
     })
-}
-
-/// Moves the finished `tmp` to `out`, replacing an existing `out` (only after `tmp` is whole).
-fn replace_dir(tmp: &Path, out: &Path, parent: &Path, name: &str) -> Result<()> {
-    let io = |op, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| EngineError::Io { op, path, source }
-    };
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    let had_old = out.exists();
-    if had_old {
-        std::fs::rename(out, &old).map_err(io("move aside", out))?;
-    }
-    std::fs::rename(tmp, out).map_err(io("rename", out))?;
-    if had_old {
-        let _ = std::fs::remove_dir_all(&old);
-    }
-    Ok(())
 }
 
 /// Where the records and dense weights come from: an MLX checkpoint (re-laid as stored) or an

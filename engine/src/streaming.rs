@@ -166,13 +166,16 @@ impl ExpertSource for SchedExperts {
     }
 
     fn experts(&mut self, layer: u32, ids: &[u32]) -> Result<ExpertBatch<'_>> {
-        let guard =
-            lock(&self.session)
-                .demand(layer, ids)
-                .map_err(|source| EngineError::IoSched {
-                    context: format!("acquiring layer {layer} experts {ids:?}"),
-                    source,
-                })?;
+        let guard = crate::read_retry::acquire(layer, ids, |attempt| {
+            let mut session = lock(&self.session);
+            if attempt == 1 {
+                session.demand(layer, ids)
+            } else {
+                let sched = session.io().clone();
+                drop(session);
+                sched.acquire(layer, ids)
+            }
+        })?;
         Ok(ExpertBatch::held(guard))
     }
 

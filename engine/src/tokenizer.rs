@@ -10,12 +10,33 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
-    /// Loads `tokenizer.json`.
+    /// Loads `tokenizer.json`. The file is first checked to be strict JSON, and a panic of the
+    /// `tokenizers` crate on malformed content (fuzzing found one: a control character in a
+    /// decoder's string) is turned into [`EngineError::Tokenizer`].
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| EngineError::Tokenizer {
+        let bytes = std::fs::read(path).map_err(|source| EngineError::Io {
+            op: "read tokenizer",
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            source,
         })?;
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|source| {
+            EngineError::Json {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        let fail = |reason: String| EngineError::Tokenizer {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let inner = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes))
+            .map_err(|p| {
+                fail(format!(
+                    "the tokenizers library panicked on it: {}",
+                    panic_text(&p)
+                ))
+            })?
+            .map_err(|e| fail(e.to_string()))?;
         Ok(Self {
             inner,
             path: path.to_path_buf(),
@@ -43,4 +64,12 @@ impl Tokenizer {
                 reason: e.to_string(),
             })
     }
+}
+
+/// The message of a caught panic.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }

@@ -1,5 +1,18 @@
 //! HF safetensors checkpoints, sharded through `model.safetensors.index.json` or single-file,
 //! memory-mapped, every tensor looked up with its expected shape and dtype.
+//!
+//! # Faults in mapped files
+//!
+//! Touching a mapped page that fails to read (EIO) or that a truncation removed raises
+//! `SIGBUS`. At open, every tensor's range is checked against the file's length. Each time a
+//! tensor is handed out ([`Checkpoint::tensor`], [`Checkpoint::raw`]) the file's length is
+//! checked again and the tensor's bytes are read once through [`io_sched::mapped::copy_out`]
+//! (in 1 MiB pieces into a scratch buffer), so a truncation or an I/O error is an
+//! [`EngineError::Io`] naming the file and offset, and the pages the caller then reads are in
+//! the page cache. What remains: a file truncated, or a cached page evicted and failing to
+//! re-read, between that check and the caller's own read of the borrowed bytes. Callers copy
+//! tensors out right away (the backends upload them at load; the packer re-encodes them), so
+//! that window is short; a model's mapping is not touched after load.
 
 use crate::error::{BackendContext, EngineError, Result};
 use flashmoe_backends::quant::WeightFormat;
@@ -12,6 +25,8 @@ use std::path::{Path, PathBuf};
 /// One memory-mapped shard and its parsed header.
 struct Shard {
     path: PathBuf,
+    /// The open file (its length is re-checked before a tensor is handed out).
+    file: File,
     mmap: Mmap,
     /// Offset of the data section (8 + header length).
     data_start: usize,
@@ -75,9 +90,10 @@ fn open_shard(path: &Path, index: &Path) -> Result<Shard> {
         shard: path.to_path_buf(),
         source,
     })?;
-    // SAFETY: the file is opened read-only and the map is never written through. Like every
-    // mmap-based loader we rely on model files not being truncated or modified while mapped
-    // (documented on `Checkpoint::open`); all offsets are checked against the map's length below.
+    // SAFETY: the file is opened read-only and the map is never written through. All offsets
+    // are checked against the map's length below, and a tensor's pages are read through
+    // `Shard::checked` (a fault there is an error) before its bytes are handed out; see the
+    // module doc for the window that remains.
     let mmap = unsafe { Mmap::map(&file) }.map_err(|source| EngineError::Io {
         op: "mmap",
         path: path.to_path_buf(),
@@ -108,10 +124,50 @@ fn open_shard(path: &Path, index: &Path) -> Result<Shard> {
     }
     Ok(Shard {
         path: path.to_path_buf(),
+        file,
         mmap,
         data_start,
         tensors,
     })
+}
+
+/// Bytes read at a time when checking a mapped range.
+const PROBE_CHUNK: usize = 1 << 20;
+
+impl Shard {
+    /// `mmap[start..end]`, after checking that the file still holds it and that every page of
+    /// it can be read (see the module doc).
+    fn checked(&self, start: usize, end: usize) -> Result<&[u8]> {
+        let io = |source| EngineError::Io {
+            op: "read mapped tensor",
+            path: self.path.clone(),
+            source,
+        };
+        let len = self.file.metadata().map_err(io)?.len();
+        if len < end as u64 {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "truncated to {len} bytes while open (a tensor needs bytes {start}..{end})"
+                ),
+            )));
+        }
+        let mut scratch = vec![0u8; PROBE_CHUNK.min(end - start)];
+        let mut at = start;
+        while at < end {
+            let n = PROBE_CHUNK.min(end - at);
+            io_sched::mapped::copy_out(&self.mmap, at, &mut scratch[..n], &self.file).map_err(
+                |e| {
+                    io(std::io::Error::new(
+                        e.kind(),
+                        format!("at offset {at}: {e}"),
+                    ))
+                },
+            )?;
+            at += n;
+        }
+        Ok(&self.mmap[start..end])
+    }
 }
 
 impl Checkpoint {
@@ -202,7 +258,7 @@ impl Checkpoint {
         let info = &shard.tensors[name];
         let (a, b) = info.data_offsets;
         Ok(RawTensor {
-            bytes: &shard.mmap[shard.data_start + a..shard.data_start + b],
+            bytes: shard.checked(shard.data_start + a, shard.data_start + b)?,
             shape: &info.shape,
             dtype: info.dtype,
             file: &shard.path,
@@ -245,7 +301,7 @@ impl Checkpoint {
             })?;
         let (a, b) = info.data_offsets;
         Ok(TensorRef {
-            bytes: &shard.mmap[shard.data_start + a..shard.data_start + b],
+            bytes: shard.checked(shard.data_start + a, shard.data_start + b)?,
             format,
             file: &shard.path,
         })

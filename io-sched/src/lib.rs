@@ -62,6 +62,7 @@ pub mod checksum;
 pub mod error;
 pub mod layout;
 pub mod manifest;
+pub mod mapped;
 pub mod packfile;
 pub mod predictor;
 

@@ -11,7 +11,7 @@
 //!   "version": 1,
 //!   "layers": 2,
 //!   "experts": 2,
-//!   "files": ["experts.fmoe", "/abs/path/other.bin"],
+//!   "files": ["experts.fmoe", "more/other.bin"],
 //!   "records": [
 //!     {"layer": 0, "expert": 0, "file": 0, "offset": 4096,  "len": 7000, "checksum": "9f0c1e2d3b4a5968"},
 //!     {"layer": 0, "expert": 1, "file": 0, "offset": 12288, "len": 7000, "checksum": "0000000000000001"},
@@ -24,7 +24,9 @@
 //!
 //! - `format` must be exactly `"flashmoe-experts-manifest"` and `version` exactly `1`.
 //! - `layers`, `experts`: both ≥ 1 and < 2³²; the layout is the dense `layers × experts` table.
-//! - `files`: file paths; a relative path is relative to the directory holding the manifest.
+//! - `files`: file paths relative to the directory holding the manifest, inside it: an
+//!   absolute path or a `..` component is refused (a model directory must not make us read
+//!   files elsewhere; symlinks the owner placed inside it are followed).
 //! - `records`: exactly one per `(layer, expert)`, in any order. `file` indexes `files`;
 //!   `offset` is a multiple of 4096; `len` (≥ 1) is the payload length, and the record occupies
 //!   `len` rounded up to 4096 bytes, which must lie inside the file and overlap no other record;
@@ -238,6 +240,22 @@ impl Manifest {
                 }
             }
         }
+        for (i, f) in m.files.iter().enumerate() {
+            let inside = !f.as_os_str().is_empty()
+                && f.components().all(|c| {
+                    matches!(
+                        c,
+                        std::path::Component::Normal(_) | std::path::Component::CurDir
+                    )
+                });
+            if !inside {
+                return Err(bad(format!(
+                    "files[{i}] = {}: must be a relative path inside the manifest's directory \
+                     (no absolute path, no `..`)",
+                    f.display()
+                )));
+            }
+        }
         let files = m.files.iter().map(|f| base_dir.join(f)).collect();
         let layout =
             ExpertLayout::new(files, m.layers as u32, m.experts as u32, entries).map_err(|e| {
@@ -250,7 +268,7 @@ impl Manifest {
     }
 
     /// Renders a manifest for `layout`. File paths under `base_dir` are written relative to it;
-    /// others are written absolute.
+    /// others are written absolute (which [`Manifest::parse`] refuses: keep files inside).
     pub fn to_json(
         layout: &ExpertLayout,
         meta: Option<&serde_json::Value>,

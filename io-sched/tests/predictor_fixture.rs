@@ -23,11 +23,7 @@ struct Trace {
 }
 
 fn fixture_path() -> PathBuf {
-    match std::env::var_os("FLASHMOE_FIXTURES") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"),
-    }
-    .join("tiny-qwen3-moe/routing_trace.safetensors")
+    flashmoe_test_support::fixtures_dir().join("tiny-qwen3-moe/routing_trace.safetensors")
 }
 
 /// Parses the two tensors we need by hand: 8-byte LE header length, JSON header, data.
@@ -165,13 +161,10 @@ fn fmt(r: &[f64; LAYERS]) -> String {
 
 #[test]
 fn predictors_on_the_real_fixture_trace() {
-    let trace = match load_trace() {
-        Ok(t) => t,
-        Err(e) => {
-            println!("skipped: fixture routing trace not usable ({e})");
-            return;
-        }
-    };
+    if flashmoe_test_support::fixture("tiny-qwen3-moe/routing_trace.safetensors").is_none() {
+        return;
+    }
+    let trace = load_trace().unwrap_or_else(|e| panic!("fixture routing trace not usable: {e}"));
     assert_eq!(trace.routing.len(), 20224);
 
     let temporal = recall(&mut Temporal::new(LAYERS as u32, EXPERTS), &trace, 1);

@@ -344,6 +344,7 @@ fn sweep(args: &SimArgs, p: &Plan, trace: &Arc<Trace>) -> Result<Vec<Summary>> {
 
 /// Runs what `args` asks and returns the text (or JSON) to print.
 pub fn run(args: &SimArgs) -> Result<String> {
+    crate::validate::check_args(args)?;
     if args.calibrate_trace {
         let (p, worst) =
             synth::calibrate(512, 4, &synth::FLASH_MOE_LRU, synth_params(args), args.seed)?;

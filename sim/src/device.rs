@@ -110,10 +110,12 @@ pub fn device_names() -> Vec<&'static str> {
 }
 
 fn parse(name: &str, text: &str) -> Result<DeviceProfile> {
-    serde_json::from_str(text).map_err(|e| SimError::Profile {
+    let p: DeviceProfile = serde_json::from_str(text).map_err(|e| SimError::Profile {
         name: name.into(),
         reason: e.to_string(),
-    })
+    })?;
+    crate::validate::check_profile(name, &p)?;
+    Ok(p)
 }
 
 /// A preset by name, or a user profile if `name` is a path to a `.json` file.

@@ -30,6 +30,7 @@ pub mod rng;
 pub mod ssd;
 pub mod synth;
 pub mod timeline;
+pub mod validate;
 pub mod vtime;
 
 pub use error::{Result, SimError};

@@ -95,7 +95,17 @@ pub fn generate(
     let map: Vec<Vec<u32>> = (0..layers).map(|_| rng.permutation(experts)).collect();
     let (l, k_us) = (layers as usize, k as usize);
     let per_token = l * k_us;
-    let mut ids: Vec<u32> = Vec::with_capacity(tokens as usize * per_token);
+    let n_ids = tokens
+        .checked_mul(per_token as u64)
+        .filter(|&n| n <= crate::validate::MAX_TRACE_IDS)
+        .ok_or_else(|| {
+            SimError::Setup(format!(
+                "synthetic trace: {tokens} tokens x {layers} layers x k {k} expert ids is more \
+                 than {} (4 GiB in memory)",
+                crate::validate::MAX_TRACE_IDS
+            ))
+        })?;
+    let mut ids: Vec<u32> = Vec::with_capacity(n_ids as usize);
     let window = p.window.max(1) as usize;
     for t in 0..tokens as usize {
         for layer in 0..l {

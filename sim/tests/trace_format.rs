@@ -1,7 +1,6 @@
 //! The routing-trace format: round trip, and clear errors on malformed input.
 
 use std::io::Cursor;
-use std::path::PathBuf;
 
 use io_sched::trace::{Real, Trace, TraceHeader, TraceWriter, f16_to_f32, f32_to_f16};
 
@@ -126,12 +125,10 @@ fn writer_rejects_misuse() {
 
 #[test]
 fn loads_the_fixture_trace() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/tiny-qwen3-moe/routing_trace.safetensors");
-    if !path.exists() {
-        eprintln!("skipped: fixture not found at {}", path.display());
+    let Some(path) = flashmoe_test_support::fixture("tiny-qwen3-moe/routing_trace.safetensors")
+    else {
         return;
-    }
+    };
     let t = flashmoe_sim::fixture::load_trace(&path).unwrap();
     assert_eq!(
         (t.tokens(), t.header.layers, t.header.experts, t.header.k),

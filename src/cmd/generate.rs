@@ -37,10 +37,10 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 64)]
     pub max_tokens: usize,
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = super::values::temperature)]
     pub temperature: f32,
     /// Nucleus sampling: keep the most likely tokens up to this probability mass.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = super::values::top_p)]
     pub top_p: f32,
     /// Seed of the sampler (same seed, same text).
     #[arg(long, default_value_t = 0)]
@@ -115,7 +115,12 @@ pub fn parse_budget(s: &str, all_bytes: u64) -> Result<u64, String> {
         _ => (upper, 1),
     };
     let n: f64 = num.trim().parse().map_err(|_| bad())?;
-    if n.is_nan() || n <= 0.0 || !n.is_finite() {
+    if n == 0.0 {
+        return Err(format!(
+            "--budget {s:?}: must be more than 0 bytes (the cache must hold at least k experts)"
+        ));
+    }
+    if n.is_nan() || n < 0.0 || !n.is_finite() {
         return Err(bad());
     }
     Ok((n * mult as f64) as u64)
@@ -135,15 +140,13 @@ fn prediction(args: &GenerateArgs, layers: u32, experts: u32) -> CliResult<Predi
     if args.predictor == "pregate" {
         return Ok(Prediction::Pregate);
     }
+    const CHOICES: &str = "pregate, none, temporal, transition or frequency";
     let kind: PredictorKind = args
         .predictor
         .parse()
-        .map_err(|e| format!("--predictor: {e}"))?;
+        .map_err(|_| format!("--predictor {:?}: expected {CHOICES}", args.predictor))?;
     if matches!(kind, PredictorKind::Oracle | PredictorKind::Scores) {
-        return Err(format!(
-            "--predictor {kind}: not available here (use pregate, none, temporal, transition or frequency)"
-        )
-        .into());
+        return Err(format!("--predictor {kind}: not available here (use {CHOICES})").into());
     }
     if kind == PredictorKind::None {
         return Ok(Prediction::None);
@@ -264,8 +267,9 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
         return Err("--prompt encodes to no tokens".into());
     }
     let cfg = &m.config;
-    let max_seq = (prompt.len() + args.max_tokens).min(cfg.max_position_embeddings);
-    if prompt.len() + args.max_tokens > cfg.max_position_embeddings {
+    let wanted = prompt.len().saturating_add(args.max_tokens);
+    let max_seq = wanted.min(cfg.max_position_embeddings);
+    if wanted > cfg.max_position_embeddings {
         return Err(format!(
             "prompt ({} tokens) + --max-tokens {} exceeds the model's {} positions",
             prompt.len(),
@@ -565,5 +569,9 @@ mod tests {
         assert!(parse_budget("0%", 1000).is_err());
         assert!(parse_budget("lots", 1000).is_err());
         assert!(parse_budget("-5M", 1000).is_err());
+        for zero in ["0", "0M", "0.0G"] {
+            let e = parse_budget(zero, 1000).unwrap_err();
+            assert!(e.contains("more than 0 bytes"), "{e}");
+        }
     }
 }

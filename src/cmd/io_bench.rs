@@ -28,16 +28,16 @@ pub struct IoBenchArgs {
     #[arg(long, value_delimiter = ',', default_values_t = vec![1_769_472u64, 7_077_888])]
     pub expert_bytes: Vec<u64>,
     /// Experts per file layer.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::values::positive_u32)]
     pub experts: u32,
     /// Experts read together per layer (K).
-    #[arg(long, value_delimiter = ',', default_values_t = vec![4usize, 8])]
+    #[arg(long, value_delimiter = ',', default_values_t = vec![4usize, 8], value_parser = super::values::positive_usize)]
     pub k: Vec<usize>,
     /// io_uring queue depths to try.
-    #[arg(long, value_delimiter = ',', default_values_t = vec![1u32, 4, 16, 32])]
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1u32, 4, 16, 32], value_parser = super::values::positive_u32)]
     pub qd: Vec<u32>,
     /// Request size of the layer pattern (experts are split into requests of this size).
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = 1 << 20, value_parser = super::values::positive_usize)]
     pub chunk: usize,
     /// MiB moved per row.
     #[arg(long, default_value_t = 256)]
@@ -91,6 +91,9 @@ struct FioPoint {
 }
 
 pub fn run(args: &IoBenchArgs) -> CliResult<()> {
+    if let Some(&k) = args.k.iter().find(|&&k| k > args.experts as usize) {
+        return Err(format!("--k {k}: more than --experts {}", args.experts).into());
+    }
     if args.expert_bytes.is_empty() || args.k.is_empty() || args.qd.is_empty() {
         return Err("io-bench needs at least one --expert-bytes, --k and --qd".into());
     }

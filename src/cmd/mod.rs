@@ -9,6 +9,7 @@ pub mod serve;
 pub mod session;
 pub mod synth;
 pub mod testfile;
+pub mod values;
 
 /// Errors of the CLI: a message with its context, printed as one line.
 pub type CliResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;

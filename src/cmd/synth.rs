@@ -98,6 +98,17 @@ fn resolve(a: &SynthArgs) -> CliResult<SynthGeometry> {
     if g.k == 0 || g.k > g.experts {
         return Err(format!("--k {} must be in 1..={}", g.k, g.experts).into());
     }
+    let records = g.layers as u64 * g.experts as u64;
+    if records > io_sched::packfile::MAX_RECORDS {
+        return Err(format!(
+            "--layers {} x --experts {} = {records} expert records: at most {} (checked before \
+             anything is allocated or written)",
+            g.layers,
+            g.experts,
+            io_sched::packfile::MAX_RECORDS
+        )
+        .into());
+    }
     if g.expert_bytes > 1 << 32 {
         return Err(format!("--expert-bytes {} is over 4 GiB", g.expert_bytes).into());
     }

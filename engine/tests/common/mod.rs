@@ -8,19 +8,10 @@ use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
 
 /// `shared/fixtures/<name>` beside the workspace, or `None` (with the reason printed) if absent.
+/// Fails instead when `FLASHMOE_REQUIRE_FIXTURES=1` (see `flashmoe_test_support`).
 pub fn fixture(name: &str) -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures")
-        .join(name);
-    if dir.join("config.json").exists() {
-        Some(dir)
-    } else {
-        println!(
-            "SKIP: fixture {} not found (tests read ../shared/fixtures beside the workspace)",
-            dir.display()
-        );
-        None
-    }
+    flashmoe_test_support::fixture(&format!("{name}/config.json"))
+        .and_then(|p| p.parent().map(Path::to_path_buf))
 }
 
 /// The golden data of one prompt.

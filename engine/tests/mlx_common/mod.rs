@@ -12,7 +12,8 @@ use io_sched::backend::select::BackendConfig;
 use std::path::{Path, PathBuf};
 
 /// `tests/data/mlx/<name>`, or `None` (reason printed) when absent; absent is a failure when
-/// `FLASHMOE_REQUIRE_FIXTURES=1` (CI regenerates the large ones with `make.py`).
+/// `FLASHMOE_REQUIRE_MLX=1` (set by CI once `make.py` has regenerated the large ones with
+/// mlx-lm) or, for the committed ones, `FLASHMOE_REQUIRE_FIXTURES=1`.
 pub fn mlx_dir(name: &str) -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/mlx")
@@ -25,11 +26,24 @@ pub fn mlx_dir(name: &str) -> Option<PathBuf> {
          which needs `pip install \"mlx[cpu]\" mlx-lm` and ../shared/fixtures)",
         dir.display()
     );
-    if std::env::var("FLASHMOE_REQUIRE_FIXTURES").is_ok_and(|v| v == "1") {
-        panic!("FLASHMOE_REQUIRE_FIXTURES=1 but {why}");
+    let required = if regenerated(name) {
+        std::env::var("FLASHMOE_REQUIRE_MLX").is_ok_and(|v| v == "1")
+    } else {
+        flashmoe_test_support::fixtures_required()
+    };
+    if required {
+        panic!("the test data is required here but {why}");
     }
     println!("SKIP: {why}");
     None
+}
+
+/// Whether `make.py` regenerates checkpoint `name` (listed in tests/data/mlx/.gitignore)
+/// rather than it being committed.
+fn regenerated(name: &str) -> bool {
+    let ignore = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/mlx/.gitignore");
+    std::fs::read_to_string(ignore)
+        .is_ok_and(|t| t.lines().any(|l| l.trim().trim_end_matches('/') == name))
 }
 
 /// mlx-lm's outputs on one prompt (`make.py`).
@@ -138,18 +152,8 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `../shared/fixtures/<name>`, or `None` (reason printed) when absent; absent is a failure
-/// when `FLASHMOE_REQUIRE_FIXTURES=1`.
+/// when `FLASHMOE_REQUIRE_FIXTURES=1` (see `flashmoe_test_support`).
 pub fn shared_fixture(name: &str) -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures")
-        .join(name);
-    if dir.join("config.json").exists() {
-        return Some(dir);
-    }
-    let why = format!("fixture {} not found", dir.display());
-    if std::env::var("FLASHMOE_REQUIRE_FIXTURES").is_ok_and(|v| v == "1") {
-        panic!("FLASHMOE_REQUIRE_FIXTURES=1 but {why}");
-    }
-    println!("SKIP: {why}");
-    None
+    flashmoe_test_support::fixture(&format!("{name}/config.json"))
+        .and_then(|p| p.parent().map(Path::to_path_buf))
 }

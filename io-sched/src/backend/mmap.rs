@@ -2,8 +2,11 @@
 //! requested range out of the mapping, so pages come through the page cache and its readahead.
 //!
 //! Ranges are bounds-checked against the mapping: a read that runs past the end of the file
-//! is short, one that starts past it reads 0 bytes, as `pread` would. As with any mapping, a
-//! file truncated by someone else while mapped can raise `SIGBUS`; expert files are read-only.
+//! is short, one that starts past it reads 0 bytes, as `pread` would. Bytes are copied out
+//! through [`crate::mapped::copy_out`], never by dereferencing the mapping, so a file
+//! truncated while mapped or a page that fails with EIO completes the read with an error
+//! (the scheduler adds layer, expert, file and offset) instead of killing the process with
+//! `SIGBUS`.
 
 use std::io;
 use std::sync::Arc;
@@ -28,6 +31,8 @@ pub struct MmapBackend {
 
 struct Maps {
     maps: Vec<Mmap>,
+    /// The mapped files (for the fault's explanation and the `pread` fallback).
+    files: Vec<std::fs::File>,
 }
 
 impl Maps {
@@ -55,10 +60,10 @@ impl BlockingRead for Maps {
         // Both fit in usize: `offset < size`, a mapping's length is a usize.
         let start = op.offset as usize;
         let n = op.len.min(map.len() - start);
-        let src = &map[start..start + n];
         // SAFETY: the caller guarantees `op.buf` is valid for writes of `op.len >= n` bytes and
-        // unaliased; `src` is a slice of a live read-only mapping, so they cannot overlap.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), op.buf, n) };
+        // unaliased until completion; it cannot overlap the read-only mapping.
+        let dst = unsafe { std::slice::from_raw_parts_mut(op.buf, n) };
+        crate::mapped::copy_out(map, start, dst, &self.files[op.file as usize])?;
         Ok(n)
     }
 }
@@ -73,16 +78,21 @@ impl MmapBackend {
     /// Maps the already opened `files` (their direct flag does not matter to a mapping).
     pub fn new(files: &OpenFiles, threads: usize) -> Result<Self> {
         let mut maps = Vec::with_capacity(files.len());
+        let mut handles = Vec::with_capacity(files.len());
         for i in 0..files.len() as u32 {
             let (Some(file), Some(path)) = (files.file(i), files.path(i)) else {
                 break;
             };
+            handles.push(file.try_clone().map_err(|e| Error::file("dup", path, e))?);
             // SAFETY: the mapping is read-only and expert files are not modified while a model
             // is loaded; memmap2 keeps the mapping valid for the life of the `Mmap`.
             let map = unsafe { Mmap::map(file) }.map_err(|e| Error::file("mmap", path, e))?;
             maps.push(map);
         }
-        let maps = Arc::new(Maps { maps });
+        let maps = Arc::new(Maps {
+            maps,
+            files: handles,
+        });
         let pool = WorkerPool::new("flashmoe-mmap", threads, maps.clone()).map_err(|e| {
             Error::Backend {
                 backend: "mmap",

@@ -180,8 +180,17 @@ impl SchedCore {
         let layer = ld.key.layer as usize;
         self.prefetch_queue.retain(|&x| x != id);
         let ld = self.loads[id].as_ref().expect("cancelled load exists");
-        if ld.issued == 0 && ld.outstanding == 0 {
-            self.layer_metrics[layer].prefetch_cancelled += 1;
+        // Nothing in flight or queued and chunks left unissued: no completion and no checksum
+        // job will come to finish it, so release it now. (Waiting for `issued == 0` leaked the
+        // slot of a prefetch cancelled between two of its chunks: it stayed `Loading` forever.)
+        // A load with every chunk in may have its checksum being computed: `finish_verify`
+        // ends it.
+        if ld.outstanding == 0 && ld.issued < ld.total {
+            if ld.issued == 0 {
+                self.layer_metrics[layer].prefetch_cancelled += 1;
+            } else {
+                self.layer_metrics[layer].prefetch_wasted += 1;
+            }
             self.release_load(id);
         }
     }

@@ -88,18 +88,40 @@ impl LimitedMmap {
         }
         self.bufs.resize_with(experts.len(), Vec::new);
         let maps = &self.maps;
+        let files = self.layout.files();
+        // Copied out through `io_sched::mapped::copy_out`: a page that fails (EIO, a file
+        // truncated while mapped) is an error naming file and offset, not SIGBUS.
         std::thread::scope(|s| {
-            for (buf, &(f, off, len)) in self.bufs.iter_mut().zip(&ranges) {
-                s.spawn(move || {
-                    let m = &maps[f];
-                    // SAFETY: `off + len <= m.len` was checked above; the mapping is live and
-                    // read-only for the life of `self`.
-                    let src = unsafe { std::slice::from_raw_parts(m.ptr.add(off), len) };
-                    buf.clear();
-                    buf.extend_from_slice(src);
-                });
-            }
-        });
+            let handles: Vec<_> = self
+                .bufs
+                .iter_mut()
+                .zip(&ranges)
+                .map(|(buf, &(f, off, len))| {
+                    s.spawn(move || {
+                        let m = &maps[f];
+                        // SAFETY: `off + len <= m.len` was checked above; the mapping is live
+                        // and read-only for the life of `self`; it is only read by the kernel.
+                        let map = unsafe { std::slice::from_raw_parts(m.ptr, m.len) };
+                        buf.resize(len, 0);
+                        io_sched::mapped::copy_out(map, off, buf, &m.file).map_err(|source| {
+                            SimError::Io {
+                                op: "copy out of mapping",
+                                path: format!("{} at offset {off}", files[f].display()),
+                                source,
+                            }
+                        })
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(SimError::Setup("mmap copy thread panicked".into()))
+                    })
+                })
+                .collect::<Result<Vec<()>>>()
+        })?;
         while self.lru.len() > self.capacity {
             let Some(old) = self.lru.pop_front() else {
                 break;
@@ -175,5 +197,39 @@ pub fn drop_page_cache(layout: &ExpertLayout) {
             // SAFETY: posix_fadvise takes no pointers; the fd is valid while `f` lives.
             unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use io_sched::LayoutBuilder;
+
+    #[test]
+    fn a_file_truncated_while_mapped_is_an_error_not_sigbus() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("experts.bin");
+        std::fs::write(&path, vec![7u8; 4 * 4096]).unwrap();
+        let mut b = LayoutBuilder::new(1, 4);
+        let f = b.add_file(&path);
+        for e in 0..4u32 {
+            b.set(ExpertKey::new(0, e), f, e as u64 * 4096, 4096, 0);
+        }
+        let layout = b.build().unwrap();
+        let mut m = LimitedMmap::open(&layout, 1 << 20).unwrap();
+        m.acquire(0, &[0, 3]).unwrap();
+        assert_eq!(m.bufs[1], vec![7u8; 4096]);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
+        m.acquire(0, &[0]).unwrap();
+        let e = m.acquire(0, &[2]).unwrap_err().to_string();
+        assert!(
+            e.contains("experts.bin at offset 8192") && e.contains("truncated"),
+            "{e}"
+        );
     }
 }

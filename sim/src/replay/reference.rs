@@ -44,6 +44,13 @@ pub fn measure(
     let file_len = std::fs::metadata(&layout.files()[0])
         .map_err(|e| SimError::Setup(format!("reference burst: {e}")))?
         .len();
+    if file_len < request as u64 {
+        // Checked before any burst runs, not after the first one (seconds later).
+        return Err(SimError::Setup(format!(
+            "reference burst: {} ({file_len} bytes) is smaller than one {request}-byte request",
+            layout.files()[0].display()
+        )));
+    }
     let mut out = Vec::new();
     for &qd in depths {
         let cfg = BackendConfig::default()

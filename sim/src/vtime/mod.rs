@@ -176,6 +176,7 @@ pub fn run_session(
     far: Option<&Arc<Trace>>,
     policy: SessionConfig,
 ) -> Result<RunResult> {
+    crate::validate::check_spec(spec)?;
     let h = trace.header;
     if h.layers != spec.layers || h.experts != spec.experts {
         return Err(SimError::Setup(format!(

@@ -218,10 +218,30 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
     if !(0.0..=1.0).contains(&a.pre_share) || !a.compute_us.is_finite() || a.compute_us < 0.0 {
         return Err("--pre-share must be in [0, 1] and --compute-us >= 0".into());
     }
+    let max = flashmoe_sim::validate::MAX_TOKENS;
+    if a.tokens == 0 || a.warmup.checked_add(a.tokens).is_none_or(|n| n > max) {
+        return Err(format!(
+            "--warmup {} + --tokens {}: need 1 to {max} tokens in all",
+            a.warmup, a.tokens
+        )
+        .into());
+    }
     let trace = Arc::new(load_trace(a, &layout, meta_k)?);
     let far_trace = match &a.far_trace {
         Some(paths) => {
             let f = load_files("--far-trace", paths, a.tokens_per_trace)?;
+            let (fl, fe) = (f.header.layers, f.header.experts);
+            if (fl, fe) != (layout.num_layers(), layout.num_experts()) {
+                return Err(format!(
+                    "--far-trace {paths}: recorded on {fl} layers x {fe} experts, the model has \
+                     {} x {}; pre-gate scores do not survive mapping expert ids onto another \
+                     geometry (use a model of the traces' geometry, e.g. `synth --layers {fl} \
+                     --experts {fe}`)",
+                    layout.num_layers(),
+                    layout.num_experts()
+                )
+                .into());
+            }
             if f.ids != trace.ids || f.scores.is_none() {
                 return Err(format!(
                     "--far-trace {paths}: not the same runs as --trace (routing differs) or no \
@@ -285,10 +305,19 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
             if !a.json {
                 eprintln!("reference bursts ({when}) ...");
             }
-            for b in reference::measure(&layout, k, request, &[16, 32], a.reference_mib)? {
+            let hint = |e: flashmoe_sim::error::SimError| {
+                format!(
+                    "{e} (reference bursts of --reference-mib {} MiB on the model's files; \
+                     pass --reference-mib 0 to skip them)",
+                    a.reference_mib
+                )
+            };
+            for b in
+                reference::measure(&layout, k, request, &[16, 32], a.reference_mib).map_err(hint)?
+            {
                 out.push((when.to_string(), b));
             }
-            let b = reference::sync_record_burst(&layout, k, a.reference_mib)?;
+            let b = reference::sync_record_burst(&layout, k, a.reference_mib).map_err(hint)?;
             out.push((when.to_string(), b));
         }
         Ok(())

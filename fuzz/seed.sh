@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Seeds fuzz/corpus/TARGET/ from the fixtures (../shared/fixtures beside the clone, when
+# present) and the repository's own model, test data and presets. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")"
+root=..
+fx=${FLASHMOE_FIXTURES:-$root/../shared/fixtures}
+seed() { # seed TARGET FILE...
+  local t=$1; shift
+  mkdir -p "corpus/$t"
+  for f in "$@"; do
+    [ -f "$f" ] && cp "$f" "corpus/$t/seed-$(echo "$f" | tr '/' '_' | tr -cd 'A-Za-z0-9._-')"
+  done
+  return 0
+}
+mix=$root/engine/tests/data/tiny-mixtral
+model=$root/models/tiny-qwen3-moe-q4
+seed safetensors "$mix"/model-0000{1,4}-of-00004.safetensors "$mix/golden.safetensors"
+seed index "$mix/model.safetensors.index.json" "$fx/tiny-qwen3-moe/model.safetensors.index.json" \
+  "$fx/tiny-qwen35-moe/model.safetensors.index.json"
+seed config "$mix/config.json" "$model/config.json" "$fx/tiny-qwen3-moe/config.json" \
+  "$fx/tiny-qwen35-moe/config.json" $root/engine/tests/data/*.json
+seed tokenizer "$model/tokenizer.json" "$fx/tiny-qwen35-moe/tokenizer.json"
+seed manifest "$model/manifest.json"
+# Packed-experts files and traces small enough to mutate, made by the CLI when it is built.
+bin=$root/target/release/flashmoe
+if [ -x "$bin" ]; then
+  tmp=$(mktemp -d)
+  "$bin" synth --layers 2 --experts 3 --k 1 --expert-bytes 4096 --out "$tmp/m" --quiet >/dev/null
+  seed packfile "$tmp"/m/experts-layer-000{0,1}.fmoe
+  "$bin" generate --max-tokens 3 --ignore-eos --trace "$tmp/s.trace" --trace-far "$tmp/f.trace" \
+    >/dev/null 2>&1 || true
+  seed trace "$tmp/s.trace" "$tmp/f.trace"
+  rm -rf "$tmp"
+fi
+seed trace "$fx/tiny-qwen3-moe/routing_trace.safetensors"
+seed device $root/sim/presets/devices/*.json
