@@ -1,14 +1,18 @@
-//! The one place the C session meets io-sched's per-layer protocol.
+//! The one place the C session meets io-sched's per-layer protocol: an [`io_sched::Session`]
+//! over the [`Scheduler`], the same object `generate`, `replay` and the simulator drive, so
+//! the C session hints, orders and caps exactly as they do (the predictor learns layer L's
+//! routing, L's demand is queued, the predicted layers are hinted, then L is waited on).
 //!
-//! Today it drives [`Scheduler`] with a [`Predictor`]: at each acquire of layer L it tells the
-//! predictor L's routing, hints the predicted layers after L, and only then waits for L's
-//! bytes (hints for L+1 go out before L's demand is waited on). When io-sched grows its own
-//! per-layer protocol object, this file is what changes; the C functions keep their shape.
+//! The session's policy needs the layer's `top_k`, which the C API learns from the first
+//! acquire: until then scores go straight to the predictor, and the session is built on that
+//! first acquire.
+
+use std::sync::Arc;
 
 use io_sched::backend::select::{BackendConfig, open_backend};
 use io_sched::metrics::MetricsSnapshot;
-use io_sched::predictor::{self, Candidate, LayerPrediction, Predictor, PredictorKind};
-use io_sched::{ExpertGuard, ExpertLayout, Scheduler, SchedulerConfig};
+use io_sched::predictor::{self, Candidate, Predictor, PredictorKind};
+use io_sched::{ExpertGuard, ExpertLayout, Scheduler, SchedulerConfig, Session, SessionConfig};
 use parking_lot::Mutex;
 
 /// How big the cache is.
@@ -45,17 +49,23 @@ impl Default for SessionSettings {
     }
 }
 
-/// The predictor's side of the protocol, behind one lock.
-struct Plan {
-    predictor: Box<dyn Predictor>,
-    horizon: u32,
-    per_layer: usize,
-    predictions: Vec<LayerPrediction>,
+/// The predictor until the first acquire, then the session that owns it.
+enum Plan {
+    /// No acquire yet: the predictor, and the policy settings the session will get.
+    Waiting {
+        predictor: Box<dyn Predictor>,
+        horizon: u32,
+        per_layer: usize,
+    },
+    /// The session, built at the first acquire.
+    Running(Session<Arc<Scheduler>>),
+    /// Only while swapping one for the other.
+    Empty,
 }
 
 /// A scheduler, its predictor and what opening it reported.
 pub(crate) struct SessionCore {
-    sched: Scheduler,
+    sched: Arc<Scheduler>,
     plan: Mutex<Plan>,
     fallbacks: Vec<String>,
     budget_bytes: u64,
@@ -79,14 +89,13 @@ impl SessionCore {
             })?;
         let opened = open_backend(&layout, &s.backend)?;
         let cfg = SchedulerConfig::with_budget(budget_bytes).verify_checksums(s.verify_checksums);
-        let sched = Scheduler::with_backend(layout, cfg, opened.backend)?;
+        let sched = Arc::new(Scheduler::with_backend(layout, cfg, opened.backend)?);
         Ok(Self {
             sched,
-            plan: Mutex::new(Plan {
+            plan: Mutex::new(Plan::Waiting {
                 predictor,
                 horizon: s.horizon,
                 per_layer: s.per_layer,
-                predictions: Vec::new(),
             }),
             fallbacks: opened.fallbacks.iter().map(|f| f.to_string()).collect(),
             budget_bytes,
@@ -111,7 +120,11 @@ impl SessionCore {
 
     /// Pre-gate (or any) scores of `layer`'s experts, for the `scores` predictor.
     pub fn scores(&self, layer: u32, scores: &[f32]) {
-        self.plan.lock().predictor.observe_scores(layer, scores);
+        match &mut *self.plan.lock() {
+            Plan::Waiting { predictor, .. } => predictor.observe_scores(layer, scores),
+            Plan::Running(session) => session.scores(layer, scores),
+            Plan::Empty => {}
+        }
     }
 
     /// The caller's own prefetch hint for `layer`.
@@ -119,29 +132,31 @@ impl SessionCore {
         self.sched.hint(layer, candidates);
     }
 
-    /// The demand for `layer`: the predictor learns it, the layers after it are hinted, then
-    /// this waits for `experts`' bytes.
+    /// The demand for `layer` through the session: the predictor learns it, the demand is
+    /// queued, the predicted layers are hinted, then this waits for `experts`' bytes. One
+    /// demand at a time per session (a decode step's layers come in order).
     pub fn acquire(&self, layer: u32, experts: &[u32]) -> io_sched::Result<ExpertGuard> {
-        {
-            let mut plan = self.plan.lock();
-            let Plan {
+        let mut plan = self.plan.lock();
+        if let Plan::Waiting { .. } = &*plan {
+            let Plan::Waiting {
                 predictor,
                 horizon,
                 per_layer,
-                predictions,
-            } = &mut *plan;
-            predictor.observe(layer, experts);
-            let per_layer = if *per_layer == 0 {
-                experts.len() + 2
-            } else {
-                *per_layer
+            } = std::mem::replace(&mut *plan, Plan::Empty)
+            else {
+                unreachable!("matched just above")
             };
-            predictor.predict(layer, *horizon, per_layer, predictions);
-            for p in predictions.iter() {
-                self.sched.hint(p.layer, &p.candidates);
-            }
+            let top_k = experts.len();
+            let per_layer = if per_layer == 0 { top_k + 2 } else { per_layer };
+            let cfg = SessionConfig::new(top_k)
+                .with_per_layer(per_layer)
+                .with_horizon(horizon);
+            *plan = Plan::Running(Session::new(self.sched.clone(), cfg, predictor));
         }
-        self.sched.acquire(layer, experts)
+        match &mut *plan {
+            Plan::Running(session) => session.demand(layer, experts),
+            _ => self.sched.acquire(layer, experts),
+        }
     }
 
     /// Those of `experts` that are in memory now, without waiting or counting a demand.

@@ -233,11 +233,14 @@ pub unsafe extern "C" fn fmio_session_hint(
     })
 }
 
-/// The demand for `layer`: the router chose these `n` experts. The predictor learns them and
-/// the layers after `layer` are hinted; then this blocks until every expert's bytes are in
+/// The demand for `layer`: the router chose these `n` experts. Through io-sched's `Session`
+/// (the policy `flashmoe generate` runs): the predictor learns them, their reads are queued,
+/// the layers after `layer` are hinted, then this blocks until every expert's bytes are in
 /// memory (checksum-verified unless turned off) and returns a guard over them, in the order
-/// asked. Fails with `FMIO_STATUS_BUDGET` rather than waiting when every cache slot is pinned
-/// by guards still held (size the budget for the guards all threads hold at once). Any thread.
+/// asked. The first acquire's `n` is the session's top-k. Fails with `FMIO_STATUS_BUDGET`
+/// rather than waiting when every cache slot is pinned by guards still held (size the budget
+/// for the guards all threads hold at once). Any thread; one session's acquires run one at
+/// a time.
 ///
 /// # Safety
 /// `session` must be a live session; `experts` must point to `n` ids; `out` writable.
