@@ -2,7 +2,7 @@
 //! norm, lm_head. Family differences (tensor names, q/k norm, routing renormalisation) come from
 //! [`FamilyNames`] and [`ModelConfig`]; the experts come from an [`ExpertSource`]. Hybrid
 //! families (Qwen3.5-MoE, Qwen3-Next) mix Gated DeltaNet layers with gated attention and add a
-//! dense shared expert to every MoE block ([`crate::hybrid`]).
+//! dense shared expert to every MoE block (`hybrid.rs`).
 
 use crate::attention::Attention;
 use crate::config::{Family, ModelConfig};

@@ -1,7 +1,7 @@
 //! Qwen3.5-MoE (`model_type: "qwen3_5_moe_text"`, or `"qwen3_5_moe"` with the text model under
 //! `text_config`) and Qwen3-Next (`"qwen3_next"`): config and checkpoint names.
 //!
-//! HF module tree, mirrored by [`crate::model`] and [`crate::hybrid`]:
+//! HF module tree, mirrored by [`crate::model`] and `hybrid.rs`:
 //! ```text
 //! model.embed_tokens
 //! model.layers.N.input_layernorm                               RMSNorm with (1 + w)
