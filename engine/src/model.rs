@@ -508,9 +508,10 @@ impl<B: ComputeBackend> MoeModel<B> {
         let mut routed = Vec::with_capacity(routing.ids.len());
         for (i, (&id, &w)) in routing.ids.iter().zip(&routing.weights).enumerate() {
             let rec = batch.record(i).unwrap_or_default();
-            let weights = layout.views(rec).map_err(|source| EngineError::Backend {
-                context: format!("expert source: layer {layer_id}, expert {id}: its record"),
-                source,
+            let weights = layout.views(rec).map_err(|e| EngineError::Expert {
+                layer: layer_id,
+                expert: id,
+                reason: e.to_string(),
             })?;
             routed.push(RoutedExpert {
                 id: ExpertId {
