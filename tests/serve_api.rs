@@ -380,6 +380,36 @@ fn a_disconnected_stream_frees_the_worker_and_a_full_queue_is_429() {
 }
 
 #[test]
+fn a_client_that_leaves_a_non_streamed_request_frees_the_worker() {
+    let s = Server::start(&default_model(), &[]);
+    let body = json!({"model": "tiny", "prompt": PROMPT, "max_tokens": 900, "ignore_eos": true,
+                      "temperature": 0})
+    .to_string();
+    let mut c = s.connect();
+    write!(c, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    // Wait until the worker is on it, then hang up without reading the answer.
+    for _ in 0..600 {
+        if s.health()["generating"] == true {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    drop(c);
+    let h = wait_health(&s, "cancelled", 1);
+    assert_eq!(
+        h["completed"], 0,
+        "the abandoned request ran to its end: {h}"
+    );
+    // The worker is free for the next client.
+    let r = s.post_json(
+        "/v1/completions",
+        &json!({"model": "tiny", "prompt": PROMPT, "max_tokens": 2}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.health()["completed"], 1);
+}
+
+#[test]
 fn sigterm_drains_and_exits_cleanly() {
     let s = Server::start(&default_model(), &[]);
     let r = s.post_json(

@@ -175,6 +175,13 @@ pub enum EngineError {
         /// What is wrong.
         reason: String,
     },
+    /// A generation request cannot be run as given (empty prompt, prompt longer than the
+    /// context, budget out of range).
+    #[error("{reason}")]
+    Request {
+        /// What is wrong.
+        reason: String,
+    },
     /// A backend op failed.
     #[error("{context}: {source}")]
     Backend {

@@ -11,6 +11,8 @@
 //!   quantized checkpoints are packed without re-quantizing ([`mlx`]).
 //! - [`streamed`] ([`SchedExperts`] / [`Prefetcher`]): experts streamed through io-sched's `Session`, with pre-gate or
 //!   predictor hints.
+//! - [`ModelSession`]: a packed model answering one [`GenerationRequest`] after another, with
+//!   the prompt cache, stop strings and cancellation (what `serve`, `chat` and the C ABI run).
 //!
 //! ```no_run
 //! use flashmoe_engine::*;
@@ -36,6 +38,7 @@ mod hybrid;
 pub mod mixtral;
 pub mod mlx;
 pub mod model;
+pub mod model_session;
 pub mod pack;
 mod pack_check;
 mod pack_options;
@@ -60,6 +63,9 @@ pub use experts::{ExpertBatch, ExpertLayout, ExpertSource, HeldRecords, InMemory
 pub use generate::{Generation, generate, generate_from, generate_greedy};
 pub use hooks::{NoObserver, RoutingObserver, RoutingRecord, TraceRecorder};
 pub use model::{FamilyNames, MoeModel};
+pub use model_session::{
+    ExpertBudget, Finish, GenerationRequest, ModelSession, Outcome, SessionOptions,
+};
 pub use pack::{PackSummary, pack_model, pack_model_with};
 pub use pack_options::PackOptions;
 pub use packed_model::{PackMeta, PackedModel};

@@ -16,7 +16,8 @@ use flashmoe_engine::{ChatMessage, ChatTemplate, RenderOptions};
 
 use super::CliResult;
 use super::generate::DEFAULT_MODEL;
-use super::session::{Finish, Job, OpenOptions, Outcome, Session, single_token};
+use super::session::{self, OpenOptions, single_token};
+use flashmoe_engine::{Finish, GenerationRequest, ModelSession, Outcome};
 
 /// `flashmoe chat` arguments.
 #[derive(Args, Debug)]
@@ -83,13 +84,13 @@ pub fn run(args: &ChatArgs) -> CliResult<()> {
         "cpu" => repl(
             args,
             template,
-            Session::open(&dir, CpuBackend::new(), &opts)?,
+            session::open(&dir, CpuBackend::new(), &opts)?,
         ),
         "wgpu" => {
             let be = WgpuBackend::new(&WgpuConfig::default())
                 .map_err(|e| format!("--backend wgpu: {e}"))?;
             eprintln!("note: compute on wgpu: {}", be.info());
-            repl(args, template, Session::open(&dir, be, &opts)?)
+            repl(args, template, session::open(&dir, be, &opts)?)
         }
         other => Err(format!("--backend {other:?}: expected cpu or wgpu").into()),
     }
@@ -98,7 +99,7 @@ pub fn run(args: &ChatArgs) -> CliResult<()> {
 fn repl<B: ComputeBackend>(
     args: &ChatArgs,
     template: ChatTemplate,
-    mut s: Session<B>,
+    mut s: ModelSession<B>,
 ) -> CliResult<()> {
     // SAFETY: `on_sigint` only touches atomics and calls `_exit`, both async-signal-safe.
     unsafe {
@@ -106,7 +107,7 @@ fn repl<B: ComputeBackend>(
     }
     let stop_tokens: Vec<u32> = template
         .eos_token()
-        .and_then(|e| single_token(&s.m.tokenizer, e))
+        .and_then(|e| single_token(&s.model().tokenizer, e))
         .into_iter()
         .collect();
     let fresh = || -> Vec<ChatMessage> {
@@ -120,7 +121,7 @@ fn repl<B: ComputeBackend>(
     let mut turn = 0u64;
     println!(
         "flashmoe chat: {} ({} positions). /reset, /stats, /quit; Ctrl-C stops an answer.",
-        s.m.dir.display(),
+        s.model().dir.display(),
         s.ctx()
     );
     let stdin = std::io::stdin();
@@ -162,7 +163,7 @@ fn repl<B: ComputeBackend>(
                 continue;
             }
         };
-        let prompt = s.m.tokenizer.encode(&text)?;
+        let prompt = s.model().tokenizer.encode(&text)?;
         if prompt.len() + 1 >= s.ctx() {
             println!(
                 "error: the conversation ({} tokens) fills the context of {}; /reset to start again",
@@ -172,22 +173,16 @@ fn repl<B: ComputeBackend>(
             history.pop();
             continue;
         }
-        let job = Job {
-            prompt,
-            max_tokens: args.max_tokens,
-            temperature: args.temperature,
-            top_p: args.top_p,
-            seed: args.seed.wrapping_add(turn),
-            stop: Vec::new(),
-            stop_tokens: stop_tokens.clone(),
-            ignore_eos: args.ignore_eos,
-        };
+        let job = GenerationRequest::greedy(prompt, args.max_tokens)
+            .sampling(args.temperature, args.top_p, args.seed.wrapping_add(turn))
+            .stop_tokens(stop_tokens.clone())
+            .ignore_eos(args.ignore_eos);
         turn += 1;
         INTERRUPTED.store(false, Ordering::SeqCst);
         GENERATING.store(true, Ordering::SeqCst);
         let t = Instant::now();
         let mut out = std::io::stdout();
-        let result = s.generate(&job, &mut |delta| {
+        let result = s.generate(&job, &mut |_id, delta| {
             let _ = out.write_all(delta.as_bytes());
             let _ = out.flush();
             if INTERRUPTED.load(Ordering::SeqCst) {
@@ -208,7 +203,7 @@ fn repl<B: ComputeBackend>(
     }
 }
 
-fn print_stats<B: ComputeBackend>(s: &Session<B>, last: Option<&(Outcome, f64)>) {
+fn print_stats<B: ComputeBackend>(s: &ModelSession<B>, last: Option<&(Outcome, f64)>) {
     let t = s.scheduler().metrics().total();
     match last {
         Some((o, secs)) => println!(

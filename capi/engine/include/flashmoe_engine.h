@@ -63,7 +63,8 @@ typedef struct FmeGenerateParams {
   uint8_t stop_at_eos;
 } FmeGenerateParams;
 
-// Called with every token as soon as it is chosen: its id and the text it adds (UTF-8,
+// Called with every token as soon as it is chosen (but an end-of-sequence token that ends
+// generation, counted in `generated_tokens` only): its id and the text it adds (UTF-8,
 // `piece_len` bytes, NUL-terminated; empty while a multi-byte character is incomplete),
 // valid during the call only. Return 0 to go on, anything else to cancel (as
 // `fme_model_cancel`). Runs on the thread that called `fme_generate`.

@@ -62,7 +62,7 @@ impl CError {
         let status = match e {
             E::Expert { .. } | E::IoSched { .. } => FmeStatus::Io,
             E::Backend { .. } => FmeStatus::Compute,
-            E::OutOfRange { .. } => FmeStatus::InvalidArgument,
+            E::OutOfRange { .. } | E::Request { .. } => FmeStatus::InvalidArgument,
             _ => FmeStatus::Model,
         };
         Self::new(status, chain(func, e))

@@ -1,16 +1,17 @@
 //! `fme_generate`: prompt in, tokens out through a callback, cancellable between tokens.
 
 use std::ffi::{CString, c_char, c_void};
+use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
-use flashmoe_engine::sampler::Sampler;
+use flashmoe_engine::{Finish, GenerationRequest};
 
 use crate::args::{handle, str_arg};
 use crate::error::{CError, FmeStatus, ffi};
 use crate::model::{FmeModel, State};
 
-/// Called with every token as soon as it is chosen: its id and the text it adds (UTF-8,
+/// Called with every token as soon as it is chosen (but an end-of-sequence token that ends
+/// generation, counted in `generated_tokens` only): its id and the text it adds (UTF-8,
 /// `piece_len` bytes, NUL-terminated; empty while a multi-byte character is incomplete),
 /// valid during the call only. Return 0 to go on, anything else to cancel (as
 /// `fme_model_cancel`). Runs on the thread that called `fme_generate`.
@@ -114,10 +115,10 @@ pub unsafe extern "C" fn fme_generate(
         })?;
         let mut g = FmeGeneration::default();
         let result = run(m, &mut st, prompt, &params, callback, user, &mut g);
-        let total = st.sched.metrics().total();
+        let total = st.session.scheduler().metrics().total();
         g.hit_rate = total.hit_rate();
         g.bytes_read = total.bytes_read();
-        g.positions = st.pos as u32;
+        g.positions = st.session.cached_tokens() as u32;
         if !out.is_null() {
             // SAFETY: non-NULL and writable by the caller's promise.
             unsafe { out.write(g) };
@@ -126,8 +127,9 @@ pub unsafe extern "C" fn fme_generate(
     })
 }
 
-/// The generation loop: prefill, then sample → callback → feed back, checking for a cancel
-/// before every token.
+/// One call: the conversation so far plus `prompt` through the engine's session (which
+/// prefills only what its context does not hold), each token to `callback`, a cancel checked
+/// after every token.
 fn run(
     m: &FmeModel,
     st: &mut State,
@@ -149,93 +151,68 @@ fn run(
         return Err(cancelled(g));
     }
     let State {
-        packed,
-        model,
-        experts,
-        prefetch,
-        pos,
-        pending,
-        ..
+        session,
+        conversation,
     } = st;
-    let mut feed: Vec<u32> = pending.iter().copied().collect();
-    feed.extend(
-        packed
-            .tokenizer
-            .encode(prompt)
-            .map_err(|e| CError::engine(F, &e))?,
-    );
-    if feed.is_empty() {
+    let new = session
+        .model()
+        .tokenizer
+        .encode(prompt)
+        .map_err(|e| CError::engine(F, &e))?;
+    if new.is_empty() {
         return Err(CError::invalid(F, "prompt", "encodes to no tokens"));
     }
-    let need = *pos + feed.len() + p.max_tokens as usize;
-    if need > model.max_seq() {
+    let need = conversation.len() + new.len() + p.max_tokens as usize;
+    if need > session.ctx() {
         return Err(CError::invalid(
             F,
             "prompt",
             format_args!(
                 "and max_tokens need {need} positions, the KV cache holds {} ({} in use): call fme_model_reset",
-                model.max_seq(),
-                *pos
+                session.ctx(),
+                session.cached_tokens()
             ),
         ));
     }
-    *pending = None;
-    g.prompt_tokens = feed.len() as u32;
-    let t = Instant::now();
-    let mut logits = model
-        .prefill(&feed, *pos, experts, prefetch)
-        .map_err(|e| CError::engine(F, &e))?;
-    *pos += feed.len();
-    g.prefill_secs = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let mut sampler = Sampler::new(p.temperature, p.top_p, p.seed);
-    let (mut ids, mut shown) = (Vec::new(), 0usize);
-    let mut outcome = Ok(());
-    for i in 0..p.max_tokens {
-        if m.cancel.load(Ordering::SeqCst) {
-            outcome = Err(cancelled(g));
-            break;
-        }
-        let next = sampler.sample(&logits).ok_or_else(|| {
-            CError::new(FmeStatus::Model, format!("{F}: the model gave no logits"))
-        })?;
-        ids.push(next);
-        g.generated_tokens += 1;
-        *pending = Some(next);
-        let text = packed
-            .tokenizer
-            .decode(&ids)
-            .map_err(|e| CError::engine(F, &e))?;
-        let piece = match text.get(shown..) {
-            Some(rest) if !text.ends_with('\u{FFFD}') => {
-                shown = text.len();
-                rest
-            }
-            _ => "",
+    let mut whole = conversation.clone();
+    whole.extend_from_slice(&new);
+    let req = GenerationRequest::greedy(whole, p.max_tokens as usize)
+        .sampling(p.temperature, p.top_p, p.seed)
+        .ignore_eos(p.stop_at_eos == 0);
+    let mut delivered = 0u32;
+    let mut on_token = |id: Option<u32>, piece: &str| {
+        // The tail held back at the end (an incomplete character) has no token of its own.
+        let Some(id) = id else {
+            return ControlFlow::Continue(());
         };
+        delivered += 1;
         if let Some(cb) = callback {
             let c = CString::new(piece.replace('\0', " ")).unwrap_or_default();
             // SAFETY: the caller promises `callback` may be called with `user`; `c` outlives
             // the call.
-            let rc = unsafe { cb(user, next, c.as_ptr(), c.as_bytes().len()) };
-            if rc != 0 {
+            if unsafe { cb(user, id, c.as_ptr(), c.as_bytes().len()) } != 0 {
                 m.cancel.store(true, Ordering::SeqCst);
-                outcome = Err(cancelled(g));
-                break;
             }
         }
-        if p.stop_at_eos != 0 && packed.eos.contains(&next) {
-            g.stopped_at_eos = 1;
-            break;
+        if m.cancel.load(Ordering::SeqCst) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
         }
-        if i + 1 < p.max_tokens {
-            logits = model
-                .forward(next, *pos, experts, prefetch)
-                .map_err(|e| CError::engine(F, &e))?;
-            *pos += 1;
-            *pending = None;
-        }
+    };
+    let out = session
+        .generate(&req, &mut on_token)
+        .map_err(|e| CError::engine(F, &e))?;
+    g.prompt_tokens = (out.prompt_tokens - out.cached_tokens) as u32;
+    g.prefill_secs = out.prefill_secs;
+    g.decode_secs = out.decode_secs;
+    conversation.clone_from(&req.prompt);
+    conversation.extend_from_slice(&out.tokens);
+    if out.finish == Finish::Cancelled {
+        g.generated_tokens = delivered;
+        return Err(cancelled(g));
     }
-    g.decode_secs = t.elapsed().as_secs_f64();
-    outcome
+    g.generated_tokens = out.completion_tokens as u32;
+    g.stopped_at_eos = u8::from(out.finish == Finish::Stop);
+    Ok(())
 }

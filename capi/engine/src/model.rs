@@ -1,19 +1,15 @@
 //! A model opened from a packed directory: its weights on the CPU backend, its experts streamed
-//! through io-sched under a budget, and the conversation state (KV cache position).
+//! through io-sched under a budget, and the conversation so far, all in the engine's `ModelSession`.
 
 use std::ffi::c_char;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use flashmoe_backends::CpuBackend;
-use flashmoe_engine::{
-    MoeModel, PackedModel, Prediction, Prefetcher, SchedExperts, open_scheduler, streamed,
-};
+use flashmoe_engine::{ExpertBudget, ModelConfig, ModelSession, Prediction, SessionOptions};
 use io_sched::backend::BackendKind;
 use io_sched::backend::select::BackendConfig;
 use io_sched::predictor::{self, PredictorKind};
-use io_sched::{Scheduler, SchedulerConfig, SessionConfig};
 use parking_lot::Mutex;
 
 use crate::args::{handle, need_out, str_arg, write_out};
@@ -31,27 +27,19 @@ pub struct FmeModel {
     pub(crate) cancel: AtomicBool,
 }
 
-/// What generation changes.
+/// The engine's session (model, experts, prompt cache) and the conversation so far.
 pub(crate) struct State {
-    pub packed: PackedModel,
-    pub model: MoeModel<CpuBackend>,
-    pub experts: SchedExperts,
-    pub prefetch: Prefetcher,
-    pub sched: Arc<Scheduler>,
-    /// Positions already in the KV cache.
-    pub pos: usize,
-    /// The last chosen token, not yet run through the model (it goes first next time).
-    pub pending: Option<u32>,
+    pub session: ModelSession<CpuBackend>,
+    /// Every token since the last reset, prompts and generated ones, in order: each call's
+    /// prompt extends it, so the session prefills only what its context does not hold yet.
+    pub conversation: Vec<u32>,
 }
 
 impl State {
     fn open(dir: &Path, s: &ModelSettings, func: &str) -> Result<Self, CError> {
-        let packed = PackedModel::open(dir).map_err(|e| CError::engine(func, &e))?;
-        let all = packed.experts.max_read_len()
-            * (packed.experts.num_layers() as u64 * packed.experts.num_experts() as u64);
         let budget = match s.budget {
-            Budget::Bytes(b) => b,
-            Budget::Share(share) => (all as f64 * share).ceil() as u64,
+            Budget::Bytes(b) => ExpertBudget::Bytes(b),
+            Budget::Share(share) => ExpertBudget::Share(share),
         };
         let kind = match s.io_backend.as_str() {
             "auto" => None,
@@ -59,17 +47,7 @@ impl State {
                 CError::invalid(func, "io_backend option", format_args!("{e} (or auto)"))
             })?),
         };
-        let backend = BackendConfig::default().kind(kind);
-        let (sched, _fallbacks) =
-            open_scheduler(&packed, SchedulerConfig::with_budget(budget), &backend)
-                .map_err(|e| CError::engine(func, &e))?;
-        let cfg = &packed.config;
-        let max_seq = match s.max_seq {
-            0 => cfg.max_position_embeddings.min(4096),
-            n => n.min(cfg.max_position_embeddings),
-        };
-        let model = packed
-            .load_model(CpuBackend::new(), max_seq)
+        let cfg = ModelConfig::from_file(&dir.join("config.json"))
             .map_err(|e| CError::engine(func, &e))?;
         let mode = prediction(
             &s.predictor,
@@ -77,23 +55,24 @@ impl State {
             cfg.num_experts as u32,
             func,
         )?;
-        // The CLI's policy: the pre-gate top k + 2 per layer, one layer ahead.
-        let policy = SessionConfig::new(cfg.top_k).with_per_layer(cfg.top_k + 2);
-        let (experts, prefetch) = streamed(sched.clone(), packed.record, mode, policy)
+        let max_seq = match s.max_seq {
+            0 => 4096,
+            n => n,
+        };
+        let options = SessionOptions::new()
+            .budget(budget)
+            .io(BackendConfig::default().kind(kind))
+            .prediction(mode)
+            .max_seq(max_seq);
+        let session = ModelSession::open(dir, CpuBackend::new(), options)
             .map_err(|e| CError::engine(func, &e))?;
         Ok(Self {
-            packed,
-            model,
-            experts,
-            prefetch,
-            sched,
-            pos: 0,
-            pending: None,
+            session,
+            conversation: Vec::new(),
         })
     }
 }
 
-/// The prefetch mode named `name` (as `flashmoe generate --predictor`).
 fn prediction(name: &str, layers: u32, experts: u32, func: &str) -> Result<Prediction, CError> {
     if name == "pregate" {
         return Ok(Prediction::Pregate);
@@ -187,9 +166,8 @@ pub unsafe extern "C" fn fme_model_reset(model: *const FmeModel) -> FmeStatus {
             .state
             .try_lock()
             .ok_or_else(|| CError::new(FmeStatus::Busy, format!("{F}: the model is generating")))?;
-        st.model.reset();
-        st.pos = 0;
-        st.pending = None;
+        st.session.reset();
+        st.conversation.clear();
         m.cancel.store(false, Ordering::SeqCst);
         Ok(())
     })

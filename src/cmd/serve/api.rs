@@ -328,7 +328,7 @@ pub struct PromptDetails {
 
 impl Usage {
     /// From a finished generation.
-    pub fn of(o: &crate::cmd::session::Outcome) -> Self {
+    pub fn of(o: &flashmoe_engine::Outcome) -> Self {
         Self {
             prompt_tokens: o.prompt_tokens,
             completion_tokens: o.completion_tokens,

@@ -23,7 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::api::{self, ChatRequest, Checked, CompletionRequest, Prompt, Usage};
 use super::error::ApiError;
 use super::worker::{Counters, Event, Ready, Request};
-use crate::cmd::session::{Job, Outcome};
+use flashmoe_engine::{GenerationRequest, Outcome};
 
 /// What every handler shares.
 pub struct AppState {
@@ -103,7 +103,12 @@ impl AppState {
     }
 
     /// A job for `prompt`, or 400 when it does not fit the context.
-    fn job(&self, prompt: Vec<u32>, c: &Checked, stop_tokens: Vec<u32>) -> Result<Job, ApiError> {
+    fn job(
+        &self,
+        prompt: Vec<u32>,
+        c: &Checked,
+        stop_tokens: Vec<u32>,
+    ) -> Result<GenerationRequest, ApiError> {
         if prompt.is_empty() {
             return Err(ApiError::invalid("prompt", "encodes to no tokens".into()));
         }
@@ -111,20 +116,16 @@ impl AppState {
             return Err(ApiError::too_long(prompt.len(), self.ready.ctx));
         }
         let room = self.ready.ctx - prompt.len();
-        Ok(Job {
-            prompt,
-            max_tokens: c.max_tokens.unwrap_or(room).min(room),
-            temperature: c.temperature,
-            top_p: c.top_p,
-            seed: c.seed,
-            stop: c.stop.clone(),
-            stop_tokens,
-            ignore_eos: c.ignore_eos,
-        })
+        let max_tokens = c.max_tokens.unwrap_or(room).min(room);
+        Ok(GenerationRequest::greedy(prompt, max_tokens)
+            .sampling(c.temperature, c.top_p, c.seed)
+            .stop(c.stop.clone())
+            .stop_tokens(stop_tokens)
+            .ignore_eos(c.ignore_eos))
     }
 
     /// Queues `job`; 429 when the queue is full, 503 when shutting down.
-    fn submit(&self, job: Job) -> Result<mpsc::Receiver<Event>, ApiError> {
+    fn submit(&self, job: GenerationRequest) -> Result<mpsc::Receiver<Event>, ApiError> {
         let (events, rx) = mpsc::channel(64);
         match self.queue.try_send(Request { job, events }) {
             Ok(()) => Ok(rx),

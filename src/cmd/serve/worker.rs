@@ -13,7 +13,8 @@ use flashmoe_backends::{ComputeBackend, CpuBackend};
 use tokio::sync::mpsc;
 
 use crate::cmd::CliResult;
-use crate::cmd::session::{Finish, Job, OpenOptions, Outcome, Session};
+use crate::cmd::session::{self, OpenOptions};
+use flashmoe_engine::{Finish, GenerationRequest, ModelSession, Outcome};
 
 /// What the worker sends back for one request.
 #[derive(Debug)]
@@ -30,7 +31,7 @@ pub enum Event {
 #[derive(Debug)]
 pub struct Request {
     /// What to generate.
-    pub job: Job,
+    pub job: GenerationRequest,
     /// Where its text goes (dropped by the client side to cancel).
     pub events: mpsc::Sender<Event>,
 }
@@ -76,14 +77,14 @@ pub fn spawn(
         .name("flashmoe-generate".into())
         .spawn(move || {
             let started = match backend.as_str() {
-                "cpu" => Session::open(&dir, CpuBackend::new(), &opts)
+                "cpu" => session::open(&dir, CpuBackend::new(), &opts)
                     .map(|s| run(s, "cpu".into(), rx, &ready_tx, &counters)),
                 "wgpu" => WgpuBackend::new(&WgpuConfig::default())
                     .map_err(|e| format!("--backend wgpu: {e}").into())
                     .and_then(|be| {
                         let name = format!("wgpu ({})", be.info());
                         be.compile_all();
-                        Session::open(&dir, be, &opts)
+                        session::open(&dir, be, &opts)
                             .map(|s| run(s, name, rx, &ready_tx, &counters))
                     }),
                 other => Err(format!("--backend {other:?}: expected cpu or wgpu").into()),
@@ -107,7 +108,7 @@ pub fn spawn(
 
 /// The worker's loop: until every sender is gone (the server has drained).
 fn run<B: ComputeBackend>(
-    mut s: Session<B>,
+    mut s: ModelSession<B>,
     compute: String,
     mut rx: mpsc::Receiver<Request>,
     ready: &std::sync::mpsc::Sender<Result<Ready, String>>,
@@ -115,7 +116,7 @@ fn run<B: ComputeBackend>(
 ) {
     let _ = ready.send(Ok(Ready {
         ctx: s.ctx(),
-        vocab: s.m.config.vocab_size,
+        vocab: s.model().config.vocab_size,
         compute,
     }));
     while let Some(req) = rx.blocking_recv() {
@@ -125,7 +126,7 @@ fn run<B: ComputeBackend>(
         }
         counters.busy.store(true, Ordering::Relaxed);
         let ev = &req.events;
-        let mut on_text = |delta: &str| {
+        let mut on_text = |_id: Option<u32>, delta: &str| {
             if delta.is_empty() {
                 return if ev.is_closed() {
                     ControlFlow::Break(())
