@@ -46,6 +46,11 @@ pub trait ContextState {
 }
 
 impl<B: ComputeBackend> ContextState for MoeModel<B> {
+    /// Attention-only families rewind; a hybrid family's DeltaNet state does not.
+    fn can_rewind(&self) -> bool {
+        self.config().hybrid.is_none()
+    }
+
     fn clear_context(&mut self) {
         self.reset();
     }
@@ -82,7 +87,9 @@ impl PromptCache {
             .zip(prompt)
             .take_while(|(a, b)| a == b)
             .count();
-        if state.can_rewind() || common == self.tokens.len() {
+        // Recurrent state holds every cached token: it is reusable only when the prompt goes on
+        // past all of them (re-running the last one, as a full match would, applies it twice).
+        if state.can_rewind() || (common == self.tokens.len() && prompt.len() > common) {
             common
         } else {
             0

@@ -177,3 +177,53 @@ fn recurrent_state_restarts_at_position_zero_and_refuses_rewinds() {
         .expect_err("rewinding a recurrent state must be refused");
     assert!(err.to_string().contains("DeltaNet"), "{err}");
 }
+
+/// The prompt cache on the hybrid family: its DeltaNet state cannot be rewound, so a prompt
+/// that only shares a prefix with the cached context (or repeats it exactly) is prefilled
+/// again, and every continuation gives a fresh generation's tokens.
+#[test]
+fn prompt_cache_reuses_deltanet_state_only_when_extended() {
+    use flashmoe_engine::{ContextState, PromptCache, Sampler};
+    use std::ops::ControlFlow;
+    let Some(dir) = fixture() else { return };
+    let (mut model, mut experts) = load(&dir, WeightFormat::Bf16);
+    assert!(!model.can_rewind());
+    let mut go = |model: &mut flashmoe_engine::MoeModel<_>, cache: &mut PromptCache, p: &[u32]| {
+        let (g, reused) = cache
+            .generate(
+                model,
+                p,
+                6,
+                &[],
+                &mut Sampler::greedy(),
+                &mut experts,
+                &mut NoObserver,
+                &mut |_| Ok(ControlFlow::Continue(())),
+            )
+            .unwrap();
+        (g.tokens, reused)
+    };
+    let prompts = golden(&dir);
+    let turn1 = prompts[0].input_ids.clone();
+    let mut cache = PromptCache::new();
+    let (a, _) = go(&mut model, &mut cache, &turn1);
+    let held = cache.tokens().to_vec();
+    // Extends everything held: reused in full, same tokens as from scratch.
+    let mut ext = turn1.clone();
+    ext.extend_from_slice(&a);
+    ext.extend_from_slice(&turn1[..2]);
+    let (b, reused) = go(&mut model, &mut cache, &ext);
+    assert_eq!(reused, held.len());
+    let (fresh_b, _) = go(&mut model, &mut PromptCache::new(), &ext);
+    assert_eq!(b, fresh_b, "extended DeltaNet context changed the tokens");
+    // Shares only a prefix: prefilled from scratch, same tokens.
+    let mut diverged = turn1[..turn1.len() - 1].to_vec();
+    diverged.push(if turn1[turn1.len() - 1] == 7 { 8 } else { 7 });
+    let (c, reused) = go(&mut model, &mut cache, &diverged);
+    assert_eq!(reused, 0);
+    let (fresh_c, _) = go(&mut model, &mut PromptCache::new(), &diverged);
+    assert_eq!(c, fresh_c);
+    // Exactly the held context again: not reused (its last token would be applied twice).
+    let again = cache.tokens().to_vec();
+    assert_eq!(cache.reusable(&again, &model), 0);
+}
