@@ -1,9 +1,9 @@
 //! Status codes, the thread-local last-error message, and the wrapper every exported function
 //! runs its body in (argument checks, no panic across the boundary).
 
-use std::cell::RefCell;
-use std::ffi::{CString, c_char};
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::ffi::c_char;
+
+use flashmoe_capi_common::Status;
 
 /// What a call returned. `FME_STATUS_OK` is 0; every other value is an error whose message
 /// `fme_last_error` gives on the same thread.
@@ -31,33 +31,29 @@ pub enum FmeStatus {
     Internal = 8,
 }
 
-/// An error on its way to C: a status and a message naming what and where.
-#[derive(Debug)]
-pub(crate) struct CError {
-    pub status: FmeStatus,
-    pub message: String,
+impl Status for FmeStatus {
+    const OK: Self = FmeStatus::Ok;
+    const NULL: Self = FmeStatus::Null;
+    const INVALID_ARGUMENT: Self = FmeStatus::InvalidArgument;
+    const INTERNAL: Self = FmeStatus::Internal;
 }
 
-impl CError {
-    pub fn new(status: FmeStatus, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
-    }
+/// An error on its way to C: a status and a message naming what and where.
+pub(crate) type CallError = flashmoe_capi_common::CError<FmeStatus>;
 
-    /// A NULL pointer given for `arg` of `func`.
-    pub fn null(func: &str, arg: &str) -> Self {
-        Self::new(FmeStatus::Null, format!("{func}: `{arg}` is NULL"))
-    }
+/// Runs `body` for the exported function `func` ([`flashmoe_capi_common::ffi`]).
+pub(crate) fn ffi(func: &str, body: impl FnOnce() -> Result<(), CallError>) -> FmeStatus {
+    flashmoe_capi_common::ffi(func, body)
+}
 
-    /// A bad value of `arg` of `func`.
-    pub fn invalid(func: &str, arg: &str, why: impl std::fmt::Display) -> Self {
-        Self::new(FmeStatus::InvalidArgument, format!("{func}: `{arg}` {why}"))
-    }
-
+/// Errors of the engine, as C errors.
+pub(crate) trait EngineErrorExt {
     /// An engine error met in `func`, its whole source chain in the message.
-    pub fn engine(func: &str, e: &flashmoe_engine::EngineError) -> Self {
+    fn engine(func: &str, e: &flashmoe_engine::EngineError) -> Self;
+}
+
+impl EngineErrorExt for CallError {
+    fn engine(func: &str, e: &flashmoe_engine::EngineError) -> Self {
         use flashmoe_engine::EngineError as E;
         let status = match e {
             E::Expert { .. } | E::IoSched { .. } => FmeStatus::Io,
@@ -65,54 +61,7 @@ impl CError {
             E::OutOfRange { .. } | E::Request { .. } => FmeStatus::InvalidArgument,
             _ => FmeStatus::Model,
         };
-        Self::new(status, chain(func, e))
-    }
-}
-
-/// `func: e: source: source...`, each source once.
-fn chain(func: &str, e: &dyn std::error::Error) -> String {
-    let mut message = format!("{func}: {e}");
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = s.source();
-    }
-    message
-}
-
-thread_local! {
-    static LAST_ERROR: RefCell<Option<CString>> = const { RefCell::new(None) };
-}
-
-/// Stores `message` as this thread's last error.
-pub(crate) fn set_last_error(message: &str) {
-    // An interior NUL cannot go through a C string: show it as an escape.
-    let c = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
-    LAST_ERROR.with(|e| *e.borrow_mut() = Some(c));
-}
-
-/// Runs `body` for the exported function `func`: its error or panic becomes a status and this
-/// thread's last error; success returns `FME_STATUS_OK` (and leaves the last error as it was).
-pub(crate) fn ffi(func: &str, body: impl FnOnce() -> Result<(), CError>) -> FmeStatus {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(())) => FmeStatus::Ok,
-        Ok(Err(e)) => {
-            set_last_error(&e.message);
-            e.status
-        }
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            set_last_error(&format!("{func}: internal error (panic): {what}"));
-            FmeStatus::Internal
-        }
+        Self::new(status, flashmoe_capi_common::error_chain(func, e))
     }
 }
 
@@ -122,10 +71,7 @@ pub(crate) fn ffi(func: &str, body: impl FnOnce() -> Result<(), CError>) -> FmeS
 /// thread has its own last error; call it from the thread that got the error status.
 #[unsafe(no_mangle)]
 pub extern "C" fn fme_last_error() -> *const c_char {
-    LAST_ERROR.with(|e| match &*e.borrow() {
-        Some(c) => c.as_ptr(),
-        None => std::ptr::null(),
-    })
+    flashmoe_capi_common::last_error()
 }
 
 /// A short constant name for a status code (`"FME_STATUS_NULL"`); `"FME_STATUS_UNKNOWN"` for

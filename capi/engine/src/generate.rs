@@ -6,9 +6,9 @@ use std::sync::atomic::Ordering;
 
 use flashmoe_engine::{Finish, GenerationRequest};
 
-use crate::args::{handle, str_arg};
-use crate::error::{CError, FmeStatus, ffi};
+use crate::error::{CallError, EngineErrorExt, FmeStatus, ffi};
 use crate::model::{FmeModel, State};
+use flashmoe_capi_common::args::{handle, str_arg};
 
 /// Called with every token as soon as it is chosen (but an end-of-sequence token that ends
 /// generation, counted in `generated_tokens` only): its id and the text it adds (UTF-8,
@@ -108,7 +108,7 @@ pub unsafe extern "C" fn fme_generate(
             unsafe { params.read_unaligned() }
         };
         let mut st = m.state.try_lock().ok_or_else(|| {
-            CError::new(
+            CallError::new(
                 FmeStatus::Busy,
                 format!("{F}: another thread is generating"),
             )
@@ -138,11 +138,11 @@ fn run(
     callback: FmeTokenCallback,
     user: *mut c_void,
     g: &mut FmeGeneration,
-) -> Result<(), CError> {
+) -> Result<(), CallError> {
     const F: &str = "fme_generate";
     let cancelled = |g: &mut FmeGeneration| {
         g.cancelled = 1;
-        CError::new(
+        CallError::new(
             FmeStatus::Cancelled,
             format!("{F}: cancelled (call fme_model_reset to generate again)"),
         )
@@ -158,13 +158,13 @@ fn run(
         .model()
         .tokenizer
         .encode(prompt)
-        .map_err(|e| CError::engine(F, &e))?;
+        .map_err(|e| CallError::engine(F, &e))?;
     if new.is_empty() {
-        return Err(CError::invalid(F, "prompt", "encodes to no tokens"));
+        return Err(CallError::invalid(F, "prompt", "encodes to no tokens"));
     }
     let need = conversation.len() + new.len() + p.max_tokens as usize;
     if need > session.ctx() {
-        return Err(CError::invalid(
+        return Err(CallError::invalid(
             F,
             "prompt",
             format_args!(
@@ -202,7 +202,7 @@ fn run(
     };
     let out = session
         .generate(&req, &mut on_token)
-        .map_err(|e| CError::engine(F, &e))?;
+        .map_err(|e| CallError::engine(F, &e))?;
     g.prompt_tokens = (out.prompt_tokens - out.cached_tokens) as u32;
     g.prefill_secs = out.prefill_secs;
     g.decode_secs = out.decode_secs;

@@ -10,7 +10,6 @@
 //! (`fme_last_error`), opaque handles, every pointer checked for NULL, no panic across the
 //! boundary, thread-safety stated per function. Link this library or io-sched's, not both.
 
-mod args;
 pub mod error;
 pub mod generate;
 pub mod model;

@@ -12,9 +12,9 @@ use io_sched::backend::select::BackendConfig;
 use io_sched::predictor::{self, PredictorKind};
 use parking_lot::Mutex;
 
-use crate::args::{handle, need_out, str_arg, write_out};
-use crate::error::{CError, FmeStatus, ffi};
+use crate::error::{CallError, EngineErrorExt, FmeStatus, ffi};
 use crate::options::{Budget, FmeOptions, ModelSettings};
+use flashmoe_capi_common::args::{handle, need_out, str_arg, write_out};
 
 /// An open model. Opaque.
 ///
@@ -36,7 +36,7 @@ pub(crate) struct State {
 }
 
 impl State {
-    fn open(dir: &Path, s: &ModelSettings, func: &str) -> Result<Self, CError> {
+    fn open(dir: &Path, s: &ModelSettings, func: &str) -> Result<Self, CallError> {
         let budget = match s.budget {
             Budget::Bytes(b) => ExpertBudget::Bytes(b),
             Budget::Share(share) => ExpertBudget::Share(share),
@@ -44,11 +44,11 @@ impl State {
         let kind = match s.io_backend.as_str() {
             "auto" => None,
             other => Some(other.parse::<BackendKind>().map_err(|e| {
-                CError::invalid(func, "io_backend option", format_args!("{e} (or auto)"))
+                CallError::invalid(func, "io_backend option", format_args!("{e} (or auto)"))
             })?),
         };
         let cfg = ModelConfig::from_file(&dir.join("config.json"))
-            .map_err(|e| CError::engine(func, &e))?;
+            .map_err(|e| CallError::engine(func, &e))?;
         let mode = prediction(
             &s.predictor,
             cfg.num_layers as u32,
@@ -65,7 +65,7 @@ impl State {
             .prediction(mode)
             .max_seq(max_seq);
         let session = ModelSession::open(dir, CpuBackend::new(), options)
-            .map_err(|e| CError::engine(func, &e))?;
+            .map_err(|e| CallError::engine(func, &e))?;
         Ok(Self {
             session,
             conversation: Vec::new(),
@@ -73,11 +73,11 @@ impl State {
     }
 }
 
-fn prediction(name: &str, layers: u32, experts: u32, func: &str) -> Result<Prediction, CError> {
+fn prediction(name: &str, layers: u32, experts: u32, func: &str) -> Result<Prediction, CallError> {
     if name == "pregate" {
         return Ok(Prediction::Pregate);
     }
-    let bad = |why: String| CError::invalid(func, "predictor option", why);
+    let bad = |why: String| CallError::invalid(func, "predictor option", why);
     let kind: PredictorKind = name.parse().map_err(|e| bad(format!("{e} (or pregate)")))?;
     match kind {
         PredictorKind::None => Ok(Prediction::None),
@@ -131,7 +131,7 @@ pub unsafe extern "C" fn fme_model_open(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn fme_model_free(model: *mut FmeModel) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { crate::args::free_handle(model) }
+    unsafe { flashmoe_capi_common::args::free_handle(model) }
 }
 
 /// Asks a generation in progress to stop before its next token; every `fme_generate` then
@@ -162,10 +162,9 @@ pub unsafe extern "C" fn fme_model_reset(model: *const FmeModel) -> FmeStatus {
     ffi(F, || {
         // SAFETY: forwarded from this function's contract.
         let m = unsafe { handle(F, "model", model) }?;
-        let mut st = m
-            .state
-            .try_lock()
-            .ok_or_else(|| CError::new(FmeStatus::Busy, format!("{F}: the model is generating")))?;
+        let mut st = m.state.try_lock().ok_or_else(|| {
+            CallError::new(FmeStatus::Busy, format!("{F}: the model is generating"))
+        })?;
         st.session.reset();
         st.conversation.clear();
         m.cancel.store(false, Ordering::SeqCst);

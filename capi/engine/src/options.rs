@@ -3,8 +3,8 @@
 
 use std::ffi::c_char;
 
-use crate::args::{handle_mut, need_out, str_arg, write_out};
-use crate::error::{CError, FmeStatus, ffi};
+use crate::error::{CallError, FmeStatus, ffi};
+use flashmoe_capi_common::args::{handle_mut, need_out, str_arg, write_out};
 
 /// How the expert cache is sized.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -68,7 +68,7 @@ pub unsafe extern "C" fn fme_options_new(out: *mut *mut FmeOptions) -> FmeStatus
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn fme_options_free(options: *mut FmeOptions) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { crate::args::free_handle(options) }
+    unsafe { flashmoe_capi_common::args::free_handle(options) }
 }
 
 /// Runs `f` on the settings behind `options`.
@@ -78,7 +78,7 @@ pub unsafe extern "C" fn fme_options_free(options: *mut FmeOptions) {
 unsafe fn set(
     func: &str,
     options: *mut FmeOptions,
-    f: impl FnOnce(&mut ModelSettings) -> Result<(), CError>,
+    f: impl FnOnce(&mut ModelSettings) -> Result<(), CallError>,
 ) -> FmeStatus {
     ffi(func, || {
         // SAFETY: forwarded from this function's contract.
@@ -101,7 +101,7 @@ pub unsafe extern "C" fn fme_options_set_budget_bytes(
     unsafe {
         set(F, options, |s| {
             if bytes == 0 {
-                return Err(CError::invalid(F, "bytes", "must be non-zero"));
+                return Err(CallError::invalid(F, "bytes", "must be non-zero"));
             }
             s.budget = Budget::Bytes(bytes);
             Ok(())
@@ -123,7 +123,7 @@ pub unsafe extern "C" fn fme_options_set_budget_share(
     unsafe {
         set(F, options, |s| {
             if !(share > 0.0 && share <= 1.0) {
-                return Err(CError::invalid(
+                return Err(CallError::invalid(
                     F,
                     "share",
                     format_args!("must be in (0, 1], got {share}"),

@@ -3,6 +3,8 @@
 //! the Rust path `flashmoe generate` takes, then checks cancel and reset.
 
 use std::path::{Path, PathBuf};
+
+use flashmoe_capi_common::testing::{compile_c, static_lib};
 use std::process::Command;
 
 use flashmoe_backends::CpuBackend;
@@ -18,42 +20,15 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The static library cargo built for this test run: beside the test binary (`deps/`), else
-/// in the profile directory above it.
-fn static_lib(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let deps = exe.parent().expect("test binary directory");
-    for dir in [deps, deps.parent().unwrap_or(deps)] {
-        let p = dir.join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "{name} not found beside {} (cargo builds it with this crate)",
-        exe.display()
-    );
-}
-
 /// `generate.c` compiled into `dir`.
 fn compile(dir: &Path) -> PathBuf {
     let root = repo();
     let out = dir.join("generate");
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let o = Command::new(&cc)
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-I"])
-        .arg(root.join("capi/engine/include"))
-        .arg(root.join("engine/examples/c/generate.c"))
-        .arg(static_lib("libflashmoe_engine_capi.a"))
-        .args(["-lpthread", "-ldl", "-lm", "-o"])
-        .arg(&out)
-        .output()
-        .unwrap_or_else(|e| panic!("running {cc}: {e} (a C compiler is needed for this test)"));
-    assert!(
-        o.status.success(),
-        "{cc} failed:\n{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
+    compile_c(
+        &root.join("engine/examples/c/generate.c"),
+        &root.join("capi/engine/include"),
+        &static_lib("libflashmoe_engine_capi.a"),
+        &out,
     );
     out
 }

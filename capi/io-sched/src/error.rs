@@ -1,9 +1,9 @@
 //! Status codes, the thread-local last-error message, and the wrapper every exported function
 //! runs its body in (argument checks, no panic across the boundary).
 
-use std::cell::RefCell;
-use std::ffi::{CString, c_char};
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::ffi::c_char;
+
+use flashmoe_capi_common::Status;
 
 /// What a call returned. `FMIO_STATUS_OK` is 0; every other value is an error whose message
 /// `fmio_last_error` gives on the same thread.
@@ -36,36 +36,38 @@ pub enum FmioStatus {
     Internal = 11,
 }
 
-/// An error on its way to C: a status and a message naming what and where.
-#[derive(Debug)]
-pub(crate) struct CError {
-    pub status: FmioStatus,
-    pub message: String,
+impl Status for FmioStatus {
+    const OK: Self = FmioStatus::Ok;
+    const NULL: Self = FmioStatus::Null;
+    const INVALID_ARGUMENT: Self = FmioStatus::InvalidArgument;
+    const INTERNAL: Self = FmioStatus::Internal;
 }
 
-impl CError {
-    pub fn new(status: FmioStatus, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
-    }
+/// An error on its way to C: a status and a message naming what and where.
+pub(crate) type CallError = flashmoe_capi_common::CError<FmioStatus>;
 
-    /// A NULL pointer given for `arg` of `func`.
-    pub fn null(func: &str, arg: &str) -> Self {
-        Self::new(FmioStatus::Null, format!("{func}: `{arg}` is NULL"))
-    }
+/// Runs `body` for the exported function `func` ([`flashmoe_capi_common::ffi`]).
+pub(crate) fn ffi(func: &str, body: impl FnOnce() -> Result<(), CallError>) -> FmioStatus {
+    flashmoe_capi_common::ffi(func, body)
+}
 
-    /// A bad value of `arg` of `func`.
-    pub fn invalid(func: &str, arg: &str, why: impl std::fmt::Display) -> Self {
-        Self::new(
-            FmioStatus::InvalidArgument,
-            format!("{func}: `{arg}` {why}"),
-        )
-    }
+/// Like [`ffi`] for functions that return a value instead of a status: `fallback` on error.
+pub(crate) fn ffi_value<T>(
+    func: &str,
+    fallback: T,
+    body: impl FnOnce() -> Result<T, CallError>,
+) -> T {
+    flashmoe_capi_common::ffi_value(func, fallback, body)
+}
 
+/// Errors of io-sched, as C errors.
+pub(crate) trait SchedErrorExt {
     /// An io-sched error met in `func`, its whole source chain in the message.
-    pub fn sched(func: &str, e: &io_sched::Error) -> Self {
+    fn sched(func: &str, e: &io_sched::Error) -> Self;
+}
+
+impl SchedErrorExt for CallError {
+    fn sched(func: &str, e: &io_sched::Error) -> Self {
         use io_sched::ErrorKind as K;
         let status = match e.kind() {
             K::Layout => FmioStatus::Layout,
@@ -79,62 +81,7 @@ impl CError {
             // A kind added to io-sched after this mapping: still an error, named in the message.
             _ => FmioStatus::Internal,
         };
-        let mut message = format!("{func}: {e}");
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            let text = s.to_string();
-            if !message.contains(&text) {
-                message.push_str(": ");
-                message.push_str(&text);
-            }
-            source = s.source();
-        }
-        Self::new(status, message)
-    }
-}
-
-thread_local! {
-    static LAST_ERROR: RefCell<Option<CString>> = const { RefCell::new(None) };
-}
-
-/// Stores `message` as this thread's last error.
-pub(crate) fn set_last_error(message: &str) {
-    // An interior NUL cannot go through a C string: show it as an escape.
-    let c = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
-    LAST_ERROR.with(|e| *e.borrow_mut() = Some(c));
-}
-
-/// Runs `body` for the exported function `func`: its error or panic becomes a status and this
-/// thread's last error; success returns `FMIO_STATUS_OK` (and leaves the last error as it was).
-pub(crate) fn ffi(func: &str, body: impl FnOnce() -> Result<(), CError>) -> FmioStatus {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(())) => FmioStatus::Ok,
-        Ok(Err(e)) => {
-            set_last_error(&e.message);
-            e.status
-        }
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            set_last_error(&format!("{func}: internal error (panic): {what}"));
-            FmioStatus::Internal
-        }
-    }
-}
-
-/// Like [`ffi`] for functions that return a value instead of a status: `fallback` on error.
-pub(crate) fn ffi_value<T>(func: &str, fallback: T, body: impl FnOnce() -> Result<T, CError>) -> T {
-    let mut out = None;
-    let status = ffi(func, || {
-        out = Some(body()?);
-        Ok(())
-    });
-    match (status, out) {
-        (FmioStatus::Ok, Some(v)) => v,
-        _ => fallback,
+        Self::new(status, flashmoe_capi_common::error_chain(func, e))
     }
 }
 
@@ -144,10 +91,7 @@ pub(crate) fn ffi_value<T>(func: &str, fallback: T, body: impl FnOnce() -> Resul
 /// thread has its own last error; call it from the thread that got the error status.
 #[unsafe(no_mangle)]
 pub extern "C" fn fmio_last_error() -> *const c_char {
-    LAST_ERROR.with(|e| match &*e.borrow() {
-        Some(c) => c.as_ptr(),
-        None => std::ptr::null(),
-    })
+    flashmoe_capi_common::last_error()
 }
 
 /// A short constant name for a status code (`"FMIO_STATUS_NULL"`); `"FMIO_STATUS_UNKNOWN"` for

@@ -4,8 +4,8 @@ use std::ffi::{CString, c_char};
 
 use io_sched::{ExpertKey, ExpertLayout, LayoutBuilder, Manifest};
 
-use crate::args::{handle, handle_mut, need_out, str_arg, write_out};
-use crate::error::{CError, FmioStatus, ffi, ffi_value};
+use crate::error::{CallError, FmioStatus, SchedErrorExt, ffi, ffi_value};
+use flashmoe_capi_common::args::{handle, handle_mut, need_out, str_arg, write_out};
 
 /// Where the experts live: `(layer, expert) → (file, offset, length, checksum)`. Opaque.
 /// Immutable once made: any number of threads may query one layout at once.
@@ -68,7 +68,7 @@ pub unsafe extern "C" fn fmio_layout_open_manifest(
         need_out(F, "out", out)?;
         // SAFETY: forwarded from this function's contract.
         let path = unsafe { str_arg(F, "manifest_path", manifest_path) }?;
-        let (layout, _meta) = Manifest::load(path).map_err(|e| CError::sched(F, &e))?;
+        let (layout, _meta) = Manifest::load(path).map_err(|e| CallError::sched(F, &e))?;
         let boxed = Box::into_raw(Box::new(FmioLayout::new(layout)));
         // SAFETY: `out` checked non-NULL; the caller promises it is writable.
         unsafe { write_out(F, "out", out, boxed) }
@@ -82,7 +82,7 @@ pub unsafe extern "C" fn fmio_layout_open_manifest(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn fmio_layout_free(layout: *mut FmioLayout) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { crate::args::free_handle(layout) }
+    unsafe { flashmoe_capi_common::args::free_handle(layout) }
 }
 
 /// Layers of the layout (0 if `layout` is NULL). Any thread.
@@ -130,7 +130,7 @@ pub unsafe extern "C" fn fmio_layout_record(
         let loc = l
             .layout
             .get(ExpertKey::new(layer, expert))
-            .map_err(|e| CError::sched(F, &e))?;
+            .map_err(|e| CallError::sched(F, &e))?;
         let rec = FmioRecord {
             file: loc.file,
             offset: loc.offset,
@@ -178,7 +178,7 @@ pub unsafe extern "C" fn fmio_layout_builder_new(
         need_out(F, "out", out)?;
         let records = layers as u64 * experts as u64;
         if records == 0 || records > FMIO_MAX_RECORDS {
-            return Err(CError::invalid(
+            return Err(CallError::invalid(
                 F,
                 "layers/experts",
                 format_args!("{layers} x {experts}: need 1 to {FMIO_MAX_RECORDS} records"),
@@ -239,7 +239,7 @@ pub unsafe extern "C" fn fmio_layout_builder_set(
         // SAFETY: forwarded from this function's contract.
         let b = unsafe { handle_mut(F, "builder", builder) }?;
         if layer >= b.layers || expert >= b.experts {
-            return Err(CError::new(
+            return Err(CallError::new(
                 FmioStatus::UnknownExpert,
                 format!(
                     "{F}: no record slot for layer {layer} expert {expert} (the builder has {} layers x {} experts)",
@@ -269,8 +269,10 @@ pub unsafe extern "C" fn fmio_layout_builder_build(
         let b = unsafe { handle_mut(F, "builder", builder) }?;
         need_out(F, "out", out)?;
         let inner = b.inner.take().ok_or_else(|| built(F))?;
-        let layout = inner.build().map_err(|e| CError::sched(F, &e))?;
-        layout.validate_files().map_err(|e| CError::sched(F, &e))?;
+        let layout = inner.build().map_err(|e| CallError::sched(F, &e))?;
+        layout
+            .validate_files()
+            .map_err(|e| CallError::sched(F, &e))?;
         let boxed = Box::into_raw(Box::new(FmioLayout::new(layout)));
         // SAFETY: as above.
         unsafe { write_out(F, "out", out, boxed) }
@@ -284,9 +286,9 @@ pub unsafe extern "C" fn fmio_layout_builder_build(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn fmio_layout_builder_free(builder: *mut FmioLayoutBuilder) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { crate::args::free_handle(builder) }
+    unsafe { flashmoe_capi_common::args::free_handle(builder) }
 }
 
-fn built(func: &str) -> CError {
-    CError::invalid(func, "builder", "was already built (make a new one)")
+fn built(func: &str) -> CallError {
+    CallError::invalid(func, "builder", "was already built (make a new one)")
 }

@@ -21,7 +21,6 @@
 //! static library carries its own copy of the Rust runtime).
 
 mod adapter;
-mod args;
 pub mod error;
 pub mod layout;
 pub mod metrics;
@@ -59,7 +58,7 @@ pub unsafe extern "C" fn fmio_checksum(data: *const u8, len: usize) -> u64 {
     const F: &str = "fmio_checksum";
     error::ffi_value(F, 0, || {
         // SAFETY: forwarded from this function's contract.
-        let bytes = unsafe { args::slice_arg(F, "data", data, len) }?;
+        let bytes = unsafe { flashmoe_capi_common::args::slice_arg(F, "data", data, len) }?;
         Ok(io_sched::checksum::checksum(bytes))
     })
 }

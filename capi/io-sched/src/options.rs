@@ -8,8 +8,8 @@ use io_sched::backend::files::DirectMode;
 use io_sched::predictor::PredictorKind;
 
 use crate::adapter::{Budget, SessionSettings};
-use crate::args::{handle_mut, need_out, str_arg, write_out};
-use crate::error::{CError, FmioStatus, ffi};
+use crate::error::{CallError, FmioStatus, ffi};
+use flashmoe_capi_common::args::{handle_mut, need_out, str_arg, write_out};
 
 /// How to open a session. Opaque; defaults: a budget of 25% of all expert bytes, the
 /// `temporal` predictor one layer ahead hinting the acquired count + 2 per layer, the backend
@@ -42,7 +42,7 @@ pub unsafe extern "C" fn fmio_options_new(out: *mut *mut FmioOptions) -> FmioSta
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn fmio_options_free(options: *mut FmioOptions) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { crate::args::free_handle(options) }
+    unsafe { flashmoe_capi_common::args::free_handle(options) }
 }
 
 /// Runs `f` on the options behind `options` for the setter `func`.
@@ -52,7 +52,7 @@ pub unsafe extern "C" fn fmio_options_free(options: *mut FmioOptions) {
 unsafe fn set(
     func: &str,
     options: *mut FmioOptions,
-    f: impl FnOnce(&mut SessionSettings) -> Result<(), CError>,
+    f: impl FnOnce(&mut SessionSettings) -> Result<(), CallError>,
 ) -> FmioStatus {
     ffi(func, || {
         // SAFETY: forwarded from this function's contract.
@@ -75,7 +75,7 @@ pub unsafe extern "C" fn fmio_options_set_budget_bytes(
     unsafe {
         set(F, options, |s| {
             if bytes == 0 {
-                return Err(CError::invalid(F, "bytes", "must be non-zero"));
+                return Err(CallError::invalid(F, "bytes", "must be non-zero"));
             }
             s.budget = Budget::Bytes(bytes);
             Ok(())
@@ -97,7 +97,7 @@ pub unsafe extern "C" fn fmio_options_set_budget_share(
     unsafe {
         set(F, options, |s| {
             if !(share > 0.0 && share <= 1.0) {
-                return Err(CError::invalid(
+                return Err(CallError::invalid(
                     F,
                     "share",
                     format_args!("must be in (0, 1], got {share}"),
@@ -128,9 +128,9 @@ pub unsafe extern "C" fn fmio_options_set_predictor(
     // SAFETY: forwarded from this function's contract.
     unsafe {
         set(F, options, |s| {
-            let kind: PredictorKind = name.parse().map_err(|e| CError::invalid(F, "name", e))?;
+            let kind: PredictorKind = name.parse().map_err(|e| CallError::invalid(F, "name", e))?;
             if kind == PredictorKind::Oracle {
-                return Err(CError::invalid(
+                return Err(CallError::invalid(
                     F,
                     "name",
                     "oracle needs a trace: not available here",
@@ -158,7 +158,7 @@ pub unsafe extern "C" fn fmio_options_set_prefetch(
     unsafe {
         set(F, options, |s| {
             if horizon == 0 {
-                return Err(CError::invalid(F, "horizon", "must be at least 1"));
+                return Err(CallError::invalid(F, "horizon", "must be at least 1"));
             }
             s.horizon = horizon;
             s.per_layer = per_layer as usize;
@@ -187,14 +187,13 @@ pub unsafe extern "C" fn fmio_options_set_backend(
     // SAFETY: forwarded from this function's contract.
     unsafe {
         set(F, options, |s| {
-            s.backend.kind = match name {
-                "auto" => None,
-                other => Some(
-                    other
-                        .parse::<BackendKind>()
-                        .map_err(|e| CError::invalid(F, "name", format_args!("{e} (or auto)")))?,
-                ),
-            };
+            s.backend.kind =
+                match name {
+                    "auto" => None,
+                    other => Some(other.parse::<BackendKind>().map_err(|e| {
+                        CallError::invalid(F, "name", format_args!("{e} (or auto)"))
+                    })?),
+                };
             Ok(())
         })
     }
@@ -223,7 +222,7 @@ pub unsafe extern "C" fn fmio_options_set_direct_io(
                 "require" => DirectMode::Require,
                 "off" => DirectMode::Off,
                 other => {
-                    return Err(CError::invalid(
+                    return Err(CallError::invalid(
                         F,
                         "mode",
                         format_args!("{other:?} is none of auto, require, off"),
@@ -249,7 +248,7 @@ pub unsafe extern "C" fn fmio_options_set_queue_depth(
     unsafe {
         set(F, options, |s| {
             if depth == 0 {
-                return Err(CError::invalid(F, "depth", "must be at least 1"));
+                return Err(CallError::invalid(F, "depth", "must be at least 1"));
             }
             s.backend.queue_depth = depth;
             s.backend.threads = Some(depth as usize);

@@ -6,11 +6,11 @@ use io_sched::ExpertGuard;
 use io_sched::predictor::Candidate;
 
 use crate::adapter::{SessionCore, SessionSettings};
-use crate::args::{handle, need_out, slice_arg, write_out};
-use crate::error::{CError, FmioStatus, ffi, ffi_value};
+use crate::error::{CallError, FmioStatus, SchedErrorExt, ffi, ffi_value};
 use crate::layout::FmioLayout;
 use crate::metrics::FmioMetrics;
 use crate::options::FmioOptions;
+use flashmoe_capi_common::args::{handle, need_out, slice_arg, write_out};
 
 /// An open session. Opaque.
 ///
@@ -66,7 +66,7 @@ pub unsafe extern "C" fn fmio_session_open(
             unsafe { handle(F, "options", options) }?.settings.clone()
         };
         let core =
-            SessionCore::open(l.layout.clone(), &settings).map_err(|e| CError::sched(F, &e))?;
+            SessionCore::open(l.layout.clone(), &settings).map_err(|e| CallError::sched(F, &e))?;
         let c = |s: &str| CString::new(s.replace('\0', " ")).unwrap_or_default();
         let session = FmioSession {
             backend: c(core.backend_description()),
@@ -87,7 +87,7 @@ pub unsafe extern "C" fn fmio_session_open(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn fmio_session_free(session: *mut FmioSession) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { crate::args::free_handle(session) }
+    unsafe { flashmoe_capi_common::args::free_handle(session) }
 }
 
 /// The read backend in use, e.g. `io_uring qd=32 O_DIRECT registered-buffers`; valid while the
@@ -260,12 +260,16 @@ pub unsafe extern "C" fn fmio_session_acquire(
         let experts = unsafe { slice_arg(F, "experts", experts, n) }?;
         need_out(F, "out", out)?;
         if experts.is_empty() {
-            return Err(CError::invalid(F, "n", "is 0: acquire at least one expert"));
+            return Err(CallError::invalid(
+                F,
+                "n",
+                "is 0: acquire at least one expert",
+            ));
         }
         let guard = s
             .core
             .acquire(layer, experts)
-            .map_err(|e| CError::sched(F, &e))?;
+            .map_err(|e| CallError::sched(F, &e))?;
         // SAFETY: as above.
         unsafe { write_out(F, "out", out, Box::into_raw(Box::new(FmioGuard { guard }))) }
     })
@@ -327,7 +331,7 @@ pub unsafe extern "C" fn fmio_guard_get(
         let g = &unsafe { handle(F, "guard", guard) }?.guard;
         need_out(F, "out", out)?;
         if index >= g.len() {
-            return Err(CError::invalid(
+            return Err(CallError::invalid(
                 F,
                 "index",
                 format_args!("{index} is out of range (the guard holds {})", g.len()),
@@ -352,7 +356,7 @@ pub unsafe extern "C" fn fmio_guard_get(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn fmio_guard_release(guard: *mut FmioGuard) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { crate::args::free_handle(guard) }
+    unsafe { flashmoe_capi_common::args::free_handle(guard) }
 }
 
 /// Counters of the whole session (`layer` = `FMIO_ALL_LAYERS`) or of one layer. Any thread.
@@ -375,7 +379,7 @@ pub unsafe extern "C" fn fmio_session_metrics(
             FmioMetrics::from_parts(&m.total(), Some(&m.depth))
         } else {
             let l = m.layers.get(layer as usize).ok_or_else(|| {
-                CError::invalid(
+                CallError::invalid(
                     F,
                     "layer",
                     format_args!("{layer} is out of range ({} layers)", m.layers.len()),

@@ -10,44 +10,7 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The static library cargo built for this test run: beside the test binary (`deps/`), else
-/// in the profile directory above it.
-fn static_lib(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let deps = exe.parent().expect("test binary directory");
-    for dir in [deps, deps.parent().unwrap_or(deps)] {
-        let p = dir.join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "{name} not found beside {} (cargo builds it with this crate)",
-        exe.display()
-    );
-}
-
-/// Compiles `source` against `include` and `lib` into `out`; panics with cc's output on error.
-fn compile(source: &Path, include: &Path, lib: &Path, out: &Path) {
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let o = Command::new(&cc)
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1"])
-        .arg("-I")
-        .arg(include)
-        .arg(source)
-        .arg(lib)
-        .args(["-lpthread", "-ldl", "-lm", "-o"])
-        .arg(out)
-        .output()
-        .unwrap_or_else(|e| panic!("running {cc}: {e} (a C compiler is needed for this test)"));
-    assert!(
-        o.status.success(),
-        "{cc} failed on {}:\n{}{}",
-        source.display(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
+use flashmoe_capi_common::testing::{compile_c as compile, static_lib};
 
 #[test]
 fn read_experts_c_example_checks_every_checksum() {

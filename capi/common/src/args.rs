@@ -3,17 +3,17 @@
 
 use std::ffi::{CStr, c_char};
 
-use crate::error::CError;
+use crate::{CError, Status};
 
 /// The string at `p` (NUL-terminated, UTF-8).
 ///
 /// # Safety
 /// A non-NULL `p` must point to a NUL-terminated string that lives for `'a`.
-pub(crate) unsafe fn str_arg<'a>(
+pub unsafe fn str_arg<'a, S: Status>(
     func: &str,
     arg: &str,
     p: *const c_char,
-) -> Result<&'a str, CError> {
+) -> Result<&'a str, CError<S>> {
     if p.is_null() {
         return Err(CError::null(func, arg));
     }
@@ -23,11 +23,38 @@ pub(crate) unsafe fn str_arg<'a>(
         .map_err(|e| CError::invalid(func, arg, format_args!("is not UTF-8 ({e})")))
 }
 
+/// The `n` values at `p`; `p` may be NULL only when `n` is 0.
+///
+/// # Safety
+/// A non-NULL `p` must point to `n` initialised values that live for `'a`.
+pub unsafe fn slice_arg<'a, T, S: Status>(
+    func: &str,
+    arg: &str,
+    p: *const T,
+    n: usize,
+) -> Result<&'a [T], CError<S>> {
+    if n == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return Err(CError::null(func, arg));
+    }
+    if !p.is_aligned() {
+        return Err(CError::invalid(func, arg, "is not aligned for its type"));
+    }
+    // SAFETY: non-NULL, aligned, and the caller promises `n` values living for `'a`.
+    Ok(unsafe { std::slice::from_raw_parts(p, n) })
+}
+
 /// The object behind a handle.
 ///
 /// # Safety
 /// A non-NULL `p` must come from this library's matching constructor and not be freed yet.
-pub(crate) unsafe fn handle<'a, T>(func: &str, arg: &str, p: *const T) -> Result<&'a T, CError> {
+pub unsafe fn handle<'a, T, S: Status>(
+    func: &str,
+    arg: &str,
+    p: *const T,
+) -> Result<&'a T, CError<S>> {
     if p.is_null() {
         return Err(CError::null(func, arg));
     }
@@ -39,11 +66,11 @@ pub(crate) unsafe fn handle<'a, T>(func: &str, arg: &str, p: *const T) -> Result
 ///
 /// # Safety
 /// As [`handle`], and no other reference to the object may be in use.
-pub(crate) unsafe fn handle_mut<'a, T>(
+pub unsafe fn handle_mut<'a, T, S: Status>(
     func: &str,
     arg: &str,
     p: *mut T,
-) -> Result<&'a mut T, CError> {
+) -> Result<&'a mut T, CError<S>> {
     if p.is_null() {
         return Err(CError::null(func, arg));
     }
@@ -55,12 +82,12 @@ pub(crate) unsafe fn handle_mut<'a, T>(
 ///
 /// # Safety
 /// A non-NULL `p` must be valid for a write of one `T`.
-pub(crate) unsafe fn write_out<T>(
+pub unsafe fn write_out<T, S: Status>(
     func: &str,
     arg: &str,
     p: *mut T,
     value: T,
-) -> Result<(), CError> {
+) -> Result<(), CError<S>> {
     if p.is_null() {
         return Err(CError::null(func, arg));
     }
@@ -71,7 +98,7 @@ pub(crate) unsafe fn write_out<T>(
 }
 
 /// Checks that the out-parameter `p` is not NULL (before doing work whose result goes there).
-pub(crate) fn need_out<T>(func: &str, arg: &str, p: *mut T) -> Result<(), CError> {
+pub fn need_out<T, S: Status>(func: &str, arg: &str, p: *mut T) -> Result<(), CError<S>> {
     if p.is_null() {
         Err(CError::null(func, arg))
     } else {
@@ -84,7 +111,7 @@ pub(crate) fn need_out<T>(func: &str, arg: &str, p: *mut T) -> Result<(), CError
 ///
 /// # Safety
 /// A non-NULL `p` must come from `Box::into_raw` in this library and not be freed already.
-pub(crate) unsafe fn free_handle<T>(p: *mut T) {
+pub unsafe fn free_handle<T>(p: *mut T) {
     if p.is_null() {
         return;
     }
