@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use flashmoe_backends::wgpu::{WgpuBackend, WgpuConfig};
-use flashmoe_backends::{ComputeBackend, CpuBackend};
+use flashmoe_backends::{ComputeBackend, CpuBackend, Profiled};
 use flashmoe_engine::sampler::Sampler;
 use flashmoe_engine::{
     NoObserver, PackedModel, Prediction, RoutingObserver, Tee, TraceSink, generate, open_scheduler,
@@ -79,6 +79,11 @@ pub struct GenerateArgs {
     /// to stderr.
     #[arg(long)]
     pub stats: bool,
+    /// Print a table of where a decode step's time goes (ms/token and % per phase: norms,
+    /// projections, attention, router, experts, expert wait, lm_head, sampling, the rest) to
+    /// stderr. Times every op; off by default, at no cost.
+    #[arg(long)]
+    pub profile: bool,
     /// Print one JSON object (text and statistics) instead of streaming the text.
     #[arg(long)]
     pub json: bool,
@@ -285,9 +290,14 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
         prompt: &prompt,
         max_seq,
     };
-    let (g, hinted, traced, compute) = match args.backend.as_str() {
-        "cpu" => run.on(CpuBackend::new(), ComputeReport::cpu)?,
-        "wgpu" => {
+    let mut profile = None;
+    let (g, hinted, traced, compute) = match (args.backend.as_str(), args.profile) {
+        ("cpu", false) => run.on(CpuBackend::new(), ComputeReport::cpu)?,
+        ("cpu", true) => run.on(Profiled::new(CpuBackend::new()), |b| {
+            profile = Some(b.shared_profile());
+            ComputeReport::cpu(b.inner())
+        })?,
+        ("wgpu", profiling) => {
             let ring = match &args.gpu_ring {
                 Some(r) if r.trim_end().ends_with('%') => {
                     return Err(format!("--gpu-ring {r:?}: give bytes (256M, 1G)").into());
@@ -310,10 +320,26 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
                 be.info(),
                 t.elapsed().as_secs_f64() * 1e3
             );
-            run.on(be, ComputeReport::wgpu)?
+            if profiling {
+                eprintln!("note: --profile on wgpu times op submission; waits show at read-backs");
+                run.on(Profiled::new(be), |b| {
+                    profile = Some(b.shared_profile());
+                    ComputeReport::wgpu(b.inner())
+                })?
+            } else {
+                run.on(be, ComputeReport::wgpu)?
+            }
         }
-        other => return Err(format!("--backend {other:?}: expected cpu or wgpu").into()),
+        (other, _) => return Err(format!("--backend {other:?}: expected cpu or wgpu").into()),
     };
+    if let Some(p) = &profile {
+        eprintln!(
+            "profile: {} decode steps, {} compute\n{}",
+            g.decode_steps,
+            compute.backend,
+            p.table(g.decode_secs, g.decode_steps)
+        );
+    }
     let stats = stats(args, &m, &sched, budget, prompt.len(), &g, hinted, compute);
     if args.json {
         let out = JsonOut {
