@@ -1,5 +1,6 @@
 //! The CPU backend: host `Vec<f32>` tensors, rayon-parallel matvecs.
 
+mod int8;
 mod linear_attn;
 mod matvec;
 mod ops;

@@ -1,0 +1,337 @@
+//! Q4/Q8 matvec rows with int8-quantized activations, as ggml does.
+//!
+//! `x` is quantized once per matvec ([`QuantizedX::quantize`]): per weight group of `g`
+//! columns, `x_j ~ d * qx_j` with `d = max|x| / 127` and `qx_j = round(x_j / d)` in `-127..=127`.
+//! A row's dot product is then, per group,
+//! `scale * d * sum_j q_j qx_j + bias * sum_j x_j`: the code-times-activation sum is an exact
+//! integer dot product (AVX2 `maddubs`+`madd`, or AVX-VNNI `dpbusd`), and the bias term uses the
+//! exact f32 sum of `x` over the group, so only the scale term carries the activation rounding:
+//! `|error| <= sum_g (d_g / 2) * sum_{j in g} |scale_g * q_j|` ([`error_bound`]).
+//!
+//! Every kernel (portable and SIMD) computes the same per-group integer sums and combines them
+//! with the same scalar f32 operations in the same order ([`combine`]), so all are bit-exact.
+//! For 4-bit codes the activations of each group are stored even columns first, then odd
+//! columns, so low and high nibbles of a run of code bytes meet contiguous activations.
+
+use crate::quant::f16_at;
+
+/// Which integer-dot instructions the row kernels use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// Plain Rust (any CPU).
+    Portable,
+    /// AVX2 `vpmaddubsw` + `vpmaddwd` (x86_64).
+    Avx2,
+    /// AVX-VNNI `vpdpbusd` on 256-bit vectors (x86_64).
+    AvxVnni,
+}
+
+impl Isa {
+    /// The best the running CPU supports.
+    pub(crate) fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("f16c") {
+                return if has!("avxvnni") {
+                    Isa::AvxVnni
+                } else {
+                    Isa::Avx2
+                };
+            }
+        }
+        Isa::Portable
+    }
+
+    /// Every kernel set the running CPU can run (tests compare them).
+    #[cfg(test)]
+    pub(crate) fn all_available() -> Vec<Isa> {
+        let best = Isa::detect();
+        let mut v = vec![Isa::Portable];
+        if best != Isa::Portable {
+            v.push(Isa::Avx2);
+        }
+        if best == Isa::AvxVnni {
+            v.push(Isa::AvxVnni);
+        }
+        v
+    }
+}
+
+/// An activation vector quantized to int8 per group, with the exact f32 group sums.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct QuantizedX {
+    /// Codes, group after group (4-bit layout: each group's even columns, then its odd ones).
+    q: Vec<i8>,
+    /// Scale `d` of each group.
+    d: Vec<f32>,
+    /// Exact f32 sum of `x` over each group (the bias term).
+    sums: Vec<f32>,
+    /// Integer sum of the codes of each group.
+    qsums: Vec<i32>,
+    group: usize,
+}
+
+impl QuantizedX {
+    /// Quantizes `x` in groups of `group` (a multiple of 2 dividing `x.len()`, checked by the
+    /// caller's layout); `nibble_order` stores each group's even columns before its odd ones.
+    /// Buffers are reused across calls.
+    pub(crate) fn quantize(&mut self, x: &[f32], group: usize, nibble_order: bool) {
+        let groups = x.len() / group;
+        self.group = group;
+        self.q.resize(x.len(), 0);
+        self.d.resize(groups, 0.0);
+        self.sums.resize(groups, 0.0);
+        self.qsums.resize(groups, 0);
+        let half = group / 2;
+        for (g, xs) in x.chunks_exact(group).enumerate() {
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let q = &mut self.q[g * group..(g + 1) * group];
+            let mut qsum = 0i32;
+            for (j, &v) in xs.iter().enumerate() {
+                let c = (v * inv).round().clamp(-127.0, 127.0) as i8;
+                qsum += i32::from(c);
+                let at = if nibble_order {
+                    (j % 2) * half + j / 2
+                } else {
+                    j
+                };
+                q[at] = c;
+            }
+            self.d[g] = d;
+            self.sums[g] = xs.iter().sum();
+            self.qsums[g] = qsum;
+        }
+    }
+
+    /// Groups held.
+    pub(crate) fn groups(&self) -> usize {
+        self.d.len()
+    }
+}
+
+/// One group's contribution added to `acc`: the same scalar f32 operations in every kernel.
+#[inline(always)]
+fn combine(acc: f32, scale: f32, bias: f32, d: f32, isum: i32, xsum: f32) -> f32 {
+    acc + (scale * d) * isum as f32 + bias * xsum
+}
+
+/// A row of a quantized matrix: its codes and its f16 scales and biases.
+#[derive(Clone, Copy)]
+pub(crate) struct QRow<'a> {
+    /// `cols` bytes (Q8) or `cols / 2` bytes (Q4).
+    pub codes: &'a [u8],
+    /// `cols / group` f16 scales.
+    pub scales: &'a [u8],
+    /// `cols / group` f16 biases.
+    pub biases: &'a [u8],
+}
+
+/// `row . x` for a Q4 row.
+pub(crate) fn q4_row(isa: Isa, row: QRow<'_>, x: &QuantizedX) -> f32 {
+    let g = x.group;
+    assert!(row.codes.len() * 2 == x.q.len() && row.scales.len() == 2 * x.groups());
+    assert!(row.biases.len() == row.scales.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` and `Isa::AvxVnni` come only from `Isa::detect`, which checked
+        // the CPU has these features; the lengths the loads rely on are asserted above.
+        Isa::Avx2 if g.is_multiple_of(64) => unsafe { x86::q4_row_avx2(row, x) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::AvxVnni if g.is_multiple_of(64) => unsafe { x86::q4_row_vnni(row, x) },
+        _ => q4_row_portable(row, x),
+    }
+}
+
+/// `row . x` for a Q8 row.
+pub(crate) fn q8_row(isa: Isa, row: QRow<'_>, x: &QuantizedX) -> f32 {
+    let g = x.group;
+    assert!(row.codes.len() == x.q.len() && row.scales.len() == 2 * x.groups());
+    assert!(row.biases.len() == row.scales.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: see `q4_row`.
+        Isa::Avx2 if g.is_multiple_of(32) => unsafe { x86::q8_row_avx2(row, x) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: see `q4_row`.
+        Isa::AvxVnni if g.is_multiple_of(32) => unsafe { x86::q8_row_vnni(row, x) },
+        _ => q8_row_portable(row, x),
+    }
+}
+
+fn q4_row_portable(row: QRow<'_>, x: &QuantizedX) -> f32 {
+    let (g, half) = (x.group, x.group / 2);
+    let mut acc = 0f32;
+    for k in 0..x.groups() {
+        let codes = &row.codes[k * half..(k + 1) * half];
+        let (qe, qo) = x.q[k * g..(k + 1) * g].split_at(half);
+        let isum: i32 = codes
+            .iter()
+            .zip(qe.iter().zip(qo))
+            .map(|(&c, (&e, &o))| i32::from(c & 15) * i32::from(e) + i32::from(c >> 4) * i32::from(o))
+            .sum();
+        acc = combine(
+            acc,
+            f16_at(row.scales, k),
+            f16_at(row.biases, k),
+            x.d[k],
+            isum,
+            x.sums[k],
+        );
+    }
+    acc
+}
+
+fn q8_row_portable(row: QRow<'_>, x: &QuantizedX) -> f32 {
+    let g = x.group;
+    let mut acc = 0f32;
+    for k in 0..x.groups() {
+        let isum: i32 = row.codes[k * g..(k + 1) * g]
+            .iter()
+            .zip(&x.q[k * g..(k + 1) * g])
+            .map(|(&c, &q)| i32::from(c) * i32::from(q))
+            .sum();
+        acc = combine(
+            acc,
+            f16_at(row.scales, k),
+            f16_at(row.biases, k),
+            x.d[k],
+            isum,
+            x.sums[k],
+        );
+    }
+    acc
+}
+
+/// The bound on `|row . x_quantized - row . x|` from rounding `x` to int8 (see the module doc);
+/// `w` is the row's dequantized weights without bias, i.e. `scale * q`.
+#[cfg(test)]
+pub(crate) fn error_bound(scaled_codes: &[f32], x: &QuantizedX) -> f64 {
+    scaled_codes
+        .chunks_exact(x.group)
+        .zip(&x.d)
+        .map(|(w, &d)| f64::from(d) / 2.0 * w.iter().map(|v| f64::from(v.abs())).sum::<f64>())
+        .sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{QRow, QuantizedX, combine};
+    use core::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2")]
+    fn hsum_i32(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        _mm_cvtsi128_si32(s)
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    fn f16(bytes: &[u8], i: usize) -> f32 {
+        let bits = u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    }
+
+    /// Generates a Q4 and a Q8 row kernel for one instruction set: `$q4` folds 32 code bytes
+    /// (low nibbles against `qe`, high against `qo`) into i32 lanes, `$q8` folds 32 codes.
+    macro_rules! kernels {
+        ($feat:literal, $q4name:ident, $q8name:ident,
+         |$a4:ident, $lo:ident, $hi:ident, $qe:ident, $qo:ident| $q4:expr,
+         |$a8:ident, $c:ident, $qx:ident| $q8:expr, $q8_offset:expr) => {
+            /// # Safety
+            /// The CPU must have the kernel's features; `q4_row` checked the lengths
+            /// (`codes.len() * 2 == x.q.len()`, scales and biases of `x.groups()`) and the
+            /// group (a multiple of 64).
+            #[target_feature(enable = $feat)]
+            pub(super) unsafe fn $q4name(row: QRow<'_>, x: &QuantizedX) -> f32 {
+                let (g, half) = (x.group, x.group / 2);
+                let m = _mm256_set1_epi8(15);
+                let mut acc = 0f32;
+                for k in 0..x.groups() {
+                    let mut $a4 = _mm256_setzero_si256();
+                    let mut i = 0;
+                    while i < half {
+                        // SAFETY: k * half + i + 32 <= groups * half = codes.len(), and the
+                        // activations of group k span k * g..(k + 1) * g of x.q, whose even
+                        // and odd halves hold `half` codes each (i + 32 <= half).
+                        unsafe {
+                            let c = _mm256_loadu_si256(row.codes.as_ptr().add(k * half + i).cast());
+                            let $lo = _mm256_and_si256(c, m);
+                            let $hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), m);
+                            let q = x.q.as_ptr().add(k * g + i);
+                            let $qe = _mm256_loadu_si256(q.cast());
+                            let $qo = _mm256_loadu_si256(q.add(half).cast());
+                            $a4 = $q4;
+                        }
+                        i += 32;
+                    }
+                    let isum = hsum_i32($a4);
+                    acc = combine(acc, f16(row.scales, k), f16(row.biases, k), x.d[k], isum, x.sums[k]);
+                }
+                acc
+            }
+
+            /// # Safety
+            /// As for the Q4 kernel, with `codes.len() == x.q.len()` and the group a multiple
+            /// of 32.
+            #[target_feature(enable = $feat)]
+            pub(super) unsafe fn $q8name(row: QRow<'_>, x: &QuantizedX) -> f32 {
+                let g = x.group;
+                let mut acc = 0f32;
+                for k in 0..x.groups() {
+                    let mut $a8 = _mm256_setzero_si256();
+                    let mut i = 0;
+                    while i < g {
+                        // SAFETY: k * g + i + 32 <= groups * g = codes.len() = x.q.len().
+                        unsafe {
+                            let $c = _mm256_loadu_si256(row.codes.as_ptr().add(k * g + i).cast());
+                            let $qx = _mm256_loadu_si256(x.q.as_ptr().add(k * g + i).cast());
+                            $a8 = $q8;
+                        }
+                        i += 32;
+                    }
+                    let isum = hsum_i32($a8) + $q8_offset * x.qsums[k];
+                    acc = combine(acc, f16(row.scales, k), f16(row.biases, k), x.d[k], isum, x.sums[k]);
+                }
+                acc
+            }
+        };
+    }
+
+    // AVX2: u8 x i8 pairs to i16 (`maddubs`, at most 2 * 15 * 127 for nibbles), then to i32.
+    // Q8 codes go up to 255, which could saturate `maddubs`: they are shifted to `q - 128`
+    // (signed) and multiplied as |q - 128| x sign(qx, q - 128) (at most 2 * 128 * 127), and
+    // 128 * sum(qx) is added back in integers.
+    kernels!(
+        "avx2,f16c",
+        q4_row_avx2,
+        q8_row_avx2,
+        |a, lo, hi, qe, qo| _mm256_add_epi32(
+            a,
+            _mm256_madd_epi16(
+                _mm256_add_epi16(_mm256_maddubs_epi16(lo, qe), _mm256_maddubs_epi16(hi, qo)),
+                _mm256_set1_epi16(1)
+            )
+        ),
+        |a, c, qx| {
+            let s = _mm256_xor_si256(c, _mm256_set1_epi8(-128));
+            let p = _mm256_maddubs_epi16(_mm256_abs_epi8(s), _mm256_sign_epi8(qx, s));
+            _mm256_add_epi32(a, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))
+        },
+        128
+    );
+
+    // AVX-VNNI: u8 x i8 quadruples accumulated straight into i32 lanes, no saturation.
+    kernels!(
+        "avx2,f16c,avxvnni",
+        q4_row_vnni,
+        q8_row_vnni,
+        |a, lo, hi, qe, qo| _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(a, lo, qe), hi, qo),
+        |a, c, qx| _mm256_dpbusd_avx_epi32(a, c, qx),
+        0
+    );
+}
