@@ -3,13 +3,16 @@
 mod int8;
 mod linear_attn;
 mod matvec;
+mod moe;
 mod ops;
 #[cfg(feature = "wgpu")]
 pub(crate) use ops::rope_table;
 #[cfg(target_arch = "x86_64")]
 mod simd;
 
-use crate::backend::{AttnShape, ComputeBackend, DeltaShape, KvShape, WeightView};
+use crate::backend::{
+    AttnShape, ComputeBackend, DeltaShape, ExpertScratch, KvShape, RoutedExpert, WeightView,
+};
 use crate::checks::{
     check_attention, check_conv1d, check_delta, check_gated_norm, check_index, check_kv_write,
     check_norm_heads, check_rope, check_rope_partial, check_sigmoid_mul,
@@ -177,10 +180,8 @@ impl ComputeBackend for CpuBackend {
         eps: f32,
     ) -> Result<()> {
         check_norm_heads(x.0.len(), weight.0.len(), head_dim)?;
-        let mut tmp = vec![0f32; head_dim];
         for head in x.0.chunks_exact_mut(head_dim) {
-            ops::rms_norm(head, &weight.0, eps, &mut tmp);
-            head.copy_from_slice(&tmp);
+            ops::rms_norm_in_place(head, &weight.0, eps);
         }
         Ok(())
     }
@@ -317,6 +318,28 @@ impl ComputeBackend for CpuBackend {
 
     fn fill_zero(&self, y: &mut CpuTensor) -> Result<()> {
         y.0.iter_mut().for_each(|v| *v = 0.0);
+        Ok(())
+    }
+
+    /// Two parallel regions for all the experts (gate and up of every expert, then every
+    /// down with the combine fused), bit-identical to the default composition.
+    fn moe_experts(
+        &self,
+        experts: &[RoutedExpert<'_>],
+        x: &CpuTensor,
+        scratch: &mut ExpertScratch<CpuTensor>,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        if moe::fits(experts, x.0.len(), out.0.len()) {
+            moe::moe_experts(int8::Isa::detect(), experts, &x.0, &mut out.0);
+            return Ok(());
+        }
+        // Mixed formats or shapes: one expert at a time (each op checks its sizes).
+        self.fill_zero(out)?;
+        for e in experts {
+            self.expert_ffn(e.weights, x, &mut scratch.h1, &mut scratch.h2, &mut scratch.out)?;
+            self.axpy(out, e.combine, &scratch.out)?;
+        }
         Ok(())
     }
 }
