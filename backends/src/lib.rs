@@ -28,6 +28,6 @@ pub use backend::{
     AttnShape, ComputeBackend, DeltaShape, ExpertId, ExpertScratch, KvShape, RoutedExpert,
     WeightView,
 };
-pub use cpu::CpuBackend;
+pub use cpu::{Activations, CpuBackend};
 pub use profiled::{Profiled, ProfiledWeight};
 pub use error::{BackendError, Result};

@@ -162,48 +162,56 @@ pub(crate) fn q8_row(isa: Isa, row: QRow<'_>, x: &QuantizedX) -> f32 {
     }
 }
 
-fn q4_row_portable(row: QRow<'_>, x: &QuantizedX) -> f32 {
+/// Integer sum of group `k` of a Q4 row against `x`.
+fn q4_isum(row: QRow<'_>, x: &QuantizedX, k: usize) -> i32 {
     let (g, half) = (x.group, x.group / 2);
-    let mut acc = 0f32;
-    for k in 0..x.groups() {
-        let codes = &row.codes[k * half..(k + 1) * half];
-        let (qe, qo) = x.q[k * g..(k + 1) * g].split_at(half);
-        let isum: i32 = codes
-            .iter()
-            .zip(qe.iter().zip(qo))
-            .map(|(&c, (&e, &o))| i32::from(c & 15) * i32::from(e) + i32::from(c >> 4) * i32::from(o))
-            .sum();
-        acc = combine(
-            acc,
-            f16_at(row.scales, k),
-            f16_at(row.biases, k),
-            x.d[k],
-            isum,
-            x.sums[k],
-        );
+    let codes = &row.codes[k * half..(k + 1) * half];
+    let (qe, qo) = x.q[k * g..(k + 1) * g].split_at(half);
+    codes
+        .iter()
+        .zip(qe.iter().zip(qo))
+        .map(|(&c, (&e, &o))| i32::from(c & 15) * i32::from(e) + i32::from(c >> 4) * i32::from(o))
+        .sum()
+}
+
+/// Integer sum of group `k` of a Q8 row against `x`.
+fn q8_isum(row: QRow<'_>, x: &QuantizedX, k: usize) -> i32 {
+    let g = x.group;
+    row.codes[k * g..(k + 1) * g]
+        .iter()
+        .zip(&x.q[k * g..(k + 1) * g])
+        .map(|(&c, &q)| i32::from(c) * i32::from(q))
+        .sum()
+}
+
+/// Combines per-group integer sums into the row's value in the order the SIMD kernels use:
+/// groups `8i + j` accumulate in lane `j` (`lane + (scale d) isum + bias xsum`), the lanes are
+/// summed as `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`, then the groups past the
+/// last multiple of 8 are added one by one with [`combine`].
+fn combine_row(row: QRow<'_>, x: &QuantizedX, isum: impl Fn(usize) -> i32) -> f32 {
+    let groups = x.groups();
+    let full = groups / 8 * 8;
+    let mut lanes = [0f32; 8];
+    for k0 in (0..full).step_by(8) {
+        for (j, lane) in lanes.iter_mut().enumerate() {
+            let k = k0 + j;
+            *lane = combine(*lane, f16_at(row.scales, k), f16_at(row.biases, k), x.d[k], isum(k), x.sums[k]);
+        }
+    }
+    let l = lanes;
+    let mut acc = ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+    for k in full..groups {
+        acc = combine(acc, f16_at(row.scales, k), f16_at(row.biases, k), x.d[k], isum(k), x.sums[k]);
     }
     acc
 }
 
+fn q4_row_portable(row: QRow<'_>, x: &QuantizedX) -> f32 {
+    combine_row(row, x, |k| q4_isum(row, x, k))
+}
+
 fn q8_row_portable(row: QRow<'_>, x: &QuantizedX) -> f32 {
-    let g = x.group;
-    let mut acc = 0f32;
-    for k in 0..x.groups() {
-        let isum: i32 = row.codes[k * g..(k + 1) * g]
-            .iter()
-            .zip(&x.q[k * g..(k + 1) * g])
-            .map(|(&c, &q)| i32::from(c) * i32::from(q))
-            .sum();
-        acc = combine(
-            acc,
-            f16_at(row.scales, k),
-            f16_at(row.biases, k),
-            x.d[k],
-            isum,
-            x.sums[k],
-        );
-    }
-    acc
+    combine_row(row, x, |k| q8_isum(row, x, k))
 }
 
 /// The bound on `|row . x_quantized - row . x|` from rounding `x` to int8 (see the module doc);
@@ -236,6 +244,50 @@ mod x86 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
     }
 
+    /// The 8 lane sums of `a[0..8]`, in order, as one vector.
+    #[target_feature(enable = "avx2")]
+    fn hsum8_i32(a: &[__m256i; 8]) -> __m256i {
+        let t0 = _mm256_hadd_epi32(a[0], a[1]);
+        let t1 = _mm256_hadd_epi32(a[2], a[3]);
+        let t2 = _mm256_hadd_epi32(a[4], a[5]);
+        let t3 = _mm256_hadd_epi32(a[6], a[7]);
+        // u0 = [a0 a1 a2 a3 (low 128 halves) | a0 a1 a2 a3 (high halves)], u1 likewise a4..a7.
+        let u0 = _mm256_hadd_epi32(t0, t1);
+        let u1 = _mm256_hadd_epi32(t2, t3);
+        _mm256_add_epi32(
+            _mm256_permute2x128_si256(u0, u1, 0x20),
+            _mm256_permute2x128_si256(u0, u1, 0x31),
+        )
+    }
+
+    /// `lanes + (scale d) isum + bias xsum` for groups `k0..k0 + 8` (the order of
+    /// `combine_row`; mul and add kept apart, no FMA, so it rounds as the scalar code).
+    ///
+    /// # Safety
+    /// `k0 + 8 <= x.groups()`, and `row.scales`/`row.biases` hold `x.groups()` f16 each.
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn combine8(lanes: __m256, isums: __m256i, row: QRow<'_>, x: &QuantizedX, k0: usize) -> __m256 {
+        // SAFETY: groups k0..k0 + 8 exist (caller), so 16 bytes of scales and biases and 8
+        // floats of d and sums from k0 are in bounds.
+        unsafe {
+            let s = _mm256_cvtph_ps(_mm_loadu_si128(row.scales.as_ptr().add(2 * k0).cast()));
+            let b = _mm256_cvtph_ps(_mm_loadu_si128(row.biases.as_ptr().add(2 * k0).cast()));
+            let d = _mm256_loadu_ps(x.d.as_ptr().add(k0));
+            let xs = _mm256_loadu_ps(x.sums.as_ptr().add(k0));
+            let t1 = _mm256_mul_ps(_mm256_mul_ps(s, d), _mm256_cvtepi32_ps(isums));
+            _mm256_add_ps(_mm256_add_ps(lanes, t1), _mm256_mul_ps(b, xs))
+        }
+    }
+
+    /// `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`, as `combine_row`.
+    #[target_feature(enable = "avx2")]
+    fn hsum_ps(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
     /// Generates a Q4 and a Q8 row kernel for one instruction set: `$q4` folds 32 code bytes
     /// (low nibbles against `qe`, high against `qo`) into i32 lanes, `$q8` folds 32 codes.
     macro_rules! kernels {
@@ -250,8 +302,7 @@ mod x86 {
             pub(super) unsafe fn $q4name(row: QRow<'_>, x: &QuantizedX) -> f32 {
                 let (g, half) = (x.group, x.group / 2);
                 let m = _mm256_set1_epi8(15);
-                let mut acc = 0f32;
-                for k in 0..x.groups() {
+                let group = |k: usize| {
                     let mut $a4 = _mm256_setzero_si256();
                     let mut i = 0;
                     while i < half {
@@ -269,10 +320,10 @@ mod x86 {
                         }
                         i += 32;
                     }
-                    let isum = hsum_i32($a4);
-                    acc = combine(acc, f16(row.scales, k), f16(row.biases, k), x.d[k], isum, x.sums[k]);
-                }
-                acc
+                    $a4
+                };
+                // SAFETY: same features; the lengths are as `drive` requires.
+                unsafe { drive(row, x, group, 0) }
             }
 
             /// # Safety
@@ -281,8 +332,7 @@ mod x86 {
             #[target_feature(enable = $feat)]
             pub(super) unsafe fn $q8name(row: QRow<'_>, x: &QuantizedX) -> f32 {
                 let g = x.group;
-                let mut acc = 0f32;
-                for k in 0..x.groups() {
+                let group = |k: usize| {
                     let mut $a8 = _mm256_setzero_si256();
                     let mut i = 0;
                     while i < g {
@@ -294,12 +344,45 @@ mod x86 {
                         }
                         i += 32;
                     }
-                    let isum = hsum_i32($a8) + $q8_offset * x.qsums[k];
-                    acc = combine(acc, f16(row.scales, k), f16(row.biases, k), x.d[k], isum, x.sums[k]);
-                }
-                acc
+                    $a8
+                };
+                // SAFETY: same features; the lengths are as `drive` requires.
+                unsafe { drive(row, x, group, $q8_offset) }
             }
         };
+    }
+
+    /// Runs `group(k)` (a group's i32 lanes) over a row and combines as `combine_row`;
+    /// `offset * qsums[k]` is added to each group's integer sum.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C; `row.scales`/`row.biases` hold `x.groups()` f16 each;
+    /// `group` reads only inside the row.
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    unsafe fn drive(row: QRow<'_>, x: &QuantizedX, group: impl Fn(usize) -> __m256i, offset: i32) -> f32 {
+        let groups = x.groups();
+        let full = groups / 8 * 8;
+        let mut lanes = _mm256_setzero_ps();
+        let mut k0 = 0;
+        while k0 < full {
+            let a: [__m256i; 8] = std::array::from_fn(|j| group(k0 + j));
+            let mut isums = hsum8_i32(&a);
+            if offset != 0 {
+                // SAFETY: k0 + 8 <= groups = qsums.len().
+                let qs = unsafe { _mm256_loadu_si256(x.qsums.as_ptr().add(k0).cast()) };
+                isums = _mm256_add_epi32(isums, _mm256_mullo_epi32(qs, _mm256_set1_epi32(offset)));
+            }
+            // SAFETY: k0 + 8 <= groups.
+            lanes = unsafe { combine8(lanes, isums, row, x, k0) };
+            k0 += 8;
+        }
+        let mut acc = hsum_ps(lanes);
+        for k in full..groups {
+            let isum = hsum_i32(group(k)) + offset * x.qsums[k];
+            acc = combine(acc, f16(row.scales, k), f16(row.biases, k), x.d[k], isum, x.sums[k]);
+        }
+        acc
     }
 
     // AVX2: u8 x i8 pairs to i16 (`maddubs`, at most 2 * 15 * 127 for nibbles), then to i32.

@@ -41,8 +41,14 @@ pub(crate) fn prepare(format: WeightFormat, x: &[f32], qx: &mut QuantizedX) -> b
 }
 
 /// Runs `f` with `x` prepared for `format`, in the calling thread's reused buffers.
-pub(crate) fn with_act<R>(format: WeightFormat, x: &[f32], f: impl FnOnce(Act<'_>) -> R) -> R {
-    if format.group().is_none() {
+/// Without `int8`, quantized formats get f32 activations (the exact path).
+pub(crate) fn with_act<R>(
+    format: WeightFormat,
+    x: &[f32],
+    int8: bool,
+    f: impl FnOnce(Act<'_>) -> R,
+) -> R {
+    if format.group().is_none() || !int8 {
         return f(Act { x, qx: None });
     }
     QX.with(|cell| match cell.try_borrow_mut() {
@@ -61,13 +67,19 @@ pub(crate) fn with_act<R>(format: WeightFormat, x: &[f32], f: impl FnOnce(Act<'_
 
 /// `out = W x`. The caller has checked `bytes.len() == l.total`, `x.len() == l.cols` and
 /// `out.len() == l.rows`.
-pub(crate) fn matvec(bytes: &[u8], l: &MatrixLayout, x: &[f32], out: &mut [f32]) {
-    matvec_with(bytes, l, x, out, Isa::detect());
+/// `int8`: quantize `x` for quantized formats.
+pub(crate) fn matvec(bytes: &[u8], l: &MatrixLayout, x: &[f32], out: &mut [f32], int8: bool) {
+    with_act(l.format, x, int8, |act| {
+        let isa = Isa::detect();
+        let row = |r: usize| row_dot(isa, bytes, l, act, r);
+        for_rows(l.rows * l.cols, l.cols, out, row);
+    });
 }
 
-/// [`matvec`] with the kernels of `isa` (tests compare them).
+/// [`matvec`] with int8 activations and the kernels of `isa` (tests compare them).
+#[cfg(test)]
 pub(crate) fn matvec_with(bytes: &[u8], l: &MatrixLayout, x: &[f32], out: &mut [f32], isa: Isa) {
-    with_act(l.format, x, |act| {
+    with_act(l.format, x, true, |act| {
         let row = |r: usize| row_dot(isa, bytes, l, act, r);
         for_rows(l.rows * l.cols, l.cols, out, row);
     });
@@ -296,7 +308,7 @@ mod tests {
 
     #[test]
     fn simd_kernels_are_bit_exact_with_portable() {
-        for (rows, cols, group) in [(33usize, 192usize, 64u32), (3, 256, 128), (5, 64, 32), (2, 2048, 64)] {
+        for (rows, cols, group) in [(33usize, 192usize, 64u32), (3, 256, 128), (5, 64, 32), (2, 2048, 64), (3, 704, 64), (2, 1216, 32)] {
             let w = values(rows * cols, 5);
             let x = values(cols, 6);
             for f in [WeightFormat::Q4 { group }, WeightFormat::Q8 { group }] {

@@ -22,6 +22,10 @@ use crate::quant::{MatrixLayout, WeightFormat, dequantize_row};
 
 /// Reference CPU implementation of [`ComputeBackend`]; matvecs use rayon's global pool.
 ///
+/// Quantized (Q4/Q8) matvecs quantize the activations to int8 per weight group by default, as
+/// ggml does ([`Activations::Int8`]); [`Activations::F32`] dots the codes with f32 activations
+/// instead (slower; the exact reference).
+///
 /// ```
 /// use flashmoe_backends::{ComputeBackend, CpuBackend, quant::{WeightFormat, quantize}};
 /// let be = CpuBackend::new();
@@ -32,12 +36,35 @@ use crate::quant::{MatrixLayout, WeightFormat, dequantize_row};
 /// assert_eq!(be.read(&y).unwrap(), vec![3.0, 7.0]);
 /// ```
 #[derive(Clone, Debug, Default)]
-pub struct CpuBackend;
+pub struct CpuBackend {
+    activations: Activations,
+}
+
+/// How quantized matvecs take their activations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Activations {
+    /// Quantized to int8 once per matvec (per weight group, f32 scale), integer dot products.
+    #[default]
+    Int8,
+    /// f32 activations against the codes (the exact reference; several times slower).
+    F32,
+}
 
 impl CpuBackend {
-    /// A CPU backend.
+    /// A CPU backend (int8 activations for quantized weights).
     pub fn new() -> Self {
-        Self
+        Self::default()
+    }
+
+    /// The same backend with `activations` for quantized matvecs.
+    pub fn with_activations(mut self, activations: Activations) -> Self {
+        self.activations = activations;
+        self
+    }
+
+    fn int8(&self) -> bool {
+        self.activations == Activations::Int8
     }
 }
 
@@ -155,7 +182,7 @@ impl ComputeBackend for CpuBackend {
         let l = w.layout();
         check_len("matvec", "x", l.cols, x.0.len())?;
         check_len("matvec", "out", l.rows, out.0.len())?;
-        matvec::matvec(w.bytes(), l, &x.0, &mut out.0);
+        matvec::matvec(w.bytes(), l, &x.0, &mut out.0, self.int8());
         Ok(())
     }
 
@@ -331,7 +358,7 @@ impl ComputeBackend for CpuBackend {
         out: &mut CpuTensor,
     ) -> Result<()> {
         if moe::fits(experts, x.0.len(), out.0.len()) {
-            moe::moe_experts(int8::Isa::detect(), experts, &x.0, &mut out.0);
+            moe::moe_experts(int8::Isa::detect(), self.int8(), experts, &x.0, &mut out.0);
             return Ok(());
         }
         // Mixed formats or shapes: one expert at a time (each op checks its sizes).

@@ -46,20 +46,34 @@ pub(crate) fn fits(experts: &[RoutedExpert<'_>], x_len: usize, out_len: usize) -
 }
 
 /// `out = sum_e combine_e * down_e(silu(gate_e x) * up_e x)`; the caller checked [`fits`].
-pub(crate) fn moe_experts(isa: Isa, experts: &[RoutedExpert<'_>], x: &[f32], out: &mut [f32]) {
+/// `int8`: quantize the activations (as [`super::matvec::matvec`]).
+pub(crate) fn moe_experts(
+    isa: Isa,
+    int8: bool,
+    experts: &[RoutedExpert<'_>],
+    x: &[f32],
+    out: &mut [f32],
+) {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut s) => run(isa, experts, x, out, &mut s),
+        Ok(mut s) => run(isa, int8, experts, x, out, &mut s),
         // Re-entered on this thread (a nested parallel job): fresh buffers.
-        Err(_) => run(isa, experts, x, out, &mut Scratch::default()),
+        Err(_) => run(isa, int8, experts, x, out, &mut Scratch::default()),
     });
 }
 
-fn run(isa: Isa, experts: &[RoutedExpert<'_>], x: &[f32], out: &mut [f32], s: &mut Scratch) {
+fn run(
+    isa: Isa,
+    int8: bool,
+    experts: &[RoutedExpert<'_>],
+    x: &[f32],
+    out: &mut [f32],
+    s: &mut Scratch,
+) {
     let gl = *experts[0].weights[0].layout();
     let (format, inter, hidden) = (gl.format, gl.rows, gl.cols);
     let k = experts.len();
     s.h.resize(k * 2 * inter, 0.0);
-    let quantized = prepare(format, x, &mut s.qx);
+    let quantized = int8 && prepare(format, x, &mut s.qx);
     let act = Act {
         x,
         qx: quantized.then_some(&s.qx),
@@ -73,7 +87,9 @@ fn run(isa: Isa, experts: &[RoutedExpert<'_>], x: &[f32], out: &mut [f32], s: &m
     for (e, pair) in s.h.chunks_exact_mut(2 * inter).enumerate() {
         let (gate, up) = pair.split_at_mut(inter);
         swiglu(gate, up);
-        prepare(format, gate, &mut s.qh[e]);
+        if quantized {
+            prepare(format, gate, &mut s.qh[e]);
+        }
     }
     let (h, qh) = (&s.h, &s.qh);
     for_rows(k * hidden * inter, inter, out, |r| {
@@ -108,7 +124,7 @@ mod tests {
     #[test]
     fn fused_experts_equal_the_default_composition() {
         let (hidden, inter, k) = (256usize, 192usize, 4usize);
-        let be = CpuBackend::new();
+        for be in [CpuBackend::new(), CpuBackend::new().with_activations(crate::Activations::F32)] {
         let formats = [WeightFormat::Q4_64, WeightFormat::Q8_64, WeightFormat::Bf16];
         for (case, fmts) in [
             [formats[0]; 4],
@@ -156,6 +172,7 @@ mod tests {
             let bits = |t: &crate::cpu::CpuTensor| t.as_slice().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&fused), bits(&want), "case {case}");
             assert!(fused.as_slice().iter().any(|v| *v != 0.0), "case {case}");
+        }
         }
     }
 
