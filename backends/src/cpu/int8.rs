@@ -185,25 +185,14 @@ fn q8_isum(row: QRow<'_>, x: &QuantizedX, k: usize) -> i32 {
 }
 
 /// Combines per-group integer sums into the row's value in the order the SIMD kernels use:
-/// groups `8i + j` accumulate in lane `j` (`lane + (scale d) isum + bias xsum`), the lanes are
-/// summed as `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`, then the groups past the
-/// last multiple of 8 are added one by one with [`combine`].
+/// group `k` accumulates in lane `k % 8` (`lane + (scale d) isum + bias xsum`), then the lanes
+/// are summed as `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`.
 fn combine_row(row: QRow<'_>, x: &QuantizedX, isum: impl Fn(usize) -> i32) -> f32 {
-    let groups = x.groups();
-    let full = groups / 8 * 8;
-    let mut lanes = [0f32; 8];
-    for k0 in (0..full).step_by(8) {
-        for (j, lane) in lanes.iter_mut().enumerate() {
-            let k = k0 + j;
-            *lane = combine(*lane, f16_at(row.scales, k), f16_at(row.biases, k), x.d[k], isum(k), x.sums[k]);
-        }
+    let mut l = [0f32; 8];
+    for k in 0..x.groups() {
+        l[k % 8] = combine(l[k % 8], f16_at(row.scales, k), f16_at(row.biases, k), x.d[k], isum(k), x.sums[k]);
     }
-    let l = lanes;
-    let mut acc = ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
-    for k in full..groups {
-        acc = combine(acc, f16_at(row.scales, k), f16_at(row.biases, k), x.d[k], isum(k), x.sums[k]);
-    }
-    acc
+    ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
 }
 
 fn q4_row_portable(row: QRow<'_>, x: &QuantizedX) -> f32 {
@@ -227,22 +216,8 @@ pub(crate) fn error_bound(scaled_codes: &[f32], x: &QuantizedX) -> f64 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{QRow, QuantizedX, combine};
+    use super::{QRow, QuantizedX};
     use core::arch::x86_64::*;
-
-    #[target_feature(enable = "avx2")]
-    fn hsum_i32(v: __m256i) -> i32 {
-        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-        _mm_cvtsi128_si32(s)
-    }
-
-    #[target_feature(enable = "avx2,f16c")]
-    fn f16(bytes: &[u8], i: usize) -> f32 {
-        let bits = u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]);
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
-    }
 
     /// The 8 lane sums of `a[0..8]`, in order, as one vector.
     #[target_feature(enable = "avx2")]
@@ -260,20 +235,28 @@ mod x86 {
         )
     }
 
-    /// `lanes + (scale d) isum + bias xsum` for groups `k0..k0 + 8` (the order of
-    /// `combine_row`; mul and add kept apart, no FMA, so it rounds as the scalar code).
+    /// `lanes + (scale d) isum + bias xsum` for 8 groups, from 16 bytes of f16 scales and of
+    /// biases and 8 floats of `d` and of sums (the order of `combine_row`; mul and add kept
+    /// apart, no FMA, so it rounds as the scalar code). A lane whose inputs are all zero is
+    /// left unchanged (`lane + 0 + 0`; lanes are never -0).
     ///
     /// # Safety
-    /// `k0 + 8 <= x.groups()`, and `row.scales`/`row.biases` hold `x.groups()` f16 each.
+    /// Each pointer is valid for its 16 or 32 bytes.
     #[target_feature(enable = "avx2,f16c")]
-    unsafe fn combine8(lanes: __m256, isums: __m256i, row: QRow<'_>, x: &QuantizedX, k0: usize) -> __m256 {
-        // SAFETY: groups k0..k0 + 8 exist (caller), so 16 bytes of scales and biases and 8
-        // floats of d and sums from k0 are in bounds.
+    unsafe fn combine8(
+        lanes: __m256,
+        isums: __m256i,
+        scales: *const u8,
+        biases: *const u8,
+        d: *const f32,
+        sums: *const f32,
+    ) -> __m256 {
+        // SAFETY: the caller guarantees the 16- and 32-byte reads.
         unsafe {
-            let s = _mm256_cvtph_ps(_mm_loadu_si128(row.scales.as_ptr().add(2 * k0).cast()));
-            let b = _mm256_cvtph_ps(_mm_loadu_si128(row.biases.as_ptr().add(2 * k0).cast()));
-            let d = _mm256_loadu_ps(x.d.as_ptr().add(k0));
-            let xs = _mm256_loadu_ps(x.sums.as_ptr().add(k0));
+            let s = _mm256_cvtph_ps(_mm_loadu_si128(scales.cast()));
+            let b = _mm256_cvtph_ps(_mm_loadu_si128(biases.cast()));
+            let d = _mm256_loadu_ps(d);
+            let xs = _mm256_loadu_ps(sums);
             let t1 = _mm256_mul_ps(_mm256_mul_ps(s, d), _mm256_cvtepi32_ps(isums));
             _mm256_add_ps(_mm256_add_ps(lanes, t1), _mm256_mul_ps(b, xs))
         }
@@ -362,27 +345,48 @@ mod x86 {
     #[inline]
     unsafe fn drive(row: QRow<'_>, x: &QuantizedX, group: impl Fn(usize) -> __m256i, offset: i32) -> f32 {
         let groups = x.groups();
-        let full = groups / 8 * 8;
         let mut lanes = _mm256_setzero_ps();
         let mut k0 = 0;
-        while k0 < full {
-            let a: [__m256i; 8] = std::array::from_fn(|j| group(k0 + j));
+        while k0 < groups {
+            let n = (groups - k0).min(8);
+            let a: [__m256i; 8] = std::array::from_fn(|j| if j < n { group(k0 + j) } else { _mm256_setzero_si256() });
             let mut isums = hsum8_i32(&a);
             if offset != 0 {
-                // SAFETY: k0 + 8 <= groups = qsums.len().
-                let qs = unsafe { _mm256_loadu_si256(x.qsums.as_ptr().add(k0).cast()) };
+                let mut qs = [0i32; 8];
+                qs[..n].copy_from_slice(&x.qsums[k0..k0 + n]);
+                // SAFETY: `qs` holds 8 i32.
+                let qs = unsafe { _mm256_loadu_si256(qs.as_ptr().cast()) };
                 isums = _mm256_add_epi32(isums, _mm256_mullo_epi32(qs, _mm256_set1_epi32(offset)));
             }
-            // SAFETY: k0 + 8 <= groups.
-            lanes = unsafe { combine8(lanes, isums, row, x, k0) };
+            if n == 8 {
+                // SAFETY: groups k0..k0 + 8 exist: 16 bytes of scales and biases (2 per group,
+                // asserted by the caller) and 8 floats of d and sums from k0.
+                lanes = unsafe {
+                    combine8(
+                        lanes,
+                        isums,
+                        row.scales.as_ptr().add(2 * k0),
+                        row.biases.as_ptr().add(2 * k0),
+                        x.d.as_ptr().add(k0),
+                        x.sums.as_ptr().add(k0),
+                    )
+                };
+            } else {
+                // The last, partial block: zero-padded copies (padded lanes add exactly 0).
+                let (mut sc, mut bi) = ([0u8; 16], [0u8; 16]);
+                sc[..2 * n].copy_from_slice(&row.scales[2 * k0..2 * (k0 + n)]);
+                bi[..2 * n].copy_from_slice(&row.biases[2 * k0..2 * (k0 + n)]);
+                let (mut d, mut sums) = ([0f32; 8], [0f32; 8]);
+                d[..n].copy_from_slice(&x.d[k0..k0 + n]);
+                sums[..n].copy_from_slice(&x.sums[k0..k0 + n]);
+                // SAFETY: the four arrays hold 16 bytes and 8 floats.
+                lanes = unsafe {
+                    combine8(lanes, isums, sc.as_ptr(), bi.as_ptr(), d.as_ptr(), sums.as_ptr())
+                };
+            }
             k0 += 8;
         }
-        let mut acc = hsum_ps(lanes);
-        for k in full..groups {
-            let isum = hsum_i32(group(k)) + offset * x.qsums[k];
-            acc = combine(acc, f16(row.scales, k), f16(row.biases, k), x.d[k], isum, x.sums[k]);
-        }
-        acc
+        hsum_ps(lanes)
     }
 
     // AVX2: u8 x i8 pairs to i16 (`maddubs`, at most 2 * 15 * 127 for nibbles), then to i32.

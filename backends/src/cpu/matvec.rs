@@ -279,7 +279,7 @@ mod tests {
                 let l = f.layout(rows, cols).unwrap();
                 let mut qx = QuantizedX::default();
                 prepare(f, &x, &mut qx);
-                let (scales, biases) = scale_bias(&bytes, &l);
+                let (_, biases) = scale_bias(&bytes, &l);
                 let g = group as usize;
                 for isa in Isa::all_available() {
                     let mut out = vec![0f32; rows];
@@ -289,7 +289,6 @@ mod tests {
                         let scaled: Vec<f32> = (0..cols)
                             .map(|j| deq[r * cols + j] - f16_at(biases, r * (cols / g) + j / g))
                             .collect();
-                        let _ = scales;
                         let abs: f64 = (0..cols)
                             .map(|j| f64::from((deq[r * cols + j] * x[j]).abs()))
                             .sum();
