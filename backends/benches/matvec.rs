@@ -12,7 +12,9 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use flashmoe_backends::quant::WeightFormat;
-use flashmoe_backends::{ComputeBackend, CpuBackend, ExpertId, ExpertScratch, RoutedExpert, WeightView};
+use flashmoe_backends::{
+    ComputeBackend, CpuBackend, ExpertId, ExpertScratch, RoutedExpert, WeightView,
+};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -79,7 +81,12 @@ fn matvecs(c: &mut Criterion) {
         ("q8", WeightFormat::Q8_64),
         ("bf16", WeightFormat::Bf16),
     ] {
-        for (rows, cols) in [(2048usize, 768usize), (768, 2048), (4096, 2048), (151936, 2048)] {
+        for (rows, cols) in [
+            (2048usize, 768usize),
+            (768, 2048),
+            (4096, 2048),
+            (151936, 2048),
+        ] {
             let bytes = matrix(rows, cols, f);
             let w = WeightView::new(&bytes, rows, cols, f).expect("valid matrix");
             let x = be.upload(&vec![0.5; cols]).expect("cpu upload");
@@ -98,13 +105,22 @@ fn experts(c: &mut Criterion) {
     let (hidden, inter, k) = (2048usize, 768usize, 8usize);
     let f = WeightFormat::Q4_64;
     let recs: Vec<[Vec<u8>; 3]> = (0..k)
-        .map(|_| [matrix(inter, hidden, f), matrix(inter, hidden, f), matrix(hidden, inter, f)])
+        .map(|_| {
+            [
+                matrix(inter, hidden, f),
+                matrix(inter, hidden, f),
+                matrix(hidden, inter, f),
+            ]
+        })
         .collect();
     let routed: Vec<RoutedExpert<'_>> = recs
         .iter()
         .enumerate()
         .map(|(e, r)| RoutedExpert {
-            id: ExpertId { layer: 0, expert: e as u32 },
+            id: ExpertId {
+                layer: 0,
+                expert: e as u32,
+            },
             weights: [
                 WeightView::new(&r[0], inter, hidden, f).expect("gate"),
                 WeightView::new(&r[1], inter, hidden, f).expect("up"),
@@ -115,14 +131,21 @@ fn experts(c: &mut Criterion) {
         .collect();
     let x = be.upload(&vec![0.5; hidden]).expect("cpu upload");
     let z = |n| be.zeros(n).expect("cpu zeros");
-    let mut scratch = ExpertScratch { h1: z(inter), h2: z(inter), out: z(hidden) };
+    let mut scratch = ExpertScratch {
+        h1: z(inter),
+        h2: z(inter),
+        out: z(hidden),
+    };
     let mut out = z(hidden);
     let bytes: usize = recs.iter().flatten().map(Vec::len).sum();
     let mut g = c.benchmark_group("experts");
     g.sample_size(20).measurement_time(Duration::from_secs(3));
     g.throughput(Throughput::Bytes(bytes as u64));
     g.bench_function("q4/k8", |b| {
-        b.iter(|| be.moe_experts(&routed, black_box(&x), &mut scratch, &mut out).expect("experts"))
+        b.iter(|| {
+            be.moe_experts(&routed, black_box(&x), &mut scratch, &mut out)
+                .expect("experts")
+        })
     });
     g.finish();
 }

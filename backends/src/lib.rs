@@ -29,5 +29,5 @@ pub use backend::{
     WeightView,
 };
 pub use cpu::{Activations, CpuBackend};
-pub use profiled::{Profiled, ProfiledWeight};
 pub use error::{BackendError, Result};
+pub use profiled::{Profiled, ProfiledWeight};

@@ -240,7 +240,10 @@ mod tests {
         let t = p.table(0.020, 2);
         assert!(t.contains("lm_head") && t.contains("40.0%"), "{t}");
         assert!(t.contains("5.500") && t.contains("100.0 tok/s"), "{t}");
-        assert!(!t.contains("embedding"), "phases never charged are left out: {t}");
+        assert!(
+            !t.contains("embedding"),
+            "phases never charged are left out: {t}"
+        );
         p.reset();
         assert!(p.snapshot().iter().all(|r| r.1 == 0.0 && r.2 == 0));
     }
@@ -252,9 +255,18 @@ mod tests {
             ("model.layers.0.self_attn.o_proj.weight", Phase::OProj),
             ("model.layers.0.self_attn.v_proj.weight", Phase::VProj),
             ("model.layers.0.block_sparse_moe.gate.weight", Phase::Router),
-            ("model.layers.0.mlp.shared_expert.gate_proj.weight", Phase::SharedFfn),
-            ("model.layers.0.mlp.shared_expert_gate.weight", Phase::SharedFfn),
-            ("model.layers.0.linear_attn.in_proj_qkv.weight", Phase::DeltaNet),
+            (
+                "model.layers.0.mlp.shared_expert.gate_proj.weight",
+                Phase::SharedFfn,
+            ),
+            (
+                "model.layers.0.mlp.shared_expert_gate.weight",
+                Phase::SharedFfn,
+            ),
+            (
+                "model.layers.0.linear_attn.in_proj_qkv.weight",
+                Phase::DeltaNet,
+            ),
             ("lm_head.weight", Phase::LmHead),
             ("something.else", Phase::OtherOps),
         ];

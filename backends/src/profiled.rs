@@ -148,7 +148,9 @@ impl<B: ComputeBackend> ComputeBackend for Profiled<B> {
         head_dim: usize,
         eps: f32,
     ) -> Result<()> {
-        self.timed(Phase::Norms, || self.inner.rms_norm_heads(x, w, head_dim, eps))
+        self.timed(Phase::Norms, || {
+            self.inner.rms_norm_heads(x, w, head_dim, eps)
+        })
     }
     fn rope(
         &self,

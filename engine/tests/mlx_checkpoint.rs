@@ -9,8 +9,8 @@
 
 mod mlx_common;
 
-use flashmoe_backends::{Activations, CpuBackend};
 use flashmoe_backends::wgpu::{WgpuBackend, WgpuConfig};
+use flashmoe_backends::{Activations, CpuBackend};
 use flashmoe_engine::PackedModel;
 use flashmoe_engine::sampler::argmax;
 use mlx_common::{Running, max_abs_diff, mlx_dir, mlx_golden, pack_mlx};
@@ -36,7 +36,12 @@ const INT8_MIN_TOP1: f64 = 0.9;
 /// activations (to [`MLX_TOL`]) and with int8 activations (to [`INT8_TOL`]).
 fn check_against_mlx(name: &str, min_top1: f64) {
     check_against_mlx_with(name, min_top1, Activations::F32, MLX_TOL);
-    check_against_mlx_with(name, min_top1.min(INT8_MIN_TOP1), Activations::Int8, INT8_TOL);
+    check_against_mlx_with(
+        name,
+        min_top1.min(INT8_MIN_TOP1),
+        Activations::Int8,
+        INT8_TOL,
+    );
 }
 
 fn check_against_mlx_with(name: &str, min_top1: f64, acts: Activations, tol: f32) {
@@ -62,7 +67,11 @@ fn check_against_mlx_with(name: &str, min_top1: f64, acts: Activations, tol: f32
         }
         let greedy = run.greedy(&p.input_ids, p.greedy_ids.len());
         if acts == Activations::Int8 {
-            let same = greedy.iter().zip(&p.greedy_ids).take_while(|(a, b)| a == b).count();
+            let same = greedy
+                .iter()
+                .zip(&p.greedy_ids)
+                .take_while(|(a, b)| a == b)
+                .count();
             println!("{name} prompt {i}: greedy agrees with mlx-lm for {same} tokens");
             continue;
         }

@@ -190,7 +190,14 @@ fn q8_isum(row: QRow<'_>, x: &QuantizedX, k: usize) -> i32 {
 fn combine_row(row: QRow<'_>, x: &QuantizedX, isum: impl Fn(usize) -> i32) -> f32 {
     let mut l = [0f32; 8];
     for k in 0..x.groups() {
-        l[k % 8] = combine(l[k % 8], f16_at(row.scales, k), f16_at(row.biases, k), x.d[k], isum(k), x.sums[k]);
+        l[k % 8] = combine(
+            l[k % 8],
+            f16_at(row.scales, k),
+            f16_at(row.biases, k),
+            x.d[k],
+            isum(k),
+            x.sums[k],
+        );
     }
     ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
 }
@@ -343,13 +350,24 @@ mod x86 {
     /// `group` reads only inside the row.
     #[target_feature(enable = "avx2,f16c")]
     #[inline]
-    unsafe fn drive(row: QRow<'_>, x: &QuantizedX, group: impl Fn(usize) -> __m256i, offset: i32) -> f32 {
+    unsafe fn drive(
+        row: QRow<'_>,
+        x: &QuantizedX,
+        group: impl Fn(usize) -> __m256i,
+        offset: i32,
+    ) -> f32 {
         let groups = x.groups();
         let mut lanes = _mm256_setzero_ps();
         let mut k0 = 0;
         while k0 < groups {
             let n = (groups - k0).min(8);
-            let a: [__m256i; 8] = std::array::from_fn(|j| if j < n { group(k0 + j) } else { _mm256_setzero_si256() });
+            let a: [__m256i; 8] = std::array::from_fn(|j| {
+                if j < n {
+                    group(k0 + j)
+                } else {
+                    _mm256_setzero_si256()
+                }
+            });
             let mut isums = hsum8_i32(&a);
             if offset != 0 {
                 let mut qs = [0i32; 8];
@@ -381,7 +399,14 @@ mod x86 {
                 sums[..n].copy_from_slice(&x.sums[k0..k0 + n]);
                 // SAFETY: the four arrays hold 16 bytes and 8 floats.
                 lanes = unsafe {
-                    combine8(lanes, isums, sc.as_ptr(), bi.as_ptr(), d.as_ptr(), sums.as_ptr())
+                    combine8(
+                        lanes,
+                        isums,
+                        sc.as_ptr(),
+                        bi.as_ptr(),
+                        d.as_ptr(),
+                        sums.as_ptr(),
+                    )
                 };
             }
             k0 += 8;

@@ -89,7 +89,12 @@ pub(crate) fn matvec_with(bytes: &[u8], l: &MatrixLayout, x: &[f32], out: &mut [
 }
 
 /// Fills `out[r] = row(r)`, on rayon's pool when `weights` is large enough.
-pub(crate) fn for_rows(weights: usize, cols: usize, out: &mut [f32], row: impl Fn(usize) -> f32 + Sync) {
+pub(crate) fn for_rows(
+    weights: usize,
+    cols: usize,
+    out: &mut [f32],
+    row: impl Fn(usize) -> f32 + Sync,
+) {
     if weights < PAR_THRESHOLD {
         out.iter_mut().enumerate().for_each(|(r, o)| *o = row(r));
     } else {
@@ -139,7 +144,7 @@ fn exact_row(row: QRow<'_>, x: &[f32], group: usize, q4: bool) -> f32 {
     let code = |j: usize| {
         if q4 {
             let b = row.codes[j / 2];
-            if j % 2 == 0 { b & 15 } else { b >> 4 }
+            if j.is_multiple_of(2) { b & 15 } else { b >> 4 }
         } else {
             row.codes[j]
         }
@@ -147,7 +152,11 @@ fn exact_row(row: QRow<'_>, x: &[f32], group: usize, q4: bool) -> f32 {
     let mut acc = 0f32;
     for (k, xs) in x.chunks_exact(group).enumerate() {
         let base = k * group;
-        let qx: f32 = xs.iter().enumerate().map(|(j, v)| f32::from(code(base + j)) * v).sum();
+        let qx: f32 = xs
+            .iter()
+            .enumerate()
+            .map(|(j, v)| f32::from(code(base + j)) * v)
+            .sum();
         let sum: f32 = xs.iter().sum();
         acc += f16_at(row.scales, k) * qx + f16_at(row.biases, k) * sum;
     }
@@ -225,10 +234,14 @@ mod tests {
 
     /// Deterministic pseudo-random values in [-1, 1).
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect()
@@ -268,7 +281,12 @@ mod tests {
     /// relative to `sum |w x|`; and the f32-activation reference path within 1e-4.
     #[test]
     fn quantized_formats_are_within_the_activation_rounding_bound() {
-        for (rows, cols, group) in [(7usize, 64usize, 64u32), (300, 256, 64), (9, 384, 128), (4, 96, 32)] {
+        for (rows, cols, group) in [
+            (7usize, 64usize, 64u32),
+            (300, 256, 64),
+            (9, 384, 128),
+            (4, 96, 32),
+        ] {
             // x with an outlier per group, the case that makes int8 rounding coarse.
             let mut x = values(cols, 3);
             x.iter_mut().step_by(37).for_each(|v| *v *= 8.0);
@@ -292,9 +310,13 @@ mod tests {
                         let abs: f64 = (0..cols)
                             .map(|j| f64::from((deq[r * cols + j] * x[j]).abs()))
                             .sum();
-                        let bound = super::super::int8::error_bound(&scaled, &qx) + 1e-5 * abs + 1e-6;
+                        let bound =
+                            super::super::int8::error_bound(&scaled, &qx) + 1e-5 * abs + 1e-6;
                         let err = (f64::from(*o) - reference(&deq, &x, r)).abs();
-                        assert!(err <= bound, "{f:?} {isa:?} row {r}: error {err} > bound {bound}");
+                        assert!(
+                            err <= bound,
+                            "{f:?} {isa:?} row {r}: error {err} > bound {bound}"
+                        );
                     }
                 }
                 let mut exact = vec![0f32; rows];
@@ -302,7 +324,10 @@ mod tests {
                     row_dot(Isa::Portable, &bytes, &l, Act { x: &x, qx: None }, r)
                 });
                 for (r, o) in exact.iter().enumerate() {
-                    assert!((f64::from(*o) - reference(&deq, &x, r)).abs() < 1e-4, "{f:?} exact row {r}");
+                    assert!(
+                        (f64::from(*o) - reference(&deq, &x, r)).abs() < 1e-4,
+                        "{f:?} exact row {r}"
+                    );
                 }
             }
         }
@@ -310,7 +335,14 @@ mod tests {
 
     #[test]
     fn simd_kernels_are_bit_exact_with_portable() {
-        for (rows, cols, group) in [(33usize, 192usize, 64u32), (3, 256, 128), (5, 64, 32), (2, 2048, 64), (3, 704, 64), (2, 1216, 32)] {
+        for (rows, cols, group) in [
+            (33usize, 192usize, 64u32),
+            (3, 256, 128),
+            (5, 64, 32),
+            (2, 2048, 64),
+            (3, 704, 64),
+            (2, 1216, 32),
+        ] {
             let w = values(rows * cols, 5);
             let x = values(cols, 6);
             for f in [WeightFormat::Q4 { group }, WeightFormat::Q8 { group }] {
@@ -321,8 +353,11 @@ mod tests {
                 for isa in Isa::all_available() {
                     let mut got = vec![0f32; rows];
                     matvec_with(&bytes, &l, &x, &mut got, isa);
-                    let (g, w): (Vec<u32>, Vec<u32>) =
-                        got.iter().zip(&want).map(|(a, b)| (a.to_bits(), b.to_bits())).unzip();
+                    let (g, w): (Vec<u32>, Vec<u32>) = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(a, b)| (a.to_bits(), b.to_bits()))
+                        .unzip();
                     assert_eq!(g, w, "{f:?} {isa:?} [{rows} x {cols}]");
                 }
             }
@@ -334,13 +369,21 @@ mod tests {
     #[test]
     fn extreme_codes_do_not_saturate() {
         let (rows, cols) = (2usize, 256usize);
-        let x: Vec<f32> = (0..cols).map(|j| if (j / 64) % 2 == 0 { 1.0 } else { -1.0 }).collect();
-        for (f, code_byte, code) in [(WeightFormat::Q8_64, 255u8, 255.0f32), (WeightFormat::Q4_64, 0xff, 15.0)] {
+        let x: Vec<f32> = (0..cols)
+            .map(|j| if (j / 64) % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        for (f, code_byte, code) in [
+            (WeightFormat::Q8_64, 255u8, 255.0f32),
+            (WeightFormat::Q4_64, 0xff, 15.0),
+        ] {
             let l = f.layout(rows, cols).unwrap();
             let mut bytes = vec![0u8; l.total];
             bytes[..l.data_len].fill(code_byte);
             let one = half::f16::from_f32(1.0).to_le_bytes();
-            for s in bytes[l.scales_offset..l.biases_offset].chunks_exact_mut(2).take(rows * cols / 64) {
+            for s in bytes[l.scales_offset..l.biases_offset]
+                .chunks_exact_mut(2)
+                .take(rows * cols / 64)
+            {
                 s.copy_from_slice(&one);
             }
             // Groups alternate +1 and -1: each row sums to 0; make the last group +1 too.

@@ -364,7 +364,13 @@ impl ComputeBackend for CpuBackend {
         // Mixed formats or shapes: one expert at a time (each op checks its sizes).
         self.fill_zero(out)?;
         for e in experts {
-            self.expert_ffn(e.weights, x, &mut scratch.h1, &mut scratch.h2, &mut scratch.out)?;
+            self.expert_ffn(
+                e.weights,
+                x,
+                &mut scratch.h1,
+                &mut scratch.h2,
+                &mut scratch.out,
+            )?;
             self.axpy(out, e.combine, &scratch.out)?;
         }
         Ok(())

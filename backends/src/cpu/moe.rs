@@ -124,55 +124,74 @@ mod tests {
     #[test]
     fn fused_experts_equal_the_default_composition() {
         let (hidden, inter, k) = (256usize, 192usize, 4usize);
-        for be in [CpuBackend::new(), CpuBackend::new().with_activations(crate::Activations::F32)] {
-        let formats = [WeightFormat::Q4_64, WeightFormat::Q8_64, WeightFormat::Bf16];
-        for (case, fmts) in [
-            [formats[0]; 4],
-            [formats[1]; 4],
-            [formats[2]; 4],
-            [formats[0], formats[1], formats[0], formats[2]],
-        ]
-        .iter()
-        .enumerate()
-        {
-            let records: Vec<[Vec<u8>; 3]> = (0..k)
-                .map(|e| {
-                    let f = fmts[e];
-                    [
-                        quantize(&values(inter * hidden, 3 * e), inter, hidden, f).unwrap(),
-                        quantize(&values(inter * hidden, 3 * e + 1), inter, hidden, f).unwrap(),
-                        quantize(&values(hidden * inter, 3 * e + 2), hidden, inter, f).unwrap(),
-                    ]
-                })
-                .collect();
-            let routed: Vec<RoutedExpert<'_>> = records
-                .iter()
-                .enumerate()
-                .map(|(e, r)| RoutedExpert {
-                    id: ExpertId { layer: 0, expert: e as u32 },
-                    weights: [
-                        WeightView::new(&r[0], inter, hidden, fmts[e]).unwrap(),
-                        WeightView::new(&r[1], inter, hidden, fmts[e]).unwrap(),
-                        WeightView::new(&r[2], hidden, inter, fmts[e]).unwrap(),
-                    ],
-                    combine: 0.1 + e as f32 * 0.2,
-                })
-                .collect();
-            let x = be.upload(&values(hidden, 99)).unwrap();
-            let z = |n| be.zeros(n).unwrap();
-            let mut scratch = ExpertScratch { h1: z(inter), h2: z(inter), out: z(hidden) };
-            let mut fused = z(hidden);
-            be.moe_experts(&routed, &x, &mut scratch, &mut fused).unwrap();
-            let mut want = z(hidden);
-            for e in &routed {
-                be.expert_ffn(e.weights, &x, &mut scratch.h1, &mut scratch.h2, &mut scratch.out)
+        for be in [
+            CpuBackend::new(),
+            CpuBackend::new().with_activations(crate::Activations::F32),
+        ] {
+            let formats = [WeightFormat::Q4_64, WeightFormat::Q8_64, WeightFormat::Bf16];
+            for (case, fmts) in [
+                [formats[0]; 4],
+                [formats[1]; 4],
+                [formats[2]; 4],
+                [formats[0], formats[1], formats[0], formats[2]],
+            ]
+            .iter()
+            .enumerate()
+            {
+                let records: Vec<[Vec<u8>; 3]> = (0..k)
+                    .map(|e| {
+                        let f = fmts[e];
+                        [
+                            quantize(&values(inter * hidden, 3 * e), inter, hidden, f).unwrap(),
+                            quantize(&values(inter * hidden, 3 * e + 1), inter, hidden, f).unwrap(),
+                            quantize(&values(hidden * inter, 3 * e + 2), hidden, inter, f).unwrap(),
+                        ]
+                    })
+                    .collect();
+                let routed: Vec<RoutedExpert<'_>> = records
+                    .iter()
+                    .enumerate()
+                    .map(|(e, r)| RoutedExpert {
+                        id: ExpertId {
+                            layer: 0,
+                            expert: e as u32,
+                        },
+                        weights: [
+                            WeightView::new(&r[0], inter, hidden, fmts[e]).unwrap(),
+                            WeightView::new(&r[1], inter, hidden, fmts[e]).unwrap(),
+                            WeightView::new(&r[2], hidden, inter, fmts[e]).unwrap(),
+                        ],
+                        combine: 0.1 + e as f32 * 0.2,
+                    })
+                    .collect();
+                let x = be.upload(&values(hidden, 99)).unwrap();
+                let z = |n| be.zeros(n).unwrap();
+                let mut scratch = ExpertScratch {
+                    h1: z(inter),
+                    h2: z(inter),
+                    out: z(hidden),
+                };
+                let mut fused = z(hidden);
+                be.moe_experts(&routed, &x, &mut scratch, &mut fused)
                     .unwrap();
-                be.axpy(&mut want, e.combine, &scratch.out).unwrap();
+                let mut want = z(hidden);
+                for e in &routed {
+                    be.expert_ffn(
+                        e.weights,
+                        &x,
+                        &mut scratch.h1,
+                        &mut scratch.h2,
+                        &mut scratch.out,
+                    )
+                    .unwrap();
+                    be.axpy(&mut want, e.combine, &scratch.out).unwrap();
+                }
+                let bits = |t: &crate::cpu::CpuTensor| {
+                    t.as_slice().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                };
+                assert_eq!(bits(&fused), bits(&want), "case {case}");
+                assert!(fused.as_slice().iter().any(|v| *v != 0.0), "case {case}");
             }
-            let bits = |t: &crate::cpu::CpuTensor| t.as_slice().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&fused), bits(&want), "case {case}");
-            assert!(fused.as_slice().iter().any(|v| *v != 0.0), "case {case}");
-        }
         }
     }
 
@@ -186,7 +205,10 @@ mod tests {
             quantize(&values(hidden * inter, 2), hidden, inter, f).unwrap(),
         ];
         let routed = [RoutedExpert {
-            id: ExpertId { layer: 0, expert: 0 },
+            id: ExpertId {
+                layer: 0,
+                expert: 0,
+            },
             weights: [
                 WeightView::new(&rec[0], inter, hidden, f).unwrap(),
                 WeightView::new(&rec[0], inter, hidden, f).unwrap(),
@@ -196,7 +218,11 @@ mod tests {
         }];
         let x = be.upload(&values(hidden, 3)).unwrap();
         let z = |n| be.zeros(n).unwrap();
-        let mut scratch = ExpertScratch { h1: z(inter), h2: z(inter), out: z(hidden) };
+        let mut scratch = ExpertScratch {
+            h1: z(inter),
+            h2: z(inter),
+            out: z(hidden),
+        };
         let mut out = z(hidden + 1);
         assert!(be.moe_experts(&routed, &x, &mut scratch, &mut out).is_err());
     }
