@@ -5,9 +5,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use flashmoe_backends::wgpu::{WgpuBackend, WgpuConfig};
-use flashmoe_backends::{ComputeBackend, CpuBackend, Profiled};
+use flashmoe_backends::{Activations, ComputeBackend, CpuBackend, Profiled};
 use flashmoe_engine::sampler::Sampler;
 use flashmoe_engine::{
     NoObserver, PackedModel, Prediction, RoutingObserver, Tee, TraceSink, generate, open_scheduler,
@@ -24,6 +24,24 @@ use super::CliResult;
 
 /// The model `generate` uses without `--model`: committed to the repository (see models/).
 pub const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tiny-qwen3-moe-q4");
+
+/// `--activations`: how the CPU backend takes the activations of quantized matvecs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CpuActivations {
+    /// Quantized to int8 per weight group (fast).
+    Int8,
+    /// f32 (exact).
+    F32,
+}
+
+impl CpuActivations {
+    fn backend(self) -> CpuBackend {
+        CpuBackend::new().with_activations(match self {
+            CpuActivations::Int8 => Activations::Int8,
+            CpuActivations::F32 => Activations::F32,
+        })
+    }
+}
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -79,6 +97,10 @@ pub struct GenerateArgs {
     /// to stderr.
     #[arg(long)]
     pub stats: bool,
+    /// CPU: activations of 4- and 8-bit matvecs: int8 (quantized per weight group, integer dot
+    /// products, as ggml; the default) or f32 (exact, slower; what the GPU computes).
+    #[arg(long, value_enum, default_value_t = CpuActivations::Int8)]
+    pub activations: CpuActivations,
     /// Print a table of where a decode step's time goes (ms/token and % per phase: norms,
     /// projections, attention, router, experts, expert wait, lm_head, sampling, the rest) to
     /// stderr. Times every op; off by default, at no cost.
@@ -292,8 +314,8 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
     };
     let mut profile = None;
     let (g, hinted, traced, compute) = match (args.backend.as_str(), args.profile) {
-        ("cpu", false) => run.on(CpuBackend::new(), ComputeReport::cpu)?,
-        ("cpu", true) => run.on(Profiled::new(CpuBackend::new()), |b| {
+        ("cpu", false) => run.on(args.activations.backend(), ComputeReport::cpu)?,
+        ("cpu", true) => run.on(Profiled::new(args.activations.backend()), |b| {
             profile = Some(b.shared_profile());
             ComputeReport::cpu(b.inner())
         })?,
