@@ -169,6 +169,25 @@ pub trait ComputeBackend: Send + Sync {
         cols: usize,
         format: WeightFormat,
     ) -> Result<Self::Weight>;
+    /// [`Self::load_weight`] for the tensor called `name` (its HF name): a backend that labels
+    /// weights (such as [`crate::Profiled`]) keeps the name; the default ignores it.
+    fn load_weight_named(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+        format: WeightFormat,
+    ) -> Result<Self::Weight> {
+        let _ = name;
+        self.load_weight(bytes, rows, cols, format)
+    }
+    /// The per-phase profile this backend fills, if it is profiling ([`crate::Profiled`]); the
+    /// engine charges the phases it owns (expert wait, sampling) to it. `None` by default, so
+    /// nothing is timed when profiling is off.
+    fn profile(&self) -> Option<&crate::profile::Profile> {
+        None
+    }
     /// Allocates an empty KV cache.
     fn kv_cache(&self, shape: KvShape) -> Result<Self::KvCache>;
 

@@ -7,6 +7,8 @@
 //! - [`CpuBackend`]: the reference implementation: rayon-parallel matvecs over rows, with
 //!   AVX2/FMA/F16C kernels for bf16, Q8 and Q4 picked at run time on x86_64 (portable kernels
 //!   elsewhere; both are tested against the dequantized reference).
+//! - [`Profiled`]: a wrapper that times every op of another backend into a [`profile::Profile`]
+//!   (`flashmoe generate --profile`).
 //! - [`routing`]: softmax / top-k router maths shared by backends.
 //! - `wgpu` (feature `wgpu`, on by default): [`wgpu::WgpuBackend`], WGSL compute shaders that
 //!   run on Vulkan, Metal and DX12, with a GPU-resident ring of expert slots.
@@ -15,6 +17,8 @@ mod backend;
 mod checks;
 pub mod cpu;
 mod error;
+pub mod profile;
+mod profiled;
 pub mod quant;
 pub mod routing;
 #[cfg(feature = "wgpu")]
@@ -24,5 +28,6 @@ pub use backend::{
     AttnShape, ComputeBackend, DeltaShape, ExpertId, ExpertScratch, KvShape, RoutedExpert,
     WeightView,
 };
-pub use cpu::CpuBackend;
+pub use cpu::{Activations, CpuBackend};
 pub use error::{BackendError, Result};
+pub use profiled::{Profiled, ProfiledWeight};

@@ -502,7 +502,14 @@ fn conv1d_and_delta_rule_match_reference<B: ComputeBackend>(be: &B) {
 macro_rules! backend_tests {
     ($($name:ident),*) => {
         mod cpu {
-            $(#[test] fn $name() { super::$name(&flashmoe_backends::CpuBackend::new()); })*
+            // f32 activations: the bodies hold every backend to f32 rounding of the exact
+            // maths. The default int8 activations of quantized matvecs are tested against the
+            // bound their rounding allows, and bit-exact across kernels, in `cpu::matvec` and
+            // `cpu::moe`'s unit tests.
+            $(#[test] fn $name() {
+                super::$name(&flashmoe_backends::CpuBackend::new()
+                    .with_activations(flashmoe_backends::Activations::F32));
+            })*
         }
         #[cfg(feature = "wgpu")]
         mod wgpu {

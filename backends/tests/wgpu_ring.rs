@@ -33,7 +33,8 @@ fn weights_larger_than_a_binding_are_split_into_row_blocks() {
     }) else {
         return;
     };
-    let cpu = CpuBackend::new();
+    // The GPU computes with f32 activations: compare the CPU's same maths.
+    let cpu = CpuBackend::new().with_activations(flashmoe_backends::Activations::F32);
     let (rows, cols) = (301, 512);
     for f in [WeightFormat::Bf16, WeightFormat::Q4_64, WeightFormat::Q8_64] {
         let bytes = quantize(&vals(rows * cols, 3), rows, cols, f).unwrap();
@@ -130,7 +131,8 @@ fn reused_slots_never_change_queued_results() {
     }) else {
         return;
     };
-    let cpu = CpuBackend::new();
+    // The GPU computes with f32 activations: compare the CPU's same maths.
+    let cpu = CpuBackend::new().with_activations(flashmoe_backends::Activations::F32);
     let x = vals(r.h, 77);
     let (xg, xc) = (be.upload(&x).unwrap(), cpu.upload(&x).unwrap());
     let pairs = [(0, 1), (2, 3), (4, 5), (1, 0), (3, 5), (2, 4), (0, 5)];

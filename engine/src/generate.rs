@@ -7,6 +7,7 @@ use crate::hooks::RoutingObserver;
 use crate::model::MoeModel;
 use crate::sampler::{Sampler, argmax};
 use flashmoe_backends::ComputeBackend;
+use flashmoe_backends::profile::Phase;
 use std::ops::ControlFlow;
 use std::time::Instant;
 
@@ -92,13 +93,21 @@ pub fn generate_from<B: ComputeBackend>(
     let t = Instant::now();
     let mut logits = model.prefill(&prompt[start..], start, experts, obs)?;
     g.prefill_secs = t.elapsed().as_secs_f64();
+    // A profile covers decode steps only.
+    if let Some(p) = model.backend().profile() {
+        p.reset();
+    }
     let t = Instant::now();
     for i in 0..max_tokens {
+        let sampled = model.backend().profile().map(|_| Instant::now());
         let next = sampler.sample(&logits).ok_or(EngineError::OutOfRange {
             what: "vocab size",
             value: 0,
             limit: 1,
         })?;
+        if let (Some(p), Some(t)) = (model.backend().profile(), sampled) {
+            p.record(Phase::Sampling, t.elapsed());
+        }
         g.tokens.push(next);
         let flow = on_token(next)?;
         if stop.contains(&next) {

@@ -26,7 +26,7 @@ impl<B: ComputeBackend> Loader<'_, B> {
     pub(crate) fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<B::Weight> {
         let (bytes, format) = crate::quant_tensors::matrix(self.ckpt, name, rows, cols)?;
         self.be
-            .load_weight(&bytes, rows, cols, format)
+            .load_weight_named(name, &bytes, rows, cols, format)
             .ctx(|| format!("uploading `{name}`"))
     }
 
@@ -104,7 +104,7 @@ impl<B: ComputeBackend> Loader<'_, B> {
             at += range.len();
         }
         self.be
-            .load_weight(&out, rows, cols, format)
+            .load_weight_named(what, &out, rows, cols, format)
             .ctx(|| format!("uploading rows of `{what}`"))
     }
 }

@@ -12,6 +12,7 @@ use crate::hooks::RoutingObserver;
 use crate::hybrid::{DeltaNet, DeltaScratch, DeltaState, Loader, SharedExpert, SharedScratch};
 use crate::qwen35_moe::LayerType;
 use crate::weights::Checkpoint;
+use flashmoe_backends::profile::Phase;
 use flashmoe_backends::routing::{softmax, top_k_softmax};
 use flashmoe_backends::{
     AttnShape, ComputeBackend, ExpertId, ExpertScratch, KvShape, RoutedExpert,
@@ -493,7 +494,11 @@ impl<B: ComputeBackend> MoeModel<B> {
             obs.on_pregate_far(layer_id + 2, &scores);
         }
         let layout = *experts.layout();
+        let waited = be.profile().map(|_| std::time::Instant::now());
         let batch = experts.experts(layer_id, &routing.ids)?;
+        if let (Some(p), Some(t)) = (be.profile(), waited) {
+            p.record(Phase::ExpertWait, t.elapsed());
+        }
         if batch.len() != routing.ids.len() {
             return Err(EngineError::Expert {
                 layer: layer_id,

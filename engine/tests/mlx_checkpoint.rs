@@ -9,8 +9,8 @@
 
 mod mlx_common;
 
-use flashmoe_backends::CpuBackend;
 use flashmoe_backends::wgpu::{WgpuBackend, WgpuConfig};
+use flashmoe_backends::{Activations, CpuBackend};
 use flashmoe_engine::PackedModel;
 use flashmoe_engine::sampler::argmax;
 use mlx_common::{Running, max_abs_diff, mlx_dir, mlx_golden, pack_mlx};
@@ -21,19 +21,42 @@ use mlx_common::{Running, max_abs_diff, mlx_dir, mlx_golden, pack_mlx};
 /// scale, bias, bit order or a flipped expert moves logits by more than 1e-2.
 const MLX_TOL: f32 = 1e-3;
 
-/// Checks flashmoe's logits and greedy tokens on the packed `name` against mlx-lm's.
+/// Max |logit difference| vs mlx-lm float32 with the CPU's default int8 activations
+/// ([`Activations::Int8`], as ggml): each group of 64 activations is rounded to 1/254 of its
+/// largest magnitude before the integer dot products, which MLX (f32 activations) does not do.
+/// Measured 0.10 on tiny-mixtral-4bit (vs 5.6e-6 with f32 activations); 0.25 leaves 2.5x. The
+/// exactness of the weight path is held to [`MLX_TOL`] with [`Activations::F32`].
+const INT8_TOL: f32 = 0.25;
+/// Top-1 agreement with mlx-lm at every prompt position with int8 activations: the rounding
+/// flips near-ties (measured 22/24 on tiny-mixtral-4bit: positions 15 and 21), and greedy
+/// continuations then diverge, so they are compared only with f32 activations.
+const INT8_MIN_TOP1: f64 = 0.9;
+
+/// Checks flashmoe's logits and greedy tokens on the packed `name` against mlx-lm's, with f32
+/// activations (to [`MLX_TOL`]) and with int8 activations (to [`INT8_TOL`]).
 fn check_against_mlx(name: &str, min_top1: f64) {
+    check_against_mlx_with(name, min_top1, Activations::F32, MLX_TOL);
+    check_against_mlx_with(
+        name,
+        min_top1.min(INT8_MIN_TOP1),
+        Activations::Int8,
+        INT8_TOL,
+    );
+}
+
+fn check_against_mlx_with(name: &str, min_top1: f64, acts: Activations, tol: f32) {
     let Some(dir) = mlx_dir(name) else { return };
     let (_tmp, packed) = pack_mlx(&dir);
     let m = PackedModel::open(&packed).expect("open packed");
-    let mut run = Running::open(&m, CpuBackend::new());
+    let mut run = Running::open(&m, CpuBackend::new().with_activations(acts));
+    let name = format!("{name} ({acts:?} activations)");
     let (mut agree, mut total) = (0usize, 0usize);
     for (i, p) in mlx_golden(&dir, "f32").iter().enumerate() {
         let logits = run.logits(&p.input_ids);
         let last = logits.last().expect("non-empty prompt");
         let diff = max_abs_diff(last, &p.last_logits);
         println!("{name} prompt {i}: max |logit - mlx-lm f32| = {diff:.2e}");
-        assert!(diff < MLX_TOL, "{name} prompt {i}: {diff} >= {MLX_TOL}");
+        assert!(diff < tol, "{name} prompt {i}: {diff} >= {tol}");
         for (pos, (l, &want)) in logits.iter().zip(&p.top1).enumerate() {
             total += 1;
             if argmax(l) == Some(want) {
@@ -43,6 +66,15 @@ fn check_against_mlx(name: &str, min_top1: f64) {
             }
         }
         let greedy = run.greedy(&p.input_ids, p.greedy_ids.len());
+        if acts == Activations::Int8 {
+            let same = greedy
+                .iter()
+                .zip(&p.greedy_ids)
+                .take_while(|(a, b)| a == b)
+                .count();
+            println!("{name} prompt {i}: greedy agrees with mlx-lm for {same} tokens");
+            continue;
+        }
         assert_eq!(
             greedy, p.greedy_ids,
             "{name} prompt {i}: greedy tokens vs mlx-lm"
@@ -96,7 +128,8 @@ fn on_wgpu_matches_cpu(name: &str) {
     let (_tmp, packed) = pack_mlx(&dir);
     let m = PackedModel::open(&packed).expect("open packed");
     let mut gpu = Running::open(&m, be);
-    let mut cpu = Running::open(&m, CpuBackend::new());
+    // The GPU computes with f32 activations: compare the same maths.
+    let mut cpu = Running::open(&m, CpuBackend::new().with_activations(Activations::F32));
     for (i, p) in mlx_golden(&dir, "f32").iter().enumerate() {
         let (g, c) = (gpu.logits(&p.input_ids), cpu.logits(&p.input_ids));
         let diff = max_abs_diff(g.last().expect("logits"), c.last().expect("logits"));

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{fixture, golden, load, load_on, max_abs_diff};
+use common::{fixture, golden, load_on, max_abs_diff};
 use flashmoe_backends::CpuBackend;
 use flashmoe_backends::quant::WeightFormat;
 use flashmoe_backends::wgpu::{WgpuBackend, WgpuConfig};
@@ -46,7 +46,12 @@ impl Both {
     fn load(be: WgpuBackend, dir: &std::path::Path, format: WeightFormat) -> Self {
         Self {
             gpu: load_on(be, dir, format),
-            cpu: load(dir, format),
+            // The GPU computes with f32 activations: compare the CPU's same maths.
+            cpu: load_on(
+                CpuBackend::new().with_activations(flashmoe_backends::Activations::F32),
+                dir,
+                format,
+            ),
         }
     }
 
@@ -194,7 +199,11 @@ fn streamed_experts_with_pregate_staging_match_cpu() {
             }
             None => {
                 let mut model = m
-                    .load_model(flashmoe_backends::CpuBackend::new(), 256)
+                    .load_model(
+                        flashmoe_backends::CpuBackend::new()
+                            .with_activations(flashmoe_backends::Activations::F32),
+                        256,
+                    )
                     .expect("cpu model");
                 generate_greedy(&mut model, &prompt, 32, &mut experts, &mut prefetch)
                     .expect("cpu generate")

@@ -5,9 +5,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use flashmoe_backends::wgpu::{WgpuBackend, WgpuConfig};
-use flashmoe_backends::{ComputeBackend, CpuBackend};
+use flashmoe_backends::{Activations, ComputeBackend, CpuBackend, Profiled};
 use flashmoe_engine::sampler::Sampler;
 use flashmoe_engine::{
     NoObserver, PackedModel, Prediction, RoutingObserver, Tee, TraceSink, generate, open_scheduler,
@@ -24,6 +24,24 @@ use super::CliResult;
 
 /// The model `generate` uses without `--model`: committed to the repository (see models/).
 pub const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tiny-qwen3-moe-q4");
+
+/// `--activations`: how the CPU backend takes the activations of quantized matvecs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CpuActivations {
+    /// Quantized to int8 per weight group (fast).
+    Int8,
+    /// f32 (exact).
+    F32,
+}
+
+impl CpuActivations {
+    fn backend(self) -> CpuBackend {
+        CpuBackend::new().with_activations(match self {
+            CpuActivations::Int8 => Activations::Int8,
+            CpuActivations::F32 => Activations::F32,
+        })
+    }
+}
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -79,6 +97,15 @@ pub struct GenerateArgs {
     /// to stderr.
     #[arg(long)]
     pub stats: bool,
+    /// CPU: activations of 4- and 8-bit matvecs: int8 (quantized per weight group, integer dot
+    /// products, as ggml; the default) or f32 (exact, slower; what the GPU computes).
+    #[arg(long, value_enum, default_value_t = CpuActivations::Int8)]
+    pub activations: CpuActivations,
+    /// Print a table of where a decode step's time goes (ms/token and % per phase: norms,
+    /// projections, attention, router, experts, expert wait, lm_head, sampling, the rest) to
+    /// stderr. Times every op; off by default, at no cost.
+    #[arg(long)]
+    pub profile: bool,
     /// Print one JSON object (text and statistics) instead of streaming the text.
     #[arg(long)]
     pub json: bool,
@@ -285,9 +312,14 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
         prompt: &prompt,
         max_seq,
     };
-    let (g, hinted, traced, compute) = match args.backend.as_str() {
-        "cpu" => run.on(CpuBackend::new(), ComputeReport::cpu)?,
-        "wgpu" => {
+    let mut profile = None;
+    let (g, hinted, traced, compute) = match (args.backend.as_str(), args.profile) {
+        ("cpu", false) => run.on(args.activations.backend(), ComputeReport::cpu)?,
+        ("cpu", true) => run.on(Profiled::new(args.activations.backend()), |b| {
+            profile = Some(b.shared_profile());
+            ComputeReport::cpu(b.inner())
+        })?,
+        ("wgpu", profiling) => {
             let ring = match &args.gpu_ring {
                 Some(r) if r.trim_end().ends_with('%') => {
                     return Err(format!("--gpu-ring {r:?}: give bytes (256M, 1G)").into());
@@ -310,10 +342,26 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
                 be.info(),
                 t.elapsed().as_secs_f64() * 1e3
             );
-            run.on(be, ComputeReport::wgpu)?
+            if profiling {
+                eprintln!("note: --profile on wgpu times op submission; waits show at read-backs");
+                run.on(Profiled::new(be), |b| {
+                    profile = Some(b.shared_profile());
+                    ComputeReport::wgpu(b.inner())
+                })?
+            } else {
+                run.on(be, ComputeReport::wgpu)?
+            }
         }
-        other => return Err(format!("--backend {other:?}: expected cpu or wgpu").into()),
+        (other, _) => return Err(format!("--backend {other:?}: expected cpu or wgpu").into()),
     };
+    if let Some(p) = &profile {
+        eprintln!(
+            "profile: {} decode steps, {} compute\n{}",
+            g.decode_steps,
+            compute.backend,
+            p.table(g.decode_secs, g.decode_steps)
+        );
+    }
     let stats = stats(args, &m, &sched, budget, prompt.len(), &g, hinted, compute);
     if args.json {
         let out = JsonOut {

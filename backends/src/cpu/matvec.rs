@@ -1,81 +1,104 @@
-//! CPU matrix-vector kernels for every [`WeightFormat`], split over rows with rayon.
+//! CPU matrix-vector products for every [`WeightFormat`], split over rows with rayon.
 //!
-//! Quantized rows use `w.x = sum_g scale_g * (sum_j q_j x_j) + bias_g * (sum_j x_j)`: the group
-//! sums of `x` are computed once per call, so the inner loop is a plain code-times-x dot.
-//! For 4-bit codes `x` is split once into even and odd columns so that low and high nibbles
-//! each meet a contiguous slice.
+//! Quantized formats quantize `x` to int8 once per call and use the integer row kernels of
+//! [`super::int8`] (as ggml does); float formats dot f32 activations with the row (AVX2/FMA for
+//! bf16 when the CPU has it).
 
+use super::int8::{Isa, QRow, QuantizedX, q4_row, q8_row};
 use crate::quant::{MatrixLayout, WeightFormat, bf16_at, f16_at};
 use rayon::prelude::*;
+use std::cell::RefCell;
 
-/// Below this many weights a matvec runs on the calling thread (thread hand-off costs more).
-const PAR_THRESHOLD: usize = 1 << 15;
+/// Below this many weights a matvec runs on the calling thread: waking rayon's workers costs
+/// tens of microseconds on a busy machine (measured with `generate --profile` on the tiny
+/// model: a 256x256 Q4 `q_proj` took ~20 us on the pool), more than 512k 4-bit weights take on
+/// one core. Qwen3-30B-A3B's k/v projections (1M weights) and larger still go parallel.
+const PAR_THRESHOLD: usize = 1 << 19;
 /// Weights per parallel work item.
 const CHUNK_WEIGHTS: usize = 1 << 14;
 
-/// Per-call precomputation on `x`.
-struct Prep {
-    /// Sum of `x` over each group (quantized formats).
-    group_sums: Vec<f32>,
-    /// Even columns of `x` (Q4).
-    even: Vec<f32>,
-    /// Odd columns of `x` (Q4).
-    odd: Vec<f32>,
+thread_local! {
+    /// The calling thread's quantized activations, reused across calls (no allocation per token).
+    static QX: RefCell<QuantizedX> = RefCell::new(QuantizedX::default());
 }
 
-impl Prep {
-    fn new(l: &MatrixLayout, x: &[f32]) -> Self {
-        let group_sums = match l.format.group() {
-            Some(g) => x.chunks_exact(g).map(|c| c.iter().sum()).collect(),
-            None => Vec::new(),
-        };
-        let (even, odd) = if matches!(l.format, WeightFormat::Q4 { .. }) {
-            (
-                x.iter().step_by(2).copied().collect(),
-                x.iter().skip(1).step_by(2).copied().collect(),
-            )
-        } else {
-            (Vec::new(), Vec::new())
-        };
-        Self {
-            group_sums,
-            even,
-            odd,
+/// The activations a row kernel reads: `x`, and for quantized formats its int8 form (without
+/// it, quantized rows are dotted with f32 `x` exactly, a slower reference path).
+#[derive(Clone, Copy)]
+pub(crate) struct Act<'a> {
+    /// f32 values.
+    pub x: &'a [f32],
+    /// `x` quantized for the weight's group and code order ([`prepare`]).
+    pub qx: Option<&'a QuantizedX>,
+}
+
+/// Quantizes `x` for a matrix in `format` into `qx`; returns whether `format` is quantized.
+pub(crate) fn prepare(format: WeightFormat, x: &[f32], qx: &mut QuantizedX) -> bool {
+    match format.group() {
+        Some(g) => {
+            qx.quantize(x, g, matches!(format, WeightFormat::Q4 { .. }));
+            true
         }
+        None => false,
     }
+}
+
+/// Runs `f` with `x` prepared for `format`, in the calling thread's reused buffers.
+/// Without `int8`, quantized formats get f32 activations (the exact path).
+pub(crate) fn with_act<R>(
+    format: WeightFormat,
+    x: &[f32],
+    int8: bool,
+    f: impl FnOnce(Act<'_>) -> R,
+) -> R {
+    if format.group().is_none() || !int8 {
+        return f(Act { x, qx: None });
+    }
+    QX.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut qx) => {
+            prepare(format, x, &mut qx);
+            f(Act { x, qx: Some(&qx) })
+        }
+        // Re-entered on this thread (a nested parallel job): use a fresh buffer.
+        Err(_) => {
+            let mut qx = QuantizedX::default();
+            prepare(format, x, &mut qx);
+            f(Act { x, qx: Some(&qx) })
+        }
+    })
 }
 
 /// `out = W x`. The caller has checked `bytes.len() == l.total`, `x.len() == l.cols` and
 /// `out.len() == l.rows`.
-pub(crate) fn matvec(bytes: &[u8], l: &MatrixLayout, x: &[f32], out: &mut [f32]) {
-    matvec_with(bytes, l, x, out, simd_available());
+/// `int8`: quantize `x` for quantized formats.
+pub(crate) fn matvec(bytes: &[u8], l: &MatrixLayout, x: &[f32], out: &mut [f32], int8: bool) {
+    with_act(l.format, x, int8, |act| {
+        let isa = Isa::detect();
+        let row = |r: usize| row_dot(isa, bytes, l, act, r);
+        for_rows(l.rows * l.cols, l.cols, out, row);
+    });
 }
 
-#[cfg(target_arch = "x86_64")]
-fn simd_available() -> bool {
-    super::simd::available()
+/// [`matvec`] with int8 activations and the kernels of `isa` (tests compare them).
+#[cfg(test)]
+pub(crate) fn matvec_with(bytes: &[u8], l: &MatrixLayout, x: &[f32], out: &mut [f32], isa: Isa) {
+    with_act(l.format, x, true, |act| {
+        let row = |r: usize| row_dot(isa, bytes, l, act, r);
+        for_rows(l.rows * l.cols, l.cols, out, row);
+    });
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-fn simd_available() -> bool {
-    false
-}
-
-/// [`matvec`] with the choice of kernels made by the caller (tests compare both).
-pub(crate) fn matvec_with(bytes: &[u8], l: &MatrixLayout, x: &[f32], out: &mut [f32], simd: bool) {
-    let simd = simd && simd_available();
-    let prep = Prep::new(l, x);
-    let row = |r: usize| {
-        if simd {
-            row_dot_simd(bytes, l, &prep, x, r)
-        } else {
-            row_dot(bytes, l, &prep, x, r)
-        }
-    };
-    if l.rows * l.cols < PAR_THRESHOLD {
+/// Fills `out[r] = row(r)`, on rayon's pool when `weights` is large enough.
+pub(crate) fn for_rows(
+    weights: usize,
+    cols: usize,
+    out: &mut [f32],
+    row: impl Fn(usize) -> f32 + Sync,
+) {
+    if weights < PAR_THRESHOLD {
         out.iter_mut().enumerate().for_each(|(r, o)| *o = row(r));
     } else {
-        let rows_per_chunk = (CHUNK_WEIGHTS / l.cols.max(1)).max(1);
+        let rows_per_chunk = (CHUNK_WEIGHTS / cols.max(1)).max(1);
         out.par_chunks_mut(rows_per_chunk)
             .enumerate()
             .for_each(|(c, chunk)| {
@@ -88,92 +111,74 @@ pub(crate) fn matvec_with(bytes: &[u8], l: &MatrixLayout, x: &[f32], out: &mut [
     }
 }
 
-fn row_dot(bytes: &[u8], l: &MatrixLayout, p: &Prep, x: &[f32], r: usize) -> f32 {
+/// Row `r` of the matrix `bytes` (layout `l`) dotted with `act` (prepared for `l.format`).
+pub(crate) fn row_dot(isa: Isa, bytes: &[u8], l: &MatrixLayout, act: Act<'_>, r: usize) -> f32 {
+    let cols = l.cols;
+    let Some(group) = l.format.group() else {
+        return float_row(isa, bytes, l, act.x, r);
+    };
+    let gpr = cols / group;
+    let (scales, biases) = scale_bias(bytes, l);
+    let sb = 2 * r * gpr..2 * (r + 1) * gpr;
+    let (scales, biases) = (&scales[sb.clone()], &biases[sb]);
+    let q4 = matches!(l.format, WeightFormat::Q4 { .. });
+    let codes = if q4 {
+        &bytes[r * cols / 2..(r + 1) * cols / 2]
+    } else {
+        &bytes[r * cols..(r + 1) * cols]
+    };
+    let row = QRow {
+        codes,
+        scales,
+        biases,
+    };
+    match (act.qx, q4) {
+        (Some(qx), true) => q4_row(isa, row, qx),
+        (Some(qx), false) => q8_row(isa, row, qx),
+        (None, _) => exact_row(row, act.x, group, q4),
+    }
+}
+
+/// A quantized row dotted with f32 `x` in f32: `sum_g scale_g (sum q x) + bias_g (sum x)`.
+fn exact_row(row: QRow<'_>, x: &[f32], group: usize, q4: bool) -> f32 {
+    let code = |j: usize| {
+        if q4 {
+            let b = row.codes[j / 2];
+            if j.is_multiple_of(2) { b & 15 } else { b >> 4 }
+        } else {
+            row.codes[j]
+        }
+    };
+    let mut acc = 0f32;
+    for (k, xs) in x.chunks_exact(group).enumerate() {
+        let base = k * group;
+        let qx: f32 = xs
+            .iter()
+            .enumerate()
+            .map(|(j, v)| f32::from(code(base + j)) * v)
+            .sum();
+        let sum: f32 = xs.iter().sum();
+        acc += f16_at(row.scales, k) * qx + f16_at(row.biases, k) * sum;
+    }
+    acc
+}
+
+fn float_row(isa: Isa, bytes: &[u8], l: &MatrixLayout, x: &[f32], r: usize) -> f32 {
     let cols = l.cols;
     match l.format {
-        WeightFormat::F32 => dot_f32_bytes(&bytes[4 * r * cols..4 * (r + 1) * cols], x),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa` is not portable only when `Isa::detect` found AVX2 and F16C; FMA is
+        // checked here.
+        WeightFormat::Bf16 if isa != Isa::Portable && super::simd::available() => unsafe {
+            super::simd::bf16_row(&bytes[2 * r * cols..2 * (r + 1) * cols], x)
+        },
         WeightFormat::Bf16 => dot_bf16(&bytes[2 * r * cols..2 * (r + 1) * cols], x),
         WeightFormat::F16 => {
             let row = &bytes[2 * r * cols..2 * (r + 1) * cols];
             (0..cols).map(|j| f16_at(row, j) * x[j]).sum()
         }
-        WeightFormat::Q8 { group } => {
-            let g = group as usize;
-            let gpr = cols / g;
-            let row = &bytes[r * cols..(r + 1) * cols];
-            let (scales, biases) = scale_bias(bytes, l);
-            let mut acc = 0f32;
-            for (k, (codes, xs)) in row.chunks_exact(g).zip(x.chunks_exact(g)).enumerate() {
-                let gi = r * gpr + k;
-                acc +=
-                    f16_at(scales, gi) * dot_u8(codes, xs) + f16_at(biases, gi) * p.group_sums[k];
-            }
-            acc
-        }
-        WeightFormat::Q4 { group } => {
-            let g = group as usize;
-            let half = g / 2;
-            let gpr = cols / g;
-            let row = &bytes[r * cols / 2..(r + 1) * cols / 2];
-            let (scales, biases) = scale_bias(bytes, l);
-            let mut acc = 0f32;
-            for (k, codes) in row.chunks_exact(half).enumerate() {
-                let gi = r * gpr + k;
-                let xs = k * half..(k + 1) * half;
-                let d = dot_u4(codes, &p.even[xs.clone()], &p.odd[xs]);
-                acc += f16_at(scales, gi) * d + f16_at(biases, gi) * p.group_sums[k];
-            }
-            acc
-        }
+        _ => dot_f32_bytes(&bytes[4 * r * cols..4 * (r + 1) * cols], x),
     }
-}
-
-/// Row dot product with the AVX2 kernels; formats without one use the portable kernel.
-#[cfg(target_arch = "x86_64")]
-fn row_dot_simd(bytes: &[u8], l: &MatrixLayout, p: &Prep, x: &[f32], r: usize) -> f32 {
-    use super::simd;
-    let cols = l.cols;
-    let (scales, biases) = scale_bias(bytes, l);
-    let group = l.format.group().unwrap_or(1);
-    let gpr = cols / group;
-    let sb = 2 * r * gpr..2 * (r + 1) * gpr;
-    match l.format {
-        // SAFETY: `matvec_with` calls this only when `simd::available()` said the CPU has AVX2,
-        // FMA and F16C (it ANDs the caller's wish with that check).
-        WeightFormat::Bf16 => unsafe {
-            simd::bf16_row(&bytes[2 * r * cols..2 * (r + 1) * cols], x)
-        },
-        // SAFETY: as above, the CPU features were checked by `matvec_with`.
-        WeightFormat::Q8 { .. } => unsafe {
-            simd::q8_row(
-                &bytes[r * cols..(r + 1) * cols],
-                &scales[sb.clone()],
-                &biases[sb],
-                x,
-                &p.group_sums,
-                group,
-            )
-        },
-        // SAFETY: as above, the CPU features were checked by `matvec_with`.
-        WeightFormat::Q4 { .. } => unsafe {
-            let codes = &bytes[r * cols / 2..(r + 1) * cols / 2];
-            simd::q4_row(
-                codes,
-                &scales[sb.clone()],
-                &biases[sb],
-                &p.even,
-                &p.odd,
-                &p.group_sums,
-                group,
-            )
-        },
-        _ => row_dot(bytes, l, p, x, r),
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn row_dot_simd(bytes: &[u8], l: &MatrixLayout, p: &Prep, x: &[f32], r: usize) -> f32 {
-    row_dot(bytes, l, p, x, r)
 }
 
 fn scale_bias<'a>(bytes: &'a [u8], l: &MatrixLayout) -> (&'a [u8], &'a [u8]) {
@@ -222,70 +227,180 @@ fn dot_bf16(row: &[u8], x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-fn dot_u8(codes: &[u8], x: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    for (c, v) in codes.chunks_exact(8).zip(x.chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += f32::from(c[i]) * v[i];
-        }
-    }
-    acc.iter().sum()
-}
-
-fn dot_u4(codes: &[u8], even: &[f32], odd: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    for ((c, e), o) in codes
-        .chunks_exact(8)
-        .zip(even.chunks_exact(8))
-        .zip(odd.chunks_exact(8))
-    {
-        for i in 0..8 {
-            acc[i] += f32::from(c[i] & 15) * e[i] + f32::from(c[i] >> 4) * o[i];
-        }
-    }
-    acc.iter().sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::quant::{dequantize, quantize};
 
+    /// Deterministic pseudo-random values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn reference(deq: &[f32], x: &[f32], r: usize) -> f64 {
+        let cols = x.len();
+        (0..cols)
+            .map(|j| f64::from(deq[r * cols + j]) * f64::from(x[j]))
+            .sum()
+    }
+
     #[test]
-    fn every_format_matches_dequantized_reference() {
+    fn float_formats_match_dequantized_reference() {
         // Big enough to take the parallel path too.
-        for (rows, cols) in [(3usize, 64usize), (512, 256)] {
-            let w: Vec<f32> = (0..rows * cols)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 97.0)
-                .collect();
-            let x: Vec<f32> = (0..cols)
-                .map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0)
-                .collect();
-            for f in [
-                WeightFormat::F32,
-                WeightFormat::Bf16,
-                WeightFormat::F16,
-                WeightFormat::Q8_64,
-                WeightFormat::Q4_64,
-            ] {
+        for (rows, cols) in [(3usize, 64usize), (512, 256), (5, 100)] {
+            let w = values(rows * cols, 1);
+            let x = values(cols, 2);
+            for f in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::F16] {
                 let bytes = quantize(&w, rows, cols, f).unwrap();
                 let deq = dequantize(&bytes, rows, cols, f).unwrap();
                 let l = f.layout(rows, cols).unwrap();
-                for simd in [false, simd_available()] {
+                for isa in Isa::all_available() {
                     let mut out = vec![0f32; rows];
-                    matvec_with(&bytes, &l, &x, &mut out, simd);
-                    for r in 0..rows {
-                        let want: f64 = (0..cols)
-                            .map(|j| deq[r * cols + j] as f64 * x[j] as f64)
-                            .sum();
-                        assert!(
-                            (out[r] as f64 - want).abs() < 1e-3,
-                            "{f:?} simd {simd} row {r}: {} vs {want}",
-                            out[r]
-                        );
+                    matvec_with(&bytes, &l, &x, &mut out, isa);
+                    for (r, o) in out.iter().enumerate() {
+                        let want = reference(&deq, &x, r);
+                        assert!((f64::from(*o) - want).abs() < 1e-4, "{f:?} {isa:?} row {r}");
                     }
                 }
             }
         }
+    }
+
+    /// Int8 activations: every row within the bound the activation rounding allows
+    /// (`sum_g d_g / 2 * sum |scale_g q|`, see `int8`), plus f32 summation slack of 1e-5
+    /// relative to `sum |w x|`; and the f32-activation reference path within 1e-4.
+    #[test]
+    fn quantized_formats_are_within_the_activation_rounding_bound() {
+        for (rows, cols, group) in [
+            (7usize, 64usize, 64u32),
+            (300, 256, 64),
+            (9, 384, 128),
+            (4, 96, 32),
+        ] {
+            // x with an outlier per group, the case that makes int8 rounding coarse.
+            let mut x = values(cols, 3);
+            x.iter_mut().step_by(37).for_each(|v| *v *= 8.0);
+            let w = values(rows * cols, 4);
+            for f in [WeightFormat::Q4 { group }, WeightFormat::Q8 { group }] {
+                let bytes = quantize(&w, rows, cols, f).unwrap();
+                let deq = dequantize(&bytes, rows, cols, f).unwrap();
+                let l = f.layout(rows, cols).unwrap();
+                let mut qx = QuantizedX::default();
+                prepare(f, &x, &mut qx);
+                let (_, biases) = scale_bias(&bytes, &l);
+                let g = group as usize;
+                for isa in Isa::all_available() {
+                    let mut out = vec![0f32; rows];
+                    matvec_with(&bytes, &l, &x, &mut out, isa);
+                    for (r, o) in out.iter().enumerate() {
+                        // scale * q = w - bias, per element.
+                        let scaled: Vec<f32> = (0..cols)
+                            .map(|j| deq[r * cols + j] - f16_at(biases, r * (cols / g) + j / g))
+                            .collect();
+                        let abs: f64 = (0..cols)
+                            .map(|j| f64::from((deq[r * cols + j] * x[j]).abs()))
+                            .sum();
+                        let bound =
+                            super::super::int8::error_bound(&scaled, &qx) + 1e-5 * abs + 1e-6;
+                        let err = (f64::from(*o) - reference(&deq, &x, r)).abs();
+                        assert!(
+                            err <= bound,
+                            "{f:?} {isa:?} row {r}: error {err} > bound {bound}"
+                        );
+                    }
+                }
+                let mut exact = vec![0f32; rows];
+                for_rows(0, cols, &mut exact, |r| {
+                    row_dot(Isa::Portable, &bytes, &l, Act { x: &x, qx: None }, r)
+                });
+                for (r, o) in exact.iter().enumerate() {
+                    assert!(
+                        (f64::from(*o) - reference(&deq, &x, r)).abs() < 1e-4,
+                        "{f:?} exact row {r}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_kernels_are_bit_exact_with_portable() {
+        for (rows, cols, group) in [
+            (33usize, 192usize, 64u32),
+            (3, 256, 128),
+            (5, 64, 32),
+            (2, 2048, 64),
+            (3, 704, 64),
+            (2, 1216, 32),
+        ] {
+            let w = values(rows * cols, 5);
+            let x = values(cols, 6);
+            for f in [WeightFormat::Q4 { group }, WeightFormat::Q8 { group }] {
+                let bytes = quantize(&w, rows, cols, f).unwrap();
+                let l = f.layout(rows, cols).unwrap();
+                let mut want = vec![0f32; rows];
+                matvec_with(&bytes, &l, &x, &mut want, Isa::Portable);
+                for isa in Isa::all_available() {
+                    let mut got = vec![0f32; rows];
+                    matvec_with(&bytes, &l, &x, &mut got, isa);
+                    let (g, w): (Vec<u32>, Vec<u32>) = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(a, b)| (a.to_bits(), b.to_bits()))
+                        .unzip();
+                    assert_eq!(g, w, "{f:?} {isa:?} [{rows} x {cols}]");
+                }
+            }
+        }
+    }
+
+    /// Extreme codes (all 255 / all 15) against activations at +-127: the products that would
+    /// saturate a naive `maddubs` of Q8 codes. Scale 1, bias 0, x = +-1 in alternating groups.
+    #[test]
+    fn extreme_codes_do_not_saturate() {
+        let (rows, cols) = (2usize, 256usize);
+        let x: Vec<f32> = (0..cols)
+            .map(|j| if (j / 64) % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        for (f, code_byte, code) in [
+            (WeightFormat::Q8_64, 255u8, 255.0f32),
+            (WeightFormat::Q4_64, 0xff, 15.0),
+        ] {
+            let l = f.layout(rows, cols).unwrap();
+            let mut bytes = vec![0u8; l.total];
+            bytes[..l.data_len].fill(code_byte);
+            let one = half::f16::from_f32(1.0).to_le_bytes();
+            for s in bytes[l.scales_offset..l.biases_offset]
+                .chunks_exact_mut(2)
+                .take(rows * cols / 64)
+            {
+                s.copy_from_slice(&one);
+            }
+            // Groups alternate +1 and -1: each row sums to 0; make the last group +1 too.
+            let mut x = x.clone();
+            x[192..].iter_mut().for_each(|v| *v = 1.0);
+            let want = code * 64.0 * 2.0;
+            for isa in Isa::all_available() {
+                let mut out = vec![0f32; rows];
+                matvec_with(&bytes, &l, &x, &mut out, isa);
+                assert_eq!(out, vec![want; rows], "{f:?} {isa:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn shapes_that_do_not_fit_the_group_are_refused() {
+        assert!(WeightFormat::Q4_64.layout(4, 96).is_err());
+        assert!(WeightFormat::Q8 { group: 24 }.layout(4, 48).is_err());
     }
 }

@@ -1,14 +1,18 @@
 //! The CPU backend: host `Vec<f32>` tensors, rayon-parallel matvecs.
 
+mod int8;
 mod linear_attn;
 mod matvec;
+mod moe;
 mod ops;
 #[cfg(feature = "wgpu")]
 pub(crate) use ops::rope_table;
 #[cfg(target_arch = "x86_64")]
 mod simd;
 
-use crate::backend::{AttnShape, ComputeBackend, DeltaShape, KvShape, WeightView};
+use crate::backend::{
+    AttnShape, ComputeBackend, DeltaShape, ExpertScratch, KvShape, RoutedExpert, WeightView,
+};
 use crate::checks::{
     check_attention, check_conv1d, check_delta, check_gated_norm, check_index, check_kv_write,
     check_norm_heads, check_rope, check_rope_partial, check_sigmoid_mul,
@@ -17,6 +21,10 @@ use crate::error::{BackendError, Result, check_len};
 use crate::quant::{MatrixLayout, WeightFormat, dequantize_row};
 
 /// Reference CPU implementation of [`ComputeBackend`]; matvecs use rayon's global pool.
+///
+/// Quantized (Q4/Q8) matvecs quantize the activations to int8 per weight group by default, as
+/// ggml does ([`Activations::Int8`]); [`Activations::F32`] dots the codes with f32 activations
+/// instead (slower; the exact reference).
 ///
 /// ```
 /// use flashmoe_backends::{ComputeBackend, CpuBackend, quant::{WeightFormat, quantize}};
@@ -28,12 +36,35 @@ use crate::quant::{MatrixLayout, WeightFormat, dequantize_row};
 /// assert_eq!(be.read(&y).unwrap(), vec![3.0, 7.0]);
 /// ```
 #[derive(Clone, Debug, Default)]
-pub struct CpuBackend;
+pub struct CpuBackend {
+    activations: Activations,
+}
+
+/// How quantized matvecs take their activations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Activations {
+    /// Quantized to int8 once per matvec (per weight group, f32 scale), integer dot products.
+    #[default]
+    Int8,
+    /// f32 activations against the codes (the exact reference; several times slower).
+    F32,
+}
 
 impl CpuBackend {
-    /// A CPU backend.
+    /// A CPU backend (int8 activations for quantized weights).
     pub fn new() -> Self {
-        Self
+        Self::default()
+    }
+
+    /// The same backend with `activations` for quantized matvecs.
+    pub fn with_activations(mut self, activations: Activations) -> Self {
+        self.activations = activations;
+        self
+    }
+
+    fn int8(&self) -> bool {
+        self.activations == Activations::Int8
     }
 }
 
@@ -151,7 +182,7 @@ impl ComputeBackend for CpuBackend {
         let l = w.layout();
         check_len("matvec", "x", l.cols, x.0.len())?;
         check_len("matvec", "out", l.rows, out.0.len())?;
-        matvec::matvec(w.bytes(), l, &x.0, &mut out.0);
+        matvec::matvec(w.bytes(), l, &x.0, &mut out.0, self.int8());
         Ok(())
     }
 
@@ -176,10 +207,8 @@ impl ComputeBackend for CpuBackend {
         eps: f32,
     ) -> Result<()> {
         check_norm_heads(x.0.len(), weight.0.len(), head_dim)?;
-        let mut tmp = vec![0f32; head_dim];
         for head in x.0.chunks_exact_mut(head_dim) {
-            ops::rms_norm(head, &weight.0, eps, &mut tmp);
-            head.copy_from_slice(&tmp);
+            ops::rms_norm_in_place(head, &weight.0, eps);
         }
         Ok(())
     }
@@ -316,6 +345,34 @@ impl ComputeBackend for CpuBackend {
 
     fn fill_zero(&self, y: &mut CpuTensor) -> Result<()> {
         y.0.iter_mut().for_each(|v| *v = 0.0);
+        Ok(())
+    }
+
+    /// Two parallel regions for all the experts (gate and up of every expert, then every
+    /// down with the combine fused), bit-identical to the default composition.
+    fn moe_experts(
+        &self,
+        experts: &[RoutedExpert<'_>],
+        x: &CpuTensor,
+        scratch: &mut ExpertScratch<CpuTensor>,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        if moe::fits(experts, x.0.len(), out.0.len()) {
+            moe::moe_experts(int8::Isa::detect(), self.int8(), experts, &x.0, &mut out.0);
+            return Ok(());
+        }
+        // Mixed formats or shapes: one expert at a time (each op checks its sizes).
+        self.fill_zero(out)?;
+        for e in experts {
+            self.expert_ffn(
+                e.weights,
+                x,
+                &mut scratch.h1,
+                &mut scratch.h2,
+                &mut scratch.out,
+            )?;
+            self.axpy(out, e.combine, &scratch.out)?;
+        }
         Ok(())
     }
 }

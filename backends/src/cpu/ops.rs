@@ -11,6 +11,15 @@ pub(crate) fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// [`rms_norm`] of `x` in place.
+pub(crate) fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32;
+    let inv = 1.0 / (ms + eps).sqrt();
+    for (v, g) in x.iter_mut().zip(w) {
+        *v = *v * inv * g;
+    }
+}
+
 /// Cosines and sines of the `head_dim / 2` rotary frequencies at `pos`.
 ///
 /// Computed in f32 like HF transformers (`1 / theta^(2i/d)`, angle `pos * f`); the GPU backend
@@ -50,11 +59,34 @@ pub(crate) fn attention(
     shape: crate::AttnShape,
     out: &mut [f32],
 ) {
+    let scale = 1.0 / (shape.head_dim as f32).sqrt();
+    SCORES.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scores) => {
+            scores.resize(seq_len, 0.0);
+            attend(q, k, v, shape, scale, &mut scores[..seq_len], out)
+        }
+        Err(_) => attend(q, k, v, shape, scale, &mut vec![0f32; seq_len], out),
+    });
+}
+
+thread_local! {
+    /// Attention scores of the calling thread, reused across calls.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`attention`] with `scores` of `seq_len`.
+fn attend(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: crate::AttnShape,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
     let hd = shape.head_dim;
     let kv_dim = shape.n_kv_heads * hd;
     let group = shape.n_heads / shape.n_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let mut scores = vec![0f32; seq_len];
     for h in 0..shape.n_heads {
         let kvh = h / group;
         let qh = &q[h * hd..(h + 1) * hd];

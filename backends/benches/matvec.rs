@@ -1,0 +1,154 @@
+//! Criterion benches of the CPU decode kernels at Qwen3-30B-A3B's shapes, with the machine's
+//! read bandwidth beside them so a kernel's GB/s reads as a share of the bound.
+//!
+//! `cargo bench -p flashmoe-backends --bench matvec` (add `-- matvec/q4` to pick). Throughput is
+//! in bytes of weights streamed per call. Groups:
+//! - `read_bw`: a read-only sum over a 1 GiB buffer on 2 threads (the bound for a matvec);
+//! - `matvec/{q4,q8,bf16}/{rows}x{cols}`: one matvec, 2048x768 (down), 768x2048 (gate, up),
+//!   4096x2048 (q_proj), 151936x2048 (lm_head);
+//! - `experts/q4/k8`: `moe_experts` with 8 routed experts of 768x2048 (one MoE layer).
+//!
+//! Weights are random codes with valid f16 scales (values do not change the timing).
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use flashmoe_backends::quant::WeightFormat;
+use flashmoe_backends::{
+    ComputeBackend, CpuBackend, ExpertId, ExpertScratch, RoutedExpert, WeightView,
+};
+use std::hint::black_box;
+use std::time::Duration;
+
+/// Bytes of a `[rows x cols]` matrix in `f`, filled with pseudo-random codes and small f16
+/// scales and biases (or bf16 values).
+fn matrix(rows: usize, cols: usize, f: WeightFormat) -> Vec<u8> {
+    let l = f.layout(rows, cols).expect("bench shapes fit the formats");
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    let mut bytes: Vec<u8> = (0..l.total)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s as u8
+        })
+        .collect();
+    let small = half::f16::from_f32(0.01).to_le_bytes();
+    match f {
+        WeightFormat::Bf16 => {
+            // Clear the exponent's top bits: finite, small values.
+            bytes.chunks_exact_mut(2).for_each(|b| b[1] &= 0x3c);
+        }
+        _ => bytes[l.scales_offset..]
+            .chunks_exact_mut(2)
+            .for_each(|b| b.copy_from_slice(&small)),
+    }
+    bytes
+}
+
+fn read_bw(c: &mut Criterion) {
+    let words: Vec<u64> = (0..(1usize << 30) / 8).map(|i| i as u64).collect();
+    let mut g = c.benchmark_group("read_bw");
+    g.sample_size(10).measurement_time(Duration::from_secs(4));
+    g.throughput(Throughput::Bytes((words.len() * 8) as u64));
+    g.bench_function("2threads_1GiB", |b| {
+        b.iter(|| {
+            let (a, z) = words.split_at(words.len() / 2);
+            std::thread::scope(|s| {
+                let h = s.spawn(|| sum(a));
+                sum(z).wrapping_add(h.join().unwrap_or(0))
+            })
+        })
+    });
+    g.finish();
+}
+
+/// Sum with 8 independent lanes (vectorizes to full-width loads).
+fn sum(w: &[u64]) -> u64 {
+    let mut acc = [0u64; 8];
+    for c in w.chunks_exact(8) {
+        for i in 0..8 {
+            acc[i] = acc[i].wrapping_add(c[i]);
+        }
+    }
+    black_box(acc.iter().fold(0u64, |a, b| a.wrapping_add(*b)))
+}
+
+fn matvecs(c: &mut Criterion) {
+    let be = CpuBackend::new();
+    let mut g = c.benchmark_group("matvec");
+    g.sample_size(10).measurement_time(Duration::from_secs(3));
+    for (name, f) in [
+        ("q4", WeightFormat::Q4_64),
+        ("q8", WeightFormat::Q8_64),
+        ("bf16", WeightFormat::Bf16),
+    ] {
+        for (rows, cols) in [
+            (2048usize, 768usize),
+            (768, 2048),
+            (4096, 2048),
+            (151936, 2048),
+        ] {
+            let bytes = matrix(rows, cols, f);
+            let w = WeightView::new(&bytes, rows, cols, f).expect("valid matrix");
+            let x = be.upload(&vec![0.5; cols]).expect("cpu upload");
+            let mut y = be.zeros(rows).expect("cpu zeros");
+            g.throughput(Throughput::Bytes(bytes.len() as u64));
+            g.bench_function(format!("{name}/{rows}x{cols}"), |b| {
+                b.iter(|| be.matvec_bytes(w, black_box(&x), &mut y).expect("matvec"))
+            });
+        }
+    }
+    g.finish();
+}
+
+fn experts(c: &mut Criterion) {
+    let be = CpuBackend::new();
+    let (hidden, inter, k) = (2048usize, 768usize, 8usize);
+    let f = WeightFormat::Q4_64;
+    let recs: Vec<[Vec<u8>; 3]> = (0..k)
+        .map(|_| {
+            [
+                matrix(inter, hidden, f),
+                matrix(inter, hidden, f),
+                matrix(hidden, inter, f),
+            ]
+        })
+        .collect();
+    let routed: Vec<RoutedExpert<'_>> = recs
+        .iter()
+        .enumerate()
+        .map(|(e, r)| RoutedExpert {
+            id: ExpertId {
+                layer: 0,
+                expert: e as u32,
+            },
+            weights: [
+                WeightView::new(&r[0], inter, hidden, f).expect("gate"),
+                WeightView::new(&r[1], inter, hidden, f).expect("up"),
+                WeightView::new(&r[2], hidden, inter, f).expect("down"),
+            ],
+            combine: 1.0 / k as f32,
+        })
+        .collect();
+    let x = be.upload(&vec![0.5; hidden]).expect("cpu upload");
+    let z = |n| be.zeros(n).expect("cpu zeros");
+    let mut scratch = ExpertScratch {
+        h1: z(inter),
+        h2: z(inter),
+        out: z(hidden),
+    };
+    let mut out = z(hidden);
+    let bytes: usize = recs.iter().flatten().map(Vec::len).sum();
+    let mut g = c.benchmark_group("experts");
+    g.sample_size(20).measurement_time(Duration::from_secs(3));
+    g.throughput(Throughput::Bytes(bytes as u64));
+    g.bench_function("q4/k8", |b| {
+        b.iter(|| {
+            be.moe_experts(&routed, black_box(&x), &mut scratch, &mut out)
+                .expect("experts")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, read_bw, matvecs, experts);
+criterion_main!(benches);
