@@ -315,14 +315,19 @@ def convert(root: Path, out: Path, outtype: str, pre: str) -> int:
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     total = 0
+    tty = sys.stderr.isatty()
     for i, (name, shape, dtype, _, produce) in enumerate(plan):
         data = produce()
         if list(data.shape) != list(shape) or data.dtype != np.dtype(dtype):
             raise ConvertError(f"internal: {name} produced {data.shape} {data.dtype}, planned {shape} {dtype}")
         w.write_tensor_data(data)
         total += data.nbytes
-        print(f"\r[{i + 1}/{len(plan)}] {name:40s} {total / 1e9:7.2f} GB", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+        if tty:
+            print(f"\r[{i + 1}/{len(plan)}] {name:40s} {total / 1e9:7.2f} GB", end="", file=sys.stderr, flush=True)
+        elif (i + 1) % 32 == 0 or i + 1 == len(plan):
+            print(f"[{i + 1}/{len(plan)}] {total / 1e9:.2f} GB written", file=sys.stderr, flush=True)
+    if tty:
+        print(file=sys.stderr)
     w.close()
     os.replace(tmp, out)
     return len(plan)
