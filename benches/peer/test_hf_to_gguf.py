@@ -140,5 +140,62 @@ class RoundTrip(unittest.TestCase):
         self.assertIn("layer 6 up_proj lacks experts [9]", str(cm.exception))
 
 
+def write_safetensors(path: Path, tensors: dict) -> None:
+    """A bf16 safetensors file from float32 arrays (truncated to bf16), numpy only."""
+    header, blobs, off = {}, [], 0
+    for name, a in tensors.items():
+        bits = (np.ascontiguousarray(a, dtype=np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(a.shape), "data_offsets": [off, off + len(bits)]}
+        blobs.append(bits)
+        off += len(bits)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little") + h + b"".join(blobs))
+
+
+class Mixtral(unittest.TestCase):
+    """A random 2-layer Mixtral checkpoint: block_sparse_moe names map to llama's MoE tensors."""
+
+    def test_names_and_stacking(self):
+        rng = np.random.default_rng(7)
+        hd, ff, ne, nl, vocab = 64, 96, 4, 2, 4096
+        t = {"model.embed_tokens.weight": rng.standard_normal((vocab, hd)),
+             "lm_head.weight": rng.standard_normal((vocab, hd)), "model.norm.weight": np.ones(hd)}
+        for l in range(nl):
+            p = f"model.layers.{l}."
+            t[p + "input_layernorm.weight"] = np.ones(hd)
+            t[p + "post_attention_layernorm.weight"] = np.ones(hd)
+            for n, rows in (("q_proj", hd), ("k_proj", 32), ("v_proj", 32), ("o_proj", hd)):
+                t[p + f"self_attn.{n}.weight"] = rng.standard_normal((rows, hd))
+            t[p + "block_sparse_moe.gate.weight"] = rng.standard_normal((ne, hd))
+            for e in range(ne):
+                t[p + f"block_sparse_moe.experts.{e}.w1.weight"] = rng.standard_normal((ff, hd))
+                t[p + f"block_sparse_moe.experts.{e}.w3.weight"] = rng.standard_normal((ff, hd))
+                t[p + f"block_sparse_moe.experts.{e}.w2.weight"] = rng.standard_normal((hd, ff))
+        with tempfile.TemporaryDirectory() as d:
+            d = Path(d)
+            write_safetensors(d / "model.safetensors", t)
+            cfg = {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": hd,
+                   "intermediate_size": ff, "num_hidden_layers": nl, "num_attention_heads": 4,
+                   "num_key_value_heads": 2, "num_local_experts": ne, "num_experts_per_tok": 2,
+                   "rms_norm_eps": 1e-5, "rope_theta": 1e6, "vocab_size": vocab, "max_position_embeddings": 512}
+            (d / "config.json").write_text(json.dumps(cfg))
+            for f in ("tokenizer.json", "tokenizer_config.json"):
+                shutil.copy(FIXTURE / f, d / f)
+            hf_to_gguf.convert(d, d / "m.gguf", "bf16", "gpt-2")
+            r = gguf.GGUFReader(d / "m.gguf")
+            names = {x.name: x for x in r.tensors}
+            self.assertEqual(r.fields["general.architecture"].contents(), "llama")
+            self.assertEqual(r.fields["llama.expert_count"].contents(), ne)
+            self.assertEqual(r.fields["llama.feed_forward_length"].contents(), ff)
+            self.assertEqual(names["blk.1.ffn_gate_inp.weight"].tensor_type, gguf.GGMLQuantizationType.F32)
+            up = np.asarray(names["blk.1.ffn_up_exps.weight"].data).view(np.uint16).reshape(ne, -1)
+            ck = hf_to_gguf.Checkpoint(d)
+            self.assertTrue(np.array_equal(up[3], ck.raw("model.layers.1.block_sparse_moe.experts.3.w3.weight").reshape(-1)))
+            self.assertEqual([int(x) for x in names["blk.0.ffn_down_exps.weight"].shape], [ff, hd, ne])
+            self.assertEqual(len(names), 3 + nl * (2 + 4 + 1 + 3))
+
+
 if __name__ == "__main__":
     unittest.main()
