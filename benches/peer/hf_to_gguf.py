@@ -15,14 +15,14 @@ What it writes:
     (`mlp.experts.E.{gate,up,down}_proj`, Mixtral `block_sparse_moe.experts.E.w{1,3,2}`) or fused
     ones (`mlp.experts.gate_up_proj` [E, 2F, H] / `mlp.experts.down_proj` [E, H, F]);
   * the tokenizer from tokenizer.json (byte-level BPE: tokens, types, merges, special ids,
-    add_bos from tokenizer_config.json), pre-tokenizer `--tokenizer-pre` (default `gpt-2`,
-    the GPT-2 regex; Qwen's own tokenizers use `qwen2`).
+    add_bos from tokenizer_config.json), pre-tokenizer detected from tokenizer.json (GPT-2's
+    regex: `gpt-2`; Qwen2's: `qwen2`) or given with `--tokenizer-pre`.
 
 Memory stays bounded: tensors are memory-mapped from the safetensors shards and written one
 at a time (tensor infos first, then data in the same order), so the peak is about one layer's
 stacked projection (E x F x H x 2 bytes), not the checkpoint.
 
-Usage: hf_to_gguf.py HF_DIR OUT.gguf [--outtype bf16|f16] [--tokenizer-pre gpt-2]
+Usage: hf_to_gguf.py HF_DIR OUT.gguf [--outtype bf16|f16] [--tokenizer-pre auto]
 """
 from __future__ import annotations
 
@@ -191,12 +191,31 @@ def write_metadata(w, config: dict, arch_name: str, n_layer: int, outtype: str) 
     w.add_file_type(gguf.LlamaFileType.MOSTLY_BF16 if outtype == "bf16" else gguf.LlamaFileType.MOSTLY_F16)
 
 
+QWEN2_REGEX = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+               "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+
+
+def detect_pre(tok: dict, path: Path) -> str:
+    """llama.cpp's pre-tokenizer name for tokenizer.json's pre_tokenizer (GPT-2 or Qwen2 regex)."""
+    pt = tok.get("pre_tokenizer") or {}
+    if pt.get("type") == "ByteLevel" and pt.get("use_regex", True):
+        return "gpt-2"
+    if pt.get("type") == "Sequence":
+        for p in pt.get("pretokenizers", []):
+            if p.get("type") == "Split" and p.get("pattern", {}).get("Regex") == QWEN2_REGEX:
+                return "qwen2"
+    raise ConvertError(f"{path}: pre_tokenizer {json.dumps(pt)[:200]} is neither GPT-2's nor Qwen2's; "
+                       "pass --tokenizer-pre NAME (a llama.cpp pre-tokenizer)")
+
+
 def write_tokenizer(w, root: Path, vocab_size: int, pre: str) -> None:
     path = root / "tokenizer.json"
     try:
         tok = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise ConvertError(f"{path}: {e}") from e
+    if pre == "auto":
+        pre = detect_pre(tok, path)
     model = tok.get("model", {})
     if model.get("type") != "BPE":
         raise ConvertError(f"{path}: model type {model.get('type')!r}; only byte-level BPE is converted")
@@ -338,8 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("hf_dir", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("--outtype", choices=["bf16", "f16"], default="bf16")
-    ap.add_argument("--tokenizer-pre", default="gpt-2",
-                    help="llama.cpp pre-tokenizer name (gpt-2: the GPT-2 regex; qwen2 for Qwen's tokenizers)")
+    ap.add_argument("--tokenizer-pre", default="auto",
+                    help="llama.cpp pre-tokenizer name; auto: gpt-2 for a ByteLevel (GPT-2 regex) "
+                         "pre-tokenizer, qwen2 for Qwen2's Split regex")
     args = ap.parse_args(argv)
     try:
         n = convert(args.hf_dir, args.out, args.outtype, args.tokenizer_pre)

@@ -47,7 +47,7 @@ class RoundTrip(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = Path(tempfile.mkdtemp())
         cls.out = cls.tmp / "tiny.gguf"
-        hf_to_gguf.convert(FIXTURE, cls.out, "bf16", "gpt-2")
+        hf_to_gguf.convert(FIXTURE, cls.out, "bf16", "auto")
         cls.reader = gguf.GGUFReader(cls.out)
         cls.tensors = {t.name: t for t in cls.reader.tensors}
         cls.ck = hf_to_gguf.Checkpoint(FIXTURE)
@@ -71,6 +71,7 @@ class RoundTrip(unittest.TestCase):
         self.assertEqual(self.field("qwen3moe.attention.head_count_kv"), c["num_key_value_heads"])
         self.assertAlmostEqual(self.field("qwen3moe.rope.freq_base"), c["rope_theta"])
         self.assertFalse(self.field("tokenizer.ggml.add_bos_token"))
+        self.assertEqual(self.field("tokenizer.ggml.pre"), "gpt-2")
 
     def test_tokenizer(self):
         tok = json.loads((FIXTURE / "tokenizer.json").read_text())
