@@ -277,6 +277,8 @@ def check(args) -> int:
     """Greedy tokens of both engines on the same 16-bit weights, prompt by prompt."""
     e = engines_from(args)
     golden = json.loads((Path(args.hf) / "golden.json").read_text()) if (Path(args.hf) / "golden.json").is_file() else None
+    if args.prompt:
+        golden = None  # the golden outputs belong to the golden prompts only
     prompts = args.prompt or ([p["text"] for p in golden["prompts"]] if golden else [DEFAULT_PROMPT])
     failures = 0
     for i, prompt in enumerate(prompts):
@@ -285,7 +287,10 @@ def check(args) -> int:
         first = next((k for k, (x, y) in enumerate(zip(a.ids, b.ids)) if x != y), None)
         same = first is None and len(a.ids) == len(b.ids)
         failures += not same
-        print(f"prompt {i}: {prompt[:50]!r}: llama.cpp prompt ids {len(b.prompt_ids)} tokens")
+        fm_prompt = a.tokens - len(a.ids)
+        if fm_prompt != len(b.prompt_ids):
+            failures += 1
+        print(f"prompt {i}: {prompt[:50]!r}: prompt tokens flashmoe {fm_prompt}, llama.cpp {len(b.prompt_ids)}")
         if golden and i < len(golden["prompts"]):
             g = golden["prompts"][i]
             print(f"  prompt ids == golden input_ids: {b.prompt_ids == g['input_ids']}")
