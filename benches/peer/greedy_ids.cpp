@@ -8,9 +8,12 @@
 //   after prefill and after decode (bytes this process caused to be read from the block
 //   device: page-cache misses of the mmap, which is what a memory limit makes llama.cpp pay).
 // It keeps going past end-of-generation tokens (as the fixtures' golden outputs do) unless
-// --stop-at-eog. Built against libllama by run.sh (not by cargo).
+// --stop-at-eog. --no-repack turns off llama.cpp's weight repacking (`use_extra_bufts`): by default
+// the CPU backend copies the tensors it has faster kernels for (Q4_0 on AVX2: nearly all, experts
+// included) into anonymous memory at load, so only the rest stays memory-mapped; with --no-repack
+// every weight is read through the mapping. Built against libllama by setup_llama.sh (not by cargo).
 //
-// usage: greedy_ids -m MODEL.gguf [-n N] [-t THREADS] [--stop-at-eog] PROMPT
+// usage: greedy_ids -m MODEL.gguf [-n N] [-t THREADS] [--no-repack] [--stop-at-eog] PROMPT
 #include "llama.h"
 
 #include <chrono>
@@ -64,6 +67,7 @@ int main(int argc, char ** argv) {
     int n_predict = 32;
     int n_threads = 2;
     bool stop_at_eog = false;
+    bool repack = true;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "-m" && i + 1 < argc) {
@@ -72,6 +76,8 @@ int main(int argc, char ** argv) {
             n_predict = std::atoi(argv[++i]);
         } else if (a == "-t" && i + 1 < argc) {
             n_threads = std::atoi(argv[++i]);
+        } else if (a == "--no-repack") {
+            repack = false;
         } else if (a == "--stop-at-eog") {
             stop_at_eog = true;
         } else {
@@ -79,7 +85,7 @@ int main(int argc, char ** argv) {
         }
     }
     if (model_path.empty() || prompt.empty() || n_predict < 1 || n_threads < 1) {
-        fprintf(stderr, "usage: %s -m MODEL.gguf [-n N>=1] [-t THREADS] [--stop-at-eog] PROMPT\n", argv[0]);
+        fprintf(stderr, "usage: %s -m MODEL.gguf [-n N>=1] [-t THREADS] [--no-repack] [--stop-at-eog] PROMPT\n", argv[0]);
         return 2;
     }
 
@@ -88,6 +94,8 @@ int main(int argc, char ** argv) {
     const auto t_load = std::chrono::steady_clock::now();
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = 0;
+    mp.load_mode = LLAMA_LOAD_MODE_MMAP;
+    mp.use_extra_bufts = repack;
     llama_model * model = llama_model_load_from_file(model_path.c_str(), mp);
     if (model == nullptr) {
         fprintf(stderr, "greedy_ids: error: unable to load model %s\n", model_path.c_str());
@@ -157,6 +165,7 @@ int main(int argc, char ** argv) {
     print_ids("prompt_ids", prompt_ids);
     printf(",");
     print_ids("ids", ids);
+    printf(",\"repack\":%s", repack ? "true" : "false");
     printf(",\"threads\":%d,\"load_s\":%.6f,\"prefill_tokens\":%d,\"prefill_s\":%.6f,\"decode_steps\":%d,\"decode_s\":%.6f",
            n_threads, load_s, n_prompt, prefill_s, steps, decode_s);
     printf(",\"read_bytes_load\":%lld,\"read_bytes_prefill\":%lld,\"read_bytes_decode\":%lld}\n",

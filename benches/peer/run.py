@@ -94,6 +94,12 @@ class MemCgroup:
     def peak(self) -> int:
         return int((self.path / "memory.max_usage_in_bytes").read_text())
 
+    def oom_kills(self) -> int:
+        for line in (self.path / "memory.oom_control").read_text().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+        return 0
+
     def reset_peak(self) -> None:
         (self.path / "memory.max_usage_in_bytes").write_text("0")
 
@@ -161,8 +167,9 @@ class Engines:
         env["RAYON_NUM_THREADS"] = str(self.threads)
         return env
 
-    def llama_cmd(self, gguf: Path, prompt: str, n: int) -> list[str]:
-        return [str(self.greedy_ids), "-m", str(gguf), "-n", str(n), "-t", str(self.threads), prompt]
+    def llama_cmd(self, gguf: Path, prompt: str, n: int, repack: bool) -> list[str]:
+        return [str(self.greedy_ids), "-m", str(gguf), "-n", str(n), "-t", str(self.threads)] + \
+            ([] if repack else ["--no-repack"]) + [prompt]
 
 
 @dataclass
@@ -184,7 +191,7 @@ class Sample:
 def run_flashmoe(e: Engines, packed: Path, prompt: str, n: int, budget: str, cgroup=None, io=None) -> Sample:
     p = run_measured(e.flashmoe_cmd(packed, prompt, n, budget, io), e.flashmoe_env(), cgroup)
     if p.rc != 0:
-        raise BenchError(f"flashmoe generate exited {p.rc}: {p.err.strip()[-800:]}")
+        raise BenchError(f"flashmoe generate exited {p.rc}: {p.err.strip()[-300:]}")
     try:
         j = json.loads(p.out)
         s = j["stats"]
@@ -196,10 +203,10 @@ def run_flashmoe(e: Engines, packed: Path, prompt: str, n: int, budget: str, cgr
         raise BenchError(f"flashmoe --json output not understood ({err}): {p.out[:400]}") from err
 
 
-def run_llama(e: Engines, gguf: Path, prompt: str, n: int, cgroup=None) -> Sample:
-    p = run_measured(e.llama_cmd(gguf, prompt, n), None, cgroup)
+def run_llama(e: Engines, gguf: Path, prompt: str, n: int, cgroup=None, repack: bool = True) -> Sample:
+    p = run_measured(e.llama_cmd(gguf, prompt, n, repack), None, cgroup)
     if p.rc != 0:
-        raise BenchError(f"greedy_ids exited {p.rc}: {p.err.strip()[-800:]}")
+        raise BenchError(f"greedy_ids exited {p.rc}: {p.err.strip()[-300:]}")
     try:
         j = json.loads(p.out.strip().splitlines()[-1])
         return Sample(j["prompt_ids"], j["ids"], j["prefill_tokens"] / j["prefill_s"],
@@ -334,89 +341,106 @@ def packed_sizes(packed: Path) -> tuple[int, int]:
     return experts, dense
 
 
+ENGINES = ("flashmoe", "llama.cpp", "llama.cpp-mmap")
+ENGINE_NOTES = {
+    "flashmoe": "flashmoe generate --budget S% (RAM: 100%, --io-backend mmap)",
+    "llama.cpp": "greedy_ids, llama.cpp defaults: load mode mmap, weight repacking on (Q4_0 on AVX2: the "
+                 "matrices are copied to anonymous memory at load, only the rest stays mapped)",
+    "llama.cpp-mmap": "greedy_ids --no-repack: every weight read through the mapping (trust the OS)",
+}
+
+
 def bench(args) -> None:
     e = engines_from(args)
     packed, gguf = Path(args.packed), Path(args.gguf)
     experts, dense = packed_sizes(packed)
-    scen = [("RAM", None, None)]
+    cases = [("RAM", None, None)]
     for share in args.shares:
         limit = int(experts * share / 100) + dense + args.slack_mib * (1 << 20)
-        scen += [(f"{share}% cold", share, limit), (f"{share}% steady", share, limit)]
+        cases += [(f"{share}% cold", share, limit), (f"{share}% steady", share, limit)]
+    engines = [x for x in ENGINES if x in args.engines]
     results: dict[tuple[str, str], list[Sample]] = {}
     failures: dict[tuple[str, str], str] = {}
-    print(f"experts {fmt(experts)}B, dense {fmt(dense)}B (flashmoe packed); GGUF {fmt(gguf.stat().st_size)}B; "
-          f"limit = share x experts + dense + {args.slack_mib} MiB", file=sys.stderr)
+    print(f"experts {fmt(experts)}B, dense {fmt(dense)}B (flashmoe packed); GGUF {fmt(gguf.stat().st_size)}B",
+          file=sys.stderr)
     warm([packed, gguf])
-    run_flashmoe(e, packed, args.prompt, 4, "100%", None, args.ram_io_backend)  # warm-up, not measured
-    run_llama(e, gguf, args.prompt, 4)
+    for who in engines:  # warm-up, not measured
+        one(e, who, packed, gguf, args.prompt, 4, "100%", None, args.ram_io_backend)
     for rnd in range(args.rounds):
-        order = ["flashmoe", "llama.cpp"] if rnd % 2 == 0 else ["llama.cpp", "flashmoe"]
+        order = engines if rnd % 2 == 0 else engines[::-1]
         for who in order:
-            for name, share, limit in scen:
-                key = (name, who)
-                if key in failures:
-                    continue
+            for name, share, limit in cases:
+                if name.endswith("steady") or (name, who) in failures:
+                    continue  # steady runs right after its cold run, in the same cgroup
                 try:
                     if share is None:
                         warm([packed] if who == "flashmoe" else [gguf])
-                        s = one(e, who, packed, gguf, args, "100%", None, args.ram_io_backend)
-                        results.setdefault(key, []).append(s)
+                        s = one(e, who, packed, gguf, args.prompt, args.tokens, "100%", None, args.ram_io_backend)
+                        results.setdefault((name, who), []).append(s)
                         continue
-                    if name.endswith("steady"):
-                        continue  # run right after its cold row, in the same cgroup
                     with MemCgroup(f"flashmoe-peer-{os.getpid()}", limit) as cg:
                         evict([packed, gguf], args.drop_caches)
                         for phase in ("cold", "steady"):
                             cg.reset_peak()
-                            s = one(e, who, packed, gguf, args, f"{share}%", cg.path)
+                            try:
+                                s = one(e, who, packed, gguf, args.prompt, args.tokens, f"{share}%", cg.path, None)
+                            except BenchError as err:
+                                raise BenchError(f"{err} [{cg.oom_kills()} OOM kills in the cgroup]") from err
                             s.proc.cg_peak = cg.peak()
                             results.setdefault((f"{share}% {phase}", who), []).append(s)
                 except BenchError as err:
-                    failures[key] = str(err)
-                    if share is not None:
-                        failures[(name.replace("cold", "steady"), who)] = str(err)
-                    print(f"round {rnd}: {who} {name}: {err}", file=sys.stderr)
-            print(f"round {rnd + 1}/{args.rounds} done ({who})", file=sys.stderr)
-    table(scen, results, failures, args, experts, dense)
+                    failures[(name, who)] = str(err)
+                    failures[(name.replace("cold", "steady"), who)] = str(err)
+                    print(f"round {rnd + 1}: {who} {name}: {err}", file=sys.stderr)
+            print(f"round {rnd + 1}/{args.rounds}: {who} done", file=sys.stderr)
+    table(cases, engines, results, failures, args, experts, dense)
 
 
-def one(e: Engines, who: str, packed: Path, gguf: Path, args, budget: str, cg, io=None) -> Sample:
+def one(e: Engines, who: str, packed: Path, gguf: Path, prompt: str, n: int, budget: str, cg, io) -> Sample:
     if who == "flashmoe":
-        return run_flashmoe(e, packed, args.prompt, args.tokens, budget, cg, io)
-    return run_llama(e, gguf, args.prompt, args.tokens, cg)
+        return run_flashmoe(e, packed, prompt, n, budget, cg, io)
+    return run_llama(e, gguf, prompt, n, cg, repack=(who == "llama.cpp"))
 
 
-def table(scen, results, failures, args, experts, dense) -> None:
+def table(cases, engines, results, failures, args, experts, dense) -> None:
     cols = ["decode tok/s", "prefill tok/s", "disk B/tok", "peak RSS", "cg peak"]
     getters = [lambda s: s.decode_tps, lambda s: s.prefill_tps, lambda s: s.bytes_per_token,
                lambda s: s.proc.maxrss, lambda s: s.proc.cg_peak]
-    print(f"\n{args.rounds} rounds, interleaved; median [min-max]; {args.threads} threads each; "
+    print(f"\n{args.rounds} rounds, engines interleaved; median [min-max]; {args.threads} threads each; "
           f"{args.tokens} generated tokens; limit = share x {fmt(experts)}B experts + {fmt(dense)}B dense + "
-          f"{args.slack_mib} MiB\n")
-    print("| case | engine | " + " | ".join(cols) + " |")
+          f"{args.slack_mib} MiB")
+    for who in engines:
+        print(f"  {who}: {ENGINE_NOTES[who]}")
+    print("\n| case | engine | " + " | ".join(cols) + " |")
     print("|---|---|" + "---|" * len(cols))
-    for name, share, limit in scen:
-        meds = {}
-        for who in ("flashmoe", "llama.cpp"):
+    for name, share, limit in cases:
+        meds: dict[str, list] = {}
+        for who in engines:
             ss = results.get((name, who), [])
+            lim = f" ({fmt(limit)}B)" if limit else ""
             if not ss:
-                print(f"| {name} | {who} | " + failures.get((name, who), "no result")[:120] + " |")
+                print(f"| {name}{lim} | {who} | " + failures.get((name, who), "no result")[:160] + " |")
                 continue
             vals = []
             for g in getters:
                 xs = [g(s) for s in ss if g(s) is not None]
                 vals.append(median_spread(xs))
                 meds.setdefault(who, []).append(statistics.median(xs) if xs else None)
-            lim = f" (limit {fmt(limit)}B)" if limit else ""
             print(f"| {name}{lim} | {who} | " + " | ".join(vals) + " |")
-        if "flashmoe" in meds and "llama.cpp" in meds:
-            ratios = []
-            for a, b in zip(meds["flashmoe"], meds["llama.cpp"]):
-                ratios.append(f"{a / b:.2f}x" if a is not None and b else "-")
-            print(f"| {name} | flashmoe / llama.cpp | " + " | ".join(ratios) + " |")
-    same = [(k, s[0].ids == results.get((k[0], 'llama.cpp'), [s[0]])[0].ids)
-            for k, s in results.items() if k[1] == "flashmoe"]
-    print("\nsame generated tokens per case (first round): " + ", ".join(f"{k[0]}: {v}" for k, v in same))
+        for peer in engines[1:]:
+            if "flashmoe" in meds and peer in meds:
+                ratios = [f"{a / b:.2f}x" if a is not None and b else "-" for a, b in zip(meds["flashmoe"], meds[peer])]
+                print(f"| {name} | flashmoe / {peer} | " + " | ".join(ratios) + " |")
+    firsts = {k: v[0].ids for k, v in results.items()}
+    agree = []
+    for name, _, _ in cases:
+        for peer in engines[1:]:
+            a, b = firsts.get((name, "flashmoe")), firsts.get((name, peer))
+            if a is not None and b is not None:
+                k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+                agree.append(f"{name} vs {peer}: {k}/{len(a)}")
+    print("\nleading generated tokens flashmoe shares with each peer (first round; equal weights only at 16 bits): "
+          + ", ".join(agree))
 
 
 # ---------------------------------------------------------------- main
@@ -451,6 +475,8 @@ def main(argv=None) -> int:
     b.add_argument("--shares", type=int, nargs="*", default=[25, 50])
     b.add_argument("--slack-mib", type=int, default=128,
                    help="added to every memory limit, for code, KV cache and buffers (same for both)")
+    b.add_argument("--engines", nargs="*", default=list(ENGINES), choices=list(ENGINES),
+                   help="llama.cpp: its defaults (weight repacking on); llama.cpp-mmap: --no-repack")
     b.add_argument("--ram-io-backend", default="mmap",
                    help="flashmoe's --io-backend in the all-in-RAM row (mmap: experts come from the warm page "
                         "cache; the default O_DIRECT backends would read the disk on each first touch)")
