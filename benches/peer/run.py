@@ -61,7 +61,8 @@ def run_measured(cmd: list[str], env: dict | None = None, cgroup: Path | None = 
         if cgroup is not None:
             (cgroup / "cgroup.procs").write_text(str(os.getpid()))
 
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    with tempfile.TemporaryFile("w+", errors="replace") as out, \
+            tempfile.TemporaryFile("w+", errors="replace") as err:
         t0 = time.monotonic()
         try:
             p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, preexec_fn=join)
