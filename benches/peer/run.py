@@ -395,6 +395,14 @@ def bench(args) -> None:
                     print(f"round {rnd + 1}: {who} {name}: {err}", file=sys.stderr)
             print(f"round {rnd + 1}/{args.rounds}: {who} done", file=sys.stderr)
     table(cases, engines, results, failures, args, experts, dense)
+    if args.raw:
+        rows = [{"case": k[0], "engine": k[1], "round": i, "decode_tok_per_s": x.decode_tps,
+                 "prefill_tok_per_s": x.prefill_tps, "tokens": x.tokens, "read_bytes": x.proc.read_bytes,
+                 "maxrss": x.proc.maxrss, "cgroup_peak": x.proc.cg_peak, "wall_s": x.proc.wall_s,
+                 "ids": x.ids, "extra": x.extra}
+                for k, v in results.items() for i, x in enumerate(v)]
+        Path(args.raw).write_text(json.dumps({"runs": rows, "failures": [
+            {"case": k[0], "engine": k[1], "error": v} for k, v in failures.items()]}, indent=1))
 
 
 def one(e: Engines, who: str, packed: Path, gguf: Path, prompt: str, n: int, budget: str, cg, io) -> Sample:
@@ -481,6 +489,7 @@ def main(argv=None) -> int:
     b.add_argument("--ram-io-backend", default="mmap",
                    help="flashmoe's --io-backend in the all-in-RAM row (mmap: experts come from the warm page "
                         "cache; the default O_DIRECT backends would read the disk on each first touch)")
+    b.add_argument("--raw", help="also write every run's figures to this JSON file")
     b.add_argument("--drop-caches", action="store_true",
                    help="cold start drops ALL page caches (echo 3 > drop_caches) instead of evicting the model files")
     args = ap.parse_args(argv)
