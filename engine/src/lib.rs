@@ -28,6 +28,7 @@ mod attention;
 pub mod chat_template;
 pub mod config;
 pub mod dense_pack;
+mod dense_writer;
 mod error;
 pub mod experts;
 mod generate;
@@ -52,6 +53,7 @@ pub mod text_stream;
 mod tokenizer;
 pub mod trace_sink;
 pub mod weights;
+mod write_back;
 
 pub use chat_template::{ChatMessage, ChatTemplate, ChatTemplateError, RenderOptions};
 pub use config::{Family, ModelConfig};
@@ -71,4 +73,4 @@ pub use streaming::{
 pub use text_stream::TextStream;
 pub use tokenizer::Tokenizer;
 pub use trace_sink::TraceSink;
-pub use weights::{Checkpoint, RawTensor, TensorRef};
+pub use weights::{Checkpoint, RawTensor, TensorMeta, TensorRef};
