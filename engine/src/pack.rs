@@ -343,7 +343,7 @@ fn write_all(
     Ok(PackSummary {
         out_dir: dir.to_path_buf(),
         format,
-        records: total,
+        records,
         expert_file_bytes,
         dense_bytes,
         scales_rounded: (rounding.rounded, rounding.max_change),
