@@ -278,7 +278,10 @@ impl Shard {
         buf.resize(len, 0);
         self.file.read_exact_at(buf, at as u64).map_err(io)?;
         if self.mmap.is_none() {
-            crate::write_back::drop_cached(&self.file, at as u64, len as u64);
+            // Everything cached before the end of this read, not just this range: the page
+            // cache holds large folios, and one that straddles the range's edges would stay
+            // (the packer reads each shard roughly in order, so little is read twice).
+            crate::write_back::drop_cached(&self.file, 0, end as u64);
         }
         Ok(())
     }
