@@ -83,12 +83,14 @@ pub(crate) fn plan_dense(ckpt: &Checkpoint, cfg: &ModelConfig, bits: u32) -> Res
         let layout = to
             .layout(rows, cols)
             .ctx(|| format!("{}: quantizing `{name}`", t.file.display()))?;
-        out.extend(Planned::quantized(module, &layout, |part| Produce::Quantize {
-            name: name.into(),
-            module: module.into(),
-            from,
-            layout,
-            part,
+        out.extend(Planned::quantized(module, &layout, |part| {
+            Produce::Quantize {
+                name: name.into(),
+                module: module.into(),
+                from,
+                layout,
+                part,
+            }
         }));
     }
     Ok(out)

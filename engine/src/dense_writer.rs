@@ -63,7 +63,11 @@ pub(crate) struct Planned {
 
 impl Planned {
     /// The three tensors of `module` quantized in `layout` (its shapes as MLX stores them).
-    pub fn quantized(module: &str, layout: &MatrixLayout, how: impl Fn(Part) -> Produce) -> [Self; 3] {
+    pub fn quantized(
+        module: &str,
+        layout: &MatrixLayout,
+        how: impl Fn(Part) -> Produce,
+    ) -> [Self; 3] {
         let group = layout.format.group().unwrap_or(1);
         let bits = layout.format.bits() as usize;
         let (rows, cols) = (layout.rows, layout.cols);
@@ -76,7 +80,12 @@ impl Planned {
             how: how(part),
         };
         [
-            t(Part::Codes, Dtype::U32, [rows, cols * bits / 32], layout.data_len),
+            t(
+                Part::Codes,
+                Dtype::U32,
+                [rows, cols * bits / 32],
+                layout.data_len,
+            ),
             t(Part::Scales, Dtype::F16, groups, 2 * rows * (cols / group)),
             t(Part::Biases, Dtype::F16, groups, 2 * rows * (cols / group)),
         ]
@@ -144,7 +153,11 @@ impl Producer<'_, '_> {
                 self.ckpt.read_raw(name, &mut buf)?;
                 Ok(buf)
             }
-            Produce::Mlx { module, layout, part } => {
+            Produce::Mlx {
+                module,
+                layout,
+                part,
+            } => {
                 let p = parts(self.ckpt, module)?;
                 p.read_part(self.ckpt, module, *part, 0, layout, &mut buf)?;
                 if *part == Part::Codes {
@@ -168,7 +181,11 @@ impl Producer<'_, '_> {
                 let [codes, scales, biases] = quantize_bands(self.ckpt, name, *from, layout)?;
                 let mut stash = self.stash.borrow_mut();
                 let mut mine = None;
-                for (p, b) in [(Part::Codes, codes), (Part::Scales, scales), (Part::Biases, biases)] {
+                for (p, b) in [
+                    (Part::Codes, codes),
+                    (Part::Scales, scales),
+                    (Part::Biases, biases),
+                ] {
                     if p == *part {
                         mine = Some(b);
                     } else {
@@ -194,7 +211,11 @@ fn quantize_bands(
     let band = (BAND_BYTES / row_bytes.max(1)).clamp(1, rows.max(1));
     let mut out = [Vec::new(), Vec::new(), Vec::new()];
     let mut buf = Vec::new();
-    let file = || ckpt.meta(name).map(|m| m.file.display().to_string()).unwrap_or_default();
+    let file = || {
+        ckpt.meta(name)
+            .map(|m| m.file.display().to_string())
+            .unwrap_or_default()
+    };
     let ctx = || format!("{}: quantizing `{name}`", file());
     let mut r = 0;
     while r < rows {
@@ -204,7 +225,10 @@ fn quantize_bands(
         let q = quantize(&values, n, cols, layout.format).ctx(ctx)?;
         let l = layout.format.layout(n, cols).ctx(ctx)?;
         let p = split(&q, &l).ok_or_else(|| EngineError::Pack {
-            path: ckpt.meta(name).map(|m| m.file.to_path_buf()).unwrap_or_default(),
+            path: ckpt
+                .meta(name)
+                .map(|m| m.file.to_path_buf())
+                .unwrap_or_default(),
             reason: format!("`{name}`: {:?} is not a quantized format", layout.format),
         })?;
         out[0].extend_from_slice(p.codes);

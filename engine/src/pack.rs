@@ -27,9 +27,9 @@ use crate::pack_options::PackOptions;
 use crate::packed_model::{PACK_VERSION, PackMeta, format_name};
 use crate::quant_tensors::RoundLog;
 use crate::weights::Checkpoint;
+use crate::write_back::WriteBack;
 use flashmoe_backends::quant::WeightFormat;
 use io_sched::packfile::{PackSplit, write_pack_set};
-use crate::write_back::WriteBack;
 use std::path::{Path, PathBuf};
 
 /// Files copied from the checkpoint: (name, required).

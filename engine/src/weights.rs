@@ -231,14 +231,12 @@ impl Shard {
         let mut at = start;
         while at < end {
             let n = PROBE_CHUNK.min(end - at);
-            io_sched::mapped::copy_out(mmap, at, &mut scratch[..n], &self.file).map_err(
-                |e| {
-                    io(std::io::Error::new(
-                        e.kind(),
-                        format!("at offset {at}: {e}"),
-                    ))
-                },
-            )?;
+            io_sched::mapped::copy_out(mmap, at, &mut scratch[..n], &self.file).map_err(|e| {
+                io(std::io::Error::new(
+                    e.kind(),
+                    format!("at offset {at}: {e}"),
+                ))
+            })?;
             at += n;
         }
         Ok(&mmap[start..end])
@@ -251,9 +249,7 @@ impl Shard {
         if len < end as u64 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
-                format!(
-                    "truncated to {len} bytes while open (a tensor needs bytes ..{end})"
-                ),
+                format!("truncated to {len} bytes while open (a tensor needs bytes ..{end})"),
             ));
         }
         Ok(())
@@ -433,7 +429,13 @@ impl Checkpoint {
 
     /// Bytes `start..start + len` of tensor `name`'s data, read into `buf` (either mode): one
     /// matrix of a stacked tensor, a band of rows.
-    pub fn read_range(&self, name: &str, start: usize, len: usize, buf: &mut Vec<u8>) -> Result<()> {
+    pub fn read_range(
+        &self,
+        name: &str,
+        start: usize,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
         let (shard, info) = self.find(name)?;
         let (a, b) = info.data_offsets;
         if start.checked_add(len).is_none_or(|end| end > b - a) {
@@ -455,7 +457,11 @@ impl Checkpoint {
 
     /// Checks that tensor `name` has `shape` (and the config's dtype): its shard, header entry
     /// and format.
-    fn checked_meta(&self, name: &str, shape: &[usize]) -> Result<(&Shard, &TensorInfo, WeightFormat)> {
+    fn checked_meta(
+        &self,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<(&Shard, &TensorInfo, WeightFormat)> {
         let (shard, info) = self.find(name)?;
         if info.shape != shape {
             return Err(EngineError::TensorShape {

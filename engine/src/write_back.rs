@@ -28,7 +28,8 @@ pub fn drop_cached(file: &File, offset: u64, len: u64) {
         };
         // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is owned by
         // `file`, which outlives the call. Its result is a hint's: ignoring it is harmless.
-        let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), off, len, libc::POSIX_FADV_DONTNEED) };
+        let _ =
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), off, len, libc::POSIX_FADV_DONTNEED) };
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (file, offset, len);

@@ -32,10 +32,14 @@ const VOCAB: usize = 4096;
 
 /// Deterministic bf16 values in about [-0.06, 0.06] (an LCG; no NaN or infinity).
 fn values(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut out = Vec::with_capacity(2 * n);
     for _ in 0..n {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let v = ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.12;
         out.extend_from_slice(&((v.to_bits() >> 16) as u16).to_le_bytes());
     }
@@ -43,7 +47,12 @@ fn values(seed: u64, n: usize) -> Vec<u8> {
 }
 
 /// Writes `tensors` as one shard `file` of `dir`, naming them in `index`.
-fn shard(dir: &Path, file: &str, tensors: Vec<(String, Vec<usize>)>, index: &mut BTreeMap<String, String>) {
+fn shard(
+    dir: &Path,
+    file: &str,
+    tensors: Vec<(String, Vec<usize>)>,
+    index: &mut BTreeMap<String, String>,
+) {
     let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
         .enumerate()
@@ -136,15 +145,24 @@ fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
 fn status_bytes(key: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").expect("status");
     let line = s.lines().find(|l| l.starts_with(key)).expect("status line");
-    line.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).expect("kB") * 1024
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("kB")
+        * 1024
 }
 
 #[test]
 fn pack_of_a_checkpoint_larger_than_the_address_space_limit() {
     if let (Some(src), Some(out)) = (std::env::var_os(CHILD_SRC), std::env::var_os(CHILD_OUT)) {
         // The child, under the limit: the CLI's defaults (4-bit experts and dense weights).
-        let s = pack_model_with(Path::new(&src), Path::new(&out), &PackOptions::new(), &mut |_, _| {})
-            .expect("pack under the limit");
+        let s = pack_model_with(
+            Path::new(&src),
+            Path::new(&out),
+            &PackOptions::new(),
+            &mut |_, _| {},
+        )
+        .expect("pack under the limit");
         println!(
             "child: packed {} records; VmPeak {} MB, VmHWM {} MB",
             s.records,
@@ -207,7 +225,11 @@ fn pack_of_a_checkpoint_larger_than_the_address_space_limit() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    println!("checkpoint {} MB, limit {} MB\n{text}", ckpt_bytes >> 20, LIMIT_BYTES >> 20);
+    println!(
+        "checkpoint {} MB, limit {} MB\n{text}",
+        ckpt_bytes >> 20,
+        LIMIT_BYTES >> 20
+    );
     assert!(
         output.status.success() && text.contains("child: packed"),
         "pack under a {} MB address-space limit failed:\n{text}",
@@ -223,6 +245,9 @@ fn pack_of_a_checkpoint_larger_than_the_address_space_limit() {
         b.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()
     );
     for ((name, x), (_, y)) in a.iter().zip(&b) {
-        assert!(x == y, "{name} differs between the limited and the unlimited pack");
+        assert!(
+            x == y,
+            "{name} differs between the limited and the unlimited pack"
+        );
     }
 }

@@ -37,7 +37,7 @@ pub fn run(args: &PackArgs) -> CliResult<()> {
         ProgressStyle::with_template(
             "packing {bar:40} {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, {eta})",
         )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut progress = |done: u64, total: u64| {
         bar.set_length(total);
