@@ -1,85 +1,25 @@
-//! Writing a packed model's `dense.safetensors` with quantized non-expert weights:
-//! `pack --dense-bits 4|8` on a Hugging Face checkpoint quantizes every 2-D weight (attention
-//! projections, routers, embeddings, lm_head) with [`flashmoe_backends::quant::quantize`]
-//! and stores it as [`crate::quant_tensors`] describes (codes, f16 scales, f16 biases).
+//! What a Hugging Face checkpoint's `dense.safetensors` holds: every tensor that is not a
+//! routed expert, either as stored (`--dense-bits 16`) or with its 2-D float weights
+//! (attention projections, routers, embeddings, lm_head) quantized by
+//! [`flashmoe_backends::quant::quantize`] and stored as [`crate::quant_tensors`] describes
+//! (codes, f16 scales, f16 biases). [`plan_dense`] decides, from the headers alone; the bytes
+//! are made and written one tensor at a time by [`crate::dense_writer`].
 //!
 //! Routers are kept at 8 bits at least (as mlx-lm does): they are tiny, and a coarse router
-//! flips near-tied expert choices. A matrix whose width is not a multiple of the group stays
-//! in its float type.
+//! flips near-tied expert choices. Norms and other 1-D tensors stay as stored, and so does a
+//! matrix whose width is not a multiple of the group.
 
 use crate::config::ModelConfig;
-use crate::error::{BackendContext, EngineError, Result};
+use crate::dense_writer::{Planned, Produce};
+use crate::error::{BackendContext, Result};
 use crate::model::FamilyNames;
-use crate::quant_tensors::split;
 use crate::weights::Checkpoint;
-use flashmoe_backends::quant::{MatrixLayout, WeightFormat, dequantize, quantize};
+use flashmoe_backends::quant::WeightFormat;
 use safetensors::Dtype;
-use safetensors::tensor::TensorView;
-use std::borrow::Cow;
 use std::collections::BTreeSet;
-use std::path::Path;
 
 /// Group size of quantized dense weights written by the packer.
 pub const DENSE_GROUP: u32 = 64;
-
-/// One tensor to write into `dense.safetensors`.
-#[derive(Clone, Debug)]
-pub struct DenseTensor<'a> {
-    /// Its name.
-    pub name: String,
-    /// Its safetensors dtype.
-    pub dtype: Dtype,
-    /// Its shape.
-    pub shape: Vec<usize>,
-    /// Its little-endian bytes.
-    pub bytes: Cow<'a, [u8]>,
-}
-
-impl DenseTensor<'static> {
-    /// The three tensors (`{module}.weight` codes, `.scales`, `.biases`) of a matrix held in
-    /// our quantized layout in `bytes`; empty for a float layout.
-    pub fn quantized(module: &str, bytes: &[u8], layout: &MatrixLayout) -> Vec<Self> {
-        let Some(p) = split(bytes, layout) else {
-            return Vec::new();
-        };
-        let t = |suffix: &str, dtype, shape: [usize; 2], b: &[u8]| DenseTensor {
-            name: format!("{module}.{suffix}"),
-            dtype,
-            shape: shape.to_vec(),
-            bytes: Cow::Owned(b.to_vec()),
-        };
-        vec![
-            t("weight", Dtype::U32, p.codes_shape, p.codes),
-            t("scales", Dtype::F16, p.groups_shape, p.scales),
-            t("biases", Dtype::F16, p.groups_shape, p.biases),
-        ]
-    }
-}
-
-/// Serializes `tensors` (any order: sorted by name here) to `path`; returns the bytes written.
-pub fn serialize_dense(mut tensors: Vec<DenseTensor<'_>>, path: &Path) -> Result<u64> {
-    tensors.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut views = Vec::with_capacity(tensors.len());
-    for t in &tensors {
-        let view = TensorView::new(t.dtype, t.shape.clone(), &t.bytes).map_err(|e| {
-            EngineError::Safetensors {
-                path: path.to_path_buf(),
-                reason: format!("tensor `{}`: {e}", t.name),
-            }
-        })?;
-        views.push((t.name.as_str(), view));
-    }
-    let bytes = safetensors::serialize(views, None).map_err(|e| EngineError::Safetensors {
-        path: path.to_path_buf(),
-        reason: format!("cannot serialize: {e}"),
-    })?;
-    std::fs::write(path, &bytes).map_err(|source| EngineError::Io {
-        op: "write",
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(bytes.len() as u64)
-}
 
 /// The format `--dense-bits` gives a dense matrix (`None`: keep it as stored).
 pub fn dense_format(bits: u32, is_router: bool) -> Option<WeightFormat> {
@@ -90,28 +30,31 @@ pub fn dense_format(bits: u32, is_router: bool) -> Option<WeightFormat> {
     }
 }
 
-/// Writes every non-expert tensor of the HF checkpoint `ckpt` to `path`, its 2-D float weights
-/// quantized to `bits` (4 or 8; 16 keeps them as they are), the rest unchanged.
-pub fn write_dense_quantized(
-    ckpt: &Checkpoint,
-    cfg: &ModelConfig,
-    bits: u32,
-    path: &Path,
-) -> Result<u64> {
-    let names = FamilyNames::of(cfg.family);
+/// The names of every routed-expert tensor of `cfg` (one per expert, and fused).
+pub fn expert_names(cfg: &ModelConfig, names: &FamilyNames) -> BTreeSet<String> {
     let mut experts = BTreeSet::new();
-    let mut routers = BTreeSet::new();
     for l in 0..cfg.num_layers {
-        routers.insert(names.router(l));
         for e in 0..cfg.num_experts {
             for k in 0..3 {
                 experts.insert(names.expert(l, e, k));
             }
         }
+        experts.extend(names.fused_experts(l));
     }
-    let mut out = Vec::new();
-    for name in ckpt.names().filter(|n| !experts.contains(*n)) {
-        let t = ckpt.raw(name)?;
+    experts
+}
+
+/// Plans `dense.safetensors` for the HF checkpoint `ckpt`: every non-expert tensor, its 2-D
+/// float weights quantized to `bits` (4 or 8; 16 keeps every tensor as stored). No I/O.
+pub(crate) fn plan_dense(ckpt: &Checkpoint, cfg: &ModelConfig, bits: u32) -> Result<Vec<Planned>> {
+    let names = FamilyNames::of(cfg.family);
+    let experts = expert_names(cfg, names);
+    let routers: BTreeSet<String> = (0..cfg.num_layers).map(|l| names.router(l)).collect();
+    let mut dense: Vec<&str> = ckpt.names().filter(|n| !experts.contains(*n)).collect();
+    dense.sort_unstable();
+    let mut out = Vec::with_capacity(dense.len());
+    for name in dense {
+        let t = ckpt.meta(name)?;
         let float = match t.dtype {
             Dtype::BF16 => Some(WeightFormat::Bf16),
             Dtype::F16 => Some(WeightFormat::F16),
@@ -128,19 +71,27 @@ pub fn write_dense_quantized(
             _ => None,
         };
         let Some((rows, cols, from, to, module)) = quantizable else {
-            out.push(DenseTensor {
+            out.push(Planned {
                 name: name.into(),
                 dtype: t.dtype,
                 shape: t.shape.to_vec(),
-                bytes: Cow::Borrowed(t.bytes),
+                len: t.len,
+                how: Produce::Stored(name.into()),
             });
             continue;
         };
-        let ctx = || format!("{}: quantizing `{name}`", t.file.display());
-        let values = dequantize(t.bytes, rows, cols, from).ctx(ctx)?;
-        let q = quantize(&values, rows, cols, to).ctx(ctx)?;
-        let layout = to.layout(rows, cols).ctx(ctx)?;
-        out.extend(DenseTensor::quantized(module, &q, &layout));
+        let layout = to
+            .layout(rows, cols)
+            .ctx(|| format!("{}: quantizing `{name}`", t.file.display()))?;
+        out.extend(Planned::quantized(module, &layout, |part| {
+            Produce::Quantize {
+                name: name.into(),
+                module: module.into(),
+                from,
+                layout,
+                part,
+            }
+        }));
     }
-    serialize_dense(out, path)
+    Ok(out)
 }

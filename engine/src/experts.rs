@@ -217,7 +217,8 @@ pub trait ExpertSource {
 }
 
 /// The record of expert `e` of layer `l` packed from `ckpt` in `layout.format` (`Bf16` from a
-/// bf16 checkpoint copies the bytes as they are; other formats convert from the values).
+/// bf16 checkpoint copies the bytes as they are; other formats convert from the values). Only
+/// that expert's bytes are read (with `pread`, whether `ckpt` is mapped or not).
 pub fn pack_record(
     ckpt: &Checkpoint,
     names: &FamilyNames,
@@ -227,61 +228,75 @@ pub fn pack_record(
 ) -> Result<Vec<u8>> {
     let (h, i) = (layout.hidden, layout.inter);
     let shapes = [[i, h], [i, h], [h, i]];
-    let mut ts = Vec::with_capacity(3);
     let fused = names.fused_experts(l);
-    if ckpt.raw(&names.expert(l, e, 0)).is_err() && ckpt.raw(&fused[0]).is_ok() {
-        ts = fused_expert(ckpt, &fused, e, h, i)?;
+    let mut bufs = [Vec::new(), Vec::new(), Vec::new()];
+    let mut formats = [layout.format; 3];
+    let mut file = None;
+    if !ckpt.contains(&names.expert(l, e, 0)) && ckpt.contains(&fused[0]) {
+        formats = fused_expert(ckpt, &fused, e, h, i, &mut bufs)?;
+        file = Some(ckpt.meta(&fused[0])?.file.to_path_buf());
     } else {
         for (k, shape) in shapes.iter().enumerate() {
-            ts.push(ckpt.tensor(&names.expert(l, e, k), shape)?);
+            let t = ckpt.read_tensor(&names.expert(l, e, k), shape, &mut bufs[k])?;
+            formats[k] = t.format;
+            file.get_or_insert_with(|| t.file.to_path_buf());
         }
     }
-    if ts.iter().all(|t| t.format == layout.format) {
+    if formats.iter().all(|f| *f == layout.format) {
         let mut rec = vec![0u8; layout.record_len];
-        for (t, off) in ts.iter().zip([0, layout.up_offset, layout.down_offset]) {
-            rec[off..off + t.bytes.len()].copy_from_slice(t.bytes);
+        for (b, off) in bufs.iter().zip([0, layout.up_offset, layout.down_offset]) {
+            rec[off..off + b.len()].copy_from_slice(b);
         }
         Ok(rec)
     } else {
-        let [g, u, d] = [ts[0].to_f32()?, ts[1].to_f32()?, ts[2].to_f32()?];
+        let file = file.unwrap_or_default();
+        let mut vals = Vec::with_capacity(3);
+        for (b, f) in bufs.iter().zip(formats) {
+            let t = crate::weights::TensorRef {
+                bytes: b,
+                format: f,
+                file: &file,
+            };
+            vals.push(t.to_f32()?);
+        }
         layout
-            .pack(&g, &u, &d)
+            .pack(&vals[0], &vals[1], &vals[2])
             .ctx(|| format!("packing layer {l} expert {e}"))
     }
 }
 
-/// Expert `e`'s `[gate, up, down]` from fused tensors: `experts.gate_up_proj` `[E, 2 inter,
-/// hidden]` (gate rows first, as HF's `chunk(2)`) and `experts.down_proj` `[E, hidden, inter]`.
-fn fused_expert<'a>(
-    ckpt: &'a Checkpoint,
+/// Reads expert `e`'s `[gate, up, down]` into `bufs` from fused tensors:
+/// `experts.gate_up_proj` `[E, 2 inter, hidden]` (gate rows first, as HF's `chunk(2)`) and
+/// `experts.down_proj` `[E, hidden, inter]`; returns their formats.
+fn fused_expert(
+    ckpt: &Checkpoint,
     fused: &[String; 2],
     e: usize,
     h: usize,
     i: usize,
-) -> Result<Vec<crate::weights::TensorRef<'a>>> {
-    let experts = ckpt.raw(&fused[0])?.shape.first().copied().unwrap_or(0);
+    bufs: &mut [Vec<u8>; 3],
+) -> Result<[WeightFormat; 3]> {
+    let meta = ckpt.meta(&fused[0])?;
+    let experts = meta.shape.first().copied().unwrap_or(0);
     if e >= experts {
         return Err(EngineError::TensorShape {
-            file: ckpt.raw(&fused[0])?.file.to_path_buf(),
+            file: meta.file.to_path_buf(),
             name: fused[0].clone(),
             expected: vec![e + 1, 2 * i, h],
-            got: ckpt.raw(&fused[0])?.shape.to_vec(),
+            got: meta.shape.to_vec(),
         });
     }
-    let gu = ckpt.tensor(&fused[0], &[experts, 2 * i, h])?;
-    let down = ckpt.tensor(&fused[1], &[experts, h, i])?;
-    let one = gu.bytes.len() / experts;
-    let g = &gu.bytes[e * one..(e + 1) * one];
-    let d_one = down.bytes.len() / experts;
-    let part = |bytes| crate::weights::TensorRef { bytes, ..gu };
-    Ok(vec![
-        part(&g[..one / 2]),
-        part(&g[one / 2..]),
-        crate::weights::TensorRef {
-            bytes: &down.bytes[e * d_one..(e + 1) * d_one],
-            ..down
-        },
-    ])
+    let format = ckpt.check(&fused[0], &[experts, 2 * i, h])?;
+    let down_format = ckpt.check(&fused[1], &[experts, h, i])?;
+    let size = format.bits() as usize / 8;
+    let one = 2 * i * h * size;
+    let mut gu = Vec::new();
+    ckpt.read_range(&fused[0], e * one, one, &mut gu)?;
+    bufs[0] = gu[..one / 2].to_vec();
+    bufs[1] = gu[one / 2..].to_vec();
+    let d_one = h * i * down_format.bits() as usize / 8;
+    ckpt.read_range(&fused[1], e * d_one, d_one, &mut bufs[2])?;
+    Ok([format, format, down_format])
 }
 
 /// All experts packed in memory in the record layout (one buffer per layer).

@@ -30,6 +30,7 @@ mod attention;
 pub mod chat_template;
 pub mod config;
 pub mod dense_pack;
+mod dense_writer;
 mod error;
 pub mod experts;
 mod generate;
@@ -55,6 +56,7 @@ pub mod text_stream;
 mod tokenizer;
 pub mod trace_sink;
 pub mod weights;
+mod write_back;
 
 pub use chat_template::{ChatMessage, ChatTemplate, ChatTemplateError, RenderOptions};
 pub use config::{Family, ModelConfig};
@@ -77,4 +79,4 @@ pub use streaming::{
 pub use text_stream::TextStream;
 pub use tokenizer::Tokenizer;
 pub use trace_sink::TraceSink;
-pub use weights::{Checkpoint, RawTensor, TensorRef};
+pub use weights::{Checkpoint, RawTensor, TensorMeta, TensorRef};

@@ -13,13 +13,13 @@
 //!   io-sched record ([`crate::experts`] layout): codes byte for byte, scales and biases
 //!   converted to f16, exactly except below f16's normal range ([`crate::quant_tensors::to_f16`]:
 //!   rounded by at most 2^-25, counted and reported).
-//! - Everything else goes to `dense.safetensors` ([`MlxQuantization::write_dense`]): quantized
+//! - Everything else goes to `dense.safetensors` ([`MlxQuantization::plan_dense`]): quantized
 //!   modules as codes + f16 scales + f16 biases (run quantized by both backends), the rest as is.
 //!
 //! Tensor names differ per family only in [`MlxNames`]: a family is one table entry.
 
 use crate::config::{Family, ModelConfig};
-use crate::dense_pack::{DenseTensor, serialize_dense};
+use crate::dense_writer::{Planned, Produce};
 use crate::error::{BackendContext, EngineError, Result};
 use crate::experts::ExpertLayout;
 use crate::quant_tensors::{QuantParts, RoundLog, is_quantized, module_of, parts};
@@ -27,7 +27,6 @@ use crate::weights::Checkpoint;
 use flashmoe_backends::quant::WeightFormat;
 use safetensors::Dtype;
 use serde_json::{Map, Value};
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -279,15 +278,10 @@ impl MlxQuantization {
         })
     }
 
-    /// Writes every tensor that is not a routed expert to `path`: quantized modules (checked
-    /// against the config) as codes with f16 scales and biases, the others unchanged.
-    pub fn write_dense(
-        &self,
-        ckpt: &Checkpoint,
-        cfg: &ModelConfig,
-        path: &Path,
-        log: &mut RoundLog,
-    ) -> Result<u64> {
+    /// Plans `dense.safetensors` ([`crate::dense_writer`]): every tensor that is not a routed
+    /// expert, quantized modules (checked against the config) as codes with f16 scales and
+    /// biases, the others unchanged. No I/O.
+    pub(crate) fn plan_dense(&self, ckpt: &Checkpoint, cfg: &ModelConfig) -> Result<Vec<Planned>> {
         let names = MlxNames::of_checked(cfg.family, &self.path)?;
         let mut dense: Vec<&str> = ckpt
             .names()
@@ -298,10 +292,10 @@ impl MlxQuantization {
         for name in dense {
             let module = module_of(name);
             let quantized_part = name.ends_with(".scales") || name.ends_with(".biases");
-            let t = ckpt.raw(name)?;
+            let t = ckpt.meta(name)?;
             if quantized_part {
                 let base = format!("{}.weight", &name[..name.len() - 7]);
-                if !is_quantized(ckpt, &base) || ckpt.raw(&base).is_err() {
+                if !is_quantized(ckpt, &base) || !ckpt.contains(&base) {
                     return Err(EngineError::QuantTensor {
                         file: t.file.to_path_buf(),
                         name: name.into(),
@@ -317,19 +311,22 @@ impl MlxQuantization {
                 let layout = format
                     .layout(rows, cols)
                     .ctx(|| format!("{}: `{name}`", t.file.display()))?;
-                let mut buf = vec![0u8; layout.total];
-                p.write(module, 0, &layout, &mut buf, log)?;
-                out.extend(DenseTensor::quantized(module, &buf, &layout));
+                out.extend(Planned::quantized(module, &layout, |part| Produce::Mlx {
+                    module: module.into(),
+                    layout,
+                    part,
+                }));
                 continue;
             }
-            out.push(DenseTensor {
+            out.push(Planned {
                 name: name.into(),
                 dtype: t.dtype,
                 shape: t.shape.to_vec(),
-                bytes: Cow::Borrowed(t.bytes),
+                len: t.len,
+                how: Produce::Stored(name.into()),
             });
         }
-        serialize_dense(out, path)
+        Ok(out)
     }
 }
 
@@ -408,7 +405,7 @@ pub fn relay_record(
     ];
     for (k, (m, off)) in parts_of.into_iter().enumerate() {
         let module = names.switch(l, k);
-        parts(ckpt, &module)?.write(&module, e, m, &mut rec[off..off + m.total], log)?;
+        parts(ckpt, &module)?.write(ckpt, &module, e, m, &mut rec[off..off + m.total], log)?;
     }
     Ok(rec)
 }

@@ -27,10 +27,9 @@ use crate::pack_options::PackOptions;
 use crate::packed_model::{PACK_VERSION, PackMeta, format_name};
 use crate::quant_tensors::RoundLog;
 use crate::weights::Checkpoint;
+use crate::write_back::WriteBack;
 use flashmoe_backends::quant::WeightFormat;
 use io_sched::packfile::{PackSplit, write_pack_set};
-use safetensors::tensor::TensorView;
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Files copied from the checkpoint: (name, required).
@@ -63,6 +62,20 @@ pub struct PackSummary {
     /// MLX scales and biases below f16's normal range that were rounded (see
     /// [`crate::quant_tensors`]), and the largest change; 0 from a Hugging Face checkpoint.
     pub scales_rounded: (u64, f32),
+    /// Bits of the non-expert weights (16: as stored; 4 or 8: quantized; an MLX checkpoint's
+    /// are as stored, whatever they are).
+    pub dense_bits: u32,
+    /// The process's peak resident memory so far (`VmHWM`), where the OS reports it (Linux):
+    /// of the whole process, so it bounds what packing needed.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// The process's peak resident set (`VmHWM` of `/proc/self/status`), where the OS has it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// The record format for `--bits`: 16 keeps the checkpoint's 16-bit float type (bf16 for an
@@ -88,9 +101,10 @@ pub fn format_for_bits(bits: u32, cfg: &ModelConfig) -> Option<WeightFormat> {
     }
 }
 
-/// Packs the HF checkpoint in `src` into `out` with expert records in `bits` (16, 8 or 4).
-/// Refuses an existing `out` unless `force`. `progress(done, total)` is called after each
-/// expert record.
+/// Packs the HF checkpoint in `src` into `out` with expert records in `bits` (16, 8 or 4) and
+/// the non-expert weights as stored (`--dense-bits 16`, exact: unlike `flashmoe pack`'s
+/// default, see [`PackOptions`]). Refuses an existing `out` unless `force`.
+/// `progress(done, total)` is called as bytes are written (see [`pack_model_with`]).
 pub fn pack_model(
     src: &Path,
     out: &Path,
@@ -98,11 +112,18 @@ pub fn pack_model(
     force: bool,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<PackSummary> {
-    let opts = PackOptions::new().bits(bits).force(force);
+    let opts = PackOptions::new().bits(bits).dense_bits(16).force(force);
     pack_model_with(src, out, &opts, progress)
 }
 
 /// Packs the HF or MLX checkpoint in `src` into `out` as `opts` says.
+///
+/// Memory stays bounded whatever the checkpoint's size: the checkpoint is read tensor by
+/// tensor ([`Checkpoint::open_unmapped`]), `dense.safetensors` is written one tensor at a
+/// time ([`crate::dense_writer`]), and the page cache of what was read and written is dropped
+/// as it goes ([`crate::write_back`]). The largest single non-expert tensor (e.g. the
+/// embeddings) is held once in memory, and the final check loads the dense weights once.
+/// `progress(done, total)` is called with bytes: records and tensors written so far, of all.
 pub fn pack_model_with(
     src: &Path,
     out: &Path,
@@ -116,7 +137,7 @@ pub fn pack_model_with(
     crate::safe_replace::check_target(src, out, opts.forced())?;
     let cfg = ModelConfig::from_file(&src.join("config.json"))?;
     let mlx = MlxQuantization::from_config(&src.join("config.json"))?;
-    let mut ckpt = Checkpoint::open(src, cfg.dtype)?;
+    let mut ckpt = Checkpoint::open_unmapped(src, cfg.dtype)?;
     if cfg.hybrid.is_some() {
         // Multimodal Qwen3.5 checkpoints: the text model under text names, no vision/MTP.
         ckpt = ckpt.text_only();
@@ -163,6 +184,7 @@ pub fn pack_model_with(
     }
     Ok(PackSummary {
         out_dir: out.to_path_buf(),
+        peak_rss_bytes: peak_rss_bytes(),
         ..summary
     })
 }
@@ -191,8 +213,14 @@ fn write_all(
         path: dir.join("manifest.json"),
         source,
     })?;
-    let total = (cfg.num_layers * cfg.num_experts) as u64;
+    let records = (cfg.num_layers * cfg.num_experts) as u64;
+    let planned = match (source.mlx, source.dense_bits) {
+        (Some(q), _) => q.plan_dense(ckpt, cfg)?,
+        (None, bits) => crate::dense_pack::plan_dense(ckpt, cfg, bits)?,
+    };
+    let total = records * layout.record_len as u64 + crate::dense_writer::planned_bytes(&planned);
     let mut done = 0u64;
+    let mut write_back = WriteBack::new(dir);
     // The fill closure must return io-sched errors: keep the engine's own error aside.
     let mut inner: Option<EngineError> = None;
     let mut rounding = RoundLog::default();
@@ -208,15 +236,16 @@ fn write_all(
                 Some(_) => crate::mlx::relay_record(ckpt, cfg.family, &layout, l, e, &mut rounding),
                 None => pack_record(ckpt, names, &layout, l, e),
             };
-            match record {
-                Ok(rec) => buf.extend_from_slice(&rec),
-                Err(e) => {
-                    let msg = e.to_string();
-                    inner = Some(e);
-                    return Err(io_sched::Error::Layout(msg));
-                }
+            let written = record.and_then(|rec| {
+                buf.extend_from_slice(&rec);
+                write_back.wrote(rec.len() as u64)
+            });
+            if let Err(e) = written {
+                let msg = e.to_string();
+                inner = Some(e);
+                return Err(io_sched::Error::Layout(msg));
             }
-            done += 1;
+            done += layout.record_len as u64;
             progress(done, total);
             Ok(())
         },
@@ -231,16 +260,17 @@ fn write_all(
         }
         (Ok(l), None) => l,
     };
+    write_back.flush()?;
     let mut expert_file_bytes = 0;
     for f in expert_layout.files() {
         expert_file_bytes += file_len(f)?;
     }
     let dense_path = dir.join(DENSE_FILE);
-    let dense_bytes = match (source.mlx, source.dense_bits) {
-        (Some(q), _) => q.write_dense(ckpt, cfg, &dense_path, &mut rounding)?,
-        (None, 16) => write_dense(ckpt, cfg, names, &dense_path)?,
-        (None, bits) => crate::dense_pack::write_dense_quantized(ckpt, cfg, bits, &dense_path)?,
-    };
+    let dense_bytes =
+        crate::dense_writer::write_planned(ckpt, &planned, &dense_path, &mut rounding, &mut |n| {
+            done += n;
+            progress(done, total);
+        })?;
     let mut copied = Vec::new();
     for (file, required) in COPIED {
         let from = src.join(file);
@@ -313,10 +343,12 @@ fn write_all(
     Ok(PackSummary {
         out_dir: dir.to_path_buf(),
         format,
-        records: total,
+        records,
         expert_file_bytes,
         dense_bytes,
         scales_rounded: (rounding.rounded, rounding.max_change),
+        dense_bits: source.dense_bits,
+        peak_rss_bytes: None,
     })
 }
 
@@ -328,45 +360,4 @@ fn file_len(path: &Path) -> Result<u64> {
             source,
         })?
         .len())
-}
-
-/// Writes every tensor of `ckpt` that is not an expert projection to `path`, unchanged.
-fn write_dense(
-    ckpt: &Checkpoint,
-    cfg: &ModelConfig,
-    names: &FamilyNames,
-    path: &Path,
-) -> Result<u64> {
-    let mut experts = BTreeSet::new();
-    for l in 0..cfg.num_layers {
-        for e in 0..cfg.num_experts {
-            for k in 0..3 {
-                experts.insert(names.expert(l, e, k));
-            }
-        }
-        experts.extend(names.fused_experts(l));
-    }
-    let mut dense: Vec<&str> = ckpt.names().filter(|n| !experts.contains(*n)).collect();
-    dense.sort_unstable();
-    let mut views = Vec::with_capacity(dense.len());
-    for name in dense {
-        let t = ckpt.raw(name)?;
-        let view = TensorView::new(t.dtype, t.shape.to_vec(), t.bytes).map_err(|e| {
-            EngineError::Safetensors {
-                path: t.file.to_path_buf(),
-                reason: format!("tensor `{name}`: {e}"),
-            }
-        })?;
-        views.push((name, view));
-    }
-    let bytes = safetensors::serialize(views, None).map_err(|e| EngineError::Safetensors {
-        path: path.to_path_buf(),
-        reason: format!("cannot serialize: {e}"),
-    })?;
-    std::fs::write(path, &bytes).map_err(|source| EngineError::Io {
-        op: "write",
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(bytes.len() as u64)
 }

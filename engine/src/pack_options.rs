@@ -24,7 +24,8 @@ pub struct PackOptions {
 
 impl PackOptions {
     /// The defaults: experts in 4 bits from a Hugging Face checkpoint (as stored from an MLX
-    /// one), dense weights as stored, refuse an existing output.
+    /// one), dense weights in the experts' bits (see [`PackOptions::dense_bits`]), refuse an
+    /// existing output.
     pub fn new() -> Self {
         Self::default()
     }
@@ -37,7 +38,10 @@ impl PackOptions {
     }
 
     /// Bits per non-expert weight (16 keeps the checkpoint's float type, 8 or 4 quantize the
-    /// 2-D weights; routers stay at 8 at least). Hugging Face checkpoints only.
+    /// 2-D weights; routers stay at 8 at least, norms and other 1-D tensors as stored).
+    /// Hugging Face checkpoints only. Unset, it follows the experts' bits, as MLX's and
+    /// llama.cpp's 4- and 8-bit models do (attention, embeddings and lm_head quantized too):
+    /// 4 for `--bits 4`, 8 for `--bits 8`, 16 (as stored) for `--bits 16`.
     pub fn dense_bits(mut self, bits: u32) -> Self {
         self.dense_bits = Some(bits);
         self
@@ -101,7 +105,7 @@ impl PackOptions {
                 let bits = self.bits.unwrap_or(4);
                 let format = format_for_bits(bits, cfg)
                     .ok_or_else(|| fail(format!("--bits must be 16, 8 or 4, not {bits}")))?;
-                let dense = self.dense_bits.unwrap_or(16);
+                let dense = self.dense_bits.unwrap_or(default_dense_bits(bits));
                 if !matches!(dense, 4 | 8 | 16) {
                     return Err(fail(format!(
                         "--dense-bits must be 16, 8 or 4, not {dense}"
@@ -110,5 +114,13 @@ impl PackOptions {
                 Ok((format, dense))
             }
         }
+    }
+}
+
+/// The dense bits when `--dense-bits` is not given: those of the experts (4 or 8), else 16.
+pub fn default_dense_bits(expert_bits: u32) -> u32 {
+    match expert_bits {
+        4 | 8 => expert_bits,
+        _ => 16,
     }
 }

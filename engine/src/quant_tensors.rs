@@ -17,21 +17,22 @@
 //! and biases in `F16`), and [`matrix`] reads either kind of dense weight for the model loader.
 
 use crate::error::{BackendContext, EngineError, Result};
-use crate::weights::{Checkpoint, RawTensor};
+use crate::weights::{Checkpoint, TensorMeta};
 use flashmoe_backends::quant::{MatrixLayout, WeightFormat};
 use half::f16;
 use safetensors::Dtype;
 use std::borrow::Cow;
 
-/// The codes, scales and biases of one quantized matrix (or a stack of them).
+/// The codes, scales and biases of one quantized matrix (or a stack of them): their header
+/// entries; [`QuantParts::write`] reads the bytes it needs.
 #[derive(Clone, Copy, Debug)]
 pub struct QuantParts<'a> {
     /// `X.weight`.
-    pub codes: RawTensor<'a>,
+    pub codes: TensorMeta<'a>,
     /// `X.scales`.
-    pub scales: RawTensor<'a>,
+    pub scales: TensorMeta<'a>,
     /// `X.biases`.
-    pub biases: RawTensor<'a>,
+    pub biases: TensorMeta<'a>,
 }
 
 /// `X` of a tensor name `X.weight`.
@@ -39,15 +40,14 @@ pub fn module_of(name: &str) -> &str {
     name.strip_suffix(".weight").unwrap_or(name)
 }
 
-/// Whether `X.weight` has scales beside it (is stored quantized).
+/// Whether `X.weight` has scales beside it (is stored quantized; no I/O).
 pub fn is_quantized(ckpt: &Checkpoint, weight_name: &str) -> bool {
-    ckpt.raw(&format!("{}.scales", module_of(weight_name)))
-        .is_ok()
+    ckpt.contains(&format!("{}.scales", module_of(weight_name)))
 }
 
-/// The three tensors of the quantized module `module` (`X`, without `.weight`).
+/// The three tensors of the quantized module `module` (`X`, without `.weight`; no I/O).
 pub fn parts<'a>(ckpt: &'a Checkpoint, module: &str) -> Result<QuantParts<'a>> {
-    let codes = ckpt.raw(&format!("{module}.weight"))?;
+    let codes = ckpt.meta(&format!("{module}.weight"))?;
     if codes.dtype != Dtype::U32 {
         return Err(bad(
             &codes,
@@ -60,12 +60,12 @@ pub fn parts<'a>(ckpt: &'a Checkpoint, module: &str) -> Result<QuantParts<'a>> {
     }
     Ok(QuantParts {
         codes,
-        scales: ckpt.raw(&format!("{module}.scales"))?,
-        biases: ckpt.raw(&format!("{module}.biases"))?,
+        scales: ckpt.meta(&format!("{module}.scales"))?,
+        biases: ckpt.meta(&format!("{module}.biases"))?,
     })
 }
 
-fn bad(t: &RawTensor<'_>, name: &str, reason: String) -> EngineError {
+fn bad(t: &TensorMeta<'_>, name: &str, reason: String) -> EngineError {
     EngineError::QuantTensor {
         file: t.file.to_path_buf(),
         name: name.into(),
@@ -148,48 +148,106 @@ impl QuantParts<'_> {
     }
 
     /// Writes matrix `index` of the stack (0 for a single matrix) in `layout` into `out`
-    /// (`layout.total` bytes): codes copied, scales and biases converted exactly to f16.
+    /// (`layout.total` bytes), reading its slices from `ckpt`: codes copied, scales and biases
+    /// converted exactly to f16.
     pub fn write(
         &self,
+        ckpt: &Checkpoint,
         module: &str,
         index: usize,
         layout: &MatrixLayout,
         out: &mut [u8],
         log: &mut RoundLog,
     ) -> Result<()> {
-        let groups = layout.rows * layout.cols / layout.format.group().unwrap_or(1);
+        let mut buf = Vec::new();
         let data = layout.data_len;
-        fn slice<'b>(t: &RawTensor<'b>, index: usize, per: usize, name: &str) -> Result<&'b [u8]> {
-            t.bytes.get(index * per..(index + 1) * per).ok_or_else(|| {
-                bad(
-                    t,
-                    name,
-                    format!("matrix {index} lies past the end of the data"),
-                )
-            })
-        }
-        out[..data].copy_from_slice(slice(
-            &self.codes,
-            index,
-            data,
-            &format!("{module}.weight"),
-        )?);
-        for (t, off, what) in [
-            (&self.scales, layout.scales_offset, "scales"),
-            (&self.biases, layout.biases_offset, "biases"),
+        self.read_part(ckpt, module, Part::Codes, index, layout, &mut buf)?;
+        out[..data].copy_from_slice(&buf);
+        for (part, off) in [
+            (Part::Scales, layout.scales_offset),
+            (Part::Biases, layout.biases_offset),
         ] {
-            let name = format!("{module}.{what}");
-            let per = groups * dtype_size(t.dtype);
-            to_f16(
-                slice(t, index, per, &name)?,
-                t,
-                &name,
-                &mut out[off..off + 2 * groups],
-                log,
-            )?;
+            let n = 2 * groups_of(layout);
+            self.read_part(ckpt, module, part, index, layout, &mut buf)?;
+            self.part_f16(module, part, &buf, &mut out[off..off + n], log)?;
         }
         Ok(())
     }
+
+    /// Reads the stored bytes of `part` of matrix `index` of the stack into `buf`.
+    pub fn read_part(
+        &self,
+        ckpt: &Checkpoint,
+        module: &str,
+        part: Part,
+        index: usize,
+        layout: &MatrixLayout,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        let t = self.of(part);
+        let per = match part {
+            Part::Codes => layout.data_len,
+            _ => groups_of(layout) * dtype_size(t.dtype),
+        };
+        let name = format!("{module}.{}", part.suffix());
+        let start = index * per;
+        if start + per > t.len {
+            return Err(bad(
+                t,
+                &name,
+                format!("matrix {index} lies past the end of the data"),
+            ));
+        }
+        ckpt.read_range(&name, start, per, buf)
+    }
+
+    /// Converts the stored scales or biases `bytes` of `part` to f16 into `out`.
+    pub fn part_f16(
+        &self,
+        module: &str,
+        part: Part,
+        bytes: &[u8],
+        out: &mut [u8],
+        log: &mut RoundLog,
+    ) -> Result<()> {
+        let name = format!("{module}.{}", part.suffix());
+        to_f16(bytes, self.of(part), &name, out, log)
+    }
+
+    fn of(&self, part: Part) -> &TensorMeta<'_> {
+        match part {
+            Part::Codes => &self.codes,
+            Part::Scales => &self.scales,
+            Part::Biases => &self.biases,
+        }
+    }
+}
+
+/// One of the three tensors of a quantized matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Part {
+    /// `X.weight`: the codes.
+    Codes,
+    /// `X.scales`.
+    Scales,
+    /// `X.biases`.
+    Biases,
+}
+
+impl Part {
+    /// The tensor name's suffix.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Part::Codes => "weight",
+            Part::Scales => "scales",
+            Part::Biases => "biases",
+        }
+    }
+}
+
+/// Scale groups of a quantized matrix (1 per element for a float layout).
+fn groups_of(layout: &MatrixLayout) -> usize {
+    layout.rows * layout.cols / layout.format.group().unwrap_or(1)
 }
 
 fn dtype_size(d: Dtype) -> usize {
@@ -221,7 +279,7 @@ pub const MAX_ROUNDING: f32 = 1.0 / (1u64 << 25) as f32;
 /// rounding would change it more (an f32 value between f16's steps).
 pub fn to_f16(
     bytes: &[u8],
-    t: &RawTensor<'_>,
+    t: &TensorMeta<'_>,
     name: &str,
     out: &mut [u8],
     log: &mut RoundLog,
@@ -308,7 +366,7 @@ pub fn matrix<'a>(
     let layout = format.layout(rows, cols).ctx(|| format!("`{module}`"))?;
     let mut out = vec![0u8; layout.total];
     let mut log = RoundLog::default();
-    p.write(module, 0, &layout, &mut out, &mut log)?;
+    p.write(ckpt, module, 0, &layout, &mut out, &mut log)?;
     Ok((Cow::Owned(out), format))
 }
 
@@ -347,12 +405,12 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    fn raw(dtype: Dtype) -> RawTensor<'static> {
-        RawTensor {
-            bytes: &[],
+    fn raw(dtype: Dtype) -> TensorMeta<'static> {
+        TensorMeta {
             shape: &[],
             dtype,
             file: Path::new("model.safetensors"),
+            len: 0,
         }
     }
 

@@ -1,5 +1,18 @@
 //! HF safetensors checkpoints, sharded through `model.safetensors.index.json` or single-file,
-//! memory-mapped, every tensor looked up with its expected shape and dtype.
+//! every tensor looked up with its expected shape and dtype.
+//!
+//! Two ways to open one:
+//!
+//! - [`Checkpoint::open`] memory-maps every shard and lends tensors as borrowed bytes
+//!   ([`Checkpoint::tensor`], [`Checkpoint::raw`]): what the model loader wants.
+//! - [`Checkpoint::open_unmapped`] reads only the headers; tensors are read on demand with
+//!   `pread` into a caller's buffer ([`Checkpoint::read_tensor`], [`Checkpoint::read_raw`],
+//!   [`Checkpoint::read_range`]) and, on Linux, the page cache of what was read is dropped
+//!   (`posix_fadvise(DONTNEED)`): what the packer wants, so that packing a checkpoint larger
+//!   than memory needs memory for the tensor in hand only (no mapping counts in the address
+//!   space, no touched page stays resident or fills a memory cgroup). The borrowing accessors
+//!   refuse such a checkpoint with an error saying so. The `read_*` accessors work in both
+//!   modes; [`Checkpoint::meta`] gives shapes and dtypes without any I/O.
 //!
 //! # Faults in mapped files
 //!
@@ -12,22 +25,26 @@
 //! the page cache. What remains: a file truncated, or a cached page evicted and failing to
 //! re-read, between that check and the caller's own read of the borrowed bytes. Callers copy
 //! tensors out right away (the backends upload them at load; the packer re-encodes them), so
-//! that window is short; a model's mapping is not touched after load.
+//! that window is short; a model's mapping is not touched after load. Reads (`read_*`) have
+//! no such window: a short file is an error naming it.
 
 use crate::error::{BackendContext, EngineError, Result};
 use flashmoe_backends::quant::WeightFormat;
 use memmap2::Mmap;
-use safetensors::{Dtype, SafeTensors, tensor::TensorInfo};
+use safetensors::tensor::{Metadata, TensorInfo};
+use safetensors::{Dtype, SafeTensorError};
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// One memory-mapped shard and its parsed header.
+/// One shard (memory-mapped, or read on demand) and its parsed header.
 struct Shard {
     path: PathBuf,
-    /// The open file (its length is re-checked before a tensor is handed out).
+    /// The open file (its length is re-checked before a tensor is handed out or read).
     file: File,
-    mmap: Mmap,
+    /// The mapping of the whole file; `None` for a checkpoint opened unmapped.
+    mmap: Option<Mmap>,
     /// Offset of the data section (8 + header length).
     data_start: usize,
     tensors: HashMap<String, TensorInfo>,
@@ -57,6 +74,19 @@ pub struct RawTensor<'a> {
     pub file: &'a Path,
 }
 
+/// A tensor's header entry: what it is, without its bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorMeta<'a> {
+    /// Its shape.
+    pub shape: &'a [usize],
+    /// Its dtype.
+    pub dtype: Dtype,
+    /// The file it is in.
+    pub file: &'a Path,
+    /// Bytes of its data.
+    pub len: usize,
+}
+
 /// All tensors of a checkpoint directory.
 ///
 /// ```no_run
@@ -84,42 +114,88 @@ fn format_of(dtype: Dtype) -> Option<WeightFormat> {
     }
 }
 
-fn open_shard(path: &Path, index: &Path) -> Result<Shard> {
+/// Largest safetensors header accepted (the `safetensors` crate's own limit).
+const MAX_HEADER: u64 = 100_000_000;
+
+/// Reads and validates the header of the safetensors file `file` of `file_len` bytes with
+/// `pread` (as `SafeTensors::read_metadata` does on a whole buffer): returns the offset of the
+/// data section and the metadata, whose tensors must exactly fill the rest of the file.
+fn read_header(file: &File, file_len: u64, path: &Path) -> Result<(usize, Metadata)> {
+    let bad = |e: SafeTensorError| EngineError::Safetensors {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let io = |source| EngineError::Io {
+        op: "read header",
+        path: path.to_path_buf(),
+        source,
+    };
+    if file_len < 8 {
+        return Err(bad(SafeTensorError::HeaderTooSmall));
+    }
+    let mut n = [0u8; 8];
+    file.read_exact_at(&mut n, 0).map_err(io)?;
+    let n = u64::from_le_bytes(n);
+    if n > MAX_HEADER {
+        return Err(bad(SafeTensorError::HeaderTooLarge));
+    }
+    if n > file_len - 8 {
+        return Err(bad(SafeTensorError::InvalidHeaderLength));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact_at(&mut header, 8).map_err(io)?;
+    let text = std::str::from_utf8(&header).map_err(|e| bad(SafeTensorError::InvalidHeader(e)))?;
+    // Deserializing validates the offsets: contiguous from 0, sizes matching shapes.
+    let metadata: Metadata = serde_json::from_str(text)
+        .map_err(|e| bad(SafeTensorError::InvalidHeaderDeserialization(e)))?;
+    let data_start = 8 + n as usize;
+    if (data_start + metadata.data_len()) as u64 != file_len {
+        return Err(bad(SafeTensorError::MetadataIncompleteBuffer));
+    }
+    Ok((data_start, metadata))
+}
+
+fn open_shard(path: &Path, index: &Path, mapped: bool) -> Result<Shard> {
     let file = File::open(path).map_err(|source| EngineError::MissingShard {
         index: index.to_path_buf(),
         shard: path.to_path_buf(),
         source,
     })?;
-    // SAFETY: the file is opened read-only and the map is never written through. All offsets
-    // are checked against the map's length below, and a tensor's pages are read through
-    // `Shard::checked` (a fault there is an error) before its bytes are handed out; see the
-    // module doc for the window that remains.
-    let mmap = unsafe { Mmap::map(&file) }.map_err(|source| EngineError::Io {
-        op: "mmap",
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let bad = |reason: String| EngineError::Safetensors {
-        path: path.to_path_buf(),
-        reason,
+    let file_len = file
+        .metadata()
+        .map_err(|source| EngineError::Io {
+            op: "stat",
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    let (data_start, metadata) = read_header(&file, file_len, path)?;
+    let mmap = if mapped {
+        // SAFETY: the file is opened read-only and the map is never written through. All
+        // offsets are checked against the file's length below, and a tensor's pages are read
+        // through `Shard::checked` (a fault there is an error) before its bytes are handed
+        // out; see the module doc for the window that remains.
+        let map = unsafe { Mmap::map(&file) }.map_err(|source| EngineError::Io {
+            op: "mmap",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Some(map)
+    } else {
+        None
     };
-    // `read_metadata` validates the header: offsets contiguous, inside the buffer, sizes match shapes.
-    let (header_len, metadata) =
-        SafeTensors::read_metadata(&mmap).map_err(|e| bad(e.to_string()))?;
-    let data_start = 8usize
-        .checked_add(header_len)
-        .filter(|&s| s <= mmap.len())
-        .ok_or_else(|| bad("header longer than file".into()))?;
+    let len = mmap.as_ref().map_or(file_len as usize, |m| m.len());
     let tensors: HashMap<String, TensorInfo> = metadata
         .tensors()
         .into_iter()
         .map(|(k, v)| (k, v.clone()))
         .collect();
     for (name, info) in &tensors {
-        if data_start + info.data_offsets.1 > mmap.len()
-            || info.data_offsets.0 > info.data_offsets.1
-        {
-            return Err(bad(format!("tensor `{name}` lies outside the file")));
+        if data_start + info.data_offsets.1 > len || info.data_offsets.0 > info.data_offsets.1 {
+            return Err(EngineError::Safetensors {
+                path: path.to_path_buf(),
+                reason: format!("tensor `{name}` lies outside the file"),
+            });
         }
     }
     Ok(Shard {
@@ -143,30 +219,67 @@ impl Shard {
             path: self.path.clone(),
             source,
         };
-        let len = self.file.metadata().map_err(io)?.len();
-        if len < end as u64 {
-            return Err(io(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!(
-                    "truncated to {len} bytes while open (a tensor needs bytes {start}..{end})"
-                ),
-            )));
-        }
+        let mmap = self.mmap.as_ref().ok_or_else(|| {
+            io(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "the checkpoint was opened unmapped (for streaming): tensors are read with \
+                 Checkpoint::read_*, not borrowed",
+            ))
+        })?;
+        self.check_len(end).map_err(io)?;
         let mut scratch = vec![0u8; PROBE_CHUNK.min(end - start)];
         let mut at = start;
         while at < end {
             let n = PROBE_CHUNK.min(end - at);
-            io_sched::mapped::copy_out(&self.mmap, at, &mut scratch[..n], &self.file).map_err(
-                |e| {
-                    io(std::io::Error::new(
-                        e.kind(),
-                        format!("at offset {at}: {e}"),
-                    ))
-                },
-            )?;
+            io_sched::mapped::copy_out(mmap, at, &mut scratch[..n], &self.file).map_err(|e| {
+                io(std::io::Error::new(
+                    e.kind(),
+                    format!("at offset {at}: {e}"),
+                ))
+            })?;
             at += n;
         }
-        Ok(&self.mmap[start..end])
+        Ok(&mmap[start..end])
+    }
+
+    /// Fails with `UnexpectedEof` when the file no longer holds `end` bytes (truncated while
+    /// open).
+    fn check_len(&self, end: usize) -> std::io::Result<()> {
+        let len = self.file.metadata()?.len();
+        if len < end as u64 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("truncated to {len} bytes while open (a tensor needs bytes ..{end})"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads `len` bytes at file offset `at` into `buf` (resized to `len`) with `pread`; an
+    /// unmapped shard then drops those pages from the page cache (Linux).
+    fn read_at(&self, at: usize, len: usize, buf: &mut Vec<u8>) -> Result<()> {
+        let io = |source: std::io::Error| EngineError::Io {
+            op: "read tensor",
+            path: self.path.clone(),
+            source: std::io::Error::new(source.kind(), format!("at offset {at}: {source}")),
+        };
+        let end = at.checked_add(len).ok_or_else(|| {
+            io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "range overflows",
+            ))
+        })?;
+        self.check_len(end).map_err(io)?;
+        buf.clear();
+        buf.resize(len, 0);
+        self.file.read_exact_at(buf, at as u64).map_err(io)?;
+        if self.mmap.is_none() {
+            // Everything cached before the end of this read, not just this range: the page
+            // cache holds large folios, and one that straddles the range's edges would stay
+            // (the packer reads each shard roughly in order, so little is read twice).
+            crate::write_back::drop_cached(&self.file, 0, end as u64);
+        }
+        Ok(())
     }
 }
 
@@ -177,9 +290,20 @@ impl Checkpoint {
     ///
     /// The files must not be modified while the checkpoint is open (they are memory-mapped).
     pub fn open(dir: &Path, dtype: Option<WeightFormat>) -> Result<Self> {
+        Self::open_with(dir, dtype, true)
+    }
+
+    /// Opens the checkpoint in `dir` as [`Checkpoint::open`] does, but maps nothing: only the
+    /// headers are read, and tensors are read on demand with the `read_*` accessors (see the
+    /// module doc). What the packer uses, so that its memory does not grow with the checkpoint.
+    pub fn open_unmapped(dir: &Path, dtype: Option<WeightFormat>) -> Result<Self> {
+        Self::open_with(dir, dtype, false)
+    }
+
+    fn open_with(dir: &Path, dtype: Option<WeightFormat>, mapped: bool) -> Result<Self> {
         let index_path = dir.join("model.safetensors.index.json");
         if !index_path.exists() {
-            return Self::open_file(&dir.join("model.safetensors"), dtype);
+            return Self::open_file_with(&dir.join("model.safetensors"), dtype, mapped);
         }
         let text = std::fs::read_to_string(&index_path).map_err(|source| EngineError::Io {
             op: "read index",
@@ -212,7 +336,7 @@ impl Checkpoint {
         let mut shard_of = HashMap::new();
         for f in &files {
             shard_of.insert(f.clone(), shards.len());
-            shards.push(open_shard(&dir.join(f), &index_path)?);
+            shards.push(open_shard(&dir.join(f), &index_path, mapped)?);
         }
         let mut index = HashMap::with_capacity(named.len());
         for (tensor, file) in named {
@@ -235,7 +359,11 @@ impl Checkpoint {
 
     /// Opens one safetensors file (e.g. a packed model's `dense.safetensors`).
     pub fn open_file(path: &Path, dtype: Option<WeightFormat>) -> Result<Self> {
-        let shard = open_shard(path, path)?;
+        Self::open_file_with(path, dtype, true)
+    }
+
+    fn open_file_with(path: &Path, dtype: Option<WeightFormat>, mapped: bool) -> Result<Self> {
+        let shard = open_shard(path, path, mapped)?;
         let index = shard.tensors.keys().map(|k| (k.clone(), 0)).collect();
         Ok(Self {
             shards: vec![shard],
@@ -245,8 +373,8 @@ impl Checkpoint {
         })
     }
 
-    /// The tensor `name` as stored, whatever its shape and dtype.
-    pub fn raw(&self, name: &str) -> Result<RawTensor<'_>> {
+    /// The shard and header entry of tensor `name`.
+    fn find(&self, name: &str) -> Result<(&Shard, &TensorInfo)> {
         let &s = self
             .index
             .get(name)
@@ -255,7 +383,28 @@ impl Checkpoint {
                 file: self.source.clone(),
             })?;
         let shard = &self.shards[s];
-        let info = &shard.tensors[name];
+        Ok((shard, &shard.tensors[name]))
+    }
+
+    /// Whether the checkpoint holds a tensor `name` (no I/O).
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// The shape, dtype and file of tensor `name`, from the header (no I/O).
+    pub fn meta(&self, name: &str) -> Result<TensorMeta<'_>> {
+        let (shard, info) = self.find(name)?;
+        Ok(TensorMeta {
+            shape: &info.shape,
+            dtype: info.dtype,
+            file: &shard.path,
+            len: info.data_offsets.1 - info.data_offsets.0,
+        })
+    }
+
+    /// The tensor `name` as stored, whatever its shape and dtype (a mapped checkpoint only).
+    pub fn raw(&self, name: &str) -> Result<RawTensor<'_>> {
+        let (shard, info) = self.find(name)?;
         let (a, b) = info.data_offsets;
         Ok(RawTensor {
             bytes: shard.checked(shard.data_start + a, shard.data_start + b)?,
@@ -265,22 +414,55 @@ impl Checkpoint {
         })
     }
 
+    /// The tensor `name` as stored, read into `buf` (either mode).
+    pub fn read_raw<'a>(&'a self, name: &str, buf: &'a mut Vec<u8>) -> Result<RawTensor<'a>> {
+        let (shard, info) = self.find(name)?;
+        let (a, b) = info.data_offsets;
+        shard.read_at(shard.data_start + a, b - a, buf)?;
+        Ok(RawTensor {
+            bytes: buf,
+            shape: &info.shape,
+            dtype: info.dtype,
+            file: &shard.path,
+        })
+    }
+
+    /// Bytes `start..start + len` of tensor `name`'s data, read into `buf` (either mode): one
+    /// matrix of a stacked tensor, a band of rows.
+    pub fn read_range(
+        &self,
+        name: &str,
+        start: usize,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        let (shard, info) = self.find(name)?;
+        let (a, b) = info.data_offsets;
+        if start.checked_add(len).is_none_or(|end| end > b - a) {
+            return Err(EngineError::Safetensors {
+                path: shard.path.clone(),
+                reason: format!(
+                    "tensor `{name}`: bytes {start}..+{len} lie past its {} bytes",
+                    b - a
+                ),
+            });
+        }
+        shard.read_at(shard.data_start + a + start, len, buf)
+    }
+
     /// Names of all tensors.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.index.keys().map(String::as_str)
     }
 
-    /// The tensor `name`, checked to have `shape` (and the config's dtype).
-    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<TensorRef<'_>> {
-        let &s = self
-            .index
-            .get(name)
-            .ok_or_else(|| EngineError::MissingTensor {
-                name: name.into(),
-                file: self.source.clone(),
-            })?;
-        let shard = &self.shards[s];
-        let info = &shard.tensors[name];
+    /// Checks that tensor `name` has `shape` (and the config's dtype): its shard, header entry
+    /// and format.
+    fn checked_meta(
+        &self,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<(&Shard, &TensorInfo, WeightFormat)> {
+        let (shard, info) = self.find(name)?;
         if info.shape != shape {
             return Err(EngineError::TensorShape {
                 file: shard.path.clone(),
@@ -299,9 +481,39 @@ impl Checkpoint {
                 }),
                 got: format!("{:?}", info.dtype),
             })?;
+        Ok((shard, info, format))
+    }
+
+    /// The format tensor `name` would be handed out in, checked to have `shape` and the
+    /// config's dtype (no I/O).
+    pub fn check(&self, name: &str, shape: &[usize]) -> Result<WeightFormat> {
+        Ok(self.checked_meta(name, shape)?.2)
+    }
+
+    /// The tensor `name`, checked to have `shape` (and the config's dtype; a mapped checkpoint
+    /// only).
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<TensorRef<'_>> {
+        let (shard, info, format) = self.checked_meta(name, shape)?;
         let (a, b) = info.data_offsets;
         Ok(TensorRef {
             bytes: shard.checked(shard.data_start + a, shard.data_start + b)?,
+            format,
+            file: &shard.path,
+        })
+    }
+
+    /// [`Checkpoint::tensor`], read into `buf` (either mode).
+    pub fn read_tensor<'a>(
+        &'a self,
+        name: &str,
+        shape: &[usize],
+        buf: &'a mut Vec<u8>,
+    ) -> Result<TensorRef<'a>> {
+        let (shard, info, format) = self.checked_meta(name, shape)?;
+        let (a, b) = info.data_offsets;
+        shard.read_at(shard.data_start + a, b - a, buf)?;
+        Ok(TensorRef {
+            bytes: buf,
             format,
             file: &shard.path,
         })

@@ -1,6 +1,7 @@
 //! `flashmoe pack`: an HF or MLX checkpoint directory → a packed model directory that `generate`
 //! streams (experts in io-sched's packed format, one file per layer; the rest as stored, or
-//! quantized with `--dense-bits`).
+//! quantized with `--dense-bits`, by default in the experts' bits), with memory bounded
+//! whatever the checkpoint's size, a progress bar over bytes and the peak RSS in the summary.
 
 use std::path::PathBuf;
 
@@ -20,8 +21,9 @@ pub struct PackArgs {
     #[arg(long)]
     pub bits: Option<u32>,
     /// Bits per non-expert weight (attention, routers, embeddings, lm_head): 16 keeps the
-    /// checkpoint's float type (default), 8 or 4 quantize them (routers stay at 8 at least);
-    /// Hugging Face checkpoints only (an MLX one keeps its own).
+    /// checkpoint's float type, 8 or 4 quantize them (routers stay at 8 at least, norms as
+    /// stored); default: the experts' bits (4 or 8; 16 for `--bits 16`). Hugging Face
+    /// checkpoints only (an MLX one keeps its own).
     #[arg(long)]
     pub dense_bits: Option<u32>,
     /// Replace `out_dir` if it exists (only once the new one is complete).
@@ -32,8 +34,10 @@ pub struct PackArgs {
 pub fn run(args: &PackArgs) -> CliResult<()> {
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("packing experts {bar:40} {pos}/{len} records ({eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "packing {bar:40} {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut progress = |done: u64, total: u64| {
         bar.set_length(total);
@@ -50,8 +54,16 @@ pub fn run(args: &PackArgs) -> CliResult<()> {
         flashmoe_engine::pack_model_with(&args.hf_dir, &args.out_dir, &opts, &mut progress);
     bar.finish_and_clear();
     let s = summary?;
+    let dense = match s.dense_bits {
+        16 => String::new(),
+        bits => format!(" ({bits}-bit)"),
+    };
+    let peak = s
+        .peak_rss_bytes
+        .map(|b| format!(", peak RSS {:.1} MB", b as f64 / 1e6))
+        .unwrap_or_default();
     println!(
-        "packed {} expert records ({}) into {}: experts {:.1} MB, dense weights {:.1} MB",
+        "packed {} expert records ({}) into {}: experts {:.1} MB, dense weights {:.1} MB{dense}{peak}",
         s.records,
         flashmoe_engine::packed_model::format_name(s.format),
         s.out_dir.display(),
