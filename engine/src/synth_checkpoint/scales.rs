@@ -33,7 +33,7 @@ impl Default for Scales {
     fn default() -> Self {
         Self {
             embed_std: 1.0,
-            embed_shared_std: 0.5,
+            embed_shared_std: 0.3,
             residual_gain: 1.0,
             qkv_gain: 1.0,
             router_gain: 2.0,
