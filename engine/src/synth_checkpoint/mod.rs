@@ -175,6 +175,9 @@ impl SynthSpec {
             if map.contains_key("max_window_layers") {
                 map.insert("max_window_layers".into(), Value::from(l));
             }
+            if let Some(every) = self.preset.full_attention_interval() {
+                map.insert("layer_types".into(), presets::layer_types(l, every));
+            }
         }
         for (k, val) in &self.overrides {
             map.insert(k.clone(), val.clone());
