@@ -3,6 +3,7 @@
 
 use flashmoe_backends::CpuBackend;
 use flashmoe_backends::quant::WeightFormat;
+use flashmoe_engine::qwen35_moe::LayerType;
 use flashmoe_engine::synth_checkpoint::{Preset, SynthError, SynthSpec};
 use flashmoe_engine::{
     Checkpoint, FamilyNames, InMemoryExperts, ModelConfig, MoeModel, NoObserver, PackOptions,
@@ -12,8 +13,23 @@ use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// A Qwen3-MoE of 2 layers x 8 experts (top-2), hidden 64, vocab 600.
+/// A model of 2 layers x 8 experts (top-2), hidden 64, vocab 600 (Qwen3.5: 4 layers, the
+/// last full attention, small DeltaNet heads).
 fn tiny(preset: Preset, seed: u64) -> SynthSpec {
+    if matches!(preset, Preset::Qwen35_35bA3b | Preset::Qwen35_397bA17b) {
+        return tiny(Preset::Qwen3_30bA3b, seed)
+            .with_preset(preset)
+            .layers(4)
+            .set("linear_num_key_heads", json!(2))
+            .set("linear_num_value_heads", json!(4))
+            .set("linear_key_head_dim", json!(16))
+            .set("linear_value_head_dim", json!(16))
+            .set("shared_expert_intermediate_size", json!(32))
+            .set(
+                "rope_parameters",
+                json!({"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.25}),
+            );
+    }
     let experts = match preset {
         Preset::Mixtral8x7b => "num_local_experts",
         _ => "num_experts",
@@ -222,6 +238,32 @@ fn a_tiny_qwen3_geometry_packs_and_decodes_end_to_end() {
 #[test]
 fn a_tiny_mixtral_geometry_packs_and_decodes_end_to_end() {
     decodes_end_to_end(Preset::Mixtral8x7b);
+}
+
+#[test]
+fn a_tiny_qwen35_geometry_packs_and_decodes_end_to_end() {
+    decodes_end_to_end(Preset::Qwen35_397bA17b);
+}
+
+#[test]
+fn qwen35_presets_parse_with_their_hybrid_layout() {
+    for (preset, layers, experts, k, hidden) in [
+        (Preset::Qwen35_35bA3b, 40, 256, 8, 2048),
+        (Preset::Qwen35_397bA17b, 60, 512, 10, 4096),
+    ] {
+        let (_, c, sp) = SynthSpec::new(preset).config().expect("config");
+        assert_eq!((c.num_layers, c.num_experts, c.top_k, c.hidden_size), (layers, experts, k, hidden));
+        let hy = c.hybrid.expect("hybrid");
+        let full = hy.layer_types.iter().filter(|t| **t == LayerType::FullAttention).count();
+        assert_eq!(full, layers / 4, "every 4th layer is full attention");
+        assert_eq!((sp.len, sp.bos, sp.eos), (248_047, 248_044, 248_046));
+        // Fewer layers keep the pattern.
+        let (_, c, _) = SynthSpec::new(preset).layers(6).config().expect("config");
+        let types = c.hybrid.expect("hybrid").layer_types;
+        assert_eq!(types.len(), 6);
+        assert_eq!(types[3], LayerType::FullAttention);
+        assert_eq!(types[5], LayerType::LinearAttention);
+    }
 }
 
 #[test]

@@ -129,6 +129,11 @@ impl SynthSpec {
             force: false,
         }
     }
+    /// Takes the geometry of `preset` instead, keeping the other settings.
+    pub fn with_preset(mut self, preset: Preset) -> Self {
+        self.preset = preset;
+        self
+    }
     /// Sets `num_hidden_layers`.
     pub fn layers(mut self, layers: usize) -> Self {
         self.layers = Some(layers);
