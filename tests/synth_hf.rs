@@ -22,9 +22,25 @@ fn ok(args: &[&str]) -> String {
 }
 
 const TINY: &[&str] = &[
-    "--set", "hidden_size=64", "--set", "num_attention_heads=2", "--set", "num_key_value_heads=1",
-    "--set", "head_dim=32", "--experts", "8", "--k", "2", "--set", "moe_intermediate_size=32",
-    "--set", "vocab_size=700", "--layers", "3", "--quiet",
+    "--set",
+    "hidden_size=64",
+    "--set",
+    "num_attention_heads=2",
+    "--set",
+    "num_key_value_heads=1",
+    "--set",
+    "head_dim=32",
+    "--experts",
+    "8",
+    "--k",
+    "2",
+    "--set",
+    "moe_intermediate_size=32",
+    "--set",
+    "vocab_size=700",
+    "--layers",
+    "3",
+    "--quiet",
 ];
 
 fn s(p: &Path) -> &str {
@@ -36,17 +52,38 @@ fn a_synthetic_checkpoint_runs_and_its_trace_has_statistics() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (hf, packed) = (tmp.path().join("hf"), tmp.path().join("packed"));
     let (trace, far) = (tmp.path().join("t.trace"), tmp.path().join("f.trace"));
-    let mut args = vec!["synth", "--hf", "--preset", "qwen3-30b-a3b", "--out", s(&hf)];
+    let mut args = vec![
+        "synth",
+        "--hf",
+        "--preset",
+        "qwen3-30b-a3b",
+        "--out",
+        s(&hf),
+    ];
     args.extend_from_slice(TINY);
     let said = ok(&args);
     assert!(said.contains("3 layers x 8 experts (top-2)"), "{said}");
     ok(&["pack", s(&hf), s(&packed), "--bits", "8"]);
     ok(&[
-        "generate", "--model", s(&packed), "--prompt", "Hello there, general reader",
-        "--max-tokens", "16", "--ignore-eos", "--trace", s(&trace), "--trace-far", s(&far),
+        "generate",
+        "--model",
+        s(&packed),
+        "--prompt",
+        "Hello there, general reader",
+        "--max-tokens",
+        "16",
+        "--ignore-eos",
+        "--trace",
+        s(&trace),
+        "--trace-far",
+        s(&far),
     ]);
     let table = ok(&["trace-stats", s(&trace), "--far", s(&far)]);
-    for row in ["next-token reuse, mean", "top-10% share, mean", "pre-gate recall (L+1 from L)"] {
+    for row in [
+        "next-token reuse, mean",
+        "top-10% share, mean",
+        "pre-gate recall (L+1 from L)",
+    ] {
         assert!(table.contains(row), "{table}");
     }
     assert!(table.contains("3x8 (2)"), "{table}");
@@ -65,17 +102,44 @@ fn bad_synth_and_trace_stats_arguments_are_one_clear_error() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("x");
     for (args, says) in [
-        (vec!["synth", "--hf", "--out", s(&out)], "--hf needs --preset"),
-        (vec!["synth", "--hf", "--preset", "gpt-5", "--out", s(&out)], "no HF preset"),
         (
-            vec!["synth", "--hf", "--preset", "qwen3-30b-a3b", "--set", "hidden_size", "--out", s(&out)],
+            vec!["synth", "--hf", "--out", s(&out)],
+            "--hf needs --preset",
+        ),
+        (
+            vec!["synth", "--hf", "--preset", "gpt-5", "--out", s(&out)],
+            "no HF preset",
+        ),
+        (
+            vec![
+                "synth",
+                "--hf",
+                "--preset",
+                "qwen3-30b-a3b",
+                "--set",
+                "hidden_size",
+                "--out",
+                s(&out),
+            ],
             "expected KEY=JSON",
         ),
         (
-            vec!["synth", "--hf", "--preset", "qwen3-30b-a3b", "--set", "hidden_act=\"gelu\"", "--out", s(&out)],
+            vec![
+                "synth",
+                "--hf",
+                "--preset",
+                "qwen3-30b-a3b",
+                "--set",
+                "hidden_act=\"gelu\"",
+                "--out",
+                s(&out),
+            ],
             "refused by the engine",
         ),
-        (vec!["trace-stats", "/nonexistent/t.trace"], "/nonexistent/t.trace"),
+        (
+            vec!["trace-stats", "/nonexistent/t.trace"],
+            "/nonexistent/t.trace",
+        ),
     ] {
         let o = flashmoe(&args);
         let err = String::from_utf8_lossy(&o.stderr);

@@ -85,10 +85,17 @@ fn same_seed_same_bytes_other_seed_other_weights() {
     assert_eq!(ha, hb, "same seed, any thread count: identical files");
     for (name, h) in &ha {
         if name.ends_with(".safetensors") {
-            assert_ne!(hc.get(name), Some(h), "{name} must differ under another seed");
+            assert_ne!(
+                hc.get(name),
+                Some(h),
+                "{name} must differ under another seed"
+            );
         }
     }
-    assert_ne!(ha["tokenizer.json"], hc["tokenizer.json"], "merges come from the seed");
+    assert_ne!(
+        ha["tokenizer.json"], hc["tokenizer.json"],
+        "merges come from the seed"
+    );
     assert_eq!(ha["config.json"], hc["config.json"], "the config does not");
 }
 
@@ -109,7 +116,11 @@ fn the_index_names_every_tensor_once_in_the_shard_holding_it() {
         let st = safetensors::SafeTensors::deserialize(&bytes).expect("parse shard");
         for (name, view) in st.tensors() {
             assert!(seen.insert(name.clone()), "{name} is in two shards");
-            assert_eq!(map[&name].as_str(), Some(*shard), "{name} indexed in its shard");
+            assert_eq!(
+                map[&name].as_str(),
+                Some(*shard),
+                "{name} indexed in its shard"
+            );
             assert_eq!(view.dtype(), safetensors::Dtype::BF16);
             total += view.data().len() as u64;
         }
@@ -126,21 +137,44 @@ fn the_config_parses_as_the_engine_reads_it() {
         let t = write(&tiny(preset, 1));
         let cfg = ModelConfig::from_file(&t.path().join("config.json")).expect("config");
         assert_eq!(
-            (cfg.num_layers, cfg.num_experts, cfg.top_k, cfg.hidden_size, cfg.vocab_size),
+            (
+                cfg.num_layers,
+                cfg.num_experts,
+                cfg.top_k,
+                cfg.hidden_size,
+                cfg.vocab_size
+            ),
             (2, 8, 2, 64, 600),
             "{preset:?}"
         );
         assert_eq!(cfg.dtype, Some(WeightFormat::Bf16));
     }
     // The full presets parse too, at their real geometry.
-    let (_, q, _) = SynthSpec::new(Preset::Qwen3_30bA3b).layers(8).config().expect("qwen3");
+    let (_, q, _) = SynthSpec::new(Preset::Qwen3_30bA3b)
+        .layers(8)
+        .config()
+        .expect("qwen3");
     assert_eq!(
-        (q.num_layers, q.num_experts, q.top_k, q.hidden_size, q.expert_intermediate),
+        (
+            q.num_layers,
+            q.num_experts,
+            q.top_k,
+            q.hidden_size,
+            q.expert_intermediate
+        ),
         (8, 128, 8, 2048, 768)
     );
-    assert_eq!((q.num_heads, q.num_kv_heads, q.head_dim, q.vocab_size), (32, 4, 128, 151_936));
-    let (_, m, _) = SynthSpec::new(Preset::Mixtral8x7b).config().expect("mixtral");
-    assert_eq!((m.num_layers, m.num_experts, m.top_k, m.expert_intermediate), (32, 8, 2, 14_336));
+    assert_eq!(
+        (q.num_heads, q.num_kv_heads, q.head_dim, q.vocab_size),
+        (32, 4, 128, 151_936)
+    );
+    let (_, m, _) = SynthSpec::new(Preset::Mixtral8x7b)
+        .config()
+        .expect("mixtral");
+    assert_eq!(
+        (m.num_layers, m.num_experts, m.top_k, m.expert_intermediate),
+        (32, 8, 2, 14_336)
+    );
 }
 
 #[test]
@@ -165,12 +199,20 @@ fn the_tokenizer_round_trips_text_and_fills_the_vocabulary() {
             text.len() > 1 && tok.encode(&text).expect("encode") == [id]
         })
         .count();
-    assert!(whole * 2 > merged.len(), "{whole} of {} merged tokens are produced", merged.len());
+    assert!(
+        whole * 2 > merged.len(),
+        "{whole} of {} merged tokens are produced",
+        merged.len()
+    );
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(t.path().join("tokenizer.json")).unwrap())
             .unwrap();
     let vocab = json["model"]["vocab"].as_object().expect("vocab");
-    assert_eq!(vocab.len() + 3, 600, "regular tokens + 3 specials = vocab_size");
+    assert_eq!(
+        vocab.len() + 3,
+        600,
+        "regular tokens + 3 specials = vocab_size"
+    );
     let ids: BTreeSet<u64> = vocab.values().filter_map(|v| v.as_u64()).collect();
     assert_eq!(ids.len(), 597);
     assert_eq!(ids.last(), Some(&596), "specials take 597..600");
@@ -188,17 +230,26 @@ fn decodes_end_to_end(preset: Preset) {
     let dir = t.path();
     let cfg = ModelConfig::from_file(&dir.join("config.json")).expect("config");
     let ckpt = Checkpoint::open(dir, cfg.dtype).expect("checkpoint");
-    let mut mem = InMemoryExperts::pack(&ckpt, &cfg, FamilyNames::of(cfg.family), WeightFormat::Bf16)
-        .expect("experts");
+    let mut mem =
+        InMemoryExperts::pack(&ckpt, &cfg, FamilyNames::of(cfg.family), WeightFormat::Bf16)
+            .expect("experts");
     let mut model = MoeModel::load(CpuBackend::new(), cfg.clone(), &ckpt, 64).expect("model");
     let prompt: Vec<u32> = (0..24).map(|i| (i * 37 + 5) % 590).collect();
     let mut rec = TraceRecorder::new(false);
     for (pos, &tok) in prompt.iter().enumerate() {
-        let logits = model.forward(tok, pos, &mut mem, &mut rec).expect("forward");
-        assert!(logits.iter().all(|x| x.is_finite()), "finite logits at {pos}");
+        let logits = model
+            .forward(tok, pos, &mut mem, &mut rec)
+            .expect("forward");
+        assert!(
+            logits.iter().all(|x| x.is_finite()),
+            "finite logits at {pos}"
+        );
         let spread = logits.iter().fold(f32::MIN, |a, &b| a.max(b))
             - logits.iter().fold(f32::MAX, |a, &b| a.min(b));
-        assert!(spread > 1.0, "logits are not flat at {pos}: spread {spread}");
+        assert!(
+            spread > 1.0,
+            "logits are not flat at {pos}: spread {spread}"
+        );
     }
     // Routing depends on the token: layer 0 uses most experts and many distinct sets.
     let l0: Vec<BTreeSet<u32>> = rec
@@ -209,8 +260,15 @@ fn decodes_end_to_end(preset: Preset) {
         .collect();
     let used: BTreeSet<u32> = l0.iter().flatten().copied().collect();
     let distinct: BTreeSet<&BTreeSet<u32>> = l0.iter().collect();
-    assert!(used.len() >= 7, "{preset:?}: experts used at layer 0: {used:?}");
-    assert!(distinct.len() >= 8, "{preset:?}: distinct expert sets: {}", distinct.len());
+    assert!(
+        used.len() >= 7,
+        "{preset:?}: experts used at layer 0: {used:?}"
+    );
+    assert!(
+        distinct.len() >= 8,
+        "{preset:?}: distinct expert sets: {}",
+        distinct.len()
+    );
     model.reset();
     let want = generate_greedy(&mut model, &prompt, 12, &mut mem, &mut NoObserver).expect("greedy");
 
@@ -226,8 +284,12 @@ fn decodes_end_to_end(preset: Preset) {
     .expect("scheduler");
     let mut streamed = flashmoe_engine::SchedExperts::new(sched, m.record).expect("experts");
     let mut pm = m.load_model(CpuBackend::new(), 64).expect("load packed");
-    let got = generate_greedy(&mut pm, &prompt, 12, &mut streamed, &mut NoObserver).expect("greedy");
-    assert_eq!(got, want, "{preset:?}: packed and streamed at a 25% budget = in memory");
+    let got =
+        generate_greedy(&mut pm, &prompt, 12, &mut streamed, &mut NoObserver).expect("greedy");
+    assert_eq!(
+        got, want,
+        "{preset:?}: packed and streamed at a 25% budget = in memory"
+    );
 }
 
 #[test]
@@ -252,9 +314,16 @@ fn qwen35_presets_parse_with_their_hybrid_layout() {
         (Preset::Qwen35_397bA17b, 60, 512, 10, 4096),
     ] {
         let (_, c, sp) = SynthSpec::new(preset).config().expect("config");
-        assert_eq!((c.num_layers, c.num_experts, c.top_k, c.hidden_size), (layers, experts, k, hidden));
+        assert_eq!(
+            (c.num_layers, c.num_experts, c.top_k, c.hidden_size),
+            (layers, experts, k, hidden)
+        );
         let hy = c.hybrid.expect("hybrid");
-        let full = hy.layer_types.iter().filter(|t| **t == LayerType::FullAttention).count();
+        let full = hy
+            .layer_types
+            .iter()
+            .filter(|t| **t == LayerType::FullAttention)
+            .count();
         assert_eq!(full, layers / 4, "every 4th layer is full attention");
         assert_eq!((sp.len, sp.bos, sp.eos), (248_047, 248_044, 248_046));
         // Fewer layers keep the pattern.
@@ -280,11 +349,18 @@ fn bad_specs_are_refused_with_what_is_wrong() {
         .unwrap_err();
     assert!(e.to_string().contains("tokenizer"), "{e}");
     write_into(t.path());
-    let e = tiny(Preset::Qwen3_30bA3b, 1).write(t.path(), &|_, _| {}).unwrap_err();
+    let e = tiny(Preset::Qwen3_30bA3b, 1)
+        .write(t.path(), &|_, _| {})
+        .unwrap_err();
     assert!(matches!(e, SynthError::Exists(_)), "{e}");
-    tiny(Preset::Qwen3_30bA3b, 1).force(true).write(t.path(), &|_, _| {}).expect("force");
+    tiny(Preset::Qwen3_30bA3b, 1)
+        .force(true)
+        .write(t.path(), &|_, _| {})
+        .expect("force");
 }
 
 fn write_into(dir: &Path) {
-    tiny(Preset::Qwen3_30bA3b, 1).write(dir, &|_, _| {}).expect("first write");
+    tiny(Preset::Qwen3_30bA3b, 1)
+        .write(dir, &|_, _| {})
+        .expect("first write");
 }

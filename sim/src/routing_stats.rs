@@ -113,7 +113,10 @@ pub fn table(names: &[String], stats: &[RoutingStats]) -> String {
         s.push('\n');
     };
     row("", names.to_vec());
-    row("tokens", stats.iter().map(|x| x.tokens.to_string()).collect());
+    row(
+        "tokens",
+        stats.iter().map(|x| x.tokens.to_string()).collect(),
+    );
     row(
         "layers x experts (k)",
         stats
@@ -123,7 +126,10 @@ pub fn table(names: &[String], stats: &[RoutingStats]) -> String {
     );
     row(
         "next-token reuse, mean",
-        stats.iter().map(|x| f(RoutingStats::mean(&x.reuse))).collect(),
+        stats
+            .iter()
+            .map(|x| f(RoutingStats::mean(&x.reuse)))
+            .collect(),
     );
     row(
         "  uniform baseline k/E",
@@ -131,7 +137,10 @@ pub fn table(names: &[String], stats: &[RoutingStats]) -> String {
     );
     row(
         "top-10% share, mean",
-        stats.iter().map(|x| f(RoutingStats::mean(&x.top10))).collect(),
+        stats
+            .iter()
+            .map(|x| f(RoutingStats::mean(&x.top10)))
+            .collect(),
     );
     row(
         "  balanced baseline",

@@ -67,8 +67,12 @@ pub fn spec(a: &super::synth::SynthArgs) -> CliResult<SynthSpec> {
         .preset
         .as_deref()
         .ok_or_else(|| format!("--hf needs --preset ({})", names()))?;
-    let preset = Preset::from_name(name)
-        .ok_or_else(|| format!("--preset {name}: no HF preset of that name (known: {})", names()))?;
+    let preset = Preset::from_name(name).ok_or_else(|| {
+        format!(
+            "--preset {name}: no HF preset of that name (known: {})",
+            names()
+        )
+    })?;
     let h = &a.hf;
     let mut s = Scales::default();
     for (v, set) in [

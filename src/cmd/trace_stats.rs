@@ -55,7 +55,10 @@ pub fn run(a: &TraceStatsArgs) -> CliResult<()> {
         }
         stats.push(RoutingStats::of(&t, far.as_ref()));
         let dir = path.parent().and_then(|p| p.file_name());
-        let file = path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default();
+        let file = path
+            .file_name()
+            .map(|f| f.to_string_lossy())
+            .unwrap_or_default();
         names.push(match dir {
             Some(d) if file == "routing_trace.safetensors" => d.to_string_lossy().into_owned(),
             _ => file.into_owned(),

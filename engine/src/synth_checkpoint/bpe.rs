@@ -76,14 +76,17 @@ pub fn tokenizer_json(len: usize, specials: &[(u32, &str)], seed: u64) -> Result
         }
     }
     // Letters in rough English frequency, lower case three times as likely as upper.
-    let lower: Vec<String> = "etaoinshrdlcumwfgypbvkjxqz".chars().map(String::from).collect();
+    let lower: Vec<String> = "etaoinshrdlcumwfgypbvkjxqz"
+        .chars()
+        .map(String::from)
+        .collect();
     let upper: Vec<String> = lower.iter().map(|s| s.to_uppercase()).collect();
     let mut words: Vec<String> = Vec::new(); // letters only, ≥ 2 chars
     let mut spaced: Vec<String> = vec!["Ġ".into()]; // "Ġ" + letters
-    let mut g = Gen(seed ^ 0xB9E_70C3);
+    let mut g = Gen(seed ^ 0x0B9E_70C3);
     let letter = |g: &mut Gen| {
         let r = g.next();
-        let pool = if r % 4 == 0 { &upper } else { &lower };
+        let pool = if r.is_multiple_of(4) { &upper } else { &lower };
         pool[g.early(pool.len() * 2) % pool.len()].clone()
     };
     let mut misses = 0u64;
@@ -104,7 +107,11 @@ pub fn tokenizer_json(len: usize, specials: &[(u32, &str)], seed: u64) -> Result
         }
         if push(&left, &right, &mut tokens, &mut known) {
             let t = format!("{left}{right}");
-            if is_spaced { spaced.push(t) } else { words.push(t) }
+            if is_spaced {
+                spaced.push(t)
+            } else {
+                words.push(t)
+            }
         } else {
             misses += 1;
             if misses > 1 << 28 {
@@ -191,5 +198,9 @@ pub fn reachable_share(tok: &tokenizers::Tokenizer) -> f64 {
             yes += 1;
         }
     }
-    if all == 0 { 0.0 } else { yes as f64 / all as f64 }
+    if all == 0 {
+        0.0
+    } else {
+        yes as f64 / all as f64
+    }
 }

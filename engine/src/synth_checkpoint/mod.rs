@@ -174,7 +174,9 @@ impl SynthSpec {
     /// by the engine's [`ModelConfig`].
     pub fn config(&self) -> Result<(Value, ModelConfig, SpecialTokens), SynthError> {
         let mut v = self.preset.config();
-        let map = v.as_object_mut().ok_or_else(|| spec("preset", "config is not an object"))?;
+        let map = v
+            .as_object_mut()
+            .ok_or_else(|| spec("preset", "config is not an object"))?;
         if let Some(l) = self.layers {
             map.insert("num_hidden_layers".into(), Value::from(l));
             if map.contains_key("max_window_layers") {
@@ -190,12 +192,14 @@ impl SynthSpec {
         let vocab = map
             .get("vocab_size")
             .and_then(Value::as_u64)
-            .ok_or_else(|| spec("vocab_size", "must be a positive integer"))? as usize;
+            .ok_or_else(|| spec("vocab_size", "must be a positive integer"))?
+            as usize;
         let specials = self.preset.specials(vocab);
         map.insert("bos_token_id".into(), Value::from(specials.bos));
         map.insert("eos_token_id".into(), Value::from(specials.eos));
         let text = serde_json::to_string_pretty(&v).map_err(|e| spec("config", &e.to_string()))?;
-        let cfg = ModelConfig::from_json(&text, Path::new("config.json")).map_err(SynthError::Config)?;
+        let cfg =
+            ModelConfig::from_json(&text, Path::new("config.json")).map_err(SynthError::Config)?;
         Ok((v, cfg, specials))
     }
 
@@ -211,7 +215,10 @@ impl SynthSpec {
         }
         let (config, cfg, specials) = self.config()?;
         let plan = tensors::plan(&cfg, &self.scales).ok_or_else(|| {
-            spec("preset", &format!("family {:?} is not written by this generator", cfg.family))
+            spec(
+                "preset",
+                &format!("family {:?} is not written by this generator", cfg.family),
+            )
         })?;
         if out.join("config.json").exists() && !self.force {
             return Err(SynthError::Exists(out.to_path_buf()));
@@ -267,12 +274,23 @@ impl SynthSpec {
             let path = out.join(&file);
             let views = plan[range.clone()].iter().map(|t| {
                 weight_map.insert(t.name.clone(), file.clone());
-                let v = RandomView::new(&t.name, t.shape.clone(), t.init, self.seed, self.threads, &tick);
+                let v = RandomView::new(
+                    &t.name,
+                    t.shape.clone(),
+                    t.init,
+                    self.seed,
+                    self.threads,
+                    &tick,
+                );
                 (t.name.clone(), v)
             });
             let views: Vec<_> = views.collect();
-            safetensors::serialize_to_file(views, Some(st_meta.clone()), &path)
-                .map_err(|source| SynthError::Safetensors { path: path.clone(), source })?;
+            safetensors::serialize_to_file(views, Some(st_meta.clone()), &path).map_err(
+                |source| SynthError::Safetensors {
+                    path: path.clone(),
+                    source,
+                },
+            )?;
         }
         let index = json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
         write_json(&out.join("model.safetensors.index.json"), &index)?;

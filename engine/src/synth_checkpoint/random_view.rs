@@ -136,7 +136,7 @@ impl<'a> RandomView<'a> {
             Init::SharedOffset {
                 offset_std, cols, ..
             } => {
-                let mut g = Wy(mix64(self.seed ^ 0x0FF5_E7));
+                let mut g = Wy(mix64(self.seed ^ 0x000F_F5E7));
                 (0..cols).map(|_| offset_std * g.normal()).collect()
             }
             _ => Vec::new(),
@@ -173,7 +173,9 @@ impl<'a> RandomView<'a> {
             let v = match self.init {
                 Init::Const(c) => c,
                 Init::Normal { mean, std } => mean + std * g.normal(),
-                Init::SharedOffset { std, cols, .. } => offset[(first + j) % cols] + std * g.normal(),
+                Init::SharedOffset { std, cols, .. } => {
+                    offset[(first + j) % cols] + std * g.normal()
+                }
                 Init::Uniform { lo, hi } => lo + (hi - lo) * g.unit(),
             };
             pair.copy_from_slice(&bf16_bits(v).to_le_bytes());
@@ -214,7 +216,10 @@ mod tests {
         let p = |b: u64| {
             n.fetch_add(b, Ordering::Relaxed);
         };
-        let init = Init::Normal { mean: 0.0, std: 0.5 };
+        let init = Init::Normal {
+            mean: 0.0,
+            std: 0.5,
+        };
         assert_eq!(view(init, 1, &p).bytes(), view(init, 3, &p).bytes());
         assert_eq!(n.load(Ordering::Relaxed), 2 * 2 * 3 * (BLOCK as u64 + 7));
     }
@@ -222,7 +227,15 @@ mod tests {
     #[test]
     fn normal_values_have_the_asked_moments() {
         let p = |_: u64| {};
-        let b = view(Init::Normal { mean: 0.25, std: 0.5 }, 2, &p).bytes();
+        let b = view(
+            Init::Normal {
+                mean: 0.25,
+                std: 0.5,
+            },
+            2,
+            &p,
+        )
+        .bytes();
         let v: Vec<f32> = b
             .chunks_exact(2)
             .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
@@ -236,7 +249,10 @@ mod tests {
     #[test]
     fn names_and_seeds_change_the_bytes() {
         let p = |_: u64| {};
-        let init = Init::Normal { mean: 0.0, std: 1.0 };
+        let init = Init::Normal {
+            mean: 0.0,
+            std: 1.0,
+        };
         let a = RandomView::new("a", vec![64], init, 1, 1, &p).bytes();
         let b = RandomView::new("b", vec![64], init, 1, 1, &p).bytes();
         let c = RandomView::new("a", vec![64], init, 2, 1, &p).bytes();
@@ -249,7 +265,11 @@ mod tests {
     fn shared_offset_rows_share_their_column_means() {
         let p = |_: u64| {};
         let cols = 8;
-        let init = Init::SharedOffset { std: 0.0, offset_std: 1.0, cols };
+        let init = Init::SharedOffset {
+            std: 0.0,
+            offset_std: 1.0,
+            cols,
+        };
         let b = RandomView::new("e", vec![4, cols], init, 1, 1, &p).bytes();
         let (first, rest) = b.split_at(cols * 2);
         for row in rest.chunks(cols * 2) {

@@ -88,9 +88,23 @@ pub fn plan(cfg: &ModelConfig, s: &Scales) -> Option<Vec<TensorPlan>> {
         } else {
             let a = format!("{p}.self_attn");
             // A gated q_proj emits [query; output gate] per head.
-            let q_rows = if hybrid.is_some_and(|hy| hy.attn_output_gate) { 2 } else { 1 };
-            out.push(linear(format!("{a}.q_proj.weight"), q_rows * cfg.q_dim(), h, s.qkv_gain));
-            out.push(linear(format!("{a}.k_proj.weight"), cfg.kv_dim(), h, s.qkv_gain));
+            let q_rows = if hybrid.is_some_and(|hy| hy.attn_output_gate) {
+                2
+            } else {
+                1
+            };
+            out.push(linear(
+                format!("{a}.q_proj.weight"),
+                q_rows * cfg.q_dim(),
+                h,
+                s.qkv_gain,
+            ));
+            out.push(linear(
+                format!("{a}.k_proj.weight"),
+                cfg.kv_dim(),
+                h,
+                s.qkv_gain,
+            ));
             out.push(linear(format!("{a}.v_proj.weight"), cfg.kv_dim(), h, 1.0));
             out.push(linear(format!("{a}.o_proj.weight"), h, cfg.q_dim(), branch));
             if cfg.qk_norm {
@@ -106,7 +120,12 @@ pub fn plan(cfg: &ModelConfig, s: &Scales) -> Option<Vec<TensorPlan>> {
             out.push(linear(format!("{se}.gate_proj.weight"), si, h, 1.0));
             out.push(linear(format!("{se}.up_proj.weight"), si, h, 1.0));
             out.push(linear(format!("{se}.down_proj.weight"), h, si, branch));
-            out.push(linear(format!("{p}.mlp.shared_expert_gate.weight"), 1, h, 1.0));
+            out.push(linear(
+                format!("{p}.mlp.shared_expert_gate.weight"),
+                1,
+                h,
+                1.0,
+            ));
         }
         for e in 0..cfg.num_experts {
             out.push(linear(names.expert(l, e, 0), inter, h, 1.0));
@@ -116,7 +135,12 @@ pub fn plan(cfg: &ModelConfig, s: &Scales) -> Option<Vec<TensorPlan>> {
     }
     out.push(norm("model.norm.weight".into(), h));
     if !cfg.tie_word_embeddings {
-        out.push(linear("lm_head.weight".into(), cfg.vocab_size, h, s.lm_head_gain));
+        out.push(linear(
+            "lm_head.weight".into(),
+            cfg.vocab_size,
+            h,
+            s.lm_head_gain,
+        ));
     }
     Some(out)
 }
@@ -137,13 +161,26 @@ fn deltanet(p: &str, h: usize, d: &DeltaNetDims, branch: f32) -> Vec<TensorPlan>
         filled(
             format!("{la}.conv1d.weight"),
             vec![d.conv_dim(), 1, d.conv_kernel],
-            Init::Uniform { lo: -bound, hi: bound },
+            Init::Uniform {
+                lo: -bound,
+                hi: bound,
+            },
         ),
-        filled(format!("{la}.A_log"), vec![nv], Init::Uniform { lo: 0.0, hi: 16f32.ln() }),
+        filled(
+            format!("{la}.A_log"),
+            vec![nv],
+            Init::Uniform {
+                lo: 0.0,
+                hi: 16f32.ln(),
+            },
+        ),
         filled(
             format!("{la}.dt_bias"),
             vec![nv],
-            Init::Uniform { lo: 0.001f32.ln(), hi: 0.1f32.ln() },
+            Init::Uniform {
+                lo: 0.001f32.ln(),
+                hi: 0.1f32.ln(),
+            },
         ),
         ones(format!("{la}.norm.weight"), d.value_head_dim),
         linear(format!("{la}.out_proj.weight"), h, d.value_dim(), branch),
