@@ -204,3 +204,39 @@ pub fn reachable_share(tok: &tokenizers::Tokenizer) -> f64 {
         yes as f64 / all as f64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(len: usize, seed: u64) -> tokenizers::Tokenizer {
+        let json = tokenizer_json(len, &[(len as u32 - 1, "<|end|>")], seed).expect("json");
+        tokenizers::Tokenizer::from_bytes(json.to_string()).expect("tokenizers loads it")
+    }
+
+    #[test]
+    fn vocabulary_has_the_asked_size_and_a_measured_reachable_share() {
+        let tok = load(2000, 5);
+        assert_eq!(tok.get_vocab_size(true), 2000);
+        assert_eq!(tok.get_vocab_size(false), 1999);
+        let share = reachable_share(&tok);
+        // The 256 byte tokens are always produced; most merges are too.
+        assert!(share > 256.0 / 1999.0 && share <= 1.0, "share {share}");
+        println!("reachable share at 2000 tokens: {share:.3}");
+    }
+
+    #[test]
+    fn too_small_a_vocabulary_or_a_special_outside_it_is_refused() {
+        assert!(tokenizer_json(200, &[], 1).is_err());
+        assert!(tokenizer_json(300, &[(300, "<s>")], 1).is_err());
+    }
+
+    #[test]
+    fn byte_chars_are_gpt2s() {
+        assert_eq!(byte_char(b' '), 'Ġ');
+        assert_eq!(byte_char(b'\n'), 'Ċ');
+        assert_eq!(byte_char(b'a'), 'a');
+        let all: HashSet<char> = (0..=255u8).map(byte_char).collect();
+        assert_eq!(all.len(), 256);
+    }
+}
