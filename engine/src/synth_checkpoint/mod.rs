@@ -265,10 +265,10 @@ impl SynthSpec {
             progress(d, total);
         };
         let mut weight_map = BTreeMap::new();
-        let st_meta: HashMap<String, String> = HashMap::from([
-            ("format".to_string(), "pt".to_string()),
-            ("flashmoe_synth".to_string(), meta.to_string()),
-        ]);
+        // One entry only: safetensors writes this map in HashMap order, so a second key would
+        // make the header bytes differ from run to run (the spec is in synth.json).
+        let st_meta: HashMap<String, String> =
+            HashMap::from([("format".to_string(), "pt".to_string())]);
         for (i, range) in groups.iter().enumerate() {
             let file = format!("model-{:05}-of-{n:05}.safetensors", i + 1);
             let path = out.join(&file);
