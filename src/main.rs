@@ -28,6 +28,9 @@ enum Command {
     Sim(Box<flashmoe_sim::cli::SimArgs>),
     /// Write a packed model of a real geometry with deterministic pseudo-random expert bytes.
     Synth(cmd::synth::SynthArgs),
+    /// Routing statistics of traces side by side: next-token reuse, top-10% share and
+    /// pre-gate recall (`generate --trace T --trace-far F`, or a fixture's trace).
+    TraceStats(cmd::trace_stats::TraceStatsArgs),
     /// Replay a routing trace on the real disk through the real scheduler (`--compare`: mmap,
     /// sync pread, io-sched, each predictor and the oracle side by side).
     Replay(Box<cmd::replay::ReplayArgs>),
@@ -56,6 +59,7 @@ fn main() {
         Command::Pack(args) => cmd::pack::run(&args),
         Command::IoBench(args) => cmd::io_bench::run(&args),
         Command::Synth(args) => cmd::synth::run(&args),
+        Command::TraceStats(args) => cmd::trace_stats::run(&args),
         Command::Replay(args) => cmd::replay::run(&args),
         Command::Serve(args) => cmd::serve::run(&args),
         Command::Chat(args) => cmd::chat::run(&args),

@@ -52,6 +52,7 @@ mod read_retry;
 mod safe_replace;
 pub mod sampler;
 pub mod streaming;
+pub mod synth_checkpoint;
 pub mod text_stream;
 mod tokenizer;
 pub mod trace_sink;

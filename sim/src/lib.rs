@@ -27,6 +27,7 @@ pub mod replay;
 pub mod report;
 pub mod reproduce;
 pub mod rng;
+pub mod routing_stats;
 pub mod ssd;
 pub mod synth;
 pub mod timeline;

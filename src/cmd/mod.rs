@@ -8,7 +8,9 @@ pub mod replay;
 pub mod serve;
 pub mod session;
 pub mod synth;
+pub mod synth_hf;
 pub mod testfile;
+pub mod trace_stats;
 pub mod values;
 
 /// Errors of the CLI: a message with its context, printed as one line.

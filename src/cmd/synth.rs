@@ -1,5 +1,6 @@
 //! `flashmoe synth`: a packed model of real geometry with deterministic pseudo-random expert
-//! bytes (per-layer files + manifest), for replaying routing traces on the real disk.
+//! bytes (per-layer files + manifest), for replaying routing traces on the real disk; with
+//! `--hf`, a runnable Hugging Face checkpoint of that geometry instead ([`super::synth_hf`]).
 
 use std::path::PathBuf;
 
@@ -42,6 +43,9 @@ pub struct SynthArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Hugging Face checkpoint options (`--hf`).
+    #[command(flatten)]
+    pub hf: super::synth_hf::HfArgs,
 }
 
 /// The geometry a synth run writes.
@@ -127,6 +131,9 @@ pub fn fill_record(seed: u64, index: u64, len: usize, buf: &mut Vec<u8>) {
 }
 
 pub fn run(a: &SynthArgs) -> CliResult<()> {
+    if a.hf.hf {
+        return super::synth_hf::run(a);
+    }
     let g = resolve(a)?;
     let manifest = a.out.join("manifest.json");
     if manifest.exists() && !a.force {
