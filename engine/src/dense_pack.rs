@@ -2,8 +2,8 @@
 //! routed expert, either as stored (`--dense-bits 16`) or with its 2-D float weights
 //! (attention projections, routers, embeddings, lm_head) quantized by
 //! [`flashmoe_backends::quant::quantize`] and stored as [`crate::quant_tensors`] describes
-//! (codes, f16 scales, f16 biases). [`plan_dense`] decides, from the headers alone; the bytes
-//! are made and written one tensor at a time by [`crate::dense_writer`].
+//! (codes, f16 scales, f16 biases). `plan_dense` decides, from the headers alone; the bytes
+//! are made and written one tensor at a time by `dense_writer.rs`.
 //!
 //! Routers are kept at 8 bits at least (as mlx-lm does): they are tiny, and a coarse router
 //! flips near-tied expert choices. Norms and other 1-D tensors stay as stored, and so does a

@@ -13,7 +13,7 @@
 //!   io-sched record ([`crate::experts`] layout): codes byte for byte, scales and biases
 //!   converted to f16, exactly except below f16's normal range ([`crate::quant_tensors::to_f16`]:
 //!   rounded by at most 2^-25, counted and reported).
-//! - Everything else goes to `dense.safetensors` ([`MlxQuantization::plan_dense`]): quantized
+//! - Everything else goes to `dense.safetensors` (`MlxQuantization::plan_dense`): quantized
 //!   modules as codes + f16 scales + f16 biases (run quantized by both backends), the rest as is.
 //!
 //! Tensor names differ per family only in [`MlxNames`]: a family is one table entry.

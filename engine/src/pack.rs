@@ -120,8 +120,8 @@ pub fn pack_model(
 ///
 /// Memory stays bounded whatever the checkpoint's size: the checkpoint is read tensor by
 /// tensor ([`Checkpoint::open_unmapped`]), `dense.safetensors` is written one tensor at a
-/// time ([`crate::dense_writer`]), and the page cache of what was read and written is dropped
-/// as it goes ([`crate::write_back`]). The largest single non-expert tensor (e.g. the
+/// time (`dense_writer.rs`), and the page cache of what was read and written is dropped
+/// as it goes (`write_back.rs`). The largest single non-expert tensor (e.g. the
 /// embeddings) is held once in memory, and the final check loads the dense weights once.
 /// `progress(done, total)` is called with bytes: records and tensors written so far, of all.
 pub fn pack_model_with(
