@@ -21,6 +21,7 @@ use io_sched::{Scheduler, SchedulerConfig, SessionConfig};
 use serde::Serialize;
 
 use super::CliResult;
+pub use super::values::parse_budget;
 
 /// The model `generate` uses without `--model`: committed to the repository (see models/).
 pub const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tiny-qwen3-moe-q4");
@@ -117,40 +118,6 @@ pub struct GenerateArgs {
     /// hidden state (two layers ahead; `replay --far-trace`).
     #[arg(long)]
     pub trace_far: Option<PathBuf>,
-}
-
-/// Parses a budget: `512M`, `2G`, `64K`, `1048576` (bytes, powers of 1024) or `25%` of
-/// `all_bytes` (what holding every expert takes).
-pub fn parse_budget(s: &str, all_bytes: u64) -> Result<u64, String> {
-    let t = s.trim();
-    let bad =
-        || format!("--budget {s:?}: expected bytes (512M, 2G, 1048576) or a percentage (25%)");
-    if let Some(p) = t.strip_suffix('%') {
-        let p: f64 = p.trim().parse().map_err(|_| bad())?;
-        if p.is_nan() || p <= 0.0 || p > 100.0 {
-            return Err(format!("--budget {s:?}: a percentage must be in (0, 100]"));
-        }
-        return Ok((all_bytes as f64 * p / 100.0).ceil() as u64);
-    }
-    let upper = t.to_ascii_uppercase();
-    let upper = upper.trim_end_matches("IB").trim_end_matches('B');
-    let (num, mult) = match upper.chars().last() {
-        Some('K') => (&upper[..upper.len() - 1], 1u64 << 10),
-        Some('M') => (&upper[..upper.len() - 1], 1 << 20),
-        Some('G') => (&upper[..upper.len() - 1], 1 << 30),
-        Some('T') => (&upper[..upper.len() - 1], 1 << 40),
-        _ => (upper, 1),
-    };
-    let n: f64 = num.trim().parse().map_err(|_| bad())?;
-    if n == 0.0 {
-        return Err(format!(
-            "--budget {s:?}: must be more than 0 bytes (the cache must hold at least k experts)"
-        ));
-    }
-    if n.is_nan() || n < 0.0 || !n.is_finite() {
-        return Err(bad());
-    }
-    Ok((n * mult as f64) as u64)
 }
 
 fn backend_config(name: &str) -> CliResult<BackendConfig> {
@@ -442,7 +409,7 @@ impl Decode<'_> {
             ),
             None => None,
         };
-        let mut stream = TextStream::new(!args.json);
+        let mut stream = flashmoe_engine::TextStream::new(Vec::new());
         if !args.json {
             print!("{}", args.prompt);
             std::io::stdout().flush()?;
@@ -459,7 +426,15 @@ impl Decode<'_> {
         let mut sinks = Tee(second, third);
         let mut obs = Tee(&mut prefetch, &mut sinks);
         let tok = &m.tokenizer;
-        let mut on_token = |id: u32| stream.push(tok, id);
+        let mut on_token = |id: u32| -> flashmoe_engine::Result<()> {
+            let piece = stream.push(tok, id)?;
+            if !args.json && !piece.is_empty() {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(piece.as_bytes());
+                let _ = out.flush();
+            }
+            Ok(())
+        };
         let g = generate(
             &mut model,
             self.prompt,
@@ -485,7 +460,7 @@ impl Decode<'_> {
             _ => None,
         };
         if !args.json {
-            println!();
+            println!("{}", stream.finish(tok)?);
         }
         Ok((g, hinted, traced, report(model.backend())))
     }
@@ -567,59 +542,5 @@ fn print_stats(s: &Stats) {
             c.gpu_wait_ms,
             c.gpu_submits
         );
-    }
-}
-
-/// Prints decoded text as tokens arrive, holding back an incomplete UTF-8 sequence.
-struct TextStream {
-    ids: Vec<u32>,
-    printed: usize,
-    enabled: bool,
-}
-
-impl TextStream {
-    fn new(enabled: bool) -> Self {
-        Self {
-            ids: Vec::new(),
-            printed: 0,
-            enabled,
-        }
-    }
-
-    fn push(&mut self, tok: &flashmoe_engine::Tokenizer, id: u32) -> flashmoe_engine::Result<()> {
-        self.ids.push(id);
-        if !self.enabled {
-            return Ok(());
-        }
-        let text = tok.decode(&self.ids)?;
-        if text.ends_with('\u{FFFD}') || text.len() < self.printed {
-            return Ok(());
-        }
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(&text.as_bytes()[self.printed..]);
-        let _ = out.flush();
-        self.printed = text.len();
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_budget;
-
-    #[test]
-    fn budgets_parse() {
-        assert_eq!(parse_budget("512M", 0), Ok(512 << 20));
-        assert_eq!(parse_budget("2G", 0), Ok(2 << 30));
-        assert_eq!(parse_budget("2GiB", 0), Ok(2 << 30));
-        assert_eq!(parse_budget("1048576", 0), Ok(1 << 20));
-        assert_eq!(parse_budget("25%", 1000), Ok(250));
-        assert!(parse_budget("0%", 1000).is_err());
-        assert!(parse_budget("lots", 1000).is_err());
-        assert!(parse_budget("-5M", 1000).is_err());
-        for zero in ["0", "0M", "0.0G"] {
-            let e = parse_budget(zero, 1000).unwrap_err();
-            assert!(e.contains("more than 0 bytes"), "{e}");
-        }
     }
 }

@@ -42,6 +42,40 @@ pub fn positive_usize(s: &str) -> Result<usize, String> {
     positive_u32(s).map(|n| n as usize)
 }
 
+/// Parses a budget: `512M`, `2G`, `64K`, `1048576` (bytes, powers of 1024) or `25%` of
+/// `all_bytes` (what holding every expert takes).
+pub fn parse_budget(s: &str, all_bytes: u64) -> Result<u64, String> {
+    let t = s.trim();
+    let bad =
+        || format!("--budget {s:?}: expected bytes (512M, 2G, 1048576) or a percentage (25%)");
+    if let Some(p) = t.strip_suffix('%') {
+        let p: f64 = p.trim().parse().map_err(|_| bad())?;
+        if p.is_nan() || p <= 0.0 || p > 100.0 {
+            return Err(format!("--budget {s:?}: a percentage must be in (0, 100]"));
+        }
+        return Ok((all_bytes as f64 * p / 100.0).ceil() as u64);
+    }
+    let upper = t.to_ascii_uppercase();
+    let upper = upper.trim_end_matches("IB").trim_end_matches('B');
+    let (num, mult) = match upper.chars().last() {
+        Some('K') => (&upper[..upper.len() - 1], 1u64 << 10),
+        Some('M') => (&upper[..upper.len() - 1], 1 << 20),
+        Some('G') => (&upper[..upper.len() - 1], 1 << 30),
+        Some('T') => (&upper[..upper.len() - 1], 1 << 40),
+        _ => (upper, 1),
+    };
+    let n: f64 = num.trim().parse().map_err(|_| bad())?;
+    if n == 0.0 {
+        return Err(format!(
+            "--budget {s:?}: must be more than 0 bytes (the cache must hold at least k experts)"
+        ));
+    }
+    if n.is_nan() || n < 0.0 || !n.is_finite() {
+        return Err(bad());
+    }
+    Ok((n * mult as f64) as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,5 +92,21 @@ mod tests {
         assert_eq!(top_p("1"), Ok(1.0));
         assert!(positive_u32("0").is_err());
         assert_eq!(positive_usize("4"), Ok(4));
+    }
+
+    #[test]
+    fn budgets_parse() {
+        assert_eq!(parse_budget("512M", 0), Ok(512 << 20));
+        assert_eq!(parse_budget("2G", 0), Ok(2 << 30));
+        assert_eq!(parse_budget("2GiB", 0), Ok(2 << 30));
+        assert_eq!(parse_budget("1048576", 0), Ok(1 << 20));
+        assert_eq!(parse_budget("25%", 1000), Ok(250));
+        assert!(parse_budget("0%", 1000).is_err());
+        assert!(parse_budget("lots", 1000).is_err());
+        assert!(parse_budget("-5M", 1000).is_err());
+        for zero in ["0", "0M", "0.0G"] {
+            let e = parse_budget(zero, 1000).unwrap_err();
+            assert!(e.contains("more than 0 bytes"), "{e}");
+        }
     }
 }
