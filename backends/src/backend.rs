@@ -9,7 +9,10 @@
 //!   the layout documented in [`crate::quant`], straight from I/O buffers, with no copy on the CPU.
 //! - Every op checks its operands' sizes and returns `Result`; outputs are written into
 //!   caller-provided tensors so that a decode loop allocates nothing per token.
-//! - Everything is vector-at-a-time (one token): prefill runs the decode step per token.
+//! - Decode is vector-at-a-time (one token). Prompt chunks use the *row* ops ([`ComputeBackend::matmul`],
+//!   [`ComputeBackend::matmul_bytes`], ...): a tensor of `n * dim` elements holds `n` tokens' vectors
+//!   row-major. Each row op has a default built on [`ComputeBackend::copy_range`] and the vector op,
+//!   so a backend is correct before it has a batched kernel; a backend overrides them for speed.
 
 use crate::error::Result;
 use crate::quant::{MatrixLayout, WeightFormat};
@@ -161,6 +164,17 @@ pub trait ComputeBackend: Send + Sync {
     /// Copies `src` into `dst` (same length).
     fn copy(&self, src: &Self::Tensor, dst: &mut Self::Tensor) -> Result<()>;
 
+    /// Copies `len` elements of `src` starting at `src_start` into `dst` at `dst_start`
+    /// (moving one token's row in or out of a chunk tensor).
+    fn copy_range(
+        &self,
+        src: &Self::Tensor,
+        src_start: usize,
+        dst: &mut Self::Tensor,
+        dst_start: usize,
+        len: usize,
+    ) -> Result<()>;
+
     /// Uploads a `[rows x cols]` weight in `format` (bytes as documented in [`crate::quant`]).
     fn load_weight(
         &self,
@@ -169,6 +183,8 @@ pub trait ComputeBackend: Send + Sync {
         cols: usize,
         format: WeightFormat,
     ) -> Result<Self::Weight>;
+    /// `(rows, cols)` of a resident weight.
+    fn weight_dims(&self, w: &Self::Weight) -> (usize, usize);
     /// [`Self::load_weight`] for the tensor called `name` (its HF name): a backend that labels
     /// weights (such as [`crate::Profiled`]) keeps the name; the default ignores it.
     fn load_weight_named(
@@ -202,6 +218,41 @@ pub trait ComputeBackend: Send + Sync {
         x: &Self::Tensor,
         out: &mut Self::Tensor,
     ) -> Result<()>;
+
+    /// `out[i] = W x[i]` for the first `n` rows of `x` (`[n][cols]`, row-major) into the first
+    /// `n` rows of `out` (`[n][rows]`), for a resident weight. The default runs
+    /// [`Self::matvec`] per row.
+    fn matmul(
+        &self,
+        w: &Self::Weight,
+        x: &Self::Tensor,
+        n: usize,
+        out: &mut Self::Tensor,
+    ) -> Result<()> {
+        let (rows, cols) = self.weight_dims(w);
+        crate::checks::check_rows("matmul", "x", n, cols, self.len(x))?;
+        crate::checks::check_rows("matmul", "out", n, rows, self.len(out))?;
+        rows_by_vector(self, (x, cols), (out, rows), n, |xi, yi| {
+            self.matvec(w, xi, yi)
+        })
+    }
+
+    /// [`Self::matmul`] for a weight given as raw bytes (an expert tensor run on all the chunk's
+    /// tokens routed to it). The default runs [`Self::matvec_bytes`] per row.
+    fn matmul_bytes(
+        &self,
+        w: WeightView<'_>,
+        x: &Self::Tensor,
+        n: usize,
+        out: &mut Self::Tensor,
+    ) -> Result<()> {
+        let l = w.layout();
+        crate::checks::check_rows("matmul_bytes", "x", n, l.cols, self.len(x))?;
+        crate::checks::check_rows("matmul_bytes", "out", n, l.rows, self.len(out))?;
+        rows_by_vector(self, (x, l.cols), (out, l.rows), n, |xi, yi| {
+            self.matvec_bytes(w, xi, yi)
+        })
+    }
 
     /// `out = x / sqrt(mean(x^2) + eps) * weight`.
     fn rms_norm(
@@ -384,4 +435,23 @@ pub trait ComputeBackend: Send + Sync {
     fn stage_expert(&self, _id: ExpertId, _weights: [WeightView<'_>; 3]) -> Result<bool> {
         Ok(false)
     }
+}
+
+/// Runs the vector op `op` once per row: row `i` of `x` (`in_width` wide) is copied into a
+/// scratch vector, `op` writes a scratch output `out_width` wide, which is copied into row `i`
+/// of `out`. The default of every row op that has a vector op.
+pub(crate) fn rows_by_vector<B: ComputeBackend + ?Sized>(
+    be: &B,
+    (x, in_width): (&B::Tensor, usize),
+    (out, out_width): (&mut B::Tensor, usize),
+    n: usize,
+    mut op: impl FnMut(&B::Tensor, &mut B::Tensor) -> Result<()>,
+) -> Result<()> {
+    let (mut xi, mut yi) = (be.zeros(in_width)?, be.zeros(out_width)?);
+    for i in 0..n {
+        be.copy_range(x, i * in_width, &mut xi, 0, in_width)?;
+        op(&xi, &mut yi)?;
+        be.copy_range(&yi, 0, out, i * out_width, out_width)?;
+    }
+    Ok(())
 }

@@ -186,3 +186,42 @@ pub(crate) fn check_gated_norm(
     check_norm_heads(x_len, weight_len, head_dim)?;
     check_len("gated_rms_norm_heads", "z", x_len, z_len)
 }
+
+/// A chunk tensor of `len` elements holds at least `n` rows of `width` (it may hold more: a
+/// chunk buffer is sized for the longest chunk).
+pub(crate) fn check_rows(
+    op: &'static str,
+    what: &'static str,
+    n: usize,
+    width: usize,
+    len: usize,
+) -> Result<()> {
+    match n.checked_mul(width) {
+        Some(need) if need <= len => Ok(()),
+        need => Err(BackendError::Shape {
+            op,
+            what,
+            expected: need.unwrap_or(usize::MAX),
+            got: len,
+        }),
+    }
+}
+
+/// `start..start + n` lies inside a tensor of `len` elements.
+pub(crate) fn check_range(
+    op: &'static str,
+    what: &'static str,
+    start: usize,
+    n: usize,
+    len: usize,
+) -> Result<()> {
+    match start.checked_add(n) {
+        Some(end) if end <= len => Ok(()),
+        end => Err(BackendError::OutOfRange {
+            op,
+            what,
+            index: end.unwrap_or(usize::MAX),
+            limit: len + 1,
+        }),
+    }
+}

@@ -97,6 +97,21 @@ impl<B: ComputeBackend> ComputeBackend for Profiled<B> {
     fn copy(&self, src: &B::Tensor, dst: &mut B::Tensor) -> Result<()> {
         self.timed(Phase::OtherOps, || self.inner.copy(src, dst))
     }
+    fn copy_range(
+        &self,
+        src: &B::Tensor,
+        src_start: usize,
+        dst: &mut B::Tensor,
+        dst_start: usize,
+        len: usize,
+    ) -> Result<()> {
+        self.timed(Phase::OtherOps, || {
+            self.inner.copy_range(src, src_start, dst, dst_start, len)
+        })
+    }
+    fn weight_dims(&self, w: &Self::Weight) -> (usize, usize) {
+        self.inner.weight_dims(&w.inner)
+    }
     fn load_weight(
         &self,
         bytes: &[u8],
@@ -137,6 +152,18 @@ impl<B: ComputeBackend> ComputeBackend for Profiled<B> {
     }
     fn matvec_bytes(&self, w: WeightView<'_>, x: &B::Tensor, out: &mut B::Tensor) -> Result<()> {
         self.timed(Phase::Experts, || self.inner.matvec_bytes(w, x, out))
+    }
+    fn matmul(&self, w: &Self::Weight, x: &B::Tensor, n: usize, out: &mut B::Tensor) -> Result<()> {
+        self.timed(w.phase, || self.inner.matmul(&w.inner, x, n, out))
+    }
+    fn matmul_bytes(
+        &self,
+        w: WeightView<'_>,
+        x: &B::Tensor,
+        n: usize,
+        out: &mut B::Tensor,
+    ) -> Result<()> {
+        self.timed(Phase::Experts, || self.inner.matmul_bytes(w, x, n, out))
     }
     fn rms_norm(&self, x: &B::Tensor, w: &B::Tensor, eps: f32, out: &mut B::Tensor) -> Result<()> {
         self.timed(Phase::Norms, || self.inner.rms_norm(x, w, eps, out))

@@ -238,6 +238,47 @@ fn matvec_shape_matches_dequantized<B: ComputeBackend>(be: &B, rows: usize, cols
     );
 }
 
+/// The row ops: `matmul`/`matmul_bytes` on the first `n` rows of a chunk tensor (which holds
+/// one row more) give every row's `W x`, leave the spare output row alone, and refuse tensors
+/// too short for `n` rows; `copy_range` moves exactly the range it names.
+fn row_ops_match_vector_ops<B: ComputeBackend>(be: &B) {
+    let (rows, cols, n) = (37, 256, 3);
+    let xs: Vec<Vec<f32>> = (0..=n).map(|i| vals(cols, 10 + i)).collect();
+    let x = be.upload(&xs.concat()).unwrap();
+    for f in FORMATS {
+        let bytes = quantize(&weights(rows, cols, 9), rows, cols, f).unwrap();
+        let w = be.load_weight(&bytes, rows, cols, f).unwrap();
+        assert_eq!(be.weight_dims(&w), (rows, cols));
+        let view = WeightView::new(&bytes, rows, cols, f).unwrap();
+        let mut out = be.upload(&vec![7.0; (n + 1) * rows]).unwrap();
+        be.matmul(&w, &x, n, &mut out).unwrap();
+        let mut out_bytes = be.upload(&vec![7.0; (n + 1) * rows]).unwrap();
+        be.matmul_bytes(view, &x, n, &mut out_bytes).unwrap();
+        for got in [be.read(&out).unwrap(), be.read(&out_bytes).unwrap()] {
+            for (i, xi) in xs.iter().take(n).enumerate() {
+                let want = reference_matvec(&bytes, rows, cols, f, xi);
+                close(&got[i * rows..(i + 1) * rows], &want, 2e-4);
+            }
+            assert!(
+                got[n * rows..].iter().all(|&v| v == 7.0),
+                "{f:?}: row {n} was written"
+            );
+        }
+        assert!(be.matmul(&w, &x, n + 2, &mut out).is_err());
+        assert!(
+            be.matmul_bytes(view, &x, n + 1, &mut be.zeros(n * rows).unwrap())
+                .is_err()
+        );
+    }
+    let src = be.upload(&[1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
+    let mut dst = be.zeros(4).unwrap();
+    be.copy_range(&src, 1, &mut dst, 2, 2).unwrap();
+    assert_eq!(be.read(&dst).unwrap(), vec![0.0, 0.0, 2.0, 3.0]);
+    assert!(be.copy_range(&src, 4, &mut dst, 0, 2).is_err());
+    assert!(be.copy_range(&src, 0, &mut dst, 3, 2).is_err());
+    assert_eq!(be.read(&dst).unwrap(), vec![0.0, 0.0, 2.0, 3.0]);
+}
+
 /// `sum_i c_i down_i(silu(gate_i x) * up_i x)` in f64 over dequantized records.
 fn reference_moe(
     recs: &[(Vec<u8>, Vec<u8>, Vec<u8>)],
@@ -530,8 +571,40 @@ backend_tests!(
     matvec_every_format_matches_dequantized,
     moe_experts_match_reference,
     hybrid_elementwise_ops_match_reference,
-    conv1d_and_delta_rule_match_reference
+    conv1d_and_delta_rule_match_reference,
+    row_ops_match_vector_ops
 );
+
+#[test]
+fn profiled_row_ops_reach_the_wrapped_backend() {
+    use flashmoe_backends::{Profiled, profile::Phase};
+    let be = Profiled::new(CpuBackend::new());
+    let (rows, cols) = (4, 64);
+    let bytes = quantize(&weights(rows, cols, 3), rows, cols, WeightFormat::Q8_64).unwrap();
+    let w = be
+        .load_weight_named("lm_head.weight", &bytes, rows, cols, WeightFormat::Q8_64)
+        .unwrap();
+    assert_eq!(be.weight_dims(&w), (rows, cols));
+    let x = be.upload(&[vals(cols, 1), vals(cols, 2)].concat()).unwrap();
+    let mut out = be.zeros(2 * rows).unwrap();
+    be.matmul(&w, &x, 2, &mut out).unwrap();
+    let mut want = CpuBackend::new().zeros(2 * rows).unwrap();
+    let cpu = CpuBackend::new();
+    let cw = cpu
+        .load_weight(&bytes, rows, cols, WeightFormat::Q8_64)
+        .unwrap();
+    cpu.matmul(
+        &cw,
+        &cpu.upload(&be.read(&x).unwrap()).unwrap(),
+        2,
+        &mut want,
+    )
+    .unwrap();
+    assert_eq!(be.read(&out).unwrap(), cpu.read(&want).unwrap());
+    // One matmul is one charge to the weight's phase, not one per row.
+    let snap = be.profile().unwrap().snapshot();
+    assert_eq!(snap.iter().find(|r| r.0 == Phase::LmHead).unwrap().2, 1);
+}
 
 #[test]
 fn cpu_backend_is_named() {

@@ -15,7 +15,7 @@ use crate::backend::{
 };
 use crate::checks::{
     check_attention, check_conv1d, check_delta, check_gated_norm, check_index, check_kv_write,
-    check_norm_heads, check_rope, check_rope_partial, check_sigmoid_mul,
+    check_norm_heads, check_range, check_rope, check_rope_partial, check_sigmoid_mul,
 };
 use crate::error::{BackendError, Result, check_len};
 use crate::quant::{MatrixLayout, WeightFormat, dequantize_row};
@@ -130,6 +130,24 @@ impl ComputeBackend for CpuBackend {
         check_len("copy", "dst", src.0.len(), dst.0.len())?;
         dst.0.copy_from_slice(&src.0);
         Ok(())
+    }
+
+    fn copy_range(
+        &self,
+        src: &CpuTensor,
+        src_start: usize,
+        dst: &mut CpuTensor,
+        dst_start: usize,
+        len: usize,
+    ) -> Result<()> {
+        check_range("copy_range", "src range end", src_start, len, src.0.len())?;
+        check_range("copy_range", "dst range end", dst_start, len, dst.0.len())?;
+        dst.0[dst_start..dst_start + len].copy_from_slice(&src.0[src_start..src_start + len]);
+        Ok(())
+    }
+
+    fn weight_dims(&self, w: &CpuWeight) -> (usize, usize) {
+        (w.layout.rows, w.layout.cols)
     }
 
     fn load_weight(

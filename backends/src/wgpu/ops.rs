@@ -11,7 +11,7 @@ use crate::backend::{
 };
 use crate::checks::{
     check_attention, check_conv1d, check_delta, check_gated_norm, check_index, check_kv_write,
-    check_norm_heads, check_rope, check_rope_partial, check_sigmoid_mul,
+    check_norm_heads, check_range, check_rope, check_rope_partial, check_sigmoid_mul,
 };
 use crate::error::{BackendError, Result, check_len};
 use crate::quant::WeightFormat;
@@ -76,6 +76,35 @@ impl ComputeBackend for WgpuBackend {
             tensor_bytes(src.len),
         );
         Ok(())
+    }
+
+    fn copy_range(
+        &self,
+        src: &GpuTensor,
+        src_start: usize,
+        dst: &mut GpuTensor,
+        dst_start: usize,
+        len: usize,
+    ) -> Result<()> {
+        check_range("copy_range", "src range end", src_start, len, src.len)?;
+        check_range("copy_range", "dst range end", dst_start, len, dst.len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        // f32 offsets and sizes are multiples of wgpu's 4-byte copy alignment.
+        let mut st = self.state.lock();
+        st.encoder(&self.gpu.device).copy_buffer_to_buffer(
+            &src.buf,
+            (src_start * 4) as u64,
+            &dst.buf,
+            (dst_start * 4) as u64,
+            (len * 4) as u64,
+        );
+        Ok(())
+    }
+
+    fn weight_dims(&self, w: &GpuWeight) -> (usize, usize) {
+        (w.layout.rows, w.layout.cols)
     }
 
     fn load_weight(
