@@ -42,6 +42,10 @@ pub(crate) enum Produce {
         layout: MatrixLayout,
         part: Part,
     },
+    /// The float vector `0` of the checkpoint as f32 `w - 1`: an RMSNorm weight that mlx-lm
+    /// stores as `1 + w`, back in the offset form the engine reads for hybrid families (exact:
+    /// `1 + w` is a bf16 / f16 / f32 value near 1, and f32 holds its difference from 1).
+    MinusOne(String),
     /// `part` of an MLX quantized `module` as stored: codes as they are, scales and biases
     /// converted to f16.
     Mlx {
@@ -139,7 +143,9 @@ impl Producer<'_, '_> {
 
     fn ckpt_source(&self, t: &Planned) -> std::path::PathBuf {
         match &t.how {
-            Produce::Stored(n) | Produce::Quantize { name: n, .. } => self.ckpt.meta(n),
+            Produce::Stored(n) | Produce::MinusOne(n) | Produce::Quantize { name: n, .. } => {
+                self.ckpt.meta(n)
+            }
             Produce::Mlx { module, .. } => self.ckpt.meta(&format!("{module}.weight")),
         }
         .map(|m| m.file.to_path_buf())
@@ -152,6 +158,10 @@ impl Producer<'_, '_> {
             Produce::Stored(name) => {
                 self.ckpt.read_raw(name, &mut buf)?;
                 Ok(buf)
+            }
+            Produce::MinusOne(name) => {
+                let v = self.ckpt.read_tensor(name, &t.shape, &mut buf)?.to_f32()?;
+                Ok(v.iter().flat_map(|w| (w - 1.0).to_le_bytes()).collect())
             }
             Produce::Mlx {
                 module,

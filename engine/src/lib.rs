@@ -80,4 +80,4 @@ pub use streaming::{
 pub use text_stream::TextStream;
 pub use tokenizer::Tokenizer;
 pub use trace_sink::TraceSink;
-pub use weights::{Checkpoint, RawTensor, TensorMeta, TensorRef};
+pub use weights::{Checkpoint, RawTensor, TensorMeta, TensorRef, is_multimodal, text_model_name};

@@ -75,13 +75,15 @@ const MIXTRAL: MlxNames = MlxNames {
 
 impl MlxNames {
     /// The names used by `family`, or `None` for a family whose MLX conversion is not read
-    /// yet: mlx-lm's Qwen3.5 / Qwen3-Next conversions also move the conv1d weights to
-    /// `[C, K, 1]` and store the norm weights as `1 + w`, which this reader does not undo.
+    /// yet. Qwen3.5's (multimodal, under `language_model.`) reads through the text model's
+    /// names ([`crate::text_model_name`]), and its conv1d and norm re-layout is undone by
+    /// [`MlxQuantization::plan_dense`]. Qwen3-Next's is not read: mlx-lm re-lays its fused
+    /// `in_proj_qkvz` / `in_proj_ba` projections, which flashmoe reads in the Hugging Face order.
     pub fn of(family: Family) -> Option<&'static MlxNames> {
         match family {
-            Family::Qwen3Moe => Some(&QWEN3_MOE),
+            Family::Qwen3Moe | Family::Qwen35Moe => Some(&QWEN3_MOE),
             Family::Mixtral => Some(&MIXTRAL),
-            Family::Qwen35Moe | Family::Qwen3Next => None,
+            Family::Qwen3Next => None,
         }
     }
 
@@ -91,8 +93,8 @@ impl MlxNames {
             path: config.to_path_buf(),
             field: "quantization".into(),
             reason: format!(
-                "MLX checkpoints of the {family:?} family are not read yet (their conversion \
-                 re-lays conv1d weights and norm offsets); pack the Hugging Face checkpoint instead"
+                "MLX checkpoints of the {family:?} family are not read yet (mlx-lm re-lays its \
+                 fused projections); pack the Hugging Face checkpoint instead"
             ),
         })
     }
@@ -154,10 +156,16 @@ impl MlxQuantization {
             .ok_or_else(|| unsupported(field.into(), q, "expected an object (MLX quantization)"))?;
         let default = parse_spec(path, field, obj)?;
         let mut overrides = BTreeMap::new();
+        // Module paths of a multimodal conversion (`language_model.model.layers.0.mlp.gate`)
+        // are kept under the text model's names, as the checkpoint's tensors are.
+        let multimodal = crate::weights::is_multimodal(obj.keys().map(String::as_str));
         for (key, value) in obj {
             if matches!(key.as_str(), "group_size" | "bits" | "mode") {
                 continue;
             }
+            let Some(module) = crate::weights::text_model_name(key, multimodal) else {
+                continue; // a vision-tower module
+            };
             let sub = format!("{field}.{key}");
             let spec = match value {
                 Value::Bool(false) => None,
@@ -172,7 +180,7 @@ impl MlxQuantization {
                     ));
                 }
             };
-            overrides.insert(key.clone(), spec);
+            overrides.insert(module, spec);
         }
         Ok(Self {
             path: path.to_path_buf(),
@@ -289,6 +297,7 @@ impl MlxQuantization {
             .collect();
         dense.sort_unstable();
         let mut out = Vec::with_capacity(dense.len());
+        let relaid = mlx_relaid_hybrid(ckpt, cfg)?;
         for name in dense {
             let module = module_of(name);
             let quantized_part = name.ends_with(".scales") || name.ends_with(".biases");
@@ -318,16 +327,80 @@ impl MlxQuantization {
                 }));
                 continue;
             }
+            if relaid && t.shape.len() == 1 && is_offset_norm(name) {
+                out.push(Planned {
+                    name: name.into(),
+                    dtype: Dtype::F32,
+                    shape: t.shape.to_vec(),
+                    len: t.shape[0] * 4,
+                    how: Produce::MinusOne(name.into()),
+                });
+                continue;
+            }
+            let mut shape = t.shape.to_vec();
+            if relaid && name.ends_with(".conv1d.weight") && shape.len() == 3 {
+                // [C, K, 1] and [C, 1, K] hold the same bytes in the same order.
+                shape.swap(1, 2);
+            }
             out.push(Planned {
                 name: name.into(),
                 dtype: t.dtype,
-                shape: t.shape.to_vec(),
+                shape,
                 len: t.len,
                 how: Produce::Stored(name.into()),
             });
         }
         Ok(out)
     }
+}
+
+/// The RMSNorm weights that Qwen3.5 / Qwen3-Next store as offsets from 1 (transformers'
+/// `Qwen3_5MoeRMSNorm`: `x * (1 + w)`); the DeltaNet's gated norm is not one of them.
+fn is_offset_norm(name: &str) -> bool {
+    [
+        ".input_layernorm.weight",
+        ".post_attention_layernorm.weight",
+        ".q_norm.weight",
+        ".k_norm.weight",
+    ]
+    .iter()
+    .any(|s| name.ends_with(s))
+        || name == "model.norm.weight"
+}
+
+/// Whether `ckpt` is a hybrid (Qwen3.5) model as mlx-lm's converter writes it: the conv1d
+/// weights moved to `[C, K, 1]` and, in the same step (mlx-lm's `sanitize`), the RMSNorm
+/// weights stored as `1 + w`. Mixed layouts are refused: mlx-lm itself decides from any one.
+fn mlx_relaid_hybrid(ckpt: &Checkpoint, cfg: &ModelConfig) -> Result<bool> {
+    if cfg.hybrid.is_none() {
+        return Ok(false);
+    }
+    let mut seen: Option<(bool, String)> = None;
+    let mut convs: Vec<&str> = ckpt
+        .names()
+        .filter(|n| n.ends_with(".conv1d.weight"))
+        .collect();
+    convs.sort_unstable(); // the same tensors named whatever the index order
+    for name in convs {
+        let t = ckpt.meta(name)?;
+        let relaid = t.shape.len() == 3 && t.shape[2] == 1 && t.shape[1] != 1;
+        match &seen {
+            Some((r, first)) if *r != relaid => {
+                return Err(EngineError::QuantTensor {
+                    file: t.file.to_path_buf(),
+                    name: name.into(),
+                    reason: format!(
+                        "is {:?} but `{first}` is in the other conv1d layout ([C, K, 1] is \
+                         mlx-lm's, [C, 1, K] transformers'), so the norm weights' form is ambiguous",
+                        t.shape
+                    ),
+                });
+            }
+            Some(_) => {}
+            None => seen = Some((relaid, name.to_string())),
+        }
+    }
+    Ok(seen.is_some_and(|(r, _)| r))
 }
 
 /// Parses one `{group_size, bits, mode}` object.

@@ -137,11 +137,8 @@ pub fn pack_model_with(
     crate::safe_replace::check_target(src, out, opts.forced())?;
     let cfg = ModelConfig::from_file(&src.join("config.json"))?;
     let mlx = MlxQuantization::from_config(&src.join("config.json"))?;
-    let mut ckpt = Checkpoint::open_unmapped(src, cfg.dtype)?;
-    if cfg.hybrid.is_some() {
-        // Multimodal Qwen3.5 checkpoints: the text model under text names, no vision/MTP.
-        ckpt = ckpt.text_only();
-    }
+    // Multimodal checkpoints open as their text model (text names, no vision/MTP tensors).
+    let ckpt = Checkpoint::open_unmapped(src, cfg.dtype)?;
     crate::pack_check::check_checkpoint(src, &cfg, &ckpt)?;
     let (format, dense_bits) = opts.resolve(&cfg, &ckpt, mlx.as_ref(), out)?;
     let name = out

@@ -210,7 +210,11 @@ fn text_config(raw: &RawConfig) -> Result<RawConfig> {
         }
     }
     for key in raw.map.keys() {
-        if !MULTIMODAL_KEYS.contains(&key.as_str())
+        // MLX's quantization is honoured where the packer reads it (crate::mlx, which checks
+        // every quantized tensor against it).
+        let mlx = matches!(key.as_str(), "quantization" | "quantization_config");
+        if !mlx
+            && !MULTIMODAL_KEYS.contains(&key.as_str())
             && !crate::config::HARMLESS_KEYS.contains(&key.as_str())
         {
             return Err(EngineError::UnsupportedField {

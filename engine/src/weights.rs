@@ -288,16 +288,18 @@ impl Checkpoint {
     /// `dir/model.safetensors` when there is no index). Every tensor the index names must be in
     /// its shard. If `dtype` is given, [`Checkpoint::tensor`] requires it of every tensor.
     ///
+    /// Tensors are named as the text model names them ([`Checkpoint::text_only`]).
+    ///
     /// The files must not be modified while the checkpoint is open (they are memory-mapped).
     pub fn open(dir: &Path, dtype: Option<WeightFormat>) -> Result<Self> {
-        Self::open_with(dir, dtype, true)
+        Self::open_with(dir, dtype, true).map(Self::text_only)
     }
 
     /// Opens the checkpoint in `dir` as [`Checkpoint::open`] does, but maps nothing: only the
     /// headers are read, and tensors are read on demand with the `read_*` accessors (see the
     /// module doc). What the packer uses, so that its memory does not grow with the checkpoint.
     pub fn open_unmapped(dir: &Path, dtype: Option<WeightFormat>) -> Result<Self> {
-        Self::open_with(dir, dtype, false)
+        Self::open_with(dir, dtype, false).map(Self::text_only)
     }
 
     fn open_with(dir: &Path, dtype: Option<WeightFormat>, mapped: bool) -> Result<Self> {
@@ -471,8 +473,12 @@ impl Checkpoint {
                 got: info.shape.clone(),
             });
         }
+        // A vector may also be f32 whatever the config's dtype: f32 holds every value of the
+        // others exactly (mlx-lm keeps `A_log` in f32; the packer writes mlx-lm's `1 + w`
+        // norm weights back as f32 offsets).
+        let vector_f32 = |f: WeightFormat| shape.len() == 1 && f == WeightFormat::F32;
         let format = format_of(info.dtype)
-            .filter(|f| self.dtype.is_none_or(|d| d == *f))
+            .filter(|f| self.dtype.is_none_or(|d| d == *f || vector_f32(*f)))
             .ok_or_else(|| EngineError::TensorDtype {
                 file: shard.path.clone(),
                 name: name.into(),
@@ -521,24 +527,14 @@ impl Checkpoint {
 }
 
 impl Checkpoint {
-    /// The text model's tensors only, under text-model names: a multimodal checkpoint's
-    /// `model.language_model.X` becomes `model.X` (its other `model.*` tensors, the vision
-    /// tower, are dropped), and multi-token-prediction heads (`mtp.*`) are dropped. A text-only
-    /// checkpoint keeps every other name.
+    /// The text model's tensors only, under text-model names ([`text_model_name`]): a
+    /// multimodal checkpoint's language model is renamed to the text model's names and its
+    /// vision tower dropped; multi-token-prediction heads (`mtp.*`) are dropped. A text-only
+    /// checkpoint keeps every other name. [`Checkpoint::open`] and
+    /// [`Checkpoint::open_unmapped`] apply it.
     pub fn text_only(mut self) -> Self {
-        const PREFIX: &str = "model.language_model.";
-        let multimodal = self.index.keys().any(|k| k.starts_with(PREFIX));
-        let rename = |k: &str| -> Option<String> {
-            if k.starts_with("mtp.") {
-                None
-            } else if let Some(rest) = k.strip_prefix(PREFIX) {
-                Some(format!("model.{rest}"))
-            } else if multimodal && k.starts_with("model.") {
-                None
-            } else {
-                Some(k.to_string())
-            }
-        };
+        let multimodal = is_multimodal(self.index.keys().map(String::as_str));
+        let rename = |k: &str| text_model_name(k, multimodal);
         self.index = std::mem::take(&mut self.index)
             .into_iter()
             .filter_map(|(k, s)| rename(&k).map(|n| (n, s)))
@@ -551,6 +547,46 @@ impl Checkpoint {
         }
         self
     }
+}
+
+/// Whether tensor names `names` are those of a multimodal checkpoint: the language model under
+/// `model.language_model.` (transformers' `...ForConditionalGeneration`) or `language_model.`
+/// (mlx-lm's conversions of them).
+pub fn is_multimodal<'a>(mut names: impl Iterator<Item = &'a str>) -> bool {
+    names.any(|k| k.starts_with("model.language_model.") || k.starts_with("language_model."))
+}
+
+/// The text model's name for the tensor (or module path) `name` of a checkpoint, or `None`
+/// where the text model does not use it:
+/// - `model.language_model.X` (transformers) and `language_model.model.X` (mlx-lm) are `model.X`;
+///   mlx-lm's `language_model.lm_head.X` is `lm_head.X`;
+/// - in a `multimodal` checkpoint the vision tower (`model.visual.*`, `vision_tower.*`, any
+///   other `model.*`) is dropped; multi-token-prediction heads (`mtp.*`) always are.
+///
+/// ```
+/// use flashmoe_engine::text_model_name;
+/// assert_eq!(text_model_name("language_model.model.norm.weight", true).as_deref(), Some("model.norm.weight"));
+/// assert_eq!(text_model_name("model.language_model.norm.weight", true).as_deref(), Some("model.norm.weight"));
+/// assert_eq!(text_model_name("model.visual.blocks.0.attn.qkv.weight", true), None);
+/// assert_eq!(text_model_name("model.norm.weight", false).as_deref(), Some("model.norm.weight"));
+/// ```
+pub fn text_model_name(name: &str, multimodal: bool) -> Option<String> {
+    if name.starts_with("mtp.") {
+        return None;
+    }
+    for (prefix, to) in [
+        ("model.language_model.", "model."),
+        ("language_model.model.", "model."),
+        ("language_model.", ""),
+    ] {
+        if let Some(rest) = name.strip_prefix(prefix) {
+            return Some(format!("{to}{rest}"));
+        }
+    }
+    if multimodal && (name.starts_with("model.") || name.starts_with("vision_tower.")) {
+        return None;
+    }
+    Some(name.to_string())
 }
 
 /// A shard name must stay inside the model directory.

@@ -106,12 +106,21 @@ fn qwen3_q8_matches_mlx_lm() {
     check_against_mlx("tiny-qwen3-moe-8bit", 1.0);
 }
 
+/// Qwen3.5 as mlx-lm converts the Hub's form of it: multimodal names under `language_model.`,
+/// conv1d weights in `[C, K, 1]`, RMSNorm weights stored as `1 + w`, 8-bit routers and
+/// shared-expert gates, 4-bit groups of 32 elsewhere (see make.py).
+#[test]
+fn qwen35_q4_matches_mlx_lm() {
+    check_against_mlx("tiny-qwen35-moe-4bit", 1.0);
+}
+
 /// The packed MLX models (Q4 embeddings gathered on the GPU, Q4 attention, Q8 routers in the
 /// Qwen3 one, Q4 experts) on wgpu give the CPU's logits and mlx-lm's tokens.
 #[test]
 fn mlx_q4_on_wgpu_matches_cpu() {
     on_wgpu_matches_cpu("tiny-mixtral-4bit");
     on_wgpu_matches_cpu("tiny-qwen3-moe-4bit");
+    on_wgpu_matches_cpu("tiny-qwen35-moe-4bit");
 }
 
 fn on_wgpu_matches_cpu(name: &str) {

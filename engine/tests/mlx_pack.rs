@@ -35,7 +35,7 @@ fn check_relaid(dir: &Path) -> usize {
     let dense_bytes = std::fs::read(packed.join("dense.safetensors")).expect("read dense");
     let dense = SafeTensors::deserialize(&dense_bytes).expect("parse dense");
     let moe = match m.config.family {
-        flashmoe_engine::Family::Qwen3Moe => "mlp",
+        flashmoe_engine::Family::Qwen3Moe | flashmoe_engine::Family::Qwen35Moe => "mlp",
         flashmoe_engine::Family::Mixtral => "block_sparse_moe",
         other => panic!("no MLX test data for the {other:?} family"),
     };
@@ -51,8 +51,11 @@ fn check_relaid(dir: &Path) -> usize {
             records.push(file[loc.offset as usize..(loc.offset + loc.len) as usize].to_vec());
         }
     }
-    let (mut changed, mut checked) = (0usize, 0usize);
+    let (mut changed, mut checked, mut norms) = (0usize, 0usize, 0usize);
+    let multimodal = flashmoe_engine::is_multimodal(src.names().into_iter());
     for (name, t) in src.tensors() {
+        // Multimodal conversions (Qwen3.5: `language_model.model.*`) pack under text names.
+        let name = flashmoe_engine::text_model_name(&name, multimodal).expect("a text tensor");
         let switch = format!(".{moe}.switch_mlp.");
         if let Some(pos) = name.find(&switch) {
             // model.layers.L.{moe}.switch_mlp.{proj}.{part}
@@ -91,7 +94,26 @@ fn check_relaid(dir: &Path) -> usize {
         let d = dense
             .tensor(&name)
             .unwrap_or_else(|e| panic!("dense lacks {name}: {e}"));
+        if name.ends_with(".conv1d.weight") && t.shape()[2] == 1 {
+            // mlx-lm's [C, K, 1] back in transformers' [C, 1, K]: the same bytes.
+            assert_eq!(d.shape(), [t.shape()[0], 1, t.shape()[1]], "{name}: shape");
+            assert_eq!(d.data(), t.data(), "{name}: bytes");
+            checked += 1;
+            continue;
+        }
         assert_eq!(d.shape(), t.shape(), "{name}: shape");
+        if d.dtype() == Dtype::F32 && t.dtype() != Dtype::F32 {
+            // An RMSNorm weight mlx-lm stores as 1 + w, back as the offset w, exactly.
+            let offsets: Vec<f32> = d
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) + 1.0)
+                .collect();
+            assert_eq!(offsets, values(t.dtype(), t.data()), "{name}: 1 + w");
+            norms += 1;
+            checked += 1;
+            continue;
+        }
         if name.ends_with(".scales") || name.ends_with(".biases") {
             assert_eq!(d.dtype(), Dtype::F16, "{name}: dtype");
             let (a, b) = (values(Dtype::F16, d.data()), values(t.dtype(), t.data()));
@@ -121,9 +143,22 @@ fn check_relaid(dir: &Path) -> usize {
         "reported rounding"
     );
     println!(
-        "{}: {checked} tensors (per expert) checked, {changed} values rounded",
+        "{}: {checked} tensors (per expert) checked, {changed} values rounded, {norms} norm \
+         weights back from 1 + w",
         dir.display()
     );
+    // Hybrid models as mlx-lm writes them: every layer's two norms, q/k norms of the
+    // attention layers and the final norm; no other family has any.
+    let c = &m.config;
+    let want_norms = c.hybrid.as_ref().map_or(0, |hy| {
+        let attention = hy
+            .layer_types
+            .iter()
+            .filter(|t| **t == flashmoe_engine::qwen35_moe::LayerType::FullAttention)
+            .count();
+        2 * c.num_layers + 2 * attention + 1
+    });
+    assert_eq!(norms, want_norms, "norm weights converted");
     changed
 }
 
@@ -142,6 +177,14 @@ fn qwen3_records_and_dense_modules_are_the_mlx_tensors() {
         // The only inexact values: 4 embedding scales of ~1e-7, below f16's normal range.
         assert_eq!(check_relaid(&dir), 4, "{name}");
     }
+}
+
+#[test]
+fn qwen35_records_and_dense_modules_are_the_mlx_tensors() {
+    let Some(dir) = mlx_dir("tiny-qwen35-moe-4bit") else {
+        return;
+    };
+    check_relaid(&dir);
 }
 
 /// A copy of `dir` (weights linked, `config.json` rewritten by `edit`).
@@ -282,6 +325,16 @@ fn with_weights(
     dir: &Path,
     edit: impl Fn(&str, Dtype, &[u8]) -> Option<Vec<u8>>,
 ) -> (tempfile::TempDir, PathBuf) {
+    with_tensors(dir, |n, d, shape, b| {
+        edit(n, d, b).map(|b| (shape.to_vec(), b))
+    })
+}
+
+/// [`with_weights`] where `edit` may also change a tensor's shape.
+fn with_tensors(
+    dir: &Path,
+    edit: impl Fn(&str, Dtype, &[usize], &[u8]) -> Option<(Vec<usize>, Vec<u8>)>,
+) -> (tempfile::TempDir, PathBuf) {
     let (tmp, copy) = with_config(dir, |_| {});
     let bytes = std::fs::read(dir.join("model.safetensors")).expect("read");
     let st = SafeTensors::deserialize(&bytes).expect("parse");
@@ -289,7 +342,7 @@ fn with_weights(
         .tensors()
         .into_iter()
         .filter_map(|(n, t)| {
-            edit(&n, t.dtype(), t.data()).map(|b| (n.clone(), t.dtype(), t.shape().to_vec(), b))
+            edit(&n, t.dtype(), t.shape(), t.data()).map(|(s, b)| (n.clone(), t.dtype(), s, b))
         })
         .collect();
     let views: Vec<(String, TensorView<'_>)> = kept
@@ -297,10 +350,34 @@ fn with_weights(
         .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).expect("view")))
         .collect();
     for f in ["model.safetensors", "model.safetensors.index.json"] {
-        std::fs::remove_file(copy.join(f)).expect("unlink");
+        let _ = std::fs::remove_file(copy.join(f));
     }
     safetensors::serialize_to_file(views, None, &copy.join("model.safetensors")).expect("write");
     (tmp, copy)
+}
+
+/// mlx-lm decides from the conv1d layout whether the norm weights are stored as `1 + w`; a
+/// checkpoint with both layouts is ambiguous and refused, naming a tensor of each.
+#[test]
+fn qwen35_with_mixed_conv1d_layouts_is_refused() {
+    let Some(dir) = mlx_dir("tiny-qwen35-moe-4bit") else {
+        return;
+    };
+    let odd = "language_model.model.layers.1.linear_attn.conv1d.weight";
+    let (_tmp, copy) = with_tensors(&dir, |n, _, shape, b| {
+        let mut shape = shape.to_vec();
+        if n == odd {
+            shape.swap(1, 2); // transformers' [C, 1, K]
+        }
+        Some((shape, b.to_vec()))
+    });
+    let msg = pack_err(&copy, &PackOptions::new());
+    assert!(
+        msg.contains("`model.layers.1.linear_attn.conv1d.weight`: is [512, 1, 4]")
+            && msg.contains("`model.layers.0.linear_attn.conv1d.weight` is in the other")
+            && msg.contains("ambiguous"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -197,3 +197,34 @@ fn hub_layout_with_fused_experts_packs_to_the_same_bytes() {
         "greedy tokens of the hub-layout pack"
     );
 }
+
+/// A library user's path: `Checkpoint::open` on the Hub's multimodal layout reads the text
+/// model under its own names (no `text_only()` call), and it runs to the golden tokens.
+#[test]
+fn hub_layout_opens_as_its_text_model() {
+    let Some(dir) = fixture() else { return };
+    let hub = tempfile::tempdir().expect("tempdir");
+    hub_layout(&dir, hub.path());
+    let ckpt = flashmoe_engine::Checkpoint::open(hub.path(), None).expect("open hub layout");
+    assert!(
+        ckpt.names()
+            .all(|n| !n.contains("language_model") && !n.contains("visual"))
+    );
+    assert!(ckpt.contains("model.layers.0.linear_attn.conv1d.weight"));
+    let (mut model, mut experts) =
+        common::load(hub.path(), flashmoe_backends::quant::WeightFormat::Bf16);
+    let p = &golden(&dir)[1];
+    let got = generate_greedy(
+        &mut model,
+        &p.input_ids,
+        8,
+        &mut experts,
+        &mut flashmoe_engine::NoObserver,
+    )
+    .expect("generate");
+    assert_eq!(
+        got,
+        p.greedy_ids[..8],
+        "greedy tokens from the opened hub layout"
+    );
+}

@@ -13,6 +13,13 @@ greedy generation on that converted checkpoint into `mlx_golden.json` beside it:
 Outputs (under this directory):
   tiny-qwen3-moe-4bit/, tiny-qwen3-moe-8bit/   from ../shared/fixtures/tiny-qwen3-moe (~16 / ~30 MB:
                                                not committed; .ci/run regenerates them)
+  tiny-qwen35-moe-4bit/                        from ../shared/fixtures/tiny-qwen35-moe (~9 MB: not committed;
+                                               .ci/run regenerates it). mlx-lm reads Qwen3.5 only as the
+                                               Hub ships it (`qwen3_5_moe` with `text_config`, experts
+                                               fused as `experts.gate_up_proj` / `experts.down_proj`), so
+                                               the fixture is first rewritten into that form (same values;
+                                               `hub_form_qwen35`); mlx-lm's converter then moves the conv1d
+                                               weights to [C, K, 1] and stores the RMSNorm weights as 1 + w
   tiny-mixtral-4bit/                           from engine/tests/data/tiny-mixtral (small: committed; the
                                                fixture has no tokenizer, so the qwen3 fixture's is added,
                                                and its rope_theta is repeated at the top level of the
@@ -37,6 +44,7 @@ from mlx_lm.utils import load
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "../../../.."))
 QWEN3 = os.path.abspath(os.path.join(ROOT, "../shared/fixtures/tiny-qwen3-moe"))
+QWEN35 = os.path.abspath(os.path.join(ROOT, "../shared/fixtures/tiny-qwen35-moe"))
 MIXTRAL = os.path.join(ROOT, "engine/tests/data/tiny-mixtral")
 GREEDY = 40
 
@@ -77,7 +85,44 @@ def upcast(model):
     return model
 
 
-def build(name, src, bits, force):
+def hub_form_qwen35(hf):
+    """Rewrites the text-only Qwen3.5 fixture in `hf` into the Hub's multimodal form, values unchanged:
+    config `qwen3_5_moe` around a `text_config`, and each layer's experts fused into
+    `mlp.experts.gate_up_proj` [E, 2I, H] (gate rows first) and `mlp.experts.down_proj` [E, H, I]."""
+    cfg_path = os.path.join(hf, "config.json")
+    with open(cfg_path) as f:
+        text = json.load(f)
+    hub = {
+        "architectures": ["Qwen3_5MoeForConditionalGeneration"],
+        "model_type": "qwen3_5_moe",
+        "text_config": text,
+        "tie_word_embeddings": text.get("tie_word_embeddings", False),
+    }
+    index_path = os.path.join(hf, "model.safetensors.index.json")
+    with open(index_path) as f:
+        shards = sorted(set(json.load(f)["weight_map"].values()))
+    tensors = {}
+    for s in shards:
+        tensors.update(mx.load(os.path.join(hf, s)))  # bf16 as it is
+        os.remove(os.path.join(hf, s))
+    os.remove(index_path)
+    for l in range(text["num_hidden_layers"]):
+        p = f"model.layers.{l}.mlp.experts"
+        experts = range(text["num_experts"])
+        tensors[f"{p}.gate_up_proj"] = mx.stack(
+            [
+                mx.concatenate([tensors.pop(f"{p}.{e}.gate_proj.weight"), tensors.pop(f"{p}.{e}.up_proj.weight")])
+                for e in experts
+            ]
+        )
+        tensors[f"{p}.down_proj"] = mx.stack([tensors.pop(f"{p}.{e}.down_proj.weight") for e in experts])
+    mx.save_safetensors(os.path.join(hf, "model.safetensors"), tensors, metadata={"format": "pt"})
+    os.chmod(cfg_path, 0o644)
+    with open(cfg_path, "w") as f:
+        json.dump(hub, f, indent=2)
+
+
+def build(name, src, bits, force, group=64):
     out = os.path.join(HERE, name)
     if os.path.exists(out):
         if not force:
@@ -101,11 +146,13 @@ def build(name, src, bits, force):
             os.chmod(cfg_path, 0o644)
             with open(cfg_path, "w") as f:
                 json.dump(cfg, f, indent=2)
-        convert(hf, out, quantize=True, q_bits=bits, q_group_size=64)
+        if src == QWEN35:
+            hub_form_qwen35(hf)
+        convert(hf, out, quantize=True, q_bits=bits, q_group_size=group)
     prompts = prompts_of(src)
     model, _ = load(out)
     golden = {
-        "made_with": f"mlx {mx.__version__}, mlx-lm convert -q --q-bits {bits} --q-group-size 64",
+        "made_with": f"mlx {mx.__version__}, mlx-lm convert -q --q-bits {bits} --q-group-size {group}",
         "source": os.path.relpath(src, ROOT),
         "bf16": run(model, prompts, full_logits=False),
     }
@@ -126,14 +173,17 @@ def main():
         ("tiny-qwen3-moe-4bit", QWEN3, 4),
         ("tiny-qwen3-moe-8bit", QWEN3, 8),
         ("tiny-mixtral-4bit", MIXTRAL, 4),
+        # Group 32: the fixture's experts are 32 wide (moe_intermediate_size), and MLX leaves a
+        # module whose input is not a multiple of the group unquantized (down_proj, at 64).
+        ("tiny-qwen35-moe-4bit", QWEN35, 4, 32),
     ]
-    for name, src, bits in jobs:
+    for name, src, bits, *group in jobs:
         if args.only and args.only != name:
             continue
         if not os.path.exists(os.path.join(src, "config.json")):
             print(f"{name}: source {src} not found", file=sys.stderr)
             sys.exit(1)
-        build(name, src, bits, args.force)
+        build(name, src, bits, args.force, *group)
 
 
 if __name__ == "__main__":
