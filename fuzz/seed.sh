@@ -35,3 +35,12 @@ if [ -x "$bin" ]; then
 fi
 seed trace "$fx/tiny-qwen3-moe/routing_trace.safetensors"
 seed device $root/sim/presets/devices/*.json
+# HTTP bodies: the route byte (0 completions, 1 chat), then the JSON.
+mkdir -p corpus/http_request
+printf '\000{"model":"m","prompt":"Hello","max_tokens":8,"temperature":0.7,"stop":["\\n"],"stream":true,"stream_options":{"include_usage":true}}' \
+  >corpus/http_request/seed-completion
+printf '\000{"prompt":[1,2,3],"seed":7,"top_p":0.9}' >corpus/http_request/seed-completion-tokens
+printf '\001{"model":"m","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"Hi"}]}],"chat_template_kwargs":{"enable_thinking":false}}' \
+  >corpus/http_request/seed-chat
+printf '\001{"messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b"},{"role":"tool","content":"c"}],"max_completion_tokens":4}' \
+  >corpus/http_request/seed-chat-roles

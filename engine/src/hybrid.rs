@@ -32,7 +32,9 @@ impl<B: ComputeBackend> Loader<'_, B> {
 
     /// The tensor `name` of `shape`, as f32 values.
     pub(crate) fn values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        self.ckpt.tensor(name, shape)?.to_f32()
+        // Read, not borrowed from the map (see `quant_tensors::matrix`).
+        let mut buf = Vec::new();
+        self.ckpt.read_tensor(name, shape, &mut buf)?.to_f32()
     }
 
     /// The vector `name` of `len`.

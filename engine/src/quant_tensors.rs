@@ -21,7 +21,6 @@ use crate::weights::{Checkpoint, TensorMeta};
 use flashmoe_backends::quant::{MatrixLayout, WeightFormat};
 use half::f16;
 use safetensors::Dtype;
-use std::borrow::Cow;
 
 /// The codes, scales and biases of one quantized matrix (or a stack of them): their header
 /// entries; [`QuantParts::write`] reads the bytes it needs.
@@ -350,15 +349,18 @@ pub fn to_f16(
 /// A dense weight `name` of `[rows x cols]` for the model loader: the stored float tensor as it
 /// is, or a quantized module (`name` with `.scales` / `.biases` beside it) assembled in
 /// [`flashmoe_backends::quant`]'s layout.
-pub fn matrix<'a>(
-    ckpt: &'a Checkpoint,
+pub fn matrix(
+    ckpt: &Checkpoint,
     name: &str,
     rows: usize,
     cols: usize,
-) -> Result<(Cow<'a, [u8]>, WeightFormat)> {
+) -> Result<(Vec<u8>, WeightFormat)> {
     if !is_quantized(ckpt, name) {
-        let t = ckpt.tensor(name, &[rows, cols])?;
-        return Ok((Cow::Borrowed(t.bytes), t.format));
+        // Read (pread), not borrowed from the map: a file truncated under a running model is
+        // then a read error here, never a SIGBUS while the backend copies the bytes.
+        let mut buf = Vec::new();
+        let format = ckpt.read_tensor(name, &[rows, cols], &mut buf)?.format;
+        return Ok((buf, format));
     }
     let module = module_of(name);
     let p = parts(ckpt, module)?;
@@ -367,7 +369,7 @@ pub fn matrix<'a>(
     let mut out = vec![0u8; layout.total];
     let mut log = RoundLog::default();
     p.write(ckpt, module, 0, &layout, &mut out, &mut log)?;
-    Ok((Cow::Owned(out), format))
+    Ok((out, format))
 }
 
 /// One quantized matrix as MLX's three tensors (see [`split`]).

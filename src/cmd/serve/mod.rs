@@ -9,8 +9,6 @@
 //! Listens on 127.0.0.1 unless `--public` is given; Ctrl-C or SIGTERM stops accepting,
 //! lets the requests in progress finish, and exits 0.
 
-mod api;
-mod error;
 mod routes;
 mod worker;
 

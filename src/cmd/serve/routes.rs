@@ -14,15 +14,16 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use flashmoe_engine::{ChatTemplate, RenderOptions, Tokenizer};
+use flashmoe_engine::{ChatTemplate, Tokenizer};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::api::{self, ChatRequest, Checked, CompletionRequest, Prompt, Usage};
-use super::error::ApiError;
 use super::worker::{Counters, Event, Ready, Request};
+use flashmoe::http_api::{
+    self as api, ApiError, ChatRequest, Checked, CompletionRequest, Prompt, Usage,
+};
 use flashmoe_engine::{GenerationRequest, Outcome};
 
 /// What every handler shares.
@@ -264,30 +265,13 @@ async fn chat(
     {
         return Err(ApiError::invalid("logprobs", "is not supported".into()));
     }
-    if req.messages.is_empty() {
-        return Err(ApiError::invalid("messages", "must not be empty".into()));
-    }
     let template = s
         .template
         .as_ref()
         .map_err(|e| ApiError::bad_request(format!("chat is not available: {e}")))?;
     let id = s.next_id();
     let c = req.sampling.check(s.seed(id))?;
-    let messages = req
-        .messages
-        .iter()
-        .map(|m| {
-            m.to_template()
-                .map(|v| minijinja::Value::from_serialize(&v))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut opts = RenderOptions::generation();
-    for (k, v) in req.chat_template_kwargs.unwrap_or_default() {
-        opts = opts.var(k, v);
-    }
-    let text = template
-        .render_values(&messages, &opts)
-        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    let text = api::chat_prompt(&req, template)?;
     let prompt = encode(&s, &text)?;
     let job = s.job(prompt, &c, s.chat_stop_tokens.clone())?;
     let rx = s.submit(job)?;
