@@ -207,15 +207,17 @@ fn spec(
     let (pre, post) = d.layer_compute_ns(g, p.k)?;
     let budget_bytes = match (budget, mode) {
         (Some(gb), _) => (gb * 1e9) as u64,
-        (None, Mode::TrustOs) => d.page_cache_bytes(g),
+        (None, Mode::TrustOs) => d.trust_os_cache(g, p.k).expert_cache_bytes as u64,
         (None, Mode::Flashmoe) => d.cache_budget(g),
     };
     let eviction: EvictionKind = args.eviction.parse().map_err(SimError::Setup)?;
+    let split = d.io_split();
     let (mut ssd, qd) = match mode {
         Mode::TrustOs => (
             d.ssd_buffered.params(),
             args.queue_depth
-                .unwrap_or(d.buffered_threads.value as usize),
+                .unwrap_or(d.buffered_threads.value as usize)
+                * split,
         ),
         Mode::Flashmoe => (d.ssd_direct.params(), args.queue_depth.unwrap_or(32)),
     };
@@ -237,6 +239,11 @@ fn spec(
         compute_post_ns: post,
         contention: args.contention.unwrap_or(d.contention.value),
         copy_bps_per_thread: d.page_cache_copy_gbps_per_thread.value * 1e9,
+        trust_os_split: split,
+        dense_reread_bytes_per_layer: match mode {
+            Mode::TrustOs => d.trust_os_cache(g, p.k).dense_reread_bytes_per_layer,
+            Mode::Flashmoe => 0.0,
+        },
         eviction,
         predictor,
         horizon: args.horizon,

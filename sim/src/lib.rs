@@ -16,6 +16,7 @@
 pub mod belady;
 pub mod calibrate;
 pub mod cli;
+pub mod costs;
 pub mod device;
 pub mod error;
 pub mod figure;
@@ -23,6 +24,7 @@ pub mod figures;
 pub mod fixture;
 pub mod geometry;
 pub mod predict;
+pub mod prefill;
 pub mod replay;
 pub mod report;
 pub mod reproduce;
