@@ -299,6 +299,18 @@ impl DeviceProfile {
         }
     }
 
+    /// flashmoe's memory plan: (expert cache bytes, non-expert bytes streamed from flash per
+    /// layer and token). The expert cache gets RAM − reserved − non-expert weights, at least
+    /// two layers' experts; when the weights do not fit beside that minimum, flashmoe keeps
+    /// what fits resident and streams only the rest (a deliberate split, not LRU's sweep).
+    pub fn flashmoe_memory(&self, g: &Geometry, k: u32) -> (u64, f64) {
+        let minimal = 2 * k as u64 * g.expert_bytes;
+        let budget = self.cache_budget(g).max(minimal);
+        let free = self.ram_bytes.value - self.os_reserved_bytes.value - minimal as f64;
+        let stream = (g.non_expert_bytes as f64 - free.max(0.0)).max(0.0);
+        (budget, stream / g.layers as f64)
+    }
+
     /// RAM left for an expert cache: RAM − reserved − non-expert weights.
     pub fn cache_budget(&self, g: &Geometry) -> u64 {
         (self.ram_bytes.value - self.os_reserved_bytes.value - g.non_expert_bytes as f64).max(0.0)

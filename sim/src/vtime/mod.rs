@@ -63,8 +63,9 @@ pub struct RunSpec {
     /// trust-os: chunks each expert read is split into, read in parallel (`queue_depth` is
     /// then reader threads × split).
     pub trust_os_split: usize,
-    /// trust-os: non-expert bytes faulted back from flash per layer and token (the part of
-    /// the mmap'd weights the OS memory limit does not keep resident).
+    /// Non-expert bytes read back from flash per layer and token, before the layer computes
+    /// (trust-os: the part of the mmap'd weights the page cache does not keep; flashmoe: the
+    /// part that does not fit in memory beside its expert cache).
     pub dense_reread_bytes_per_layer: f64,
     pub eviction: EvictionKind,
     pub predictor: PredictorKind,
@@ -270,7 +271,7 @@ pub fn run_session(
         let token = step % trace.tokens();
         for layer in 0..h.layers {
             let t_fault = session.io().now();
-            if spec.mode == Mode::TrustOs && spec.dense_reread_bytes_per_layer > 0.0 {
+            if spec.dense_reread_bytes_per_layer > 0.0 {
                 session.io_mut().fault_in(spec.dense_reread_bytes_per_layer);
             }
             let fault = session.io().now() - t_fault;
