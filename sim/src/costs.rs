@@ -142,7 +142,9 @@ impl CostReport {
             }
         );
         if let (Some(t), Some(h)) = (self.tokens_per_charge, self.hours_per_charge) {
-            s += &format!("  battery        {t:.0} tokens per full charge ({h:.1} h of generation)\n");
+            s += &format!(
+                "  battery        {t:.0} tokens per full charge ({h:.1} h of generation)\n"
+            );
         }
         s += &format!(
             "  flash wear     reads {:.0} GB per hour of use: 0 P/E cycles (reads do not wear NAND); the packer's one write of {:.0} GB = {:.2}% of the rated TBW\n",

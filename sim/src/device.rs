@@ -116,7 +116,10 @@ const PRESETS: &[(&str, &str)] = &[
         "iphone-17-pro-256gb",
         include_str!("../presets/devices/iphone-17-pro-256gb.json"),
     ),
-    ("iphone-17", include_str!("../presets/devices/iphone-17.json")),
+    (
+        "iphone-17",
+        include_str!("../presets/devices/iphone-17.json"),
+    ),
     (
         "linux-nvme-gen4",
         include_str!("../presets/devices/linux-nvme-gen4.json"),
@@ -222,7 +225,8 @@ impl DeviceProfile {
             let bytes = layer_bytes(&m, c.k);
             let secs = (c.ms_per_layer.value - self.layer_overhead_ns() / 1e6) / 1e3;
             if secs <= 0.0 {
-                return Err(self.bad("compute.layer_overhead_us is not below the calibration's ms_per_layer"));
+                return Err(self
+                    .bad("compute.layer_overhead_us is not below the calibration's ms_per_layer"));
             }
             return Ok(bytes / secs / (self.compute.mem_bw_gbps.value * 1e9));
         }
@@ -286,7 +290,8 @@ impl DeviceProfile {
             working_set_bytes: working_set,
             thrashing: true,
             retention: h,
-            expert_cache_bytes: (file_cache - h * dense).max((2 * k as u64 * g.expert_bytes) as f64),
+            expert_cache_bytes: (file_cache - h * dense)
+                .max((2 * k as u64 * g.expert_bytes) as f64),
             dense_reread_bytes_per_layer: (1.0 - h) * dense / g.layers as f64,
         }
     }

@@ -168,7 +168,10 @@ mod tests {
         let mut last = one.expert_read_bytes;
         for c in [2, 8, 16, 64, 200, 512] {
             let p = prefill(&spec(), &t, 200, c);
-            assert!(p.expert_read_bytes <= one.expert_read_bytes + 1e-6, "chunk {c}");
+            assert!(
+                p.expert_read_bytes <= one.expert_read_bytes + 1e-6,
+                "chunk {c}"
+            );
             assert!(p.expert_read_bytes <= last + 1e-6, "monotone at chunk {c}");
             assert!(p.mean_union <= (c.min(200) * 4) as f64 + 1e-9);
             last = p.expert_read_bytes;

@@ -76,7 +76,9 @@ pub const PUBLISHED: [Published; 6] = [
         source: "issue 15: 'its paper's pruning table' (flash-moe paper); not found in any stored source (the README, results.tsv and the CUDA paper hold no K=10 run of the C engine)",
         traced: false,
         fits: None,
-        reason: Some("untraced, so not used to set anything; at K=10 the model is bound by 3 page-cache copies per reader thread, and the synthetic trace's hit rates are calibrated at K=4"),
+        reason: Some(
+            "untraced, so not used to set anything; at K=10 the model is bound by 3 page-cache copies per reader thread, and the synthetic trace's hit rates are calibrated at K=4",
+        ),
     },
     Published {
         case: "iPhone 17 Pro 397B 2-bit K4",
@@ -118,7 +120,9 @@ pub const PUBLISHED: [Published; 6] = [
         source: "Alexintosh/flash-moe FlashMoE-iOS/IOS_PORT.md: 'MacBook Pro M3 Max (48GB) | Qwen3.5-35B-A3B | 8 | 9.7 | After autoresearch optimizations' (the fork's build, not danveloper's FMA build)",
         traced: true,
         fits: None,
-        reason: Some("a different build of the engine (the fork's kernels, +34.7% over its own 7.2 tok/s): a cross-check of the per-layer overhead, not a target"),
+        reason: Some(
+            "a different build of the engine (the fork's kernels, +34.7% over its own 7.2 tok/s): a cross-check of the per-layer overhead, not a target",
+        ),
     },
 ];
 

@@ -28,14 +28,14 @@ type Patch = Box<dyn Fn(&mut DeviceProfile) -> Result<()>>;
 
 fn set_overhead(d: &mut DeviceProfile, us: f64) -> Result<()> {
     let f = crate::figure::Fig::new(us, "sensitivity");
-    if d.compute.calibration.is_none() {
-        if let Some(other) = &d.compute.efficiency_of {
-            // The efficiency comes from the calibrating preset: recompute it there with the
-            // same overhead, so the two stay consistent.
-            let mut o = device_profile(other)?;
-            o.compute.layer_overhead_us = Some(f.clone());
-            d.compute.efficiency_override = Some(o.compute_efficiency()?);
-        }
+    if d.compute.calibration.is_none()
+        && let Some(other) = &d.compute.efficiency_of
+    {
+        // The efficiency comes from the calibrating preset: recompute it there with the
+        // same overhead, so the two stay consistent.
+        let mut o = device_profile(other)?;
+        o.compute.layer_overhead_us = Some(f.clone());
+        d.compute.efficiency_override = Some(o.compute_efficiency()?);
     }
     d.compute.layer_overhead_us = Some(f);
     Ok(())
@@ -143,7 +143,14 @@ pub fn sensitivity_rows(args: &SimArgs) -> Result<Vec<Variant>> {
         args.model = case.model.into();
         let mut run = |parameter: String, value: String, d: DeviceProfile| -> Result<()> {
             let (plan, trace) = plan_for_device(&args, d, case.bits)?;
-            let s = run_plan(&args, &plan, &trace, Mode::TrustOs, PredictorKind::None, case.case)?;
+            let s = run_plan(
+                &args,
+                &plan,
+                &trace,
+                Mode::TrustOs,
+                PredictorKind::None,
+                case.case,
+            )?;
             rows.push(Variant {
                 case: case.case.into(),
                 parameter,

@@ -49,8 +49,7 @@ pub struct TtftRow {
 
 fn k_of(args: &SimArgs) -> Option<u32> {
     // flash-moe runs the 397B at K=4; other models at their own K.
-    args.k
-        .or((args.model == "qwen3.5-397b-a17b").then_some(4))
+    args.k.or((args.model == "qwen3.5-397b-a17b").then_some(4))
 }
 
 fn prefill_spec(p: &Plan2, model: &str, hit_rate: f64) -> Result<PrefillSpec> {
@@ -86,8 +85,22 @@ pub fn ttft_rows(args: &SimArgs) -> Result<Vec<TtftRow>> {
     let mut rows = Vec::new();
     for dev in TTFT_DEVICES {
         let (plan, trace) = plan_for(&args, dev, args.bits)?;
-        let os = run_plan(&args, &plan, &trace, Mode::TrustOs, PredictorKind::None, dev)?;
-        let fm = run_plan(&args, &plan, &trace, Mode::Flashmoe, PredictorKind::Scores, dev)?;
+        let os = run_plan(
+            &args,
+            &plan,
+            &trace,
+            Mode::TrustOs,
+            PredictorKind::None,
+            dev,
+        )?;
+        let fm = run_plan(
+            &args,
+            &plan,
+            &trace,
+            Mode::Flashmoe,
+            PredictorKind::Scores,
+            dev,
+        )?;
         let spec = prefill_spec(&plan, &args.model, fm.cache_hit_rate)?;
         let one = prefill(&spec, &trace, n, 1);
         let chunked = prefill(&spec, &trace, n, args.chunk.max(1));
@@ -157,7 +170,11 @@ pub fn ttft(args: &SimArgs) -> Result<String> {
             b.overhead_s,
             a.weight_s + a.flop_s,
             b.weight_s + b.flop_s,
-            if b.flop_s > 0.0 { "; now FLOP-bound" } else { "" },
+            if b.flop_s > 0.0 {
+                "; now FLOP-bound"
+            } else {
+                ""
+            },
             a.io_s,
             b.io_s,
             ratio(a.expert_read_bytes, b.expert_read_bytes),

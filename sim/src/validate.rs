@@ -160,7 +160,11 @@ pub fn check_profile(name: &str, d: &DeviceProfile) -> Result<()> {
             checks.push((format!("costs.{what}"), f.value, unit, Range::Positive));
         };
         pos("soc_power_w", &c.soc_power_w, "W");
-        pos("flash_read_nj_per_byte", &c.flash_read_nj_per_byte, "nJ/byte");
+        pos(
+            "flash_read_nj_per_byte",
+            &c.flash_read_nj_per_byte,
+            "nJ/byte",
+        );
         pos("dram_pj_per_byte", &c.dram_pj_per_byte, "pJ/byte");
         pos("sustained_power_w", &c.sustained_power_w, "W");
         pos("flash_capacity_bytes", &c.flash_capacity_bytes, "bytes");

@@ -52,12 +52,16 @@ fn bad_profile_fields_are_refused_by_name() {
     v["buffered_io_split"]["value"] = serde_json::json!(0.0);
     let path = std::env::temp_dir().join(format!("flashmoe-bad-{}.json", std::process::id()));
     std::fs::write(&path, v.to_string()).unwrap();
-    let e = device_profile(path.to_str().unwrap()).unwrap_err().to_string();
+    let e = device_profile(path.to_str().unwrap())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("buffered_io_split"), "{e}");
     v["buffered_io_split"]["value"] = serde_json::json!(4.0);
     v["costs"]["flash_read_nj_per_byte"]["value"] = serde_json::json!(-1.0);
     std::fs::write(&path, v.to_string()).unwrap();
-    let e = device_profile(path.to_str().unwrap()).unwrap_err().to_string();
+    let e = device_profile(path.to_str().unwrap())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("costs.flash_read_nj_per_byte"), "{e}");
     let _ = std::fs::remove_file(&path);
 }
@@ -77,11 +81,18 @@ fn sweep_retention_solves_its_equation_and_falls_with_the_sweep() {
 
 #[test]
 fn page_cache_sweep_thrashes_only_when_the_working_set_does_not_fit() {
-    let g397 = model_preset("qwen3.5-397b-a17b").unwrap().at_bits(2).unwrap();
+    let g397 = model_preset("qwen3.5-397b-a17b")
+        .unwrap()
+        .at_bits(2)
+        .unwrap();
     let g35 = model_preset("qwen3.5-35b-a3b").unwrap().at_bits(4).unwrap();
-    let m3 = device_profile("macbook-m3-max").unwrap().trust_os_cache(&g397, 4);
+    let m3 = device_profile("macbook-m3-max")
+        .unwrap()
+        .trust_os_cache(&g397, 4);
     assert!(!m3.thrashing && m3.dense_reread_bytes_per_layer == 0.0);
-    let pro = device_profile("iphone-17-pro").unwrap().trust_os_cache(&g397, 4);
+    let pro = device_profile("iphone-17-pro")
+        .unwrap()
+        .trust_os_cache(&g397, 4);
     assert!(pro.thrashing && pro.working_set_bytes > pro.file_cache_bytes);
     let expected = (1.0 - pro.retention) * g397.non_expert_bytes as f64 / g397.layers as f64;
     assert!((pro.dense_reread_bytes_per_layer - expected).abs() < 1.0);
@@ -143,8 +154,19 @@ fn faulted_weights_are_read_once_per_layer_and_token_and_chunks_read_the_same_by
 #[test]
 fn energy_grows_with_the_bytes_a_run_reads() {
     let args = [
-        "--device", "iphone-17", "--model", "qwen3.5-35b-a3b", "--k", "8", "--mode",
-        "trust-os", "--tokens", "30", "--warmup", "60", "--json",
+        "--device",
+        "iphone-17",
+        "--model",
+        "qwen3.5-35b-a3b",
+        "--k",
+        "8",
+        "--mode",
+        "trust-os",
+        "--tokens",
+        "30",
+        "--warmup",
+        "60",
+        "--json",
     ];
     let mut big = args.to_vec();
     big.extend(["--budget-gb", "6"]);
@@ -160,15 +182,26 @@ fn energy_grows_with_the_bytes_a_run_reads() {
     let per_charge = |v: &serde_json::Value| v["costs"]["tokens_per_charge"].as_f64().unwrap();
     assert!(per_charge(&s) < per_charge(&b));
     // Reads wear nothing; the packer's write is a positive share of the rated endurance.
-    assert_eq!(s["costs"]["read_wear_share_of_tbw_per_hour"].as_f64(), Some(0.0));
+    assert_eq!(
+        s["costs"]["read_wear_share_of_tbw_per_hour"].as_f64(),
+        Some(0.0)
+    );
     assert!(s["costs"]["model_write_share_of_tbw"].as_f64().unwrap() > 0.0);
 }
 
 #[test]
 fn ttft_chunked_reads_at_most_token_by_token_on_every_ttft_preset() {
     let v = run_json(&[
-        "--ttft", "--prompt-tokens", "256", "--chunk", "32", "--tokens", "20", "--warmup",
-        "40", "--json",
+        "--ttft",
+        "--prompt-tokens",
+        "256",
+        "--chunk",
+        "32",
+        "--tokens",
+        "20",
+        "--warmup",
+        "40",
+        "--json",
     ]);
     let rows = v.as_array().unwrap();
     assert_eq!(rows.len(), 3);

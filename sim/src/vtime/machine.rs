@@ -73,13 +73,13 @@ impl Sim {
             done.clear();
             self.ssd.advance(next, true, &mut done);
             for d in &done {
-                if !pending.remove(&d.tag) {
-                    if let Some(info) = self.ops.remove(&d.tag) {
-                        let _ = self.core.complete(Completion {
-                            tag: d.tag,
-                            result: Ok(info.sim_len),
-                        });
-                    }
+                if !pending.remove(&d.tag)
+                    && let Some(info) = self.ops.remove(&d.tag)
+                {
+                    let _ = self.core.complete(Completion {
+                        tag: d.tag,
+                        result: Ok(info.sim_len),
+                    });
                 }
             }
         }
