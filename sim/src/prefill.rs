@@ -8,6 +8,7 @@
 //! ```text
 //! time    = overhead + max(weight bytes / effective bandwidth, FLOPs / effective FLOP rate)
 //!         + missed union bytes / read bandwidth                      (no overlap assumed)
+//!         + non-expert bytes that do not fit in memory / read bandwidth
 //! weights = non-expert bytes of the layer + |union| × expert bytes
 //! FLOPs   = C × 2 × (non-expert params of the layer + k × expert params)
 //! ```
@@ -54,6 +55,9 @@ pub struct PrefillSpec {
     pub read_bps: f64,
     /// Share of union experts already cached.
     pub hit_rate: f64,
+    /// Non-expert bytes of a layer that do not fit in memory and are streamed from flash
+    /// once per pass (per chunk), read at `read_bps`.
+    pub dense_stream_bytes_per_layer: f64,
 }
 
 /// TTFT of one prompt at one chunk size, split into its terms.
@@ -71,6 +75,8 @@ pub struct Prefill {
     /// FLOP time, where it bounds the chunk.
     pub flop_s: f64,
     pub io_s: f64,
+    /// Streaming the non-expert weights that do not fit in memory, once per chunk.
+    pub dense_io_s: f64,
     pub ttft_s: f64,
 }
 
@@ -105,6 +111,7 @@ pub fn prefill(s: &PrefillSpec, trace: &Trace, prompt: u64, chunk: u64) -> Prefi
     let chunk = chunk.max(1);
     let sizes = union_sizes(trace, prompt, chunk);
     let (mut over, mut wt, mut fl, mut io, mut bytes, mut unions) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    let mut dense_io = 0.0;
     let mut start = 0u64;
     for per_layer in &sizes {
         let c = chunk.min(prompt - start) as f64;
@@ -120,6 +127,7 @@ pub fn prefill(s: &PrefillSpec, trace: &Trace, prompt: u64, chunk: u64) -> Prefi
             } else {
                 fl += f;
             }
+            dense_io += s.dense_stream_bytes_per_layer / s.read_bps;
             let missed = u * s.expert_bytes * (1.0 - s.hit_rate);
             bytes += missed;
             io += missed / s.read_bps;
@@ -135,7 +143,8 @@ pub fn prefill(s: &PrefillSpec, trace: &Trace, prompt: u64, chunk: u64) -> Prefi
         weight_s: wt,
         flop_s: fl,
         io_s: io,
-        ttft_s: over + wt + fl + io,
+        dense_io_s: dense_io,
+        ttft_s: over + wt + fl + io + dense_io,
     }
 }
 
@@ -157,6 +166,7 @@ mod tests {
             flops: 4e12,
             read_bps: 5e9,
             hit_rate: 0.3,
+            dense_stream_bytes_per_layer: 1e6,
         }
     }
 

@@ -74,6 +74,7 @@ fn prefill_spec(p: &Plan2, model: &str, hit_rate: f64) -> Result<PrefillSpec> {
         flops: pre.gpu_tflops.value * 1e12 * pre.flop_efficiency.value,
         read_bps: d.ssd_direct.peak_gbps.value * 1e9,
         hit_rate,
+        dense_stream_bytes_per_layer: d.flashmoe_memory(g, p.k()).1,
     })
 }
 
@@ -124,12 +125,13 @@ pub fn ttft_rows(args: &SimArgs) -> Result<Vec<TtftRow>> {
 
 fn terms(p: &Prefill) -> String {
     format!(
-        "{:>8.1} s = overhead {:.1} + weight reads {:.1} + FLOPs {:.1} + expert I/O {:.1}  (experts read {:.1} GB, union {:.1}/layer/chunk)",
+        "{:>8.1} s = overhead {:.1} + weight reads {:.1} + FLOPs {:.1} + expert I/O {:.1} + weights streamed {:.1}  (experts read {:.1} GB, union {:.1}/layer/chunk)",
         p.ttft_s,
         p.overhead_s,
         p.weight_s,
         p.flop_s,
         p.io_s,
+        p.dense_io_s,
         p.expert_read_bytes / 1e9,
         p.mean_union
     )
@@ -164,7 +166,7 @@ pub fn ttft(args: &SimArgs) -> Result<String> {
         let ratio = |x: f64, y: f64| if y > 0.0 { x / y } else { f64::INFINITY };
         let _ = writeln!(
             s,
-            "  gain x{:.1}, term by term: overhead {:.1} -> {:.1} s (one pass per layer and chunk, not per token); compute {:.1} -> {:.1} s (weights read once per chunk{}); expert I/O {:.1} -> {:.1} s (x{:.1} fewer bytes: a chunk's union is {:.1} experts of the {} it routes)",
+            "  gain x{:.1}, term by term: overhead {:.1} -> {:.1} s (one pass per layer and chunk, not per token); compute {:.1} -> {:.1} s (weights read once per chunk{}); expert I/O {:.1} -> {:.1} s (x{:.1} fewer bytes: a chunk's union is {:.1} experts of the {} it routes); weights that do not fit streamed {:.1} -> {:.1} s",
             ratio(a.ttft_s, b.ttft_s),
             a.overhead_s,
             b.overhead_s,
@@ -179,7 +181,9 @@ pub fn ttft(args: &SimArgs) -> Result<String> {
             b.io_s,
             ratio(a.expert_read_bytes, b.expert_read_bytes),
             b.mean_union,
-            b.chunk.min(r.prompt_tokens) * r.k as u64
+            b.chunk.min(r.prompt_tokens) * r.k as u64,
+            a.dense_io_s,
+            b.dense_io_s
         );
         if r.device == "iphone-17-pro" {
             let _ = writeln!(
