@@ -24,7 +24,9 @@ enum Command {
     /// at several queue depths, mmap, and the scheduler itself, cold, as GB/s and ratios.
     IoBench(cmd::io_bench::IoBenchArgs),
     /// Simulate model M on device D with policy P in virtual time, through the real scheduler
-    /// (`--reproduce` replays the published flash-moe and iPhone figures).
+    /// (`--reproduce` places every published flash-moe and iPhone point, `--sensitivity` moves
+    /// each unidentified parameter, `--ttft` prefill token by token vs chunked, `--costs`
+    /// energy, battery, heat and flash wear).
     Sim(Box<flashmoe_sim::cli::SimArgs>),
     /// Write a packed model of a real geometry with deterministic pseudo-random expert bytes.
     Synth(cmd::synth::SynthArgs),

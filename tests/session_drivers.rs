@@ -105,6 +105,8 @@ fn sim_calls(m: &PackedModel, kind: RowKind, trace: &Arc<Trace>, budget: u64) ->
         compute_post_ns: 100_000.0,
         contention: 0.0,
         copy_bps_per_thread: 4e9,
+        trust_os_split: 1,
+        dense_reread_bytes_per_layer: 0.0,
         eviction: EvictionKind::Lru,
         predictor: PredictorKind::Scores,
         horizon: 1,

@@ -136,7 +136,12 @@ pub fn this_machine(dir: &Path, file_mb: u64) -> Result<DeviceProfile> {
             ),
             calibration: None,
             efficiency_of: Some("macbook-m3-max".into()),
+            layer_overhead_us: None,
+            efficiency_override: None,
         },
         contention: Fig::new(0.0, "assumption: discrete memory paths"),
+        buffered_io_split: None,
+        costs: None,
+        prefill: None,
     })
 }

@@ -131,6 +131,21 @@ pub struct SimArgs {
     /// Scratch directory for `--device this-machine`.
     #[arg(long, default_value = ".")]
     pub calibrate_dir: PathBuf,
+    /// Show how every `--reproduce` point moves over each unidentified parameter's range.
+    #[arg(long)]
+    pub sensitivity: bool,
+    /// Time to first token on the M3 Max and iPhone presets: token by token vs chunked.
+    #[arg(long)]
+    pub ttft: bool,
+    /// Prompt tokens for `--ttft`.
+    #[arg(long, default_value_t = 2000)]
+    pub prompt_tokens: u64,
+    /// Prompt tokens per prefill chunk for `--ttft` (1 = token by token).
+    #[arg(long, default_value_t = 64)]
+    pub chunk: u64,
+    /// Energy, battery, heat and wear of the model on every preset (trust-os and flashmoe).
+    #[arg(long)]
+    pub costs: bool,
 }
 
 /// One resolved run.
@@ -146,6 +161,10 @@ fn plan(args: &SimArgs, device: &str, bits: u32) -> Result<Plan> {
     } else {
         device_profile(device)?
     };
+    plan_device(args, device, bits)
+}
+
+fn plan_device(args: &SimArgs, device: DeviceProfile, bits: u32) -> Result<Plan> {
     let m = model_preset(&args.model)?;
     let geometry = m.at_bits(bits)?;
     let k = args.k.unwrap_or(m.k_native.value as u32);
@@ -207,15 +226,17 @@ fn spec(
     let (pre, post) = d.layer_compute_ns(g, p.k)?;
     let budget_bytes = match (budget, mode) {
         (Some(gb), _) => (gb * 1e9) as u64,
-        (None, Mode::TrustOs) => d.page_cache_bytes(g),
-        (None, Mode::Flashmoe) => d.cache_budget(g),
+        (None, Mode::TrustOs) => d.trust_os_cache(g, p.k).expert_cache_bytes as u64,
+        (None, Mode::Flashmoe) => d.flashmoe_memory(g, p.k).0,
     };
     let eviction: EvictionKind = args.eviction.parse().map_err(SimError::Setup)?;
+    let split = d.io_split();
     let (mut ssd, qd) = match mode {
         Mode::TrustOs => (
             d.ssd_buffered.params(),
             args.queue_depth
-                .unwrap_or(d.buffered_threads.value as usize),
+                .unwrap_or(d.buffered_threads.value as usize)
+                * split,
         ),
         Mode::Flashmoe => (d.ssd_direct.params(), args.queue_depth.unwrap_or(32)),
     };
@@ -237,6 +258,11 @@ fn spec(
         compute_post_ns: post,
         contention: args.contention.unwrap_or(d.contention.value),
         copy_bps_per_thread: d.page_cache_copy_gbps_per_thread.value * 1e9,
+        trust_os_split: split,
+        dense_reread_bytes_per_layer: match mode {
+            Mode::TrustOs => d.trust_os_cache(g, p.k).dense_reread_bytes_per_layer,
+            Mode::Flashmoe => d.flashmoe_memory(g, p.k).1,
+        },
         eviction,
         predictor,
         horizon: args.horizon,
@@ -300,7 +326,23 @@ fn run_one(
 ) -> Result<(Summary, vtime::RunResult)> {
     let s = spec(args, p, mode, pred, budget)?;
     let r = vtime::run(&s, trace)?;
-    Ok((summarise(label, p, &s, trace, &r), r))
+    let mut sum = summarise(label, p, &s, trace, &r);
+    sum.costs = costs_of(p, &sum, mode);
+    Ok((sum, r))
+}
+
+/// The cost report of a run, when the device has cost figures.
+fn costs_of(p: &Plan, s: &Summary, mode: Mode) -> Option<crate::costs::CostReport> {
+    let c = p.device.costs.as_ref()?;
+    let g = &p.geometry;
+    let experts = g.layers as f64 * p.k as f64 * g.expert_bytes as f64;
+    let w = crate::costs::TokenWork {
+        seconds: s.ms_per_token / 1e3,
+        flash_bytes: s.device_mb_per_token * 1e6,
+        kernel_bytes: crate::device::layer_bytes(g, p.k) * g.layers as f64,
+        copied_bytes: if mode == Mode::TrustOs { experts } else { 0.0 },
+    };
+    Some(c.report(w, g))
 }
 
 fn sweep(args: &SimArgs, p: &Plan, trace: &Arc<Trace>) -> Result<Vec<Summary>> {
@@ -366,8 +408,17 @@ pub fn run(args: &SimArgs) -> Result<String> {
     if args.figures {
         return crate::figures::figures_markdown();
     }
+    if args.sensitivity {
+        return crate::sensitivity::sensitivity(args);
+    }
     if args.reproduce {
         return crate::reproduce::reproduce(args);
+    }
+    if args.ttft {
+        return crate::ttft::ttft(args);
+    }
+    if args.costs {
+        return crate::ttft::costs_table(args);
     }
     let p = plan(args, &args.device, args.bits)?;
     if args.show_device {
@@ -450,8 +501,31 @@ pub(crate) fn plan_for(args: &SimArgs, device: &str, bits: u32) -> Result<(Plan2
     Ok((Plan2(p), t))
 }
 
+/// [`plan_for`] with a device profile given in full (sensitivity runs).
+pub(crate) fn plan_for_device(
+    args: &SimArgs,
+    device: DeviceProfile,
+    bits: u32,
+) -> Result<(Plan2, Arc<Trace>)> {
+    let p = plan_device(args, device, bits)?;
+    let t = trace_for(args, &p)?;
+    Ok((Plan2(p), t))
+}
+
 /// A resolved device × model (opaque to other modules).
 pub(crate) struct Plan2(Plan);
+
+impl Plan2 {
+    pub(crate) fn device(&self) -> &DeviceProfile {
+        &self.0.device
+    }
+    pub(crate) fn geometry(&self) -> &Geometry {
+        &self.0.geometry
+    }
+    pub(crate) fn k(&self) -> u32 {
+        self.0.k
+    }
+}
 
 pub(crate) fn run_plan(
     args: &SimArgs,

@@ -48,6 +48,14 @@ pub struct ComputeModel {
     /// Or: the efficiency taken from another preset's calibration (same GPU family/kernels).
     #[serde(default)]
     pub efficiency_of: Option<String>,
+    /// Fixed time per layer that does not scale with bytes (command-buffer encode, CPU-GPU
+    /// syncs, dispatch launches), µs; absent = 0. The calibration's bandwidth term is what is
+    /// left of its per-layer time after this.
+    #[serde(default)]
+    pub layer_overhead_us: Option<Fig>,
+    /// Set by sensitivity runs: the efficiency to use instead of the calibration's.
+    #[serde(skip)]
+    pub(crate) efficiency_override: Option<f64>,
 }
 
 /// A published per-layer compute time for one model on this device.
@@ -83,6 +91,16 @@ pub struct DeviceProfile {
     /// Compute slows by `1 + contention × SSD utilisation` while the SSD transfers
     /// (unified memory: DMA and GPU share the memory controller). 0 = no contention.
     pub contention: Fig,
+    /// "Trust the OS" only: each expert pread is split into this many page-aligned chunks
+    /// read in parallel (Anemll's iOS "Expert I/O Fanout"); absent = 1.
+    #[serde(default)]
+    pub buffered_io_split: Option<Fig>,
+    /// Power, battery, thermal and flash-endurance figures (energy and wear reports).
+    #[serde(default)]
+    pub costs: Option<crate::costs::CostProfile>,
+    /// Peak arithmetic throughput, for prefill (compute-bound once tokens are batched).
+    #[serde(default)]
+    pub prefill: Option<crate::prefill::PrefillProfile>,
 }
 
 const PRESETS: &[(&str, &str)] = &[
@@ -97,6 +115,10 @@ const PRESETS: &[(&str, &str)] = &[
     (
         "iphone-17-pro-256gb",
         include_str!("../presets/devices/iphone-17-pro-256gb.json"),
+    ),
+    (
+        "iphone-17",
+        include_str!("../presets/devices/iphone-17.json"),
     ),
     (
         "linux-nvme-gen4",
@@ -141,6 +163,50 @@ pub fn device_profile(name: &str) -> Result<DeviceProfile> {
     })
 }
 
+/// The page cache under "trust the OS": non-expert weights (mmap'd) and expert pages (pread)
+/// share the file-backed memory `RAM − os_reserved`. Every token sweeps all non-expert
+/// weights and `layers × k` experts: under LRU (and its CLOCK approximations) a page hits
+/// only if fewer distinct bytes were touched since its last use than the cache holds. So
+/// while the per-token working set fits, the weights stay resident and experts get the rest;
+/// once it does not, the sweep evicts pages before their reuse. Strict LRU would evict every
+/// page (the cliff of LRU on a cyclic pattern); XNU's reclaim (FIFO queues with reference
+/// bits) picks victims closer to random, and under random eviction a page of a sweep of
+/// `S` bytes through a cache of `F` survives until its next use with probability `h`:
+///
+/// ```text
+/// h = exp(−(S/F)(1 − h))     (each of the S(1−h) misses in between evicts it with p 1/F)
+/// ```
+///
+/// so a share `1 − h` of the weights is faulted back from flash every token.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TrustOsCache {
+    /// Memory for file pages: RAM − os_reserved.
+    pub file_cache_bytes: f64,
+    /// Non-expert bytes + one token's experts.
+    pub working_set_bytes: f64,
+    /// The working set does not fit the file cache.
+    pub thrashing: bool,
+    /// Share of the non-expert weights still resident at each token's use (1 when it fits).
+    pub retention: f64,
+    /// Page cache left to experts.
+    pub expert_cache_bytes: f64,
+    /// Non-expert bytes faulted back from flash per layer and token.
+    pub dense_reread_bytes_per_layer: f64,
+}
+
+/// Survival of a page between two uses in a cyclic sweep `ratio` = sweep / cache times the
+/// cache, under random eviction: the smallest root of `h = exp(-ratio (1 - h))` (1 if it fits).
+pub fn sweep_retention(ratio: f64) -> f64 {
+    if ratio.is_nan() || ratio <= 1.0 {
+        return 1.0;
+    }
+    let mut h = 0.0;
+    for _ in 0..200 {
+        h = (-ratio * (1.0 - h)).exp();
+    }
+    h
+}
+
 /// Bytes the GPU reads for one layer of one token: the layer's share of the non-expert weights
 /// plus `k` experts.
 pub fn layer_bytes(g: &Geometry, k: u32) -> f64 {
@@ -151,10 +217,17 @@ impl DeviceProfile {
     /// Effective share of memory bandwidth the kernels reach, from the calibration (or from
     /// the preset named in `efficiency_of`).
     pub fn compute_efficiency(&self) -> Result<f64> {
+        if let Some(e) = self.compute.efficiency_override {
+            return Ok(e);
+        }
         if let Some(c) = &self.compute.calibration {
             let m = crate::geometry::model_preset(&c.model)?.at_bits(c.bits)?;
             let bytes = layer_bytes(&m, c.k);
-            let secs = c.ms_per_layer.value / 1e3;
+            let secs = (c.ms_per_layer.value - self.layer_overhead_ns() / 1e6) / 1e3;
+            if secs <= 0.0 {
+                return Err(self
+                    .bad("compute.layer_overhead_us is not below the calibration's ms_per_layer"));
+            }
             return Ok(bytes / secs / (self.compute.mem_bw_gbps.value * 1e9));
         }
         if let Some(other) = &self.compute.efficiency_of {
@@ -166,12 +239,61 @@ impl DeviceProfile {
         Err(self.bad("compute needs a calibration or efficiency_of"))
     }
 
-    /// Compute time of one layer in ns, split into (before routing is known, expert FFN).
+    /// Fixed per-layer compute overhead, ns.
+    pub fn layer_overhead_ns(&self) -> f64 {
+        self.compute
+            .layer_overhead_us
+            .as_ref()
+            .map_or(0.0, |f| f.value * 1e3)
+    }
+
+    /// Bytes/s the kernels reach: memory bandwidth × calibrated efficiency.
+    pub fn effective_compute_bps(&self) -> Result<f64> {
+        Ok(self.compute.mem_bw_gbps.value * 1e9 * self.compute_efficiency()?)
+    }
+
+    /// Compute time of one layer in ns, split into (before routing is known, expert FFN):
+    /// the fixed overhead goes before routing, then every byte at the effective bandwidth.
     pub fn layer_compute_ns(&self, g: &Geometry, k: u32) -> Result<(f64, f64)> {
-        let bw = self.compute.mem_bw_gbps.value * 1e9 * self.compute_efficiency()?;
+        let bw = self.effective_compute_bps()?;
         let total = layer_bytes(g, k) / bw * 1e9;
         let experts = k as f64 * g.expert_bytes as f64 / bw * 1e9;
-        Ok((total - experts, experts))
+        Ok((total - experts + self.layer_overhead_ns(), experts))
+    }
+
+    /// Chunks each trust-the-OS expert read is split into (>= 1).
+    pub fn io_split(&self) -> usize {
+        self.buffered_io_split
+            .as_ref()
+            .map_or(1, |f| f.value.max(1.0) as usize)
+    }
+
+    /// How the OS page cache holds the model in "trust the OS" mode: see [`TrustOsCache`].
+    pub fn trust_os_cache(&self, g: &Geometry, k: u32) -> TrustOsCache {
+        let file_cache = (self.ram_bytes.value - self.os_reserved_bytes.value).max(0.0);
+        let experts_per_token = g.layers as f64 * k as f64 * g.expert_bytes as f64;
+        let working_set = g.non_expert_bytes as f64 + experts_per_token;
+        if file_cache >= working_set {
+            return TrustOsCache {
+                file_cache_bytes: file_cache,
+                working_set_bytes: working_set,
+                thrashing: false,
+                retention: 1.0,
+                expert_cache_bytes: self.page_cache_bytes(g) as f64,
+                dense_reread_bytes_per_layer: 0.0,
+            };
+        }
+        let h = sweep_retention(working_set / file_cache.max(1.0));
+        let dense = g.non_expert_bytes as f64;
+        TrustOsCache {
+            file_cache_bytes: file_cache,
+            working_set_bytes: working_set,
+            thrashing: true,
+            retention: h,
+            expert_cache_bytes: (file_cache - h * dense)
+                .max((2 * k as u64 * g.expert_bytes) as f64),
+            dense_reread_bytes_per_layer: (1.0 - h) * dense / g.layers as f64,
+        }
     }
 
     /// Page cache available to expert data in the "trust the OS" setup.
@@ -180,6 +302,18 @@ impl DeviceProfile {
             Some(f) => f.value as u64,
             None => self.cache_budget(g),
         }
+    }
+
+    /// flashmoe's memory plan: (expert cache bytes, non-expert bytes streamed from flash per
+    /// layer and token). The expert cache gets RAM − reserved − non-expert weights, at least
+    /// two layers' experts; when the weights do not fit beside that minimum, flashmoe keeps
+    /// what fits resident and streams only the rest (a deliberate split, not LRU's sweep).
+    pub fn flashmoe_memory(&self, g: &Geometry, k: u32) -> (u64, f64) {
+        let minimal = 2 * k as u64 * g.expert_bytes;
+        let budget = self.cache_budget(g).max(minimal);
+        let free = self.ram_bytes.value - self.os_reserved_bytes.value - minimal as f64;
+        let stream = (g.non_expert_bytes as f64 - free.max(0.0)).max(0.0);
+        (budget, stream / g.layers as f64)
     }
 
     /// RAM left for an expert cache: RAM − reserved − non-expert weights.

@@ -11,11 +11,15 @@
 //!   loads the recorded fixture traces.
 //! - [`vtime`]: per token, per layer: compute windows during which prefetches proceed, demand
 //!   stalls, unified-memory contention. [`belady`]: the MIN bound for the same trace and budget.
+//! - [`prefill`], [`ttft`]: time to first token, token by token vs chunked; [`costs`]:
+//!   energy per token, battery, thermal envelope, flash wear; [`sensitivity`]: how every
+//!   published point moves over each unidentified parameter's range.
 //! - [`report`], [`timeline`]: tables, JSON and SVG; [`cli`]: `flashmoe sim`.
 
 pub mod belady;
 pub mod calibrate;
 pub mod cli;
+pub mod costs;
 pub mod device;
 pub mod error;
 pub mod figure;
@@ -23,14 +27,17 @@ pub mod figures;
 pub mod fixture;
 pub mod geometry;
 pub mod predict;
+pub mod prefill;
 pub mod replay;
 pub mod report;
 pub mod reproduce;
 pub mod rng;
 pub mod routing_stats;
+pub mod sensitivity;
 pub mod ssd;
 pub mod synth;
 pub mod timeline;
+pub mod ttft;
 pub mod validate;
 pub mod vtime;
 

@@ -63,6 +63,12 @@ pub struct Summary {
     pub prefetch_mb_per_token: f64,
     pub wasted_mb_per_token: f64,
     pub mean_queue_depth: f64,
+    /// Bytes the simulated SSD moved per token (expert reads and, under "trust the OS",
+    /// non-expert weights faulted back), MB.
+    pub device_mb_per_token: f64,
+    /// Energy, battery, heat and wear of this run, when the device has cost figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub costs: Option<crate::costs::CostReport>,
     pub per_layer: Vec<LayerRow>,
 }
 
@@ -144,6 +150,8 @@ impl Summary {
             prefetch_mb_per_token: m.prefetch_bytes as f64 / n / 1e6,
             wasted_mb_per_token: m.wasted_bytes as f64 / n / 1e6,
             mean_queue_depth: r.metrics.depth.mean_depth(),
+            device_mb_per_token: r.device_bytes / n / 1e6,
+            costs: None,
             per_layer,
         }
     }
@@ -201,6 +209,14 @@ impl Summary {
             self.wasted_mb_per_token,
             self.mean_queue_depth
         );
+        let _ = writeln!(
+            s,
+            "  flash reads    {:.0} MB/token (experts and any non-expert weights faulted back)",
+            self.device_mb_per_token
+        );
+        if let Some(c) = &self.costs {
+            s += &c.text();
+        }
         s
     }
 }

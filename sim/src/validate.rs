@@ -139,6 +139,60 @@ pub fn check_profile(name: &str, d: &DeviceProfile) -> Result<()> {
             Range::Positive,
         ));
     }
+    if let Some(f) = &d.compute.layer_overhead_us {
+        checks.push((
+            "compute.layer_overhead_us".into(),
+            f.value,
+            "µs",
+            Range::NonNegative,
+        ));
+    }
+    if let Some(f) = &d.buffered_io_split {
+        checks.push((
+            "buffered_io_split".into(),
+            f.value,
+            "chunks",
+            Range::AtLeastOne,
+        ));
+    }
+    if let Some(c) = &d.costs {
+        let mut pos = |what: &str, f: &crate::figure::Fig, unit: &'static str| {
+            checks.push((format!("costs.{what}"), f.value, unit, Range::Positive));
+        };
+        pos("soc_power_w", &c.soc_power_w, "W");
+        pos(
+            "flash_read_nj_per_byte",
+            &c.flash_read_nj_per_byte,
+            "nJ/byte",
+        );
+        pos("dram_pj_per_byte", &c.dram_pj_per_byte, "pJ/byte");
+        pos("sustained_power_w", &c.sustained_power_w, "W");
+        pos("flash_capacity_bytes", &c.flash_capacity_bytes, "bytes");
+        pos("flash_tbw_bytes", &c.flash_tbw_bytes, "bytes");
+        if let Some(b) = &c.battery_wh {
+            pos("battery_wh", b, "Wh");
+        }
+        checks.push((
+            "costs.system_base_w".into(),
+            c.system_base_w.value,
+            "W",
+            Range::NonNegative,
+        ));
+    }
+    if let Some(p) = &d.prefill {
+        checks.push((
+            "prefill.gpu_tflops".into(),
+            p.gpu_tflops.value,
+            "TFLOPS",
+            Range::Positive,
+        ));
+        checks.push((
+            "prefill.flop_efficiency".into(),
+            p.flop_efficiency.value,
+            "",
+            Range::Share,
+        ));
+    }
     checks.extend(path_checks("ssd_direct", &d.ssd_direct));
     checks.extend(path_checks("ssd_buffered", &d.ssd_buffered));
     for (what, value, unit, range) in checks {

@@ -39,6 +39,8 @@ fn spec(mode: Mode, predictor: PredictorKind, budget_experts: u64) -> RunSpec {
         compute_post_ns: 50_000.0,
         contention: 0.5,
         copy_bps_per_thread: 4e9,
+        trust_os_split: 1,
+        dense_reread_bytes_per_layer: 0.0,
         eviction: EvictionKind::Lru,
         predictor,
         horizon: 1,

@@ -76,6 +76,8 @@ pub fn predict_row(
         compute_post_ns: spec.compute_ns as f64 - pre,
         contention: 0.0,
         copy_bps_per_thread: device.page_cache_copy_gbps_per_thread.value * 1e9,
+        trust_os_split: 1,
+        dense_reread_bytes_per_layer: 0.0,
         eviction: EvictionKind::Lru,
         predictor,
         horizon: policy.horizon(),

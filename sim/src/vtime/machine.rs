@@ -29,7 +29,12 @@ pub(crate) struct Sim {
     done: Vec<Done>,
     pub(crate) record: bool,
     pub(crate) spans: Vec<Span>,
+    /// Next tag for reads the core does not know of (page faults of non-expert weights).
+    fault_tag: u64,
 }
+
+/// Bytes per page-fault read of non-expert weights (a read-ahead cluster).
+const FAULT_READ: f64 = 1_048_576.0;
 
 impl Sim {
     pub(crate) fn new(core: SchedCore, ssd: SsdSim, spec: RunSpec, scale: f64, rec: u64) -> Self {
@@ -44,6 +49,47 @@ impl Sim {
             done: Vec::new(),
             record: false,
             spans: Vec::new(),
+            fault_tag: u64::MAX / 2,
+        }
+    }
+
+    /// Reads `bytes` of non-expert weights back from flash (page faults: the compute that
+    /// touches them waits), in read-ahead-sized requests, and waits for them.
+    pub(crate) fn fault_in(&mut self, bytes: f64) {
+        let first = self.fault_tag;
+        let mut left = bytes;
+        while left > 0.0 {
+            self.ssd.submit(self.fault_tag, left.min(FAULT_READ));
+            self.fault_tag += 1;
+            left -= FAULT_READ;
+        }
+        let (t0, end_tag) = (self.now(), self.fault_tag);
+        let mut pending: std::collections::HashSet<u64> = (first..end_tag).collect();
+        let mut done = Vec::new();
+        while !pending.is_empty() {
+            let Some(next) = self.ssd.next_event() else {
+                break;
+            };
+            done.clear();
+            self.ssd.advance(next, true, &mut done);
+            for d in &done {
+                if !pending.remove(&d.tag)
+                    && let Some(info) = self.ops.remove(&d.tag)
+                {
+                    let _ = self.core.complete(Completion {
+                        tag: d.tag,
+                        result: Ok(info.sim_len),
+                    });
+                }
+            }
+        }
+        if self.record && self.now() > t0 {
+            self.spans.push(Span {
+                start_ns: t0,
+                end_ns: self.now(),
+                layer: 0,
+                kind: SpanKind::Stall,
+            });
         }
     }
 

@@ -60,6 +60,13 @@ pub struct RunSpec {
     pub contention: f64,
     /// trust-os: bytes/s one thread copies out of the page cache.
     pub copy_bps_per_thread: f64,
+    /// trust-os: chunks each expert read is split into, read in parallel (`queue_depth` is
+    /// then reader threads × split).
+    pub trust_os_split: usize,
+    /// Non-expert bytes read back from flash per layer and token, before the layer computes
+    /// (trust-os: the part of the mmap'd weights the page cache does not keep; flashmoe: the
+    /// part that does not fit in memory beside its expert cache).
+    pub dense_reread_bytes_per_layer: f64,
     pub eviction: EvictionKind,
     pub predictor: PredictorKind,
     pub horizon: u32,
@@ -212,10 +219,12 @@ pub fn run_session(
     let chunk = |real: u64| -> usize {
         (((real as f64 / scale) / PAGE as f64).round().max(1.0) as u64 * PAGE) as usize
     };
+    let split = spec.trust_os_split.max(1) as u64;
+    let os_chunk = (rec.div_ceil(split).div_ceil(PAGE) * PAGE) as usize;
     let cfg = match spec.mode {
         Mode::TrustOs => CoreConfig {
-            demand_chunk: rec as usize,
-            prefetch_chunk: rec as usize,
+            demand_chunk: os_chunk,
+            prefetch_chunk: os_chunk,
             verify_checksums: false,
             ..CoreConfig::default()
         },
@@ -261,6 +270,11 @@ pub fn run_session(
         session.io_mut().record = measuring && step < spec.warmup_tokens + spec.timeline_tokens;
         let token = step % trace.tokens();
         for layer in 0..h.layers {
+            let t_fault = session.io().now();
+            if spec.dense_reread_bytes_per_layer > 0.0 {
+                session.io_mut().fault_in(spec.dense_reread_bytes_per_layer);
+            }
+            let fault = session.io().now() - t_fault;
             let (c1, o1) = session.io_mut().compute(spec.compute_pre_ns, layer);
             let experts = trace.experts_at(token, layer);
             let t_route = session.io().now();
@@ -270,7 +284,8 @@ pub fn run_session(
             if spec.mode == Mode::TrustOs {
                 // Each reader thread copies its experts out of the page cache; a miss's copy
                 // runs as its bytes arrive, so the layer is done at max(read, copy).
-                let per_thread = experts.len().div_ceil(spec.queue_depth) as f64;
+                let threads = (spec.queue_depth / spec.trust_os_split.max(1)).max(1);
+                let per_thread = experts.len().div_ceil(threads) as f64;
                 let copy_end = t_route
                     + per_thread * spec.expert_bytes as f64 / spec.copy_bps_per_thread * 1e9;
                 while sim.now() < copy_end {
@@ -296,7 +311,7 @@ pub fn run_session(
             if measuring {
                 let lt = &mut times[layer as usize];
                 lt.compute_ns += c1 + c2;
-                lt.stall_ns += stall;
+                lt.stall_ns += stall + fault;
                 lt.overlapped_io_ns += o1 + o2;
             }
         }
