@@ -3,9 +3,9 @@
 //!
 //! A `[rows x cols]` weight times `n` vectors (`x` is `[n][cols]`, `out` is `[n][rows]`):
 //! - **Q4/Q8 with int8 activations**: each vector is quantized once, then blocks of
-//!   [`ROWS`] weight rows are dotted with up to [`TOKENS`] vectors at a time by the
-//!   register-blocked kernels of [`super::block`], so each weight byte is read from memory once
-//!   per chunk, not once per token. Every (row, token) value has the bits the matvec gives
+//!   [`ROWS`] weight rows are dotted with every vector while they are in L1 by the multi-row
+//!   kernels of [`super::block`] (scales converted and 4-bit codes unpacked once per block), so
+//!   each weight byte is read from memory once per chunk, not once per token. Every (row, token) value has the bits the matvec gives
 //!   that token.
 //! - **Float formats and f32 activations**: each weight row is dotted with every vector while
 //!   it is in L1 (the matvec's row kernel, so again the matvec's bits), one read of the
@@ -14,7 +14,7 @@
 //! Work is split over rayon's pool by blocks of rows (as the matvec), and results are gathered
 //! `[row][token]` per block, then laid out `[token][row]`.
 
-use super::block::{ROWS, TOKENS, q_block};
+use super::block::{ROWS, rows_block};
 use super::int8::{Isa, QRow, QuantizedX};
 use super::matvec::{Act, CHUNK_WEIGHTS, PAR_THRESHOLD, prepare, qrow, row_dot};
 use crate::quant::{MatrixLayout, WeightFormat};
@@ -159,47 +159,14 @@ pub(crate) fn quant_rows(
     r0: usize,
     o: &mut [f32],
 ) {
-    let n = qxs.len();
-    let valid = o.len() / n.max(1);
+    let valid = o.len() / qxs.len().max(1);
     if valid == 0 {
         return;
     }
     let q4 = matches!(l.format, WeightFormat::Q4 { .. });
     // A short last block repeats its last row (those results are not stored).
     let rows: [QRow<'_>; ROWS] = std::array::from_fn(|i| qrow(bytes, l, r0 + i.min(valid - 1)));
-    let mut t0 = 0;
-    while t0 < n {
-        let tn = (n - t0).min(TOKENS);
-        let xs = &qxs[t0..t0 + tn];
-        match tn {
-            4 => tokens::<4>(isa, q4, &rows, xs, valid, n, t0, o),
-            3 => tokens::<3>(isa, q4, &rows, xs, valid, n, t0, o),
-            2 => tokens::<2>(isa, q4, &rows, xs, valid, n, t0, o),
-            _ => tokens::<1>(isa, q4, &rows, xs, valid, n, t0, o),
-        }
-        t0 += tn;
-    }
-}
-
-/// One block of `T` vectors `xs` (tokens `t0..t0 + T` of `n`) against `rows`.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-fn tokens<const T: usize>(
-    isa: Isa,
-    q4: bool,
-    rows: &[QRow<'_>; ROWS],
-    xs: &[QuantizedX],
-    valid: usize,
-    n: usize,
-    t0: usize,
-    o: &mut [f32],
-) {
-    let xs: [&QuantizedX; T] = std::array::from_fn(|t| &xs[t]);
-    let mut vals = [[0f32; T]; ROWS];
-    q_block(isa, q4, rows, &xs, &mut vals);
-    for (i, v) in vals.iter().take(valid).enumerate() {
-        o[i * n + t0..i * n + t0 + T].copy_from_slice(v);
-    }
+    rows_block(isa, q4, &rows, qxs, valid, o);
 }
 
 #[cfg(test)]
@@ -286,14 +253,14 @@ mod tests {
         }
     }
 
-    /// The block kernel at every token count it is instantiated for gives each pair's
-    /// single-row value (a direct check of `q_block`, independent of the driver).
+    /// The block kernel, on one and on several vectors (the unpacked path), gives each pair's
+    /// single-row value (a direct check of `rows_block`, independent of the driver).
     #[test]
-    fn q_block_matches_single_rows() {
-        let (rows, cols) = (4usize, 640usize);
-        for f in [WeightFormat::Q4_64, WeightFormat::Q8_64] {
-            let bytes = quantize(&values(rows * cols, 3), rows, cols, f).unwrap();
-            let l = f.layout(rows, cols).unwrap();
+    fn block_kernel_matches_single_rows() {
+        let cols = 640usize; // 10 groups of 64: one full block of 8 lanes and 2 more
+        for f in [WeightFormat::Q4_64, WeightFormat::Q8_64, WeightFormat::Q8 { group: 32 }] {
+            let bytes = quantize(&values(ROWS * cols, 3), ROWS, cols, f).unwrap();
+            let l = f.layout(ROWS, cols).unwrap();
             let qxs: Vec<QuantizedX> = (0..4)
                 .map(|t| {
                     let mut q = QuantizedX::default();
@@ -302,16 +269,19 @@ mod tests {
                 })
                 .collect();
             for isa in Isa::all_available() {
-                let mut o = vec![0f32; rows * 4];
-                quant_rows(isa, &bytes, &l, &qxs, 0, &mut o);
-                for r in 0..rows {
-                    for (t, qx) in qxs.iter().enumerate() {
-                        let act = Act {
-                            x: &[],
-                            qx: Some(qx),
-                        };
-                        let want = row_dot(Isa::Portable, &bytes, &l, act, r);
-                        assert_eq!(o[r * 4 + t].to_bits(), want.to_bits(), "{f:?} {isa:?}");
+                for (nt, valid) in [(1usize, ROWS), (4, ROWS), (4, 5), (1, 3)] {
+                    let mut o = vec![0f32; valid * nt];
+                    quant_rows(isa, &bytes, &l, &qxs[..nt], 0, &mut o);
+                    for r in 0..valid {
+                        for (t, qx) in qxs[..nt].iter().enumerate() {
+                            let act = Act {
+                                x: &[],
+                                qx: Some(qx),
+                            };
+                            let want = row_dot(Isa::Portable, &bytes, &l, act, r);
+                            let got = o[r * nt + t];
+                            assert_eq!(got.to_bits(), want.to_bits(), "{f:?} {isa:?} n={nt}");
+                        }
                     }
                 }
             }

@@ -1,0 +1,186 @@
+//! Prints CPU matvec / matmul throughput at Qwen3-30B-A3B's expert shapes, one line per case.
+//!
+//! `cargo run --release -p flashmoe-backends --example matmul_bw [rounds]`
+//!
+//! Cases: `matvec` of `[768 x 2048]` (gate/up) and `[2048 x 768]` (down) in Q4 group 64 and Q8;
+//! one MoE layer's experts (`moe_experts`, k = 8); and `matmul_bytes` at n = 1, 4, 16, 64 tokens
+//! on `[768 x 2048]` Q4 (a routed expert run on all the chunk's tokens), also on a bigger
+//! `[4096 x 2048]` Q4 matrix. Each case prints the median and the min..max over `rounds` (default
+//! 5) of the best-of-a-burst time: GB/s of weight bytes (per call, so a matmul of n tokens
+//! counts its weights once) and tokens/s. Uses only the public API, so the same file measures
+//! an older build for before/after ratios. Not a test: timing on a shared machine.
+
+use flashmoe_backends::quant::WeightFormat;
+use flashmoe_backends::{
+    ComputeBackend, CpuBackend, ExpertId, ExpertScratch, RoutedExpert, WeightView,
+};
+use std::hint::black_box;
+use std::time::Instant;
+
+fn matrix(rows: usize, cols: usize, f: WeightFormat) -> Vec<u8> {
+    let l = f.layout(rows, cols).expect("bench shapes fit the formats");
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    let mut bytes: Vec<u8> = (0..l.total)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s as u8
+        })
+        .collect();
+    let small = half::f16::from_f32(0.01).to_le_bytes();
+    bytes[l.scales_offset..]
+        .chunks_exact_mut(2)
+        .for_each(|b| b.copy_from_slice(&small));
+    bytes
+}
+
+/// Seconds per call: the best of bursts of calls lasting ~50 ms each, three bursts.
+fn secs_per_call(mut f: impl FnMut()) -> f64 {
+    f();
+    let t = Instant::now();
+    let mut calls = 0u32;
+    while t.elapsed().as_secs_f64() < 0.02 {
+        f();
+        calls += 1;
+    }
+    let per_burst = ((0.05 / (t.elapsed().as_secs_f64() / calls as f64)) as u32).max(1);
+    (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..per_burst {
+                f();
+            }
+            t.elapsed().as_secs_f64() / per_burst as f64
+        })
+        .fold(f64::MAX, f64::min)
+}
+
+struct Case {
+    name: String,
+    bytes: usize,
+    tokens: usize,
+    run: Box<dyn FnMut()>,
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(5);
+    let be = CpuBackend::new();
+    let mut cases: Vec<Case> = Vec::new();
+    for (fname, f) in [("q4", WeightFormat::Q4_64), ("q8", WeightFormat::Q8_64)] {
+        for (rows, cols) in [(768usize, 2048usize), (2048, 768)] {
+            let bytes = matrix(rows, cols, f);
+            let x = be.upload(&vec![0.5; cols])?;
+            let mut y = be.zeros(rows)?;
+            let be = be.clone();
+            let len = bytes.len();
+            cases.push(Case {
+                name: format!("matvec {fname} {rows}x{cols}"),
+                bytes: len,
+                tokens: 1,
+                run: Box::new(move || {
+                    let w = WeightView::new(&bytes, rows, cols, f).expect("valid");
+                    be.matvec_bytes(w, black_box(&x), &mut y).expect("matvec");
+                }),
+            });
+        }
+    }
+    {
+        let (hidden, inter, k) = (2048usize, 768usize, 8usize);
+        let f = WeightFormat::Q4_64;
+        let recs: Vec<[Vec<u8>; 3]> = (0..k)
+            .map(|_| {
+                [
+                    matrix(inter, hidden, f),
+                    matrix(inter, hidden, f),
+                    matrix(hidden, inter, f),
+                ]
+            })
+            .collect();
+        let total: usize = recs.iter().flatten().map(Vec::len).sum();
+        let x = be.upload(&vec![0.5; hidden])?;
+        let z = |n| be.zeros(n);
+        let mut scratch = ExpertScratch {
+            h1: z(inter)?,
+            h2: z(inter)?,
+            out: z(hidden)?,
+        };
+        let mut out = z(hidden)?;
+        let be = be.clone();
+        cases.push(Case {
+            name: "experts q4 k8 (768x2048 x2 + 2048x768)".into(),
+            bytes: total,
+            tokens: 1,
+            run: Box::new(move || {
+                let routed: Vec<RoutedExpert<'_>> = recs
+                    .iter()
+                    .enumerate()
+                    .map(|(e, r)| RoutedExpert {
+                        id: ExpertId {
+                            layer: 0,
+                            expert: e as u32,
+                        },
+                        weights: [
+                            WeightView::new(&r[0], inter, hidden, f).expect("gate"),
+                            WeightView::new(&r[1], inter, hidden, f).expect("up"),
+                            WeightView::new(&r[2], hidden, inter, f).expect("down"),
+                        ],
+                        combine: 1.0 / k as f32,
+                    })
+                    .collect();
+                be.moe_experts(&routed, black_box(&x), &mut scratch, &mut out)
+                    .expect("experts");
+            }),
+        });
+    }
+    for (rows, cols) in [(768usize, 2048usize), (4096, 2048)] {
+        let f = WeightFormat::Q4_64;
+        for n in [1usize, 4, 16, 64] {
+            let bytes = matrix(rows, cols, f);
+            let xs: Vec<f32> = (0..n * cols).map(|i| ((i % 13) as f32 - 6.0) / 8.0).collect();
+            let x = be.upload(&xs)?;
+            let mut y = be.zeros(n * rows)?;
+            let be = be.clone();
+            let len = bytes.len();
+            cases.push(Case {
+                name: format!("matmul q4 {rows}x{cols} n={n}"),
+                bytes: len,
+                tokens: n,
+                run: Box::new(move || {
+                    let w = WeightView::new(&bytes, rows, cols, f).expect("valid");
+                    be.matmul_bytes(w, black_box(&x), n, &mut y)
+                        .expect("matmul");
+                }),
+            });
+        }
+    }
+    // Rounds interleave the cases: each round times every case once.
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    for _ in 0..rounds {
+        for (c, t) in cases.iter_mut().zip(&mut times) {
+            t.push(secs_per_call(&mut c.run));
+        }
+    }
+    println!(
+        "{} threads; {rounds} rounds; median [min..max] of best-of-burst",
+        rayon::current_num_threads()
+    );
+    for (c, t) in cases.iter().zip(&mut times) {
+        t.sort_by(f64::total_cmp);
+        let med = t[t.len() / 2];
+        let gbs = |s: f64| c.bytes as f64 / s / 1e9;
+        println!(
+            "{:<42} {:7.1} us  {:6.2} GB/s [{:.2}..{:.2}]  {:9.0} tok/s",
+            c.name,
+            med * 1e6,
+            gbs(med),
+            gbs(t[t.len() - 1]),
+            gbs(t[0]),
+            c.tokens as f64 / med
+        );
+    }
+    Ok(())
+}
