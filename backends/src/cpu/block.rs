@@ -114,7 +114,8 @@ mod x86 {
     use super::{Prepared, QRow, QuantizedX, ROWS};
     use core::arch::x86_64::*;
 
-    /// Fills `p.s` and `p.b` (`[group][row]` f32) from the rows' f16 scales and biases.
+    /// Fills `p.s` and `p.b` (`[group][row]` f32) from the rows' f16 scales and biases: per 8
+    /// groups, each row's 8 values converted at once, then an 8 x 8 transpose.
     ///
     /// # Safety
     /// The CPU has AVX2 and F16C; each row holds `groups` scales and biases; `p.s` and `p.b`
@@ -124,22 +125,60 @@ mod x86 {
         let mut k0 = 0;
         while k0 < groups {
             let n = (groups - k0).min(8);
-            for (r, row) in rows.iter().enumerate() {
-                for (src, dst) in [(row.scales, &mut p.s), (row.biases, &mut p.b)] {
-                    let mut h = [0u8; 16];
-                    h[..2 * n].copy_from_slice(&src[2 * k0..2 * (k0 + n)]);
-                    let mut f = [0f32; 8];
-                    // SAFETY: `h` holds 16 bytes, `f` 8 floats.
-                    unsafe {
-                        _mm256_storeu_ps(f.as_mut_ptr(), _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().cast())));
-                    }
-                    for (kk, v) in f.iter().take(n).enumerate() {
-                        dst[(k0 + kk) * ROWS + r] = *v;
-                    }
+            for (bias, dst) in [(false, &mut p.s), (true, &mut p.b)] {
+                let v: [__m256; 8] = std::array::from_fn(|r| {
+                    let src = if bias { rows[r].biases } else { rows[r].scales };
+                    let h = if n == 8 {
+                        // SAFETY: groups k0..k0 + 8 exist: 16 bytes from 2 * k0.
+                        unsafe { _mm_loadu_si128(src.as_ptr().add(2 * k0).cast()) }
+                    } else {
+                        let mut h = [0u8; 16];
+                        h[..2 * n].copy_from_slice(&src[2 * k0..2 * (k0 + n)]);
+                        // SAFETY: `h` holds 16 bytes.
+                        unsafe { _mm_loadu_si128(h.as_ptr().cast()) }
+                    };
+                    _mm256_cvtph_ps(h)
+                });
+                let t = transpose8(v);
+                for (kk, col) in t.iter().take(n).enumerate() {
+                    // SAFETY: k0 + kk < groups: ROWS floats from (k0 + kk) * ROWS fit in dst.
+                    unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add((k0 + kk) * ROWS), *col) };
                 }
             }
             k0 += 8;
         }
+    }
+
+    /// The transpose of an 8 x 8 f32 matrix held as 8 row vectors.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
+        let t0 = _mm256_unpacklo_ps(v[0], v[1]);
+        let t1 = _mm256_unpackhi_ps(v[0], v[1]);
+        let t2 = _mm256_unpacklo_ps(v[2], v[3]);
+        let t3 = _mm256_unpackhi_ps(v[2], v[3]);
+        let t4 = _mm256_unpacklo_ps(v[4], v[5]);
+        let t5 = _mm256_unpackhi_ps(v[4], v[5]);
+        let t6 = _mm256_unpacklo_ps(v[6], v[7]);
+        let t7 = _mm256_unpackhi_ps(v[6], v[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xee>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xee>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xee>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xee>(t5, t7);
+        [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ]
     }
 
     /// Unpacks each row's 4-bit codes (`half_len` bytes) into `out[r * 2 * half_len..]`: per
