@@ -5,7 +5,7 @@
 //! Cases: `matvec` of `[768 x 2048]` (gate/up) and `[2048 x 768]` (down) in Q4 group 64 and Q8;
 //! one MoE layer's experts (`moe_experts`, k = 8); and `matmul_bytes` at n = 1, 4, 16, 64 tokens
 //! on `[768 x 2048]` Q4 (a routed expert run on all the chunk's tokens), also on a bigger
-//! `[4096 x 2048]` Q4 matrix. Each case prints the median and the min..max over `rounds` (default
+//! `[4096 x 2048]` Q4 matrix, and bf16 `[768 x 2048]` at n = 16. Each case prints the median and the min..max over `rounds` (default
 //! 5) of the best-of-a-burst time: GB/s of weight bytes (per call, so a matmul of n tokens
 //! counts its weights once) and tokens/s. Uses only the public API, so the same file measures
 //! an older build for before/after ratios. Not a test: timing on a shared machine.
@@ -29,9 +29,13 @@ fn matrix(rows: usize, cols: usize, f: WeightFormat) -> Vec<u8> {
         })
         .collect();
     let small = half::f16::from_f32(0.01).to_le_bytes();
-    bytes[l.scales_offset..]
-        .chunks_exact_mut(2)
-        .for_each(|b| b.copy_from_slice(&small));
+    match f {
+        // Clear the exponent's top bits: finite, small values.
+        WeightFormat::Bf16 => bytes.chunks_exact_mut(2).for_each(|b| b[1] &= 0x3c),
+        _ => bytes[l.scales_offset..]
+            .chunks_exact_mut(2)
+            .for_each(|b| b.copy_from_slice(&small)),
+    }
     bytes
 }
 
@@ -156,6 +160,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }),
             });
         }
+    }
+    {
+        let (rows, cols, n, f) = (768usize, 2048usize, 16usize, WeightFormat::Bf16);
+        let bytes = matrix(rows, cols, f);
+        let x = be.upload(&vec![0.25; n * cols])?;
+        let mut y = be.zeros(n * rows)?;
+        let be = be.clone();
+        let len = bytes.len();
+        cases.push(Case {
+            name: format!("matmul bf16 {rows}x{cols} n={n}"),
+            bytes: len,
+            tokens: n,
+            run: Box::new(move || {
+                let w = WeightView::new(&bytes, rows, cols, f).expect("valid");
+                be.matmul_bytes(w, black_box(&x), n, &mut y)
+                    .expect("matmul");
+            }),
+        });
     }
     // Rounds interleave the cases: each round times every case once.
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];

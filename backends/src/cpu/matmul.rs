@@ -106,13 +106,7 @@ fn run(
     } else {
         for_row_blocks(weights * n, cols, n, tmp, |r0, o| {
             for (i, ro) in o.chunks_exact_mut(n).enumerate() {
-                for (t, v) in ro.iter_mut().enumerate() {
-                    let act = Act {
-                        x: &x[t * cols..(t + 1) * cols],
-                        qx: None,
-                    };
-                    *v = row_dot(isa, bytes, l, act, r0 + i);
-                }
+                float_row_tokens(isa, bytes, l, x, r0 + i, ro);
             }
         });
     }
@@ -120,6 +114,45 @@ fn run(
         for (t, v) in ro.iter().enumerate() {
             out[t * rows + r] = *v;
         }
+    }
+}
+
+/// Row `r` of a float matrix (or a quantized one with f32 activations) dotted with each of
+/// the `ro.len()` vectors of `x`, each with the matvec's row kernel bits: bf16 on AVX2
+/// converts the row once for 4 vectors at a time; otherwise the row kernel per vector, the row
+/// staying in L1.
+fn float_row_tokens(isa: Isa, bytes: &[u8], l: &MatrixLayout, x: &[f32], r: usize, ro: &mut [f32]) {
+    let cols = l.cols;
+    let xt = |t: usize| &x[t * cols..(t + 1) * cols];
+    #[cfg(target_arch = "x86_64")]
+    if l.format == WeightFormat::Bf16 && isa != Isa::Portable && super::simd::available() {
+        let row = &bytes[2 * r * cols..2 * (r + 1) * cols];
+        let mut t0 = 0;
+        while t0 < ro.len() {
+            let tn = (ro.len() - t0).min(4);
+            let o = &mut ro[t0..t0 + tn];
+            // SAFETY: `isa` is not portable and `simd::available()` checked AVX2, FMA and F16C.
+            unsafe {
+                match tn {
+                    4 => o.copy_from_slice(&super::simd::bf16_row_multi(
+                        row,
+                        [xt(t0), xt(t0 + 1), xt(t0 + 2), xt(t0 + 3)],
+                    )),
+                    3 => o.copy_from_slice(&super::simd::bf16_row_multi(
+                        row,
+                        [xt(t0), xt(t0 + 1), xt(t0 + 2)],
+                    )),
+                    2 => o.copy_from_slice(&super::simd::bf16_row_multi(row, [xt(t0), xt(t0 + 1)])),
+                    _ => o.copy_from_slice(&super::simd::bf16_row_multi(row, [xt(t0)])),
+                }
+            }
+            t0 += tn;
+        }
+        return;
+    }
+    for (t, v) in ro.iter_mut().enumerate() {
+        let act = Act { x: xt(t), qx: None };
+        *v = row_dot(isa, bytes, l, act, r);
     }
 }
 
