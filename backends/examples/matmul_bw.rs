@@ -8,7 +8,8 @@
 //! `[4096 x 2048]` Q4 matrix, and bf16 `[768 x 2048]` at n = 16. Each case prints the median and the min..max over `rounds` (default
 //! 5) of the best-of-a-burst time: GB/s of weight bytes (per call, so a matmul of n tokens
 //! counts its weights once) and tokens/s. Uses only the public API, so the same file measures
-//! an older build for before/after ratios. Not a test: timing on a shared machine.
+//! an older build for before/after ratios. Not a test: timing on a shared machine
+//! (`FLASHMOE_BENCH_CPU_TIME=1 RAYON_NUM_THREADS=1` times on-CPU time of one core instead).
 
 use flashmoe_backends::quant::WeightFormat;
 use flashmoe_backends::{
@@ -39,23 +40,49 @@ fn matrix(rows: usize, cols: usize, f: WeightFormat) -> Vec<u8> {
     bytes
 }
 
-/// Seconds per call: the best of bursts of calls lasting ~50 ms each, three bursts.
-fn secs_per_call(mut f: impl FnMut()) -> f64 {
+/// On-CPU nanoseconds of every thread of this process so far (`/proc/self/task/*/schedstat`),
+/// or `None` where that is not readable.
+fn cpu_ns() -> Option<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+/// A clock: wall time, or with `FLASHMOE_BENCH_CPU_TIME=1` the process's on-CPU time (robust
+/// to other processes taking turns on the cores of a shared machine; use it with
+/// `RAYON_NUM_THREADS=1`, or it also counts rayon's idle spinning).
+fn now(cpu: bool) -> f64 {
+    match cpu.then(cpu_ns).flatten() {
+        Some(ns) => ns as f64 * 1e-9,
+        None => START.with(|s| s.elapsed().as_secs_f64()),
+    }
+}
+
+thread_local! {
+    static START: Instant = Instant::now();
+}
+
+/// Seconds per call: the best of three bursts of calls lasting ~50 ms each.
+fn secs_per_call(cpu: bool, mut f: impl FnMut()) -> f64 {
     f();
-    let t = Instant::now();
+    let t = now(cpu);
     let mut calls = 0u32;
-    while t.elapsed().as_secs_f64() < 0.02 {
+    while now(cpu) - t < 0.02 {
         f();
         calls += 1;
     }
-    let per_burst = ((0.05 / (t.elapsed().as_secs_f64() / calls as f64)) as u32).max(1);
+    let per_call = (now(cpu) - t) / calls.max(1) as f64;
+    let per_burst = ((0.05 / per_call.max(1e-9)) as u32).max(1);
     (0..3)
         .map(|_| {
-            let t = Instant::now();
+            let t = now(cpu);
             for _ in 0..per_burst {
                 f();
             }
-            t.elapsed().as_secs_f64() / per_burst as f64
+            (now(cpu) - t) / per_burst as f64
         })
         .fold(f64::MAX, f64::min)
 }
@@ -72,6 +99,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(5);
+    let cpu = std::env::var("FLASHMOE_BENCH_CPU_TIME").is_ok_and(|v| v == "1");
     let be = CpuBackend::new();
     let mut cases: Vec<Case> = Vec::new();
     for (fname, f) in [("q4", WeightFormat::Q4_64), ("q8", WeightFormat::Q8_64)] {
@@ -144,7 +172,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let f = WeightFormat::Q4_64;
         for n in [1usize, 4, 16, 64] {
             let bytes = matrix(rows, cols, f);
-            let xs: Vec<f32> = (0..n * cols).map(|i| ((i % 13) as f32 - 6.0) / 8.0).collect();
+            let xs: Vec<f32> = (0..n * cols)
+                .map(|i| ((i % 13) as f32 - 6.0) / 8.0)
+                .collect();
             let x = be.upload(&xs)?;
             let mut y = be.zeros(n * rows)?;
             let be = be.clone();
@@ -183,12 +213,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     for _ in 0..rounds {
         for (c, t) in cases.iter_mut().zip(&mut times) {
-            t.push(secs_per_call(&mut c.run));
+            t.push(secs_per_call(cpu, &mut c.run));
         }
     }
     println!(
-        "{} threads; {rounds} rounds; median [min..max] of best-of-burst",
-        rayon::current_num_threads()
+        "{} threads; {rounds} rounds; median [min..max] of best-of-burst; {} time",
+        rayon::current_num_threads(),
+        if cpu { "on-CPU" } else { "wall" }
     );
     for (c, t) in cases.iter().zip(&mut times) {
         t.sort_by(f64::total_cmp);

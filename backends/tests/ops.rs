@@ -294,9 +294,13 @@ fn matmul_chunks_match_reference<B: ComputeBackend>(be: &B) {
                 let xs: Vec<f32> = (0..n).flat_map(|t| vals(cols, 3 + 7 * t)).collect();
                 let x = be.upload(&xs).unwrap();
                 let spare = vec![-3.0f32; rows];
-                let mut out = be.upload(&[vec![0.0; n * rows], spare.clone()].concat()).unwrap();
+                let mut out = be
+                    .upload(&[vec![0.0; n * rows], spare.clone()].concat())
+                    .unwrap();
                 be.matmul(&w, &x, n, &mut out).unwrap();
-                let mut out_b = be.upload(&[vec![0.0; n * rows], spare.clone()].concat()).unwrap();
+                let mut out_b = be
+                    .upload(&[vec![0.0; n * rows], spare.clone()].concat())
+                    .unwrap();
                 be.matmul_bytes(view, &x, n, &mut out_b).unwrap();
                 let want: Vec<f64> = (0..n)
                     .flat_map(|t| {
@@ -311,7 +315,11 @@ fn matmul_chunks_match_reference<B: ComputeBackend>(be: &B) {
                     .collect();
                 for got in [be.read(&out).unwrap(), be.read(&out_b).unwrap()] {
                     close(&got[..n * rows], &want, 2e-4);
-                    assert_eq!(&got[n * rows..], &spare[..], "{f:?} n={n}: wrote past n rows");
+                    assert_eq!(
+                        &got[n * rows..],
+                        &spare[..],
+                        "{f:?} n={n}: wrote past n rows"
+                    );
                 }
             }
         }
@@ -634,7 +642,10 @@ fn cpu_matmul_is_bit_exact_with_token_by_token_matvec() {
             let mut y = be.zeros(rows).unwrap();
             be.matvec(&w, &be.upload(xt).unwrap(), &mut y).unwrap();
             let want: Vec<u32> = be.read(&y).unwrap().iter().map(|v| v.to_bits()).collect();
-            let row: Vec<u32> = got[t * rows..(t + 1) * rows].iter().map(|v| v.to_bits()).collect();
+            let row: Vec<u32> = got[t * rows..(t + 1) * rows]
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
             assert_eq!(row, want, "{f:?} token {t}");
         }
     }

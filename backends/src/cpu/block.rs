@@ -199,7 +199,10 @@ mod x86 {
                     let c = _mm256_loadu_si256(row.codes.as_ptr().add(i).cast());
                     let dst = out.as_mut_ptr().add(r * 2 * half_len + 2 * i);
                     _mm256_storeu_si256(dst.cast(), _mm256_and_si256(c, m));
-                    _mm256_storeu_si256(dst.add(32).cast(), _mm256_and_si256(_mm256_srli_epi16(c, 4), m));
+                    _mm256_storeu_si256(
+                        dst.add(32).cast(),
+                        _mm256_and_si256(_mm256_srli_epi16(c, 4), m),
+                    );
                 }
                 i += 32;
             }
@@ -219,8 +222,14 @@ mod x86 {
                     _mm256_loadu_ps($p.b.as_ptr().add(k * ROWS)),
                 )
             };
-            let t1 = _mm256_mul_ps(_mm256_mul_ps(s, _mm256_set1_ps($x.d[k])), _mm256_cvtepi32_ps($isums));
-            $f[k % 8] = _mm256_add_ps(_mm256_add_ps($f[k % 8], t1), _mm256_mul_ps(b, _mm256_set1_ps($x.sums[k])));
+            let t1 = _mm256_mul_ps(
+                _mm256_mul_ps(s, _mm256_set1_ps($x.d[k])),
+                _mm256_cvtepi32_ps($isums),
+            );
+            $f[k % 8] = _mm256_add_ps(
+                _mm256_add_ps($f[k % 8], t1),
+                _mm256_mul_ps(b, _mm256_set1_ps($x.sums[k])),
+            );
         }};
     }
 
@@ -272,7 +281,10 @@ mod x86 {
                             // odd halves `half` codes each, and i + 32 <= half.
                             let ($qe, $qo) = unsafe {
                                 let q = x.q.as_ptr().add(k * g + i);
-                                (_mm256_loadu_si256(q.cast()), _mm256_loadu_si256(q.add(half).cast()))
+                                (
+                                    _mm256_loadu_si256(q.cast()),
+                                    _mm256_loadu_si256(q.add(half).cast()),
+                                )
                             };
                             for r in 0..ROWS {
                                 // SAFETY: packed: k * half + i + 32 <= codes.len(); unpacked:
@@ -281,10 +293,18 @@ mod x86 {
                                 let ($lo, $hi) = unsafe {
                                     if unpacked {
                                         let u = p.codes.as_ptr().add(r * cols + 2 * (k * half + i));
-                                        (_mm256_loadu_si256(u.cast()), _mm256_loadu_si256(u.add(32).cast()))
+                                        (
+                                            _mm256_loadu_si256(u.cast()),
+                                            _mm256_loadu_si256(u.add(32).cast()),
+                                        )
                                     } else {
-                                        let c = _mm256_loadu_si256(rows[r].codes.as_ptr().add(k * half + i).cast());
-                                        (_mm256_and_si256(c, m), _mm256_and_si256(_mm256_srli_epi16(c, 4), m))
+                                        let c = _mm256_loadu_si256(
+                                            rows[r].codes.as_ptr().add(k * half + i).cast(),
+                                        );
+                                        (
+                                            _mm256_and_si256(c, m),
+                                            _mm256_and_si256(_mm256_srli_epi16(c, 4), m),
+                                        )
                                     }
                                 };
                                 let $a4 = acc[r];
@@ -316,7 +336,8 @@ mod x86 {
                         let mut i = 0;
                         while i < g {
                             // SAFETY: k * g + i + 32 <= x.q.len() = codes.len().
-                            let $qx = unsafe { _mm256_loadu_si256(x.q.as_ptr().add(k * g + i).cast()) };
+                            let $qx =
+                                unsafe { _mm256_loadu_si256(x.q.as_ptr().add(k * g + i).cast()) };
                             for r in 0..ROWS {
                                 // SAFETY: as above.
                                 let $c = unsafe {

@@ -247,7 +247,11 @@ mod tests {
                 let w = values(rows * cols, rows as u64);
                 let bytes = quantize(&w, rows, cols, f).unwrap();
                 let l = f.layout(rows, cols).unwrap();
-                let ns: &[usize] = if rows > 100 { &[1, 6] } else { &[1, 2, 3, 5, 17] };
+                let ns: &[usize] = if rows > 100 {
+                    &[1, 6]
+                } else {
+                    &[1, 2, 3, 5, 17]
+                };
                 for &n in ns {
                     let mut x = values(n * cols, 77 + n as u64);
                     x.iter_mut().step_by(41).for_each(|v| *v *= 9.0);
@@ -291,7 +295,11 @@ mod tests {
     #[test]
     fn block_kernel_matches_single_rows() {
         let cols = 640usize; // 10 groups of 64: one full block of 8 lanes and 2 more
-        for f in [WeightFormat::Q4_64, WeightFormat::Q8_64, WeightFormat::Q8 { group: 32 }] {
+        for f in [
+            WeightFormat::Q4_64,
+            WeightFormat::Q8_64,
+            WeightFormat::Q8 { group: 32 },
+        ] {
             let bytes = quantize(&values(ROWS * cols, 3), ROWS, cols, f).unwrap();
             let l = f.layout(ROWS, cols).unwrap();
             let qxs: Vec<QuantizedX> = (0..4)

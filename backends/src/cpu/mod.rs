@@ -17,7 +17,7 @@ use crate::backend::{
 };
 use crate::checks::{
     check_attention, check_conv1d, check_delta, check_gated_norm, check_index, check_kv_write,
-    check_norm_heads, check_range, check_rows, check_rope, check_rope_partial, check_sigmoid_mul,
+    check_norm_heads, check_range, check_rope, check_rope_partial, check_rows, check_sigmoid_mul,
 };
 use crate::error::{BackendError, Result, check_len};
 use crate::quant::{MatrixLayout, WeightFormat, dequantize_row};

@@ -7,8 +7,8 @@
 //! same, op for op, as [`crate::ComputeBackend::moe_experts`]'s default composition of
 //! matvecs, SwiGLU and axpy, so the results are bit-identical (tested).
 
-use super::int8::{Isa, QuantizedX};
 use super::block::ROWS;
+use super::int8::{Isa, QuantizedX};
 use super::matmul::{for_row_blocks, quant_rows};
 use super::matvec::{Act, for_rows, prepare, row_dot};
 use super::ops::swiglu;
@@ -114,7 +114,14 @@ fn run(
             for (e, ex) in experts.iter().enumerate() {
                 let d = &ex.weights[2];
                 let p = &mut part[..o.len()];
-                quant_rows(isa, d.bytes(), d.layout(), std::slice::from_ref(&qh[e]), r0, p);
+                quant_rows(
+                    isa,
+                    d.bytes(),
+                    d.layout(),
+                    std::slice::from_ref(&qh[e]),
+                    r0,
+                    p,
+                );
                 o.iter_mut()
                     .zip(p.iter())
                     .for_each(|(acc, v)| *acc += ex.combine * v);

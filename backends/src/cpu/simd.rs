@@ -91,7 +91,9 @@ pub(crate) unsafe fn bf16_row_multi<const T: usize>(row: &[u8], xs: [&[f32]; T])
     }
     std::array::from_fn(|t| {
         let x = xs[t];
-        let tail: f32 = (n16..len).map(|j| crate::quant::bf16_at(row, j) * x[j]).sum();
+        let tail: f32 = (n16..len)
+            .map(|j| crate::quant::bf16_at(row, j) * x[j])
+            .sum();
         hsum(_mm256_add_ps(a0[t], a1[t])) + tail
     })
 }
