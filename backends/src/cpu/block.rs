@@ -233,6 +233,19 @@ mod x86 {
         }};
     }
 
+    /// Hints the cache line `offset` bytes past each row's codes (the next block's rows, read
+    /// while this block computes: 8 interleaved row streams defeat the hardware prefetcher on
+    /// matrices larger than the caches).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn prefetch(rows: &[QRow<'_>; ROWS], offset: usize) {
+        for row in rows {
+            let p = row.codes.as_ptr().wrapping_add(offset);
+            // A prefetch is only a hint: it never faults, whatever the address.
+            _mm_prefetch::<_MM_HINT_T0>(p.cast());
+        }
+    }
+
     /// Writes rows `0..valid` of the lanes' sums into column `t` of `o` (`[row][n]`).
     #[target_feature(enable = "avx2")]
     #[inline]
@@ -271,9 +284,14 @@ mod x86 {
                 let (g, half, groups) = (xs[0].group, xs[0].group / 2, xs[0].groups());
                 let m = _mm256_set1_epi8(15);
                 let cols = g * groups;
+                // The next block's rows lie `ROWS` rows on (consecutive rows of a matrix).
+                let ahead = ROWS * rows[0].codes.len();
                 for (t, x) in xs.iter().enumerate() {
                     let mut f = [_mm256_setzero_ps(); 8];
                     for k in 0..groups {
+                        if !unpacked && (k * half) % 64 == 0 {
+                            prefetch(rows, ahead + k * half);
+                        }
                         let mut acc = [_mm256_setzero_si256(); ROWS];
                         let mut i = 0;
                         while i < half {
@@ -329,9 +347,15 @@ mod x86 {
                 o: &mut [f32],
             ) {
                 let (g, groups) = (xs[0].group, xs[0].groups());
+                let ahead = ROWS * rows[0].codes.len();
                 for (t, x) in xs.iter().enumerate() {
                     let mut f = [_mm256_setzero_ps(); 8];
                     for k in 0..groups {
+                        if t == 0 {
+                            for i in (0..g).step_by(64) {
+                                prefetch(rows, ahead + k * g + i);
+                            }
+                        }
                         let mut acc = [_mm256_setzero_si256(); ROWS];
                         let mut i = 0;
                         while i < g {
