@@ -6,7 +6,10 @@
 //! - `read_bw`: a read-only sum over a 1 GiB buffer on 2 threads (the bound for a matvec);
 //! - `matvec/{q4,q8,bf16}/{rows}x{cols}`: one matvec, 2048x768 (down), 768x2048 (gate, up),
 //!   4096x2048 (q_proj), 151936x2048 (lm_head);
-//! - `experts/q4/k8`: `moe_experts` with 8 routed experts of 768x2048 (one MoE layer).
+//! - `experts/q4/k8`: `moe_experts` with 8 routed experts of 768x2048 (one MoE layer);
+//! - `matmul/{q4,bf16}/768x2048/n{N}`: `matmul_bytes` on a chunk of N = 1, 4, 16, 64 tokens
+//!   (a routed expert run on the chunk's tokens routed to it; throughput counts the weights
+//!   once per call, so tokens/s = N x calls/s).
 //!
 //! Weights are random codes with valid f16 scales (values do not change the timing).
 
@@ -150,5 +153,28 @@ fn experts(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, read_bw, matvecs, experts);
+fn matmuls(c: &mut Criterion) {
+    let be = CpuBackend::new();
+    let (rows, cols) = (768usize, 2048usize);
+    let mut g = c.benchmark_group("matmul");
+    g.sample_size(10).measurement_time(Duration::from_secs(3));
+    for (name, f) in [("q4", WeightFormat::Q4_64), ("bf16", WeightFormat::Bf16)] {
+        let bytes = matrix(rows, cols, f);
+        let w = WeightView::new(&bytes, rows, cols, f).expect("valid matrix");
+        for n in [1usize, 4, 16, 64] {
+            let x = be.upload(&vec![0.5; n * cols]).expect("cpu upload");
+            let mut y = be.zeros(n * rows).expect("cpu zeros");
+            g.throughput(Throughput::Bytes(bytes.len() as u64));
+            g.bench_function(format!("{name}/{rows}x{cols}/n{n}"), |b| {
+                b.iter(|| {
+                    be.matmul_bytes(w, black_box(&x), n, &mut y)
+                        .expect("matmul")
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, read_bw, matvecs, experts, matmuls);
 criterion_main!(benches);

@@ -1,5 +1,5 @@
-//! GPU figures for the wgpu backend: achieved GB/s of weight bytes per kernel family, and a
-//! per-token decode split (expert upload, kernels, sync) for a model geometry.
+//! GPU figures for the wgpu backend: achieved GB/s of weight bytes per kernel family, the tiled
+//! matmul on prompt chunks against one matvec per token (tokens/s), and a per-token decode split (expert upload, kernels, sync) for a model geometry.
 //!
 //! `cargo run --release -p flashmoe-backends --example wgpu_bench -- [--mem-gbps N]`
 //!
@@ -186,6 +186,59 @@ fn matvec_gbps(be: &WgpuBackend, rows: usize, cols: usize, reps: usize) -> Res<R
     };
     Ok(Rate {
         wall: (bytes.len() * reps) as f64 / wall / 1e9,
+        gpu,
+    })
+}
+
+/// Tokens/s of the resident q4 `matmul` on a chunk of `n` tokens (`as_matvecs`: the same
+/// tokens as `n` matvecs, the per-token path it replaces), in the `wall` field; GPU-time
+/// tokens/s in `gpu` when profiling.
+fn matmul_tok_s(
+    be: &WgpuBackend,
+    rows: usize,
+    cols: usize,
+    n: usize,
+    reps: usize,
+    as_matvecs: bool,
+) -> Res<Rate> {
+    let f = WeightFormat::Q4_64;
+    let bytes = quantize(&weights(rows * cols, 5), rows, cols, f)?;
+    let w = be.load_weight(&bytes, rows, cols, f)?;
+    let x = be.upload(&weights(n * cols, 6))?;
+    let mut y = be.zeros(n * rows)?;
+    let xs: Vec<_> = (0..n)
+        .map(|t| be.upload(&weights(cols, 6 + t as u64)))
+        .collect::<Result<_, _>>()?;
+    let mut ys: Vec<_> = (0..n).map(|_| be.zeros(rows)).collect::<Result<_, _>>()?;
+    let mut run = || -> Res<()> {
+        if as_matvecs {
+            for (xt, yt) in xs.iter().zip(&mut ys) {
+                be.matvec(&w, xt, yt)?;
+            }
+        } else {
+            be.matmul(&w, &x, n, &mut y)?;
+        }
+        Ok(())
+    };
+    run()?;
+    be.sync()?;
+    let kernel = if as_matvecs { "matvec" } else { "matmul" };
+    let g0 = gpu_ns(be, kernel);
+    let t = Instant::now();
+    for _ in 0..reps {
+        run()?;
+    }
+    be.sync()?;
+    let wall = t.elapsed().as_secs_f64();
+    let g1 = gpu_ns(be, kernel);
+    let tokens = (n * reps) as f64;
+    let gpu = if g1 > g0 {
+        vec![(kernel, tokens / ((g1 - g0) * 1e-9))]
+    } else {
+        Vec::new()
+    };
+    Ok(Rate {
+        wall: tokens / wall,
         gpu,
     })
 }
@@ -468,6 +521,42 @@ fn main() -> Res<()> {
     for (name, rates) in rows {
         show(format!("{name} (median of 5)"), median(&rates));
         show(format!("{name} (best of 5)"), best(&rates));
+    }
+    // Prompt chunks: the tiled matmul against one matvec per token, interleaved rounds.
+    let mut chunk_rows: Vec<(String, Vec<Rate>)> = Vec::new();
+    for _round in 0..5 {
+        let mut i = 0;
+        for n in [4usize, 16, 64] {
+            for as_matvecs in [false, true] {
+                let name = format!(
+                    "q4 4096x2048 n={n} {}",
+                    if as_matvecs { "as matvecs" } else { "matmul" }
+                );
+                let r = matmul_tok_s(&prof, 4096, 2048, n, 50, as_matvecs)?;
+                if chunk_rows.len() <= i {
+                    chunk_rows.push((name, Vec::new()));
+                }
+                chunk_rows[i].1.push(r);
+                i += 1;
+            }
+        }
+    }
+    for (name, rates) in chunk_rows {
+        let m = median(&rates);
+        let gpu: Vec<String> = m
+            .gpu
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.0} tok/s"))
+            .collect();
+        println!(
+            "{name:<44} wall {:>9.0} tok/s  GPU time: {} (median of 5)",
+            m.wall,
+            if gpu.is_empty() {
+                "no timestamps".into()
+            } else {
+                gpu.join(", ")
+            }
+        );
     }
     for (hidden, inter, n) in [(4096, 1024, 8), (2048, 768, 8)] {
         show(

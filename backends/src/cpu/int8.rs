@@ -62,14 +62,15 @@ impl Isa {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct QuantizedX {
     /// Codes, group after group (4-bit layout: each group's even columns, then its odd ones).
-    q: Vec<i8>,
+    pub(super) q: Vec<i8>,
     /// Scale `d` of each group.
-    d: Vec<f32>,
+    pub(super) d: Vec<f32>,
     /// Exact f32 sum of `x` over each group (the bias term).
-    sums: Vec<f32>,
+    pub(super) sums: Vec<f32>,
     /// Integer sum of the codes of each group.
-    qsums: Vec<i32>,
-    group: usize,
+    pub(super) qsums: Vec<i32>,
+    /// Columns per group.
+    pub(super) group: usize,
 }
 
 impl QuantizedX {
@@ -114,7 +115,7 @@ impl QuantizedX {
 
 /// One group's contribution added to `acc`: the same scalar f32 operations in every kernel.
 #[inline(always)]
-fn combine(acc: f32, scale: f32, bias: f32, d: f32, isum: i32, xsum: f32) -> f32 {
+pub(super) fn combine(acc: f32, scale: f32, bias: f32, d: f32, isum: i32, xsum: f32) -> f32 {
     acc + (scale * d) * isum as f32 + bias * xsum
 }
 
@@ -163,7 +164,7 @@ pub(crate) fn q8_row(isa: Isa, row: QRow<'_>, x: &QuantizedX) -> f32 {
 }
 
 /// Integer sum of group `k` of a Q4 row against `x`.
-fn q4_isum(row: QRow<'_>, x: &QuantizedX, k: usize) -> i32 {
+pub(super) fn q4_isum(row: QRow<'_>, x: &QuantizedX, k: usize) -> i32 {
     let (g, half) = (x.group, x.group / 2);
     let codes = &row.codes[k * half..(k + 1) * half];
     let (qe, qo) = x.q[k * g..(k + 1) * g].split_at(half);
@@ -175,7 +176,7 @@ fn q4_isum(row: QRow<'_>, x: &QuantizedX, k: usize) -> i32 {
 }
 
 /// Integer sum of group `k` of a Q8 row against `x`.
-fn q8_isum(row: QRow<'_>, x: &QuantizedX, k: usize) -> i32 {
+pub(super) fn q8_isum(row: QRow<'_>, x: &QuantizedX, k: usize) -> i32 {
     let g = x.group;
     row.codes[k * g..(k + 1) * g]
         .iter()
@@ -202,11 +203,11 @@ fn combine_row(row: QRow<'_>, x: &QuantizedX, isum: impl Fn(usize) -> i32) -> f3
     ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
 }
 
-fn q4_row_portable(row: QRow<'_>, x: &QuantizedX) -> f32 {
+pub(super) fn q4_row_portable(row: QRow<'_>, x: &QuantizedX) -> f32 {
     combine_row(row, x, |k| q4_isum(row, x, k))
 }
 
-fn q8_row_portable(row: QRow<'_>, x: &QuantizedX) -> f32 {
+pub(super) fn q8_row_portable(row: QRow<'_>, x: &QuantizedX) -> f32 {
     combine_row(row, x, |k| q8_isum(row, x, k))
 }
 
@@ -222,13 +223,13 @@ pub(crate) fn error_bound(scaled_codes: &[f32], x: &QuantizedX) -> f64 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use super::{QRow, QuantizedX};
     use core::arch::x86_64::*;
 
     /// The 8 lane sums of `a[0..8]`, in order, as one vector.
     #[target_feature(enable = "avx2")]
-    fn hsum8_i32(a: &[__m256i; 8]) -> __m256i {
+    pub(in crate::cpu) fn hsum8_i32(a: &[__m256i; 8]) -> __m256i {
         let t0 = _mm256_hadd_epi32(a[0], a[1]);
         let t1 = _mm256_hadd_epi32(a[2], a[3]);
         let t2 = _mm256_hadd_epi32(a[4], a[5]);
@@ -271,7 +272,7 @@ mod x86 {
 
     /// `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`, as `combine_row`.
     #[target_feature(enable = "avx2")]
-    fn hsum_ps(v: __m256) -> f32 {
+    pub(in crate::cpu) fn hsum_ps(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
@@ -342,6 +343,78 @@ mod x86 {
         };
     }
 
+    /// `lanes` combined with the integer sums `isums` of groups `k0..k0 + n` (`n <= 8`) of
+    /// `row` against `x` ([`combine8`] on the row's scales and biases, or on zero-padded copies
+    /// for a last, partial block: padded lanes add exactly 0).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C; `row.scales`/`row.biases` hold `x.groups()` f16 each and
+    /// `k0 + n <= x.groups()`.
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    pub(in crate::cpu) unsafe fn combine_block(
+        lanes: __m256,
+        isums: __m256i,
+        row: QRow<'_>,
+        x: &QuantizedX,
+        k0: usize,
+        n: usize,
+    ) -> __m256 {
+        if n == 8 {
+            // SAFETY: groups k0..k0 + 8 exist: 16 bytes of scales and biases (2 per group)
+            // and 8 floats of d and sums from k0.
+            unsafe {
+                combine8(
+                    lanes,
+                    isums,
+                    row.scales.as_ptr().add(2 * k0),
+                    row.biases.as_ptr().add(2 * k0),
+                    x.d.as_ptr().add(k0),
+                    x.sums.as_ptr().add(k0),
+                )
+            }
+        } else {
+            let (mut sc, mut bi) = ([0u8; 16], [0u8; 16]);
+            sc[..2 * n].copy_from_slice(&row.scales[2 * k0..2 * (k0 + n)]);
+            bi[..2 * n].copy_from_slice(&row.biases[2 * k0..2 * (k0 + n)]);
+            let (mut d, mut sums) = ([0f32; 8], [0f32; 8]);
+            d[..n].copy_from_slice(&x.d[k0..k0 + n]);
+            sums[..n].copy_from_slice(&x.sums[k0..k0 + n]);
+            // SAFETY: the four arrays hold 16 bytes and 8 floats.
+            unsafe {
+                combine8(
+                    lanes,
+                    isums,
+                    sc.as_ptr(),
+                    bi.as_ptr(),
+                    d.as_ptr(),
+                    sums.as_ptr(),
+                )
+            }
+        }
+    }
+
+    /// `isums + offset * qsums[k0..k0 + n]` (lanes past `n` unchanged): the AVX2 Q8 kernels'
+    /// shift of the codes by 128, added back in integers.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(in crate::cpu) fn with_offset(
+        isums: __m256i,
+        x: &QuantizedX,
+        k0: usize,
+        n: usize,
+        offset: i32,
+    ) -> __m256i {
+        if offset == 0 {
+            return isums;
+        }
+        let mut qs = [0i32; 8];
+        qs[..n].copy_from_slice(&x.qsums[k0..k0 + n]);
+        // SAFETY: `qs` holds 8 i32.
+        let qs = unsafe { _mm256_loadu_si256(qs.as_ptr().cast()) };
+        _mm256_add_epi32(isums, _mm256_mullo_epi32(qs, _mm256_set1_epi32(offset)))
+    }
+
     /// Runs `group(k)` (a group's i32 lanes) over a row and combines as `combine_row`;
     /// `offset * qsums[k]` is added to each group's integer sum.
     ///
@@ -368,47 +441,9 @@ mod x86 {
                     _mm256_setzero_si256()
                 }
             });
-            let mut isums = hsum8_i32(&a);
-            if offset != 0 {
-                let mut qs = [0i32; 8];
-                qs[..n].copy_from_slice(&x.qsums[k0..k0 + n]);
-                // SAFETY: `qs` holds 8 i32.
-                let qs = unsafe { _mm256_loadu_si256(qs.as_ptr().cast()) };
-                isums = _mm256_add_epi32(isums, _mm256_mullo_epi32(qs, _mm256_set1_epi32(offset)));
-            }
-            if n == 8 {
-                // SAFETY: groups k0..k0 + 8 exist: 16 bytes of scales and biases (2 per group,
-                // asserted by the caller) and 8 floats of d and sums from k0.
-                lanes = unsafe {
-                    combine8(
-                        lanes,
-                        isums,
-                        row.scales.as_ptr().add(2 * k0),
-                        row.biases.as_ptr().add(2 * k0),
-                        x.d.as_ptr().add(k0),
-                        x.sums.as_ptr().add(k0),
-                    )
-                };
-            } else {
-                // The last, partial block: zero-padded copies (padded lanes add exactly 0).
-                let (mut sc, mut bi) = ([0u8; 16], [0u8; 16]);
-                sc[..2 * n].copy_from_slice(&row.scales[2 * k0..2 * (k0 + n)]);
-                bi[..2 * n].copy_from_slice(&row.biases[2 * k0..2 * (k0 + n)]);
-                let (mut d, mut sums) = ([0f32; 8], [0f32; 8]);
-                d[..n].copy_from_slice(&x.d[k0..k0 + n]);
-                sums[..n].copy_from_slice(&x.sums[k0..k0 + n]);
-                // SAFETY: the four arrays hold 16 bytes and 8 floats.
-                lanes = unsafe {
-                    combine8(
-                        lanes,
-                        isums,
-                        sc.as_ptr(),
-                        bi.as_ptr(),
-                        d.as_ptr(),
-                        sums.as_ptr(),
-                    )
-                };
-            }
+            let isums = with_offset(hsum8_i32(&a), x, k0, n, offset);
+            // SAFETY: the caller's lengths are those `combine_block` requires.
+            lanes = unsafe { combine_block(lanes, isums, row, x, k0, n) };
             k0 += 8;
         }
         hsum_ps(lanes)

@@ -5,6 +5,7 @@
 //! bf16 when the CPU has it).
 
 use super::int8::{Isa, QRow, QuantizedX, q4_row, q8_row};
+use super::matmul::{for_row_blocks, quant_rows};
 use crate::quant::{MatrixLayout, WeightFormat, bf16_at, f16_at};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -13,9 +14,9 @@ use std::cell::RefCell;
 /// tens of microseconds on a busy machine (measured with `generate --profile` on the tiny
 /// model: a 256x256 Q4 `q_proj` took ~20 us on the pool), more than 512k 4-bit weights take on
 /// one core. Qwen3-30B-A3B's k/v projections (1M weights) and larger still go parallel.
-const PAR_THRESHOLD: usize = 1 << 19;
+pub(crate) const PAR_THRESHOLD: usize = 1 << 19;
 /// Weights per parallel work item.
-const CHUNK_WEIGHTS: usize = 1 << 14;
+pub(crate) const CHUNK_WEIGHTS: usize = 1 << 14;
 
 thread_local! {
     /// The calling thread's quantized activations, reused across calls (no allocation per token).
@@ -72,17 +73,50 @@ pub(crate) fn with_act<R>(
 /// `out.len() == l.rows`.
 /// `int8`: quantize `x` for quantized formats.
 pub(crate) fn matvec(bytes: &[u8], l: &MatrixLayout, x: &[f32], out: &mut [f32], int8: bool) {
-    with_act(l.format, x, int8, |act| {
-        let isa = Isa::detect();
-        let row = |r: usize| row_dot(isa, bytes, l, act, r);
-        for_rows(l.rows * l.cols, l.cols, out, row);
+    matvec_isa(Isa::detect(), bytes, l, x, out, int8);
+}
+
+/// [`matvec`] with the kernels of `isa`. Q4/Q8 rows with int8 activations go through the
+/// multi-row kernels ([`super::block`], [`super::block::ROWS`] rows per inner loop: one load of each
+/// activation chunk and one horizontal integer sum per 8 groups for several rows), bit-exact
+/// with the single-row kernels; other rows one at a time.
+pub(crate) fn matvec_isa(
+    isa: Isa,
+    bytes: &[u8],
+    l: &MatrixLayout,
+    x: &[f32],
+    out: &mut [f32],
+    int8: bool,
+) {
+    with_act(l.format, x, int8, |act| match act.qx {
+        Some(qx) => for_row_blocks(l.rows * l.cols, l.cols, 1, out, |r0, o| {
+            quant_rows(isa, bytes, l, std::slice::from_ref(qx), r0, o)
+        }),
+        None => {
+            let row = |r: usize| row_dot(isa, bytes, l, act, r);
+            for_rows(l.rows * l.cols, l.cols, out, row);
+        }
     });
 }
 
 /// [`matvec`] with int8 activations and the kernels of `isa` (tests compare them).
 #[cfg(test)]
 pub(crate) fn matvec_with(bytes: &[u8], l: &MatrixLayout, x: &[f32], out: &mut [f32], isa: Isa) {
-    with_act(l.format, x, true, |act| {
+    matvec_isa(isa, bytes, l, x, out, true);
+}
+
+/// `out = W x` one row at a time with the single-row kernels of `isa` (the reference the
+/// blocked kernels are compared with).
+#[cfg(test)]
+pub(crate) fn rows_with(
+    isa: Isa,
+    bytes: &[u8],
+    l: &MatrixLayout,
+    x: &[f32],
+    out: &mut [f32],
+    int8: bool,
+) {
+    with_act(l.format, x, int8, |act| {
         let row = |r: usize| row_dot(isa, bytes, l, act, r);
         for_rows(l.rows * l.cols, l.cols, out, row);
     });
@@ -113,29 +147,33 @@ pub(crate) fn for_rows(
 
 /// Row `r` of the matrix `bytes` (layout `l`) dotted with `act` (prepared for `l.format`).
 pub(crate) fn row_dot(isa: Isa, bytes: &[u8], l: &MatrixLayout, act: Act<'_>, r: usize) -> f32 {
-    let cols = l.cols;
     let Some(group) = l.format.group() else {
         return float_row(isa, bytes, l, act.x, r);
     };
-    let gpr = cols / group;
-    let (scales, biases) = scale_bias(bytes, l);
-    let sb = 2 * r * gpr..2 * (r + 1) * gpr;
-    let (scales, biases) = (&scales[sb.clone()], &biases[sb]);
     let q4 = matches!(l.format, WeightFormat::Q4 { .. });
-    let codes = if q4 {
-        &bytes[r * cols / 2..(r + 1) * cols / 2]
-    } else {
-        &bytes[r * cols..(r + 1) * cols]
-    };
-    let row = QRow {
-        codes,
-        scales,
-        biases,
-    };
+    let row = qrow(bytes, l, r);
     match (act.qx, q4) {
         (Some(qx), true) => q4_row(isa, row, qx),
         (Some(qx), false) => q8_row(isa, row, qx),
         (None, _) => exact_row(row, act.x, group, q4),
+    }
+}
+
+/// Row `r` of the Q4/Q8 matrix `bytes` (layout `l`): its codes, scales and biases.
+pub(crate) fn qrow<'a>(bytes: &'a [u8], l: &MatrixLayout, r: usize) -> QRow<'a> {
+    let cols = l.cols;
+    let gpr = cols / l.format.group().unwrap_or(cols).max(1);
+    let (scales, biases) = scale_bias(bytes, l);
+    let sb = 2 * r * gpr..2 * (r + 1) * gpr;
+    let codes = if matches!(l.format, WeightFormat::Q4 { .. }) {
+        &bytes[r * cols / 2..(r + 1) * cols / 2]
+    } else {
+        &bytes[r * cols..(r + 1) * cols]
+    };
+    QRow {
+        codes,
+        scales: &scales[sb.clone()],
+        biases: &biases[sb],
     }
 }
 

@@ -1,7 +1,9 @@
 //! The CPU backend: host `Vec<f32>` tensors, rayon-parallel matvecs.
 
+mod block;
 mod int8;
 mod linear_attn;
+mod matmul;
 mod matvec;
 mod moe;
 mod ops;
@@ -15,7 +17,7 @@ use crate::backend::{
 };
 use crate::checks::{
     check_attention, check_conv1d, check_delta, check_gated_norm, check_index, check_kv_write,
-    check_norm_heads, check_range, check_rope, check_rope_partial, check_sigmoid_mul,
+    check_norm_heads, check_range, check_rope, check_rope_partial, check_rows, check_sigmoid_mul,
 };
 use crate::error::{BackendError, Result, check_len};
 use crate::quant::{MatrixLayout, WeightFormat, dequantize_row};
@@ -201,6 +203,32 @@ impl ComputeBackend for CpuBackend {
         check_len("matvec", "x", l.cols, x.0.len())?;
         check_len("matvec", "out", l.rows, out.0.len())?;
         matvec::matvec(w.bytes(), l, &x.0, &mut out.0, self.int8());
+        Ok(())
+    }
+
+    /// Blocked: each weight row is read once for all `n` rows of `x` (`cpu/matmul.rs`); every
+    /// output has the bits [`Self::matvec`] gives its row.
+    fn matmul(&self, w: &CpuWeight, x: &CpuTensor, n: usize, out: &mut CpuTensor) -> Result<()> {
+        self.matmul_bytes(
+            WeightView::new(&w.bytes, w.layout.rows, w.layout.cols, w.layout.format)?,
+            x,
+            n,
+            out,
+        )
+    }
+
+    /// As [`Self::matmul`], on raw bytes.
+    fn matmul_bytes(
+        &self,
+        w: WeightView<'_>,
+        x: &CpuTensor,
+        n: usize,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        let l = w.layout();
+        check_rows("matmul_bytes", "x", n, l.cols, x.0.len())?;
+        check_rows("matmul_bytes", "out", n, l.rows, out.0.len())?;
+        matmul::matmul(w.bytes(), l, &x.0, n, &mut out.0, self.int8());
         Ok(())
     }
 

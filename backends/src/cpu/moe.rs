@@ -7,7 +7,9 @@
 //! same, op for op, as [`crate::ComputeBackend::moe_experts`]'s default composition of
 //! matvecs, SwiGLU and axpy, so the results are bit-identical (tested).
 
+use super::block::ROWS;
 use super::int8::{Isa, QuantizedX};
+use super::matmul::{for_row_blocks, quant_rows};
 use super::matvec::{Act, for_rows, prepare, row_dot};
 use super::ops::swiglu;
 use crate::backend::RoutedExpert;
@@ -78,11 +80,22 @@ fn run(
         x,
         qx: quantized.then_some(&s.qx),
     };
-    for_rows(k * 2 * inter * hidden, hidden, &mut s.h, |i| {
-        let (e, m, r) = (i / (2 * inter), (i / inter) % 2, i % inter);
-        let w = &experts[e].weights[m];
-        row_dot(isa, w.bytes(), w.layout(), act, r)
-    });
+    match act.qx {
+        // Blocks of rows inside one matrix (the multi-row kernels).
+        Some(qx) if inter.is_multiple_of(ROWS) => {
+            let qx = std::slice::from_ref(qx);
+            for_row_blocks(k * 2 * inter * hidden, hidden, 1, &mut s.h, |i, o| {
+                let (e, m, r) = (i / (2 * inter), (i / inter) % 2, i % inter);
+                let w = &experts[e].weights[m];
+                quant_rows(isa, w.bytes(), w.layout(), qx, r, o)
+            })
+        }
+        _ => for_rows(k * 2 * inter * hidden, hidden, &mut s.h, |i| {
+            let (e, m, r) = (i / (2 * inter), (i / inter) % 2, i % inter);
+            let w = &experts[e].weights[m];
+            row_dot(isa, w.bytes(), w.layout(), act, r)
+        }),
+    }
     s.qh.resize_with(k, QuantizedX::default);
     for (e, pair) in s.h.chunks_exact_mut(2 * inter).enumerate() {
         let (gate, up) = pair.split_at_mut(inter);
@@ -92,13 +105,37 @@ fn run(
         }
     }
     let (h, qh) = (&s.h, &s.qh);
+    if quantized {
+        // Each block of output rows: every expert's down rows by the multi-row kernel, the
+        // combine added in expert order (the per-row sum below, block-wise).
+        for_row_blocks(k * hidden * inter, inter, 1, out, |r0, o| {
+            let mut part = [0f32; ROWS];
+            o.fill(0.0);
+            for (e, ex) in experts.iter().enumerate() {
+                let d = &ex.weights[2];
+                let p = &mut part[..o.len()];
+                quant_rows(
+                    isa,
+                    d.bytes(),
+                    d.layout(),
+                    std::slice::from_ref(&qh[e]),
+                    r0,
+                    p,
+                );
+                o.iter_mut()
+                    .zip(p.iter())
+                    .for_each(|(acc, v)| *acc += ex.combine * v);
+            }
+        });
+        return;
+    }
     for_rows(k * hidden * inter, inter, out, |r| {
         let mut acc = 0f32;
         for (e, ex) in experts.iter().enumerate() {
             let d = &ex.weights[2];
             let act = Act {
                 x: &h[e * 2 * inter..e * 2 * inter + inter],
-                qx: quantized.then(|| &qh[e]),
+                qx: None,
             };
             acc += ex.combine * row_dot(isa, d.bytes(), d.layout(), act, r);
         }

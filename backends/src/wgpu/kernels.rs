@@ -11,6 +11,7 @@ const FORMATS: &str = include_str!("shaders/formats.wgsl");
 const QUANT_COMMON: &str = include_str!("shaders/quant_common.wgsl");
 const MAT: &str = include_str!("shaders/mat.wgsl");
 const MATVEC: &str = include_str!("shaders/matvec.wgsl");
+const MATMUL: &str = include_str!("shaders/matmul.wgsl");
 const EXPERTS: &str = include_str!("shaders/experts.wgsl");
 const EMBED: &str = include_str!("shaders/embed.wgsl");
 const ELEMENTWISE: &str = include_str!("shaders/elementwise.wgsl");
@@ -126,6 +127,8 @@ pub fn check_gpu_dims(format: WeightFormat, rows: usize, cols: usize) -> Result<
 pub enum Kernel {
     /// `y[row] = W[row] . x`.
     Matvec(Fmt),
+    /// `y[t][row] = W[row] . x[t]` for the tokens of a chunk (tiled: 4 rows x 4 tokens).
+    Matmul(Fmt),
     /// Routed experts: `h = silu(gate x) * up x` for each expert.
     GateUp(Fmt),
     /// Routed experts: `y_e = w_e down_e h_e` for each expert.
@@ -163,6 +166,7 @@ impl Kernel {
         for f in Fmt::ALL {
             v.extend([
                 Kernel::Matvec(f),
+                Kernel::Matmul(f),
                 Kernel::GateUp(f),
                 Kernel::DownCombine(f),
                 Kernel::Embed(f),
@@ -188,6 +192,7 @@ impl Kernel {
     pub fn entry(self) -> &'static str {
         match self {
             Kernel::Matvec(_) => "matvec",
+            Kernel::Matmul(_) => "matmul",
             Kernel::GateUp(_) => "gate_up",
             Kernel::DownCombine(_) => "down_combine",
             Kernel::Embed(_) => "embed",
@@ -209,6 +214,7 @@ impl Kernel {
     pub fn source(self) -> String {
         match self {
             Kernel::Matvec(f) => format!("{MATVEC}\n{}", f.wgsl()),
+            Kernel::Matmul(f) => format!("{MATMUL}\n{}", f.wgsl()),
             Kernel::GateUp(f) | Kernel::DownCombine(f) => format!("{EXPERTS}\n{}", f.wgsl()),
             Kernel::Embed(f) => format!("{EMBED}\n{}", f.wgsl()),
             Kernel::Axpy | Kernel::Swiglu | Kernel::Combine | Kernel::SigmoidMul => {
@@ -227,9 +233,11 @@ impl Kernel {
     /// A readable name, e.g. `matvec-q4`.
     pub fn name(self) -> String {
         match self {
-            Kernel::Matvec(f) | Kernel::GateUp(f) | Kernel::DownCombine(f) | Kernel::Embed(f) => {
-                format!("{}-{}", self.entry(), f.marker())
-            }
+            Kernel::Matvec(f)
+            | Kernel::Matmul(f)
+            | Kernel::GateUp(f)
+            | Kernel::DownCombine(f)
+            | Kernel::Embed(f) => format!("{}-{}", self.entry(), f.marker()),
             _ => self.entry().to_string(),
         }
     }
@@ -259,7 +267,7 @@ impl Kernel {
             v
         };
         match self {
-            Kernel::Matvec(f) => {
+            Kernel::Matvec(f) | Kernel::Matmul(f) => {
                 with_scales(f, vec![(0, Read), (1, Read), (2, ReadWrite), (3, Params)])
             }
             Kernel::GateUp(f) | Kernel::DownCombine(f) => with_scales(

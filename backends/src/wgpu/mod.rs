@@ -17,6 +17,9 @@
 //!   its combine weight, then the sum) over records in the ring; records already resident —
 //!   used recently, or staged ahead with [`crate::ComputeBackend::stage_expert`] while the previous
 //!   layer computed — are not uploaded.
+//! - **Row ops tiled**: `matmul`/`matmul_bytes` on a prompt chunk are one dispatch per row
+//!   block (`matmul`: 4 rows x 4 tokens per slice of 32 lanes), each weight chunk loaded and
+//!   decoded once for 4 tokens.
 //! - **Router top-k on the host**: the logits are tiny (one read of `num_experts` floats) and
 //!   the host needs the ids anyway to ask io-sched for the experts; `read_many` brings the
 //!   router and pre-gate logits back in one wait.
@@ -24,7 +27,7 @@
 //!   timestamps ([`WgpuBackend::kernel_times`]).
 //!
 //! Files: `context` (adapter, device, limits), `kernels` (WGSL sources, pipelines), `ops`
-//! (the trait's ops), `record` (arena, bind groups, dispatch, submission, read-back), `tensor`
+//! (the trait's ops), `matmul` (the row ops), `record` (arena, bind groups, dispatch, submission, read-back), `tensor`
 //! (tensors, row-blocked weights, KV cache), `ring` (expert slots), `moe` (routed experts),
 //! `linear_attn` (the hybrid layers' ops: DeltaNet step, conv1d step, gated norm, sigmoid
 //! gates, partial RoPE), `profile` (timestamps).
@@ -41,6 +44,7 @@
 mod context;
 pub mod kernels;
 mod linear_attn;
+mod matmul;
 mod moe;
 mod ops;
 mod profile;

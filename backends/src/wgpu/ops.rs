@@ -235,6 +235,22 @@ impl ComputeBackend for WgpuBackend {
         )
     }
 
+    /// One tiled dispatch per row block for all `n` tokens (`matmul.wgsl`).
+    fn matmul(&self, w: &GpuWeight, x: &GpuTensor, n: usize, out: &mut GpuTensor) -> Result<()> {
+        self.matmul_resident(w, x, n, out)
+    }
+
+    /// As [`Self::matmul`], the bytes uploaded once for all `n` tokens.
+    fn matmul_bytes(
+        &self,
+        w: WeightView<'_>,
+        x: &GpuTensor,
+        n: usize,
+        out: &mut GpuTensor,
+    ) -> Result<()> {
+        self.matmul_view(w, x, n, out)
+    }
+
     fn rms_norm(
         &self,
         x: &GpuTensor,

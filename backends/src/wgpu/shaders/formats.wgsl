@@ -3,7 +3,10 @@
 //   VALS           values per 16-byte chunk (one vec4<u32> load);
 //   XC, load_x     the x values one chunk multiplies, loaded once and reused for many rows;
 //   chunk_dot      the dot product of chunk `c` of row `row` of matrix `m` with those x;
-//   value_at       one weight, for gathers (embedding rows).
+//   value_at       one weight, for gathers (embedding rows);
+//   WC, load_w     chunk `c` of row `row` decoded once (with its scale and bias), and
+//   wc_dot         its dot product with the x values of one chunk: chunk_dot split in two, so
+//                  the batched kernels decode a weight chunk once for several tokens.
 // f16 values (scales, biases, F16 weights) are decoded from their bits with integer ops:
 // neither SHADER_F16 nor naga's f16-in-f32 capability (which `unpack2x16float` needs) is used.
 // Quantized formats read scales and biases through `ws`, the weight buffer bound as u32s.
@@ -84,6 +87,27 @@ fn value_at(m: Mat, row: u32, col: u32) -> f32 {
     return q * sb.x + sb.y;
 }
 
+struct WC {
+    l0: vec4<f32>, h0: vec4<f32>, l1: vec4<f32>, h1: vec4<f32>,
+    l2: vec4<f32>, h2: vec4<f32>, l3: vec4<f32>, h3: vec4<f32>,
+    sb: vec2<f32>,
+}
+
+fn load_w(m: Mat, row: u32, c: u32) -> WC {
+    let q = w[m.data + row * m.row_chunks + c];
+    return WC(nib_lo(q.x), nib_hi(q.x), nib_lo(q.y), nib_hi(q.y),
+              nib_lo(q.z), nib_hi(q.z), nib_lo(q.w), nib_hi(q.w),
+              scale_bias(m, group_of(m, row, c)));
+}
+
+fn wc_dot(a: WC, xc: XC) -> f32 {
+    let qx = dot(a.l0, xc.e0) + dot(a.h0, xc.o0)
+           + dot(a.l1, xc.e1) + dot(a.h1, xc.o1)
+           + dot(a.l2, xc.e2) + dot(a.h2, xc.o2)
+           + dot(a.l3, xc.e3) + dot(a.h3, xc.o3);
+    return a.sb.x * qx + a.sb.y * xc.sum;
+}
+
 //! format q8
 const VALS: u32 = 16u;
 
@@ -119,6 +143,22 @@ fn value_at(m: Mat, row: u32, col: u32) -> f32 {
     return q * sb.x + sb.y;
 }
 
+struct WC {
+    v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>,
+    sb: vec2<f32>,
+}
+
+fn load_w(m: Mat, row: u32, c: u32) -> WC {
+    let q = w[m.data + row * m.row_chunks + c];
+    return WC(bytes4(q.x), bytes4(q.y), bytes4(q.z), bytes4(q.w),
+              scale_bias(m, group_of(m, row, c)));
+}
+
+fn wc_dot(a: WC, xc: XC) -> f32 {
+    let qx = dot(a.v0, xc.v0) + dot(a.v1, xc.v1) + dot(a.v2, xc.v2) + dot(a.v3, xc.v3);
+    return a.sb.x * qx + a.sb.y * xc.sum;
+}
+
 //! format bf16
 const VALS: u32 = 8u;
 
@@ -148,6 +188,20 @@ fn value_at(m: Mat, row: u32, col: u32) -> f32 {
     return select(pair.x, pair.y, (idx & 1u) == 1u);
 }
 
+struct WC {
+    a: vec4<f32>,
+    b: vec4<f32>,
+}
+
+fn load_w(m: Mat, row: u32, c: u32) -> WC {
+    let q = w[m.data + row * m.row_chunks + c];
+    return WC(vec4<f32>(bf16_pair(q.x), bf16_pair(q.y)), vec4<f32>(bf16_pair(q.z), bf16_pair(q.w)));
+}
+
+fn wc_dot(a: WC, xc: XC) -> f32 {
+    return dot(a.a, xc.a) + dot(a.b, xc.b);
+}
+
 //! format f16
 const VALS: u32 = 8u;
 
@@ -173,6 +227,20 @@ fn value_at(m: Mat, row: u32, col: u32) -> f32 {
     return select(pair.x, pair.y, (idx & 1u) == 1u);
 }
 
+struct WC {
+    a: vec4<f32>,
+    b: vec4<f32>,
+}
+
+fn load_w(m: Mat, row: u32, c: u32) -> WC {
+    let q = w[m.data + row * m.row_chunks + c];
+    return WC(vec4<f32>(f16_pair(q.x), f16_pair(q.y)), vec4<f32>(f16_pair(q.z), f16_pair(q.w)));
+}
+
+fn wc_dot(a: WC, xc: XC) -> f32 {
+    return dot(a.a, xc.a) + dot(a.b, xc.b);
+}
+
 //! format f32
 const VALS: u32 = 4u;
 
@@ -191,4 +259,16 @@ fn chunk_dot(m: Mat, row: u32, c: u32, xc: XC) -> f32 {
 
 fn value_at(m: Mat, row: u32, col: u32) -> f32 {
     return bitcast<f32>(word_at(m.data * 4u + row * m.cols + col));
+}
+
+struct WC {
+    a: vec4<f32>,
+}
+
+fn load_w(m: Mat, row: u32, c: u32) -> WC {
+    return WC(bitcast<vec4<f32>>(w[m.data + row * m.row_chunks + c]));
+}
+
+fn wc_dot(a: WC, xc: XC) -> f32 {
+    return dot(a.a, xc.a);
 }

@@ -1,0 +1,331 @@
+//! CPU matrix products over several activation vectors (a prompt chunk's tokens), and the
+//! row-block driver the matvec and the routed experts share.
+//!
+//! A `[rows x cols]` weight times `n` vectors (`x` is `[n][cols]`, `out` is `[n][rows]`):
+//! - **Q4/Q8 with int8 activations**: each vector is quantized once, then blocks of
+//!   [`ROWS`] weight rows are dotted with every vector while they are in L1 by the multi-row
+//!   kernels of [`super::block`] (scales converted and 4-bit codes unpacked once per block), so
+//!   each weight byte is read from memory once per chunk, not once per token. Every (row, token) value has the bits the matvec gives
+//!   that token.
+//! - **Float formats and f32 activations**: each weight row is dotted with every vector while
+//!   it is in L1 (the matvec's row kernel, so again the matvec's bits), one read of the
+//!   weights from memory per chunk.
+//!
+//! Work is split over rayon's pool by blocks of rows (as the matvec), and results are gathered
+//! `[row][token]` per block, then laid out `[token][row]`.
+
+use super::block::{ROWS, rows_block};
+use super::int8::{Isa, QRow, QuantizedX};
+use super::matvec::{Act, CHUNK_WEIGHTS, PAR_THRESHOLD, prepare, qrow, row_dot};
+use crate::quant::{MatrixLayout, WeightFormat};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+thread_local! {
+    /// The calling thread's quantized chunk rows and `[row][token]` results, reused.
+    static SCRATCH: RefCell<(Vec<QuantizedX>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// `out[t] = W x[t]` for `t < n`. The caller has checked `bytes.len() == l.total`,
+/// `x.len() >= n * l.cols` and `out.len() >= n * l.rows`. `int8`: quantize the activations of
+/// quantized formats (as [`super::matvec::matvec`]).
+pub(crate) fn matmul(
+    bytes: &[u8],
+    l: &MatrixLayout,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+    int8: bool,
+) {
+    matmul_with(Isa::detect(), bytes, l, x, n, out, int8);
+}
+
+/// [`matmul`] with the kernels of `isa` (tests compare them).
+pub(crate) fn matmul_with(
+    isa: Isa,
+    bytes: &[u8],
+    l: &MatrixLayout,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+    int8: bool,
+) {
+    let (rows, cols) = (l.rows, l.cols);
+    if n == 0 || rows == 0 {
+        return;
+    }
+    if n == 1 {
+        super::matvec::matvec_isa(isa, bytes, l, &x[..cols], &mut out[..rows], int8);
+        return;
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut s) => {
+            let (qxs, tmp) = &mut *s;
+            run(isa, bytes, l, x, n, out, int8, qxs, tmp);
+        }
+        // Re-entered on this thread (a nested parallel job): fresh buffers.
+        Err(_) => run(
+            isa,
+            bytes,
+            l,
+            x,
+            n,
+            out,
+            int8,
+            &mut Vec::new(),
+            &mut Vec::new(),
+        ),
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    isa: Isa,
+    bytes: &[u8],
+    l: &MatrixLayout,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+    int8: bool,
+    qxs: &mut Vec<QuantizedX>,
+    tmp: &mut Vec<f32>,
+) {
+    let (rows, cols) = (l.rows, l.cols);
+    let weights = rows * cols;
+    tmp.resize(rows * n, 0.0);
+    let quantized = int8 && l.format.group().is_some();
+    if quantized {
+        qxs.resize_with(n, QuantizedX::default);
+        for (xi, qx) in x.chunks_exact(cols).zip(qxs.iter_mut()) {
+            prepare(l.format, xi, qx);
+        }
+        let qxs = &qxs[..n];
+        for_row_blocks(weights * n, cols, n, tmp, |r0, o| {
+            quant_rows(isa, bytes, l, qxs, r0, o)
+        });
+    } else {
+        for_row_blocks(weights * n, cols, n, tmp, |r0, o| {
+            for (i, ro) in o.chunks_exact_mut(n).enumerate() {
+                float_row_tokens(isa, bytes, l, x, r0 + i, ro);
+            }
+        });
+    }
+    for (r, ro) in tmp.chunks_exact(n).enumerate() {
+        for (t, v) in ro.iter().enumerate() {
+            out[t * rows + r] = *v;
+        }
+    }
+}
+
+/// Row `r` of a float matrix (or a quantized one with f32 activations) dotted with each of
+/// the `ro.len()` vectors of `x`, each with the matvec's row kernel bits: bf16 on AVX2
+/// converts the row once for 4 vectors at a time; otherwise the row kernel per vector, the row
+/// staying in L1.
+fn float_row_tokens(isa: Isa, bytes: &[u8], l: &MatrixLayout, x: &[f32], r: usize, ro: &mut [f32]) {
+    let cols = l.cols;
+    let xt = |t: usize| &x[t * cols..(t + 1) * cols];
+    #[cfg(target_arch = "x86_64")]
+    if l.format == WeightFormat::Bf16 && isa != Isa::Portable && super::simd::available() {
+        let row = &bytes[2 * r * cols..2 * (r + 1) * cols];
+        let mut t0 = 0;
+        while t0 < ro.len() {
+            let tn = (ro.len() - t0).min(4);
+            let o = &mut ro[t0..t0 + tn];
+            // SAFETY: `isa` is not portable and `simd::available()` checked AVX2, FMA and F16C.
+            unsafe {
+                match tn {
+                    4 => o.copy_from_slice(&super::simd::bf16_row_multi(
+                        row,
+                        [xt(t0), xt(t0 + 1), xt(t0 + 2), xt(t0 + 3)],
+                    )),
+                    3 => o.copy_from_slice(&super::simd::bf16_row_multi(
+                        row,
+                        [xt(t0), xt(t0 + 1), xt(t0 + 2)],
+                    )),
+                    2 => o.copy_from_slice(&super::simd::bf16_row_multi(row, [xt(t0), xt(t0 + 1)])),
+                    _ => o.copy_from_slice(&super::simd::bf16_row_multi(row, [xt(t0)])),
+                }
+            }
+            t0 += tn;
+        }
+        return;
+    }
+    for (t, v) in ro.iter_mut().enumerate() {
+        let act = Act { x: xt(t), qx: None };
+        *v = row_dot(isa, bytes, l, act, r);
+    }
+}
+
+/// Fills `out` (`[row][token]`, `n` values per row) by blocks: `block(r0, o)` writes rows
+/// `r0..r0 + o.len() / n` (at most [`ROWS`]) into `o`. On rayon's pool when the work
+/// (`work` weight-vector products) is large enough, in chunks of whole blocks.
+pub(crate) fn for_row_blocks(
+    work: usize,
+    cols: usize,
+    n: usize,
+    out: &mut [f32],
+    block: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    let n = n.max(1);
+    let run_chunk = |first_row: usize, chunk: &mut [f32]| {
+        for (b, o) in chunk.chunks_mut(ROWS * n).enumerate() {
+            block(first_row + b * ROWS, o);
+        }
+    };
+    if work < PAR_THRESHOLD {
+        run_chunk(0, out);
+    } else {
+        let rows_per_chunk = (CHUNK_WEIGHTS / cols.max(1)).max(1).div_ceil(ROWS) * ROWS;
+        out.par_chunks_mut(rows_per_chunk * n)
+            .enumerate()
+            .for_each(|(c, chunk)| run_chunk(c * rows_per_chunk, chunk));
+    }
+}
+
+/// Rows `r0..r0 + o.len() / qxs.len()` (at most [`ROWS`]) of the Q4/Q8 matrix `bytes` dotted
+/// with every vector of `qxs` (quantized for it), into `o` as `[row][token]`.
+pub(crate) fn quant_rows(
+    isa: Isa,
+    bytes: &[u8],
+    l: &MatrixLayout,
+    qxs: &[QuantizedX],
+    r0: usize,
+    o: &mut [f32],
+) {
+    let valid = o.len() / qxs.len().max(1);
+    if valid == 0 {
+        return;
+    }
+    let q4 = matches!(l.format, WeightFormat::Q4 { .. });
+    // A short last block repeats its last row (those results are not stored).
+    let rows: [QRow<'_>; ROWS] = std::array::from_fn(|i| qrow(bytes, l, r0 + i.min(valid - 1)));
+    rows_block(isa, q4, &rows, qxs, valid, o);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::quantize;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|f| f.to_bits()).collect()
+    }
+
+    /// Every (row, token) of the blocked matmul has the bits of the single-row matvec kernel
+    /// on that token, for each SIMD variant the CPU has (and each against the portable one),
+    /// at token counts that fill and leave partial token blocks and row counts that leave a
+    /// partial row block, with groups crossing the 8-group combine blocks; int8 and f32
+    /// activations; and large enough to take the parallel path.
+    #[test]
+    fn matmul_rows_are_bit_exact_with_the_matvec_kernel() {
+        let formats = [
+            WeightFormat::Q4_64,
+            WeightFormat::Q8_64,
+            WeightFormat::Q4 { group: 128 },
+            WeightFormat::Q8 { group: 32 },
+            WeightFormat::Bf16,
+            WeightFormat::F16,
+            WeightFormat::F32,
+        ];
+        for (rows, cols) in [(7usize, 768usize), (13, 1152), (5, 128), (301, 2048)] {
+            for f in formats {
+                if f.layout(rows, cols).is_err() {
+                    continue;
+                }
+                let w = values(rows * cols, rows as u64);
+                let bytes = quantize(&w, rows, cols, f).unwrap();
+                let l = f.layout(rows, cols).unwrap();
+                let ns: &[usize] = if rows > 100 {
+                    &[1, 6]
+                } else {
+                    &[1, 2, 3, 5, 17]
+                };
+                for &n in ns {
+                    let mut x = values(n * cols, 77 + n as u64);
+                    x.iter_mut().step_by(41).for_each(|v| *v *= 9.0);
+                    for int8 in [true, false] {
+                        let single = |isa: Isa| {
+                            let mut v = vec![0f32; n * rows];
+                            for t in 0..n {
+                                super::super::matvec::rows_with(
+                                    isa,
+                                    &bytes,
+                                    &l,
+                                    &x[t * cols..(t + 1) * cols],
+                                    &mut v[t * rows..(t + 1) * rows],
+                                    int8,
+                                );
+                            }
+                            v
+                        };
+                        let portable = single(Isa::Portable);
+                        for isa in Isa::all_available() {
+                            let ctx = format!("{f:?} {isa:?} [{rows}x{cols}] n={n} int8={int8}");
+                            // The matvec's single-row kernel of this ISA, token by token.
+                            let want = single(isa);
+                            if int8 && f.group().is_some() {
+                                // Integer kernels: every ISA has the portable bits.
+                                assert_eq!(bits(&want), bits(&portable), "{ctx}: rows");
+                            }
+                            let mut got = vec![7f32; n * rows + 3];
+                            matmul_with(isa, &bytes, &l, &x, n, &mut got, int8);
+                            assert_eq!(bits(&got[..n * rows]), bits(&want), "{ctx}");
+                            assert_eq!(&got[n * rows..], &[7.0; 3], "{ctx}: wrote past n rows");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The block kernel, on one and on several vectors (the unpacked path), gives each pair's
+    /// single-row value (a direct check of `rows_block`, independent of the driver).
+    #[test]
+    fn block_kernel_matches_single_rows() {
+        let cols = 640usize; // 10 groups of 64: one full block of 8 lanes and 2 more
+        for f in [
+            WeightFormat::Q4_64,
+            WeightFormat::Q8_64,
+            WeightFormat::Q8 { group: 32 },
+        ] {
+            let bytes = quantize(&values(ROWS * cols, 3), ROWS, cols, f).unwrap();
+            let l = f.layout(ROWS, cols).unwrap();
+            let qxs: Vec<QuantizedX> = (0..4)
+                .map(|t| {
+                    let mut q = QuantizedX::default();
+                    prepare(f, &values(cols, 10 + t), &mut q);
+                    q
+                })
+                .collect();
+            for isa in Isa::all_available() {
+                for (nt, valid) in [(1usize, ROWS), (4, ROWS), (4, 5), (1, 3)] {
+                    let mut o = vec![0f32; valid * nt];
+                    quant_rows(isa, &bytes, &l, &qxs[..nt], 0, &mut o);
+                    for r in 0..valid {
+                        for (t, qx) in qxs[..nt].iter().enumerate() {
+                            let act = Act {
+                                x: &[],
+                                qx: Some(qx),
+                            };
+                            let want = row_dot(Isa::Portable, &bytes, &l, act, r);
+                            let got = o[r * nt + t];
+                            assert_eq!(got.to_bits(), want.to_bits(), "{f:?} {isa:?} n={nt}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
