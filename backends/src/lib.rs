@@ -19,6 +19,7 @@ pub mod cpu;
 mod error;
 pub mod profile;
 mod profiled;
+mod rows;
 pub mod quant;
 pub mod routing;
 #[cfg(feature = "wgpu")]
