@@ -370,6 +370,19 @@ pub trait ComputeBackend: Send + Sync {
         crate::rows::scatter_add_rows(self, y, width, rows, weights, x)
     }
 
+    /// [`Self::swiglu`] on the first `n` rows (`width` wide) of `gate` and `up` (one expert's
+    /// tokens in buffers sized for the whole chunk). The default runs the vector op on the
+    /// whole tensors when they hold exactly `n` rows, else per row.
+    fn swiglu_rows(
+        &self,
+        gate: &mut Self::Tensor,
+        up: &Self::Tensor,
+        n: usize,
+        width: usize,
+    ) -> Result<()> {
+        crate::rows::swiglu_rows(self, gate, up, n, width)
+    }
+
     /// `out = x / sqrt(mean(x^2) + eps) * weight`.
     fn rms_norm(
         &self,

@@ -234,6 +234,15 @@ impl<B: ComputeBackend> ComputeBackend for Profiled<B> {
                 .attention_rows(q, cache, layer, start, n, shape, out)
         })
     }
+    fn swiglu_rows(
+        &self,
+        gate: &mut B::Tensor,
+        up: &B::Tensor,
+        n: usize,
+        width: usize,
+    ) -> Result<()> {
+        self.timed(Phase::Experts, || self.inner.swiglu_rows(gate, up, n, width))
+    }
     fn gather_rows(
         &self,
         x: &B::Tensor,

@@ -105,6 +105,26 @@ pub(crate) fn attention_rows<B: ComputeBackend + ?Sized>(
     Ok(())
 }
 
+/// Default of [`ComputeBackend::swiglu_rows`].
+pub(crate) fn swiglu_rows<B: ComputeBackend + ?Sized>(
+    be: &B,
+    gate: &mut B::Tensor,
+    up: &B::Tensor,
+    n: usize,
+    width: usize,
+) -> Result<()> {
+    check_rows("swiglu_rows", "gate", n, width, be.len(gate))?;
+    check_rows("swiglu_rows", "up", n, width, be.len(up))?;
+    if be.len(gate) == n * width && be.len(up) == n * width {
+        return be.swiglu(gate, up);
+    }
+    let mut ui = be.zeros(width)?;
+    in_place(be, gate, width, n, |i, gi| {
+        be.copy_range(up, i * width, &mut ui, 0, width)?;
+        be.swiglu(gi, &ui)
+    })
+}
+
 /// Default of [`ComputeBackend::gather_rows`].
 pub(crate) fn gather_rows<B: ComputeBackend + ?Sized>(
     be: &B,

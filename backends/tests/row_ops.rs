@@ -175,6 +175,17 @@ fn gather_and_scatter_rows_match_vector_ops<B: ComputeBackend>(be: &B) {
         close(row(&got, r, width), &be.read(&want).unwrap(), 1e-6, "scatter_add_rows");
     }
     assert!(be.scatter_add_rows(&mut y, width, &picked, &weights[..2], &g).is_err());
+
+    // SwiGLU of the first 3 rows of buffers holding 5: the last two stay as they were.
+    let (g0, u0) = (vals(n * width, 31), vals(n * width, 37));
+    let (mut gate, up) = (be.upload(&g0).unwrap(), be.upload(&u0).unwrap());
+    be.swiglu_rows(&mut gate, &up, 3, width).unwrap();
+    let mut whole = be.upload(&g0).unwrap();
+    be.swiglu(&mut whole, &up).unwrap();
+    let (got, want) = (be.read(&gate).unwrap(), be.read(&whole).unwrap());
+    close(&got[..3 * width], &want[..3 * width], 1e-6, "swiglu_rows");
+    assert_eq!(&got[3 * width..], &g0[3 * width..], "rows past n");
+    assert!(be.swiglu_rows(&mut gate, &up, n + 1, width).is_err());
     assert!(be.scatter_add_rows(&mut y, width, &[n], &[1.0], &g).is_err());
 }
 

@@ -441,6 +441,16 @@ impl ComputeBackend for CpuBackend {
         rows::attention_rows(q, cache, layer, (start, n), shape, out)
     }
 
+    fn swiglu_rows(
+        &self,
+        gate: &mut CpuTensor,
+        up: &CpuTensor,
+        n: usize,
+        width: usize,
+    ) -> Result<()> {
+        rows::swiglu_rows(gate, up, n, width)
+    }
+
     fn gather_rows(
         &self,
         x: &CpuTensor,

@@ -87,6 +87,19 @@ pub(crate) fn rope_rows(
     Ok(())
 }
 
+/// SwiGLU on the first `n` rows (`width` wide) of `gate` and `up`.
+pub(crate) fn swiglu_rows(
+    gate: &mut CpuTensor,
+    up: &CpuTensor,
+    n: usize,
+    width: usize,
+) -> Result<()> {
+    check_rows("swiglu_rows", "gate", n, width, gate.0.len())?;
+    check_rows("swiglu_rows", "up", n, width, up.0.len())?;
+    ops::swiglu(&mut gate.0[..n * width], &up.0[..n * width]);
+    Ok(())
+}
+
 /// `out[j] = x[rows[j]]`.
 pub(crate) fn gather_rows(
     x: &CpuTensor,
