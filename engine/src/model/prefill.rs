@@ -10,8 +10,9 @@
 //!    next layers when the observer wants them), top-k per token;
 //! 3. the **union** of the experts routed to, streamed from the [`ExpertSource`] in groups
 //!    ([`ExpertSource::experts_union`], with the next layer's pre-gate union as a hint); each
-//!    expert runs on its tokens: gather rows, gate/up matrix products, SwiGLU, down, and a
-//!    scatter-add of its outputs weighted by each token's combine weight;
+//!    expert runs on its tokens: gather rows, gate/up matrix products, SwiGLU, down, its
+//!    output rows parked by (rank, token); then each token's experts are summed with their
+//!    combine weights in routing-rank order, as decode does;
 //! 4. the shared expert (hybrid families) over the chunk, the residual.
 //!
 //! The [`RoutingObserver`] sees the same calls as token by token, in the same order (token
@@ -94,6 +95,8 @@ struct ChunkScratch<B: ComputeBackend> {
     g1: B::Tensor,
     g2: B::Tensor,
     eo: B::Tensor,
+    /// Every expert output of the chunk, `[top_k][n]` rows, combined in rank order.
+    parked: B::Tensor,
     delta: Option<DeltaChunk<B>>,
     shared: Option<SharedChunk<B>>,
 }
@@ -122,7 +125,7 @@ impl<B: ComputeBackend> MoeModel<B> {
     pub fn default_prefill_chunk(cfg: &crate::config::ModelConfig) -> usize {
         let (h, e) = (cfg.hidden_size, cfg.num_experts);
         let mut floats = 6 * h + 3 * cfg.q_dim() + 2 * cfg.kv_dim() + 3 * e;
-        floats += 2 * cfg.expert_intermediate + 2 * cfg.num_layers * e;
+        floats += 2 * cfg.expert_intermediate + 2 * cfg.num_layers * e + cfg.top_k * h;
         if let Some(hy) = &cfg.hybrid {
             let d = &hy.deltanet;
             floats += d.conv_dim() + 2 * d.value_dim() + 2 * d.num_value_heads;
@@ -206,6 +209,7 @@ impl<B: ComputeBackend> MoeModel<B> {
             g1: z(cfg.expert_intermediate)?,
             g2: z(cfg.expert_intermediate)?,
             eo: z(h)?,
+            parked: z(cfg.top_k * h)?,
             delta: match &cfg.hybrid {
                 Some(hy) if !self.delta_states.is_empty() => {
                     Some(DeltaChunk::new(be, &hy.deltanet, n)?)

@@ -1,5 +1,10 @@
 //! The MoE block over a prompt chunk: route every row, take the union of the experts routed
 //! to, run each expert once on all of its tokens as it arrives from the source, combine.
+//!
+//! Each expert's output rows are parked by (routing rank, token) and combined at the end in
+//! routing-rank order, as the decode step sums a token's experts: the result does not depend
+//! on the order the source hands the experts out in (the budget, what was cached), and with
+//! row kernels that match the vector ones it is bit-identical to token-by-token prefill.
 
 use super::{ChunkScratch, TokenLayer};
 use crate::error::{BackendContext, EngineError, Result};
@@ -10,8 +15,9 @@ use flashmoe_backends::ComputeBackend;
 use flashmoe_backends::routing::{softmax, top_k_softmax};
 use std::collections::BTreeMap;
 
-/// The tokens (rows of the chunk) routed to one expert, and their combine weights.
-type Tokens = (Vec<usize>, Vec<f32>);
+/// The tokens (rows of the chunk) routed to one expert, and where its output for each is
+/// parked: row `rank * n + token` of the chunk's expert outputs.
+type Tokens = (Vec<usize>, Vec<usize>);
 
 impl<B: ComputeBackend> MoeModel<B> {
     /// `h += moe(post_attention_layernorm(h))` for layer `l`, every row of the chunk; returns
@@ -72,10 +78,10 @@ impl<B: ComputeBackend> MoeModel<B> {
         for i in 0..n {
             let routing = top_k_softmax(&logits[i * e..(i + 1) * e], cfg.top_k, cfg.norm_topk_prob)
                 .ctx(|| ctx("router top-k"))?;
-            for (&id, &w) in routing.ids.iter().zip(&routing.weights) {
+            for (r, &id) in routing.ids.iter().enumerate() {
                 let t = union.entry(id).or_default();
                 t.0.push(i);
-                t.1.push(w);
+                t.1.push(r * n + i);
             }
             let pre_i = match &pre {
                 Some(p) => Some(softmax(&row(p, i)).ctx(|| ctx("pre-gate"))?),
@@ -113,8 +119,9 @@ impl<B: ComputeBackend> MoeModel<B> {
         st.max_union = st.max_union.max(ids.len());
         st.union_bytes += (ids.len() * layout.record_len) as u64;
 
-        be.fill_zero(&mut cs.moe).ctx(|| ctx("combine"))?;
+        be.fill_zero(&mut cs.parked).ctx(|| ctx("combine"))?;
         let (h, inter) = (cfg.hidden_size, cfg.expert_intermediate);
+        let ones = vec![1.0f32; n];
         let mut compute = |group: &[u32], batch: &ExpertBatch<'_>| -> Result<()> {
             if batch.len() != group.len() {
                 return Err(EngineError::Expert {
@@ -135,7 +142,7 @@ impl<B: ComputeBackend> MoeModel<B> {
                 };
                 // Taken out of the union: an expert handed out twice (or never asked for) is
                 // an error, not a second combine.
-                let (rows, weights) = union
+                let (rows, parked) = union
                     .remove(&id)
                     .ok_or_else(|| bad("handed out but not (or no longer) in the chunk's union".into()))?;
                 let rec = batch.record(j).unwrap_or_default();
@@ -147,7 +154,8 @@ impl<B: ComputeBackend> MoeModel<B> {
                     be.matmul_bytes(u, &cs.xg, m, &mut cs.g2)?;
                     be.swiglu_rows(&mut cs.g1, &cs.g2, m, inter)?;
                     be.matmul_bytes(d, &cs.g1, m, &mut cs.eo)?;
-                    be.scatter_add_rows(&mut cs.moe, h, &rows, &weights, &cs.eo)
+                    // Into zeros with weight 1: the rows exactly.
+                    be.scatter_add_rows(&mut cs.parked, h, &parked, &ones[..m], &cs.eo)
                 };
                 run().map_err(|e| bad(format!("computing on {m} tokens of the chunk: {e}")))?;
             }
@@ -161,6 +169,18 @@ impl<B: ComputeBackend> MoeModel<B> {
                 expert: id,
                 reason: format!("the source never handed out {} experts of the union", union.len()),
             });
+        }
+        // moe[i] = sum over ranks r, in order, of w[i][r] * parked[r][i].
+        be.fill_zero(&mut cs.moe).ctx(|| ctx("combine"))?;
+        let all: Vec<usize> = (0..n).collect();
+        for r in 0..cfg.top_k {
+            let w: Vec<f32> = seen
+                .iter()
+                .map(|t| t.routing.weights.get(r).copied().unwrap_or(0.0))
+                .collect();
+            be.copy_range(&cs.parked, r * n * h, &mut cs.xg, 0, n * h)
+                .and_then(|_| be.scatter_add_rows(&mut cs.moe, h, &all, &w, &cs.xg))
+                .ctx(|| ctx("combine"))?;
         }
         if let (Some(sh), Some(sc)) = (&layer.shared, &mut cs.shared) {
             sh.add_rows(be, (&cs.x, n), sc, &mut cs.moe, &|w: &str| {
