@@ -19,9 +19,9 @@ pub mod cpu;
 mod error;
 pub mod profile;
 mod profiled;
-mod rows;
 pub mod quant;
 pub mod routing;
+mod rows;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 

@@ -241,7 +241,9 @@ impl<B: ComputeBackend> ComputeBackend for Profiled<B> {
         n: usize,
         width: usize,
     ) -> Result<()> {
-        self.timed(Phase::Experts, || self.inner.swiglu_rows(gate, up, n, width))
+        self.timed(Phase::Experts, || {
+            self.inner.swiglu_rows(gate, up, n, width)
+        })
     }
     fn gather_rows(
         &self,
@@ -250,7 +252,9 @@ impl<B: ComputeBackend> ComputeBackend for Profiled<B> {
         rows: &[usize],
         out: &mut B::Tensor,
     ) -> Result<()> {
-        self.timed(Phase::Experts, || self.inner.gather_rows(x, width, rows, out))
+        self.timed(Phase::Experts, || {
+            self.inner.gather_rows(x, width, rows, out)
+        })
     }
     fn scatter_add_rows(
         &self,

@@ -25,7 +25,9 @@ fn row(rows: &[f32], i: usize, width: usize) -> &[f32] {
 fn embedding_and_norm_rows_match_vector_ops<B: ComputeBackend>(be: &B) {
     let (vocab, dim) = (11, 64);
     let table = quantize(&vals(vocab * dim, 3), vocab, dim, WeightFormat::Bf16).unwrap();
-    let table = be.load_weight(&table, vocab, dim, WeightFormat::Bf16).unwrap();
+    let table = be
+        .load_weight(&table, vocab, dim, WeightFormat::Bf16)
+        .unwrap();
     let tokens = [4u32, 0, 10, 4];
     // One spare row: the ops must leave it alone.
     let mut emb = be.upload(&vec![9.0; (tokens.len() + 1) * dim]).unwrap();
@@ -34,7 +36,12 @@ fn embedding_and_norm_rows_match_vector_ops<B: ComputeBackend>(be: &B) {
     let mut one = be.zeros(dim).unwrap();
     for (i, &t) in tokens.iter().enumerate() {
         be.embedding(&table, t, &mut one).unwrap();
-        close(row(&got, i, dim), &be.read(&one).unwrap(), 0.0, "embedding_rows");
+        close(
+            row(&got, i, dim),
+            &be.read(&one).unwrap(),
+            0.0,
+            "embedding_rows",
+        );
     }
     assert!(got[tokens.len() * dim..].iter().all(|&v| v == 9.0));
     assert!(be.embedding_rows(&table, &[11], &mut one).is_err());
@@ -49,10 +56,18 @@ fn embedding_and_norm_rows_match_vector_ops<B: ComputeBackend>(be: &B) {
     for i in 0..n {
         be.copy_range(&emb, i * dim, &mut xi, 0, dim).unwrap();
         be.rms_norm(&xi, &w, 1e-6, &mut yi).unwrap();
-        close(row(&got, i, dim), &be.read(&yi).unwrap(), 1e-5, "rms_norm_rows");
+        close(
+            row(&got, i, dim),
+            &be.read(&yi).unwrap(),
+            1e-5,
+            "rms_norm_rows",
+        );
     }
     assert!(got[n * dim..].iter().all(|&v| v == 9.0));
-    assert!(be.rms_norm_rows(&emb, &w, 1e-6, n + 2, &mut normed).is_err());
+    assert!(
+        be.rms_norm_rows(&emb, &w, 1e-6, n + 2, &mut normed)
+            .is_err()
+    );
 }
 
 fn rope_rows_match_vector_ops<B: ComputeBackend>(be: &B) {
@@ -62,7 +77,8 @@ fn rope_rows_match_vector_ops<B: ComputeBackend>(be: &B) {
     for rot in [hd, 8] {
         let mut x = be.upload(&x0).unwrap();
         if rot == hd {
-            be.rope_rows(&mut x, n, (heads, hd), start, 10000.0).unwrap();
+            be.rope_rows(&mut x, n, (heads, hd), start, 10000.0)
+                .unwrap();
         } else {
             be.rope_partial_rows(&mut x, n, (heads, hd, rot), start, 10000.0)
                 .unwrap();
@@ -76,13 +92,25 @@ fn rope_rows_match_vector_ops<B: ComputeBackend>(be: &B) {
                 be.rope_partial(&mut xi, heads, hd, rot, start + i, 10000.0)
                     .unwrap();
             }
-            close(row(&got, i, width), &be.read(&xi).unwrap(), 1e-5, "rope rows");
+            close(
+                row(&got, i, width),
+                &be.read(&xi).unwrap(),
+                1e-5,
+                "rope rows",
+            );
         }
-        assert_eq!(&got[n * width..], row(&x0, n, width), "spare row (rot {rot})");
+        assert_eq!(
+            &got[n * width..],
+            row(&x0, n, width),
+            "spare row (rot {rot})"
+        );
     }
     let mut x = be.upload(&x0).unwrap();
     assert!(be.rope_rows(&mut x, n + 2, (heads, hd), 0, 1e4).is_err());
-    assert!(be.rope_partial_rows(&mut x, n, (heads, hd, 7), 0, 1e4).is_err());
+    assert!(
+        be.rope_partial_rows(&mut x, n, (heads, hd, 7), 0, 1e4)
+            .is_err()
+    );
 }
 
 /// A chunk written with `kv_write_rows` after two positions written one by one, then
@@ -126,7 +154,12 @@ fn kv_and_attention_rows_match_vector_ops<B: ComputeBackend>(be: &B) {
         let qi = be.upload(row(&q, i, q_dim)).unwrap();
         be.attention(&qi, &one_cache, 1, start + i + 1, shape, &mut oi)
             .unwrap();
-        close(row(&got, i, q_dim), &be.read(&oi).unwrap(), 1e-5, "attention_rows");
+        close(
+            row(&got, i, q_dim),
+            &be.read(&oi).unwrap(),
+            1e-5,
+            "attention_rows",
+        );
     }
     assert!(got[n * q_dim..].iter().all(|&v| v == 9.0));
     // Past the cache's end, and past the rows given.
@@ -172,9 +205,17 @@ fn gather_and_scatter_rows_match_vector_ops<B: ComputeBackend>(be: &B) {
             let gj = be.upload(row(&be.read(&g).unwrap(), j, width)).unwrap();
             be.axpy(&mut want, weights[j], &gj).unwrap();
         }
-        close(row(&got, r, width), &be.read(&want).unwrap(), 1e-6, "scatter_add_rows");
+        close(
+            row(&got, r, width),
+            &be.read(&want).unwrap(),
+            1e-6,
+            "scatter_add_rows",
+        );
     }
-    assert!(be.scatter_add_rows(&mut y, width, &picked, &weights[..2], &g).is_err());
+    assert!(
+        be.scatter_add_rows(&mut y, width, &picked, &weights[..2], &g)
+            .is_err()
+    );
 
     // SwiGLU of the first 3 rows of buffers holding 5: the last two stay as they were.
     let (g0, u0) = (vals(n * width, 31), vals(n * width, 37));
@@ -186,7 +227,10 @@ fn gather_and_scatter_rows_match_vector_ops<B: ComputeBackend>(be: &B) {
     close(&got[..3 * width], &want[..3 * width], 1e-6, "swiglu_rows");
     assert_eq!(&got[3 * width..], &g0[3 * width..], "rows past n");
     assert!(be.swiglu_rows(&mut gate, &up, n + 1, width).is_err());
-    assert!(be.scatter_add_rows(&mut y, width, &[n], &[1.0], &g).is_err());
+    assert!(
+        be.scatter_add_rows(&mut y, width, &[n], &[1.0], &g)
+            .is_err()
+    );
 }
 
 macro_rules! backend_tests {

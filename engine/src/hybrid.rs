@@ -300,7 +300,8 @@ impl<B: ComputeBackend> DeltaNet<B> {
     ) -> Result<()> {
         be.matmul(&self.qkv, x, n, &mut c.qkv)
             .ctx(|| ctx("in_proj_qkv"))?;
-        be.matmul(&self.z, x, n, &mut c.z).ctx(|| ctx("in_proj_z"))?;
+        be.matmul(&self.z, x, n, &mut c.z)
+            .ctx(|| ctx("in_proj_z"))?;
         be.matmul(&self.ba, x, n, &mut c.ba)
             .ctx(|| ctx("in_proj_b/a"))?;
         let (cd, vd, bd) = (d.conv_dim(), d.value_dim(), 2 * d.num_value_heads);

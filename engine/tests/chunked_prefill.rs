@@ -54,14 +54,20 @@ fn every_chunk_size_matches(name: &str) {
         for chunk in 1..=ids.len() {
             let got = prefill(&mut model, &mut experts, ids, chunk);
             let d = max_abs_diff(&got, &want);
-            assert!(d <= LOGIT_TOL, "{name} prompt {i} chunk {chunk}: logits off by {d}");
+            assert!(
+                d <= LOGIT_TOL,
+                "{name} prompt {i} chunk {chunk}: logits off by {d}"
+            );
             worst = worst.max(d);
             if chunk == ids.len() {
                 let g = max_abs_diff(&got, &p.last_logits);
                 println!("{name} prompt {i}: chunked vs golden last logits {g:e}");
             }
         }
-        println!("{name} prompt {i}: {} chunk sizes, worst vs token by token {worst:e}", ids.len());
+        println!(
+            "{name} prompt {i}: {} chunk sizes, worst vs token by token {worst:e}",
+            ids.len()
+        );
         model.set_prefill_chunk(1);
         model.reset();
         let reference = generate_greedy(&mut model, ids, TOKENS, &mut experts, &mut NoObserver)
@@ -71,7 +77,10 @@ fn every_chunk_size_matches(name: &str) {
             model.reset();
             let got = generate_greedy(&mut model, ids, TOKENS, &mut experts, &mut NoObserver)
                 .expect("generate");
-            assert_eq!(got, reference, "{name} prompt {i} chunk {chunk}: greedy tokens");
+            assert_eq!(
+                got, reference,
+                "{name} prompt {i} chunk {chunk}: greedy tokens"
+            );
         }
     }
 }
@@ -121,7 +130,10 @@ fn observers_see_the_same_routing_and_pregate_scores() {
     }
     let st = model.prefill_stats();
     // One chunked prefill of 26 tokens in chunks of 7: 4 chunks, one union per layer each.
-    assert_eq!((st.tokens, st.chunks, st.unions), (26, 4, 4 * layers as u64));
+    assert_eq!(
+        (st.tokens, st.chunks, st.unions),
+        (26, 4, 4 * layers as u64)
+    );
     assert!(st.max_union <= model.config().num_experts && st.max_union >= model.config().top_k);
     assert!(st.mean_union() >= model.config().top_k as f64);
 }
@@ -173,7 +185,11 @@ fn streamed_matches(name: &str, bits: u32, format: WeightFormat) {
                     &BackendConfig::default(),
                 )
                 .expect("scheduler");
-                let mode = if pregate { Prediction::Pregate } else { Prediction::None };
+                let mode = if pregate {
+                    Prediction::Pregate
+                } else {
+                    Prediction::None
+                };
                 let policy = SessionConfig::new(m.config.top_k);
                 let (mut experts, mut obs) =
                     streamed(sched.clone(), m.record, mode, policy).expect("source");
@@ -184,11 +200,17 @@ fn streamed_matches(name: &str, bits: u32, format: WeightFormat) {
                     .prefill(ids, 0, &mut experts, &mut obs)
                     .expect("streamed prefill");
                 let t = sched.metrics().total();
-                let what = format!("{name} budget {} slots pregate {pregate} chunk {chunk}", budget / slot);
+                let what = format!(
+                    "{name} budget {} slots pregate {pregate} chunk {chunk}",
+                    budget / slot
+                );
                 let d = max_abs_diff(&got_logits, &want_logits);
                 assert!(d <= LOGIT_TOL, "{what}: logits off by {d}");
                 let same = first.entry(chunk).or_insert_with(|| got_logits.clone());
-                assert!(*same == got_logits, "{what}: logits differ from the first budget's");
+                assert!(
+                    *same == got_logits,
+                    "{what}: logits differ from the first budget's"
+                );
                 assert_eq!(t.failed_loads, 0);
                 if chunk > 1 {
                     let st = model.prefill_stats();
@@ -201,7 +223,10 @@ fn streamed_matches(name: &str, bits: u32, format: WeightFormat) {
                         union >> 10,
                         st.mean_union()
                     );
-                    assert!(used <= union, "{what}: {used} bytes used of unions of {union}");
+                    assert!(
+                        used <= union,
+                        "{what}: {used} bytes used of unions of {union}"
+                    );
                 }
                 model.reset();
                 let got = generate_greedy(&mut model, ids, TOKENS, &mut experts, &mut obs)
@@ -232,12 +257,28 @@ fn bad_chunks_are_errors() {
     let (mut model, mut experts) = load(&dir, WeightFormat::Bf16);
     model.set_prefill_chunk(4);
     let long = vec![1u32; model.max_seq() + 1];
-    assert!(model.prefill(&long, 0, &mut experts, &mut NoObserver).is_err());
+    assert!(
+        model
+            .prefill(&long, 0, &mut experts, &mut NoObserver)
+            .is_err()
+    );
     model.reset();
     let vocab = model.config().vocab_size as u32;
-    assert!(model.prefill(&[1, 2, vocab], 0, &mut experts, &mut NoObserver).is_err());
-    assert!(model.prefill(&[1, 2], 5, &mut experts, &mut NoObserver).is_err());
-    assert!(model.prefill(&[], 0, &mut experts, &mut NoObserver).is_err());
+    assert!(
+        model
+            .prefill(&[1, 2, vocab], 0, &mut experts, &mut NoObserver)
+            .is_err()
+    );
+    assert!(
+        model
+            .prefill(&[1, 2], 5, &mut experts, &mut NoObserver)
+            .is_err()
+    );
+    assert!(
+        model
+            .prefill(&[], 0, &mut experts, &mut NoObserver)
+            .is_err()
+    );
     assert_eq!(model.prefill_chunk(), 4);
     model.set_prefill_chunk(0);
     assert_eq!(model.prefill_chunk(), 1);

@@ -224,7 +224,12 @@ impl<B: ComputeBackend> MoeModel<B> {
     }
 
     /// Checks a chunk at `start` as [`Self::step`] checks a token.
-    fn check_chunk(&mut self, tokens: &[u32], start: usize, experts: &dyn ExpertSource) -> Result<()> {
+    fn check_chunk(
+        &mut self,
+        tokens: &[u32],
+        start: usize,
+        experts: &dyn ExpertSource,
+    ) -> Result<()> {
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
             return Err(EngineError::OutOfRange {
                 what: "token id",
@@ -236,7 +241,11 @@ impl<B: ComputeBackend> MoeModel<B> {
         if start > self.next_pos || end > self.max_seq {
             return Err(EngineError::OutOfRange {
                 what: "position",
-                value: if start > self.next_pos { start } else { end - 1 },
+                value: if start > self.next_pos {
+                    start
+                } else {
+                    end - 1
+                },
                 limit: self.next_pos.min(self.max_seq - 1) + 1,
             });
         }
@@ -309,8 +318,14 @@ impl<B: ComputeBackend> MoeModel<B> {
     fn chunk_mixer(&mut self, l: usize, start: usize, cs: &mut ChunkScratch<B>) -> Result<()> {
         let (be, cfg, n) = (&self.be, &self.cfg, cs.n);
         let layer = &self.layers[l];
-        be.rms_norm_rows(&cs.h, &layer.input_layernorm, cfg.rms_norm_eps, n, &mut cs.x)
-            .ctx(|| format!("model.layers.{l}.input_layernorm"))?;
+        be.rms_norm_rows(
+            &cs.h,
+            &layer.input_layernorm,
+            cfg.rms_norm_eps,
+            n,
+            &mut cs.x,
+        )
+        .ctx(|| format!("model.layers.{l}.input_layernorm"))?;
         let a = match &layer.mixer {
             Mixer::Attention(a) => a,
             Mixer::DeltaNet(d, i) => {

@@ -94,11 +94,7 @@ impl<Io: SessionIo> Session<Io> {
         }
         order.extend(hits);
         order.extend(misses);
-        let group = self
-            .cfg
-            .union_group()
-            .min(self.io.slots() / 2)
-            .max(1);
+        let group = self.cfg.union_group().min(self.io.slots() / 2).max(1);
         UnionDemand {
             layer,
             order,

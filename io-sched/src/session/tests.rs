@@ -266,7 +266,11 @@ fn a_union_in_a_cache_of_one_group_is_never_read_ahead() {
     assert_eq!(drain(&mut s, &mut d), vec![vec![0, 1], vec![2, 3], vec![4]]);
     assert_eq!(s.stats().hinted, 3);
     // One slot: one record at a time and no hints (nothing could be read ahead).
-    let mut s = Session::new(FakeIo::new(2, 1), SessionConfig::new(1), Box::new(NoPredictor));
+    let mut s = Session::new(
+        FakeIo::new(2, 1),
+        SessionConfig::new(1),
+        Box::new(NoPredictor),
+    );
     let mut d = s.demand_union(0, &[3, 1], Some((1, &[0])));
     assert_eq!(drain(&mut s, &mut d), vec![vec![3], vec![1]]);
     assert!(s.io().log.iter().all(|l| !l.starts_with("hint")));

@@ -142,9 +142,9 @@ impl<B: ComputeBackend> MoeModel<B> {
                 };
                 // Taken out of the union: an expert handed out twice (or never asked for) is
                 // an error, not a second combine.
-                let (rows, parked) = union
-                    .remove(&id)
-                    .ok_or_else(|| bad("handed out but not (or no longer) in the chunk's union".into()))?;
+                let (rows, parked) = union.remove(&id).ok_or_else(|| {
+                    bad("handed out but not (or no longer) in the chunk's union".into())
+                })?;
                 let rec = batch.record(j).unwrap_or_default();
                 let [g, u, d] = layout.views(rec).map_err(|e| bad(e.to_string()))?;
                 let m = rows.len();
@@ -167,7 +167,10 @@ impl<B: ComputeBackend> MoeModel<B> {
             return Err(EngineError::Expert {
                 layer: layer_id,
                 expert: id,
-                reason: format!("the source never handed out {} experts of the union", union.len()),
+                reason: format!(
+                    "the source never handed out {} experts of the union",
+                    union.len()
+                ),
             });
         }
         // moe[i] = sum over ranks r, in order, of w[i][r] * parked[r][i].
