@@ -40,6 +40,9 @@ fn generate_calls(m: &PackedModel, kind: RowKind, budget: u64) -> (Vec<Call>, Tr
     let (mut experts, mut prefetch) =
         streamed(sched, m.record, Prediction::Pregate, policy).expect("streamed");
     let mut model = m.load_model(CpuBackend::new(), 64).expect("model");
+    // Replay and the simulator run a trace token by token (they do not model chunked
+    // prefill's union demands yet): the prompt runs so here too.
+    model.set_prefill_chunk(1);
     let prompt = m.tokenizer.encode("fn main() {").expect("encode");
     let mut rec = TraceRecorder::new(true);
     let mut obs = Tee(&mut prefetch, &mut rec);

@@ -254,6 +254,135 @@ pub trait ComputeBackend: Send + Sync {
         })
     }
 
+    /// `out[i] = table[tokens[i]]`: a chunk's embedding rows (`[tokens.len()][cols]`). The
+    /// default runs [`Self::embedding`] per token.
+    fn embedding_rows(
+        &self,
+        table: &Self::Weight,
+        tokens: &[u32],
+        out: &mut Self::Tensor,
+    ) -> Result<()> {
+        crate::rows::embedding_rows(self, table, tokens, out)
+    }
+
+    /// [`Self::rms_norm`] of each of the first `n` rows of `x` (as wide as `weight`) into the
+    /// rows of `out`. The default runs the vector op per row.
+    fn rms_norm_rows(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        eps: f32,
+        n: usize,
+        out: &mut Self::Tensor,
+    ) -> Result<()> {
+        crate::rows::rms_norm_rows(self, x, weight, eps, n, out)
+    }
+
+    /// [`Self::rope`] in place on the first `n` rows of `x` (`n_heads * head_dim` wide), row
+    /// `i` at position `start + i`. The default runs the vector op per row.
+    fn rope_rows(
+        &self,
+        x: &mut Self::Tensor,
+        n: usize,
+        (n_heads, head_dim): (usize, usize),
+        start: usize,
+        theta: f32,
+    ) -> Result<()> {
+        let width = n_heads * head_dim;
+        crate::checks::check_rows("rope_rows", "x", n, width, self.len(x))?;
+        crate::rows::in_place(self, x, width, n, |i, row| {
+            self.rope(row, n_heads, head_dim, start + i, theta)
+        })
+    }
+
+    /// [`Self::rope_partial`] in place on the first `n` rows of `x`, row `i` at position
+    /// `start + i`. The default runs the vector op per row.
+    fn rope_partial_rows(
+        &self,
+        x: &mut Self::Tensor,
+        n: usize,
+        (n_heads, head_dim, rot_dim): (usize, usize, usize),
+        start: usize,
+        theta: f32,
+    ) -> Result<()> {
+        let width = n_heads * head_dim;
+        crate::checks::check_rows("rope_partial_rows", "x", n, width, self.len(x))?;
+        crate::rows::in_place(self, x, width, n, |i, row| {
+            self.rope_partial(row, n_heads, head_dim, rot_dim, start + i, theta)
+        })
+    }
+
+    /// [`Self::kv_write`] of the first `n` rows of `k` and `v` (`kv_dim` wide), row `i` at
+    /// position `start + i`. The default runs the vector op per row.
+    #[allow(clippy::too_many_arguments)]
+    fn kv_write_rows(
+        &self,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        start: usize,
+        n: usize,
+        kv_dim: usize,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+    ) -> Result<()> {
+        crate::rows::kv_write_rows(self, cache, layer, start, n, kv_dim, k, v)
+    }
+
+    /// Causal [`Self::attention`] of the first `n` rows of `q`: row `i` (position `start + i`)
+    /// attends to positions `0..=start + i` of `layer` (written before, e.g. by
+    /// [`Self::kv_write_rows`]). The default runs the vector op per row.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_rows(
+        &self,
+        q: &Self::Tensor,
+        cache: &Self::KvCache,
+        layer: usize,
+        start: usize,
+        n: usize,
+        shape: AttnShape,
+        out: &mut Self::Tensor,
+    ) -> Result<()> {
+        crate::rows::attention_rows(self, q, cache, layer, start, n, shape, out)
+    }
+
+    /// `out[j] = x[rows[j]]` for rows `width` wide (the chunk's tokens routed to one expert).
+    /// The default copies row by row.
+    fn gather_rows(
+        &self,
+        x: &Self::Tensor,
+        width: usize,
+        rows: &[usize],
+        out: &mut Self::Tensor,
+    ) -> Result<()> {
+        crate::rows::gather_rows(self, x, width, rows, out)
+    }
+
+    /// `y[rows[j]] += weights[j] * x[j]` for rows `width` wide (one expert's outputs combined
+    /// into its tokens' rows). The default runs [`Self::axpy`] per row.
+    fn scatter_add_rows(
+        &self,
+        y: &mut Self::Tensor,
+        width: usize,
+        rows: &[usize],
+        weights: &[f32],
+        x: &Self::Tensor,
+    ) -> Result<()> {
+        crate::rows::scatter_add_rows(self, y, width, rows, weights, x)
+    }
+
+    /// [`Self::swiglu`] on the first `n` rows (`width` wide) of `gate` and `up` (one expert's
+    /// tokens in buffers sized for the whole chunk). The default runs the vector op on the
+    /// whole tensors when they hold exactly `n` rows, else per row.
+    fn swiglu_rows(
+        &self,
+        gate: &mut Self::Tensor,
+        up: &Self::Tensor,
+        n: usize,
+        width: usize,
+    ) -> Result<()> {
+        crate::rows::swiglu_rows(self, gate, up, n, width)
+    }
+
     /// `out = x / sqrt(mean(x^2) + eps) * weight`.
     fn rms_norm(
         &self,

@@ -21,6 +21,7 @@ pub mod profile;
 mod profiled;
 pub mod quant;
 pub mod routing;
+mod rows;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 

@@ -165,6 +165,109 @@ impl<B: ComputeBackend> ComputeBackend for Profiled<B> {
     ) -> Result<()> {
         self.timed(Phase::Experts, || self.inner.matmul_bytes(w, x, n, out))
     }
+    fn embedding_rows(&self, t: &Self::Weight, tokens: &[u32], out: &mut B::Tensor) -> Result<()> {
+        self.timed(Phase::Embedding, || {
+            self.inner.embedding_rows(&t.inner, tokens, out)
+        })
+    }
+    fn rms_norm_rows(
+        &self,
+        x: &B::Tensor,
+        w: &B::Tensor,
+        eps: f32,
+        n: usize,
+        out: &mut B::Tensor,
+    ) -> Result<()> {
+        self.timed(Phase::Norms, || self.inner.rms_norm_rows(x, w, eps, n, out))
+    }
+    fn rope_rows(
+        &self,
+        x: &mut B::Tensor,
+        n: usize,
+        heads: (usize, usize),
+        start: usize,
+        theta: f32,
+    ) -> Result<()> {
+        self.timed(Phase::AttnCore, || {
+            self.inner.rope_rows(x, n, heads, start, theta)
+        })
+    }
+    fn rope_partial_rows(
+        &self,
+        x: &mut B::Tensor,
+        n: usize,
+        heads: (usize, usize, usize),
+        start: usize,
+        theta: f32,
+    ) -> Result<()> {
+        self.timed(Phase::AttnCore, || {
+            self.inner.rope_partial_rows(x, n, heads, start, theta)
+        })
+    }
+    fn kv_write_rows(
+        &self,
+        cache: &mut B::KvCache,
+        layer: usize,
+        start: usize,
+        n: usize,
+        kv_dim: usize,
+        k: &B::Tensor,
+        v: &B::Tensor,
+    ) -> Result<()> {
+        self.timed(Phase::AttnCore, || {
+            self.inner
+                .kv_write_rows(cache, layer, start, n, kv_dim, k, v)
+        })
+    }
+    fn attention_rows(
+        &self,
+        q: &B::Tensor,
+        cache: &B::KvCache,
+        layer: usize,
+        start: usize,
+        n: usize,
+        shape: AttnShape,
+        out: &mut B::Tensor,
+    ) -> Result<()> {
+        self.timed(Phase::AttnCore, || {
+            self.inner
+                .attention_rows(q, cache, layer, start, n, shape, out)
+        })
+    }
+    fn swiglu_rows(
+        &self,
+        gate: &mut B::Tensor,
+        up: &B::Tensor,
+        n: usize,
+        width: usize,
+    ) -> Result<()> {
+        self.timed(Phase::Experts, || {
+            self.inner.swiglu_rows(gate, up, n, width)
+        })
+    }
+    fn gather_rows(
+        &self,
+        x: &B::Tensor,
+        width: usize,
+        rows: &[usize],
+        out: &mut B::Tensor,
+    ) -> Result<()> {
+        self.timed(Phase::Experts, || {
+            self.inner.gather_rows(x, width, rows, out)
+        })
+    }
+    fn scatter_add_rows(
+        &self,
+        y: &mut B::Tensor,
+        width: usize,
+        rows: &[usize],
+        weights: &[f32],
+        x: &B::Tensor,
+    ) -> Result<()> {
+        self.timed(Phase::Experts, || {
+            self.inner.scatter_add_rows(y, width, rows, weights, x)
+        })
+    }
     fn rms_norm(&self, x: &B::Tensor, w: &B::Tensor, eps: f32, out: &mut B::Tensor) -> Result<()> {
         self.timed(Phase::Norms, || self.inner.rms_norm(x, w, eps, out))
     }

@@ -209,6 +209,30 @@ pub trait ExpertSource {
     fn layout(&self) -> &ExpertLayout;
     /// The records of experts `ids` of `layer` (one per id, same order).
     fn experts(&mut self, layer: u32, ids: &[u32]) -> Result<ExpertBatch<'_>>;
+    /// A prompt chunk's experts of `layer`: the records of `union` (distinct ids), handed to
+    /// `compute` in groups of `(ids, records)` — any order, every id once — each group
+    /// released when its call returns, so the union need not fit in memory at once. `next`
+    /// is the next layer's pre-gate union (most probable first), a hint to read ahead.
+    ///
+    /// The default asks [`Self::experts`] for one expert at a time (right for any source; an
+    /// in-memory one hands records out at no cost); a streaming source overrides it to read
+    /// groups ahead of compute ([`crate::SchedExperts`]).
+    fn experts_union(
+        &mut self,
+        layer: u32,
+        union: &[u32],
+        next: Option<(u32, &[u32])>,
+        compute: &mut dyn FnMut(&[u32], &ExpertBatch<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let _ = next;
+        for id in union {
+            let one = std::slice::from_ref(id);
+            let batch = self.experts(layer, one)?;
+            compute(one, &batch)?;
+        }
+        Ok(())
+    }
+
     /// Those of `ids` whose records are at hand now (no waiting, no reads, not a demand), and
     /// their records: a GPU backend copies them ahead of use. The default offers none.
     fn ready(&mut self, _layer: u32, _ids: &[u32]) -> Result<(Vec<u32>, ExpertBatch<'_>)> {
@@ -381,5 +405,17 @@ impl ExpertSource for InMemoryExperts {
     fn ready(&mut self, layer: u32, ids: &[u32]) -> Result<(Vec<u32>, ExpertBatch<'_>)> {
         let batch = self.experts(layer, ids)?;
         Ok((ids.to_vec(), batch))
+    }
+
+    /// Every record is in memory: the whole union is one group.
+    fn experts_union(
+        &mut self,
+        layer: u32,
+        union: &[u32],
+        _next: Option<(u32, &[u32])>,
+        compute: &mut dyn FnMut(&[u32], &ExpertBatch<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let batch = self.experts(layer, union)?;
+        compute(union, &batch)
     }
 }

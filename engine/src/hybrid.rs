@@ -262,6 +262,76 @@ impl<B: ComputeBackend> DeltaNet<B> {
     }
 }
 
+/// Work tensors of a DeltaNet layer over a prompt chunk of `n` tokens (`n` rows each).
+pub(crate) struct DeltaChunk<B: ComputeBackend> {
+    qkv: B::Tensor,
+    z: B::Tensor,
+    ba: B::Tensor,
+    o: B::Tensor,
+}
+
+impl<B: ComputeBackend> DeltaChunk<B> {
+    pub(crate) fn new(be: &B, d: &DeltaNetDims, n: usize) -> Result<Self> {
+        let z = |w: usize| be.zeros(n * w).ctx(|| "allocating chunk scratch".into());
+        Ok(Self {
+            qkv: z(d.conv_dim())?,
+            z: z(d.value_dim())?,
+            ba: z(2 * d.num_value_heads)?,
+            o: z(d.value_dim())?,
+        })
+    }
+}
+
+impl<B: ComputeBackend> DeltaNet<B> {
+    /// `out = linear_attn(x)` for the `n` tokens of a chunk (`x`, `out`: `n` rows), advancing
+    /// `state` through them in order: the projections as matrix products over the chunk, the
+    /// conv and the delta rule as the same per-token steps as decode (exact), the gated norm
+    /// and `out_proj` over the chunk again.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn chunk(
+        &self,
+        be: &B,
+        d: &DeltaNetDims,
+        eps: f32,
+        (x, n): (&B::Tensor, usize),
+        state: &mut DeltaState<B>,
+        s: &mut DeltaScratch<B>,
+        c: &mut DeltaChunk<B>,
+        out: &mut B::Tensor,
+        ctx: &dyn Fn(&str) -> String,
+    ) -> Result<()> {
+        be.matmul(&self.qkv, x, n, &mut c.qkv)
+            .ctx(|| ctx("in_proj_qkv"))?;
+        be.matmul(&self.z, x, n, &mut c.z)
+            .ctx(|| ctx("in_proj_z"))?;
+        be.matmul(&self.ba, x, n, &mut c.ba)
+            .ctx(|| ctx("in_proj_b/a"))?;
+        let (cd, vd, bd) = (d.conv_dim(), d.value_dim(), 2 * d.num_value_heads);
+        for i in 0..n {
+            be.copy_range(&c.qkv, i * cd, &mut s.qkv, 0, cd)
+                .and_then(|_| be.copy_range(&c.ba, i * bd, &mut s.ba, 0, bd))
+                .ctx(|| ctx("chunk row"))?;
+            be.conv1d_silu_step(&mut s.qkv, &mut state.conv, &self.conv, d.conv_kernel)
+                .ctx(|| ctx("conv1d"))?;
+            be.gated_delta_step(
+                &s.qkv,
+                &s.ba,
+                &self.decay,
+                &mut state.recurrent,
+                delta_shape(d),
+                &mut s.o,
+            )
+            .ctx(|| ctx("gated delta rule"))?;
+            be.copy_range(&s.o, 0, &mut c.o, i * vd, vd)
+                .ctx(|| ctx("chunk row"))?;
+        }
+        be.gated_rms_norm_heads(&mut c.o, &c.z, &self.norm, d.value_head_dim, eps)
+            .ctx(|| ctx("norm"))?;
+        be.matmul(&self.out_proj, &c.o, n, out)
+            .ctx(|| ctx("out_proj"))
+    }
+}
+
 impl<B: ComputeBackend> DeltaState<B> {
     /// A zero state.
     pub(crate) fn new(be: &B, d: &DeltaNetDims) -> Result<Self> {
@@ -342,6 +412,53 @@ impl<B: ComputeBackend> SharedExpert<B> {
             .ctx(|| ctx("shared_expert.down_proj"))?;
         be.matvec(&self.gate, x, &mut s.g)
             .ctx(|| ctx("shared_expert_gate"))?;
+        be.sigmoid_mul(&mut s.out, &s.g)
+            .ctx(|| ctx("shared_expert_gate"))?;
+        be.axpy(acc, 1.0, &s.out).ctx(|| ctx("shared expert add"))
+    }
+}
+
+/// Work tensors of the shared expert over a chunk of `n` tokens.
+pub(crate) struct SharedChunk<B: ComputeBackend> {
+    h1: B::Tensor,
+    h2: B::Tensor,
+    out: B::Tensor,
+    g: B::Tensor,
+}
+
+impl<B: ComputeBackend> SharedChunk<B> {
+    pub(crate) fn new(be: &B, hidden: usize, inter: usize, n: usize) -> Result<Self> {
+        let z = |w: usize| be.zeros(n * w).ctx(|| "allocating chunk scratch".into());
+        Ok(Self {
+            h1: z(inter)?,
+            h2: z(inter)?,
+            out: z(hidden)?,
+            g: z(1)?,
+        })
+    }
+}
+
+impl<B: ComputeBackend> SharedExpert<B> {
+    /// [`Self::add`] for the `n` rows of a chunk: matrix products over the chunk, one scalar
+    /// gate per token.
+    pub(crate) fn add_rows(
+        &self,
+        be: &B,
+        (x, n): (&B::Tensor, usize),
+        s: &mut SharedChunk<B>,
+        acc: &mut B::Tensor,
+        ctx: &dyn Fn(&str) -> String,
+    ) -> Result<()> {
+        be.matmul(&self.gate_proj, x, n, &mut s.h1)
+            .ctx(|| ctx("shared_expert.gate_proj"))?;
+        be.matmul(&self.up_proj, x, n, &mut s.h2)
+            .ctx(|| ctx("shared_expert.up_proj"))?;
+        be.swiglu(&mut s.h1, &s.h2).ctx(|| ctx("shared_expert"))?;
+        be.matmul(&self.down_proj, &s.h1, n, &mut s.out)
+            .ctx(|| ctx("shared_expert.down_proj"))?;
+        be.matmul(&self.gate, x, n, &mut s.g)
+            .ctx(|| ctx("shared_expert_gate"))?;
+        // One gate per token: `out` has `n` rows of `hidden`, `g` has `n` values.
         be.sigmoid_mul(&mut s.out, &s.g)
             .ctx(|| ctx("shared_expert_gate"))?;
         be.axpy(acc, 1.0, &s.out).ctx(|| ctx("shared expert add"))

@@ -65,7 +65,7 @@ pub use error::{EngineError, Result};
 pub use experts::{ExpertBatch, ExpertLayout, ExpertSource, HeldRecords, InMemoryExperts};
 pub use generate::{Generation, generate, generate_from, generate_greedy};
 pub use hooks::{NoObserver, RoutingObserver, RoutingRecord, TraceRecorder};
-pub use model::{FamilyNames, MoeModel};
+pub use model::{FamilyNames, MAX_DEFAULT_CHUNK, MoeModel, PREFILL_ACTIVATION_BYTES, PrefillStats};
 pub use model_session::{
     ExpertBudget, Finish, GenerationRequest, ModelSession, Outcome, SessionOptions,
 };

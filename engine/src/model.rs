@@ -4,6 +4,10 @@
 //! families (Qwen3.5-MoE, Qwen3-Next) mix Gated DeltaNet layers with gated attention and add a
 //! dense shared expert to every MoE block (`hybrid.rs`).
 
+mod prefill;
+
+pub use prefill::{MAX_DEFAULT_CHUNK, PREFILL_ACTIVATION_BYTES, PrefillStats};
+
 use crate::attention::Attention;
 use crate::config::{Family, ModelConfig};
 use crate::error::{BackendContext, EngineError, Result};
@@ -116,6 +120,8 @@ pub struct MoeModel<B: ComputeBackend> {
     /// The next layer's most probable experts by pre-gate, staged on backends that keep
     /// expert records (a GPU) while this layer computes.
     stage_next: Vec<u32>,
+    /// The prefill chunk and what chunked prefills did.
+    chunking: prefill::Chunking,
 }
 
 impl<B: ComputeBackend> MoeModel<B> {
@@ -220,7 +226,9 @@ impl<B: ComputeBackend> MoeModel<B> {
                 None => None,
             },
         };
+        let chunking = prefill::Chunking::new(Self::default_prefill_chunk(&cfg));
         Ok(Self {
+            chunking,
             cfg,
             be,
             embed_tokens,
@@ -266,27 +274,6 @@ impl<B: ComputeBackend> MoeModel<B> {
         obs: &mut dyn RoutingObserver,
     ) -> Result<Vec<f32>> {
         self.step(token, pos, experts, obs)?;
-        self.logits()
-    }
-
-    /// Runs `tokens` at positions `start..start + len` and returns the logits after the last one.
-    pub fn prefill(
-        &mut self,
-        tokens: &[u32],
-        start: usize,
-        experts: &mut dyn ExpertSource,
-        obs: &mut dyn RoutingObserver,
-    ) -> Result<Vec<f32>> {
-        if tokens.is_empty() {
-            return Err(EngineError::OutOfRange {
-                what: "prefill length",
-                value: 0,
-                limit: 1,
-            });
-        }
-        for (i, &t) in tokens.iter().enumerate() {
-            self.step(t, start + i, experts, obs)?;
-        }
         self.logits()
     }
 

@@ -81,6 +81,9 @@ pub struct SessionOptions {
     pub prediction: Prediction,
     /// Experts hinted per layer (default: `top_k + 2`).
     pub per_layer: Option<usize>,
+    /// Prompt tokens per prefill chunk (default: [`MoeModel::default_prefill_chunk`], from
+    /// the activation memory a chunk needs; 1 is token by token).
+    pub prefill_chunk: Option<usize>,
 }
 
 impl Default for SessionOptions {
@@ -91,6 +94,7 @@ impl Default for SessionOptions {
             io: BackendConfig::default(),
             prediction: Prediction::Pregate,
             per_layer: None,
+            prefill_chunk: None,
         }
     }
 }
@@ -123,6 +127,11 @@ impl SessionOptions {
     /// Sets how many experts are hinted per layer.
     pub fn per_layer(mut self, n: usize) -> Self {
         self.per_layer = Some(n);
+        self
+    }
+    /// Sets the prompt tokens per prefill chunk (1: token by token).
+    pub fn prefill_chunk(mut self, n: usize) -> Self {
+        self.prefill_chunk = Some(n);
         self
     }
 }
@@ -253,7 +262,10 @@ impl<B: ComputeBackend> ModelSession<B> {
             .max_seq
             .min(packed.config.max_position_embeddings)
             .max(2);
-        let model = packed.load_model(be, max_seq)?;
+        let mut model = packed.load_model(be, max_seq)?;
+        if let Some(n) = opts.prefill_chunk {
+            model.set_prefill_chunk(n);
+        }
         let k = packed.config.top_k;
         let policy = SessionConfig::new(k).with_per_layer(opts.per_layer.unwrap_or(k + 2));
         let (experts, prefetch) = streamed(sched.clone(), packed.record, opts.prediction, policy)?;
@@ -287,6 +299,16 @@ impl<B: ComputeBackend> ModelSession<B> {
     pub fn reset(&mut self) {
         self.cache.clear();
         self.model.reset();
+    }
+
+    /// Prompt tokens per prefill chunk.
+    pub fn prefill_chunk(&self) -> usize {
+        self.model.prefill_chunk()
+    }
+
+    /// What chunked prefills did so far (unions of experts per layer).
+    pub fn prefill_stats(&self) -> crate::PrefillStats {
+        self.model.prefill_stats()
     }
 
     /// The scheduler (for statistics).

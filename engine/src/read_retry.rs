@@ -5,7 +5,6 @@
 //! record's checksum before handing it out.
 
 use crate::error::{EngineError, Result};
-use io_sched::ExpertGuard;
 
 /// Acquires of a layer's experts attempted at most, when each fails on a read or checksum.
 pub const READ_ATTEMPTS: u32 = 2;
@@ -14,11 +13,11 @@ pub const READ_ATTEMPTS: u32 = 2;
 /// errors (io-sched does not keep a failed load: the next acquire reads again). The first
 /// attempt is the session's demand; a retry is a plain [`io_sched::Scheduler::acquire`], so the
 /// session's predictor sees the layer's routing once.
-pub(crate) fn acquire(
+pub(crate) fn acquire<T>(
     layer: u32,
     ids: &[u32],
-    mut attempt_fn: impl FnMut(u32) -> io_sched::Result<ExpertGuard>,
-) -> Result<ExpertGuard> {
+    mut attempt_fn: impl FnMut(u32) -> io_sched::Result<T>,
+) -> Result<T> {
     let mut attempt = 1;
     loop {
         match attempt_fn(attempt) {

@@ -183,6 +183,43 @@ impl ExpertSource for SchedExperts {
         let (ready, guard) = lock(&self.session).stage(layer, ids);
         Ok((ready, ExpertBatch::held(guard)))
     }
+
+    /// The session's batch demand ([`Session::demand_union`]): groups that fit the cache,
+    /// cached records first, the next group read while one computes. A group whose read or
+    /// checksum failed is acquired once more, as a layer's demand is.
+    fn experts_union(
+        &mut self,
+        layer: u32,
+        union: &[u32],
+        next: Option<(u32, &[u32])>,
+        compute: &mut dyn FnMut(&[u32], &ExpertBatch<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let mut d = lock(&self.session).demand_union(layer, union, next);
+        loop {
+            let mut ids = Vec::new();
+            let guard = crate::read_retry::acquire(layer, union, |attempt| {
+                let mut session = lock(&self.session);
+                if attempt == 1 {
+                    match session.next_group(&mut d)? {
+                        Some((got, guard)) => {
+                            ids = got;
+                            Ok(Some(guard))
+                        }
+                        None => Ok(None),
+                    }
+                } else {
+                    ids = d.current().to_vec();
+                    let sched = session.io().clone();
+                    drop(session);
+                    sched.acquire(layer, &ids).map(Some)
+                }
+            })?;
+            let Some(guard) = guard else {
+                return Ok(());
+            };
+            compute(&ids, &ExpertBatch::held(guard))?;
+        }
+    }
 }
 
 /// Hands the model's pre-gate scores to the session of its [`SchedExperts`] (the session

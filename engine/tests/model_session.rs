@@ -191,3 +191,42 @@ fn bad_requests_and_budgets_are_errors() {
     );
     assert!(matches!(r, Err(EngineError::OutOfRange { .. })));
 }
+
+/// `SessionOptions::prefill_chunk` reaches the model: token by token, in chunks of 3 and by
+/// default (one chunk here) give the same tokens on the committed model (int8 activations,
+/// 4-bit experts, streamed), and the chunked sessions count their unions.
+#[test]
+fn prefill_chunk_option_keeps_the_tokens() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny-qwen3-moe-q4");
+    let open = |chunk: Option<usize>| {
+        let mut opts = SessionOptions::new()
+            .budget(ExpertBudget::Share(0.25))
+            .max_seq(256);
+        if let Some(n) = chunk {
+            opts = opts.prefill_chunk(n);
+        }
+        ModelSession::open(&dir, CpuBackend::new(), opts).expect("session")
+    };
+    let mut outs = Vec::new();
+    for chunk in [Some(1), Some(3), None] {
+        let mut s = open(chunk);
+        let prompt = s
+            .model()
+            .tokenizer
+            .encode("The Rust programming language is a systems language that")
+            .expect("encode");
+        let req = GenerationRequest::greedy(prompt.clone(), 12).ignore_eos(true);
+        let o = s
+            .generate(&req, &mut |_, _| ControlFlow::Continue(()))
+            .expect("generate");
+        let st = s.prefill_stats();
+        match chunk {
+            Some(1) => assert_eq!((s.prefill_chunk(), st.chunks), (1, 0)),
+            Some(n) => assert_eq!(st.chunks as usize, prompt.len().div_ceil(n)),
+            None => assert!(s.prefill_chunk() >= prompt.len() && st.chunks == 1),
+        }
+        outs.push(o.tokens);
+    }
+    assert_eq!(outs[1], outs[0], "chunks of 3 vs token by token");
+    assert_eq!(outs[2], outs[0], "default chunk vs token by token");
+}

@@ -48,6 +48,18 @@ fn run(
     kind: Option<BackendKind>,
     pregate: bool,
 ) -> Option<(Vec<u32>, LayerMetrics)> {
+    run_chunked(m, prompt, budget, kind, pregate, None)
+}
+
+/// [`run`] with the prompt in chunks of `chunk` tokens (`None`: the model's default).
+fn run_chunked(
+    m: &PackedModel,
+    prompt: &[u32],
+    budget: u64,
+    kind: Option<BackendKind>,
+    pregate: bool,
+    chunk: Option<usize>,
+) -> Option<(Vec<u32>, LayerMetrics)> {
     let backend = BackendConfig::default().kind(kind);
     let (sched, _) = match open_scheduler(m, SchedulerConfig::with_budget(budget), &backend) {
         Ok(s) => s,
@@ -57,6 +69,9 @@ fn run(
         }
     };
     let mut model = m.load_model(CpuBackend::new(), 256).expect("model");
+    if let Some(n) = chunk {
+        model.set_prefill_chunk(n);
+    }
     let mode = if pregate {
         Prediction::Pregate
     } else {
@@ -123,8 +138,12 @@ fn pregate_hints_become_prefetch_hits() {
     let m = PackedModel::open(&packed).expect("open packed");
     let p = &golden(&dir)[0];
     let budget = m.expert_bytes() / 4;
-    let (plain, t0) = run(&m, &p.input_ids, budget, None, false).expect("auto backend");
-    let (hinted, t1) = run(&m, &p.input_ids, budget, None, true).expect("auto backend");
+    // Token by token: a chunked prompt reads each union's next group ahead (a prefetch
+    // without any prediction), and this test is about what predicted hints bring.
+    let (plain, t0) =
+        run_chunked(&m, &p.input_ids, budget, None, false, Some(1)).expect("auto backend");
+    let (hinted, t1) =
+        run_chunked(&m, &p.input_ids, budget, None, true, Some(1)).expect("auto backend");
     println!(
         "25% budget: without hints hit rate {:.3}; pre-gate hit rate {:.3}, precision {:.3}, recall {:.3}",
         t0.hit_rate(),

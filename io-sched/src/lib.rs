@@ -83,4 +83,4 @@ pub use manifest::Manifest;
 pub use pending::PendingAcquire;
 pub use predictor::{Candidate, LayerPrediction, Predictor, PredictorKind};
 pub use scheduler::{Scheduler, SchedulerConfig};
-pub use session::{Call, Session, SessionConfig, SessionIo, SessionStats};
+pub use session::{Call, Session, SessionConfig, SessionIo, SessionStats, UnionDemand};

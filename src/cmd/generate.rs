@@ -21,6 +21,7 @@ use io_sched::{Scheduler, SchedulerConfig, SessionConfig};
 use serde::Serialize;
 
 use super::CliResult;
+use super::prefill_report::PrefillReport;
 pub use super::values::parse_budget;
 
 /// The model `generate` uses without `--model`: committed to the repository (see models/).
@@ -94,6 +95,11 @@ pub struct GenerateArgs {
     /// state).
     #[arg(long, default_value_t = 1)]
     pub horizon: u32,
+    /// Prompt tokens per prefill chunk: each expert a chunk routes to is read once and run on
+    /// all its tokens (default: as many as 64 MiB of activations hold, at most 512; 1 is token
+    /// by token).
+    #[arg(long, value_parser = super::values::prefill_chunk)]
+    pub prefill_chunk: Option<usize>,
     /// Print tok/s, hit rate, prefetch precision/recall, bytes read per token and stall time
     /// to stderr.
     #[arg(long)]
@@ -175,6 +181,8 @@ pub struct Stats {
     pub hinted_per_layer: usize,
     /// Where the decode step ran.
     pub compute: ComputeReport,
+    /// The prompt: chunking, TTFT, expert bytes read against the chunks' unions.
+    pub prefill: PrefillReport,
 }
 
 /// The compute backend of a run and, for a GPU, its expert-upload counters.
@@ -280,7 +288,7 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
         max_seq,
     };
     let mut profile = None;
-    let (g, hinted, traced, compute) = match (args.backend.as_str(), args.profile) {
+    let (g, hinted, traced, compute, prefill) = match (args.backend.as_str(), args.profile) {
         ("cpu", false) => run.on(args.activations.backend(), ComputeReport::cpu)?,
         ("cpu", true) => run.on(Profiled::new(args.activations.backend()), |b| {
             profile = Some(b.shared_profile());
@@ -329,7 +337,8 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
             p.table(g.decode_secs, g.decode_steps)
         );
     }
-    let stats = stats(args, &m, &sched, budget, prompt.len(), &g, hinted, compute);
+    let mut stats = stats(args, &m, &sched, budget, prompt.len(), &g, hinted, compute);
+    stats.prefill = prefill;
     if args.json {
         let out = JsonOut {
             model: dir.display().to_string(),
@@ -341,6 +350,9 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else if args.stats {
         print_stats(&stats);
+        stats
+            .prefill
+            .print(stats.prompt_tokens, stats.prefill_tok_per_s);
     }
     if let Some((tokens, path)) = traced
         && !args.json
@@ -359,13 +371,14 @@ struct Decode<'a> {
     max_seq: usize,
 }
 
-/// The generation, experts hinted per layer, the trace written (tokens, path) and the
-/// compute report.
+/// The generation, experts hinted per layer, the trace written (tokens, path), the compute
+/// report and the prefill's.
 type Decoded = (
     flashmoe_engine::Generation,
     usize,
     Option<(u64, String)>,
     ComputeReport,
+    PrefillReport,
 );
 
 impl Decode<'_> {
@@ -378,6 +391,9 @@ impl Decode<'_> {
         let (args, m, sched) = (self.args, self.m, self.sched);
         let cfg = &m.config;
         let mut model = m.load_model(be, self.max_seq)?;
+        if let Some(n) = args.prefill_chunk {
+            model.set_prefill_chunk(n);
+        }
         let per_layer = args.prefetch.unwrap_or(cfg.top_k + 2);
         let mode = prediction(args, cfg.num_layers as u32, cfg.num_experts as u32)?;
         let policy = SessionConfig::new(cfg.top_k)
@@ -426,7 +442,14 @@ impl Decode<'_> {
         let mut sinks = Tee(second, third);
         let mut obs = Tee(&mut prefetch, &mut sinks);
         let tok = &m.tokenizer;
+        let read_so_far = || sched.metrics().total().bytes_read();
+        let (before, started) = (read_so_far(), std::time::Instant::now());
+        // (TTFT, expert bytes read by then): taken when the first token comes out.
+        let mut first: Option<(f64, u64)> = None;
         let mut on_token = |id: u32| -> flashmoe_engine::Result<()> {
+            if first.is_none() {
+                first = Some((started.elapsed().as_secs_f64(), read_so_far() - before));
+            }
             let piece = stream.push(tok, id)?;
             if !args.json && !piece.is_empty() {
                 let mut out = std::io::stdout().lock();
@@ -462,7 +485,15 @@ impl Decode<'_> {
         if !args.json {
             println!("{}", stream.finish(tok)?);
         }
-        Ok((g, hinted, traced, report(model.backend())))
+        let (ttft, read) = first.unwrap_or((g.prefill_secs, read_so_far() - before));
+        let prefill = PrefillReport::new(
+            model.prefill_chunk(),
+            ttft,
+            read,
+            model.prefill_stats(),
+            sched.capacity().1 as u64,
+        );
+        Ok((g, hinted, traced, report(model.backend()), prefill))
     }
 }
 
@@ -501,6 +532,7 @@ fn stats(
         predictor: args.predictor.clone(),
         hinted_per_layer,
         compute,
+        prefill: PrefillReport::default(),
     }
 }
 

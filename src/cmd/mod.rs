@@ -4,6 +4,7 @@ pub mod chat;
 pub mod generate;
 pub mod io_bench;
 pub mod pack;
+pub mod prefill_report;
 pub mod replay;
 pub mod serve;
 pub mod session;

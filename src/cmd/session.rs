@@ -16,6 +16,8 @@ pub struct OpenOptions {
     pub budget: String,
     /// Positions of the KV cache (prompt + answer), at most the model's.
     pub ctx: usize,
+    /// Prompt tokens per prefill chunk (`None`: the model's default from activation memory).
+    pub prefill_chunk: Option<usize>,
 }
 
 /// `--budget` as an [`ExpertBudget`]: a percentage is a share of all expert bytes.
@@ -36,9 +38,12 @@ pub fn open<B: ComputeBackend>(
     be: B,
     opts: &OpenOptions,
 ) -> CliResult<ModelSession<B>> {
-    let options = SessionOptions::new()
+    let mut options = SessionOptions::new()
         .budget(expert_budget(&opts.budget)?)
         .max_seq(opts.ctx);
+    if let Some(n) = opts.prefill_chunk {
+        options = options.prefill_chunk(n);
+    }
     let s = ModelSession::open(dir, be, options)?;
     for why in s.fallbacks() {
         eprintln!("note: read backend fallback: {why}");

@@ -13,6 +13,18 @@ pub fn temperature(s: &str) -> Result<f32, String> {
     Ok(t)
 }
 
+/// `--prefill-chunk`: prompt tokens per chunk, at least 1 (1 is token by token).
+pub fn prefill_chunk(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number of tokens"))?;
+    if n == 0 {
+        return Err("0: a chunk holds at least 1 token (1 is token by token)".into());
+    }
+    Ok(n)
+}
+
 /// `--top-p`: a probability mass in (0, 1].
 pub fn top_p(s: &str) -> Result<f32, String> {
     let p: f32 = s

@@ -7,6 +7,7 @@ mod matmul;
 mod matvec;
 mod moe;
 mod ops;
+mod rows;
 #[cfg(feature = "wgpu")]
 pub(crate) use ops::rope_table;
 #[cfg(target_arch = "x86_64")]
@@ -420,5 +421,82 @@ impl ComputeBackend for CpuBackend {
             self.axpy(out, e.combine, &scratch.out)?;
         }
         Ok(())
+    }
+
+    fn rms_norm_rows(
+        &self,
+        x: &CpuTensor,
+        weight: &CpuTensor,
+        eps: f32,
+        n: usize,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        rows::rms_norm_rows(x, weight, eps, n, out)
+    }
+
+    fn rope_rows(
+        &self,
+        x: &mut CpuTensor,
+        n: usize,
+        (n_heads, head_dim): (usize, usize),
+        start: usize,
+        theta: f32,
+    ) -> Result<()> {
+        rows::rope_rows(x, n, (n_heads, head_dim, head_dim), start, theta)
+    }
+
+    fn rope_partial_rows(
+        &self,
+        x: &mut CpuTensor,
+        n: usize,
+        heads: (usize, usize, usize),
+        start: usize,
+        theta: f32,
+    ) -> Result<()> {
+        rows::rope_rows(x, n, heads, start, theta)
+    }
+
+    fn attention_rows(
+        &self,
+        q: &CpuTensor,
+        cache: &CpuKvCache,
+        layer: usize,
+        start: usize,
+        n: usize,
+        shape: AttnShape,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        rows::attention_rows(q, cache, layer, (start, n), shape, out)
+    }
+
+    fn swiglu_rows(
+        &self,
+        gate: &mut CpuTensor,
+        up: &CpuTensor,
+        n: usize,
+        width: usize,
+    ) -> Result<()> {
+        rows::swiglu_rows(gate, up, n, width)
+    }
+
+    fn gather_rows(
+        &self,
+        x: &CpuTensor,
+        width: usize,
+        rows: &[usize],
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        rows::gather_rows(x, width, rows, out)
+    }
+
+    fn scatter_add_rows(
+        &self,
+        y: &mut CpuTensor,
+        width: usize,
+        rows: &[usize],
+        weights: &[f32],
+        x: &CpuTensor,
+    ) -> Result<()> {
+        rows::scatter_add_rows(y, width, rows, weights, x)
     }
 }

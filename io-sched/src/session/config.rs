@@ -22,6 +22,7 @@ pub struct SessionConfig {
     tie_ratio: f32,
     idle_window_ns: Option<f64>,
     record_calls: bool,
+    union_group: usize,
 }
 
 impl SessionConfig {
@@ -36,6 +37,7 @@ impl SessionConfig {
             tie_ratio: 0.0,
             idle_window_ns: None,
             record_calls: false,
+            union_group: 16,
         }
     }
 
@@ -93,6 +95,18 @@ impl SessionConfig {
     /// The idle window, if extras are bounded by it.
     pub fn idle_window(&self) -> Option<f64> {
         self.idle_window_ns
+    }
+
+    /// Records per group of a prompt chunk's union demand ([`super::Session::next_group`];
+    /// default 16, about the queue depth at which a disk reads fastest). Capped at half the
+    /// cache, so one group computes while the next is read.
+    pub fn union_group(&self) -> usize {
+        self.union_group
+    }
+    /// Sets [`union_group`](Self::union_group) (at least 1).
+    pub fn with_union_group(mut self, records: usize) -> Self {
+        self.union_group = records.max(1);
+        self
     }
 
     /// Keeps a log of every call the session makes on its I/O ([`super::Call`]), for tests

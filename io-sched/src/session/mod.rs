@@ -9,6 +9,9 @@
 //!    onward (e.g. to GPU memory) — optional;
 //! 3. [`Session::demand`] with `L`'s real routing, which returns the guard over its bytes.
 //!
+//! A prompt chunk instead demands the union of its tokens' experts per layer, in groups that
+//! fit the cache ([`Session::demand_union`], [`Session::next_group`]; see `batch.rs`).
+//!
 //! Inside `demand` the order is fixed: the predictor observes the routing and predicts the
 //! next `horizon` layers; the session decides how many candidates of each to hint (the hint
 //! cap, then over-fetch of near-ties bounded by the device's idle time); it queues `L`'s demand
@@ -19,11 +22,13 @@
 //! the simulator's core): its policy is plain code, testable with a fake I/O and no threads,
 //! and it can log each call ([`Call`]) so tests check that drivers issue the same sequence.
 
+mod batch;
 mod config;
 mod io;
 #[cfg(test)]
 mod tests;
 
+pub use batch::UnionDemand;
 pub use config::SessionConfig;
 pub use io::{Call, SessionIo};
 
@@ -41,6 +46,12 @@ pub struct SessionStats {
     pub hint_calls: u64,
     /// Candidates hinted in all, over-fetched extras included.
     pub hinted: u64,
+    /// Batch demands of a prompt chunk's union ([`Session::demand_union`]).
+    pub unions: u64,
+    /// Experts in those unions, in all.
+    pub union_experts: u64,
+    /// Groups the unions were acquired in (each also counts as a demand).
+    pub union_groups: u64,
 }
 
 impl SessionStats {
@@ -55,6 +66,9 @@ impl SessionStats {
             demands: self.demands - earlier.demands.min(self.demands),
             hint_calls: self.hint_calls - earlier.hint_calls.min(self.hint_calls),
             hinted: self.hinted - earlier.hinted.min(self.hinted),
+            unions: self.unions - earlier.unions.min(self.unions),
+            union_experts: self.union_experts - earlier.union_experts.min(self.union_experts),
+            union_groups: self.union_groups - earlier.union_groups.min(self.union_groups),
         }
     }
 }
@@ -97,6 +111,9 @@ pub struct Session<Io: SessionIo> {
     counts: Vec<usize>,
     stats: SessionStats,
     calls: Vec<Call>,
+    /// Experts the last union demand prefetched for the next layer (pre-gate), which that
+    /// layer's union takes first.
+    union_hinted: Option<(u32, Vec<u32>)>,
 }
 
 impl<Io: SessionIo> Session<Io> {
@@ -121,6 +138,7 @@ impl<Io: SessionIo> Session<Io> {
             counts: Vec::new(),
             stats: SessionStats::default(),
             calls: Vec::new(),
+            union_hinted: None,
         }
     }
 

@@ -207,3 +207,74 @@ fn stage_pins_only_what_is_cached_and_is_logged() {
         }]
     );
 }
+
+/// Every group of a union demand, as (experts, the fake guard's layer).
+fn drain(s: &mut Session<FakeIo>, d: &mut UnionDemand) -> Vec<Vec<u32>> {
+    let mut groups = Vec::new();
+    while let Some((ids, guard)) = s.next_group(d).unwrap() {
+        assert_eq!(guard, vec![d.layer()]);
+        groups.push(ids);
+    }
+    groups
+}
+
+#[test]
+fn a_union_streams_in_groups_cached_first_each_next_group_hinted_after_its_demand() {
+    // 6 slots: groups of at most 3, one computing while the next is read.
+    let mut io = FakeIo::new(2, 6);
+    io.cached = vec![ExpertKey::new(0, 6), ExpertKey::new(0, 2)];
+    let cfg = SessionConfig::new(2).record_calls(true);
+    let mut s = Session::new(io, cfg, Box::new(NoPredictor));
+    let mut d = s.demand_union(0, &[1, 2, 3, 4, 5, 6, 7], Some((1, &[5, 0, 3, 7])));
+    assert_eq!(d.order(), &[2, 6, 1, 3, 4, 5, 7]);
+    assert_eq!(d.group_size(), 3);
+    let groups = drain(&mut s, &mut d);
+    assert_eq!(groups, vec![vec![2, 6, 1], vec![3, 4, 5], vec![7]]);
+    assert_eq!(
+        s.io().log,
+        vec![
+            "begin 0 [2, 6, 1]",
+            "hint 0 [3, 4, 5]",
+            "wait 0",
+            "begin 0 [3, 4, 5]",
+            "hint 0 [7]",
+            "wait 0",
+            "begin 0 [7]",
+            // The last group hints the next layer's pre-gate union (one group of it).
+            "hint 1 [5, 0, 3]",
+            "wait 0",
+        ]
+    );
+    // The next layer takes what was prefetched for it first, then the cached, then misses.
+    s.io_mut().cached = vec![ExpertKey::new(1, 4)];
+    let d = s.demand_union(1, &[0, 1, 3, 4], None);
+    assert_eq!(d.order(), &[0, 3, 4, 1]);
+    let st = s.stats();
+    assert_eq!(
+        (st.unions, st.union_experts, st.union_groups, st.demands),
+        (2, 11, 3, 3)
+    );
+    assert_eq!((st.hint_calls, st.hinted), (3, 7));
+}
+
+#[test]
+fn a_union_in_a_cache_of_one_group_is_never_read_ahead() {
+    // 4 slots and groups of 16 asked: groups of 2 (half the cache), each hinting the next.
+    let cfg = SessionConfig::new(2).with_union_group(16);
+    let mut s = Session::new(FakeIo::new(2, 4), cfg, Box::new(NoPredictor));
+    let mut d = s.demand_union(0, &[0, 1, 2, 3, 4], None);
+    assert_eq!(drain(&mut s, &mut d), vec![vec![0, 1], vec![2, 3], vec![4]]);
+    assert_eq!(s.stats().hinted, 3);
+    // One slot: one record at a time and no hints (nothing could be read ahead).
+    let mut s = Session::new(
+        FakeIo::new(2, 1),
+        SessionConfig::new(1),
+        Box::new(NoPredictor),
+    );
+    let mut d = s.demand_union(0, &[3, 1], Some((1, &[0])));
+    assert_eq!(drain(&mut s, &mut d), vec![vec![3], vec![1]]);
+    assert!(s.io().log.iter().all(|l| !l.starts_with("hint")));
+    // An empty union has no group.
+    let mut d = s.demand_union(0, &[], None);
+    assert!(s.next_group(&mut d).unwrap().is_none());
+}

@@ -57,6 +57,11 @@ pub struct ServeArgs {
     /// Expert cache size: bytes (`512M`) or a share of all experts (`25%`).
     #[arg(long, default_value = "25%")]
     pub budget: String,
+    /// Prompt tokens per prefill chunk: each expert a chunk routes to is read once and run on
+    /// all its tokens (default: as many as 64 MiB of activations hold, at most 512; 1 is token
+    /// by token).
+    #[arg(long, value_parser = crate::cmd::values::prefill_chunk)]
+    pub prefill_chunk: Option<usize>,
     /// Compute backend: cpu or wgpu.
     #[arg(long, default_value = "cpu")]
     pub backend: String,
@@ -89,6 +94,7 @@ pub fn run(args: &ServeArgs) -> CliResult<()> {
     let opts = OpenOptions {
         budget: args.budget.clone(),
         ctx: args.ctx,
+        prefill_chunk: args.prefill_chunk,
     };
     let (queue, thread, ready) = worker::spawn(
         dir.clone(),
