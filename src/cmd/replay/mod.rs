@@ -55,7 +55,7 @@ pub struct ReplayArgs {
     /// Tokens run before measuring (cache warmup).
     #[arg(long, default_value_t = 16)]
     pub warmup: u64,
-    /// Predictor of a single run (none, temporal, frequency, transition, scores, oracle).
+    /// Predictor of a single run (none, temporal, frequency, transition, scores, blend, oracle).
     #[arg(long, default_value = "scores")]
     pub predictor: String,
     /// Run (a) mmap, (b) sync pread, (c) io-sched, (d) every predictor, (e) oracle.
@@ -134,6 +134,7 @@ fn rows(a: &ReplayArgs) -> CliResult<Vec<RowKind>> {
             PredictorKind::Temporal,
             PredictorKind::Transition,
             PredictorKind::Scores,
+            PredictorKind::Blend,
         ] {
             v.push(RowKind::Sched(p));
         }
@@ -170,6 +171,7 @@ fn rows(a: &ReplayArgs) -> CliResult<Vec<RowKind>> {
                 PredictorKind::Scores,
                 h2(4, a.tie_pct, true),
             ));
+            v.push(RowKind::SchedOver(PredictorKind::Blend, h2(0, 0, false)));
             v.push(RowKind::SchedOver(PredictorKind::Oracle, h2(0, 0, false)));
         }
         if let Some(only) = &a.only {
@@ -191,10 +193,11 @@ fn rows(a: &ReplayArgs) -> CliResult<Vec<RowKind>> {
         "transition" => PredictorKind::Transition,
         "scores" => PredictorKind::Scores,
         "oracle" => PredictorKind::Oracle,
+        "blend" => PredictorKind::Blend,
         other => {
             return Err(format!(
                 "--predictor {other:?}: expected none, temporal, frequency, transition, scores, \
-                 oracle, mmap or sync-pread"
+                 blend, oracle, mmap or sync-pread"
             )
             .into());
         }
