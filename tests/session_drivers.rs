@@ -141,6 +141,7 @@ fn generate_replay_and_sim_make_the_same_session_calls() {
         tie_pct: 0,
         idle_bound: false,
         horizon: 0,
+        ..Default::default()
     };
     for kind in [
         RowKind::Sched(PredictorKind::Scores),

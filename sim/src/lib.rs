@@ -23,6 +23,7 @@ pub mod figures;
 pub mod fixture;
 pub mod geometry;
 pub mod predict;
+pub mod prediction_quality;
 pub mod replay;
 pub mod report;
 pub mod reproduce;

@@ -64,6 +64,9 @@ impl SessionIo for FakeIo {
     fn layers(&self) -> u32 {
         self.layers
     }
+    fn experts(&self) -> u32 {
+        8
+    }
 }
 
 fn scores_session(io: FakeIo, cfg: SessionConfig) -> Session<FakeIo> {

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use io_sched::ExpertLayout;
-use io_sched::cache::EvictionKind;
 use io_sched::trace::Trace;
 
 use super::{ReplaySpec, RowKind};
@@ -76,7 +75,7 @@ pub fn predict_row(
         compute_post_ns: spec.compute_ns as f64 - pre,
         contention: 0.0,
         copy_bps_per_thread: device.page_cache_copy_gbps_per_thread.value * 1e9,
-        eviction: EvictionKind::Lru,
+        eviction: kind.eviction(),
         predictor,
         horizon: policy.horizon(),
         max_per_layer: policy.per_layer(),

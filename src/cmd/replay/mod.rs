@@ -146,12 +146,14 @@ fn rows(a: &ReplayArgs) -> CliResult<Vec<RowKind>> {
                 tie_pct: 0,
                 idle_bound: false,
                 horizon: 0,
+                ..Default::default()
             },
             OverFetchRow {
                 max_extra: 4,
                 tie_pct: a.tie_pct,
                 idle_bound: true,
                 horizon: 0,
+                ..Default::default()
             },
         ] {
             v.push(RowKind::SchedOver(PredictorKind::Scores, o));
@@ -165,6 +167,7 @@ fn rows(a: &ReplayArgs) -> CliResult<Vec<RowKind>> {
                 tie_pct,
                 idle_bound,
                 horizon: 2,
+                ..Default::default()
             };
             v.push(RowKind::SchedOver(PredictorKind::Scores, h2(0, 0, false)));
             v.push(RowKind::SchedOver(
@@ -172,6 +175,27 @@ fn rows(a: &ReplayArgs) -> CliResult<Vec<RowKind>> {
                 h2(4, a.tie_pct, true),
             ));
             v.push(RowKind::SchedOver(PredictorKind::Blend, h2(0, 0, false)));
+            // The blend's probabilities for eviction, then for cost-aware hinting too.
+            let next_use = OverFetchRow {
+                eviction: io_sched::cache::EvictionKind::NextUse,
+                ..h2(0, 0, false)
+            };
+            v.push(RowKind::SchedOver(PredictorKind::Blend, next_use));
+            v.push(RowKind::SchedOver(
+                PredictorKind::Blend,
+                OverFetchRow {
+                    cost_aware: true,
+                    ..h2(4, 0, true)
+                },
+            ));
+            v.push(RowKind::SchedOver(
+                PredictorKind::Blend,
+                OverFetchRow {
+                    cost_aware: true,
+                    eviction: io_sched::cache::EvictionKind::NextUse,
+                    ..h2(4, 0, true)
+                },
+            ));
             v.push(RowKind::SchedOver(PredictorKind::Oracle, h2(0, 0, false)));
         }
         if let Some(only) = &a.only {
