@@ -1,5 +1,6 @@
 //! How well a predictor ranks a trace's routing, offline: recall, precision and calibration of
-//! its top `n` candidates, per distance (1 and 2 layers ahead), with the trace's recorded
+//! its top `n` candidates, per distance (1 and 2 layers ahead, targets within the same token,
+//! where pre-gate scores exist), with the trace's recorded
 //! pre-gate scores fed as a [`Session`](io_sched::Session) driver feeds them (layer `L + 1`'s
 //! at layer `L`, and `L + 2`'s from a far trace).
 
@@ -70,7 +71,9 @@ pub fn evaluate(
             for lp in &out {
                 let d = (lp.tokens_ahead * h.layers + lp.layer).saturating_sub(layer);
                 let target = token + lp.tokens_ahead as u64;
-                if !(1..=2).contains(&d) || target >= tokens {
+                // Targets of the same token only: the layers pre-gate scores exist for (layer 0
+                // of the next token has none), so every predictor is scored on the same ones.
+                if !(1..=2).contains(&d) || lp.tokens_ahead > 0 || target >= tokens {
                     continue;
                 }
                 let routed = trace.experts_at(target, lp.layer);

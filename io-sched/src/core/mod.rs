@@ -579,6 +579,20 @@ impl SchedCore {
         out
     }
 
+    /// Bytes queued and not yet issued to the device (demand and prefetch loads), plus the
+    /// prefetch bytes in flight: the device's backlog before a new read would start.
+    pub fn backlog_bytes(&self) -> u64 {
+        let queued: u64 = self
+            .demand_queue
+            .iter()
+            .chain(&self.prefetch_queue)
+            .filter_map(|&id| self.loads[id].as_ref())
+            .filter(|l| !l.cancelled)
+            .map(|l| l.total - l.issued.min(l.total))
+            .sum();
+        queued + self.prefetch_bytes_in_flight
+    }
+
     /// Whether the eviction policy uses [`note_next_use`](Self::note_next_use).
     pub fn wants_next_use(&self) -> bool {
         self.policy.wants_next_use()

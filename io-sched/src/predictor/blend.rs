@@ -13,6 +13,9 @@
 //! | 4 | 1 when `t` routed `j` for the previous token | same layer, previous token |
 //! | 5 | logit of `j`'s decayed routing share at `t` (half-life 16 tokens) | same layer, past tokens |
 //! | 6 | logit of P(`j` at `t` \| the experts routed at `L`), a transition table per distance | cross-layer |
+//! | 7 | logit of the earlier pre-gate probability of `j` (`t`'s scores from two layers back, superseded by fresher ones; 0 without) | `observe_scores(t)` before |
+//! | 8 | 1 when the score ranks `j` in its top 2k | |
+//! | 9 | `j`'s routing count at `t` decayed with a half-life of 2 tokens (the last few tokens) | same layer, past tokens |
 //!
 //! `P(j) = σ(w · x)` with `w = global[d] + local[t][d]`; both are trained online by AdaGrad on
 //! the log-loss when `t`'s real routing arrives (every expert of `t` is one sample: routed or
@@ -33,7 +36,7 @@
 use super::{LayerPrediction, OutFiller, Predictor, targets};
 
 /// Features per (expert, target): see the [module docs](self).
-pub const FEATURES: usize = 7;
+pub const FEATURES: usize = 10;
 /// Distances (1..=NEAR layers ahead) with a model of their own.
 pub const NEAR: usize = 2;
 /// Transition-table entries at most (`NEAR × layers × experts²`); above it feature 6 is off.
@@ -43,6 +46,8 @@ const HISTORY: usize = NEAR;
 const MODELS: usize = NEAR + 1;
 /// Half-life of the routing share (feature 5), tokens.
 const FREQ_HALF_LIFE: f32 = 16.0;
+/// Half-life of the recent routing count (feature 9), tokens.
+const RECENT_HALF_LIFE: f32 = 2.0;
 /// AdaGrad step of the shared and the per-layer weights.
 const LR_GLOBAL: f32 = 0.3;
 const LR_LOCAL: f32 = 0.15;
@@ -125,6 +130,9 @@ pub struct Blend {
     /// `[layer][expert]` pre-gate probabilities, fresh until the layer is observed.
     score: Vec<f32>,
     fresh: Vec<bool>,
+    /// `[layer][expert]` the scores a fresher set superseded (fresh with `fresh`).
+    older: Vec<f32>,
+    has_older: Vec<bool>,
     /// `[layer][expert]` 1.0 when routed at the layer's latest observation.
     prev: Vec<f32>,
     /// `[layer]` experts of the latest observation.
@@ -133,6 +141,9 @@ pub struct Blend {
     freq: Vec<f32>,
     freq_tokens: Vec<f32>,
     freq_decay: f32,
+    /// `[layer][expert]` routing counts decayed fast (feature 9).
+    recent: Vec<f32>,
+    recent_decay: f32,
     /// `[d-1][layer][i][j]` counts of `i` at `layer` then `j` at `layer + d`, and
     /// `[d-1][layer][i]` how often `i` had such a successor; empty when off.
     trans: Vec<f32>,
@@ -169,11 +180,15 @@ impl Blend {
             seen: vec![0; l],
             score: vec![0.0; l * e],
             fresh: vec![false; l],
+            older: vec![0.0; l * e],
+            has_older: vec![false; l],
             prev: vec![0.0; l * e],
             current: vec![Vec::new(); l],
             freq: vec![0.0; l * e],
             freq_tokens: vec![0.0; l],
             freq_decay: 0.5f32.powf(1.0 / FREQ_HALF_LIFE),
+            recent: vec![0.0; l * e],
+            recent_decay: 0.5f32.powf(1.0 / RECENT_HALF_LIFE),
             trans,
             trans_rows,
             global: [Weights::zero(); MODELS],
@@ -213,8 +228,10 @@ impl Blend {
         let near = d <= NEAR;
         let fresh = near && self.fresh[tl];
         let scores = &self.score[tl * e..(tl + 1) * e];
-        // Rank: the score's top k (ties broken by index).
+        let older = (fresh && self.has_older[tl]).then(|| &self.older[tl * e..(tl + 1) * e]);
+        // Rank: the score's top 2k, best first (ties broken by index).
         self.rank.clear();
+        let k = self.k.min(e);
         if fresh {
             self.rank.extend(0..e as u32);
             let by = |a: &u32, b: &u32| {
@@ -222,11 +239,12 @@ impl Blend {
                     .total_cmp(&scores[*a as usize])
                     .then(a.cmp(b))
             };
-            let k = self.k.min(e);
-            if k > 0 && k < e {
-                self.rank.select_nth_unstable_by(k - 1, by);
+            let k2 = (2 * k).min(e);
+            if k2 > 0 && k2 < e {
+                self.rank.select_nth_unstable_by(k2 - 1, by);
             }
-            self.rank.truncate(k);
+            self.rank.truncate(k2);
+            self.rank.sort_unstable_by(by);
         }
         // Transition feature from `src`'s latest routing, when it is this token's.
         let trans_on = near && !self.trans.is_empty() && self.seen[src as usize] == self.seq;
@@ -251,12 +269,12 @@ impl Blend {
             x[0] = 1.0;
             x[1] = if fresh { logit(scores[j]) } else { 0.0 };
             x[2] = if fresh { 0.0 } else { 1.0 };
-            x[3] = if self.rank.contains(&(j as u32)) {
-                1.0
-            } else {
-                0.0
-            };
+            let rank = self.rank.iter().position(|&r| r == j as u32);
+            x[3] = if rank.is_some_and(|r| r < k) { 1.0 } else { 0.0 };
+            x[8] = if rank.is_some() { 1.0 } else { 0.0 };
+            x[7] = older.map_or(0.0, |o| logit(o[j]));
             x[4] = self.prev[tl * e + j];
+            x[9] = self.recent[tl * e + j];
             x[5] = if tokens > 0.0 {
                 logit(self.freq[tl * e + j] / tokens)
             } else {
@@ -385,12 +403,18 @@ impl Predictor for Blend {
         for c in freq.iter_mut() {
             *c *= self.freq_decay;
         }
+        let recent = &mut self.recent[l * e..(l + 1) * e];
+        for c in recent.iter_mut() {
+            *c *= self.recent_decay;
+        }
         for &j in &cur {
             prev[j as usize] = 1.0;
             freq[j as usize] += 1.0;
+            recent[j as usize] += 1.0;
         }
         self.freq_tokens[l] = self.freq_tokens[l] * self.freq_decay + 1.0;
         self.fresh[l] = false;
+        self.has_older[l] = false;
         self.seen[l] = self.seq;
         self.current[l] = cur;
     }
@@ -399,8 +423,13 @@ impl Predictor for Blend {
         if layer >= self.layers {
             return;
         }
-        let e = self.experts as usize;
-        let row = &mut self.score[layer as usize * e..(layer as usize + 1) * e];
+        let (e, l) = (self.experts as usize, layer as usize);
+        self.has_older[l] = self.fresh[l];
+        if self.fresh[l] {
+            let (score, older) = (&self.score[l * e..(l + 1) * e], &mut self.older[l * e..]);
+            older[..e].copy_from_slice(score);
+        }
+        let row = &mut self.score[l * e..(l + 1) * e];
         super::scores::normalise_into(scores, row);
         row.iter_mut().filter(|s| !s.is_finite()).for_each(|s| *s = 0.0);
         self.fresh[layer as usize] = true;

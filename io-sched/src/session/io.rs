@@ -38,6 +38,11 @@ pub trait SessionIo {
     fn layers(&self) -> u32;
     /// Experts per layer.
     fn experts(&self) -> u32;
+    /// Bytes the device must still read before a new read would start (queued, and
+    /// prefetches in flight); 0 when unknown (the default).
+    fn backlog_bytes(&self) -> u64 {
+        0
+    }
     /// Whether the cache's eviction policy uses [`note_next_use`](Self::note_next_use)
     /// (default: no).
     fn wants_next_use(&self) -> bool {
@@ -117,6 +122,9 @@ impl SessionIo for Arc<Scheduler> {
     }
     fn experts(&self) -> u32 {
         self.layout().num_experts()
+    }
+    fn backlog_bytes(&self) -> u64 {
+        self.with_core(|c| c.backlog_bytes())
     }
     fn wants_next_use(&self) -> bool {
         Scheduler::wants_next_use(self)

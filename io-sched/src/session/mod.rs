@@ -299,11 +299,14 @@ impl<Io: SessionIo> Session<Io> {
             _ => 1.0,
         };
         let read_ns = self.io.record_bytes() as f64 / bw;
+        // The device is busy for the backlog (queued reads, prefetches in flight) and this
+        // layer's demand reads before any new hint can start.
         let demand_ns = experts
             .iter()
             .filter(|&&e| !self.io.is_cached(ExpertKey::new(layer, e)))
             .count() as f64
-            * read_ns;
+            * read_ns
+            + self.io.backlog_bytes() as f64 / bw;
         let window = self.cfg.idle_window().unwrap_or(f64::INFINITY);
         // Deadline of each prediction, in windows: 1 for the next layer.
         let ahead: Vec<usize> = self
@@ -370,3 +373,4 @@ impl<Io: SessionIo> Session<Io> {
             .count()
     }
 }
+

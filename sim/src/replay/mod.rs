@@ -61,6 +61,9 @@ pub struct OverFetchRow {
     /// Cost-aware hinting ([`SessionConfig::cost_aware`]) over the `max_extra` more
     /// candidates, instead of the near-tie rule.
     pub cost_aware: bool,
+    /// Hint nothing: the predictor only feeds the eviction policy (a cache without prefetch,
+    /// comparable with Belady's bound).
+    pub no_hints: bool,
 }
 
 impl Default for OverFetchRow {
@@ -73,6 +76,7 @@ impl Default for OverFetchRow {
             horizon: 0,
             eviction: EvictionKind::Lru,
             cost_aware: false,
+            no_hints: false,
         }
     }
 }
@@ -99,6 +103,9 @@ impl RowKind {
                 }
                 if o.cost_aware {
                     l += " cost";
+                }
+                if o.no_hints {
+                    l += " no-hints";
                 }
                 if o.horizon > 0 {
                     l += &format!(" h{}", o.horizon);
@@ -174,6 +181,9 @@ impl RowKind {
                 .cost_aware(o.cost_aware);
             if o.idle_bound {
                 p = p.idle_window_ns(compute_ns as f64);
+            }
+            if o.no_hints {
+                p = p.with_per_layer(0).over_fetch(0, 0.0);
             }
         }
         p

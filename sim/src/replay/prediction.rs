@@ -18,6 +18,9 @@ use crate::vtime::{self, Mode, RunSpec};
 pub struct Predicted {
     pub tok_per_s: f64,
     pub hit_rate: f64,
+    /// Demanded experts cached from an earlier demand ([`crate::report::cache_hit_rate`]):
+    /// what Belady's bound bounds.
+    pub cache_hit_rate: f64,
     pub stall_ms_per_token: f64,
     pub bytes_per_token: f64,
 }
@@ -96,6 +99,7 @@ pub fn predict_row(
     Ok(Predicted {
         tok_per_s: r.tok_per_s(),
         hit_rate: m.hit_rate(),
+        cache_hit_rate: crate::report::cache_hit_rate(&m),
         stall_ms_per_token: t.stall_ns / 1e6 / tokens,
         bytes_per_token: m.bytes_read() as f64 / tokens,
     })

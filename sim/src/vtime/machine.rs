@@ -235,6 +235,10 @@ impl SessionIo for Sim {
         self.spec.experts
     }
 
+    fn backlog_bytes(&self) -> u64 {
+        self.core.backlog_bytes()
+    }
+
     fn wants_next_use(&self) -> bool {
         self.core.wants_next_use()
     }
