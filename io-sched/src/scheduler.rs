@@ -397,7 +397,11 @@ impl Scheduler {
     /// Hands the eviction policy the probability, per expert of `layer`, that it is routed to
     /// at the layer's next demand ([`crate::cache::NextUse`]); other policies ignore it.
     pub fn note_next_use(&self, layer: u32, probabilities: &[f32]) {
-        self.shared.state.lock().core.note_next_use(layer, probabilities);
+        self.shared
+            .state
+            .lock()
+            .core
+            .note_next_use(layer, probabilities);
     }
 
     /// Runs `f` on the core under the lock (tests and diagnostics).

@@ -74,7 +74,12 @@ pub fn run(a: &TraceStatsArgs) -> CliResult<()> {
         let k = t.header.k as usize;
         let mut qs = Vec::new();
         for &kind in &kinds {
-            qs.extend(prediction_quality::evaluate(kind, &t, far.as_ref(), &[k, 2 * k])?);
+            qs.extend(prediction_quality::evaluate(
+                kind,
+                &t,
+                far.as_ref(),
+                &[k, 2 * k],
+            )?);
         }
         quality.push(qs);
         let dir = path.parent().and_then(|p| p.file_name());

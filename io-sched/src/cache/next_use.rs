@@ -61,7 +61,11 @@ impl NextUse {
         let d = ((key.layer % n) + n - self.current - 1) % n + 1;
         let i = key.layer as usize * self.experts as usize + key.expert as usize;
         let p = self.probs.get(i).copied().unwrap_or(DEFAULT_P);
-        let p = if p.is_finite() { p.clamp(P_MIN, 1.0) } else { DEFAULT_P } as f64;
+        let p = if p.is_finite() {
+            p.clamp(P_MIN, 1.0)
+        } else {
+            DEFAULT_P
+        } as f64;
         d as f64 + n as f64 * (1.0 - p) / p
     }
 }
@@ -124,7 +128,11 @@ mod tests {
         assert_eq!(victim(&p, 3, 4), 1, "least likely");
         // Equal odds: the layer that runs again last goes first.
         p.note_next_use(1, &[0.9, 0.9, 0.5, 0.5]);
-        assert_eq!(victim(&p, 3, 4), 2, "layer 3 is two layers farther than layer 1");
+        assert_eq!(
+            victim(&p, 3, 4),
+            2,
+            "layer 3 is two layers farther than layer 1"
+        );
         // Layer 1 just ran: it now runs again last.
         p.on_routing(1);
         let v = victim(&p, 3, 4);

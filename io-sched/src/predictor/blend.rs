@@ -82,9 +82,9 @@ impl Weights {
 
     /// AdaGrad ascent on the log-likelihood with batch gradient `grad`.
     fn step(&mut self, grad: &[f32; FEATURES], lr: f32) {
-        for f in 0..FEATURES {
-            self.g2[f] += grad[f] * grad[f];
-            self.w[f] += lr * grad[f] / self.g2[f].sqrt();
+        for ((w, g2), g) in self.w.iter_mut().zip(&mut self.g2).zip(grad) {
+            *g2 += g * g;
+            *w += lr * g / g2.sqrt();
         }
     }
 }
@@ -127,10 +127,12 @@ pub struct Blend {
     /// Observations so far; `seen[l]` = the number of `l`'s latest one (0: never).
     seq: u64,
     seen: Vec<u64>,
-    /// `[layer][expert]` pre-gate probabilities, fresh until the layer is observed.
+    /// `[layer][expert]` pre-gate probabilities, fresh until the layer is observed, and their
+    /// logits.
     score: Vec<f32>,
+    score_logit: Vec<f32>,
     fresh: Vec<bool>,
-    /// `[layer][expert]` the scores a fresher set superseded (fresh with `fresh`).
+    /// `[layer][expert]` the score logits a fresher set superseded (fresh with `fresh`).
     older: Vec<f32>,
     has_older: Vec<bool>,
     /// `[layer][expert]` 1.0 when routed at the layer's latest observation.
@@ -141,6 +143,14 @@ pub struct Blend {
     freq: Vec<f32>,
     freq_tokens: Vec<f32>,
     freq_decay: f32,
+    /// `[layer][expert]` logit of the routing share (feature 5), updated at each observation.
+    freq_logit: Vec<f32>,
+    /// `[layer][expert]` the history-only model's probabilities, valid until the layer's next
+    /// observation ([`Predictor::next_use`] outside the horizon).
+    hist_p: Vec<f32>,
+    hist_valid: Vec<bool>,
+    /// `[expert]` scratch: 0 = in the score's top k, 1 = top 2k, 2 = other.
+    rank_of: Vec<u8>,
     /// `[layer][expert]` routing counts decayed fast (feature 9).
     recent: Vec<f32>,
     recent_decay: f32,
@@ -179,6 +189,7 @@ impl Blend {
             seq: 0,
             seen: vec![0; l],
             score: vec![0.0; l * e],
+            score_logit: vec![0.0; l * e],
             fresh: vec![false; l],
             older: vec![0.0; l * e],
             has_older: vec![false; l],
@@ -187,6 +198,10 @@ impl Blend {
             freq: vec![0.0; l * e],
             freq_tokens: vec![0.0; l],
             freq_decay: 0.5f32.powf(1.0 / FREQ_HALF_LIFE),
+            freq_logit: vec![0.0; l * e],
+            hist_p: vec![0.0; l * e],
+            hist_valid: vec![false; l],
+            rank_of: vec![2; e],
             recent: vec![0.0; l * e],
             recent_decay: 0.5f32.powf(1.0 / RECENT_HALF_LIFE),
             trans,
@@ -228,6 +243,7 @@ impl Blend {
         let near = d <= NEAR;
         let fresh = near && self.fresh[tl];
         let scores = &self.score[tl * e..(tl + 1) * e];
+        let logits = &self.score_logit[tl * e..(tl + 1) * e];
         let older = (fresh && self.has_older[tl]).then(|| &self.older[tl * e..(tl + 1) * e]);
         // Rank: the score's top 2k, best first (ties broken by index).
         self.rank.clear();
@@ -245,6 +261,9 @@ impl Blend {
             }
             self.rank.truncate(k2);
             self.rank.sort_unstable_by(by);
+            for (i, &r) in self.rank.iter().enumerate() {
+                self.rank_of[r as usize] = if i < k { 0 } else { 1 };
+            }
         }
         // Transition feature from `src`'s latest routing, when it is this token's.
         let trans_on = near && !self.trans.is_empty() && self.seen[src as usize] == self.seq;
@@ -263,24 +282,23 @@ impl Blend {
                 }
             }
         }
-        let tokens = self.freq_tokens[tl];
+        let freq = &self.freq_logit[tl * e..(tl + 1) * e];
         for j in 0..e {
             let x = &mut self.x[j];
             x[0] = 1.0;
-            x[1] = if fresh { logit(scores[j]) } else { 0.0 };
+            x[1] = if fresh { logits[j] } else { 0.0 };
             x[2] = if fresh { 0.0 } else { 1.0 };
-            let rank = self.rank.iter().position(|&r| r == j as u32);
-            x[3] = if rank.is_some_and(|r| r < k) { 1.0 } else { 0.0 };
-            x[8] = if rank.is_some() { 1.0 } else { 0.0 };
-            x[7] = older.map_or(0.0, |o| logit(o[j]));
+            let rank = self.rank_of[j];
+            x[3] = if rank == 0 { 1.0 } else { 0.0 };
+            x[8] = if rank <= 1 { 1.0 } else { 0.0 };
+            x[7] = older.map_or(0.0, |o| o[j]);
             x[4] = self.prev[tl * e + j];
             x[9] = self.recent[tl * e + j];
-            x[5] = if tokens > 0.0 {
-                logit(self.freq[tl * e + j] / tokens)
-            } else {
-                0.0
-            };
+            x[5] = freq[j];
             x[6] = if trans_on { logit(self.row[j]) } else { 0.0 };
+        }
+        for &r in &self.rank {
+            self.rank_of[r as usize] = 2;
         }
     }
 
@@ -305,8 +323,8 @@ impl Blend {
                 0.0
             };
             let err = y - sigmoid(z);
-            for f in 0..FEATURES {
-                grad[f] += err * xj[f];
+            for (g, x) in grad.iter_mut().zip(xj) {
+                *g += err * x;
             }
         }
         // Normalise by the positives so that the step does not grow with the expert count.
@@ -413,6 +431,14 @@ impl Predictor for Blend {
             recent[j as usize] += 1.0;
         }
         self.freq_tokens[l] = self.freq_tokens[l] * self.freq_decay + 1.0;
+        let tokens = self.freq_tokens[l];
+        for (f, c) in self.freq_logit[l * e..(l + 1) * e]
+            .iter_mut()
+            .zip(freq.iter())
+        {
+            *f = logit(*c / tokens);
+        }
+        self.hist_valid[l] = false;
         self.fresh[l] = false;
         self.has_older[l] = false;
         self.seen[l] = self.seq;
@@ -426,12 +452,23 @@ impl Predictor for Blend {
         let (e, l) = (self.experts as usize, layer as usize);
         self.has_older[l] = self.fresh[l];
         if self.fresh[l] {
-            let (score, older) = (&self.score[l * e..(l + 1) * e], &mut self.older[l * e..]);
-            older[..e].copy_from_slice(score);
+            let (logits, older) = (
+                &self.score_logit[l * e..(l + 1) * e],
+                &mut self.older[l * e..],
+            );
+            older[..e].copy_from_slice(logits);
         }
         let row = &mut self.score[l * e..(l + 1) * e];
         super::scores::normalise_into(scores, row);
-        row.iter_mut().filter(|s| !s.is_finite()).for_each(|s| *s = 0.0);
+        row.iter_mut()
+            .filter(|s| !s.is_finite())
+            .for_each(|s| *s = 0.0);
+        for (lg, p) in self.score_logit[l * e..(l + 1) * e]
+            .iter_mut()
+            .zip(row.iter())
+        {
+            *lg = logit(*p);
+        }
         self.fresh[layer as usize] = true;
     }
 
@@ -475,9 +512,14 @@ impl Predictor for Blend {
                 }
             }
             None => {
-                self.features(layer, layer, usize::MAX);
-                self.probabilities(l, HISTORY);
-                for (o, p) in out.iter_mut().zip(&self.p) {
+                let e = self.experts as usize;
+                if !self.hist_valid[l] {
+                    self.features(layer, layer, usize::MAX);
+                    self.probabilities(l, HISTORY);
+                    self.hist_p[l * e..(l + 1) * e].copy_from_slice(&self.p);
+                    self.hist_valid[l] = true;
+                }
+                for (o, p) in out.iter_mut().zip(&self.hist_p[l * e..(l + 1) * e]) {
                     *o = *p;
                 }
             }

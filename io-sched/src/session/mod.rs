@@ -339,7 +339,10 @@ impl<Io: SessionIo> Session<Io> {
         for (i, j) in order {
             let c = self.preds[i].candidates[j];
             let p = c.confidence;
-            if self.io.is_cached(ExpertKey::new(self.preds[i].layer, c.expert)) {
+            if self
+                .io
+                .is_cached(ExpertKey::new(self.preds[i].layer, c.expert))
+            {
                 chosen[i][j] = true;
                 continue;
             }
@@ -352,11 +355,8 @@ impl<Io: SessionIo> Session<Io> {
         }
         for (p, chosen) in self.preds.iter_mut().zip(&chosen) {
             // Stable: the chosen first, each group in confidence order.
-            let (mut yes, no): (Vec<_>, Vec<_>) = p
-                .candidates
-                .iter()
-                .zip(chosen)
-                .partition(|&(_, &c)| c);
+            let (mut yes, no): (Vec<_>, Vec<_>) =
+                p.candidates.iter().zip(chosen).partition(|&(_, &c)| c);
             let count = yes.len();
             yes.extend(no);
             let sorted: Vec<_> = yes.into_iter().map(|(c, _)| *c).collect();
@@ -373,4 +373,3 @@ impl<Io: SessionIo> Session<Io> {
             .count()
     }
 }
-

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_sched::backend::BackendKind;
-use io_sched::cache::EvictionKind;
 use io_sched::backend::select::{BackendConfig, open_backend};
+use io_sched::cache::EvictionKind;
 use io_sched::metrics::LayerMetrics;
 use io_sched::trace::Trace;
 use io_sched::{Call, ExpertLayout, Scheduler, SchedulerConfig, Session, SessionConfig};

@@ -49,17 +49,29 @@ fn run_stream(
                 all += tok[l as usize].len();
                 hit += tok[l as usize].iter().filter(|e| cands.contains(e)).count();
             }
-            let next = if l + 1 < layers { (t, l + 1) } else { (t + 1, 0) };
+            let next = if l + 1 < layers {
+                (t, l + 1)
+            } else {
+                (t + 1, 0)
+            };
             if let Some(s) = scores(next.0, next.1) {
                 p.observe_scores(next.1, &s);
             }
             p.observe(l, &tok[l as usize]);
             p.predict(l, 1, max, &mut out);
             if let Some(lp) = out.first() {
-                pending = Some((next.0, next.1, lp.candidates.iter().map(|c| c.expert).collect()));
+                pending = Some((
+                    next.0,
+                    next.1,
+                    lp.candidates.iter().map(|c| c.expert).collect(),
+                ));
             }
         }
-        recall.push(if all == 0 { 0.0 } else { hit as f64 / all as f64 });
+        recall.push(if all == 0 {
+            0.0
+        } else {
+            hit as f64 / all as f64
+        });
     }
     recall
 }
@@ -80,7 +92,11 @@ fn recall_rises_on_a_periodic_stream_without_scores() {
     let mut p = Blend::new(4, 16);
     let recall = run_stream(&mut p, &routing, |_, _| None, 2);
     let (early, late) = (mean(&recall[1..3]), mean(&recall[100..]));
-    assert!(early < 0.7, "nothing learned yet: {early} ({:?})", &recall[..12]);
+    assert!(
+        early < 0.7,
+        "nothing learned yet: {early} ({:?})",
+        &recall[..12]
+    );
     assert!(late >= 0.95, "learned the cycle: {late} (early {early})");
     // The transition weight carries it.
     let w = p.model_weights(1, 1).unwrap();
