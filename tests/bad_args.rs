@@ -79,7 +79,8 @@ fn generate_refuses_bad_sampling_and_budget() {
     let (code, _, err) = run(&["generate", "--predictor", "bogus"]);
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("pregate, none, temporal, transition or frequency") && !err.contains("oracle"),
+        err.contains("pregate, blend, none, temporal, transition or frequency")
+            && !err.contains("oracle"),
         "{err}"
     );
 }

@@ -146,6 +146,7 @@ fn generate_replay_and_sim_make_the_same_session_calls() {
         tie_pct: 0,
         idle_bound: false,
         horizon: 0,
+        ..Default::default()
     };
     for kind in [
         RowKind::Sched(PredictorKind::Scores),
@@ -185,4 +186,93 @@ fn generate_replay_and_sim_make_the_same_session_calls() {
             "{kind:?}: the simulator differs from generate"
         );
     }
+}
+
+/// Demand hits of `kind` in the replay (real scheduler, real files) and in the simulator.
+fn replay_and_sim_hits(
+    m: &PackedModel,
+    kind: RowKind,
+    trace: &Arc<Trace>,
+    budget: u64,
+) -> (u64, u64) {
+    let spec = ReplaySpec {
+        budget_bytes: budget,
+        compute_ns: 0,
+        pre_share: 0.5,
+        warmup: 0,
+        tokens: trace.tokens(),
+        horizon: 1,
+        max_per_layer: m.config.top_k,
+        pregate_recall: 1.0,
+        seed: 1,
+        queue_depth: 8,
+        max_prefetch_bytes: None,
+        max_prefetch_ops: None,
+        sync_read_gbps: None,
+        far_trace: None,
+        record_calls: false,
+    };
+    let replayed = run_row(kind, &m.experts, trace, &spec)
+        .expect("replay")
+        .hits;
+    let device = flashmoe_sim::device::device_profile("macbook-m3-max").expect("preset");
+    let rs = RunSpec {
+        mode: Mode::Flashmoe,
+        layers: m.experts.num_layers(),
+        experts: m.experts.num_experts(),
+        expert_bytes: m.experts.max_read_len(),
+        budget_bytes: budget,
+        ssd: device.ssd_direct.params(),
+        queue_depth: 8,
+        compute_pre_ns: 100_000.0,
+        compute_post_ns: 100_000.0,
+        contention: 0.0,
+        copy_bps_per_thread: 4e9,
+        trust_os_split: 1,
+        dense_reread_bytes_per_layer: 0.0,
+        eviction: kind.eviction(),
+        predictor: kind.predictor(),
+        horizon: 1,
+        max_per_layer: m.config.top_k,
+        pregate_recall: 1.0,
+        demand_chunk: 1 << 20,
+        prefetch_chunk: 1 << 20,
+        max_prefetch_bytes_in_flight: 8 << 20,
+        min_confidence: 0.0,
+        warmup_tokens: 0,
+        tokens: trace.tokens(),
+        timeline_tokens: 0,
+        seed: 1,
+    };
+    let policy = kind.policy(m.config.top_k, 1, 0);
+    let simulated = vtime::run_session(&rs, trace, None, policy)
+        .expect("simulate")
+        .total()
+        .hits;
+    (replayed, simulated)
+}
+
+#[test]
+fn replay_and_sim_count_the_same_hits_with_next_use_eviction() {
+    let m = model();
+    let budget = m.experts.max_read_len() * 24;
+    let (_, trace) = generate_calls(&m, RowKind::Sched(PredictorKind::Scores), budget);
+    let trace = Arc::new(trace);
+    // The blend's probabilities feed the eviction only (no hints): hits depend on the
+    // routing alone, not on how fast a disk is.
+    let next_use = RowKind::SchedOver(
+        PredictorKind::Blend,
+        OverFetchRow {
+            no_hints: true,
+            eviction: EvictionKind::NextUse,
+            ..Default::default()
+        },
+    );
+    let (replayed, simulated) = replay_and_sim_hits(&m, next_use, &trace, budget);
+    assert_eq!(replayed, simulated, "replay and sim differ");
+    let demanded = trace.tokens() * m.config.num_layers as u64 * m.config.top_k as u64;
+    assert!(
+        replayed > 0 && replayed < demanded,
+        "{replayed} of {demanded}"
+    );
 }

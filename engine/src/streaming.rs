@@ -84,6 +84,9 @@ pub enum Prediction {
     Pregate,
     /// An io-sched predictor fed with the real routing.
     Predictor(Box<dyn Predictor>),
+    /// An io-sched predictor fed with the real routing and the pre-gate scores (as
+    /// [`Prediction::Pregate`] computes them), e.g. [`io_sched::predictor::Blend`].
+    PregateWith(Box<dyn Predictor>),
 }
 
 /// The expert source and the observer of a model streamed through one [`Session`] over
@@ -95,11 +98,11 @@ pub fn streamed(
     policy: SessionConfig,
 ) -> Result<(SchedExperts, Prefetcher)> {
     let (layers, experts) = (sched.layout().num_layers(), sched.layout().num_experts());
-    let pregate = matches!(mode, Prediction::Pregate);
+    let pregate = matches!(mode, Prediction::Pregate | Prediction::PregateWith(_));
     let predictor: Box<dyn Predictor> = match mode {
         Prediction::None => Box::new(NoPredictor),
         Prediction::Pregate => Box::new(Scores::new(layers, experts)),
-        Prediction::Predictor(p) => p,
+        Prediction::Predictor(p) | Prediction::PregateWith(p) => p,
     };
     let far = pregate && policy.horizon() >= 2;
     let source = SchedExperts::with_session(sched, record, policy, predictor)?;

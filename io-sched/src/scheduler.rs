@@ -389,6 +389,21 @@ impl Scheduler {
         m
     }
 
+    /// Whether the eviction policy uses [`note_next_use`](Self::note_next_use).
+    pub fn wants_next_use(&self) -> bool {
+        self.shared.state.lock().core.wants_next_use()
+    }
+
+    /// Hands the eviction policy the probability, per expert of `layer`, that it is routed to
+    /// at the layer's next demand ([`crate::cache::NextUse`]); other policies ignore it.
+    pub fn note_next_use(&self, layer: u32, probabilities: &[f32]) {
+        self.shared
+            .state
+            .lock()
+            .core
+            .note_next_use(layer, probabilities);
+    }
+
     /// Runs `f` on the core under the lock (tests and diagnostics).
     #[doc(hidden)]
     pub fn with_core<R>(&self, f: impl FnOnce(&SchedCore) -> R) -> R {

@@ -264,7 +264,7 @@ fn horizon_wraps_and_is_clamped_for_every_predictor() {
         .filter_map(|&k| predictor::build(k, layers, experts))
         .collect();
     all.push(Box::new(Oracle::new(trace, layers, experts)));
-    assert_eq!(all.len(), 6);
+    assert_eq!(all.len(), 7);
     let mut out = Vec::new();
     for p in &mut all {
         for _token in 0..2 {

@@ -47,7 +47,7 @@ pub struct SimArgs {
     /// Predictor feeding prefetch hints (flashmoe mode).
     #[arg(long, default_value = "scores")]
     pub predictor: PredictorKind,
-    /// Cache eviction policy: lru or lfru.
+    /// Cache eviction policy: lru, lfru or next-use (the predictor's probabilities).
     #[arg(long, default_value = "lru")]
     pub eviction: String,
     /// Expert cache in GB (default: RAM - reserved - non-expert weights; page cache in trust-os).
@@ -307,7 +307,7 @@ fn summarise(label: &str, p: &Plan, s: &RunSpec, trace: &Trace, r: &vtime::RunRe
             k: p.k,
             mode: mode.into(),
             predictor: predictor.into(),
-            eviction: format!("{:?}", s.eviction).to_lowercase(),
+            eviction: s.eviction.name().into(),
             cache_bytes: s.budget_bytes,
         },
         r,

@@ -28,6 +28,7 @@ pub mod fixture;
 pub mod geometry;
 pub mod predict;
 pub mod prefill;
+pub mod prediction_quality;
 pub mod replay;
 pub mod report;
 pub mod reproduce;

@@ -40,8 +40,8 @@ pub fn make(kind: PredictorKind, trace: &Arc<Trace>, steps: u64) -> Result<Box<d
 
 /// The pre-gate scores a trace gives a [`Session`] at each (token, layer) — recorded, or
 /// synthesized at `recall` when the trace has none — as the engine would by the time layer
-/// `L` is demanded: layer `L + 1`'s, and with a far trace `L + 2`'s. Only the scores predictor
-/// gets them (the others take no scores). Predicting is the session's job.
+/// `L` is demanded: layer `L + 1`'s, and with a far trace `L + 2`'s. Only the predictors that
+/// take scores ([`PredictorKind::takes_scores`]: scores, blend) get them. Predicting is the session's job.
 pub struct TraceScores {
     feeds: bool,
     recall: f64,
@@ -52,10 +52,10 @@ pub struct TraceScores {
 }
 
 impl TraceScores {
-    /// Scores for a session predicting with `kind` (none unless it is the scores predictor).
+    /// Scores for a session predicting with `kind` (none unless it takes scores).
     pub fn new(kind: PredictorKind, recall: f64, seed: u64) -> Self {
         Self {
-            feeds: kind == PredictorKind::Scores,
+            feeds: kind.takes_scores(),
             recall,
             rng: Rng::new(seed ^ 0x5eed),
             scores: Vec::new(),

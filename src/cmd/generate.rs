@@ -85,7 +85,8 @@ pub struct GenerateArgs {
     /// storage binding of the adapter).
     #[arg(long)]
     pub gpu_ring: Option<String>,
-    /// Prefetch prediction: pregate, none, temporal, transition or frequency.
+    /// Prefetch prediction: pregate, blend (pre-gate scores and routing history in one online
+    /// calibrated model), none, temporal, transition or frequency.
     #[arg(long, default_value = "pregate")]
     pub predictor: String,
     /// Experts hinted per predicted layer (default: top_k + 2).
@@ -140,7 +141,7 @@ fn prediction(args: &GenerateArgs, layers: u32, experts: u32) -> CliResult<Predi
     if args.predictor == "pregate" {
         return Ok(Prediction::Pregate);
     }
-    const CHOICES: &str = "pregate, none, temporal, transition or frequency";
+    const CHOICES: &str = "pregate, blend, none, temporal, transition or frequency";
     let kind: PredictorKind = args
         .predictor
         .parse()
@@ -153,7 +154,11 @@ fn prediction(args: &GenerateArgs, layers: u32, experts: u32) -> CliResult<Predi
     }
     let predictor = predictor::build(kind, layers, experts)
         .ok_or_else(|| format!("--predictor {kind}: cannot be built"))?;
-    Ok(Prediction::Predictor(predictor))
+    Ok(if kind.takes_scores() {
+        Prediction::PregateWith(predictor)
+    } else {
+        Prediction::Predictor(predictor)
+    })
 }
 
 /// Statistics of one run.

@@ -1,10 +1,13 @@
 //! `flashmoe trace-stats`: routing statistics of traces side by side
-//! ([`flashmoe_sim::routing_stats`]): next-token reuse, top-10% share, pre-gate recall.
+//! ([`flashmoe_sim::routing_stats`]): next-token reuse, top-10% share, pre-gate recall; with
+//! `--predictors`, each predictor's recall and precision ([`flashmoe_sim::prediction_quality`]).
 
 use std::path::PathBuf;
 
 use clap::Args;
+use flashmoe_sim::prediction_quality;
 use flashmoe_sim::routing_stats::{RoutingStats, table};
+use io_sched::predictor::PredictorKind;
 
 use super::CliResult;
 
@@ -17,6 +20,11 @@ pub struct TraceStatsArgs {
     /// two layers ahead); fewer than the traces leaves the last ones without.
     #[arg(long)]
     pub far: Vec<PathBuf>,
+    /// Also score these predictors on each trace (comma-separated, e.g. `scores,blend`):
+    /// recall, precision and mean confidence of their top k and top 2k, one and two layers
+    /// ahead (`flashmoe_sim::prediction_quality`).
+    #[arg(long)]
+    pub predictors: Option<String>,
     /// Print JSON instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -31,8 +39,16 @@ pub fn run(a: &TraceStatsArgs) -> CliResult<()> {
         )
         .into());
     }
+    let kinds: Vec<PredictorKind> = match &a.predictors {
+        Some(list) => list
+            .split(',')
+            .map(|p| p.parse().map_err(|e| format!("--predictors: {e}")))
+            .collect::<Result<_, _>>()?,
+        None => Vec::new(),
+    };
     let mut stats = Vec::new();
     let mut names = Vec::new();
+    let mut quality = Vec::new();
     for (i, path) in a.traces.iter().enumerate() {
         let load = |p: &PathBuf| {
             flashmoe_sim::fixture::load_trace(p).map_err(|e| format!("{}: {e}", p.display()))
@@ -54,6 +70,18 @@ pub fn run(a: &TraceStatsArgs) -> CliResult<()> {
             .into());
         }
         stats.push(RoutingStats::of(&t, far.as_ref()));
+        let t = std::sync::Arc::new(t);
+        let k = t.header.k as usize;
+        let mut qs = Vec::new();
+        for &kind in &kinds {
+            qs.extend(prediction_quality::evaluate(
+                kind,
+                &t,
+                far.as_ref(),
+                &[k, 2 * k],
+            )?);
+        }
+        quality.push(qs);
         let dir = path.parent().and_then(|p| p.file_name());
         let file = path
             .file_name()
@@ -68,11 +96,20 @@ pub fn run(a: &TraceStatsArgs) -> CliResult<()> {
         let v: Vec<_> = names
             .iter()
             .zip(&stats)
-            .map(|(n, s)| serde_json::json!({ "trace": n, "stats": s }))
+            .zip(&quality)
+            .map(|((n, s), q)| serde_json::json!({ "trace": n, "stats": s, "prediction": q }))
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", table(&names, &stats));
+        if !kinds.is_empty() {
+            let rows: Vec<_> = names
+                .iter()
+                .zip(&quality)
+                .flat_map(|(n, qs)| qs.iter().map(move |q| (n.clone(), q.clone())))
+                .collect();
+            print!("\n{}", prediction_quality::table(&rows));
+        }
     }
     Ok(())
 }

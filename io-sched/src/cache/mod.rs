@@ -4,7 +4,8 @@
 //! that decides when a slot may be written, read or reused.
 
 pub mod arena;
+pub mod next_use;
 pub mod policy;
 
 pub use arena::{ARENA_ALIGN, Arena};
-pub use policy::{EvictionKind, EvictionPolicy, Lfru, Lru};
+pub use policy::{EvictionKind, EvictionPolicy, Lfru, Lru, NextUse};

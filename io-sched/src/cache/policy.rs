@@ -1,15 +1,34 @@
 //! Eviction policies: which unpinned, ready slot gives way when the cache is full.
 
+use crate::layout::ExpertKey;
+
+pub use super::next_use::NextUse;
+
 /// Chooses victims among evictable slots. The core tells it about every access and insert;
 /// it answers with a score per slot — the lowest score is evicted first.
 pub trait EvictionPolicy: Send {
+    /// A short stable name.
     fn name(&self) -> &'static str;
-    /// A slot was filled with a new expert at logical time `now`.
-    fn on_insert(&mut self, slot: usize, now: u64);
+    /// A slot was filled with expert `key` at logical time `now`.
+    fn on_insert(&mut self, slot: usize, key: ExpertKey, now: u64);
     /// A slot was used by a demand acquire at logical time `now`.
     fn on_access(&mut self, slot: usize, now: u64);
     /// Lower = evict sooner.
     fn score(&self, slot: usize, now: u64) -> f64;
+    /// The real routing of `layer` arrived (the core's `note_routing`). Default: ignore.
+    fn on_routing(&mut self, layer: u32) {
+        let _ = layer;
+    }
+    /// Whether the policy uses [`note_next_use`](Self::note_next_use) (so drivers need not
+    /// compute the probabilities for the others).
+    fn wants_next_use(&self) -> bool {
+        false
+    }
+    /// Estimated probability, per expert of `layer`, that it is routed to at the layer's next
+    /// demand (a predictor's [`crate::predictor::Predictor::next_use`]). Default: ignore.
+    fn note_next_use(&mut self, layer: u32, probabilities: &[f32]) {
+        let _ = (layer, probabilities);
+    }
 }
 
 /// Which policy a scheduler uses.
@@ -20,6 +39,9 @@ pub enum EvictionKind {
     Lru,
     /// Frequency and recency combined (LRFU: exponentially decayed access count).
     Lfru,
+    /// The expert expected to be needed last goes first, from a predictor's probabilities
+    /// ([`NextUse`]): an approximation of Belady's MIN.
+    NextUse,
 }
 
 impl std::str::FromStr for EvictionKind {
@@ -28,18 +50,30 @@ impl std::str::FromStr for EvictionKind {
         match s {
             "lru" => Ok(Self::Lru),
             "lfru" | "lrfu" => Ok(Self::Lfru),
+            "next-use" | "nextuse" => Ok(Self::NextUse),
             other => Err(format!(
-                "unknown eviction policy {other:?} (expected lru or lfru)"
+                "unknown eviction policy {other:?} (expected lru, lfru or next-use)"
             )),
         }
     }
 }
 
 impl EvictionKind {
-    pub fn build(self, slots: usize) -> Box<dyn EvictionPolicy> {
+    /// The policy for a cache of `slots` over a `layers × experts` model.
+    pub fn build(self, slots: usize, layers: u32, experts: u32) -> Box<dyn EvictionPolicy> {
         match self {
             Self::Lru => Box::new(Lru::new(slots)),
             Self::Lfru => Box::new(Lfru::new(slots, Lfru::DEFAULT_HALF_LIFE)),
+            Self::NextUse => Box::new(NextUse::new(slots, layers, experts)),
+        }
+    }
+
+    /// The name `FromStr` accepts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Lru => "lru",
+            Self::Lfru => "lfru",
+            Self::NextUse => "next-use",
         }
     }
 }
@@ -50,6 +84,7 @@ pub struct Lru {
 }
 
 impl Lru {
+    /// A policy for `slots` slots.
     pub fn new(slots: usize) -> Self {
         Self {
             last: vec![0; slots],
@@ -61,7 +96,7 @@ impl EvictionPolicy for Lru {
     fn name(&self) -> &'static str {
         "lru"
     }
-    fn on_insert(&mut self, slot: usize, now: u64) {
+    fn on_insert(&mut self, slot: usize, _key: ExpertKey, now: u64) {
         self.last[slot] = now;
     }
     fn on_access(&mut self, slot: usize, now: u64) {
@@ -84,6 +119,7 @@ impl Lfru {
     /// Half-life in logical ticks (one tick per expert access).
     pub const DEFAULT_HALF_LIFE: f64 = 512.0;
 
+    /// A policy for `slots` slots whose counts halve every `half_life` ticks.
     pub fn new(slots: usize, half_life: f64) -> Self {
         Self {
             crf: vec![0.0; slots],
@@ -102,7 +138,7 @@ impl EvictionPolicy for Lfru {
     fn name(&self) -> &'static str {
         "lfru"
     }
-    fn on_insert(&mut self, slot: usize, now: u64) {
+    fn on_insert(&mut self, slot: usize, _key: ExpertKey, now: u64) {
         self.crf[slot] = 0.0;
         self.last[slot] = now;
     }
@@ -129,7 +165,7 @@ mod tests {
     fn lru_evicts_least_recent() {
         let mut p = Lru::new(3);
         for s in 0..3 {
-            p.on_insert(s, s as u64);
+            p.on_insert(s, ExpertKey::new(0, s as u32), s as u64);
         }
         p.on_access(0, 10);
         assert_eq!(victim(&p, 3, 11), 1);
@@ -138,8 +174,8 @@ mod tests {
     #[test]
     fn lfru_keeps_frequent_over_recent() {
         let mut p = Lfru::new(2, 100.0);
-        p.on_insert(0, 0);
-        p.on_insert(1, 0);
+        p.on_insert(0, ExpertKey::new(0, 0), 0);
+        p.on_insert(1, ExpertKey::new(0, 1), 0);
         for t in 1..20 {
             p.on_access(0, t);
         }

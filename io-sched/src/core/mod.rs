@@ -194,7 +194,7 @@ impl SchedCore {
         let n_keys = layout.num_layers() as usize * layout.num_experts() as usize;
         let layers = layout.num_layers() as usize;
         Ok(Self {
-            policy: policy.build(slots),
+            policy: policy.build(slots, layout.num_layers(), layout.num_experts()),
             arena,
             cfg,
             slots: (0..slots)
@@ -293,6 +293,7 @@ impl SchedCore {
         let epoch = self.epoch[l];
         self.epoch[l] += 1;
         self.current_layer = layer;
+        self.policy.on_routing(layer);
         let n = self.layout.num_experts() as usize;
         for e in 0..n as u32 {
             let s = self.slot_of[l * n + e as usize];
@@ -383,7 +384,7 @@ impl SchedCore {
         m.misses += 1;
         self.start_load(key, s, Purpose::Demand, 1.0);
         self.slots[s as usize].pins = 1;
-        self.policy.on_insert(s as usize, self.tick);
+        self.policy.on_insert(s as usize, key, self.tick);
         Ok(Some(s))
     }
 
@@ -472,7 +473,7 @@ impl SchedCore {
             slot.target_epoch = target;
             slot.unused_prefetch = true;
             slot.hinted = true;
-            self.policy.on_insert(s as usize, self.tick);
+            self.policy.on_insert(s as usize, key, self.tick);
             queued = true;
         }
         queued
@@ -576,6 +577,33 @@ impl SchedCore {
             );
         }
         out
+    }
+
+    /// Bytes queued and not yet issued to the device (demand and prefetch loads), plus the
+    /// prefetch bytes in flight: the device's backlog before a new read would start.
+    pub fn backlog_bytes(&self) -> u64 {
+        let queued: u64 = self
+            .demand_queue
+            .iter()
+            .chain(&self.prefetch_queue)
+            .filter_map(|&id| self.loads[id].as_ref())
+            .filter(|l| !l.cancelled)
+            .map(|l| l.total - l.issued.min(l.total))
+            .sum();
+        queued + self.prefetch_bytes_in_flight
+    }
+
+    /// Whether the eviction policy uses [`note_next_use`](Self::note_next_use).
+    pub fn wants_next_use(&self) -> bool {
+        self.policy.wants_next_use()
+    }
+
+    /// Hands the eviction policy the probability, per expert of `layer`, that it is routed to
+    /// at the layer's next demand (see [`crate::cache::NextUse`]).
+    pub fn note_next_use(&mut self, layer: u32, probabilities: &[f32]) {
+        if layer < self.layout.num_layers() {
+            self.policy.note_next_use(layer, probabilities);
+        }
     }
 
     /// Whether `key` is cached and ready (for tests and the simulator).

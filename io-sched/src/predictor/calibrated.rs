@@ -122,6 +122,10 @@ impl Predictor for Calibrated {
         self.inner.observe_scores(layer, scores);
     }
 
+    fn next_use(&mut self, layer: u32, out: &mut [f32]) -> bool {
+        self.inner.next_use(layer, out)
+    }
+
     fn predict(&mut self, layer: u32, horizon: u32, max: usize, out: &mut Vec<LayerPrediction>) {
         self.inner.predict(layer, horizon, max, out);
         if layer >= self.layers {

@@ -12,6 +12,7 @@
 //! | `transition` | P(expert j at layer L+1 \| expert i at layer L), learned online | [`transition`] |
 //! | `scores` | the engine's scores passed through (pre-gate routers) | [`scores`] |
 //! | `oracle` | the true future routing from a trace (upper bound) | [`oracle`] |
+//! | `blend` | pre-gate scores of L+1, L+2 and routing history (same layer, cross-layer) in one online logistic model, calibrated | [`blend`] |
 //!
 //! [`Calibrated`] wraps any of them and replaces its confidences by the hit rates it actually
 //! achieves (measured online per distance and confidence bin). [`OverFetch`] decides how many
@@ -30,6 +31,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod blend;
 pub mod calibrated;
 pub mod frequency;
 pub mod none;
@@ -39,6 +41,7 @@ pub mod scores;
 pub mod temporal;
 pub mod transition;
 
+pub use blend::Blend;
 pub use calibrated::Calibrated;
 pub use frequency::Frequency;
 pub use none::NoPredictor;
@@ -100,6 +103,14 @@ pub trait Predictor: Send {
         max_per_layer: usize,
         out: &mut Vec<LayerPrediction>,
     );
+    /// The estimated probability that each expert of `layer` is routed to at that layer's next
+    /// demand, written into `out` (one per expert), for an eviction policy that keeps what is
+    /// likeliest needed soonest ([`crate::cache::NextUse`]). Returns false, leaving `out`
+    /// alone, when the predictor has no such estimate (the default).
+    fn next_use(&mut self, layer: u32, out: &mut [f32]) -> bool {
+        let _ = (layer, out);
+        false
+    }
 }
 
 /// The predictors [`build`] can make, by name.
@@ -118,17 +129,20 @@ pub enum PredictorKind {
     Scores,
     /// [`Oracle`] (needs a trace: not made by [`build`]).
     Oracle,
+    /// [`Blend`].
+    Blend,
 }
 
 impl PredictorKind {
     /// Every kind, in documentation order.
-    pub const ALL: [PredictorKind; 6] = [
+    pub const ALL: [PredictorKind; 7] = [
         PredictorKind::None,
         PredictorKind::Temporal,
         PredictorKind::Frequency,
         PredictorKind::Transition,
         PredictorKind::Scores,
         PredictorKind::Oracle,
+        PredictorKind::Blend,
     ];
 
     /// The name `FromStr` accepts.
@@ -140,7 +154,16 @@ impl PredictorKind {
             PredictorKind::Transition => "transition",
             PredictorKind::Scores => "scores",
             PredictorKind::Oracle => "oracle",
+            PredictorKind::Blend => "blend",
         }
+    }
+}
+
+impl PredictorKind {
+    /// Whether predictors of this kind use the engine's scores ([`Predictor::observe_scores`]):
+    /// drivers need not compute them for the others.
+    pub fn takes_scores(self) -> bool {
+        matches!(self, PredictorKind::Scores | PredictorKind::Blend)
     }
 }
 
@@ -153,7 +176,7 @@ impl fmt::Display for PredictorKind {
 /// An unknown predictor name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown predictor {0:?} (expected one of none, temporal, frequency, transition, scores, oracle)"
+    "unknown predictor {0:?} (expected one of none, temporal, frequency, transition, scores, oracle, blend)"
 )]
 pub struct UnknownPredictor(pub String);
 
@@ -179,6 +202,7 @@ pub fn build(kind: PredictorKind, layers: u32, experts: u32) -> Option<Box<dyn P
         PredictorKind::Frequency => Box::new(Frequency::new(layers, experts)),
         PredictorKind::Transition => Box::new(Transition::new(layers, experts)),
         PredictorKind::Scores => Box::new(Scores::new(layers, experts)),
+        PredictorKind::Blend => Box::new(Blend::new(layers, experts)),
         PredictorKind::Oracle => return None,
     })
 }

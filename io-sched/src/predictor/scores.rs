@@ -33,6 +33,28 @@ impl Scores {
     }
 }
 
+/// Writes `scores` into `row` as probabilities: as given when every finite score lies in
+/// `[0, 1]`, else their softmax; non-finite and missing entries become NaN (or 0 after a
+/// softmax), extra entries are ignored.
+pub(crate) fn normalise_into(scores: &[f32], row: &mut [f32]) {
+    let n = scores.len().min(row.len());
+    row.fill(f32::NAN);
+    row[..n].copy_from_slice(&scores[..n]);
+    let finite = || row.iter().copied().filter(|s| s.is_finite());
+    let are_probs = finite().all(|s| (0.0..=1.0).contains(&s));
+    if !are_probs {
+        let max = finite().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f32;
+        for s in row.iter_mut() {
+            *s = if s.is_finite() { (*s - max).exp() } else { 0.0 };
+            sum += *s;
+        }
+        if sum > 0.0 {
+            row.iter_mut().for_each(|s| *s /= sum);
+        }
+    }
+}
+
 impl Predictor for Scores {
     fn name(&self) -> &'static str {
         "scores"
@@ -50,22 +72,7 @@ impl Predictor for Scores {
         }
         let e = self.experts as usize;
         let row = &mut self.probs[layer as usize * e..(layer as usize + 1) * e];
-        let n = scores.len().min(e);
-        row.fill(f32::NAN);
-        row[..n].copy_from_slice(&scores[..n]);
-        let finite = || row.iter().copied().filter(|s| s.is_finite());
-        let are_probs = finite().all(|s| (0.0..=1.0).contains(&s));
-        if !are_probs {
-            let max = finite().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0f32;
-            for s in row.iter_mut() {
-                *s = if s.is_finite() { (*s - max).exp() } else { 0.0 };
-                sum += *s;
-            }
-            if sum > 0.0 {
-                row.iter_mut().for_each(|s| *s /= sum);
-            }
-        }
+        normalise_into(scores, row);
         self.fresh[layer as usize] = true;
     }
 

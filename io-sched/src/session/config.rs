@@ -2,6 +2,12 @@
 
 use crate::predictor::OverFetch;
 
+/// The probability at which a cost-aware hint that fits in the device's idle time is worth
+/// its cache slot ([`SessionConfig::cost_aware`]).
+pub const COST_AWARE_FLOOR: f32 = 0.1;
+/// The probability past which a hint pays even when the device has no idle time left.
+pub const COST_AWARE_BUSY: f32 = 0.5;
+
 /// What a [`super::Session`] hints, built with defaults and chained setters:
 ///
 /// ```
@@ -21,6 +27,7 @@ pub struct SessionConfig {
     max_extra: usize,
     tie_ratio: f32,
     idle_window_ns: Option<f64>,
+    cost_aware: bool,
     record_calls: bool,
     union_group: usize,
 }
@@ -36,6 +43,7 @@ impl SessionConfig {
             max_extra: 0,
             tie_ratio: 0.0,
             idle_window_ns: None,
+            cost_aware: false,
             record_calls: false,
             union_group: 16,
         }
@@ -107,6 +115,28 @@ impl SessionConfig {
     pub fn with_union_group(mut self, records: usize) -> Self {
         self.union_group = records.max(1);
         self
+    }
+
+    /// Cost-aware hinting (replaces the top-`per_layer` and near-tie rules): of the candidates
+    /// asked for (`per_layer` plus the over-fetch's `max_extra`), likeliest first over all
+    /// predicted layers, an expert not cached yet is hinted when its probability times the
+    /// stall its read would save beats the device time it takes from demand reads. Within
+    /// the device's idle time before the target layer's deadline (the idle window per layer
+    /// ahead, less this layer's demand reads and the hints already taken) that costs nothing
+    /// but the cache slot, so a probability of [`COST_AWARE_FLOOR`] suffices; past it the
+    /// read delays a demand read as long as it saves one, so it must be likelier than not.
+    /// Cached candidates are always hinted (that only protects them). Needs calibrated
+    /// confidences (e.g. [`crate::predictor::Blend`]) and an idle window
+    /// ([`idle_window_ns`](Self::idle_window_ns); without one, the idle time is taken as
+    /// unbounded).
+    pub fn cost_aware(mut self, on: bool) -> Self {
+        self.cost_aware = on;
+        self
+    }
+
+    /// Whether hinting is cost-aware.
+    pub fn is_cost_aware(&self) -> bool {
+        self.cost_aware
     }
 
     /// Keeps a log of every call the session makes on its I/O ([`super::Call`]), for tests

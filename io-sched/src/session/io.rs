@@ -36,6 +36,23 @@ pub trait SessionIo {
     fn record_bytes(&self) -> u64;
     /// Layers of the model.
     fn layers(&self) -> u32;
+    /// Experts per layer.
+    fn experts(&self) -> u32;
+    /// Bytes the device must still read before a new read would start (queued, and
+    /// prefetches in flight); 0 when unknown (the default).
+    fn backlog_bytes(&self) -> u64 {
+        0
+    }
+    /// Whether the cache's eviction policy uses [`note_next_use`](Self::note_next_use)
+    /// (default: no).
+    fn wants_next_use(&self) -> bool {
+        false
+    }
+    /// The probability, per expert of `layer`, that it is routed to at the layer's next demand,
+    /// for the eviction policy ([`crate::cache::NextUse`]). Default: ignore.
+    fn note_next_use(&mut self, layer: u32, probabilities: &[f32]) {
+        let _ = (layer, probabilities);
+    }
 }
 
 /// One call a session made on its [`SessionIo`], in order.
@@ -102,5 +119,17 @@ impl SessionIo for Arc<Scheduler> {
     }
     fn layers(&self) -> u32 {
         self.layout().num_layers()
+    }
+    fn experts(&self) -> u32 {
+        self.layout().num_experts()
+    }
+    fn backlog_bytes(&self) -> u64 {
+        self.with_core(|c| c.backlog_bytes())
+    }
+    fn wants_next_use(&self) -> bool {
+        Scheduler::wants_next_use(self)
+    }
+    fn note_next_use(&mut self, layer: u32, probabilities: &[f32]) {
+        Scheduler::note_next_use(self, layer, probabilities);
     }
 }

@@ -29,7 +29,7 @@ mod io;
 mod tests;
 
 pub use batch::UnionDemand;
-pub use config::SessionConfig;
+pub use config::{COST_AWARE_BUSY, COST_AWARE_FLOOR, SessionConfig};
 pub use io::{Call, SessionIo};
 
 use crate::error::Result;
@@ -114,6 +114,9 @@ pub struct Session<Io: SessionIo> {
     /// Experts the last union demand prefetched for the next layer (pre-gate), which that
     /// layer's union takes first.
     union_hinted: Option<(u32, Vec<u32>)>,
+    /// Whether the cache's eviction policy takes next-use probabilities (asked once).
+    feeds_next_use: bool,
+    next_use: Vec<f32>,
 }
 
 impl<Io: SessionIo> Session<Io> {
@@ -128,7 +131,10 @@ impl<Io: SessionIo> Session<Io> {
         let extra = cfg.over_fetch_rule().map_or(0, |o| o.max_extra);
         let base = cfg.per_layer().min(room);
         let asked = (cfg.per_layer() + extra).min(room);
+        let feeds_next_use = io.wants_next_use();
         Self {
+            feeds_next_use,
+            next_use: Vec::new(),
             io,
             cfg,
             predictor,
@@ -158,8 +164,15 @@ impl<Io: SessionIo> Session<Io> {
             self.predictor
                 .predict(layer, self.cfg.horizon(), self.asked, &mut self.preds);
         }
+        if self.feeds_next_use {
+            self.feed_next_use(layer);
+        }
         let mut counts = std::mem::take(&mut self.counts);
-        self.hint_counts(layer, &mut counts);
+        if self.cfg.is_cost_aware() {
+            self.cost_aware_counts(layer, experts, &mut counts);
+        } else {
+            self.hint_counts(layer, &mut counts);
+        }
         self.log(|| Call::Demand {
             layer,
             experts: experts.to_vec(),
@@ -236,6 +249,21 @@ impl<Io: SessionIo> Session<Io> {
         &mut self.io
     }
 
+    /// Hands the eviction policy the predictor's next-use probabilities of the layer just
+    /// routed (for its next token) and of each predicted layer, before the demand may evict.
+    fn feed_next_use(&mut self, layer: u32) {
+        let n = self.io.layers();
+        let mut buf = std::mem::take(&mut self.next_use);
+        buf.resize(self.io.experts() as usize, 0.0);
+        let predicted = self.preds.iter().map(|p| p.layer);
+        for l in std::iter::once(layer).chain(predicted) {
+            if l < n && self.predictor.next_use(l, &mut buf) {
+                self.io.note_next_use(l, &buf);
+            }
+        }
+        self.next_use = buf;
+    }
+
     fn log(&mut self, call: impl FnOnce() -> Call) {
         if self.cfg.records_calls() {
             self.calls.push(call());
@@ -276,6 +304,82 @@ impl<Io: SessionIo> Session<Io> {
             let c = rule.count(&p.candidates, idle);
             idle = idle.saturating_sub(c.saturating_sub(rule.base));
             out.push(c);
+        }
+    }
+
+    /// Cost-aware hint counts ([`SessionConfig::cost_aware`]): moves each prediction's chosen
+    /// candidates to its front (in confidence order) and says how many.
+    fn cost_aware_counts(&mut self, layer: u32, experts: &[u32], out: &mut Vec<usize>) {
+        out.clear();
+        let n = self.io.layers().max(1);
+        let bw = match self.io.bytes_per_ns() {
+            b if b > 0.0 && b.is_finite() => b,
+            _ => 1.0,
+        };
+        let read_ns = self.io.record_bytes() as f64 / bw;
+        // The device is busy for the backlog (queued reads, prefetches in flight) and this
+        // layer's demand reads before any new hint can start.
+        let demand_ns = experts
+            .iter()
+            .filter(|&&e| !self.io.is_cached(ExpertKey::new(layer, e)))
+            .count() as f64
+            * read_ns
+            + self.io.backlog_bytes() as f64 / bw;
+        let window = self.cfg.idle_window().unwrap_or(f64::INFINITY);
+        // Deadline of each prediction, in windows: 1 for the next layer.
+        let ahead: Vec<usize> = self
+            .preds
+            .iter()
+            .map(|p| ((p.layer + n - layer % n - 1) % n + 1) as usize)
+            .collect();
+        let max_ahead = ahead.iter().copied().max().unwrap_or(1);
+        // Device time taken by the hints chosen so far, by deadline.
+        let mut taken = vec![0.0f64; max_ahead + 1];
+        let fits = |taken: &[f64], d: usize| {
+            let mut sum = 0.0;
+            (1..=max_ahead).all(|w| {
+                sum += taken[w];
+                w < d || sum + read_ns <= w as f64 * window - demand_ns
+            })
+        };
+        // Every candidate, likeliest first: (prediction, index).
+        let mut order: Vec<(usize, usize)> = Vec::new();
+        for (i, p) in self.preds.iter().enumerate() {
+            order.extend((0..p.candidates.len().min(self.asked)).map(|j| (i, j)));
+        }
+        let conf = |&(i, j): &(usize, usize)| self.preds[i].candidates[j].confidence;
+        order.sort_by(|a, b| conf(b).total_cmp(&conf(a)).then(a.cmp(b)));
+        let mut chosen: Vec<Vec<bool>> = self
+            .preds
+            .iter()
+            .map(|p| vec![false; p.candidates.len()])
+            .collect();
+        for (i, j) in order {
+            let c = self.preds[i].candidates[j];
+            let p = c.confidence;
+            if self
+                .io
+                .is_cached(ExpertKey::new(self.preds[i].layer, c.expert))
+            {
+                chosen[i][j] = true;
+                continue;
+            }
+            let d = ahead[i];
+            let idle = fits(&taken, d);
+            if (idle && p >= COST_AWARE_FLOOR) || p > COST_AWARE_BUSY {
+                chosen[i][j] = true;
+                taken[d] += read_ns;
+            }
+        }
+        for (p, chosen) in self.preds.iter_mut().zip(&chosen) {
+            // Stable: the chosen first, each group in confidence order.
+            let (mut yes, no): (Vec<_>, Vec<_>) =
+                p.candidates.iter().zip(chosen).partition(|&(_, &c)| c);
+            let count = yes.len();
+            yes.extend(no);
+            let sorted: Vec<_> = yes.into_iter().map(|(c, _)| *c).collect();
+            p.candidates.copy_from_slice(&sorted);
+            out.push(count);
         }
     }
 

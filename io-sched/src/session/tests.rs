@@ -11,6 +11,8 @@ struct FakeIo {
     bytes_per_ns: f64,
     cached: Vec<ExpertKey>,
     log: Vec<String>,
+    /// `Some`: the eviction policy wants next-use probabilities; they are logged here.
+    next_use: Option<Vec<(u32, Vec<f32>)>>,
 }
 
 impl FakeIo {
@@ -22,6 +24,7 @@ impl FakeIo {
             bytes_per_ns: 0.0,
             cached: Vec::new(),
             log: Vec::new(),
+            next_use: None,
         }
     }
 }
@@ -64,6 +67,106 @@ impl SessionIo for FakeIo {
     fn layers(&self) -> u32 {
         self.layers
     }
+    fn experts(&self) -> u32 {
+        8
+    }
+    fn wants_next_use(&self) -> bool {
+        self.next_use.is_some()
+    }
+    fn note_next_use(&mut self, layer: u32, probabilities: &[f32]) {
+        if let Some(v) = self.next_use.as_mut() {
+            v.push((layer, probabilities.to_vec()));
+        }
+    }
+}
+
+/// Predicts fixed candidates for the next two layers.
+struct Fixed(Vec<(u32, Vec<(u32, f32)>)>);
+
+impl crate::predictor::Predictor for Fixed {
+    fn name(&self) -> &'static str {
+        "fixed"
+    }
+    fn observe(&mut self, _layer: u32, _experts: &[u32]) {}
+    fn predict(&mut self, _layer: u32, _h: u32, max: usize, out: &mut Vec<LayerPrediction>) {
+        out.clear();
+        for (layer, c) in &self.0 {
+            out.push(LayerPrediction {
+                layer: *layer,
+                tokens_ahead: 0,
+                candidates: c
+                    .iter()
+                    .take(max)
+                    .map(|&(expert, confidence)| Candidate { expert, confidence })
+                    .collect(),
+            });
+        }
+    }
+}
+
+#[test]
+fn cost_aware_hints_what_pays_likeliest_first_and_always_the_cached() {
+    // Reads take 1000 ns (1000-byte records at 1 byte/ns); the window is 2500 ns per layer and
+    // layer 0's demand reads two records (2000 ns): layer 1's deadline leaves no idle time,
+    // layer 2's leaves 3000 ns (three reads).
+    let mut io = FakeIo::new(4, 32);
+    io.bytes_per_ns = 1.0;
+    io.cached.push(ExpertKey::new(1, 3));
+    let fixed = Fixed(vec![
+        (1, vec![(0, 0.9), (1, 0.6), (2, 0.3), (3, 0.05)]),
+        (2, vec![(4, 0.95), (5, 0.2), (6, 0.15)]),
+    ]);
+    let cfg = SessionConfig::new(2)
+        .with_horizon(2)
+        .over_fetch(4, 0.0)
+        .idle_window_ns(2500.0)
+        .cost_aware(true);
+    let mut s = Session::new(io, cfg, Box::new(fixed));
+    s.demand(0, &[6, 7]).unwrap();
+    // Layer 1: 0.9 and 0.6 pay though the device is busy, 0.3 does not; 3 is cached (free).
+    // Layer 2: 4 fits in the idle time; 5 and 6 would too at p >= 0.1, but 4 and layer 1's two
+    // reads already took the 3000 ns before layer 2's deadline.
+    assert_eq!(
+        s.io().log,
+        ["begin 0 [6, 7]", "hint 1 [0, 1, 3]", "hint 2 [4]", "wait 0"]
+    );
+}
+
+#[test]
+fn the_eviction_policy_gets_next_use_probabilities_when_it_wants_them() {
+    let mut io = FakeIo::new(3, 16);
+    io.next_use = Some(Vec::new());
+    let mut s = Session::new(
+        io,
+        SessionConfig::new(2),
+        Box::new(crate::predictor::Blend::new(3, 8)),
+    );
+    for _ in 0..3 {
+        for l in 0..3 {
+            s.demand(l, &[l, l + 1]).unwrap();
+        }
+    }
+    let fed = s.io().next_use.as_ref().unwrap();
+    // Every demand feeds its own layer (history) and the predicted one.
+    let last: Vec<u32> = fed.iter().rev().take(2).map(|(l, _)| *l).collect();
+    assert_eq!(
+        last,
+        [0, 2],
+        "layer 2's demand: layer 2, then layer 0 of the next token"
+    );
+    let (_, p) = fed.iter().rev().find(|(l, _)| *l == 2).unwrap();
+    assert!(
+        p[2] > p[7] && p[3] > p[7],
+        "routed experts are likelier: {p:?}"
+    );
+    // A policy that does not want them is not fed (no cost).
+    let mut plain = Session::new(
+        FakeIo::new(3, 16),
+        SessionConfig::new(2),
+        Box::new(crate::predictor::Blend::new(3, 8)),
+    );
+    plain.demand(0, &[0, 1]).unwrap();
+    assert!(plain.io().next_use.is_none());
 }
 
 fn scores_session(io: FakeIo, cfg: SessionConfig) -> Session<FakeIo> {

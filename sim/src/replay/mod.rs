@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use io_sched::backend::BackendKind;
 use io_sched::backend::select::{BackendConfig, open_backend};
+use io_sched::cache::EvictionKind;
 use io_sched::metrics::LayerMetrics;
 use io_sched::trace::Trace;
 use io_sched::{Call, ExpertLayout, Scheduler, SchedulerConfig, Session, SessionConfig};
@@ -54,6 +55,30 @@ pub struct OverFetchRow {
     pub idle_bound: bool,
     /// Layers ahead to hint (0: the spec's horizon).
     pub horizon: u8,
+    /// The cache's eviction policy ([`EvictionKind::NextUse`] is fed the predictor's
+    /// probabilities by the session).
+    pub eviction: EvictionKind,
+    /// Cost-aware hinting ([`SessionConfig::cost_aware`]) over the `max_extra` more
+    /// candidates, instead of the near-tie rule.
+    pub cost_aware: bool,
+    /// Hint nothing: the predictor only feeds the eviction policy (a cache without prefetch,
+    /// comparable with Belady's bound).
+    pub no_hints: bool,
+}
+
+impl Default for OverFetchRow {
+    /// No over-fetch, the spec's horizon, LRU, plain hinting.
+    fn default() -> Self {
+        Self {
+            max_extra: 0,
+            tie_pct: 0,
+            idle_bound: false,
+            horizon: 0,
+            eviction: EvictionKind::Lru,
+            cost_aware: false,
+            no_hints: false,
+        }
+    }
 }
 
 impl RowKind {
@@ -76,11 +101,28 @@ impl RowKind {
                 if o.idle_bound {
                     l += " idle";
                 }
+                if o.cost_aware {
+                    l += " cost";
+                }
+                if o.no_hints {
+                    l += " no-hints";
+                }
                 if o.horizon > 0 {
                     l += &format!(" h{}", o.horizon);
                 }
+                if o.eviction != EvictionKind::Lru {
+                    l += &format!(" {}", o.eviction.name());
+                }
                 l
             }
+        }
+    }
+
+    /// The cache's eviction policy (LRU unless the row says otherwise).
+    pub fn eviction(self) -> EvictionKind {
+        match self {
+            RowKind::SchedOver(_, o) => o.eviction,
+            _ => EvictionKind::Lru,
         }
     }
 
@@ -134,9 +176,14 @@ impl RowKind {
             if o.horizon > 0 {
                 p = p.with_horizon(o.horizon as u32);
             }
-            p = p.over_fetch(o.max_extra as usize, o.tie_pct as f32 / 100.0);
+            p = p
+                .over_fetch(o.max_extra as usize, o.tie_pct as f32 / 100.0)
+                .cost_aware(o.cost_aware);
             if o.idle_bound {
                 p = p.idle_window_ns(compute_ns as f64);
+            }
+            if o.no_hints {
+                p = p.with_per_layer(0).over_fetch(0, 0.0);
             }
         }
         p
@@ -276,7 +323,7 @@ pub fn run_row(
             let opened = open_backend(layout, &cfg)?;
             fallbacks = opened.fallbacks.clone();
             // Checksums on, as `generate` runs.
-            let mut sc = SchedulerConfig::with_budget(spec.budget_bytes);
+            let mut sc = SchedulerConfig::with_budget(spec.budget_bytes).eviction(kind.eviction());
             if sync {
                 sc = sc.demand_chunk(rec as usize);
             }

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use io_sched::ExpertLayout;
-use io_sched::cache::EvictionKind;
 use io_sched::trace::Trace;
 
 use super::{ReplaySpec, RowKind};
@@ -19,6 +18,9 @@ use crate::vtime::{self, Mode, RunSpec};
 pub struct Predicted {
     pub tok_per_s: f64,
     pub hit_rate: f64,
+    /// Demanded experts cached from an earlier demand ([`crate::report::cache_hit_rate`]):
+    /// what Belady's bound bounds.
+    pub cache_hit_rate: f64,
     pub stall_ms_per_token: f64,
     pub bytes_per_token: f64,
 }
@@ -78,7 +80,7 @@ pub fn predict_row(
         copy_bps_per_thread: device.page_cache_copy_gbps_per_thread.value * 1e9,
         trust_os_split: 1,
         dense_reread_bytes_per_layer: 0.0,
-        eviction: EvictionKind::Lru,
+        eviction: kind.eviction(),
         predictor,
         horizon: policy.horizon(),
         max_per_layer: policy.per_layer(),
@@ -99,6 +101,7 @@ pub fn predict_row(
     Ok(Predicted {
         tok_per_s: r.tok_per_s(),
         hit_rate: m.hit_rate(),
+        cache_hit_rate: crate::report::cache_hit_rate(&m),
         stall_ms_per_token: t.stall_ns / 1e6 / tokens,
         bytes_per_token: m.bytes_read() as f64 / tokens,
     })

@@ -276,4 +276,20 @@ impl SessionIo for Sim {
     fn layers(&self) -> u32 {
         self.spec.layers
     }
+
+    fn experts(&self) -> u32 {
+        self.spec.experts
+    }
+
+    fn backlog_bytes(&self) -> u64 {
+        self.core.backlog_bytes()
+    }
+
+    fn wants_next_use(&self) -> bool {
+        self.core.wants_next_use()
+    }
+
+    fn note_next_use(&mut self, layer: u32, probabilities: &[f32]) {
+        self.core.note_next_use(layer, probabilities);
+    }
 }

@@ -55,7 +55,7 @@ pub struct ReplayArgs {
     /// Tokens run before measuring (cache warmup).
     #[arg(long, default_value_t = 16)]
     pub warmup: u64,
-    /// Predictor of a single run (none, temporal, frequency, transition, scores, oracle).
+    /// Predictor of a single run (none, temporal, frequency, transition, scores, blend, oracle).
     #[arg(long, default_value = "scores")]
     pub predictor: String,
     /// Run (a) mmap, (b) sync pread, (c) io-sched, (d) every predictor, (e) oracle.
@@ -124,6 +124,14 @@ pub struct ReplayArgs {
     /// Size of that scratch file, MiB.
     #[arg(long, default_value_t = 512)]
     pub calibrate_mb: u64,
+    /// Skip the real runs: print only what the simulator predicts for each row (on --device,
+    /// its direct path at --sim-gbps when given). Deterministic: for comparing policies on a
+    /// noisy disk.
+    #[arg(long)]
+    pub sim_only: bool,
+    /// With --sim-only: the device's direct-read GB/s (peak and per request).
+    #[arg(long)]
+    pub sim_gbps: Option<f64>,
 }
 
 fn rows(a: &ReplayArgs) -> CliResult<Vec<RowKind>> {
@@ -134,6 +142,7 @@ fn rows(a: &ReplayArgs) -> CliResult<Vec<RowKind>> {
             PredictorKind::Temporal,
             PredictorKind::Transition,
             PredictorKind::Scores,
+            PredictorKind::Blend,
         ] {
             v.push(RowKind::Sched(p));
         }
@@ -145,17 +154,28 @@ fn rows(a: &ReplayArgs) -> CliResult<Vec<RowKind>> {
                 tie_pct: 0,
                 idle_bound: false,
                 horizon: 0,
+                ..Default::default()
             },
             OverFetchRow {
                 max_extra: 4,
                 tie_pct: a.tie_pct,
                 idle_bound: true,
                 horizon: 0,
+                ..Default::default()
             },
         ] {
             v.push(RowKind::SchedOver(PredictorKind::Scores, o));
         }
         v.push(RowKind::Sched(PredictorKind::Oracle));
+        // Eviction alone (no hints), against LRU's row (c) and Belady's bound.
+        v.push(RowKind::SchedOver(
+            PredictorKind::Blend,
+            OverFetchRow {
+                no_hints: true,
+                eviction: io_sched::cache::EvictionKind::NextUse,
+                ..Default::default()
+            },
+        ));
         if a.far_trace.is_some() {
             // Two layers ahead: the far pre-gate, plain and over-fetched, and the oracle's
             // bound at the same horizon.
@@ -164,11 +184,34 @@ fn rows(a: &ReplayArgs) -> CliResult<Vec<RowKind>> {
                 tie_pct,
                 idle_bound,
                 horizon: 2,
+                ..Default::default()
             };
             v.push(RowKind::SchedOver(PredictorKind::Scores, h2(0, 0, false)));
             v.push(RowKind::SchedOver(
                 PredictorKind::Scores,
                 h2(4, a.tie_pct, true),
+            ));
+            v.push(RowKind::SchedOver(PredictorKind::Blend, h2(0, 0, false)));
+            // The blend's probabilities for eviction, then for cost-aware hinting too.
+            let next_use = OverFetchRow {
+                eviction: io_sched::cache::EvictionKind::NextUse,
+                ..h2(0, 0, false)
+            };
+            v.push(RowKind::SchedOver(PredictorKind::Blend, next_use));
+            v.push(RowKind::SchedOver(
+                PredictorKind::Blend,
+                OverFetchRow {
+                    cost_aware: true,
+                    ..h2(4, 0, true)
+                },
+            ));
+            v.push(RowKind::SchedOver(
+                PredictorKind::Blend,
+                OverFetchRow {
+                    cost_aware: true,
+                    eviction: io_sched::cache::EvictionKind::NextUse,
+                    ..h2(4, 0, true)
+                },
             ));
             v.push(RowKind::SchedOver(PredictorKind::Oracle, h2(0, 0, false)));
         }
@@ -191,10 +234,11 @@ fn rows(a: &ReplayArgs) -> CliResult<Vec<RowKind>> {
         "transition" => PredictorKind::Transition,
         "scores" => PredictorKind::Scores,
         "oracle" => PredictorKind::Oracle,
+        "blend" => PredictorKind::Blend,
         other => {
             return Err(format!(
                 "--predictor {other:?}: expected none, temporal, frequency, transition, scores, \
-                 oracle, mmap or sync-pread"
+                 blend, oracle, mmap or sync-pread"
             )
             .into());
         }
@@ -280,7 +324,7 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
         far_trace: far_trace.clone(),
         record_calls: false,
     };
-    let mut device = if a.predict {
+    let mut device = if a.predict || a.sim_only {
         if !a.json {
             eprintln!("calibrating device {} ...", a.device);
         }
@@ -297,6 +341,39 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
         calibrate_on_model(&layout, trace.header.k as usize, d)?;
     }
     let kinds = rows(a)?;
+    if a.sim_only {
+        let mut d = device.ok_or("--sim-only needs a device")?;
+        if let Some(g) = a.sim_gbps {
+            let how = "replay --sim-gbps";
+            d.ssd_direct.peak_gbps = flashmoe_sim::figure::Fig::new(g, how);
+            d.ssd_direct.single_request_gbps = flashmoe_sim::figure::Fig::new(g, how);
+        }
+        let slots = (budget / rec) as usize;
+        let belady = flashmoe_sim::belady::belady_hit_rate(&trace, slots, a.warmup);
+        println!(
+            "simulated on {} at {:.2} GB/s; Belady (no prefetch, {slots} slots): {:.1}% hits",
+            d.name,
+            d.ssd_direct.peak_gbps.value,
+            100.0 * belady
+        );
+        println!(
+            "{:<36} {:>7} {:>6} {:>7} {:>8} {:>9}",
+            "row (simulated)", "tok/s", "hit%", "cache%", "MB/tok", "stall ms"
+        );
+        for &kind in &kinds {
+            let p = predict_row(kind, &layout, &trace, &spec, &d)?;
+            println!(
+                "{:<36} {:>7.2} {:>6.1} {:>7.1} {:>8.1} {:>9.2}",
+                kind.label(),
+                p.tok_per_s,
+                100.0 * p.hit_rate,
+                100.0 * p.cache_hit_rate,
+                p.bytes_per_token / 1e6,
+                p.stall_ms_per_token
+            );
+        }
+        return Ok(());
+    }
     let request = io_sched::core::CoreConfig::default().demand_chunk;
     let k = trace.header.k as usize;
     let mut reference = Vec::new();
