@@ -77,7 +77,7 @@ impl MlxNames {
     /// The names used by `family`, or `None` for a family whose MLX conversion is not read
     /// yet. Qwen3.5's (multimodal, under `language_model.`) reads through the text model's
     /// names ([`crate::text_model_name`]), and its conv1d and norm re-layout is undone by
-    /// [`MlxQuantization::plan_dense`]. Qwen3-Next's is not read: mlx-lm re-lays its fused
+    /// `MlxQuantization::plan_dense`. Qwen3-Next's is not read: mlx-lm re-lays its fused
     /// `in_proj_qkvz` / `in_proj_ba` projections, which flashmoe reads in the Hugging Face order.
     pub fn of(family: Family) -> Option<&'static MlxNames> {
         match family {

@@ -58,7 +58,7 @@ enum Plan {
         per_layer: usize,
     },
     /// The session, built at the first acquire.
-    Running(Session<Arc<Scheduler>>),
+    Running(Box<Session<Arc<Scheduler>>>),
     /// Only while swapping one for the other.
     Empty,
 }
@@ -151,7 +151,7 @@ impl SessionCore {
             let cfg = SessionConfig::new(top_k)
                 .with_per_layer(per_layer)
                 .with_horizon(horizon);
-            *plan = Plan::Running(Session::new(self.sched.clone(), cfg, predictor));
+            *plan = Plan::Running(Box::new(Session::new(self.sched.clone(), cfg, predictor)));
         }
         match &mut *plan {
             Plan::Running(session) => session.demand(layer, experts),
