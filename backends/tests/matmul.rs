@@ -1,38 +1,11 @@
 //! The batched row ops (`matmul`, `matmul_bytes`) on prompt chunks, one test body per backend,
 //! against a naive f64 reference; and the CPU's bit-exactness with token-by-token matvecs.
 
-use flashmoe_backends::quant::{WeightFormat, dequantize, quantize};
+use flashmoe_backends::quant::{dequantize, quantize};
 use flashmoe_backends::{ComputeBackend, CpuBackend, WeightView};
 
-fn close(a: &[f32], b: &[f64], tol: f64) {
-    assert_eq!(a.len(), b.len());
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((*x as f64 - y).abs() <= tol, "element {i}: {x} vs {y}");
-    }
-}
-
-fn vals(n: usize, seed: usize) -> Vec<f32> {
-    (0..n)
-        .map(|i| (((i + seed) * 7919 % 211) as f32 - 105.0) / 50.0)
-        .collect()
-}
-
-/// Deterministic weights with a spread that exercises every quantization code.
-fn weights(rows: usize, cols: usize, seed: usize) -> Vec<f32> {
-    (0..rows * cols)
-        .map(|i| ((((i + seed) * 2654435761) % 1000) as f32 / 500.0 - 1.0) * 0.3)
-        .collect()
-}
-
-/// The formats every backend must multiply.
-const FORMATS: [WeightFormat; 6] = [
-    WeightFormat::F32,
-    WeightFormat::Bf16,
-    WeightFormat::F16,
-    WeightFormat::Q8_64,
-    WeightFormat::Q4_64,
-    WeightFormat::Q4 { group: 128 },
-];
+mod support;
+use support::{FORMATS, close, vals, weights};
 
 /// The batched kernels on chunks of 1, 3, 17 and 64 tokens, every format, row counts that
 /// leave partial row blocks (CPU: 8 rows; GPU: 4 per slice, 32 per workgroup) and columns that

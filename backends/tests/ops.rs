@@ -6,18 +6,8 @@ use flashmoe_backends::{
     RoutedExpert, WeightView,
 };
 
-fn close(a: &[f32], b: &[f64], tol: f64) {
-    assert_eq!(a.len(), b.len());
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((*x as f64 - y).abs() <= tol, "element {i}: {x} vs {y}");
-    }
-}
-
-fn vals(n: usize, seed: usize) -> Vec<f32> {
-    (0..n)
-        .map(|i| (((i + seed) * 7919 % 211) as f32 - 105.0) / 50.0)
-        .collect()
-}
+mod support;
+use support::{FORMATS, close, vals, weights};
 
 fn attention_matches_reference<B: ComputeBackend>(be: &B) {
     let shape = AttnShape {
@@ -151,23 +141,6 @@ fn norms_rope_swiglu_match_reference<B: ComputeBackend>(be: &B) {
         vec![be.read(&a).unwrap(), Vec::new(), w[..5].to_vec()]
     );
 }
-
-/// Deterministic weights with a spread that exercises every quantization code.
-fn weights(rows: usize, cols: usize, seed: usize) -> Vec<f32> {
-    (0..rows * cols)
-        .map(|i| ((((i + seed) * 2654435761) % 1000) as f32 / 500.0 - 1.0) * 0.3)
-        .collect()
-}
-
-/// The formats every backend must multiply.
-const FORMATS: [WeightFormat; 6] = [
-    WeightFormat::F32,
-    WeightFormat::Bf16,
-    WeightFormat::F16,
-    WeightFormat::Q8_64,
-    WeightFormat::Q4_64,
-    WeightFormat::Q4 { group: 128 },
-];
 
 /// `W x` in f64 over the dequantized weights: what every matvec must give up to f32 rounding.
 fn reference_matvec(

@@ -4,11 +4,8 @@
 use flashmoe_backends::quant::{WeightFormat, quantize};
 use flashmoe_backends::{AttnShape, ComputeBackend, KvShape};
 
-fn vals(n: usize, seed: usize) -> Vec<f32> {
-    (0..n)
-        .map(|i| (((i + seed) * 7919 % 211) as f32 - 105.0) / 50.0)
-        .collect()
-}
+mod support;
+use support::vals;
 
 fn close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
