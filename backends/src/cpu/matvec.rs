@@ -226,24 +226,6 @@ fn scale_bias<'a>(bytes: &'a [u8], l: &MatrixLayout) -> (&'a [u8], &'a [u8]) {
     )
 }
 
-/// Dot product with 8 independent accumulators (lets the compiler vectorize).
-pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 fn dot_f32_bytes(row: &[u8], x: &[f32]) -> f32 {
     row.chunks_exact(4)
         .zip(x)

@@ -1,5 +1,6 @@
 //! The CPU backend: host `Vec<f32>` tensors, rayon-parallel matvecs.
 
+mod attention;
 mod block;
 mod int8;
 mod linear_attn;
@@ -367,7 +368,7 @@ impl ComputeBackend for CpuBackend {
         let s = cache.shape;
         check_attention(s, layer, seq_len, shape, q.0.len(), out.0.len())?;
         let r = cache.layer_range(layer);
-        ops::attention(
+        attention::attention(
             &q.0,
             &cache.k[r.clone()],
             &cache.v[r],

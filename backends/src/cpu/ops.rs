@@ -1,7 +1,5 @@
 //! CPU element-wise ops, norms, RoPE and attention on f32 slices.
 
-use super::matvec::dot_f32;
-
 /// `out = x / sqrt(mean(x^2) + eps) * w` (sizes checked by the caller).
 pub(crate) fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32;
@@ -44,70 +42,6 @@ pub(crate) fn rope(x: &mut [f32], n_heads: usize, head_dim: usize, pos: usize, t
             let (x1, x2) = (a[i], b[i]);
             a[i] = x1 * cos[i] - x2 * sin[i];
             b[i] = x2 * cos[i] + x1 * sin[i];
-        }
-    }
-}
-
-/// Causal GQA for one query over `seq_len` cached positions.
-///
-/// `k`, `v`: the layer's cache, `[max_seq][kv_dim]`; `scores` scratch of at least `seq_len`.
-pub(crate) fn attention(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    seq_len: usize,
-    shape: crate::AttnShape,
-    out: &mut [f32],
-) {
-    let scale = 1.0 / (shape.head_dim as f32).sqrt();
-    SCORES.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut scores) => {
-            scores.resize(seq_len, 0.0);
-            attend(q, k, v, shape, scale, &mut scores[..seq_len], out)
-        }
-        Err(_) => attend(q, k, v, shape, scale, &mut vec![0f32; seq_len], out),
-    });
-}
-
-thread_local! {
-    /// Attention scores of the calling thread, reused across calls.
-    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// [`attention`] with `scores` of `seq_len`.
-fn attend(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    shape: crate::AttnShape,
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    let hd = shape.head_dim;
-    let kv_dim = shape.n_kv_heads * hd;
-    let group = shape.n_heads / shape.n_kv_heads;
-    for h in 0..shape.n_heads {
-        let kvh = h / group;
-        let qh = &q[h * hd..(h + 1) * hd];
-        for (t, s) in scores.iter_mut().enumerate() {
-            let off = t * kv_dim + kvh * hd;
-            *s = dot_f32(qh, &k[off..off + hd]) * scale;
-        }
-        let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        scores.iter_mut().for_each(|s| {
-            *s = (*s - max).exp();
-            sum += *s;
-        });
-        let oh = &mut out[h * hd..(h + 1) * hd];
-        oh.iter_mut().for_each(|o| *o = 0.0);
-        for (t, s) in scores.iter().enumerate() {
-            let off = t * kv_dim + kvh * hd;
-            let p = s / sum;
-            for (o, vv) in oh.iter_mut().zip(&v[off..off + hd]) {
-                *o += p * vv;
-            }
         }
     }
 }

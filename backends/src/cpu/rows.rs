@@ -2,7 +2,7 @@
 //! independent once the chunk's keys and values are in the cache), and the norms, RoPE,
 //! gathers and scatters on slices without the per-row copies of the defaults.
 
-use super::{CpuKvCache, CpuTensor, linear_attn, ops};
+use super::{CpuKvCache, CpuTensor, attention, linear_attn, ops};
 use crate::backend::AttnShape;
 use crate::checks::{check_attention, check_range, check_rope, check_rope_partial, check_rows};
 use crate::error::{BackendError, Result};
@@ -31,7 +31,7 @@ pub(crate) fn attention_rows(
         .par_chunks_mut(width)
         .zip(q.0[..n * width].par_chunks(width))
         .enumerate()
-        .for_each(|(i, (o, qi))| ops::attention(qi, k, v, start + i + 1, shape, o));
+        .for_each(|(i, (o, qi))| attention::attention(qi, k, v, start + i + 1, shape, o));
     Ok(())
 }
 
