@@ -108,6 +108,62 @@ pub(crate) fn rows_block(
     });
 }
 
+/// Rows of one block (as [`rows_block`]) against every block of tokens of `xs`, with the
+/// tokens-in-lanes kernel of [`super::lanes`] (the caller checked [`super::lanes::usable`]):
+/// scales converted and Q4 codes unpacked once, then each token block in turn.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn rows_block_lanes(
+    q4: bool,
+    rows: &[QRow<'_>; ROWS],
+    xs: &[super::lanes::TokenBlock],
+    (n, groups, group): (usize, usize, usize),
+    valid: usize,
+    o: &mut [f32],
+) {
+    let cols = groups * group;
+    let code_len = if q4 { cols / 2 } else { cols };
+    assert!(valid <= ROWS && o.len() >= valid * n && cols > 0);
+    assert!(group.is_multiple_of(if q4 { 64 } else { 32 }));
+    for row in rows {
+        assert!(row.codes.len() == code_len && row.scales.len() == 2 * groups);
+        assert!(row.biases.len() == row.scales.len());
+    }
+    assert!(xs.len() * super::lanes::TOKENS >= n);
+    PREPARED.with(|cell| {
+        let mut fresh = Prepared::default();
+        let mut held = cell.try_borrow_mut();
+        let p = match &mut held {
+            Ok(p) => &mut **p,
+            // Re-entered on this thread (a nested parallel job): fresh buffers.
+            Err(_) => &mut fresh,
+        };
+        p.s.resize(groups * ROWS, 0.0);
+        p.b.resize(groups * ROWS, 0.0);
+        if q4 {
+            p.codes.resize(ROWS * cols, 0);
+        }
+        // SAFETY: `usable` found AVX-VNNI (with AVX2 and F16C); the lengths are asserted above
+        // and `p`'s buffers sized just now; each token block was filled for these groups.
+        unsafe {
+            x86::prepare(rows, groups, p);
+            if q4 {
+                x86::unpack(rows, cols / 2, &mut p.codes);
+            }
+            let codes: [&[u8]; ROWS] = std::array::from_fn(|r| {
+                if q4 {
+                    &p.codes[r * cols..(r + 1) * cols]
+                } else {
+                    rows[r].codes
+                }
+            });
+            for (i, x) in xs.iter().enumerate() {
+                let t0 = i * super::lanes::TOKENS;
+                super::lanes::rows_tokens(codes, (&p.s, &p.b), (groups, group), x, valid, (n, t0), o);
+            }
+        }
+    });
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::super::int8::x86::hsum8_i32;

@@ -16,14 +16,24 @@
 
 use super::block::{ROWS, rows_block};
 use super::int8::{Isa, QRow, QuantizedX};
+use super::lanes;
 use super::matvec::{Act, CHUNK_WEIGHTS, PAR_THRESHOLD, prepare, qrow, row_dot};
 use crate::quant::{MatrixLayout, WeightFormat};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
 thread_local! {
-    /// The calling thread's quantized chunk rows and `[row][token]` results, reused.
-    static SCRATCH: RefCell<(Vec<QuantizedX>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// The calling thread's scratch, reused across calls.
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// A matmul's buffers: the quantized token rows, the same interleaved for the lanes kernel,
+/// and the `[row][token]` results.
+#[derive(Default)]
+struct Scratch {
+    qxs: Vec<QuantizedX>,
+    blocks: Vec<lanes::TokenBlock>,
+    tmp: Vec<f32>,
 }
 
 /// `out[t] = W x[t]` for `t < n`. The caller has checked `bytes.len() == l.total`,
@@ -59,22 +69,9 @@ pub(crate) fn matmul_with(
         return;
     }
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut s) => {
-            let (qxs, tmp) = &mut *s;
-            run(isa, bytes, l, x, n, out, int8, qxs, tmp);
-        }
+        Ok(mut s) => run(isa, bytes, l, x, n, out, int8, &mut s),
         // Re-entered on this thread (a nested parallel job): fresh buffers.
-        Err(_) => run(
-            isa,
-            bytes,
-            l,
-            x,
-            n,
-            out,
-            int8,
-            &mut Vec::new(),
-            &mut Vec::new(),
-        ),
+        Err(_) => run(isa, bytes, l, x, n, out, int8, &mut Scratch::default()),
     });
 }
 
@@ -87,9 +84,9 @@ fn run(
     n: usize,
     out: &mut [f32],
     int8: bool,
-    qxs: &mut Vec<QuantizedX>,
-    tmp: &mut Vec<f32>,
+    scratch: &mut Scratch,
 ) {
+    let Scratch { qxs, blocks, tmp } = scratch;
     let (rows, cols) = (l.rows, l.cols);
     let weights = rows * cols;
     tmp.resize(rows * n, 0.0);
@@ -100,6 +97,24 @@ fn run(
             prepare(l.format, xi, qx);
         }
         let qxs = &qxs[..n];
+        let q4 = matches!(l.format, WeightFormat::Q4 { .. });
+        let group = qxs[0].group;
+        #[cfg(target_arch = "x86_64")]
+        if lanes::usable(isa, q4, group, n) {
+            blocks.resize_with(n.div_ceil(lanes::TOKENS), Default::default);
+            for (b, chunk) in blocks.iter_mut().zip(qxs.chunks(lanes::TOKENS)) {
+                b.fill(chunk, q4);
+            }
+            let (blocks, groups) = (&blocks[..], cols / group);
+            for_row_blocks(weights * n, cols, n, tmp, |r0, o| {
+                let valid = o.len() / n;
+                let rows: [QRow<'_>; ROWS] =
+                    std::array::from_fn(|i| qrow(bytes, l, r0 + i.min(valid - 1)));
+                super::block::rows_block_lanes(q4, &rows, blocks, (n, groups, group), valid, o)
+            });
+            transpose(tmp, rows, n, &mut out[..n * rows]);
+            return;
+        }
         for_row_blocks(weights * n, cols, n, tmp, |r0, o| {
             quant_rows(isa, bytes, l, qxs, r0, o)
         });
@@ -110,10 +125,32 @@ fn run(
             }
         });
     }
-    for (r, ro) in tmp.chunks_exact(n).enumerate() {
-        for (t, v) in ro.iter().enumerate() {
-            out[t * rows + r] = *v;
+    transpose(tmp, rows, n, &mut out[..n * rows]);
+}
+
+/// Tokens per task of [`transpose`]: its write streams stay in L1.
+const TRANSPOSE_TOKENS: usize = 16;
+
+/// `out[t * rows + r] = tmp[r * n + t]`, on rayon's pool by blocks of tokens (each reads
+/// short contiguous runs of `tmp` and writes [`TRANSPOSE_TOKENS`] rows of `out` in order).
+fn transpose(tmp: &[f32], rows: usize, n: usize, out: &mut [f32]) {
+    let block = |(b, o): (usize, &mut [f32])| {
+        let t0 = b * TRANSPOSE_TOKENS;
+        let tn = o.len() / rows;
+        for (r, ro) in tmp.chunks_exact(n).enumerate() {
+            for (t, v) in ro[t0..t0 + tn].iter().enumerate() {
+                o[t * rows + r] = *v;
+            }
         }
+    };
+    if rows * n < PAR_THRESHOLD / 8 {
+        out.chunks_mut(TRANSPOSE_TOKENS * rows)
+            .enumerate()
+            .for_each(block);
+    } else {
+        out.par_chunks_mut(TRANSPOSE_TOKENS * rows)
+            .enumerate()
+            .for_each(block);
     }
 }
 
@@ -248,7 +285,7 @@ mod tests {
                 let bytes = quantize(&w, rows, cols, f).unwrap();
                 let l = f.layout(rows, cols).unwrap();
                 let ns: &[usize] = if rows > 100 {
-                    &[1, 6]
+                    &[1, 6, 9]
                 } else {
                     &[1, 2, 3, 5, 17]
                 };

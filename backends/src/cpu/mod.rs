@@ -3,6 +3,7 @@
 mod attention;
 mod block;
 mod int8;
+mod lanes;
 mod linear_attn;
 mod matmul;
 mod matvec;

@@ -1,0 +1,146 @@
+//! The Q4/Q8 matmul kernel for 8 tokens at a time with the tokens in the lanes (AVX-VNNI).
+//!
+//! [`super::block`] puts 8 weight rows in the lanes, so each group of each token ends in a
+//! horizontal sum of 8 accumulators. Here a block's 8 tokens are interleaved four codes at a
+//! time (`[group][4-code chunk][token]`), so `vpdpbusd` of one broadcast 4-byte run of a row's
+//! codes against one 32-byte load of the interleaved activations adds that run's products to
+//! all 8 tokens at once: lane `t` is token `t`'s integer sum, with no horizontal sum at all.
+//! Per group and row, the 8 tokens' sums are combined with the row's scale and bias in one
+//! vector: `F = (F + (s d) isum) + b xsum`, the f32 operations of the single-row kernel in its
+//! order (`F` kept per `group % 8` as there), so every (row, token) value has exactly the bits
+//! of that token's matvec.
+
+use super::block::ROWS;
+use super::int8::QuantizedX;
+
+/// Tokens per block (the lanes of a 256-bit vector of i32).
+pub(crate) const TOKENS: usize = 8;
+
+/// A block of up to [`TOKENS`] quantized tokens, interleaved for the lanes kernel (a short
+/// block repeats its last token; those lanes are not stored).
+#[derive(Default)]
+pub(crate) struct TokenBlock {
+    /// `[group][chunk][token][4]` codes: chunk `j` of a group pairs with bytes `4j..4j + 4`
+    /// of a row's (unpacked) codes in that group.
+    q: Vec<i8>,
+    /// `[group][token]` scales `d`.
+    d: Vec<f32>,
+    /// `[group][token]` exact group sums.
+    sums: Vec<f32>,
+    /// Tokens held (the rest of the lanes repeat the last).
+    pub(crate) tokens: usize,
+}
+
+impl TokenBlock {
+    /// Interleaves `xs` (1 to [`TOKENS`] vectors of one group size). `q4`: the rows' codes
+    /// will be unpacked per 32-byte run into 32 low then 32 high nibbles ([`super::block`]'s
+    /// unpacked layout), so byte `p` of a group pairs with the activation that layout puts
+    /// there.
+    pub(crate) fn fill(&mut self, xs: &[QuantizedX], q4: bool) {
+        let x0 = &xs[0];
+        let (g, groups) = (x0.group, x0.groups());
+        self.tokens = xs.len();
+        self.q.resize(groups * g * TOKENS, 0);
+        self.d.resize(groups * TOKENS, 0.0);
+        self.sums.resize(groups * TOKENS, 0.0);
+        let half = g / 2;
+        // The activation index of byte `p` of a group's codes as the kernel reads them.
+        let source = |p: usize| {
+            if !q4 {
+                return p;
+            }
+            let (run, within) = (p / 64, p % 64);
+            if within < 32 {
+                run * 32 + within
+            } else {
+                half + run * 32 + within - 32
+            }
+        };
+        for t in 0..TOKENS {
+            let x = &xs[t.min(xs.len() - 1)];
+            for k in 0..groups {
+                self.d[k * TOKENS + t] = x.d[k];
+                self.sums[k * TOKENS + t] = x.sums[k];
+                let qk = &x.q[k * g..(k + 1) * g];
+                let dst = &mut self.q[k * g * TOKENS..(k + 1) * g * TOKENS];
+                for p in 0..g {
+                    dst[(p / 4) * 4 * TOKENS + t * 4 + p % 4] = qk[source(p)];
+                }
+            }
+        }
+    }
+}
+
+/// Whether the lanes kernel takes this matmul: AVX-VNNI, a group that is a multiple of 64
+/// (Q4: whole 32-byte runs per group) or 32 (Q8), and a full block of tokens to use it on.
+pub(crate) fn usable(isa: super::int8::Isa, q4: bool, group: usize, n: usize) -> bool {
+    isa == super::int8::Isa::AvxVnni
+        && group.is_multiple_of(if q4 { 64 } else { 32 })
+        && n >= TOKENS
+}
+
+/// `o[r * n + t0 + t] = row r . token t` for rows `0..valid` of a block whose byte rows
+/// (`codes[r]`, `groups * group` bytes: Q8 codes, or Q4 codes unpacked) and scales and biases
+/// (`s`, `b`: `[group][row]` f32) are given, and the tokens of `x`.
+///
+/// # Safety
+/// The CPU has AVX2, F16C and AVX-VNNI; every code row holds `groups * group` bytes; `s` and
+/// `b` hold `groups * ROWS` floats; `x` was filled for `groups` groups of `group` (a multiple
+/// of 4); `o` holds `valid * n` floats with `t0 + x.tokens <= n`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,f16c,avxvnni")]
+pub(crate) unsafe fn rows_tokens(
+    codes: [&[u8]; ROWS],
+    (s, b): (&[f32], &[f32]),
+    (groups, group): (usize, usize),
+    x: &TokenBlock,
+    valid: usize,
+    (n, t0): (usize, usize),
+    o: &mut [f32],
+) {
+    use core::arch::x86_64::*;
+    let chunks = group / 4;
+    let mut f = [[_mm256_setzero_ps(); 8]; ROWS];
+    for k in 0..groups {
+        let mut acc = [_mm256_setzero_si256(); ROWS];
+        let xq = x.q.as_ptr().wrapping_add(k * group * TOKENS);
+        for j in 0..chunks {
+            // SAFETY: chunk j of group k: 32 bytes inside `x.q` (groups * group * TOKENS long).
+            let xv = unsafe { _mm256_loadu_si256(xq.add(j * 4 * TOKENS).cast()) };
+            for r in 0..ROWS {
+                // SAFETY: k * group + 4j + 4 <= groups * group = the row's length.
+                let c = unsafe {
+                    std::ptr::read_unaligned(codes[r].as_ptr().add(k * group + 4 * j).cast::<i32>())
+                };
+                acc[r] = _mm256_dpbusd_avx_epi32(acc[r], _mm256_set1_epi32(c), xv);
+            }
+        }
+        // SAFETY: k < groups: TOKENS floats from k * TOKENS in `x.d` and `x.sums`.
+        let (dv, xs) = unsafe {
+            (
+                _mm256_loadu_ps(x.d.as_ptr().add(k * TOKENS)),
+                _mm256_loadu_ps(x.sums.as_ptr().add(k * TOKENS)),
+            )
+        };
+        for r in 0..ROWS {
+            let (sr, br) = (s[k * ROWS + r], b[k * ROWS + r]);
+            let t1 = _mm256_mul_ps(
+                _mm256_mul_ps(_mm256_set1_ps(sr), dv),
+                _mm256_cvtepi32_ps(acc[r]),
+            );
+            let fr = &mut f[r][k % 8];
+            *fr = _mm256_add_ps(_mm256_add_ps(*fr, t1), _mm256_mul_ps(_mm256_set1_ps(br), xs));
+        }
+    }
+    for (r, fr) in f.iter().enumerate().take(valid) {
+        let v = _mm256_add_ps(
+            _mm256_add_ps(_mm256_add_ps(fr[0], fr[4]), _mm256_add_ps(fr[2], fr[6])),
+            _mm256_add_ps(_mm256_add_ps(fr[1], fr[5]), _mm256_add_ps(fr[3], fr[7])),
+        );
+        let mut lanes = [0f32; TOKENS];
+        // SAFETY: `lanes` holds 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+        o[r * n + t0..r * n + t0 + x.tokens].copy_from_slice(&lanes[..x.tokens]);
+    }
+}
