@@ -97,7 +97,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 1)]
     pub horizon: u32,
     /// Prompt tokens per prefill chunk: each expert a chunk routes to is read once and run on
-    /// all its tokens (default: as many as 64 MiB of activations hold, at most 512; 1 is token
+    /// all its tokens (default: as many as 256 MiB of activations hold, at most 2048; 1 is token
     /// by token).
     #[arg(long, value_parser = super::values::prefill_chunk)]
     pub prefill_chunk: Option<usize>,

@@ -109,7 +109,8 @@ pub(crate) fn rows_block(
 }
 
 /// Rows of one block (as [`rows_block`]) against every block of tokens of `xs`, with the
-/// tokens-in-lanes kernel of [`super::lanes`] (the caller checked [`super::lanes::usable`]):
+/// tokens-in-lanes kernels of [`super::lanes`] (the caller chose the width with
+/// [`super::lanes::width`]):
 /// scales converted and Q4 codes unpacked once, then each token block in turn.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn rows_block_lanes(
@@ -128,7 +129,7 @@ pub(crate) fn rows_block_lanes(
         assert!(row.codes.len() == code_len && row.scales.len() == 2 * groups);
         assert!(row.biases.len() == row.scales.len());
     }
-    assert!(xs.len() * super::lanes::TOKENS >= n);
+    assert!(xs.iter().map(|x| x.tokens).sum::<usize>() == n);
     PREPARED.with(|cell| {
         let mut fresh = Prepared::default();
         let mut held = cell.try_borrow_mut();
@@ -142,7 +143,8 @@ pub(crate) fn rows_block_lanes(
         if q4 {
             p.codes.resize(ROWS * cols, 0);
         }
-        // SAFETY: `usable` found AVX-VNNI (with AVX2 and F16C); the lengths are asserted above
+        // SAFETY: `lanes::width` found AVX-VNNI (with AVX2 and F16C, and AVX-512 VNNI for a
+        // 16-wide block); the lengths are asserted above
         // and `p`'s buffers sized just now; each token block was filled for these groups.
         unsafe {
             x86::prepare(rows, groups, p);
@@ -156,9 +158,18 @@ pub(crate) fn rows_block_lanes(
                     rows[r].codes
                 }
             });
-            for (i, x) in xs.iter().enumerate() {
-                let t0 = i * super::lanes::TOKENS;
-                super::lanes::rows_tokens(codes, (&p.s, &p.b), (groups, group), x, valid, (n, t0), o);
+            let mut t0 = 0;
+            for x in xs {
+                super::lanes::rows_block(
+                    codes,
+                    (&p.s, &p.b),
+                    (groups, group),
+                    x,
+                    valid,
+                    (n, t0),
+                    o,
+                );
+                t0 += x.tokens;
             }
         }
     });

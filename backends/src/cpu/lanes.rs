@@ -13,38 +13,45 @@
 use super::block::ROWS;
 use super::int8::QuantizedX;
 
-/// Tokens per block (the lanes of a 256-bit vector of i32).
+/// Tokens per block of the AVX-VNNI kernel (the lanes of a 256-bit vector of i32).
 pub(crate) const TOKENS: usize = 8;
+/// Tokens per block of the AVX-512 VNNI kernel.
+pub(crate) const TOKENS_512: usize = 16;
 
-/// A block of up to [`TOKENS`] quantized tokens, interleaved for the lanes kernel (a short
-/// block repeats its last token; those lanes are not stored).
+/// A block of up to `width` ([`TOKENS`] or [`TOKENS_512`]) quantized tokens, interleaved for
+/// the lanes kernels (a short block repeats its last token; those lanes are not stored).
 #[derive(Default)]
 pub(crate) struct TokenBlock {
-    /// `[group][chunk][token][4]` codes: chunk `j` of a group pairs with bytes `4j..4j + 4`
+    /// `[group][chunk][lane][4]` codes: chunk `j` of a group pairs with bytes `4j..4j + 4`
     /// of a row's (unpacked) codes in that group.
     q: Vec<i8>,
-    /// `[group][token]` scales `d`.
+    /// `[group][lane]` scales `d`.
     d: Vec<f32>,
-    /// `[group][token]` exact group sums.
+    /// `[group][lane]` exact group sums.
     sums: Vec<f32>,
     /// Tokens held (the rest of the lanes repeat the last).
     pub(crate) tokens: usize,
+    /// Lanes: tokens per block.
+    width: usize,
 }
 
 impl TokenBlock {
-    /// Interleaves `xs` (1 to [`TOKENS`] vectors of one group size). `q4`: the rows' codes
+    /// Interleaves `xs` (1 to `width` vectors of one group size) for `width` lanes. `q4`: the rows' codes
     /// will be unpacked per 32-byte run into 32 low then 32 high nibbles ([`super::block`]'s
     /// unpacked layout), so byte `p` of a group pairs with the activation that layout puts
     /// there.
-    pub(crate) fn fill(&mut self, xs: &[QuantizedX], q4: bool) {
+    pub(crate) fn fill(&mut self, xs: &[QuantizedX], q4: bool, width: usize) {
         let x0 = &xs[0];
         let (g, groups) = (x0.group, x0.groups());
+        assert!(!xs.is_empty() && xs.len() <= width);
         self.tokens = xs.len();
-        self.q.resize(groups * g * TOKENS, 0);
-        self.d.resize(groups * TOKENS, 0.0);
-        self.sums.resize(groups * TOKENS, 0.0);
+        self.width = width;
+        self.q.resize(groups * g * width, 0);
+        self.d.resize(groups * width, 0.0);
+        self.sums.resize(groups * width, 0.0);
         let half = g / 2;
-        // The activation index of byte `p` of a group's codes as the kernel reads them.
+        // The activation index of byte `p` of a group's codes as the kernel reads them (runs
+        // of 4 stay contiguous: the layouts move whole 32-byte runs).
         let source = |p: usize| {
             if !q4 {
                 return p;
@@ -56,27 +63,73 @@ impl TokenBlock {
                 half + run * 32 + within - 32
             }
         };
-        for t in 0..TOKENS {
+        let chunks = g / 4;
+        for t in 0..width {
             let x = &xs[t.min(xs.len() - 1)];
             for k in 0..groups {
-                self.d[k * TOKENS + t] = x.d[k];
-                self.sums[k * TOKENS + t] = x.sums[k];
+                self.d[k * width + t] = x.d[k];
+                self.sums[k * width + t] = x.sums[k];
                 let qk = &x.q[k * g..(k + 1) * g];
-                let dst = &mut self.q[k * g * TOKENS..(k + 1) * g * TOKENS];
-                for p in 0..g {
-                    dst[(p / 4) * 4 * TOKENS + t * 4 + p % 4] = qk[source(p)];
+                let dst = &mut self.q[k * g * width..(k + 1) * g * width];
+                for j in 0..chunks {
+                    let at = (j * width + t) * 4;
+                    let from = source(4 * j);
+                    dst[at..at + 4].copy_from_slice(&qk[from..from + 4]);
                 }
             }
         }
     }
 }
 
-/// Whether the lanes kernel takes this matmul: AVX-VNNI, a group that is a multiple of 64
-/// (Q4: whole 32-byte runs per group) or 32 (Q8), and a full block of tokens to use it on.
-pub(crate) fn usable(isa: super::int8::Isa, q4: bool, group: usize, n: usize) -> bool {
-    isa == super::int8::Isa::AvxVnni
-        && group.is_multiple_of(if q4 { 64 } else { 32 })
-        && n >= TOKENS
+/// The block width the lanes kernels take for this matmul, if any: AVX-VNNI, a group that is
+/// a multiple of 64 (Q4: whole 32-byte runs per group) or 32 (Q8), and a full block of tokens
+/// to use it on; [`TOKENS_512`] where the CPU also has AVX-512 VNNI and the tokens fill it.
+pub(crate) fn width(isa: super::int8::Isa, q4: bool, group: usize, n: usize) -> Option<usize> {
+    if isa != super::int8::Isa::AvxVnni || !group.is_multiple_of(if q4 { 64 } else { 32 }) {
+        return None;
+    }
+    if n >= TOKENS_512 && has_avx512() {
+        Some(TOKENS_512)
+    } else {
+        (n >= TOKENS).then_some(TOKENS)
+    }
+}
+
+/// Whether the CPU runs the AVX-512 VNNI kernel.
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        has!("avx512f") && has!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`rows_tokens`] or [`rows_tokens_512`], as the block was filled.
+///
+/// # Safety
+/// As for those: the CPU has what [`width`] found when it chose the block's width.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn rows_block(
+    codes: [&[u8]; ROWS],
+    sb: (&[f32], &[f32]),
+    shape: (usize, usize),
+    x: &TokenBlock,
+    valid: usize,
+    at: (usize, usize),
+    o: &mut [f32],
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if x.width == TOKENS_512 {
+            rows_tokens_512(codes, sb, shape, x, valid, at, o)
+        } else {
+            rows_tokens(codes, sb, shape, x, valid, at, o)
+        }
+    }
 }
 
 /// `o[r * n + t0 + t] = row r . token t` for rows `0..valid` of a block whose byte rows
@@ -90,7 +143,7 @@ pub(crate) fn usable(isa: super::int8::Isa, q4: bool, group: usize, n: usize) ->
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,f16c,avxvnni")]
-pub(crate) unsafe fn rows_tokens(
+unsafe fn rows_tokens(
     codes: [&[u8]; ROWS],
     (s, b): (&[f32], &[f32]),
     (groups, group): (usize, usize),
@@ -100,6 +153,7 @@ pub(crate) unsafe fn rows_tokens(
     o: &mut [f32],
 ) {
     use core::arch::x86_64::*;
+    assert!(x.width == TOKENS);
     let chunks = group / 4;
     let mut f = [[_mm256_setzero_ps(); 8]; ROWS];
     for k in 0..groups {
@@ -130,7 +184,10 @@ pub(crate) unsafe fn rows_tokens(
                 _mm256_cvtepi32_ps(acc[r]),
             );
             let fr = &mut f[r][k % 8];
-            *fr = _mm256_add_ps(_mm256_add_ps(*fr, t1), _mm256_mul_ps(_mm256_set1_ps(br), xs));
+            *fr = _mm256_add_ps(
+                _mm256_add_ps(*fr, t1),
+                _mm256_mul_ps(_mm256_set1_ps(br), xs),
+            );
         }
     }
     for (r, fr) in f.iter().enumerate().take(valid) {
@@ -141,6 +198,74 @@ pub(crate) unsafe fn rows_tokens(
         let mut lanes = [0f32; TOKENS];
         // SAFETY: `lanes` holds 8 floats.
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+        o[r * n + t0..r * n + t0 + x.tokens].copy_from_slice(&lanes[..x.tokens]);
+    }
+}
+
+/// [`rows_tokens`] on 16 tokens per block with 512-bit vectors (the same f32 operations per
+/// lane, so the same bits).
+///
+/// # Safety
+/// As for [`rows_tokens`], with AVX-512F and AVX-512 VNNI, and `x` filled [`TOKENS_512`] wide.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,f16c,avxvnni,avx512f,avx512vnni")]
+unsafe fn rows_tokens_512(
+    codes: [&[u8]; ROWS],
+    (s, b): (&[f32], &[f32]),
+    (groups, group): (usize, usize),
+    x: &TokenBlock,
+    valid: usize,
+    (n, t0): (usize, usize),
+    o: &mut [f32],
+) {
+    use core::arch::x86_64::*;
+    const W: usize = TOKENS_512;
+    assert!(x.width == W);
+    let chunks = group / 4;
+    let mut f = [[_mm512_setzero_ps(); 8]; ROWS];
+    for k in 0..groups {
+        let mut acc = [_mm512_setzero_si512(); ROWS];
+        let xq = x.q.as_ptr().wrapping_add(k * group * W);
+        for j in 0..chunks {
+            // SAFETY: chunk j of group k: 64 bytes inside `x.q` (groups * group * W long).
+            let xv = unsafe { _mm512_loadu_si512(xq.add(j * 4 * W).cast()) };
+            for r in 0..ROWS {
+                // SAFETY: k * group + 4j + 4 <= groups * group = the row's length.
+                let c = unsafe {
+                    std::ptr::read_unaligned(codes[r].as_ptr().add(k * group + 4 * j).cast::<i32>())
+                };
+                acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_set1_epi32(c), xv);
+            }
+        }
+        // SAFETY: k < groups: W floats from k * W in `x.d` and `x.sums`.
+        let (dv, xs) = unsafe {
+            (
+                _mm512_loadu_ps(x.d.as_ptr().add(k * W)),
+                _mm512_loadu_ps(x.sums.as_ptr().add(k * W)),
+            )
+        };
+        for r in 0..ROWS {
+            let (sr, br) = (s[k * ROWS + r], b[k * ROWS + r]);
+            let t1 = _mm512_mul_ps(
+                _mm512_mul_ps(_mm512_set1_ps(sr), dv),
+                _mm512_cvtepi32_ps(acc[r]),
+            );
+            let fr = &mut f[r][k % 8];
+            *fr = _mm512_add_ps(
+                _mm512_add_ps(*fr, t1),
+                _mm512_mul_ps(_mm512_set1_ps(br), xs),
+            );
+        }
+    }
+    for (r, fr) in f.iter().enumerate().take(valid) {
+        let v = _mm512_add_ps(
+            _mm512_add_ps(_mm512_add_ps(fr[0], fr[4]), _mm512_add_ps(fr[2], fr[6])),
+            _mm512_add_ps(_mm512_add_ps(fr[1], fr[5]), _mm512_add_ps(fr[3], fr[7])),
+        );
+        let mut lanes = [0f32; W];
+        // SAFETY: `lanes` holds 16 floats.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), v) };
         o[r * n + t0..r * n + t0 + x.tokens].copy_from_slice(&lanes[..x.tokens]);
     }
 }

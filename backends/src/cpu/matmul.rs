@@ -100,12 +100,12 @@ fn run(
         let q4 = matches!(l.format, WeightFormat::Q4 { .. });
         let group = qxs[0].group;
         #[cfg(target_arch = "x86_64")]
-        if lanes::usable(isa, q4, group, n) {
-            blocks.resize_with(n.div_ceil(lanes::TOKENS), Default::default);
-            for (b, chunk) in blocks.iter_mut().zip(qxs.chunks(lanes::TOKENS)) {
-                b.fill(chunk, q4);
+        if let Some(width) = lanes::width(isa, q4, group, n) {
+            blocks.resize_with(n.div_ceil(width), Default::default);
+            for (b, chunk) in blocks.iter_mut().zip(qxs.chunks(width)) {
+                b.fill(chunk, q4, width);
             }
-            let (blocks, groups) = (&blocks[..], cols / group);
+            let (blocks, groups) = (&blocks[..n.div_ceil(width)], cols / group);
             for_row_blocks(weights * n, cols, n, tmp, |r0, o| {
                 let valid = o.len() / n;
                 let rows: [QRow<'_>; ROWS] =

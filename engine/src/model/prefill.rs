@@ -30,9 +30,9 @@ use flashmoe_backends::{AttnShape, ComputeBackend};
 mod moe;
 
 /// Chunk tensors are sized so that one chunk's activations take about this much memory.
-pub const PREFILL_ACTIVATION_BYTES: usize = 64 << 20;
+pub const PREFILL_ACTIVATION_BYTES: usize = 256 << 20;
 /// The longest chunk chosen by default (past it the expert reads per token are already small).
-pub const MAX_DEFAULT_CHUNK: usize = 512;
+pub const MAX_DEFAULT_CHUNK: usize = 2048;
 
 /// What chunked prefills did, summed over every prefill since the model was loaded (or
 /// [`MoeModel::reset_prefill_stats`]).

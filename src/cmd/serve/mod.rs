@@ -58,7 +58,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "25%")]
     pub budget: String,
     /// Prompt tokens per prefill chunk: each expert a chunk routes to is read once and run on
-    /// all its tokens (default: as many as 64 MiB of activations hold, at most 512; 1 is token
+    /// all its tokens (default: as many as 256 MiB of activations hold, at most 2048; 1 is token
     /// by token).
     #[arg(long, value_parser = crate::cmd::values::prefill_chunk)]
     pub prefill_chunk: Option<usize>,
