@@ -74,83 +74,10 @@ pub(crate) struct QuantizedX {
 }
 
 impl QuantizedX {
-    /// Quantizes `x` in groups of `group` (a multiple of 2 dividing `x.len()`, checked by the
-    /// caller's layout); `nibble_order` stores each group's even columns before its odd ones.
-    /// Buffers are reused across calls.
-    pub(crate) fn quantize(&mut self, x: &[f32], group: usize, nibble_order: bool) {
-        let groups = x.len() / group;
-        self.group = group;
-        self.q.resize(x.len(), 0);
-        self.d.resize(groups, 0.0);
-        self.sums.resize(groups, 0.0);
-        self.qsums.resize(groups, 0);
-        for (g, xs) in x.chunks_exact(group).enumerate() {
-            let amax = lanes_max_abs(xs);
-            let d = amax / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let q = &mut self.q[g * group..(g + 1) * group];
-            if nibble_order {
-                // Even columns first, then odd ones: the 4-bit codes' low and high nibbles.
-                let (even, odd) = q.split_at_mut(group / 2);
-                for ((pair, e), o) in xs.chunks_exact(2).zip(even).zip(odd) {
-                    *e = quantize_one(pair[0], inv);
-                    *o = quantize_one(pair[1], inv);
-                }
-            } else {
-                for (c, &v) in q.iter_mut().zip(xs) {
-                    *c = quantize_one(v, inv);
-                }
-            }
-            self.d[g] = d;
-            self.sums[g] = lanes_sum(xs);
-            self.qsums[g] = q.iter().map(|&c| i32::from(c)).sum();
-        }
-    }
-
     /// Groups held.
     pub(crate) fn groups(&self) -> usize {
         self.d.len()
     }
-}
-
-/// `round(v * inv)` clamped to `-127..=127` (halves away from zero, as `f32::round`; NaN to
-/// 0), in operations the compiler vectorizes: clamping first changes nothing in that range,
-/// and truncation plus a correction by the remainder is exact.
-#[inline(always)]
-fn quantize_one(v: f32, inv: f32) -> i8 {
-    let x = (v * inv).clamp(-127.0, 127.0);
-    let t = x as i32;
-    let r = x - t as f32;
-    (t + i32::from(r >= 0.5) - i32::from(r <= -0.5)) as i8
-}
-
-/// `max |x|` over 8 lanes (exact in any order; a NaN is skipped, as `f32::max` does).
-#[inline(always)]
-fn lanes_max_abs(x: &[f32]) -> f32 {
-    let mut m = [0f32; 8];
-    let chunks = x.chunks_exact(8);
-    let tail = chunks.remainder().iter().fold(0f32, |a, v| a.max(v.abs()));
-    for c in chunks {
-        for (mi, v) in m.iter_mut().zip(c) {
-            let a = v.abs();
-            *mi = if a > *mi { a } else { *mi };
-        }
-    }
-    m.iter().fold(tail, |a, &v| a.max(v))
-}
-
-/// `sum x` over 8 lanes, the lanes then added in order, then the tail.
-#[inline(always)]
-fn lanes_sum(x: &[f32]) -> f32 {
-    let mut s = [0f32; 8];
-    let chunks = x.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for c in chunks {
-        for (si, v) in s.iter_mut().zip(c) {
-            *si += v;
-        }
-    }
-    s.iter().sum::<f32>() + tail
 }
 
 /// One group's contribution added to `acc`: the same scalar f32 operations in every kernel.
@@ -521,56 +448,4 @@ pub(super) mod x86 {
         |a, c, qx| _mm256_dpbusd_avx_epi32(a, c, qx),
         0
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The vectorizable rounding is `f32::round` then a clamp, on halves, near-halves, the
-    /// clamp's edges, signed zeros, infinities and NaN.
-    #[test]
-    fn quantize_one_rounds_as_f32_round() {
-        let mut xs = vec![
-            0.0f32, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, 126.5, -126.5, 127.0,
-        ];
-        xs.extend([127.4, 127.6, -127.6, 300.0, -300.0, f32::INFINITY, f32::NAN]);
-        for i in 0..4000 {
-            let base = (i as f32 - 2000.0) / 15.0;
-            xs.extend([base, base + 0.5, f32::from_bits((base + 0.5).to_bits() + 1)]);
-            xs.push(f32::from_bits((base + 0.5).to_bits().wrapping_sub(1)));
-        }
-        for &x in &xs {
-            for inv in [1.0f32, 0.37, 3.0, 0.0] {
-                let want = (x * inv).round().clamp(-127.0, 127.0) as i8;
-                assert_eq!(quantize_one(x, inv), want, "x {x} inv {inv}");
-            }
-        }
-    }
-
-    /// Codes, scales and sums of a group: |q| <= 127, the largest magnitude maps to +-127,
-    /// `qsums` is the codes' sum, and the nibble order puts even columns first.
-    #[test]
-    fn quantize_lays_out_groups_and_nibbles() {
-        let x: Vec<f32> = (0..128)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
-            .collect();
-        let (mut plain, mut nib) = (QuantizedX::default(), QuantizedX::default());
-        plain.quantize(&x, 64, false);
-        nib.quantize(&x, 64, true);
-        for g in 0..2 {
-            let xs = &x[g * 64..(g + 1) * 64];
-            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-            assert_eq!(plain.d[g], amax / 127.0);
-            assert!((plain.sums[g] - xs.iter().sum::<f32>()).abs() < 1e-4);
-            let q = &plain.q[g * 64..(g + 1) * 64];
-            assert_eq!(plain.qsums[g], q.iter().map(|&c| i32::from(c)).sum::<i32>());
-            assert!(q.iter().any(|&c| c.abs() == 127));
-            for j in 0..64 {
-                let want = (xs[j] * (1.0 / plain.d[g])).round() as i8;
-                assert_eq!(q[j], want);
-                assert_eq!(nib.q[g * 64 + (j % 2) * 32 + j / 2], want);
-            }
-        }
-    }
 }

@@ -93,8 +93,18 @@ fn run(
     let quantized = int8 && l.format.group().is_some();
     if quantized {
         qxs.resize_with(n, QuantizedX::default);
-        for (xi, qx) in x.chunks_exact(cols).zip(qxs.iter_mut()) {
+        // Each token once, on the pool when there are enough of them.
+        let par = n * cols >= PAR_THRESHOLD / 8;
+        let quantize = |(xi, qx): (&[f32], &mut QuantizedX)| {
             prepare(l.format, xi, qx);
+        };
+        if par {
+            x[..n * cols]
+                .par_chunks_exact(cols)
+                .zip(qxs[..n].par_iter_mut())
+                .for_each(quantize);
+        } else {
+            x.chunks_exact(cols).zip(qxs.iter_mut()).for_each(quantize);
         }
         let qxs = &qxs[..n];
         let q4 = matches!(l.format, WeightFormat::Q4 { .. });
@@ -102,8 +112,15 @@ fn run(
         #[cfg(target_arch = "x86_64")]
         if let Some(width) = lanes::width(isa, q4, group, n) {
             blocks.resize_with(n.div_ceil(width), Default::default);
-            for (b, chunk) in blocks.iter_mut().zip(qxs.chunks(width)) {
-                b.fill(chunk, q4, width);
+            let fill =
+                |(b, chunk): (&mut lanes::TokenBlock, &[QuantizedX])| b.fill(chunk, q4, width);
+            if par {
+                blocks
+                    .par_iter_mut()
+                    .zip(qxs.par_chunks(width))
+                    .for_each(fill);
+            } else {
+                blocks.iter_mut().zip(qxs.chunks(width)).for_each(fill);
             }
             let (blocks, groups) = (&blocks[..n.div_ceil(width)], cols / group);
             for_row_blocks(weights * n, cols, n, tmp, |r0, o| {
@@ -132,14 +149,20 @@ fn run(
 const TRANSPOSE_TOKENS: usize = 16;
 
 /// `out[t * rows + r] = tmp[r * n + t]`, on rayon's pool by blocks of tokens (each reads
-/// short contiguous runs of `tmp` and writes [`TRANSPOSE_TOKENS`] rows of `out` in order).
+/// tiles of 8 rows x [`TRANSPOSE_TOKENS`] tokens: short runs of `tmp`, 8 values side by
+/// side in `out`).
 fn transpose(tmp: &[f32], rows: usize, n: usize, out: &mut [f32]) {
     let block = |(b, o): (usize, &mut [f32])| {
         let t0 = b * TRANSPOSE_TOKENS;
         let tn = o.len() / rows;
-        for (r, ro) in tmp.chunks_exact(n).enumerate() {
-            for (t, v) in ro[t0..t0 + tn].iter().enumerate() {
-                o[t * rows + r] = *v;
+        // Tiles of 8 rows: each token's 8 values are stored side by side.
+        for r0 in (0..rows).step_by(8) {
+            let r1 = (r0 + 8).min(rows);
+            for t in 0..tn {
+                let dst = &mut o[t * rows + r0..t * rows + r1];
+                for (i, d) in dst.iter_mut().enumerate() {
+                    *d = tmp[(r0 + i) * n + t0 + t];
+                }
             }
         }
     };

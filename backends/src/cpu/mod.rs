@@ -9,6 +9,7 @@ mod matmul;
 mod matvec;
 mod moe;
 mod ops;
+mod quantize;
 mod rows;
 #[cfg(feature = "wgpu")]
 pub(crate) use ops::rope_table;
