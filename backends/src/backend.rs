@@ -204,6 +204,11 @@ pub trait ComputeBackend: Send + Sync {
     fn profile(&self) -> Option<&crate::profile::Profile> {
         None
     }
+    /// The most f32 values one tensor may hold on this backend (a GPU's storage-binding
+    /// limit); callers size batch tensors under it. Unbounded by default.
+    fn max_tensor_len(&self) -> usize {
+        usize::MAX
+    }
     /// Allocates an empty KV cache.
     fn kv_cache(&self, shape: KvShape) -> Result<Self::KvCache>;
 

@@ -81,6 +81,9 @@ impl<B: ComputeBackend> ComputeBackend for Profiled<B> {
     fn zeros(&self, len: usize) -> Result<B::Tensor> {
         self.inner.zeros(len)
     }
+    fn max_tensor_len(&self) -> usize {
+        self.inner.max_tensor_len()
+    }
     fn upload(&self, data: &[f32]) -> Result<B::Tensor> {
         self.inner.upload(data)
     }

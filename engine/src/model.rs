@@ -226,7 +226,8 @@ impl<B: ComputeBackend> MoeModel<B> {
                 None => None,
             },
         };
-        let chunking = prefill::Chunking::new(Self::default_prefill_chunk(&cfg));
+        let chunking =
+            prefill::Chunking::new(Self::prefill_chunk_within(&cfg, be.max_tensor_len()));
         Ok(Self {
             chunking,
             cfg,

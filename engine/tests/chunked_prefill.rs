@@ -282,5 +282,19 @@ fn bad_chunks_are_errors() {
     assert_eq!(model.prefill_chunk(), 4);
     model.set_prefill_chunk(0);
     assert_eq!(model.prefill_chunk(), 1);
-    assert!(MoeModel::<CpuBackend>::default_prefill_chunk(model.config()) > 1);
+    let cfg = model.config();
+    let free = MoeModel::<CpuBackend>::default_prefill_chunk(cfg);
+    assert!(free > 1);
+    // A backend whose tensors hold 3 tokens' parked expert outputs gets chunks of 3.
+    let widest = cfg.top_k * cfg.hidden_size;
+    assert!(widest >= cfg.q_dim() && widest >= cfg.num_experts);
+    assert_eq!(
+        MoeModel::<CpuBackend>::prefill_chunk_within(cfg, 3 * widest + 1),
+        3.min(free)
+    );
+    assert_eq!(MoeModel::<CpuBackend>::prefill_chunk_within(cfg, 0), 1);
+    assert_eq!(
+        MoeModel::<CpuBackend>::prefill_chunk_within(cfg, usize::MAX),
+        free
+    );
 }

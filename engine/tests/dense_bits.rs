@@ -125,24 +125,34 @@ fn dense_weights_are_stored_as_our_quantizer_gives() {
     );
 }
 
-/// Top-1 agreement with HF's golden at every prompt position, and greedy prompts equal to it.
-fn quality(dir: &Path, bits: u32, dense_bits: u32) -> (f64, usize) {
+/// Top-1 agreement with HF's golden at every prompt position, and along HF's greedy
+/// continuations fed back (teacher-forced: the argmax after each golden token is the next
+/// golden token), so one near-tie does not decide the rest of a sequence.
+fn quality(dir: &Path, bits: u32, dense_bits: u32) -> (f64, f64) {
     let (_tmp, packed) = pack(dir, bits, dense_bits);
     let m = PackedModel::open(&packed).expect("open");
     let mut run = Running::open(&m, CpuBackend::new());
-    let (mut agree, mut total, mut greedy_equal) = (0, 0, 0);
+    let (mut agree, mut total, mut follow, mut steps) = (0, 0, 0, 0);
     for (ids, top5, greedy) in golden(dir) {
-        for (l, t) in run.logits(&ids).iter().zip(&top5) {
+        let mut seq = ids.clone();
+        seq.extend(&greedy[..greedy.len().saturating_sub(1)]);
+        let logits = run.logits(&seq);
+        for (l, t) in logits.iter().zip(&top5) {
             total += 1;
             agree += usize::from(argmax(l) == Some(t[0]));
         }
-        greedy_equal += usize::from(run.greedy(&ids, greedy.len()) == greedy);
+        for (l, &want) in logits[ids.len() - 1..].iter().zip(&greedy) {
+            steps += 1;
+            follow += usize::from(argmax(l) == Some(want));
+        }
     }
-    let share = agree as f64 / total as f64;
     println!(
-        "experts {bits}-bit, dense {dense_bits}-bit: top-1 {agree}/{total}, greedy equal on {greedy_equal}/3"
+        "experts {bits}-bit, dense {dense_bits}-bit: top-1 {agree}/{total}, greedy followed at {follow}/{steps}"
     );
-    (share, greedy_equal)
+    (
+        agree as f64 / total as f64,
+        follow as f64 / steps.max(1) as f64,
+    )
 }
 
 #[test]
@@ -150,10 +160,10 @@ fn quantized_dense_weights_keep_the_model() {
     let Some(dir) = shared_fixture("tiny-qwen3-moe") else {
         return;
     };
-    let (top1, greedy) = quality(&dir, 8, 8);
+    let (top1, follow) = quality(&dir, 8, 8);
     assert!(
-        top1 >= 0.97 && greedy >= 2,
-        "8-bit: top-1 {top1}, greedy {greedy}/3"
+        top1 >= 0.97 && follow >= 0.95,
+        "8-bit: top-1 {top1}, greedy followed {follow}"
     );
     let (top1, _) = quality(&dir, 4, 4);
     assert!(top1 >= 0.90, "4-bit: top-1 {top1}");

@@ -367,7 +367,7 @@ mod tests {
                     attend(simd, &q, (&k, &v), seq, sh, &mut s, &mut out);
                     for (i, (g, w)) in out.iter().zip(&want).enumerate() {
                         assert!(
-                            (g - w).abs() <= 2e-5 * (1.0 + w.abs()),
+                            (g - w).abs() <= 2e-6 * (1.0 + w.abs()),
                             "{sh:?} seq {seq} simd {simd} [{i}]: {g} vs {w}"
                         );
                     }

@@ -26,6 +26,10 @@ impl ComputeBackend for WgpuBackend {
         "wgpu"
     }
 
+    fn max_tensor_len(&self) -> usize {
+        usize::try_from(self.gpu.info.max_binding / 4).unwrap_or(usize::MAX)
+    }
+
     fn zeros(&self, len: usize) -> Result<GpuTensor> {
         let buf = self.gpu.device.create_buffer(&::wgpu::BufferDescriptor {
             label: Some("tensor"),

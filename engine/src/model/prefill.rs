@@ -123,15 +123,29 @@ impl<B: ComputeBackend> MoeModel<B> {
     /// chunk tensors (f32 rows of every activation a layer keeps for the chunk, plus the
     /// routing kept for the observer), at most [`MAX_DEFAULT_CHUNK`].
     pub fn default_prefill_chunk(cfg: &crate::config::ModelConfig) -> usize {
+        Self::prefill_chunk_within(cfg, usize::MAX)
+    }
+
+    /// [`Self::default_prefill_chunk`] for a backend whose tensors hold at most
+    /// `max_tensor_len` values ([`ComputeBackend::max_tensor_len`]): the widest chunk tensor
+    /// (the parked expert outputs, `top_k` rows per token) must fit it too.
+    pub fn prefill_chunk_within(cfg: &crate::config::ModelConfig, max_tensor_len: usize) -> usize {
         let (h, e) = (cfg.hidden_size, cfg.num_experts);
         let mut floats = 6 * h + 3 * cfg.q_dim() + 2 * cfg.kv_dim() + 3 * e;
         floats += 2 * cfg.expert_intermediate + 2 * cfg.num_layers * e + cfg.top_k * h;
+        let mut widest = (cfg.top_k * h)
+            .max(cfg.q_dim())
+            .max(e)
+            .max(cfg.expert_intermediate);
         if let Some(hy) = &cfg.hybrid {
             let d = &hy.deltanet;
             floats += d.conv_dim() + 2 * d.value_dim() + 2 * d.num_value_heads;
             floats += 2 * hy.shared_expert_intermediate + h + 1;
+            widest = widest.max(d.conv_dim()).max(hy.shared_expert_intermediate);
         }
-        (PREFILL_ACTIVATION_BYTES / (4 * floats.max(1))).clamp(1, MAX_DEFAULT_CHUNK)
+        let by_memory = PREFILL_ACTIVATION_BYTES / (4 * floats.max(1));
+        let by_tensor = max_tensor_len / widest.max(1);
+        by_memory.min(by_tensor).clamp(1, MAX_DEFAULT_CHUNK)
     }
 
     /// What chunked prefills did so far.
