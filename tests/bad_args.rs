@@ -130,6 +130,15 @@ fn sim_refuses_bandwidth_compute_and_counts_out_of_range() {
         let arg = format!("{flag}={value}");
         refused(&["sim", "--mode", "flashmoe", &arg], &[flag, want]);
     }
+    // `--ttft` walked all 2^64 prompt tokens (a hang); a chunk or prompt of 0 was made 1.
+    for (flag, value, want) in [
+        ("--prompt-tokens", "18446744073709551615", "1..=1048576"),
+        ("--prompt-tokens", "0", "1..=1048576"),
+        ("--chunk", "0", ">= 1"),
+    ] {
+        let arg = format!("{flag}={value}");
+        refused(&["sim", "--ttft", &arg], &[flag, want]);
+    }
 }
 
 #[test]
@@ -158,6 +167,7 @@ fn sim_refuses_a_profile_with_a_field_out_of_range() {
             0.0,
             "ms_per_layer = 0 ms",
         ),
+        ("/os_reserved_bytes/value", 1e30, "less than ram_bytes"),
     ] {
         let mut p = base.clone();
         *p.pointer_mut(ptr)
