@@ -93,6 +93,17 @@ fn io_bench_and_synth_refuse_zero_and_huge_counts() {
     );
     refused(&["io-bench", "--k", "0"], &["--k", "at least 1"]);
     refused(&["io-bench", "--experts", "2", "--k", "4"], &["--k 4"]);
+    // These panicked on a capacity overflow, read for ever, or ran with a silent 1.
+    let big = "18446744073709551615";
+    refused(&["io-bench", "--expert-bytes", big], &["--expert-bytes", "bytes"]);
+    refused(&["io-bench", "--expert-bytes", "0"], &["--expert-bytes", "bytes"]);
+    refused(&["io-bench", "--mib-per-row", big], &["--mib-per-row", "MiB"]);
+    refused(&["io-bench", "--file-mib", "0"], &["--file-mib", "MiB"]);
+    refused(&["io-bench", "--repeat", "0"], &["--repeat", "at least 1"]);
+    refused(
+        &["io-bench", "--file-mib", "1", "--expert-bytes", "1048576"],
+        &["--file-mib 1 holds no layer", "--experts 64"],
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("m");
     let out = out.to_str().expect("utf-8");

@@ -54,6 +54,36 @@ pub fn positive_usize(s: &str) -> Result<usize, String> {
     positive_u32(s).map(|n| n as usize)
 }
 
+/// Most MiB a size argument in MiB may name (`--file-mib`, `--mib-per-row` of io-bench): 1 TiB.
+pub const MAX_MIB: u64 = 1 << 20;
+
+/// A size in MiB in `1..=`[`MAX_MIB`] (a larger one would overflow when turned into bytes).
+pub fn mib(s: &str) -> Result<u64, String> {
+    let n: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number of MiB"))?;
+    if !(1..=MAX_MIB).contains(&n) {
+        return Err(format!("{n} MiB: must be in 1..={MAX_MIB} MiB"));
+    }
+    Ok(n)
+}
+
+/// Largest expert record io-bench writes: 1 GiB (real ones are a few MiB).
+pub const MAX_EXPERT_BYTES: u64 = 1 << 30;
+
+/// `--expert-bytes` of io-bench: a record size in `1..=`[`MAX_EXPERT_BYTES`] bytes.
+pub fn expert_bytes(s: &str) -> Result<u64, String> {
+    let n: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number of bytes"))?;
+    if !(1..=MAX_EXPERT_BYTES).contains(&n) {
+        return Err(format!("{n} bytes: must be in 1..={MAX_EXPERT_BYTES} bytes"));
+    }
+    Ok(n)
+}
+
 /// Parses a budget: `512M`, `2G`, `64K`, `1048576` (bytes, powers of 1024) or `25%` of
 /// `all_bytes` (what holding every expert takes).
 pub fn parse_budget(s: &str, all_bytes: u64) -> Result<u64, String> {
@@ -103,6 +133,10 @@ mod tests {
         assert!(top_p("0").is_err());
         assert_eq!(top_p("1"), Ok(1.0));
         assert!(positive_u32("0").is_err());
+        assert!(mib("0").is_err() && mib("18446744073709551615").is_err());
+        assert_eq!(mib("512"), Ok(512));
+        assert!(expert_bytes("0").is_err() && expert_bytes("18446744073709551615").is_err());
+        assert_eq!(expert_bytes("4096"), Ok(4096));
         assert_eq!(positive_usize("4"), Ok(4));
     }
 
