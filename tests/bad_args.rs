@@ -123,6 +123,11 @@ fn io_bench_and_synth_refuse_zero_and_huge_counts() {
         ],
         &["expert records", "at most"],
     );
+    // A shard size of 0 wrote one shard per tensor.
+    refused(
+        &["synth", "--hf", "--preset", "qwen3-30b-a3b", "--shard-mb", "0", "--out", out],
+        &["--shard-mb"],
+    );
 }
 
 #[test]
