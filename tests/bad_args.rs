@@ -224,6 +224,27 @@ fn logs_have_no_colours_off_a_terminal_and_a_runtime_dir_is_made() {
     assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
 }
 
+/// These ran with a silent 1 (`--repeat`, `--queue-depth`), an error that named neither flag
+/// (`--tokens-per-trace 0`), one message for two flags, or a recall above 1.
+#[test]
+fn replay_refuses_counts_shares_and_rates_out_of_range() {
+    for (flag, value, want) in [
+        ("--repeat", "0", "at least 1"),
+        ("--queue-depth", "0", "at least 1"),
+        ("--k", "0", "at least 1"),
+        ("--tokens-per-trace", "0", "1.."),
+        ("--pregate-recall", "2", "[0, 1]"),
+        ("--pre-share", "nan", "[0, 1]"),
+        ("--compute-us", "nan", "µs"),
+        ("--compute-us", "-1", "µs"),
+        ("--sim-gbps", "0", "GB/s"),
+        ("--calibrate-mb", "0", "MiB"),
+    ] {
+        let arg = format!("{flag}={value}");
+        refused(&["replay", "--model", "m", &arg], &[flag, want]);
+    }
+}
+
 #[test]
 fn replay_names_the_far_trace_geometry_and_the_reference_switch() {
     let tmp = tempfile::tempdir().expect("tempdir");
