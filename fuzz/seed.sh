@@ -37,6 +37,12 @@ if [ -x "$bin" ]; then
   { printf '\000'; cat "$tmp/m/experts-layer-0000.fmoe"; } >corpus/packfile/seed-nofix-layer0
   "$bin" synth --layers 1 --experts 4 --k 1 --expert-bytes 5000 --out "$tmp/one" --quiet >/dev/null
   { printf '\007'; cat "$tmp"/one/experts-layer-0000.fmoe; } >corpus/packfile/seed-one-layer
+  # Mode 6 keeps the record checksums: one flipped payload byte reaches verify's mismatch.
+  perl -e 'local $/; my $d = <STDIN>; substr($d, 4106, 1) ^= "\x40"; print "\x06", $d' \
+    <"$tmp"/one/experts-layer-0000.fmoe >corpus/packfile/seed-bad-record
+  # Layer 0 twice: the layout join's "stored in both".
+  { printf '\017'; perl -e 'print pack("V", -s $ARGV[0])' "$tmp/m/experts-layer-0000.fmoe"
+    cat "$tmp"/m/experts-layer-000{0,0}.fmoe; } >corpus/packfile/seed-layer-twice
   { printf '\017'; perl -e 'print pack("V", -s $ARGV[0])' "$tmp/m/experts-layer-0000.fmoe"
     cat "$tmp"/m/experts-layer-000{0,1}.fmoe; } >corpus/packfile/seed-two-files
   "$bin" generate --max-tokens 3 --ignore-eos --trace "$tmp/s.trace" --trace-far "$tmp/f.trace" \
