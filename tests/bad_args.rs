@@ -95,9 +95,18 @@ fn io_bench_and_synth_refuse_zero_and_huge_counts() {
     refused(&["io-bench", "--experts", "2", "--k", "4"], &["--k 4"]);
     // These panicked on a capacity overflow, read for ever, or ran with a silent 1.
     let big = "18446744073709551615";
-    refused(&["io-bench", "--expert-bytes", big], &["--expert-bytes", "bytes"]);
-    refused(&["io-bench", "--expert-bytes", "0"], &["--expert-bytes", "bytes"]);
-    refused(&["io-bench", "--mib-per-row", big], &["--mib-per-row", "MiB"]);
+    refused(
+        &["io-bench", "--expert-bytes", big],
+        &["--expert-bytes", "bytes"],
+    );
+    refused(
+        &["io-bench", "--expert-bytes", "0"],
+        &["--expert-bytes", "bytes"],
+    );
+    refused(
+        &["io-bench", "--mib-per-row", big],
+        &["--mib-per-row", "MiB"],
+    );
     refused(&["io-bench", "--file-mib", "0"], &["--file-mib", "MiB"]);
     refused(&["io-bench", "--repeat", "0"], &["--repeat", "at least 1"]);
     refused(
@@ -125,7 +134,16 @@ fn io_bench_and_synth_refuse_zero_and_huge_counts() {
     );
     // A shard size of 0 wrote one shard per tensor.
     refused(
-        &["synth", "--hf", "--preset", "qwen3-30b-a3b", "--shard-mb", "0", "--out", out],
+        &[
+            "synth",
+            "--hf",
+            "--preset",
+            "qwen3-30b-a3b",
+            "--shard-mb",
+            "0",
+            "--out",
+            out,
+        ],
         &["--shard-mb"],
     );
 }

@@ -326,10 +326,22 @@ pub(crate) fn config(raw: &RawConfig) -> Result<ModelConfig> {
     use crate::config::{MAX_HEAD_DIM, MAX_HEADS, MAX_INTERMEDIATE};
     for (field, v, max) in [
         ("linear_num_key_heads", deltanet.num_key_heads, MAX_HEADS),
-        ("linear_num_value_heads", deltanet.num_value_heads, MAX_HEADS),
+        (
+            "linear_num_value_heads",
+            deltanet.num_value_heads,
+            MAX_HEADS,
+        ),
         ("linear_key_head_dim", deltanet.key_head_dim, MAX_HEAD_DIM),
-        ("linear_value_head_dim", deltanet.value_head_dim, MAX_HEAD_DIM),
-        ("linear_conv_kernel_dim", deltanet.conv_kernel, MAX_CONV_KERNEL),
+        (
+            "linear_value_head_dim",
+            deltanet.value_head_dim,
+            MAX_HEAD_DIM,
+        ),
+        (
+            "linear_conv_kernel_dim",
+            deltanet.conv_kernel,
+            MAX_CONV_KERNEL,
+        ),
         (
             "shared_expert_intermediate_size",
             c.shared_expert_intermediate_size,
@@ -340,11 +352,7 @@ pub(crate) fn config(raw: &RawConfig) -> Result<ModelConfig> {
             return Err(raw.bad(field, &Value::from(v), "must be positive"));
         }
         if v > max {
-            return Err(raw.bad(
-                field,
-                &Value::from(v),
-                &format!("at most {max} accepted"),
-            ));
+            return Err(raw.bad(field, &Value::from(v), &format!("at most {max} accepted")));
         }
     }
     if !deltanet

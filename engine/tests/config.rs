@@ -166,7 +166,11 @@ fn sizes_past_any_model_are_refused() {
         ("num_attention_heads", json!(1u64 << 20)),
     ] {
         let v = if field == "num_experts" {
-            with(with(qwen(), field, value), "num_local_experts", json!(1u64 << 20))
+            with(
+                with(qwen(), field, value),
+                "num_local_experts",
+                json!(1u64 << 20),
+            )
         } else {
             with(qwen(), field, value)
         };

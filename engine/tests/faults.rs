@@ -192,7 +192,11 @@ fn bytes_corrupted_on_every_read_are_an_error_not_other_tokens() {
             b.with_rule(Target::Layer(6), Fault::Corrupt { times: u32::MAX })
         });
         let e = got.expect_err("a layer whose bytes are always corrupted");
-        assert!(failed.failed_loads >= 2, "{} failed loads", failed.failed_loads);
+        assert!(
+            failed.failed_loads >= 2,
+            "{} failed loads",
+            failed.failed_loads
+        );
         for want in [
             "layer 6",
             "checksum",
@@ -211,7 +215,12 @@ fn a_persistent_eio_in_decode_is_an_error_naming_the_read() {
         b.with_rule(Target::Layer(4), Fault::Eio { times: u32::MAX })
     });
     let e = got.expect_err("a layer that never reads");
-    for want in ["layer 4", "experts-layer-0004.fmoe", "offset", "attempt 2 of 2"] {
+    for want in [
+        "layer 4",
+        "experts-layer-0004.fmoe",
+        "offset",
+        "attempt 2 of 2",
+    ] {
         assert!(e.contains(want), "{want:?} not in: {e}");
     }
 }

@@ -110,9 +110,15 @@ fn a_huge_layer_count_is_refused_before_the_layer_types_are_built() {
     let mut v = text();
     v["num_hidden_layers"] = json!(1u64 << 50);
     let m = parse(&v).expect_err("2^50 layers");
-    assert!(m.contains("num_hidden_layers") && m.contains("at most"), "{m}");
+    assert!(
+        m.contains("num_hidden_layers") && m.contains("at most"),
+        "{m}"
+    );
     let mut v = text();
     v["linear_num_value_heads"] = json!(1u64 << 40);
     let m = parse(&v).expect_err("2^40 heads");
-    assert!(m.contains("linear_num_value_heads") && m.contains("at most"), "{m}");
+    assert!(
+        m.contains("linear_num_value_heads") && m.contains("at most"),
+        "{m}"
+    );
 }

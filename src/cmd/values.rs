@@ -79,7 +79,9 @@ pub fn expert_bytes(s: &str) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not a whole number of bytes"))?;
     if !(1..=MAX_EXPERT_BYTES).contains(&n) {
-        return Err(format!("{n} bytes: must be in 1..={MAX_EXPERT_BYTES} bytes"));
+        return Err(format!(
+            "{n} bytes: must be in 1..={MAX_EXPERT_BYTES} bytes"
+        ));
     }
     Ok(n)
 }
