@@ -27,7 +27,24 @@ bin=$root/target/release/flashmoe
 if [ -x "$bin" ]; then
   tmp=$(mktemp -d)
   "$bin" synth --layers 2 --experts 3 --k 1 --expert-bytes 4096 --out "$tmp/m" --quiet >/dev/null
-  seed packfile "$tmp"/m/experts-layer-000{0,1}.fmoe
+  # The packfile target's input is a mode byte, then the file(s) (src/packfile.rs): 0 keeps
+  # the stored checksums, 7 recomputes record, table and header checksums, 15 the same over
+  # two files.
+  mkdir -p corpus/packfile
+  for l in 0 1; do
+    { printf '\007'; cat "$tmp/m/experts-layer-000$l.fmoe"; } >"corpus/packfile/seed-layer$l"
+  done
+  { printf '\000'; cat "$tmp/m/experts-layer-0000.fmoe"; } >corpus/packfile/seed-nofix-layer0
+  "$bin" synth --layers 1 --experts 4 --k 1 --expert-bytes 5000 --out "$tmp/one" --quiet >/dev/null
+  { printf '\007'; cat "$tmp"/one/experts-layer-0000.fmoe; } >corpus/packfile/seed-one-layer
+  # Mode 6 keeps the record checksums: one flipped payload byte reaches verify's mismatch.
+  perl -e 'local $/; my $d = <STDIN>; substr($d, 4106, 1) ^= "\x40"; print "\x06", $d' \
+    <"$tmp"/one/experts-layer-0000.fmoe >corpus/packfile/seed-bad-record
+  # Layer 0 twice: the layout join's "stored in both".
+  { printf '\017'; perl -e 'print pack("V", -s $ARGV[0])' "$tmp/m/experts-layer-0000.fmoe"
+    cat "$tmp"/m/experts-layer-000{0,0}.fmoe; } >corpus/packfile/seed-layer-twice
+  { printf '\017'; perl -e 'print pack("V", -s $ARGV[0])' "$tmp/m/experts-layer-0000.fmoe"
+    cat "$tmp"/m/experts-layer-000{0,1}.fmoe; } >corpus/packfile/seed-two-files
   "$bin" generate --max-tokens 3 --ignore-eos --trace "$tmp/s.trace" --trace-far "$tmp/f.trace" \
     >/dev/null 2>&1 || true
   seed trace "$tmp/s.trace" "$tmp/f.trace"

@@ -93,6 +93,26 @@ fn io_bench_and_synth_refuse_zero_and_huge_counts() {
     );
     refused(&["io-bench", "--k", "0"], &["--k", "at least 1"]);
     refused(&["io-bench", "--experts", "2", "--k", "4"], &["--k 4"]);
+    // These panicked on a capacity overflow, read for ever, or ran with a silent 1.
+    let big = "18446744073709551615";
+    refused(
+        &["io-bench", "--expert-bytes", big],
+        &["--expert-bytes", "bytes"],
+    );
+    refused(
+        &["io-bench", "--expert-bytes", "0"],
+        &["--expert-bytes", "bytes"],
+    );
+    refused(
+        &["io-bench", "--mib-per-row", big],
+        &["--mib-per-row", "MiB"],
+    );
+    refused(&["io-bench", "--file-mib", "0"], &["--file-mib", "MiB"]);
+    refused(&["io-bench", "--repeat", "0"], &["--repeat", "at least 1"]);
+    refused(
+        &["io-bench", "--file-mib", "1", "--expert-bytes", "1048576"],
+        &["--file-mib 1 holds no layer", "--experts 64"],
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("m");
     let out = out.to_str().expect("utf-8");
@@ -112,6 +132,20 @@ fn io_bench_and_synth_refuse_zero_and_huge_counts() {
         ],
         &["expert records", "at most"],
     );
+    // A shard size of 0 wrote one shard per tensor.
+    refused(
+        &[
+            "synth",
+            "--hf",
+            "--preset",
+            "qwen3-30b-a3b",
+            "--shard-mb",
+            "0",
+            "--out",
+            out,
+        ],
+        &["--shard-mb"],
+    );
 }
 
 #[test]
@@ -129,6 +163,15 @@ fn sim_refuses_bandwidth_compute_and_counts_out_of_range() {
     ] {
         let arg = format!("{flag}={value}");
         refused(&["sim", "--mode", "flashmoe", &arg], &[flag, want]);
+    }
+    // `--ttft` walked all 2^64 prompt tokens (a hang); a chunk or prompt of 0 was made 1.
+    for (flag, value, want) in [
+        ("--prompt-tokens", "18446744073709551615", "1..=1048576"),
+        ("--prompt-tokens", "0", "1..=1048576"),
+        ("--chunk", "0", ">= 1"),
+    ] {
+        let arg = format!("{flag}={value}");
+        refused(&["sim", "--ttft", &arg], &[flag, want]);
     }
 }
 
@@ -158,6 +201,7 @@ fn sim_refuses_a_profile_with_a_field_out_of_range() {
             0.0,
             "ms_per_layer = 0 ms",
         ),
+        ("/os_reserved_bytes/value", 1e30, "less than ram_bytes"),
     ] {
         let mut p = base.clone();
         *p.pointer_mut(ptr)
@@ -196,6 +240,27 @@ fn logs_have_no_colours_off_a_terminal_and_a_runtime_dir_is_made() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
+}
+
+/// These ran with a silent 1 (`--repeat`, `--queue-depth`), an error that named neither flag
+/// (`--tokens-per-trace 0`), one message for two flags, or a recall above 1.
+#[test]
+fn replay_refuses_counts_shares_and_rates_out_of_range() {
+    for (flag, value, want) in [
+        ("--repeat", "0", "at least 1"),
+        ("--queue-depth", "0", "at least 1"),
+        ("--k", "0", "at least 1"),
+        ("--tokens-per-trace", "0", "1.."),
+        ("--pregate-recall", "2", "[0, 1]"),
+        ("--pre-share", "nan", "[0, 1]"),
+        ("--compute-us", "nan", "µs"),
+        ("--compute-us", "-1", "µs"),
+        ("--sim-gbps", "0", "GB/s"),
+        ("--calibrate-mb", "0", "MiB"),
+    ] {
+        let arg = format!("{flag}={value}");
+        refused(&["replay", "--model", "m", &arg], &[flag, want]);
+    }
 }
 
 #[test]

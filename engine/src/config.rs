@@ -10,6 +10,23 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 
+/// Most `hidden_size` accepted (published MoE models: at most 8192).
+pub const MAX_HIDDEN: usize = 1 << 17;
+/// Most `num_hidden_layers` accepted (published models: at most 126).
+pub const MAX_LAYERS: usize = 4096;
+/// Most attention heads (query or key/value) accepted.
+pub const MAX_HEADS: usize = 4096;
+/// Most `head_dim` accepted.
+pub const MAX_HEAD_DIM: usize = 4096;
+/// Most `vocab_size` accepted (published models: at most 262,144).
+pub const MAX_VOCAB: usize = 1 << 24;
+/// Most experts per layer accepted (published models: at most 512).
+pub const MAX_EXPERTS: usize = 1 << 16;
+/// Most intermediate size of one expert accepted.
+pub const MAX_INTERMEDIATE: usize = 1 << 20;
+/// Most expert records (layers x experts) in a model accepted (published: at most 30,720).
+pub const MAX_EXPERT_RECORDS: usize = 1 << 20;
+
 /// Model families this engine runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
@@ -149,6 +166,38 @@ impl ModelConfig {
             if v == 0 {
                 return fail(field, v, "must be positive");
             }
+        }
+        // Untrusted sizes: the loader, the packer and `synth --hf` size tensor lists and
+        // buffers by them, so each is bounded far above any published model before use.
+        for (field, v, max) in [
+            ("hidden_size", self.hidden_size, MAX_HIDDEN),
+            ("num_hidden_layers", self.num_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_heads, MAX_HEADS),
+            ("num_key_value_heads", self.num_kv_heads, MAX_HEADS),
+            ("head_dim", self.head_dim, MAX_HEAD_DIM),
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("num_experts", self.num_experts, MAX_EXPERTS),
+            (
+                "expert intermediate size",
+                self.expert_intermediate,
+                MAX_INTERMEDIATE,
+            ),
+        ] {
+            if v > max {
+                return fail(field, v, &format!("at most {max} accepted"));
+            }
+        }
+        if self.num_layers * self.num_experts > MAX_EXPERT_RECORDS {
+            return fail(
+                "num_hidden_layers",
+                self.num_layers,
+                &format!(
+                    "{} layers x {} experts = {} expert records, at most {MAX_EXPERT_RECORDS} accepted",
+                    self.num_layers,
+                    self.num_experts,
+                    self.num_layers * self.num_experts
+                ),
+            );
         }
         if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return fail(

@@ -157,6 +157,19 @@ pub enum EngineError {
         /// What is wrong.
         reason: String,
     },
+    /// The packed result failed the load check: the checkpoint's tensors do not fit its
+    /// config. `source` names the tensor (in the temporary directory, already removed).
+    #[error(
+        "pack {src}: the checkpoint does not match its config.json (found by loading the \
+         packed result; nothing was written): {source}"
+    )]
+    PackCheck {
+        /// The checkpoint directory.
+        src: PathBuf,
+        /// What loading the packed result refused.
+        #[source]
+        source: Box<EngineError>,
+    },
     /// A routing trace could not be written.
     #[error("trace {path}: {source}")]
     Trace {

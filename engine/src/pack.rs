@@ -166,8 +166,20 @@ pub fn pack_model_with(
         mlx: mlx.as_ref(),
         dense_bits,
     };
-    let written = write_all(src, &tmp, &cfg, &ckpt, format, &source, progress)
-        .and_then(|s| crate::pack_check::check_packed(&tmp).map(|()| s));
+    let written = write_all(src, &tmp, &cfg, &ckpt, format, &source, progress).and_then(|s| {
+        crate::pack_check::check_packed(&tmp)
+            .map(|()| s)
+            .map_err(|e| match e {
+                EngineError::TensorShape { .. }
+                | EngineError::TensorDtype { .. }
+                | EngineError::QuantTensor { .. }
+                | EngineError::MissingTensor { .. } => EngineError::PackCheck {
+                    src: src.to_path_buf(),
+                    source: Box::new(e),
+                },
+                e => e,
+            })
+    });
     let summary = match written {
         Ok(s) => s,
         Err(e) => {

@@ -93,6 +93,9 @@ pub struct HybridConfig {
 }
 
 /// Keys this engine understands (beyond the harmless ones).
+/// Longest causal convolution of a DeltaNet layer accepted (published models: 4).
+const MAX_CONV_KERNEL: usize = 256;
+
 const KNOWN_KEYS: &[&str] = &[
     "attention_bias",
     "attn_output_gate",
@@ -320,19 +323,36 @@ pub(crate) fn config(raw: &RawConfig) -> Result<ModelConfig> {
         value_head_dim: c.linear_value_head_dim,
         conv_kernel: c.linear_conv_kernel_dim,
     };
-    for (field, v) in [
-        ("linear_num_key_heads", deltanet.num_key_heads),
-        ("linear_num_value_heads", deltanet.num_value_heads),
-        ("linear_key_head_dim", deltanet.key_head_dim),
-        ("linear_value_head_dim", deltanet.value_head_dim),
-        ("linear_conv_kernel_dim", deltanet.conv_kernel),
+    use crate::config::{MAX_HEAD_DIM, MAX_HEADS, MAX_INTERMEDIATE};
+    for (field, v, max) in [
+        ("linear_num_key_heads", deltanet.num_key_heads, MAX_HEADS),
+        (
+            "linear_num_value_heads",
+            deltanet.num_value_heads,
+            MAX_HEADS,
+        ),
+        ("linear_key_head_dim", deltanet.key_head_dim, MAX_HEAD_DIM),
+        (
+            "linear_value_head_dim",
+            deltanet.value_head_dim,
+            MAX_HEAD_DIM,
+        ),
+        (
+            "linear_conv_kernel_dim",
+            deltanet.conv_kernel,
+            MAX_CONV_KERNEL,
+        ),
         (
             "shared_expert_intermediate_size",
             c.shared_expert_intermediate_size,
+            MAX_INTERMEDIATE,
         ),
     ] {
         if v == 0 {
             return Err(raw.bad(field, &Value::from(v), "must be positive"));
+        }
+        if v > max {
+            return Err(raw.bad(field, &Value::from(v), &format!("at most {max} accepted")));
         }
     }
     if !deltanet
@@ -392,6 +412,16 @@ pub(crate) fn config(raw: &RawConfig) -> Result<ModelConfig> {
 
 /// `layer_types`, refusing unknown entries; else every `full_attention_interval`-th layer full.
 fn layer_types(raw: &RawConfig, c: &HybridMoeConfig) -> Result<Vec<LayerType>> {
+    // Bounded here as well as in `ModelConfig::validate`, which runs later: the default
+    // `layer_types` below is a list of `num_hidden_layers` entries.
+    let max = crate::config::MAX_LAYERS;
+    if c.num_hidden_layers > max {
+        return Err(raw.bad(
+            "num_hidden_layers",
+            &Value::from(c.num_hidden_layers),
+            &format!("at most {max} accepted"),
+        ));
+    }
     let types = match &c.layer_types {
         Some(t) => t
             .iter()

@@ -151,3 +151,46 @@ fn invalid_json_names_the_file() {
         .to_string();
     assert!(msg.contains("dir/config.json"), "{msg}");
 }
+
+/// Sizes far past any model were accepted and then sized tensor lists by them: `synth --hf
+/// --set num_hidden_layers=1000000` grew past 3 GB building its plan, a `vocab_size` of
+/// 2^64 - 1 hung. Each is refused, naming the field and the limit.
+#[test]
+fn sizes_past_any_model_are_refused() {
+    for (field, value) in [
+        ("num_hidden_layers", json!(1_000_000u64)),
+        ("vocab_size", json!(u64::MAX)),
+        ("hidden_size", json!(1u64 << 40)),
+        ("num_experts", json!(1u64 << 20)),
+        ("moe_intermediate_size", json!(1u64 << 30)),
+        ("num_attention_heads", json!(1u64 << 20)),
+    ] {
+        let v = if field == "num_experts" {
+            with(
+                with(qwen(), field, value),
+                "num_local_experts",
+                json!(1u64 << 20),
+            )
+        } else {
+            with(qwen(), field, value)
+        };
+        let m = parse(&v).expect_err(field).to_string();
+        assert!(
+            m.contains("dir/config.json") && m.contains("at most"),
+            "{field}: {m}"
+        );
+    }
+    // Each within its own bound, but too many expert records together.
+    let m = parse(&with(
+        with(
+            with(qwen(), "num_hidden_layers", json!(4096)),
+            "num_experts",
+            json!(4096),
+        ),
+        "num_local_experts",
+        json!(4096),
+    ))
+    .expect_err("4096 x 4096 experts")
+    .to_string();
+    assert!(m.contains("expert records"), "{m}");
+}

@@ -1,7 +1,9 @@
 //! `generate` through io-sched's fault-injecting backend, on the committed default model (no
-//! fixtures needed): EIO once, short reads and latency spikes give the same tokens as a clean
-//! run; a persistent EIO and a corrupted record end the generation with an error naming
-//! layer, expert, file and offset — never different tokens.
+//! fixtures needed): EIO once, short reads, latency spikes and bytes corrupted once on the way
+//! give the same tokens as a clean run, through the chunked prompt (the union path) and token
+//! by token (the decode path); a persistent EIO, bytes corrupted on every read and a
+//! corrupted record end the generation with an error naming layer, expert, file and offset —
+//! never different tokens.
 
 use flashmoe_backends::CpuBackend;
 use flashmoe_engine::{NoObserver, PackedModel, SchedExperts, generate_greedy};
@@ -29,6 +31,17 @@ fn run(
     dir: &Path,
     faults: impl FnOnce(FaultyBackend) -> FaultyBackend,
 ) -> (Result<Vec<u32>, String>, LayerMetrics) {
+    run_chunked(dir, None, faults)
+}
+
+/// [`run`] with the prompt prefilled in chunks of `chunk` tokens (`None`: the model's
+/// default, which takes the whole prompt at once; `Some(1)`: token by token, so every read
+/// goes through the per-token demand path).
+fn run_chunked(
+    dir: &Path,
+    chunk: Option<usize>,
+    faults: impl FnOnce(FaultyBackend) -> FaultyBackend,
+) -> (Result<Vec<u32>, String>, LayerMetrics) {
     let m = PackedModel::open(dir).expect("open model");
     let inner = open_backend(
         &m.experts,
@@ -45,6 +58,9 @@ fn run(
         .expect("scheduler"),
     );
     let mut model = m.load_model(CpuBackend::new(), 128).expect("model");
+    if let Some(n) = chunk {
+        model.set_prefill_chunk(n);
+    }
     let mut experts = SchedExperts::new(sched.clone(), m.record).expect("source");
     let prompt = m
         .tokenizer
@@ -57,11 +73,25 @@ fn run(
 
 #[test]
 fn transient_faults_give_the_same_tokens() {
+    for chunk in [None, Some(1)] {
+        transient_faults_with_chunk(chunk);
+    }
+}
+
+fn transient_faults_with_chunk(chunk: Option<usize>) {
     let dir = default_model();
-    let (clean, failed) = run(&dir, |b| b);
+    let (clean, failed) = run_chunked(&dir, chunk, |b| b);
     let clean = clean.expect("clean run");
     assert_eq!((clean.len(), failed.failed_loads), (TOKENS, 0));
     let cases: Vec<(&str, Faults)> = vec![
+        (
+            "bytes corrupted once per layer",
+            Box::new(|b| {
+                (0..8).fold(b, |b, l| {
+                    b.with_rule(Target::Layer(l), Fault::Corrupt { times: 1 })
+                })
+            }),
+        ),
         (
             "EIO once per layer",
             Box::new(|b| {
@@ -88,9 +118,13 @@ fn transient_faults_give_the_same_tokens() {
         ),
     ];
     for (what, faults) in cases {
-        let (got, failed) = run(&dir, faults);
-        assert_eq!(got.as_ref(), Ok(&clean), "{what} changed the tokens");
-        if what.starts_with("EIO") {
+        let (got, failed) = run_chunked(&dir, chunk, faults);
+        assert_eq!(
+            got.as_ref(),
+            Ok(&clean),
+            "{what} changed the tokens (prefill chunk {chunk:?})"
+        );
+        if what.starts_with("EIO") || what.starts_with("bytes") {
             assert!(
                 failed.failed_loads >= 1,
                 "{what}: the fault was not applied"
@@ -149,4 +183,44 @@ fn a_corrupted_record_is_an_error_not_other_tokens() {
     let (got, _) = run(&dir, |b| b);
     let e = got.expect_err("corrupt layer 2");
     assert!(e.contains("layer 2") && e.contains("checksum"), "{e}");
+}
+
+#[test]
+fn bytes_corrupted_on_every_read_are_an_error_not_other_tokens() {
+    for chunk in [None, Some(1)] {
+        let (got, failed) = run_chunked(&default_model(), chunk, |b| {
+            b.with_rule(Target::Layer(6), Fault::Corrupt { times: u32::MAX })
+        });
+        let e = got.expect_err("a layer whose bytes are always corrupted");
+        assert!(
+            failed.failed_loads >= 2,
+            "{} failed loads",
+            failed.failed_loads
+        );
+        for want in [
+            "layer 6",
+            "checksum",
+            "experts-layer-0006.fmoe",
+            "attempt 2 of 2",
+        ] {
+            assert!(e.contains(want), "{want:?} not in (chunk {chunk:?}): {e}");
+        }
+    }
+}
+
+#[test]
+fn a_persistent_eio_in_decode_is_an_error_naming_the_read() {
+    // Token by token, so the failing layer is first read by a per-token demand.
+    let (got, _) = run_chunked(&default_model(), Some(1), |b| {
+        b.with_rule(Target::Layer(4), Fault::Eio { times: u32::MAX })
+    });
+    let e = got.expect_err("a layer that never reads");
+    for want in [
+        "layer 4",
+        "experts-layer-0004.fmoe",
+        "offset",
+        "attempt 2 of 2",
+    ] {
+        assert!(e.contains(want), "{want:?} not in: {e}");
+    }
 }

@@ -135,6 +135,9 @@ fn dense_tensor_of_wrong_shape_or_dtype_is_refused_at_pack_time() {
         let out = tmp.path().join("out");
         let err = pack(&src, &out, false).expect_err("bad dense tensor");
         assert!(err.contains(name) && err.contains(what), "{err}");
+        // The checkpoint is named, not only the temporary directory (gone by now).
+        let src_named = format!("pack {}: the checkpoint does not match", src.display());
+        assert!(err.contains(&src_named), "{err}");
         assert!(!out.exists(), "a model with a bad dense tensor was written");
         no_leftovers(tmp.path(), &["ckpt"]);
     }

@@ -102,3 +102,23 @@ fn unsupported_values_are_refused_with_file_and_field() {
         assert!(err.contains(why), "{field}: {err}");
     }
 }
+
+/// The default `layer_types` is a list of `num_hidden_layers` entries, built before the
+/// config's dims are checked: a huge count is refused before it is allocated.
+#[test]
+fn a_huge_layer_count_is_refused_before_the_layer_types_are_built() {
+    let mut v = text();
+    v["num_hidden_layers"] = json!(1u64 << 50);
+    let m = parse(&v).expect_err("2^50 layers");
+    assert!(
+        m.contains("num_hidden_layers") && m.contains("at most"),
+        "{m}"
+    );
+    let mut v = text();
+    v["linear_num_value_heads"] = json!(1u64 << 40);
+    let m = parse(&v).expect_err("2^40 heads");
+    assert!(
+        m.contains("linear_num_value_heads") && m.contains("at most"),
+        "{m}"
+    );
+}

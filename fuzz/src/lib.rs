@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+pub mod packfile;
+
 /// The per-process scratch directory.
 pub fn scratch_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -30,4 +32,18 @@ pub fn scratch_file(name: &str, data: &[u8]) -> PathBuf {
 /// The repository root (for reference files the targets need beside the input).
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// With `FLASHMOE_FUZZ_REPORT` set, prints what an input came to (`ok`, or the error's first
+/// line) on stderr: run a target over its corpus with `-runs=0` to see which checks the corpus
+/// reaches.
+pub fn report<T, E: std::fmt::Display>(outcome: &Result<T, E>) {
+    static ON: OnceLock<bool> = OnceLock::new();
+    if !*ON.get_or_init(|| std::env::var_os("FLASHMOE_FUZZ_REPORT").is_some()) {
+        return;
+    }
+    match outcome {
+        Ok(_) => eprintln!("outcome: ok"),
+        Err(e) => eprintln!("outcome: {}", e.to_string().lines().next().unwrap_or("")),
+    }
 }

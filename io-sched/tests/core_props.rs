@@ -1,8 +1,10 @@
 //! Property tests of the scheduler core (`SchedCore`): random interleavings of hint, acquire,
-//! drop, read issue, completion (whole, short or failed) never hand out a slot that is still
-//! `Loading` (bytes handed out are the record's, and no read in flight writes into them),
-//! never leak a pin (once everything is dropped and drained, every slot can be pinned again),
-//! and never exceed the budget (slot ids below the slot count, every read inside the arena).
+//! pin-if-ready, drop, read issue, completion (whole, short, failed, or with corrupted bytes)
+//! never hand out a slot that is still `Loading` (bytes handed out are the record's, and no
+//! read in flight writes into them), never hand out corrupted bytes (a checksum failure only
+//! where bytes were corrupted), never leak a pin (once everything is dropped and drained,
+//! every slot can be pinned again), and never exceed the budget (slot ids below the slot
+//! count, every read inside the arena).
 
 use std::collections::HashSet;
 use std::io;
@@ -28,6 +30,11 @@ enum Step {
         layer: u32,
         experts: Vec<u32>,
     },
+    /// Pin a record only if it is cached and ready (the GPU staging path).
+    PinIfReady {
+        layer: u32,
+        expert: u32,
+    },
     Drop(usize),
     Issue(usize),
     Complete {
@@ -43,6 +50,8 @@ enum How {
     Whole,
     Short,
     Eio,
+    /// All bytes delivered, one of them flipped.
+    Corrupt,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -50,6 +59,7 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         (0..LAYERS, experts.clone()).prop_map(|(layer, experts)| Step::Hint { layer, experts }),
         (0..LAYERS, experts).prop_map(|(layer, experts)| Step::Acquire { layer, experts }),
+        (0..LAYERS, 0..EXPERTS).prop_map(|(layer, expert)| Step::PinIfReady { layer, expert }),
         any::<usize>().prop_map(Step::Drop),
         (1usize..4).prop_map(Step::Issue),
         (
@@ -58,6 +68,7 @@ fn step() -> impl Strategy<Value = Step> {
                 6 => Just(How::Whole),
                 2 => Just(How::Short),
                 1 => Just(How::Eio),
+                1 => Just(How::Corrupt),
             ]
         )
             .prop_map(|(pick, how)| Step::Complete { pick, how }),
@@ -104,6 +115,8 @@ struct Harness {
     verifying: Vec<VerifyJob>,
     held: Vec<Held>,
     budget: u64,
+    /// Records some read of which delivered corrupted bytes.
+    corrupted: HashSet<ExpertKey>,
 }
 
 impl Harness {
@@ -127,6 +140,7 @@ impl Harness {
             verifying: Vec::new(),
             held: Vec::new(),
             budget,
+            corrupted: HashSet::new(),
         }
     }
 
@@ -148,7 +162,7 @@ impl Harness {
         }
         let op = self.in_flight.swap_remove(pick % self.in_flight.len());
         let n = match how {
-            How::Whole => op.len,
+            How::Whole | How::Corrupt => op.len,
             How::Short => op.len / 2,
             How::Eio => 0,
         };
@@ -159,6 +173,11 @@ impl Harness {
                 // SAFETY: the op was issued by the core into its arena (checked by
                 // `check_invariants` to lie inside it) and is completed exactly once, here.
                 unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), op.buf, n) };
+                if matches!(how, How::Corrupt) && n > 0 {
+                    // SAFETY: as above: `n` bytes of the op's buffer were just written here.
+                    unsafe { *op.buf.add(n / 2) ^= 0x20 };
+                    self.corrupted.extend(self.key_at(op.offset + n as u64 / 2));
+                }
                 Ok(n)
             }
         };
@@ -179,6 +198,24 @@ impl Harness {
         let bytes = unsafe { std::slice::from_raw_parts(job.ptr, job.len) };
         self.core
             .finish_verify(job, io_sched::checksum::checksum(bytes));
+    }
+
+    /// The record whose aligned span holds file offset `at`.
+    fn key_at(&self, at: u64) -> Option<ExpertKey> {
+        self.layout
+            .iter()
+            .find(|(_, l)| (l.offset..l.offset + l.read_len()).contains(&at))
+            .map(|(k, _)| k)
+    }
+
+    fn pin_if_ready(&mut self, layer: u32, expert: u32) {
+        let key = ExpertKey::new(layer, expert);
+        if let Some(s) = self.core.pin_if_ready(key) {
+            self.held.push(Held {
+                keys: vec![key],
+                slots: vec![s],
+            });
+        }
     }
 
     fn acquire(&mut self, layer: u32, experts: &[u32]) {
@@ -251,11 +288,14 @@ impl Harness {
                     }
                 }
                 Some(Err(e)) => {
-                    // Only injected EIO may fail a load: the bytes delivered are always right.
-                    assert!(
-                        !matches!(e, io_sched::Error::Checksum { .. }),
-                        "checksum failure on correct bytes: {e}"
-                    );
+                    // Only injected EIO or corrupted bytes may fail a load.
+                    if let io_sched::Error::Checksum { site, .. } = &e {
+                        let key = ExpertKey::new(site.layer, site.expert);
+                        assert!(
+                            self.corrupted.contains(&key),
+                            "checksum failure on correct bytes: {e}"
+                        );
+                    }
                     failed.push(i);
                 }
                 None => {}
@@ -336,6 +376,7 @@ proptest! {
                     h.core.hint(layer, &c);
                 }
                 Step::Acquire { layer, experts } => h.acquire(layer, &experts),
+                Step::PinIfReady { layer, expert } => h.pin_if_ready(layer, expert),
                 Step::Drop(i) => h.drop_held(i),
                 Step::Issue(n) => h.issue(n),
                 Step::Complete { pick, how } => h.complete(pick, how),

@@ -176,6 +176,27 @@ fn io_error_names_layer_expert_file_and_offset_and_does_not_stick() {
 }
 
 #[test]
+fn bytes_corrupted_on_the_way_are_a_checksum_error_that_does_not_stick() {
+    let key = ExpertKey::new(1, 3);
+    let (layout, fb) = faulty(2, 4, |b| {
+        b.with_rule(Target::Expert(key), Fault::Corrupt { times: 1 })
+    });
+    let s = Scheduler::with_backend(
+        layout,
+        SchedulerConfig::with_budget(8 * LEN as u64),
+        Box::new(fb),
+    )
+    .unwrap();
+    let e = s.acquire(1, &[3]).unwrap_err();
+    assert!(matches!(e, Error::Checksum { .. }), "{e}");
+    assert!(e.to_string().contains("layer 1 expert 3"), "{e}");
+    // The bad bytes are not kept: the next acquire reads again and gets the record's.
+    let g = s.acquire(1, &[3]).unwrap();
+    assert_eq!(g.bytes(0), &record_bytes(key, LEN)[..]);
+    assert_eq!(s.metrics().layers[1].failed_loads, 1);
+}
+
+#[test]
 fn short_reads_are_retried_until_the_record_is_whole() {
     let key = ExpertKey::new(0, 1);
     let (layout, fb) = faulty(1, 4, |b| {

@@ -16,6 +16,11 @@ pub const MAX_TOKENS: u64 = 10_000_000;
 /// Most expert ids a synthetic trace may hold in memory (4 GiB of `u32`).
 pub const MAX_TRACE_IDS: u64 = 1 << 30;
 
+/// Longest `--ttft` prompt: the prefill model walks every token of every layer and keeps one
+/// union size per chunk and layer, so a prompt of 2⁶⁴ tokens ran forever. 1 Mi tokens is
+/// above every preset model's context.
+pub const MAX_PROMPT_TOKENS: u64 = 1 << 20;
+
 /// The accepted range of one number.
 #[derive(Clone, Copy)]
 enum Range {
@@ -201,6 +206,16 @@ pub fn check_profile(name: &str, d: &DeviceProfile) -> Result<()> {
             reason,
         })?;
     }
+    if d.os_reserved_bytes.value >= d.ram_bytes.value {
+        return Err(SimError::Profile {
+            name: name.into(),
+            reason: format!(
+                "os_reserved_bytes = {} bytes: must be less than ram_bytes = {} bytes (nothing \
+                 would be left for the model)",
+                d.os_reserved_bytes.value, d.ram_bytes.value
+            ),
+        });
+    }
     Ok(())
 }
 
@@ -237,6 +252,17 @@ pub fn check_args(a: &SimArgs) -> Result<()> {
     }
     if a.tokens == 0 {
         return Err(setup("--tokens = 0: must be >= 1".into()));
+    }
+    if !(1..=MAX_PROMPT_TOKENS).contains(&a.prompt_tokens) {
+        return Err(setup(format!(
+            "--prompt-tokens = {} tokens: must be in 1..={MAX_PROMPT_TOKENS}",
+            a.prompt_tokens
+        )));
+    }
+    if a.chunk == 0 {
+        return Err(setup(
+            "--chunk = 0 tokens: must be >= 1 (1 = token by token)".into(),
+        ));
     }
     match a.warmup.checked_add(a.tokens) {
         Some(n) if n <= MAX_TOKENS => Ok(()),

@@ -22,10 +22,10 @@ pub struct IoBenchArgs {
     #[arg(long, default_value_os_t = std::env::temp_dir().join("flashmoe-io-bench"))]
     pub dir: PathBuf,
     /// Size of each test file in MiB (make it larger than RAM for honest mmap figures).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = super::values::mib)]
     pub file_mib: u64,
     /// Expert record sizes in bytes (defaults: the 4-bit Qwen3.5 35B and 397B experts).
-    #[arg(long, value_delimiter = ',', default_values_t = vec![1_769_472u64, 7_077_888])]
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1_769_472u64, 7_077_888], value_parser = super::values::expert_bytes)]
     pub expert_bytes: Vec<u64>,
     /// Experts per file layer.
     #[arg(long, default_value_t = 64, value_parser = super::values::positive_u32)]
@@ -40,7 +40,7 @@ pub struct IoBenchArgs {
     #[arg(long, default_value_t = 1 << 20, value_parser = super::values::positive_usize)]
     pub chunk: usize,
     /// MiB moved per row.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = super::values::mib)]
     pub mib_per_row: u64,
     /// Also run fio (io_uring, O_DIRECT, randread) with the same block size and queue depths,
     /// back to back, and print ratios to it.
@@ -48,7 +48,7 @@ pub struct IoBenchArgs {
     pub fio: bool,
     /// Rounds; every round runs every configuration once (interleaved), and the table shows
     /// the median, so a noisy shared disk affects all rows alike.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = super::values::positive_usize)]
     pub repeat: usize,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -106,9 +106,25 @@ pub fn run(args: &IoBenchArgs) -> CliResult<()> {
         fio: Vec::new(),
         notes: Vec::new(),
     };
+    // Both at most 2^30 and 2^40 bytes (value parsers), experts below 2^32: no overflow.
+    let file_bytes = args.file_mib << 20;
+    if let Some(&bytes) = args
+        .expert_bytes
+        .iter()
+        .find(|&&b| b * args.experts as u64 > file_bytes)
+    {
+        return Err(format!(
+            "--file-mib {} holds no layer of --experts {} x --expert-bytes {bytes} ({} MiB); \
+             raise --file-mib or lower the others",
+            args.file_mib,
+            args.experts,
+            (bytes * args.experts as u64).div_ceil(1 << 20)
+        )
+        .into());
+    }
     for &bytes in &args.expert_bytes {
-        let per_file = (args.file_mib << 20) / bytes.max(1);
-        let layers = (per_file / args.experts as u64).max(1) as u32;
+        // Too many records for one file is refused by the pack writer, naming the geometry.
+        let layers = (file_bytes / bytes / args.experts as u64).min(u32::MAX as u64) as u32;
         let g = Geometry {
             layers,
             experts: args.experts,

@@ -19,8 +19,8 @@ pub struct HfArgs {
     /// Override a config.json key (JSON value), e.g. `--set hidden_size=256`; repeatable.
     #[arg(long = "set", value_name = "KEY=JSON")]
     pub set: Vec<String>,
-    /// Largest shard in MB.
-    #[arg(long, default_value_t = 2000)]
+    /// Largest shard in MB (at least 1).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     pub shard_mb: u64,
     /// Std of each token's own part of its embedding row.
     #[arg(long)]

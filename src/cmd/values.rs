@@ -54,6 +54,74 @@ pub fn positive_usize(s: &str) -> Result<usize, String> {
     positive_u32(s).map(|n| n as usize)
 }
 
+/// Most MiB a size argument in MiB may name (`--file-mib`, `--mib-per-row` of io-bench): 1 TiB.
+pub const MAX_MIB: u64 = 1 << 20;
+
+/// A size in MiB in `1..=`[`MAX_MIB`] (a larger one would overflow when turned into bytes).
+pub fn mib(s: &str) -> Result<u64, String> {
+    let n: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number of MiB"))?;
+    if !(1..=MAX_MIB).contains(&n) {
+        return Err(format!("{n} MiB: must be in 1..={MAX_MIB} MiB"));
+    }
+    Ok(n)
+}
+
+/// Largest expert record io-bench writes: 1 GiB (real ones are a few MiB).
+pub const MAX_EXPERT_BYTES: u64 = 1 << 30;
+
+/// `--expert-bytes` of io-bench: a record size in `1..=`[`MAX_EXPERT_BYTES`] bytes.
+pub fn expert_bytes(s: &str) -> Result<u64, String> {
+    let n: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number of bytes"))?;
+    if !(1..=MAX_EXPERT_BYTES).contains(&n) {
+        return Err(format!(
+            "{n} bytes: must be in 1..={MAX_EXPERT_BYTES} bytes"
+        ));
+    }
+    Ok(n)
+}
+
+/// A share in `[0, 1]` (`--pre-share`, `--pregate-recall`).
+pub fn share(s: &str) -> Result<f64, String> {
+    let x: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    if !(0.0..=1.0).contains(&x) {
+        return Err(format!("{x}: must be a share in [0, 1]"));
+    }
+    Ok(x)
+}
+
+/// A time in microseconds: finite and `>= 0` (`--compute-us`).
+pub fn micros(s: &str) -> Result<f64, String> {
+    let x: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    if !x.is_finite() || x < 0.0 {
+        return Err(format!("{x} µs: must be a finite number >= 0"));
+    }
+    Ok(x)
+}
+
+/// A bandwidth in GB/s: finite and `> 0` (`--sim-gbps`).
+pub fn gbps(s: &str) -> Result<f64, String> {
+    let x: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    if !(x.is_finite() && x > 0.0) {
+        return Err(format!("{x} GB/s: must be a finite number > 0"));
+    }
+    Ok(x)
+}
+
 /// Parses a budget: `512M`, `2G`, `64K`, `1048576` (bytes, powers of 1024) or `25%` of
 /// `all_bytes` (what holding every expert takes).
 pub fn parse_budget(s: &str, all_bytes: u64) -> Result<u64, String> {
@@ -103,6 +171,14 @@ mod tests {
         assert!(top_p("0").is_err());
         assert_eq!(top_p("1"), Ok(1.0));
         assert!(positive_u32("0").is_err());
+        assert!(mib("0").is_err() && mib("18446744073709551615").is_err());
+        assert!(share("1.5").is_err() && share("nan").is_err() && share("-0.1").is_err());
+        assert_eq!(share("0.5"), Ok(0.5));
+        assert!(micros("nan").is_err() && micros("-1").is_err() && micros("inf").is_err());
+        assert!(gbps("0").is_err() && gbps("nan").is_err());
+        assert_eq!(mib("512"), Ok(512));
+        assert!(expert_bytes("0").is_err() && expert_bytes("18446744073709551615").is_err());
+        assert_eq!(expert_bytes("4096"), Ok(4096));
         assert_eq!(positive_usize("4"), Ok(4));
     }
 

@@ -7,7 +7,9 @@
 //! - [`Fault::ShortRead`] lets the inner read run whole (so direct I/O keeps its alignment) and
 //!   reports at most `max_bytes` of it, as a device returning a short count would — any
 //!   `max_bytes`, aligned or not;
-//! - [`Fault::Delay`] holds the read's completion until `submit time + delay`.
+//! - [`Fault::Delay`] holds the read's completion until `submit time + delay`;
+//! - [`Fault::Corrupt`] lets the read run whole and flips one bit of the bytes it delivered
+//!   (as a bad cable or DRAM on the way would), so only the record's checksum can tell.
 //!
 //! Every submitted op is logged, in order, in a shared [`SubmitLog`].
 //!
@@ -54,6 +56,8 @@ pub enum Fault {
     ShortRead { max_bytes: usize, times: u32 },
     /// Hold every matching read's completion until `delay` after its submission.
     Delay(Duration),
+    /// Flip one bit in the middle of the bytes read, for the next `times` matching reads.
+    Corrupt { times: u32 },
 }
 
 /// One submitted read, as logged by [`FaultyBackend`].
@@ -89,7 +93,9 @@ impl FaultRules {
     /// Adds a rule after the existing ones.
     pub fn add(&self, target: Target, fault: Fault) {
         let left = match fault {
-            Fault::Eio { times } | Fault::ShortRead { times, .. } => Some(times),
+            Fault::Eio { times } | Fault::ShortRead { times, .. } | Fault::Corrupt { times } => {
+                Some(times)
+            }
             Fault::Delay(_) => None,
         };
         self.0.lock().push(Rule {
@@ -135,6 +141,8 @@ pub struct FaultyBackend {
     delayed: HashMap<u64, Instant>,
     /// Tags whose byte count is cut to a maximum when they complete.
     truncated: HashMap<u64, usize>,
+    /// Tags whose delivered bytes get one bit flipped, with their buffer's address.
+    corrupted: HashMap<u64, usize>,
     /// Completions held until their deadline.
     held: Vec<(Instant, Completion)>,
     woken: Arc<AtomicBool>,
@@ -155,6 +163,7 @@ impl FaultyBackend {
             ready: Vec::new(),
             delayed: HashMap::new(),
             truncated: HashMap::new(),
+            corrupted: HashMap::new(),
             held: Vec::new(),
             woken: Arc::new(AtomicBool::new(false)),
         }
@@ -202,6 +211,14 @@ impl FaultyBackend {
         for mut c in inner.drain(..) {
             if let Some(max) = self.truncated.remove(&c.tag) {
                 c.result = c.result.map(|n| n.min(max));
+            }
+            if let (Some(buf), Ok(n)) = (self.corrupted.remove(&c.tag), &c.result)
+                && *n > 0
+            {
+                // SAFETY: `buf` is the buffer of this read, which the inner backend has just
+                // completed with `n` bytes; it stays the submitter's until this completion is
+                // handed back (below), so no one else reads or writes it now.
+                unsafe { *(buf as *mut u8).add(n / 2) ^= 0x10 };
             }
             match self.delayed.remove(&c.tag) {
                 Some(deadline) => self.held.push((deadline, c)),
@@ -262,6 +279,14 @@ impl ReadBackend for FaultyBackend {
                 let r = unsafe { self.inner.submit(op) };
                 if r.is_ok() {
                     self.truncated.insert(op.tag, max_bytes);
+                }
+                r
+            }
+            Some(Fault::Corrupt { .. }) => {
+                // SAFETY: forwarded from this method's own contract.
+                let r = unsafe { self.inner.submit(op) };
+                if r.is_ok() {
+                    self.corrupted.insert(op.tag, op.buf as usize);
                 }
                 r
             }

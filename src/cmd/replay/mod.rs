@@ -38,16 +38,16 @@ pub struct ReplayArgs {
     pub far_trace: Option<String>,
     /// With several trace files: keep only the first N tokens of each (so that a short replay
     /// still spans every prompt).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub tokens_per_trace: Option<u64>,
     /// Cache budget: `N%` of the model's expert bytes, or bytes.
     #[arg(long, default_value = "25%")]
     pub budget: String,
     /// Compute per layer, microseconds (a calibrated busy-wait).
-    #[arg(long, default_value_t = 2000.0)]
+    #[arg(long, default_value_t = 2000.0, value_parser = super::values::micros)]
     pub compute_us: f64,
     /// Share of a layer's compute before its routing is known (attention, router).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = super::values::share)]
     pub pre_share: f64,
     /// Tokens measured (the trace wraps).
     #[arg(long, default_value_t = 64)]
@@ -63,10 +63,10 @@ pub struct ReplayArgs {
     pub compare: bool,
     /// Rounds: every round runs every row once (interleaved, so disk drift hits all rows
     /// alike); the table shows each row's median round.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::values::positive_usize)]
     pub repeat: usize,
     /// Recall of synthesized pre-gate scores when the trace has none.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, value_parser = super::values::share)]
     pub pregate_recall: f64,
     /// With --compare: run only the rows whose label starts with one of these (comma-separated,
     /// e.g. `c,d scores,e`).
@@ -80,7 +80,7 @@ pub struct ReplayArgs {
     #[arg(long, default_value_t = 1)]
     pub horizon: u32,
     /// Experts routed per token for `--trace synthetic` (default: the manifest's, else 4).
-    #[arg(long)]
+    #[arg(long, value_parser = super::values::positive_u32)]
     pub k: Option<u32>,
     /// Prefetch MiB in flight at most (io-sched's default: 8).
     #[arg(long)]
@@ -89,7 +89,7 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub prefetch_ops: Option<usize>,
     /// io_uring queue depth.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = super::values::positive_u32)]
     pub queue_depth: u32,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -122,7 +122,7 @@ pub struct ReplayArgs {
     #[arg(long, default_value_t = 256)]
     pub reference_mib: u64,
     /// Size of that scratch file, MiB.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = super::values::mib)]
     pub calibrate_mb: u64,
     /// Skip the real runs: print only what the simulator predicts for each row (on --device,
     /// its direct path at --sim-gbps when given). Deterministic: for comparing policies on a
@@ -130,7 +130,7 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub sim_only: bool,
     /// With --sim-only: the device's direct-read GB/s (peak and per request).
-    #[arg(long)]
+    #[arg(long, value_parser = super::values::gbps)]
     pub sim_gbps: Option<f64>,
 }
 
@@ -259,9 +259,6 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
         .map(|k| k as u32);
     let total = layout.total_expert_bytes();
     let budget = parse_budget(&a.budget, total)?;
-    if !(0.0..=1.0).contains(&a.pre_share) || !a.compute_us.is_finite() || a.compute_us < 0.0 {
-        return Err("--pre-share must be in [0, 1] and --compute-us >= 0".into());
-    }
     let max = flashmoe_sim::validate::MAX_TOKENS;
     if a.tokens == 0 || a.warmup.checked_add(a.tokens).is_none_or(|n| n > max) {
         return Err(format!(
