@@ -537,3 +537,23 @@ pub(crate) fn run_plan(
 ) -> Result<Summary> {
     Ok(run_one(args, &p.0, t, mode, pred, args.budget_gb, label)?.0)
 }
+
+/// Runs `replay`'s io-sched row `kind` on `p`: its predictor, eviction and session policy
+/// (over-fetch, tie rule, idle bound over one layer's compute), through `io_sched::Session`.
+pub(crate) fn run_policy(
+    args: &SimArgs,
+    p: &Plan2,
+    t: &Arc<Trace>,
+    kind: crate::replay::RowKind,
+    label: &str,
+) -> Result<Summary> {
+    let mut s = spec(args, &p.0, Mode::Flashmoe, kind.predictor(), args.budget_gb)?;
+    s.eviction = kind.eviction();
+    let compute_ns = s.compute_pre_ns + s.compute_post_ns;
+    let policy = kind.policy(s.max_per_layer, s.horizon, compute_ns as u64);
+    let r = vtime::run_session(&s, t, None, policy)?;
+    let mut sum = summarise(label, &p.0, &s, t, &r);
+    sum.eviction = kind.eviction().name().into();
+    sum.costs = costs_of(&p.0, &sum, Mode::Flashmoe);
+    Ok(sum)
+}
