@@ -338,6 +338,7 @@ fn costs_of(p: &Plan, s: &Summary, mode: Mode) -> Option<crate::costs::CostRepor
     let experts = g.layers as f64 * p.k as f64 * g.expert_bytes as f64;
     let w = crate::costs::TokenWork {
         seconds: s.ms_per_token / 1e3,
+        compute_seconds: s.layer_compute_ms * g.layers as f64 / 1e3,
         flash_bytes: s.device_mb_per_token * 1e6,
         kernel_bytes: crate::device::layer_bytes(g, p.k) * g.layers as f64,
         copied_bytes: if mode == Mode::TrustOs { experts } else { 0.0 },

@@ -56,14 +56,25 @@ pub struct Search {
 
 /// Runs every realisable policy of `replay --compare` (one layer ahead: the synthetic trace
 /// has no two-ahead scores) on `plan`, and the oracle's bound.
-pub(crate) fn search(args: &SimArgs, plan: &Plan2, trace: &Arc<Trace>, case: &str) -> Result<Search> {
+pub(crate) fn search(
+    args: &SimArgs,
+    plan: &Plan2,
+    trace: &Arc<Trace>,
+    case: &str,
+) -> Result<Search> {
     let mut rows = Vec::new();
     let mut best: Option<(String, Summary)> = None;
     let mut oracle = None;
     for kind in compare_rows(TIE_PCT, false) {
         let label = kind.label();
         if kind == RowKind::Sched(crate::predict::PredictorKind::Oracle) {
-            oracle = Some(run_policy(args, plan, trace, kind, &format!("{case} {label}"))?);
+            oracle = Some(run_policy(
+                args,
+                plan,
+                trace,
+                kind,
+                &format!("{case} {label}"),
+            )?);
             continue;
         }
         if !is_realisable_policy(kind) {

@@ -12,7 +12,14 @@ pub fn best_table(out: &[CaseResult]) -> String {
     let _ = writeln!(
         s,
         "{:<31} {:>9} {:>9}  {:<22} {:>7} {:>10} {:>9} {:>7}",
-        "case", "published", "trust-os", "best policy", "tok/s", "/published", "/trust-os", "oracle"
+        "case",
+        "published",
+        "trust-os",
+        "best policy",
+        "tok/s",
+        "/published",
+        "/trust-os",
+        "oracle"
     );
     for c in out {
         let _ = writeln!(
@@ -91,7 +98,13 @@ pub fn best_table(out: &[CaseResult]) -> String {
         }
     }
     for (i, c) in out.iter().enumerate() {
-        let _ = write!(s, "{}#{} {}", if i == 0 { "(" } else { ", " }, i + 1, c.published.case);
+        let _ = write!(
+            s,
+            "{}#{} {}",
+            if i == 0 { "(" } else { ", " },
+            i + 1,
+            c.published.case
+        );
     }
     s += "; *: best)\n\n";
     s

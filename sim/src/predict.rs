@@ -124,7 +124,13 @@ pub fn pregate_scores(
     }
     let h = trace.header;
     let noise = crate::pregate::noise_for_recall(h.experts, h.k, recall);
-    crate::pregate::synthesize(trace.experts_at(token, layer + 1), h.experts, noise, rng, out);
+    crate::pregate::synthesize(
+        trace.experts_at(token, layer + 1),
+        h.experts,
+        noise,
+        rng,
+        out,
+    );
 }
 
 /// Over every (token, layer) with recorded pre-gate scores: the share of layer `L + ahead`'s

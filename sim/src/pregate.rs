@@ -124,6 +124,9 @@ mod tests {
         top.sort();
         assert_eq!(top, vec![2, 5, 9]);
         assert_eq!(recall_at(64, 8, 0.0, &[8], 50)[0], 1.0);
-        assert!(recall_at(64, 8, 5.0, &[8], 200)[0] < 0.5, "heavy noise loses most");
+        assert!(
+            recall_at(64, 8, 5.0, &[8], 200)[0] < 0.5,
+            "heavy noise loses most"
+        );
     }
 }

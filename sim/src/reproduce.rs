@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::cli::{SimArgs, plan_for, run_plan, to_json};
-use crate::policy::{Gain, Search};
 use crate::error::Result;
+use crate::policy::{Gain, Search};
 use crate::predict::PredictorKind;
 use crate::report::Summary;
 use crate::vtime::Mode;

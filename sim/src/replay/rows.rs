@@ -56,7 +56,10 @@ pub fn compare_rows(tie_pct: u8, far: bool) -> Vec<RowKind> {
             ..Default::default()
         };
         v.push(RowKind::SchedOver(PredictorKind::Scores, h2(0, 0, false)));
-        v.push(RowKind::SchedOver(PredictorKind::Scores, h2(4, tie_pct, true)));
+        v.push(RowKind::SchedOver(
+            PredictorKind::Scores,
+            h2(4, tie_pct, true),
+        ));
         v.push(RowKind::SchedOver(PredictorKind::Blend, h2(0, 0, false)));
         // The blend's probabilities for eviction, then for cost-aware hinting too.
         let next_use = OverFetchRow {
