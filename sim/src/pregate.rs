@@ -74,10 +74,13 @@ pub fn recall_at(experts: u32, k: u32, noise_sd: f64, ns: &[usize], samples: u32
     hits.iter().map(|&h| h as f64 / all).collect()
 }
 
+/// Fitted noise per (experts, k, recall bits).
+type Fits = HashMap<(u32, u32, u64), f64>;
+
 /// The pre-gate noise at which the top `k` of `experts` holds `recall` of the routed experts
 /// (bisection over [`recall_at`]; memoised, the runs of one process share it).
 pub fn noise_for_recall(experts: u32, k: u32, recall: f64) -> f64 {
-    static FITS: OnceLock<Mutex<HashMap<(u32, u32, u64), f64>>> = OnceLock::new();
+    static FITS: OnceLock<Mutex<Fits>> = OnceLock::new();
     let key = (experts, k, recall.to_bits());
     let fits = FITS.get_or_init(Default::default);
     if let Some(s) = fits.lock().ok().and_then(|m| m.get(&key).copied()) {

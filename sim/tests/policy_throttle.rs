@@ -72,7 +72,10 @@ fn the_best_policy_is_replays_fastest_row_and_its_gain_adds_up() {
             "{case}: terms {sum} vs {diff}"
         );
         let ratio = f(c, "/simulated/tok_per_s") * f(c, "/best_over_trust_os");
-        assert!((ratio - best).abs() <= 1e-12 * best, "{case}: {ratio} vs {best}");
+        assert!(
+            (ratio - best).abs() <= 1e-12 * best,
+            "{case}: {ratio} vs {best}"
+        );
     }
 }
 
