@@ -338,6 +338,7 @@ fn costs_of(p: &Plan, s: &Summary, mode: Mode) -> Option<crate::costs::CostRepor
     let experts = g.layers as f64 * p.k as f64 * g.expert_bytes as f64;
     let w = crate::costs::TokenWork {
         seconds: s.ms_per_token / 1e3,
+        compute_seconds: s.layer_compute_ms * g.layers as f64 / 1e3,
         flash_bytes: s.device_mb_per_token * 1e6,
         kernel_bytes: crate::device::layer_bytes(g, p.k) * g.layers as f64,
         copied_bytes: if mode == Mode::TrustOs { experts } else { 0.0 },
@@ -536,4 +537,24 @@ pub(crate) fn run_plan(
     label: &str,
 ) -> Result<Summary> {
     Ok(run_one(args, &p.0, t, mode, pred, args.budget_gb, label)?.0)
+}
+
+/// Runs `replay`'s io-sched row `kind` on `p`: its predictor, eviction and session policy
+/// (over-fetch, tie rule, idle bound over one layer's compute), through `io_sched::Session`.
+pub(crate) fn run_policy(
+    args: &SimArgs,
+    p: &Plan2,
+    t: &Arc<Trace>,
+    kind: crate::replay::RowKind,
+    label: &str,
+) -> Result<Summary> {
+    let mut s = spec(args, &p.0, Mode::Flashmoe, kind.predictor(), args.budget_gb)?;
+    s.eviction = kind.eviction();
+    let compute_ns = s.compute_pre_ns + s.compute_post_ns;
+    let policy = kind.policy(s.max_per_layer, s.horizon, compute_ns as u64);
+    let r = vtime::run_session(&s, t, None, policy)?;
+    let mut sum = summarise(label, &p.0, &s, t, &r);
+    sum.eviction = kind.eviction().name().into();
+    sum.costs = costs_of(&p.0, &sum, Mode::Flashmoe);
+    Ok(sum)
 }

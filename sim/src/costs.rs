@@ -40,6 +40,26 @@ pub struct CostProfile {
     pub flash_capacity_bytes: Fig,
     /// Rated endurance, bytes written (TBW).
     pub flash_tbw_bytes: Fig,
+    /// Thermal time constant of the chassis, s ([`crate::throttle`]).
+    #[serde(default = "default_tau")]
+    pub thermal_tau_s: Fig,
+    /// SoC power ∝ clock^this under DVFS ([`crate::throttle`]).
+    #[serde(default = "default_exponent")]
+    pub dvfs_power_exponent: Fig,
+}
+
+fn default_tau() -> Fig {
+    Fig::new(
+        240.0,
+        "assumption within 120-600 s: phone GPU stress tests (3DMark loops of about a minute) lose their peak within the first 2-5 loops at about twice the sustained power, i.e. tau ln 2 = 2-5 min; the iPhone 16 Pro loses over a third of its GPU score under sustained load (notebookcheck.com, iPhone 16 Pro test)",
+    )
+}
+
+fn default_exponent() -> Fig {
+    Fig::new(
+        2.0,
+        "assumption within 1-3: dynamic power f V^2 with voltage falling with clock near the top of the DVFS curve (3 if V tracks f, 1 at the voltage floor)",
+    )
 }
 
 /// The costs of one simulated run, per token and per hour of use.
@@ -66,6 +86,8 @@ pub struct CostReport {
     pub model_write_share_of_tbw: f64,
     /// P/E-cycle wear of one hour of generation (reads: none).
     pub read_wear_share_of_tbw_per_hour: f64,
+    /// Thermal throttling over time ([`crate::throttle`]).
+    pub throttle: crate::throttle::Throttle,
 }
 
 /// Bytes of the packed model file: every expert plus the non-expert weights.
@@ -77,6 +99,8 @@ pub fn model_bytes(g: &Geometry) -> f64 {
 #[derive(Debug, Clone, Copy)]
 pub struct TokenWork {
     pub seconds: f64,
+    /// The part of `seconds` spent computing (slows with the clock when throttled).
+    pub compute_seconds: f64,
     /// Bytes the SSD moved.
     pub flash_bytes: f64,
     /// Bytes the kernels read from DRAM (weights).
@@ -106,6 +130,16 @@ impl CostProfile {
             f64::INFINITY
         };
         let model = model_bytes(g);
+        let throttle = crate::throttle::ThermalInput {
+            compute_s: w.compute_seconds.clamp(0.0, w.seconds),
+            stall_s: (w.seconds - w.compute_seconds).max(0.0),
+            soc_w: self.soc_power_w.value,
+            io_j: flash + dram,
+            sustained_w: self.sustained_power_w.value,
+            tau_s: self.thermal_tau_s.value,
+            exponent: self.dvfs_power_exponent.value,
+        }
+        .throttle();
         CostReport {
             tok_per_s,
             soc_j_per_token: soc,
@@ -120,6 +154,7 @@ impl CostProfile {
             model_write_bytes: model,
             model_write_share_of_tbw: model / self.flash_tbw_bytes.value,
             read_wear_share_of_tbw_per_hour: 0.0,
+            throttle,
         }
     }
 }
@@ -141,6 +176,17 @@ impl CostReport {
                 ""
             }
         );
+        let t = &self.throttle;
+        if let Some(th) = t.time_to_throttle_s {
+            s += &format!(
+                "  throttling     after {:.1} min: clock {:.0}%, {:.2} -> {:.2} tok/s (tokens in 30 min: {:.0})\n",
+                th / 60.0,
+                100.0 * t.clock_share,
+                t.unthrottled_tok_per_s,
+                t.sustained_tok_per_s,
+                t.after.last().map_or(0.0, |a| a.tokens)
+            );
+        }
         if let (Some(t), Some(h)) = (self.tokens_per_charge, self.hours_per_charge) {
             s += &format!(
                 "  battery        {t:.0} tokens per full charge ({h:.1} h of generation)\n"
@@ -171,6 +217,8 @@ mod tests {
             sustained_power_w: f(5.0),
             flash_capacity_bytes: f(512e9),
             flash_tbw_bytes: f(300e12),
+            thermal_tau_s: f(240.0),
+            dvfs_power_exponent: f(2.0),
         }
     }
 
@@ -190,6 +238,7 @@ mod tests {
         let p = profile();
         let w = |flash: f64| TokenWork {
             seconds: 1.0,
+            compute_seconds: 0.5,
             flash_bytes: flash,
             kernel_bytes: 1e9,
             copied_bytes: 0.0,

@@ -104,8 +104,8 @@ impl TraceScores {
 }
 
 /// Pre-gate scores for layer `layer + 1` of `token`: recorded ones if the trace has them,
-/// else synthesized so that the top-k recovers each true expert with probability `recall`
-/// (a missed one is replaced by a random decoy).
+/// else synthesized ([`crate::pregate`]: the router's logits seen through noise fitted so that
+/// the top k holds `recall` of the routed experts; a missed one is a near-tie below rank k).
 pub fn pregate_scores(
     trace: &Trace,
     token: u64,
@@ -122,19 +122,15 @@ pub fn pregate_scores(
         out.extend_from_slice(s);
         return;
     }
-    let e = trace.header.experts;
-    out.resize(e as usize, 0.0);
-    for x in out.iter_mut() {
-        *x = (rng.f64() * 0.5) as f32;
-    }
-    for &t in trace.experts_at(token, layer + 1) {
-        let target = if rng.f64() < recall {
-            t
-        } else {
-            rng.below(e as u64) as u32
-        };
-        out[target as usize] = 1.0 + rng.f64() as f32;
-    }
+    let h = trace.header;
+    let noise = crate::pregate::noise_for_recall(h.experts, h.k, recall);
+    crate::pregate::synthesize(
+        trace.experts_at(token, layer + 1),
+        h.experts,
+        noise,
+        rng,
+        out,
+    );
 }
 
 /// Over every (token, layer) with recorded pre-gate scores: the share of layer `L + ahead`'s

@@ -47,6 +47,8 @@ pub struct Summary {
     pub layer_ms: f64,
     pub layer_compute_ms: f64,
     pub layer_stall_ms: f64,
+    /// The part of `layer_stall_ms` spent faulting non-expert weights back from flash.
+    pub layer_dense_fault_ms: f64,
     pub layer_overlapped_io_ms: f64,
     /// Demanded experts found cached from an earlier demand (see [`cache_hit_rate`]);
     /// comparable with `belady_hit_rate`.
@@ -139,6 +141,7 @@ impl Summary {
             layer_ms: r.elapsed_ns / n / layers / 1e6,
             layer_compute_ms: per(t.compute_ns),
             layer_stall_ms: per(t.stall_ns),
+            layer_dense_fault_ms: per(t.fault_ns),
             layer_overlapped_io_ms: per(t.overlapped_io_ns),
             cache_hit_rate: cache_hit_rate(&m),
             ready_rate: ready_rate(&m),

@@ -234,7 +234,7 @@ pub fn costs_table(args: &SimArgs) -> Result<String> {
         return to_json(&rows);
     }
     let mut s = format!(
-        "{} {}-bit K={}: costs per preset (figures and sources: --figures)\n\n{:<20} {:<9} {:>7} {:>8} {:>7} {:>8} {:>12} {:>9} {:>10} {:>11}\n",
+        "{} {}-bit K={}: costs per preset (figures and sources: --figures)\n\n{:<20} {:<9} {:>7} {:>8} {:>7} {:>8} {:>9} {:>10} {:>12} {:>9} {:>10} {:>11}\n",
         args.model,
         args.bits,
         args.k.map_or("native".into(), |k| k.to_string()),
@@ -244,6 +244,8 @@ pub fn costs_table(args: &SimArgs) -> Result<String> {
         "J/token",
         "W",
         "thermal",
+        "throttle",
+        "tok/s@30m",
         "tok/charge",
         "h/charge",
         "GB read/h",
@@ -254,19 +256,23 @@ pub fn costs_table(args: &SimArgs) -> Result<String> {
         let opt = |x: Option<f64>, p: usize| x.map_or("mains".to_string(), |v| format!("{v:.p$}"));
         let _ = writeln!(
             s,
-            "{:<20} {:<9} {:>7.2} {:>8.2} {:>7.1} {:>7.0}% {:>12} {:>9} {:>10.0} {:>10.3}%",
+            "{:<20} {:<9} {:>7.2} {:>8.2} {:>7.1} {:>7.0}% {:>9} {:>10.2} {:>12} {:>9} {:>10.0} {:>10.3}%",
             r.device,
             r.mode,
             c.tok_per_s,
             c.j_per_token,
             c.power_w,
             100.0 * c.thermal_ratio,
+            c.throttle
+                .time_to_throttle_s
+                .map_or("never".to_string(), |t| format!("{:.1} min", t / 60.0)),
+            c.throttle.after.last().map_or(c.tok_per_s, |a| a.tok_per_s),
             opt(c.tokens_per_charge, 0),
             opt(c.hours_per_charge, 1),
             c.flash_read_bytes_per_hour / 1e9,
             100.0 * c.model_write_share_of_tbw
         );
     }
-    s += "\nthermal: average power over the sustained envelope (>100%: throttling sets in). Reads wear no NAND (P/E cycles come from writes; read disturb is the controller's); the packer's one write of the model is the only wear.\n";
+    s += "\nthermal: average power over the sustained envelope (>100%: throttling sets in); throttle: when, in continuous generation (thermal time constant and DVFS exponent: labelled assumptions, flashmoe_sim::throttle); tok/s@30m: the rate after 30 minutes. Reads wear no NAND (P/E cycles come from writes; read disturb is the controller's); the packer's one write of the model is the only wear.\n";
     Ok(s)
 }

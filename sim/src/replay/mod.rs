@@ -14,6 +14,7 @@
 pub mod mmap;
 pub mod prediction;
 pub mod reference;
+pub mod rows;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

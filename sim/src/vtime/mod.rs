@@ -89,8 +89,10 @@ pub struct RunSpec {
 pub struct LayerTime {
     /// Computing (including contention slowdown).
     pub compute_ns: f64,
-    /// Waiting for expert bytes.
+    /// Waiting for expert bytes (and for non-expert weights faulted back: `fault_ns`).
     pub stall_ns: f64,
+    /// The part of `stall_ns` spent faulting non-expert weights back from flash.
+    pub fault_ns: f64,
     /// Device busy while computing (I/O hidden under compute).
     pub overlapped_io_ns: f64,
 }
@@ -147,6 +149,7 @@ impl RunResult {
         for l in &self.layers {
             t.compute_ns += l.compute_ns;
             t.stall_ns += l.stall_ns;
+            t.fault_ns += l.fault_ns;
             t.overlapped_io_ns += l.overlapped_io_ns;
         }
         t
@@ -312,6 +315,7 @@ pub fn run_session(
                 let lt = &mut times[layer as usize];
                 lt.compute_ns += c1 + c2;
                 lt.stall_ns += stall + fault;
+                lt.fault_ns += fault;
                 lt.overlapped_io_ns += o1 + o2;
             }
         }

@@ -8,7 +8,7 @@ use clap::Args;
 use flashmoe_sim::predict::PredictorKind;
 use flashmoe_sim::replay::prediction::{calibrate_on_model, predict_row};
 use flashmoe_sim::replay::reference::{self, Burst};
-use flashmoe_sim::replay::{OverFetchRow, ReplaySpec, RowKind, RowResult, run_row};
+use flashmoe_sim::replay::{ReplaySpec, RowKind, RowResult, run_row};
 use io_sched::Manifest;
 
 use super::CliResult;
@@ -136,85 +136,7 @@ pub struct ReplayArgs {
 
 fn rows(a: &ReplayArgs) -> CliResult<Vec<RowKind>> {
     if a.compare {
-        let mut v = vec![RowKind::Mmap, RowKind::SyncPread];
-        for p in [
-            PredictorKind::None,
-            PredictorKind::Temporal,
-            PredictorKind::Transition,
-            PredictorKind::Scores,
-            PredictorKind::Blend,
-        ] {
-            v.push(RowKind::Sched(p));
-        }
-        // Over-fetching the pre-gate: a fixed k + 2, and near-ties of the k-th score (up to
-        // k + 4) within the device's idle time.
-        for o in [
-            OverFetchRow {
-                max_extra: 2,
-                tie_pct: 0,
-                idle_bound: false,
-                horizon: 0,
-                ..Default::default()
-            },
-            OverFetchRow {
-                max_extra: 4,
-                tie_pct: a.tie_pct,
-                idle_bound: true,
-                horizon: 0,
-                ..Default::default()
-            },
-        ] {
-            v.push(RowKind::SchedOver(PredictorKind::Scores, o));
-        }
-        v.push(RowKind::Sched(PredictorKind::Oracle));
-        // Eviction alone (no hints), against LRU's row (c) and Belady's bound.
-        v.push(RowKind::SchedOver(
-            PredictorKind::Blend,
-            OverFetchRow {
-                no_hints: true,
-                eviction: io_sched::cache::EvictionKind::NextUse,
-                ..Default::default()
-            },
-        ));
-        if a.far_trace.is_some() {
-            // Two layers ahead: the far pre-gate, plain and over-fetched, and the oracle's
-            // bound at the same horizon.
-            let h2 = |max_extra, tie_pct, idle_bound| OverFetchRow {
-                max_extra,
-                tie_pct,
-                idle_bound,
-                horizon: 2,
-                ..Default::default()
-            };
-            v.push(RowKind::SchedOver(PredictorKind::Scores, h2(0, 0, false)));
-            v.push(RowKind::SchedOver(
-                PredictorKind::Scores,
-                h2(4, a.tie_pct, true),
-            ));
-            v.push(RowKind::SchedOver(PredictorKind::Blend, h2(0, 0, false)));
-            // The blend's probabilities for eviction, then for cost-aware hinting too.
-            let next_use = OverFetchRow {
-                eviction: io_sched::cache::EvictionKind::NextUse,
-                ..h2(0, 0, false)
-            };
-            v.push(RowKind::SchedOver(PredictorKind::Blend, next_use));
-            v.push(RowKind::SchedOver(
-                PredictorKind::Blend,
-                OverFetchRow {
-                    cost_aware: true,
-                    ..h2(4, 0, true)
-                },
-            ));
-            v.push(RowKind::SchedOver(
-                PredictorKind::Blend,
-                OverFetchRow {
-                    cost_aware: true,
-                    eviction: io_sched::cache::EvictionKind::NextUse,
-                    ..h2(4, 0, true)
-                },
-            ));
-            v.push(RowKind::SchedOver(PredictorKind::Oracle, h2(0, 0, false)));
-        }
+        let mut v = flashmoe_sim::replay::rows::compare_rows(a.tie_pct, a.far_trace.is_some());
         if let Some(only) = &a.only {
             v.retain(|k| only.split(',').any(|p| k.label().starts_with(p.trim())));
             if v.is_empty() {
