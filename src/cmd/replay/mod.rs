@@ -176,6 +176,14 @@ fn rows(a: &ReplayArgs) -> CliResult<Vec<RowKind>> {
                 ..Default::default()
             },
         ));
+        // LFRU without prediction, beside row (c)'s LRU.
+        v.push(RowKind::SchedOver(
+            PredictorKind::None,
+            OverFetchRow {
+                eviction: io_sched::cache::EvictionKind::Lfru,
+                ..Default::default()
+            },
+        ));
         // The same eviction fed a perfect one-demand lookahead: the bound of that policy.
         v.push(RowKind::SchedOver(
             PredictorKind::Oracle,
