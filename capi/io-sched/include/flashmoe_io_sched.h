@@ -274,12 +274,22 @@ enum FmioStatus fmio_options_set_budget_bytes(struct FmioOptions *options, uint6
 // `options` must be live options, used by this call alone.
 enum FmioStatus fmio_options_set_budget_share(struct FmioOptions *options, double share);
 
-// The predictor: `none`, `temporal`, `frequency`, `transition` or `scores` (pre-gate: the
-// scores given with `fmio_session_scores`).
+// The predictor: `none`, `temporal`, `frequency`, `transition`, `scores` (pre-gate: the
+// scores given with `fmio_session_scores`) or `blend` (those scores and the routing history
+// in one online model per layer, with calibrated confidences and next-use probabilities for
+// the `next-use` eviction policy, `fmio_options_set_eviction`).
 //
 // # Safety
 // `options` must be live options, used by this call alone; `name` a NUL-terminated string.
 enum FmioStatus fmio_options_set_predictor(struct FmioOptions *options, const char *name);
+
+// The cache's eviction policy: `lru` (the default), `lfru` (decayed access counts) or
+// `next-use` (the expert expected to be needed last goes first, from the predictor's
+// next-use probabilities: only `blend` gives them; with another predictor it is LRU).
+//
+// # Safety
+// `options` must be live options, used by this call alone; `name` a NUL-terminated string.
+enum FmioStatus fmio_options_set_eviction(struct FmioOptions *options, const char *name);
 
 // Layers ahead the predictor hints (`horizon` ≥ 1) and experts hinted per predicted layer
 // (`per_layer`; 0: the number of experts of the acquire + 2).
@@ -366,7 +376,7 @@ enum FmioStatus fmio_session_capacity(const struct FmioSession *session,
                                       uint64_t *out_budget_bytes);
 
 // Scores of `layer`'s experts (`n` = experts per layer, e.g. pre-gate router probabilities
-// computed from an earlier layer's hidden state), for the `scores` predictor; other
+// computed from an earlier layer's hidden state), for the `scores` and `blend` predictors; other
 // predictors ignore them. Give them before acquiring the layer before `layer`. Any thread.
 //
 // # Safety

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use io_sched::backend::select::{BackendConfig, open_backend};
+use io_sched::cache::EvictionKind;
 use io_sched::metrics::MetricsSnapshot;
 use io_sched::predictor::{self, Candidate, Predictor, PredictorKind};
 use io_sched::{ExpertGuard, ExpertLayout, Scheduler, SchedulerConfig, Session, SessionConfig};
@@ -34,6 +35,9 @@ pub(crate) struct SessionSettings {
     pub per_layer: usize,
     pub backend: BackendConfig,
     pub verify_checksums: bool,
+    /// The cache's eviction policy (`NextUse` is fed the predictor's next-use probabilities
+    /// by the session: the `blend` predictor gives them).
+    pub eviction: EvictionKind,
 }
 
 impl Default for SessionSettings {
@@ -45,6 +49,7 @@ impl Default for SessionSettings {
             per_layer: 0,
             backend: BackendConfig::default(),
             verify_checksums: true,
+            eviction: EvictionKind::Lru,
         }
     }
 }
@@ -88,7 +93,9 @@ impl SessionCore {
                 reason: format!("{} cannot be built without a trace", s.predictor),
             })?;
         let opened = open_backend(&layout, &s.backend)?;
-        let cfg = SchedulerConfig::with_budget(budget_bytes).verify_checksums(s.verify_checksums);
+        let cfg = SchedulerConfig::with_budget(budget_bytes)
+            .verify_checksums(s.verify_checksums)
+            .eviction(s.eviction);
         let sched = Arc::new(Scheduler::with_backend(layout, cfg, opened.backend)?);
         Ok(Self {
             sched,
@@ -118,7 +125,7 @@ impl SessionCore {
         (slots, size, self.budget_bytes)
     }
 
-    /// Pre-gate (or any) scores of `layer`'s experts, for the `scores` predictor.
+    /// Pre-gate (or any) scores of `layer`'s experts, for the `scores` and `blend` predictors.
     pub fn scores(&self, layer: u32, scores: &[f32]) {
         match &mut *self.plan.lock() {
             Plan::Waiting { predictor, .. } => predictor.observe_scores(layer, scores),

@@ -5,6 +5,7 @@ use std::ffi::c_char;
 
 use io_sched::backend::BackendKind;
 use io_sched::backend::files::DirectMode;
+use io_sched::cache::EvictionKind;
 use io_sched::predictor::PredictorKind;
 
 use crate::adapter::{Budget, SessionSettings};
@@ -109,8 +110,10 @@ pub unsafe extern "C" fn fmio_options_set_budget_share(
     }
 }
 
-/// The predictor: `none`, `temporal`, `frequency`, `transition` or `scores` (pre-gate: the
-/// scores given with `fmio_session_scores`).
+/// The predictor: `none`, `temporal`, `frequency`, `transition`, `scores` (pre-gate: the
+/// scores given with `fmio_session_scores`) or `blend` (those scores and the routing history
+/// in one online model per layer, with calibrated confidences and next-use probabilities for
+/// the `next-use` eviction policy, `fmio_options_set_eviction`).
 ///
 /// # Safety
 /// `options` must be live options, used by this call alone; `name` a NUL-terminated string.
@@ -137,6 +140,34 @@ pub unsafe extern "C" fn fmio_options_set_predictor(
                 ));
             }
             s.predictor = kind;
+            Ok(())
+        })
+    }
+}
+
+/// The cache's eviction policy: `lru` (the default), `lfru` (decayed access counts) or
+/// `next-use` (the expert expected to be needed last goes first, from the predictor's
+/// next-use probabilities: only `blend` gives them; with another predictor it is LRU).
+///
+/// # Safety
+/// `options` must be live options, used by this call alone; `name` a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fmio_options_set_eviction(
+    options: *mut FmioOptions,
+    name: *const c_char,
+) -> FmioStatus {
+    const F: &str = "fmio_options_set_eviction";
+    // SAFETY: forwarded from this function's contract.
+    let name = match unsafe { str_arg(F, "name", name) } {
+        Ok(n) => n,
+        Err(e) => return ffi(F, || Err(e)),
+    };
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        set(F, options, |s| {
+            s.eviction = name
+                .parse::<EvictionKind>()
+                .map_err(|e| CallError::invalid(F, "name", e))?;
             Ok(())
         })
     }

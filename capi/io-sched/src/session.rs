@@ -171,7 +171,7 @@ pub unsafe extern "C" fn fmio_session_capacity(
 }
 
 /// Scores of `layer`'s experts (`n` = experts per layer, e.g. pre-gate router probabilities
-/// computed from an earlier layer's hidden state), for the `scores` predictor; other
+/// computed from an earlier layer's hidden state), for the `scores` and `blend` predictors; other
 /// predictors ignore them. Give them before acquiring the layer before `layer`. Any thread.
 ///
 /// # Safety

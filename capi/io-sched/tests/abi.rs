@@ -1,5 +1,6 @@
 //! The C functions called from Rust: a layout built record by record, NULL and bad arguments,
-//! the `scores` predictor prefetching through a session, `ready`, metrics.
+//! the `scores` predictor prefetching through a session, `ready`, metrics; the `blend`
+//! predictor with `next-use` eviction.
 
 use std::ffi::{CStr, CString};
 use std::ptr;
@@ -193,6 +194,81 @@ fn scores_predictor_prefetches_and_guards_hold_the_right_bytes() {
             last_error().contains("`layer` 7 is out of range"),
             "{}",
             last_error()
+        );
+        fmio_session_free(s);
+        fmio_layout_free(layout);
+    }
+}
+
+#[test]
+fn blend_predictor_with_next_use_eviction_prefetches_what_the_scores_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = built_layout(dir.path());
+    // SAFETY: all handles are live, used as documented, and freed once at the end.
+    unsafe {
+        let mut opts = ptr::null_mut();
+        assert_eq!(fmio_options_new(&mut opts), FmioStatus::Ok);
+        let blend = CString::new("blend").unwrap();
+        assert_eq!(
+            fmio_options_set_predictor(opts, blend.as_ptr()),
+            FmioStatus::Ok
+        );
+        let bogus = CString::new("belady").unwrap();
+        assert_eq!(
+            fmio_options_set_eviction(opts, bogus.as_ptr()),
+            FmioStatus::InvalidArgument
+        );
+        assert!(
+            last_error()
+                .contains("fmio_options_set_eviction: `name` unknown eviction policy \"belady\""),
+            "{}",
+            last_error()
+        );
+        let next_use = CString::new("next-use").unwrap();
+        assert_eq!(
+            fmio_options_set_eviction(opts, next_use.as_ptr()),
+            FmioStatus::Ok
+        );
+        assert_eq!(
+            fmio_options_set_budget_bytes(opts, 4 * REC as u64),
+            FmioStatus::Ok
+        );
+        assert_eq!(fmio_options_set_prefetch(opts, 1, 2), FmioStatus::Ok);
+        let mut s = ptr::null_mut();
+        assert_eq!(fmio_session_open(layout, opts, &mut s), FmioStatus::Ok);
+        fmio_options_free(opts);
+
+        // From the first token the blend ranks by the pre-gate scores: layer 1's say 3, then 1.
+        let scores = [0.05f32, 0.6, 0.05, 0.9];
+        assert_eq!(
+            fmio_session_scores(s, 1, scores.as_ptr(), 4),
+            FmioStatus::Ok
+        );
+        let mut g = ptr::null_mut();
+        assert_eq!(
+            fmio_session_acquire(s, 0, [2u32, 0].as_ptr(), 2, &mut g),
+            FmioStatus::Ok
+        );
+        fmio_guard_release(g);
+        assert_eq!(
+            fmio_session_acquire(s, 1, [3u32, 1].as_ptr(), 2, &mut g),
+            FmioStatus::Ok
+        );
+        let mut b = std::mem::zeroed::<FmioExpertBytes>();
+        assert_eq!(fmio_guard_get(g, 1, &mut b), FmioStatus::Ok);
+        assert!(
+            b.expert == 1
+                && std::slice::from_raw_parts(b.data, REC)
+                    .iter()
+                    .all(|&x| x == 4 + 1)
+        );
+        fmio_guard_release(g);
+        let mut m = FmioMetrics::default();
+        assert_eq!(fmio_session_metrics(s, 1, &mut m), FmioStatus::Ok);
+        assert_eq!(
+            (m.demanded, m.prefetch_used, m.misses),
+            (2, 2, 0),
+            "layer 1's experts came from the blend's hints"
         );
         fmio_session_free(s);
         fmio_layout_free(layout);

@@ -76,4 +76,50 @@ impl Predictor for Oracle {
             fill.commit();
         }
     }
+
+    /// 1 for the experts `layer` routes at its next demand, 0 for the others: the eviction
+    /// policy's bound with a perfect one-demand lookahead.
+    fn next_use(&mut self, layer: u32, out: &mut [f32]) -> bool {
+        if layer >= self.layers {
+            return false;
+        }
+        let token = match self.last_layer {
+            Some(l) if layer <= l => self.token + 1,
+            _ => self.token,
+        };
+        let Some(experts) = self.trace.get(token).and_then(|t| t.get(layer as usize)) else {
+            return false;
+        };
+        out.fill(0.0);
+        for &e in experts {
+            if let Some(o) = out.get_mut(e as usize) {
+                *o = 1.0;
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_use_marks_each_layers_next_demand() {
+        // Two tokens of a 2-layer model.
+        let trace = vec![vec![vec![0, 1], vec![2]], vec![vec![3], vec![1, 2]]];
+        let mut o = Oracle::new(trace, 2, 4);
+        let mut p = [9.0f32; 4];
+        o.observe(0, &[0, 1]);
+        // Layer 1 is next in this token; layer 0 runs again in the next one.
+        assert!(o.next_use(1, &mut p));
+        assert_eq!(p, [0.0, 0.0, 1.0, 0.0]);
+        assert!(o.next_use(0, &mut p));
+        assert_eq!(p, [0.0, 0.0, 0.0, 1.0]);
+        o.observe(1, &[2]);
+        o.observe(0, &[3]);
+        o.observe(1, &[1, 2]);
+        assert!(!o.next_use(0, &mut p), "past the end of the trace");
+        assert!(!o.next_use(5, &mut p));
+    }
 }

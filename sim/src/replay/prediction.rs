@@ -23,6 +23,8 @@ pub struct Predicted {
     pub cache_hit_rate: f64,
     pub stall_ms_per_token: f64,
     pub bytes_per_token: f64,
+    /// Of the bytes prefetched, the share never used (0 without prefetches).
+    pub wasted_share: f64,
 }
 
 /// Simulates `kind` as [`super::run_row`] runs it.
@@ -104,6 +106,11 @@ pub fn predict_row(
         cache_hit_rate: crate::report::cache_hit_rate(&m),
         stall_ms_per_token: t.stall_ns / 1e6 / tokens,
         bytes_per_token: m.bytes_read() as f64 / tokens,
+        wasted_share: if m.prefetch_bytes > 0 {
+            m.wasted_bytes as f64 / m.prefetch_bytes as f64
+        } else {
+            0.0
+        },
     })
 }
 

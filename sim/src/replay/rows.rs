@@ -45,6 +45,23 @@ pub fn compare_rows(tie_pct: u8, far: bool) -> Vec<RowKind> {
             ..Default::default()
         },
     ));
+    // LFRU without prediction, beside row (c)'s LRU.
+    v.push(RowKind::SchedOver(
+        PredictorKind::None,
+        OverFetchRow {
+            eviction: EvictionKind::Lfru,
+            ..Default::default()
+        },
+    ));
+    // The same eviction fed a perfect one-demand lookahead: the bound of that policy.
+    v.push(RowKind::SchedOver(
+        PredictorKind::Oracle,
+        OverFetchRow {
+            no_hints: true,
+            eviction: EvictionKind::NextUse,
+            ..Default::default()
+        },
+    ));
     if far {
         // Two layers ahead: the far pre-gate, plain and over-fetched, and the oracle's bound
         // at the same horizon.

@@ -276,19 +276,20 @@ pub fn run(a: &ReplayArgs) -> CliResult<()> {
             100.0 * belady
         );
         println!(
-            "{:<36} {:>7} {:>6} {:>7} {:>8} {:>9}",
-            "row (simulated)", "tok/s", "hit%", "cache%", "MB/tok", "stall ms"
+            "{:<36} {:>7} {:>6} {:>7} {:>8} {:>9} {:>6}",
+            "row (simulated)", "tok/s", "hit%", "cache%", "MB/tok", "stall ms", "waste%"
         );
         for &kind in &kinds {
             let p = predict_row(kind, &layout, &trace, &spec, &d)?;
             println!(
-                "{:<36} {:>7.2} {:>6.1} {:>7.1} {:>8.1} {:>9.2}",
+                "{:<36} {:>7.2} {:>6.1} {:>7.1} {:>8.1} {:>9.2} {:>6.1}",
                 kind.label(),
                 p.tok_per_s,
                 100.0 * p.hit_rate,
                 100.0 * p.cache_hit_rate,
                 p.bytes_per_token / 1e6,
-                p.stall_ms_per_token
+                p.stall_ms_per_token,
+                100.0 * p.wasted_share
             );
         }
         return Ok(());

@@ -29,11 +29,22 @@
 //! The weights start as "the pre-gate score, scaled to k routed experts": with scores it
 //! behaves like [`super::Scores`] from the first token, without them like k/E, and learns the
 //! rest. Cost per predicted layer: `experts × FEATURES` multiply-adds to predict, the same to
-//! train, plus `k × experts` for the transition feature; no allocation once warm. Memory:
+//! train, plus `k × experts` for the transition feature and one top-2k selection of the
+//! scores; no allocation once warm. Features are stored feature-major and `ln` / `exp` are
+//! plain arithmetic ([`math`]), so every loop over a layer's experts vectorizes; a target's
+//! features are built once (into its pending record, or for the history model once per
+//! observation) and reused to train and for [`Predictor::next_use`]. Memory:
 //! `NEAR × layers × experts²` f32 for the transition tables (off above [`MAX_TABLE`] entries:
-//! feature 6 is then 0), `NEAR × layers × experts × FEATURES` f32 of pending features.
+//! feature 6 is then 0), `(NEAR + 1) × layers × experts × FEATURES` f32 of features.
 
-use super::{LayerPrediction, OutFiller, Predictor, targets};
+use super::{Candidate, LayerPrediction, OutFiller, Predictor, targets};
+use math::logit;
+use model::{Features, Weights};
+
+mod features;
+mod math;
+mod model;
+mod top;
 
 /// Features per (expert, target): see the [module docs](self).
 pub const FEATURES: usize = 10;
@@ -56,47 +67,25 @@ const LOCAL_SHRINK: f32 = 0.995;
 /// Pseudo-observations of the transition prior P(j | i) = k / E.
 const TRANSITION_PRIOR: f32 = 1.0;
 
-fn logit(p: f32) -> f32 {
-    let p = p.clamp(1e-3, 1.0 - 1e-3);
-    (p / (1.0 - p)).ln()
-}
-
-fn sigmoid(z: f32) -> f32 {
-    1.0 / (1.0 + (-z).exp())
-}
-
-/// One logistic model's weights with their AdaGrad accumulators.
-#[derive(Debug, Clone, Copy)]
-struct Weights {
-    w: [f32; FEATURES],
-    g2: [f32; FEATURES],
-}
-
-impl Weights {
-    fn zero() -> Self {
-        Self {
-            w: [0.0; FEATURES],
-            g2: [1.0; FEATURES],
-        }
-    }
-
-    /// AdaGrad ascent on the log-likelihood with batch gradient `grad`.
-    fn step(&mut self, grad: &[f32; FEATURES], lr: f32) {
-        for ((w, g2), g) in self.w.iter_mut().zip(&mut self.g2).zip(grad) {
-            *g2 += g * g;
-            *w += lr * g / g2.sqrt();
-        }
-    }
-}
-
-/// What was predicted for one future (token, layer) at one distance: features and the
-/// probability given, per expert.
+/// Features and the probabilities given from them, for one future (token, layer) at one
+/// distance, or for the history-only model of a layer.
 #[derive(Debug, Clone, Default)]
 struct Pending {
     token: u64,
     valid: bool,
-    x: Vec<[f32; FEATURES]>,
+    x: Features,
     p: Vec<f32>,
+}
+
+impl Pending {
+    fn new(experts: usize) -> Self {
+        Self {
+            token: 0,
+            valid: false,
+            x: Features::new(experts),
+            p: vec![0.0; experts],
+        }
+    }
 }
 
 /// Pre-gate scores and routing history blended by an online logistic model (see the
@@ -145,12 +134,10 @@ pub struct Blend {
     freq_decay: f32,
     /// `[layer][expert]` logit of the routing share (feature 5), updated at each observation.
     freq_logit: Vec<f32>,
-    /// `[layer][expert]` the history-only model's probabilities, valid until the layer's next
-    /// observation ([`Predictor::next_use`] outside the horizon).
-    hist_p: Vec<f32>,
-    hist_valid: Vec<bool>,
-    /// `[expert]` scratch: 0 = in the score's top k, 1 = top 2k, 2 = other.
-    rank_of: Vec<u8>,
+    /// `[layer]` the history-only model's features and probabilities on the history as it
+    /// stands (valid until the layer's next observation): what that observation trains on,
+    /// and [`Predictor::next_use`] outside the horizon.
+    hist: Vec<Pending>,
     /// `[layer][expert]` routing counts decayed fast (feature 9).
     recent: Vec<f32>,
     recent_decay: f32,
@@ -163,10 +150,11 @@ pub struct Blend {
     local: Vec<[Weights; MODELS]>,
     /// `[layer][model]`
     pending: Vec<[Pending; NEAR]>,
-    // Scratch.
-    x: Vec<[f32; FEATURES]>,
+    // Scratch, one per expert.
+    x: Features,
     p: Vec<f32>,
-    rank: Vec<u32>,
+    err: Vec<f32>,
+    keys: Vec<u64>,
     row: Vec<f32>,
 }
 
@@ -199,19 +187,18 @@ impl Blend {
             freq_tokens: vec![0.0; l],
             freq_decay: 0.5f32.powf(1.0 / FREQ_HALF_LIFE),
             freq_logit: vec![0.0; l * e],
-            hist_p: vec![0.0; l * e],
-            hist_valid: vec![false; l],
-            rank_of: vec![2; e],
+            hist: vec![Pending::new(e); l],
             recent: vec![0.0; l * e],
             recent_decay: 0.5f32.powf(1.0 / RECENT_HALF_LIFE),
             trans,
             trans_rows,
             global: [Weights::zero(); MODELS],
             local: vec![[Weights::zero(); MODELS]; l],
-            pending: vec![std::array::from_fn(|_| Pending::default()); l],
-            x: vec![[0.0; FEATURES]; e],
+            pending: vec![std::array::from_fn(|_| Pending::new(e)); l],
+            x: Features::new(e),
             p: vec![0.0; e],
-            rank: Vec::with_capacity(e),
+            err: vec![0.0; e],
+            keys: Vec::with_capacity(e),
             row: vec![0.0; e],
         };
         s.reset_prior();
@@ -236,97 +223,11 @@ impl Blend {
         std::array::from_fn(|f| g[f] + l[f])
     }
 
-    /// Fills `self.x` with the features of every expert of target `t`, predicted `d` layers
-    /// after `src` (`d > NEAR`: history only).
-    fn features(&mut self, t: u32, src: u32, d: usize) {
-        let (e, tl) = (self.experts as usize, t as usize);
-        let near = d <= NEAR;
-        let fresh = near && self.fresh[tl];
-        let scores = &self.score[tl * e..(tl + 1) * e];
-        let logits = &self.score_logit[tl * e..(tl + 1) * e];
-        let older = (fresh && self.has_older[tl]).then(|| &self.older[tl * e..(tl + 1) * e]);
-        // Rank: the score's top 2k, best first (ties broken by index).
-        self.rank.clear();
-        let k = self.k.min(e);
-        if fresh {
-            self.rank.extend(0..e as u32);
-            let by = |a: &u32, b: &u32| {
-                scores[*b as usize]
-                    .total_cmp(&scores[*a as usize])
-                    .then(a.cmp(b))
-            };
-            let k2 = (2 * k).min(e);
-            if k2 > 0 && k2 < e {
-                self.rank.select_nth_unstable_by(k2 - 1, by);
-            }
-            self.rank.truncate(k2);
-            self.rank.sort_unstable_by(by);
-            for (i, &r) in self.rank.iter().enumerate() {
-                self.rank_of[r as usize] = if i < k { 0 } else { 1 };
-            }
-        }
-        // Transition feature from `src`'s latest routing, when it is this token's.
-        let trans_on = near && !self.trans.is_empty() && self.seen[src as usize] == self.seq;
-        if trans_on {
-            self.row.fill(0.0);
-            let prior = TRANSITION_PRIOR * self.k as f32 / e as f32;
-            let srcs = &self.current[src as usize];
-            let base = ((d - 1) * self.layers as usize + src as usize) * e;
-            let n = srcs.len().max(1) as f32;
-            for &i in srcs {
-                let r = base + i as usize;
-                let scale = 1.0 / (n * (self.trans_rows[r] + TRANSITION_PRIOR));
-                let counts = &self.trans[r * e..(r + 1) * e];
-                for (o, c) in self.row.iter_mut().zip(counts) {
-                    *o += scale * (c + prior);
-                }
-            }
-        }
-        let freq = &self.freq_logit[tl * e..(tl + 1) * e];
-        for j in 0..e {
-            let x = &mut self.x[j];
-            x[0] = 1.0;
-            x[1] = if fresh { logits[j] } else { 0.0 };
-            x[2] = if fresh { 0.0 } else { 1.0 };
-            let rank = self.rank_of[j];
-            x[3] = if rank == 0 { 1.0 } else { 0.0 };
-            x[8] = if rank <= 1 { 1.0 } else { 0.0 };
-            x[7] = older.map_or(0.0, |o| o[j]);
-            x[4] = self.prev[tl * e + j];
-            x[9] = self.recent[tl * e + j];
-            x[5] = freq[j];
-            x[6] = if trans_on { logit(self.row[j]) } else { 0.0 };
-        }
-        for &r in &self.rank {
-            self.rank_of[r as usize] = 2;
-        }
-    }
-
-    /// `self.p` from `self.x` with the model for (`t`, `model`).
-    fn probabilities(&mut self, t: usize, model: usize) {
-        let w = self.weights(t, model);
-        for (p, x) in self.p.iter_mut().zip(&self.x) {
-            let z: f32 = w.iter().zip(x).map(|(w, x)| w * x).sum();
-            *p = sigmoid(z);
-        }
-    }
-
-    /// One AdaGrad step of (`t`, `model`) on features `x` against the routed `experts`.
-    fn train(&mut self, t: usize, model: usize, x: &[[f32; FEATURES]], experts: &[u32]) {
-        let w = self.weights(t, model);
-        let mut grad = [0.0f32; FEATURES];
-        for (j, xj) in x.iter().enumerate() {
-            let z: f32 = w.iter().zip(xj).map(|(w, x)| w * x).sum();
-            let y = if experts.contains(&(j as u32)) {
-                1.0
-            } else {
-                0.0
-            };
-            let err = y - sigmoid(z);
-            for (g, x) in grad.iter_mut().zip(xj) {
-                *g += err * x;
-            }
-        }
+    /// One AdaGrad step of (`t`, `model`) on `x` and the probabilities `p` it gave when it
+    /// was predicted, against the routed `experts`. (The weights may have moved a few steps
+    /// since: a delayed gradient, which saves recomputing every expert's probability.)
+    fn train(&mut self, t: usize, model: usize, x: &Features, p: &[f32], experts: &[u32]) {
+        let mut grad = model::gradient(x, p, experts, &mut self.err);
         // Normalise by the positives so that the step does not grow with the expert count.
         let n = self.k.max(1) as f32;
         grad.iter_mut().for_each(|g| *g /= n);
@@ -334,6 +235,25 @@ impl Blend {
         let local = &mut self.local[t][model];
         local.w.iter_mut().for_each(|w| *w *= LOCAL_SHRINK);
         local.step(&grad, LR_LOCAL);
+    }
+
+    /// Makes `hist[l]` hold the history-only features of layer `l` (and, with `probs`, their
+    /// probabilities) on the history as it stands.
+    fn history(&mut self, l: usize, probs: bool) {
+        // `token` of a history record: 1 once its probabilities are computed (once per
+        // observation of the layer, like its features), else 0.
+        let mut h = std::mem::take(&mut self.hist[l]);
+        if !h.valid {
+            self.features(l as u32, l as u32, usize::MAX, &mut h.x);
+            h.token = 0;
+            h.valid = true;
+        }
+        if probs && h.token == 0 {
+            let w = self.weights(l, HISTORY);
+            model::probabilities(&w, &h.x, &mut h.p);
+            h.token = 1;
+        }
+        self.hist[l] = h;
     }
 
     /// The current weights of the model for
@@ -385,17 +305,18 @@ impl Predictor for Blend {
                 continue;
             }
             p.valid = false;
-            let x = std::mem::take(&mut p.x);
-            self.train(l, m, &x, &cur);
-            self.pending[l][m].x = x;
+            let rec = std::mem::take(p);
+            self.train(l, m, &rec.x, &rec.p, &cur);
+            self.pending[l][m] = rec;
         }
         // The history-only model, on the history as it stood.
         if self.seen[l] > 0 {
-            self.features(layer, layer, usize::MAX);
-            let x = std::mem::take(&mut self.x);
-            self.train(l, HISTORY, &x, &cur);
-            self.x = x;
+            self.history(l, true);
+            let rec = std::mem::take(&mut self.hist[l]);
+            self.train(l, HISTORY, &rec.x, &rec.p, &cur);
+            self.hist[l] = rec;
         }
+        self.hist[l].valid = false;
         // Transitions into this layer from the layers routed 1..=NEAR observations ago.
         if !self.trans.is_empty() {
             for d in 1..=NEAR.min(self.layers as usize) {
@@ -431,14 +352,13 @@ impl Predictor for Blend {
             recent[j as usize] += 1.0;
         }
         self.freq_tokens[l] = self.freq_tokens[l] * self.freq_decay + 1.0;
-        let tokens = self.freq_tokens[l];
+        let inv_tokens = 1.0 / self.freq_tokens[l];
         for (f, c) in self.freq_logit[l * e..(l + 1) * e]
             .iter_mut()
             .zip(freq.iter())
         {
-            *f = logit(*c / tokens);
+            *f = logit(*c * inv_tokens);
         }
-        self.hist_valid[l] = false;
         self.fresh[l] = false;
         self.has_older[l] = false;
         self.seen[l] = self.seq;
@@ -480,20 +400,40 @@ impl Predictor for Blend {
         for (d, (t, ahead)) in targets(layer, horizon, self.layers).enumerate() {
             let d = d + 1;
             let model = (d - 1).min(HISTORY);
-            self.features(t, layer, d);
-            self.probabilities(t as usize, model);
-            if model < NEAR {
-                let p = &mut self.pending[t as usize][model];
-                p.token = self.token + ahead as u64;
-                p.valid = true;
-                p.x.clone_from(&self.x);
-                p.p.clone_from(&self.p);
-            }
+            let tl = t as usize;
+            // Features and probabilities straight into the record the observation trains on.
+            let mut rec = if model < NEAR {
+                std::mem::take(&mut self.pending[tl][model])
+            } else {
+                Pending {
+                    x: std::mem::take(&mut self.x),
+                    p: std::mem::take(&mut self.p),
+                    ..Pending::default()
+                }
+            };
+            self.features(t, layer, d, &mut rec.x);
+            let w = self.weights(tl, model);
+            model::probabilities(&w, &rec.x, &mut rec.p);
             let dst = fill.next(t, ahead);
-            let mut idx = std::mem::take(&mut self.rank);
-            super::push_top(&self.p, max, &mut idx, dst, |p| p);
-            self.rank = idx;
+            top::select(&rec.p, max, 0, true, &mut self.keys);
+            dst.extend(
+                self.keys
+                    .iter()
+                    .filter(|&&k| top::positive(k))
+                    .map(|&k| Candidate {
+                        expert: top::expert(k),
+                        confidence: rec.p[top::expert(k) as usize].clamp(0.0, 1.0),
+                    }),
+            );
             fill.commit();
+            if model < NEAR {
+                rec.token = self.token + ahead as u64;
+                rec.valid = true;
+                self.pending[tl][model] = rec;
+            } else {
+                self.x = rec.x;
+                self.p = rec.p;
+            }
         }
     }
 
@@ -503,26 +443,15 @@ impl Predictor for Blend {
         }
         let l = layer as usize;
         // The nearest live prediction for the layer's next demand, else its history.
-        let live = (0..NEAR).find(|&m| self.pending[l][m].valid);
-        match live {
-            Some(m) => {
-                let p = &self.pending[l][m].p;
-                for (o, p) in out.iter_mut().zip(p) {
-                    *o = *p;
-                }
-            }
+        let p = match (0..NEAR).find(|&m| self.pending[l][m].valid) {
+            Some(m) => &self.pending[l][m].p,
             None => {
-                let e = self.experts as usize;
-                if !self.hist_valid[l] {
-                    self.features(layer, layer, usize::MAX);
-                    self.probabilities(l, HISTORY);
-                    self.hist_p[l * e..(l + 1) * e].copy_from_slice(&self.p);
-                    self.hist_valid[l] = true;
-                }
-                for (o, p) in out.iter_mut().zip(&self.hist_p[l * e..(l + 1) * e]) {
-                    *o = *p;
-                }
+                self.history(l, true);
+                &self.hist[l].p
             }
+        };
+        for (o, p) in out.iter_mut().zip(p) {
+            *o = *p;
         }
         true
     }
