@@ -31,7 +31,7 @@
 //! rest. Cost per predicted layer: `experts × FEATURES` multiply-adds to predict, the same to
 //! train, plus `k × experts` for the transition feature and one top-2k selection of the
 //! scores; no allocation once warm. Features are stored feature-major and `ln` / `exp` are
-//! plain arithmetic ([`math`]), so every loop over a layer's experts vectorizes; a target's
+//! plain arithmetic (`math`), so every loop over a layer's experts vectorizes; a target's
 //! features are built once (into its pending record, or for the history model once per
 //! observation) and reused to train and for [`Predictor::next_use`]. Memory:
 //! `NEAR × layers × experts²` f32 for the transition tables (off above [`MAX_TABLE`] entries:
