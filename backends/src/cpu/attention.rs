@@ -296,18 +296,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::cpu::test_values::values;
 
     /// The textbook computation in f64: softmax(q k / sqrt(d)) v per head.
     fn reference(q: &[f32], k: &[f32], v: &[f32], seq: usize, sh: AttnShape) -> Vec<f32> {

@@ -34,6 +34,22 @@ thread_local! {
     static PREPARED: RefCell<Prepared> = RefCell::new(Prepared::default());
 }
 
+/// Runs `f` on the calling thread's [`Prepared`] buffers (fresh ones when re-entered by a
+/// nested parallel job), with room for `groups` groups of scales and biases.
+fn with_prepared<R>(groups: usize, f: impl FnOnce(&mut Prepared) -> R) -> R {
+    PREPARED.with(|cell| {
+        let mut fresh = Prepared::default();
+        let mut held = cell.try_borrow_mut();
+        let p = match &mut held {
+            Ok(p) => &mut **p,
+            Err(_) => &mut fresh,
+        };
+        p.s.resize(groups * ROWS, 0.0);
+        p.b.resize(groups * ROWS, 0.0);
+        f(p)
+    })
+}
+
 /// `o[r * n + t] = rows[r] . xs[t]` for the first `valid` rows (`n = xs.len()`), for one block
 /// of [`ROWS`] rows of a Q4 (`q4`) or Q8 matrix (rows past `valid` may repeat a row; their
 /// values are not stored) and vectors quantized for it (all of one group size and length).
@@ -76,16 +92,7 @@ pub(crate) fn rows_block(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    PREPARED.with(|cell| {
-        let mut fresh = Prepared::default();
-        let mut held = cell.try_borrow_mut();
-        let p = match &mut held {
-            Ok(p) => &mut **p,
-            // Re-entered on this thread (a nested parallel job): fresh buffers.
-            Err(_) => &mut fresh,
-        };
-        p.s.resize(groups * ROWS, 0.0);
-        p.b.resize(groups * ROWS, 0.0);
+    with_prepared(groups, |p| {
         let unpack = q4 && n > 1;
         if unpack {
             p.codes.resize(ROWS * len, 0);
@@ -130,16 +137,7 @@ pub(crate) fn rows_block_lanes(
         assert!(row.biases.len() == row.scales.len());
     }
     assert!(xs.iter().map(|x| x.tokens).sum::<usize>() == n);
-    PREPARED.with(|cell| {
-        let mut fresh = Prepared::default();
-        let mut held = cell.try_borrow_mut();
-        let p = match &mut held {
-            Ok(p) => &mut **p,
-            // Re-entered on this thread (a nested parallel job): fresh buffers.
-            Err(_) => &mut fresh,
-        };
-        p.s.resize(groups * ROWS, 0.0);
-        p.b.resize(groups * ROWS, 0.0);
+    with_prepared(groups, |p| {
         if q4 {
             p.codes.resize(ROWS * cols, 0);
         }

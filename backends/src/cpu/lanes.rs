@@ -132,140 +132,100 @@ pub(crate) unsafe fn rows_block(
     }
 }
 
-/// `o[r * n + t0 + t] = row r . token t` for rows `0..valid` of a block whose byte rows
-/// (`codes[r]`, `groups * group` bytes: Q8 codes, or Q4 codes unpacked) and scales and biases
-/// (`s`, `b`: `[group][row]` f32) are given, and the tokens of `x`.
-///
-/// # Safety
-/// The CPU has AVX2, F16C and AVX-VNNI; every code row holds `groups * group` bytes; `s` and
-/// `b` hold `groups * ROWS` floats; `x` was filled for `groups` groups of `group` (a multiple
-/// of 4); `o` holds `valid * n` floats with `t0 + x.tokens <= n`.
+/// Generates a lanes kernel for one vector width: `$w` tokens per block, `$f` the f32 vector
+/// type and `$i` the i32 one, and the width's intrinsics (each kernel runs the same code).
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,f16c,avxvnni")]
-unsafe fn rows_tokens(
-    codes: [&[u8]; ROWS],
-    (s, b): (&[f32], &[f32]),
-    (groups, group): (usize, usize),
-    x: &TokenBlock,
-    valid: usize,
-    (n, t0): (usize, usize),
-    o: &mut [f32],
-) {
-    use core::arch::x86_64::*;
-    assert!(x.width == TOKENS);
-    let chunks = group / 4;
-    let mut f = [[_mm256_setzero_ps(); 8]; ROWS];
-    for k in 0..groups {
-        let mut acc = [_mm256_setzero_si256(); ROWS];
-        let xq = x.q.as_ptr().wrapping_add(k * group * TOKENS);
-        for j in 0..chunks {
-            // SAFETY: chunk j of group k: 32 bytes inside `x.q` (groups * group * TOKENS long).
-            let xv = unsafe { _mm256_loadu_si256(xq.add(j * 4 * TOKENS).cast()) };
-            for r in 0..ROWS {
-                // SAFETY: k * group + 4j + 4 <= groups * group = the row's length.
-                let c = unsafe {
-                    std::ptr::read_unaligned(codes[r].as_ptr().add(k * group + 4 * j).cast::<i32>())
+macro_rules! lanes_kernel {
+    ($(#[$doc:meta])* $name:ident, $feat:literal, $w:expr, $f:ty, $i:ty,
+     zero: $zps:ident / $zsi:ident, load: $ldps:ident / $ldsi:ident, store: $stps:ident,
+     set1: $s1ps:ident / $s1epi:ident, $add:ident, $mul:ident, $cvt:ident, $dpbusd:ident) => {
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = $feat)]
+        unsafe fn $name(
+            codes: [&[u8]; ROWS],
+            (s, b): (&[f32], &[f32]),
+            (groups, group): (usize, usize),
+            x: &TokenBlock,
+            valid: usize,
+            (n, t0): (usize, usize),
+            o: &mut [f32],
+        ) {
+            use core::arch::x86_64::*;
+            const W: usize = $w;
+            assert!(x.width == W && s.len() >= groups * ROWS && b.len() >= groups * ROWS);
+            assert!(x.q.len() >= groups * group * W && x.d.len() >= groups * W);
+            assert!(codes.iter().all(|c| c.len() >= groups * group));
+            assert!(valid <= ROWS && (valid == 0 || o.len() >= (valid - 1) * n + t0 + x.tokens));
+            let chunks = group / 4;
+            let mut f: [[$f; 8]; ROWS] = [[$zps(); 8]; ROWS];
+            for k in 0..groups {
+                let mut acc: [$i; ROWS] = [$zsi(); ROWS];
+                let xq = x.q.as_ptr().wrapping_add(k * group * W);
+                for j in 0..chunks {
+                    // SAFETY: chunk j of group k: 4 * W bytes inside `x.q` (asserted above).
+                    let xv = unsafe { $ldsi(xq.add(j * 4 * W).cast()) };
+                    for r in 0..ROWS {
+                        // SAFETY: k * group + 4j + 4 <= groups * group <= the row's length.
+                        let c = unsafe {
+                            std::ptr::read_unaligned(
+                                codes[r].as_ptr().add(k * group + 4 * j).cast::<i32>(),
+                            )
+                        };
+                        acc[r] = $dpbusd(acc[r], $s1epi(c), xv);
+                    }
+                }
+                // SAFETY: k < groups: W floats from k * W in `x.d` and `x.sums`.
+                let (dv, xs) = unsafe {
+                    ($ldps(x.d.as_ptr().add(k * W)), $ldps(x.sums.as_ptr().add(k * W)))
                 };
-                acc[r] = _mm256_dpbusd_avx_epi32(acc[r], _mm256_set1_epi32(c), xv);
+                for r in 0..ROWS {
+                    let (sr, br) = (s[k * ROWS + r], b[k * ROWS + r]);
+                    let t1 = $mul($mul($s1ps(sr), dv), $cvt(acc[r]));
+                    let fr = &mut f[r][k % 8];
+                    *fr = $add($add(*fr, t1), $mul($s1ps(br), xs));
+                }
+            }
+            for (r, fr) in f.iter().enumerate().take(valid) {
+                let v = $add(
+                    $add($add(fr[0], fr[4]), $add(fr[2], fr[6])),
+                    $add($add(fr[1], fr[5]), $add(fr[3], fr[7])),
+                );
+                let mut lanes = [0f32; W];
+                // SAFETY: `lanes` holds W floats.
+                unsafe { $stps(lanes.as_mut_ptr(), v) };
+                o[r * n + t0..r * n + t0 + x.tokens].copy_from_slice(&lanes[..x.tokens]);
             }
         }
-        // SAFETY: k < groups: TOKENS floats from k * TOKENS in `x.d` and `x.sums`.
-        let (dv, xs) = unsafe {
-            (
-                _mm256_loadu_ps(x.d.as_ptr().add(k * TOKENS)),
-                _mm256_loadu_ps(x.sums.as_ptr().add(k * TOKENS)),
-            )
-        };
-        for r in 0..ROWS {
-            let (sr, br) = (s[k * ROWS + r], b[k * ROWS + r]);
-            let t1 = _mm256_mul_ps(
-                _mm256_mul_ps(_mm256_set1_ps(sr), dv),
-                _mm256_cvtepi32_ps(acc[r]),
-            );
-            let fr = &mut f[r][k % 8];
-            *fr = _mm256_add_ps(
-                _mm256_add_ps(*fr, t1),
-                _mm256_mul_ps(_mm256_set1_ps(br), xs),
-            );
-        }
-    }
-    for (r, fr) in f.iter().enumerate().take(valid) {
-        let v = _mm256_add_ps(
-            _mm256_add_ps(_mm256_add_ps(fr[0], fr[4]), _mm256_add_ps(fr[2], fr[6])),
-            _mm256_add_ps(_mm256_add_ps(fr[1], fr[5]), _mm256_add_ps(fr[3], fr[7])),
-        );
-        let mut lanes = [0f32; TOKENS];
-        // SAFETY: `lanes` holds 8 floats.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
-        o[r * n + t0..r * n + t0 + x.tokens].copy_from_slice(&lanes[..x.tokens]);
-    }
+    };
 }
 
-/// [`rows_tokens`] on 16 tokens per block with 512-bit vectors (the same f32 operations per
-/// lane, so the same bits).
-///
-/// # Safety
-/// As for [`rows_tokens`], with AVX-512F and AVX-512 VNNI, and `x` filled [`TOKENS_512`] wide.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,f16c,avxvnni,avx512f,avx512vnni")]
-unsafe fn rows_tokens_512(
-    codes: [&[u8]; ROWS],
-    (s, b): (&[f32], &[f32]),
-    (groups, group): (usize, usize),
-    x: &TokenBlock,
-    valid: usize,
-    (n, t0): (usize, usize),
-    o: &mut [f32],
-) {
-    use core::arch::x86_64::*;
-    const W: usize = TOKENS_512;
-    assert!(x.width == W);
-    let chunks = group / 4;
-    let mut f = [[_mm512_setzero_ps(); 8]; ROWS];
-    for k in 0..groups {
-        let mut acc = [_mm512_setzero_si512(); ROWS];
-        let xq = x.q.as_ptr().wrapping_add(k * group * W);
-        for j in 0..chunks {
-            // SAFETY: chunk j of group k: 64 bytes inside `x.q` (groups * group * W long).
-            let xv = unsafe { _mm512_loadu_si512(xq.add(j * 4 * W).cast()) };
-            for r in 0..ROWS {
-                // SAFETY: k * group + 4j + 4 <= groups * group = the row's length.
-                let c = unsafe {
-                    std::ptr::read_unaligned(codes[r].as_ptr().add(k * group + 4 * j).cast::<i32>())
-                };
-                acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_set1_epi32(c), xv);
-            }
-        }
-        // SAFETY: k < groups: W floats from k * W in `x.d` and `x.sums`.
-        let (dv, xs) = unsafe {
-            (
-                _mm512_loadu_ps(x.d.as_ptr().add(k * W)),
-                _mm512_loadu_ps(x.sums.as_ptr().add(k * W)),
-            )
-        };
-        for r in 0..ROWS {
-            let (sr, br) = (s[k * ROWS + r], b[k * ROWS + r]);
-            let t1 = _mm512_mul_ps(
-                _mm512_mul_ps(_mm512_set1_ps(sr), dv),
-                _mm512_cvtepi32_ps(acc[r]),
-            );
-            let fr = &mut f[r][k % 8];
-            *fr = _mm512_add_ps(
-                _mm512_add_ps(*fr, t1),
-                _mm512_mul_ps(_mm512_set1_ps(br), xs),
-            );
-        }
-    }
-    for (r, fr) in f.iter().enumerate().take(valid) {
-        let v = _mm512_add_ps(
-            _mm512_add_ps(_mm512_add_ps(fr[0], fr[4]), _mm512_add_ps(fr[2], fr[6])),
-            _mm512_add_ps(_mm512_add_ps(fr[1], fr[5]), _mm512_add_ps(fr[3], fr[7])),
-        );
-        let mut lanes = [0f32; W];
-        // SAFETY: `lanes` holds 16 floats.
-        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), v) };
-        o[r * n + t0..r * n + t0 + x.tokens].copy_from_slice(&lanes[..x.tokens]);
-    }
-}
+lanes_kernel!(
+    /// `o[r * n + t0 + t] = row r . token t` for rows `0..valid` of a block whose byte rows
+    /// (`codes[r]`, `groups * group` bytes: Q8 codes, or Q4 codes unpacked) and scales and
+    /// biases (`s`, `b`: `[group][row]` f32) are given, and the [`TOKENS`] tokens of `x`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, F16C and AVX-VNNI; `group` is a multiple of 4; the lengths are
+    /// asserted.
+    rows_tokens, "avx2,f16c,avxvnni", TOKENS, __m256, __m256i,
+    zero: _mm256_setzero_ps / _mm256_setzero_si256,
+    load: _mm256_loadu_ps / _mm256_loadu_si256, store: _mm256_storeu_ps,
+    set1: _mm256_set1_ps / _mm256_set1_epi32,
+    _mm256_add_ps, _mm256_mul_ps, _mm256_cvtepi32_ps, _mm256_dpbusd_avx_epi32
+);
+
+#[cfg(target_arch = "x86_64")]
+lanes_kernel!(
+    /// [`rows_tokens`] on [`TOKENS_512`] tokens per block with 512-bit vectors (the same f32
+    /// operations per lane, so the same bits).
+    ///
+    /// # Safety
+    /// As for [`rows_tokens`], with AVX-512F and AVX-512 VNNI.
+    rows_tokens_512, "avx2,f16c,avxvnni,avx512f,avx512vnni", TOKENS_512, __m512, __m512i,
+    zero: _mm512_setzero_ps / _mm512_setzero_si512,
+    load: _mm512_loadu_ps / _mm512_loadu_si512, store: _mm512_storeu_ps,
+    set1: _mm512_set1_ps / _mm512_set1_epi32,
+    _mm512_add_ps, _mm512_mul_ps, _mm512_cvtepi32_ps, _mm512_dpbusd_epi32
+);

@@ -15,6 +15,8 @@ mod rows;
 pub(crate) use ops::rope_table;
 #[cfg(target_arch = "x86_64")]
 mod simd;
+#[cfg(test)]
+mod test_values;
 
 use crate::backend::{
     AttnShape, ComputeBackend, DeltaShape, ExpertScratch, KvShape, RoutedExpert, WeightView,
