@@ -391,12 +391,24 @@ impl ComputeBackend for CpuBackend {
 
     fn axpy(&self, y: &mut CpuTensor, alpha: f32, x: &CpuTensor) -> Result<()> {
         check_len("axpy", "x", y.0.len(), x.0.len())?;
-        y.0.iter_mut().zip(&x.0).for_each(|(a, b)| *a += alpha * b);
+        if y.0.len() >= 1 << 18 {
+            use rayon::prelude::*;
+            y.0.par_chunks_mut(1 << 14)
+                .zip(x.0.par_chunks(1 << 14))
+                .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(a, b)| *a += alpha * b));
+        } else {
+            y.0.iter_mut().zip(&x.0).for_each(|(a, b)| *a += alpha * b);
+        }
         Ok(())
     }
 
     fn fill_zero(&self, y: &mut CpuTensor) -> Result<()> {
-        y.0.iter_mut().for_each(|v| *v = 0.0);
+        if y.0.len() >= 1 << 18 {
+            use rayon::prelude::*;
+            y.0.par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
+        } else {
+            y.0.fill(0.0);
+        }
         Ok(())
     }
 

@@ -8,6 +8,12 @@ use crate::checks::{check_attention, check_range, check_rope, check_rope_partial
 use crate::error::{BackendError, Result};
 use rayon::prelude::*;
 
+/// Whether a row op over `values` floats is worth rayon's pool (below it, a thread's own
+/// loop is faster than the dispatch).
+fn parallel(values: usize) -> bool {
+    values >= 1 << 16
+}
+
 /// Row `i` of `q` attends to positions `0..=start + i` of `layer`.
 pub(crate) fn attention_rows(
     q: &CpuTensor,
@@ -49,11 +55,17 @@ pub(crate) fn rms_norm_rows(
     if width == 0 {
         return Ok(());
     }
-    for (xi, oi) in x.0[..n * width]
-        .chunks_exact(width)
-        .zip(out.0.chunks_exact_mut(width))
-    {
-        ops::rms_norm(xi, &w.0, eps, oi);
+    let norm = |(xi, oi): (&[f32], &mut [f32])| ops::rms_norm(xi, &w.0, eps, oi);
+    if parallel(n * width) {
+        x.0[..n * width]
+            .par_chunks_exact(width)
+            .zip(out.0[..n * width].par_chunks_exact_mut(width))
+            .for_each(norm);
+    } else {
+        x.0[..n * width]
+            .chunks_exact(width)
+            .zip(out.0.chunks_exact_mut(width))
+            .for_each(norm);
     }
     Ok(())
 }
@@ -77,12 +89,20 @@ pub(crate) fn rope_rows(
     if width == 0 {
         return Ok(());
     }
-    for (i, row) in x.0[..n * width].chunks_exact_mut(width).enumerate() {
+    let rotate = |(i, row): (usize, &mut [f32])| {
         if rot_dim == head_dim {
             ops::rope(row, n_heads, head_dim, start + i, theta);
         } else {
             linear_attn::rope_partial(row, n_heads, head_dim, rot_dim, start + i, theta);
         }
+    };
+    let rows = &mut x.0[..n * width];
+    if parallel(n * width) {
+        rows.par_chunks_exact_mut(width)
+            .enumerate()
+            .for_each(rotate);
+    } else {
+        rows.chunks_exact_mut(width).enumerate().for_each(rotate);
     }
     Ok(())
 }
@@ -96,7 +116,15 @@ pub(crate) fn swiglu_rows(
 ) -> Result<()> {
     check_rows("swiglu_rows", "gate", n, width, gate.0.len())?;
     check_rows("swiglu_rows", "up", n, width, up.0.len())?;
-    ops::swiglu(&mut gate.0[..n * width], &up.0[..n * width]);
+    let (g, u) = (&mut gate.0[..n * width], &up.0[..n * width]);
+    if parallel(n * width) {
+        let block = width.max(1) * 16;
+        g.par_chunks_mut(block)
+            .zip(u.par_chunks(block))
+            .for_each(|(g, u)| ops::swiglu(g, u));
+    } else {
+        ops::swiglu(g, u);
+    }
     Ok(())
 }
 
@@ -109,9 +137,20 @@ pub(crate) fn gather_rows(
 ) -> Result<()> {
     check_rows("gather_rows", "out", rows.len(), width, out.0.len())?;
     let n = x.0.len() / width.max(1);
-    for (j, &r) in rows.iter().enumerate() {
+    for &r in rows {
         check_range("gather_rows", "row", r, 1, n)?;
-        out.0[j * width..(j + 1) * width].copy_from_slice(&x.0[r * width..(r + 1) * width]);
+    }
+    if width == 0 {
+        return Ok(());
+    }
+    let copy = |(o, &r): (&mut [f32], &usize)| o.copy_from_slice(&x.0[r * width..(r + 1) * width]);
+    let dst = &mut out.0[..rows.len() * width];
+    if parallel(rows.len() * width) {
+        dst.par_chunks_exact_mut(width)
+            .zip(rows.par_iter())
+            .for_each(copy);
+    } else {
+        dst.chunks_exact_mut(width).zip(rows).for_each(copy);
     }
     Ok(())
 }
@@ -134,12 +173,89 @@ pub(crate) fn scatter_add_rows(
     }
     check_rows("scatter_add_rows", "x", rows.len(), width, x.0.len())?;
     let n = y.0.len() / width.max(1);
-    for (j, (&r, &w)) in rows.iter().zip(weights).enumerate() {
+    for &r in rows {
         check_range("scatter_add_rows", "row", r, 1, n)?;
-        let xi = &x.0[j * width..(j + 1) * width];
-        for (a, b) in y.0[r * width..(r + 1) * width].iter_mut().zip(xi) {
+    }
+    if width == 0 {
+        return Ok(());
+    }
+    let add = |yr: &mut [f32], j: usize| {
+        let (xi, w) = (&x.0[j * width..(j + 1) * width], weights[j]);
+        for (a, b) in yr.iter_mut().zip(xi) {
             *a += w * b;
+        }
+    };
+    // Rows in increasing order name each destination once: the destinations can be updated
+    // in parallel (each still gets its one addition, so the same bits).
+    if parallel(rows.len() * width) && rows.windows(2).all(|p| p[0] < p[1]) {
+        let mut source = vec![usize::MAX; n];
+        for (j, &r) in rows.iter().enumerate() {
+            source[r] = j;
+        }
+        y.0[..n * width]
+            .par_chunks_exact_mut(width)
+            .zip(source.par_iter())
+            .filter(|(_, j)| **j != usize::MAX)
+            .for_each(|(yr, &j)| add(yr, j));
+    } else {
+        for (j, &r) in rows.iter().enumerate() {
+            add(&mut y.0[r * width..(r + 1) * width], j);
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::test_values::values;
+
+    /// Above the parallel threshold, every row op gives exactly what the per-row loop gives:
+    /// gathers, scatters (increasing rows on the pool, repeated rows in order), SwiGLU, RMSNorm
+    /// and RoPE.
+    #[test]
+    fn parallel_row_ops_equal_the_row_loop() {
+        let (n, width) = (300usize, 256usize);
+        assert!(parallel(n * width));
+        let x = CpuTensor(values(n * width, 1));
+        let idx: Vec<usize> = (0..n).map(|j| (j * 7) % n).collect();
+        let mut out = CpuTensor(vec![0.0; n * width]);
+        gather_rows(&x, width, &idx, &mut out).unwrap();
+        for (j, &r) in idx.iter().enumerate() {
+            assert_eq!(out.0[j * width..][..width], x.0[r * width..][..width]);
+        }
+
+        let w = values(n, 2);
+        for rows in [(0..n).collect::<Vec<_>>(), idx.clone(), vec![3; n]] {
+            let mut y = CpuTensor(values(n * width, 3));
+            let mut want = y.0.clone();
+            for (j, &r) in rows.iter().enumerate() {
+                for c in 0..width {
+                    want[r * width + c] += w[j] * x.0[j * width + c];
+                }
+            }
+            scatter_add_rows(&mut y, width, &rows, &w, &x).unwrap();
+            assert_eq!(y.0, want);
+        }
+
+        let (mut g, up) = (CpuTensor(values(n * width, 4)), CpuTensor(values(n * width, 5)));
+        let mut want = g.0.clone();
+        ops::swiglu(&mut want, &up.0);
+        swiglu_rows(&mut g, &up, n, width).unwrap();
+        assert_eq!(g.0, want);
+
+        let norm_w = CpuTensor(values(width, 6));
+        let mut normed = CpuTensor(vec![0.0; n * width]);
+        rms_norm_rows(&x, &norm_w, 1e-6, n, &mut normed).unwrap();
+        let mut rotated = CpuTensor(x.0.clone());
+        rope_rows(&mut rotated, n, (4, 64, 64), 9, 1e4).unwrap();
+        for i in 0..n {
+            let mut row = vec![0.0; width];
+            ops::rms_norm(&x.0[i * width..][..width], &norm_w.0, 1e-6, &mut row);
+            assert_eq!(normed.0[i * width..][..width], row[..]);
+            let mut row = x.0[i * width..][..width].to_vec();
+            ops::rope(&mut row, 4, 64, 9 + i, 1e4);
+            assert_eq!(rotated.0[i * width..][..width], row[..]);
+        }
+    }
 }
