@@ -238,7 +238,10 @@ mod tests {
             assert_eq!(y.0, want);
         }
 
-        let (mut g, up) = (CpuTensor(values(n * width, 4)), CpuTensor(values(n * width, 5)));
+        let (mut g, up) = (
+            CpuTensor(values(n * width, 4)),
+            CpuTensor(values(n * width, 5)),
+        );
         let mut want = g.0.clone();
         ops::swiglu(&mut want, &up.0);
         swiglu_rows(&mut g, &up, n, width).unwrap();
