@@ -125,8 +125,7 @@ fn run(
             let (blocks, groups) = (&blocks[..n.div_ceil(width)], cols / group);
             for_row_blocks(weights * n, cols, n, tmp, |r0, o| {
                 let valid = o.len() / n;
-                let rows: [QRow<'_>; ROWS] =
-                    std::array::from_fn(|i| qrow(bytes, l, r0 + i.min(valid - 1)));
+                let rows = block_rows(bytes, l, r0, valid);
                 super::block::rows_block_lanes(q4, &rows, blocks, (n, groups, group), valid, o)
             });
             transpose(tmp, rows, n, &mut out[..n * rows]);
@@ -257,9 +256,13 @@ pub(crate) fn quant_rows(
         return;
     }
     let q4 = matches!(l.format, WeightFormat::Q4 { .. });
-    // A short last block repeats its last row (those results are not stored).
-    let rows: [QRow<'_>; ROWS] = std::array::from_fn(|i| qrow(bytes, l, r0 + i.min(valid - 1)));
-    rows_block(isa, q4, &rows, qxs, valid, o);
+    rows_block(isa, q4, &block_rows(bytes, l, r0, valid), qxs, valid, o);
+}
+
+/// Rows `r0..r0 + valid` (`valid >= 1`) of a Q4/Q8 matrix as one block of [`ROWS`]: a short
+/// last block repeats its last row (those results are not stored).
+fn block_rows<'a>(bytes: &'a [u8], l: &MatrixLayout, r0: usize, valid: usize) -> [QRow<'a>; ROWS] {
+    std::array::from_fn(|i| qrow(bytes, l, r0 + i.min(valid - 1)))
 }
 
 #[cfg(test)]
