@@ -34,7 +34,13 @@ fi
 
 BUILD="$CACHE/build"
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then
+    # -march=native turns on ggml's AMX kernels on a Xeon that has AMX, but a VM that does not grant
+    # the AMX tile state (these machines) kills them with SIGILL at the first batched matmul
+    # (`tilezero` in ggml_backend_amx_mul_mat): prefill and llama-bench -p crash, decode does not.
+    # PEER_LLAMA_CFLAGS="" keeps them where the kernel allows AMX.
+    FLAGS=${PEER_LLAMA_CFLAGS--mno-amx-tile -mno-amx-int8 -mno-amx-bf16}
     nice -n 10 cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+        -DCMAKE_C_FLAGS="$FLAGS" -DCMAKE_CXX_FLAGS="$FLAGS" \
         -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
         -DLLAMA_BUILD_UI=OFF -DBUILD_SHARED_LIBS=ON >&2
 fi
