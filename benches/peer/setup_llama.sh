@@ -3,7 +3,7 @@
 #
 # llama.cpp's full source ships in the llama-cpp-python sdist on PyPI (vendor/llama.cpp), so this
 # needs only pip, cmake and a C++ compiler: it downloads the sdist (no binary, no deps), extracts it,
-# configures a CPU-only Release build with -DGGML_NATIVE=ON -DLLAMA_CURL=OFF, builds llama-bench,
+# configures a CPU-only Release build with -DGGML_NATIVE=ON -DLLAMA_CURL=OFF (AMX off), builds llama-bench,
 # llama-quantize and llama-simple, then compiles benches/peer/greedy_ids.cpp against libllama.
 # About 10-25 minutes on 2 cores. Re-running reuses what is there.
 #
