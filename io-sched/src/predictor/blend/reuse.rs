@@ -227,25 +227,24 @@ impl Reuse {
     /// Expected tokens until layer `l` routes each expert again, given the next-demand
     /// probabilities `p1` (any source, the freshest last: the record trains on the last
     /// given), into `out`. False before `l`'s first observation.
+    // `max(..).min(..)` rather than `clamp`: NaN goes to the bound instead of through.
+    #[allow(clippy::manual_clamp)]
     pub(super) fn waits(&mut self, l: usize, p1: &[f32], out: &mut [f32]) -> bool {
         let (w, e) = (self.weights(l), self.experts);
         let rec = &mut self.ring[l][self.latest[l]];
         if !rec.valid {
             return false;
         }
+        // `max` / `min` send NaN to the bound and keep the loops branch-free (vectorized).
         for (o, p) in rec.rows[..e].iter_mut().zip(p1) {
-            *o = logit(if p.is_finite() { *p } else { 0.0 });
+            *o = logit(p.max(1e-3).min(0.999));
         }
         rec.asked = true;
         let mut z = std::mem::take(&mut self.p);
         z_into(&w, &rec.rows, &mut z);
         let inv_h = 1.0 / HORIZON as f32;
         for ((o, z), p1) in out.iter_mut().zip(&z).zip(p1) {
-            let p1 = if p1.is_finite() {
-                p1.clamp(1e-3, 0.999)
-            } else {
-                1e-3
-            };
+            let p1 = p1.max(1e-3).min(0.999);
             let ph = sigmoid(*z).max(p1);
             // The per-token reuse rate `q` that gives `ph` over the horizon, (1 - q)^H = 1 - ph.
             let q = (1.0 - exp(ln((1.0 - ph).clamp(1e-6, 1.0)) * inv_h)).max(1e-4);
