@@ -52,7 +52,7 @@
 //! header are written and fsynced, so a file under the final name is always complete.
 //! [`write_pack_set`] writes a whole model (one file, or one file per layer) plus its manifest.
 //! [`PackReader::open`] checks everything above against the real file length before allocating
-//! anything sized by the file; [`verify`] re-reads every record and checks its checksum.
+//! anything sized by the file; [`verify()`] re-reads every record and checks its checksum.
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};

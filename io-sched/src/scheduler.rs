@@ -394,14 +394,11 @@ impl Scheduler {
         self.shared.state.lock().core.wants_next_use()
     }
 
-    /// Hands the eviction policy the probability, per expert of `layer`, that it is routed to
-    /// at the layer's next demand ([`crate::cache::NextUse`]); other policies ignore it.
-    pub fn note_next_use(&self, layer: u32, probabilities: &[f32]) {
-        self.shared
-            .state
-            .lock()
-            .core
-            .note_next_use(layer, probabilities);
+    /// Hands the eviction policy the expected wait, per expert of `layer`, in the layer's
+    /// demands until it is routed to again ([`crate::cache::NextUse`]); other policies ignore
+    /// it.
+    pub fn note_next_use(&self, layer: u32, waits: &[f32]) {
+        self.shared.state.lock().core.note_next_use(layer, waits);
     }
 
     /// Runs `f` on the core under the lock (tests and diagnostics).

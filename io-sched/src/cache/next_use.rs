@@ -1,23 +1,24 @@
 //! [`NextUse`]: evict the expert expected to be needed last — Belady's MIN with the future
-//! replaced by a predictor's probabilities.
+//! replaced by a predictor's expected waits.
 
 use super::EvictionPolicy;
 use crate::layout::ExpertKey;
 
-/// The probability an expert gets before any estimate arrives.
-const DEFAULT_P: f32 = 0.1;
-/// Probabilities are clamped to at least this (an expert is never "never needed").
-const P_MIN: f32 = 0.01;
+/// The wait, in tokens, an expert gets before any estimate arrives.
+const DEFAULT_WAIT: f32 = 10.0;
+/// Waits are clamped to at most this many tokens.
+const MAX_WAIT: f32 = 1e6;
 
 /// Evicts the slot whose expert is expected to be demanded farthest in the future.
 ///
 /// A slot holding expert `e` of layer `l` is next needed, at the earliest, when `l` runs
-/// again: `d` layers after the layer just routed (`1..=layers`). With `p` = the probability
-/// that `e` is routed at that demand (from [`EvictionPolicy::note_next_use`], fed by the
-/// session from its predictor's [`Predictor::next_use`](crate::predictor::Predictor::next_use)),
-/// and each later token taken to route it with the same `p`, the expected wait is
-/// `d + layers × (1 - p) / p` layers; the longest wait is evicted first (Belady evicts the
-/// longest actual wait). Ties (no estimates yet) go to the least recently used.
+/// again: `d` layers after the layer just routed (`1..=layers`). With `w` = the expected
+/// number of `l`'s demands until `e` is routed (1: at the next one; from
+/// [`EvictionPolicy::note_next_use`], fed by the session from its predictor's
+/// [`Predictor::next_use`](crate::predictor::Predictor::next_use)), the expected wait is
+/// `d + layers × (w - 1)` layers; the longest wait is evicted first (Belady evicts the
+/// longest actual wait: with exact waits this is Belady's choice among the evictable slots).
+/// Ties (no estimates yet) go to the least recently used.
 ///
 /// ```
 /// use io_sched::cache::{EvictionPolicy, NextUse};
@@ -26,8 +27,8 @@ const P_MIN: f32 = 0.01;
 /// p.on_insert(0, ExpertKey::new(1, 0), 1);
 /// p.on_insert(1, ExpertKey::new(1, 3), 2);
 /// p.on_routing(0);
-/// p.note_next_use(1, &[0.9, 0.1, 0.1, 0.05]);
-/// // Slot 1 holds the expert least likely needed at layer 1's next demand.
+/// p.note_next_use(1, &[1.2, 5.0, 5.0, 20.0]);
+/// // Slot 1 holds the expert layer 1 is expected to need last.
 /// assert!(p.score(1, 3) < p.score(0, 3));
 /// ```
 #[derive(Debug, Clone)]
@@ -36,8 +37,8 @@ pub struct NextUse {
     experts: u32,
     keys: Vec<ExpertKey>,
     last: Vec<u64>,
-    /// `[layer][expert]`
-    probs: Vec<f32>,
+    /// `[layer][expert]` expected waits, tokens.
+    waits: Vec<f32>,
     /// The layer routed last (`layers - 1` before any).
     current: u32,
 }
@@ -50,7 +51,7 @@ impl NextUse {
             experts,
             keys: vec![ExpertKey::new(0, 0); slots],
             last: vec![0; slots],
-            probs: vec![DEFAULT_P; layers as usize * experts as usize],
+            waits: vec![DEFAULT_WAIT; layers as usize * experts as usize],
             current: layers.saturating_sub(1),
         }
     }
@@ -60,13 +61,8 @@ impl NextUse {
         let n = self.layers;
         let d = ((key.layer % n) + n - self.current - 1) % n + 1;
         let i = key.layer as usize * self.experts as usize + key.expert as usize;
-        let p = self.probs.get(i).copied().unwrap_or(DEFAULT_P);
-        let p = if p.is_finite() {
-            p.clamp(P_MIN, 1.0)
-        } else {
-            DEFAULT_P
-        } as f64;
-        d as f64 + n as f64 * (1.0 - p) / p
+        let w = self.waits.get(i).copied().unwrap_or(DEFAULT_WAIT) as f64;
+        d as f64 + n as f64 * (w - 1.0)
     }
 }
 
@@ -94,14 +90,21 @@ impl EvictionPolicy for NextUse {
     fn wants_next_use(&self) -> bool {
         true
     }
-    fn note_next_use(&mut self, layer: u32, probabilities: &[f32]) {
+    fn note_next_use(&mut self, layer: u32, waits: &[f32]) {
         if layer >= self.layers {
             return;
         }
         let e = self.experts as usize;
-        let row = &mut self.probs[layer as usize * e..(layer as usize + 1) * e];
-        for (r, p) in row.iter_mut().zip(probabilities) {
-            *r = if p.is_finite() { *p } else { DEFAULT_P };
+        let row = &mut self.waits[layer as usize * e..(layer as usize + 1) * e];
+        for (r, w) in row.iter_mut().zip(waits) {
+            // NaN fails the test: no estimate.
+            *r = if *w >= 1.0 {
+                w.min(MAX_WAIT)
+            } else if *w < 1.0 {
+                1.0
+            } else {
+                DEFAULT_WAIT
+            };
         }
     }
 }
@@ -117,17 +120,17 @@ mod tests {
     }
 
     #[test]
-    fn evicts_the_lowest_probability_then_the_farthest_layer() {
+    fn evicts_the_longest_wait_then_the_farthest_layer() {
         let mut p = NextUse::new(3, 4, 4);
         p.on_insert(0, ExpertKey::new(1, 0), 1);
         p.on_insert(1, ExpertKey::new(1, 1), 2);
         p.on_insert(2, ExpertKey::new(3, 0), 3);
         p.on_routing(0);
-        p.note_next_use(1, &[0.9, 0.05, 0.5, 0.5]);
-        p.note_next_use(3, &[0.9, 0.9, 0.9, 0.9]);
-        assert_eq!(victim(&p, 3, 4), 1, "least likely");
-        // Equal odds: the layer that runs again last goes first.
-        p.note_next_use(1, &[0.9, 0.9, 0.5, 0.5]);
+        p.note_next_use(1, &[1.1, 20.0, 2.0, 2.0]);
+        p.note_next_use(3, &[1.1, 1.1, 1.1, 1.1]);
+        assert_eq!(victim(&p, 3, 4), 1, "longest expected wait");
+        // Equal waits: the layer that runs again last goes first.
+        p.note_next_use(1, &[1.1, 1.1, 2.0, 2.0]);
         assert_eq!(
             victim(&p, 3, 4),
             2,
@@ -153,8 +156,11 @@ mod tests {
     fn bad_estimates_are_ignored() {
         let mut p = NextUse::new(1, 2, 2);
         p.note_next_use(7, &[1.0, 1.0]);
-        p.note_next_use(0, &[f32::NAN, 2.0]);
+        p.note_next_use(0, &[f32::NAN, f32::INFINITY]);
         p.on_routing(9);
+        p.on_insert(0, ExpertKey::new(0, 0), 1);
+        p.on_insert(0, ExpertKey::new(0, 1), 1);
+        assert!(p.score(0, 2).is_finite());
         p.on_insert(0, ExpertKey::new(0, 0), 1);
         assert!(p.score(0, 2).is_finite());
     }

@@ -20,14 +20,15 @@ pub trait EvictionPolicy: Send {
         let _ = layer;
     }
     /// Whether the policy uses [`note_next_use`](Self::note_next_use) (so drivers need not
-    /// compute the probabilities for the others).
+    /// compute the waits for the others).
     fn wants_next_use(&self) -> bool {
         false
     }
-    /// Estimated probability, per expert of `layer`, that it is routed to at the layer's next
-    /// demand (a predictor's [`crate::predictor::Predictor::next_use`]). Default: ignore.
-    fn note_next_use(&mut self, layer: u32, probabilities: &[f32]) {
-        let _ = (layer, probabilities);
+    /// Expected waits, per expert of `layer`, in the layer's demands until it is routed to
+    /// again (1: at the next; a predictor's [`crate::predictor::Predictor::next_use`]).
+    /// Default: ignore.
+    fn note_next_use(&mut self, layer: u32, waits: &[f32]) {
+        let _ = (layer, waits);
     }
 }
 

@@ -598,11 +598,11 @@ impl SchedCore {
         self.policy.wants_next_use()
     }
 
-    /// Hands the eviction policy the probability, per expert of `layer`, that it is routed to
-    /// at the layer's next demand (see [`crate::cache::NextUse`]).
-    pub fn note_next_use(&mut self, layer: u32, probabilities: &[f32]) {
+    /// Hands the eviction policy the expected wait, per expert of `layer`, in the layer's
+    /// demands until it is routed to again (see [`crate::cache::NextUse`]).
+    pub fn note_next_use(&mut self, layer: u32, waits: &[f32]) {
         if layer < self.layout.num_layers() {
-            self.policy.note_next_use(layer, probabilities);
+            self.policy.note_next_use(layer, waits);
         }
     }
 

@@ -103,10 +103,11 @@ pub trait Predictor: Send {
         max_per_layer: usize,
         out: &mut Vec<LayerPrediction>,
     );
-    /// The estimated probability that each expert of `layer` is routed to at that layer's next
-    /// demand, written into `out` (one per expert), for an eviction policy that keeps what is
-    /// likeliest needed soonest ([`crate::cache::NextUse`]). Returns false, leaving `out`
-    /// alone, when the predictor has no such estimate (the default).
+    /// The expected wait of each expert of `layer`, in that layer's demands (tokens) until it
+    /// is routed to again — 1: at the layer's next demand — written into `out` (one per
+    /// expert), for an eviction policy that keeps what is needed soonest
+    /// ([`crate::cache::NextUse`]). Returns false, leaving `out` alone, when the predictor has
+    /// no such estimate (the default).
     fn next_use(&mut self, layer: u32, out: &mut [f32]) -> bool {
         let _ = (layer, out);
         false

@@ -30,6 +30,9 @@ impl Oracle {
         }
     }
 
+    /// How many tokens ahead [`Predictor::next_use`] looks for each expert's next use.
+    pub const LOOKAHEAD: usize = 256;
+
     /// The index of the current token in the trace.
     pub fn token(&self) -> usize {
         self.token
@@ -77,8 +80,10 @@ impl Predictor for Oracle {
         }
     }
 
-    /// 1 for the experts `layer` routes at its next demand, 0 for the others: the eviction
-    /// policy's bound with a perfect one-demand lookahead.
+    /// The exact waits, from the trace: for each expert, the number of `layer`'s demands until
+    /// it is routed again (1: at the next one), looking at most [`Oracle::LOOKAHEAD`] tokens
+    /// ahead (farther: `LOOKAHEAD + 1`). Fed to [`crate::cache::NextUse`], that is Belady's
+    /// choice among the evictable slots: the eviction policy's bound.
     fn next_use(&mut self, layer: u32, out: &mut [f32]) -> bool {
         if layer >= self.layers {
             return false;
@@ -87,13 +92,28 @@ impl Predictor for Oracle {
             Some(l) if layer <= l => self.token + 1,
             _ => self.token,
         };
-        let Some(experts) = self.trace.get(token).and_then(|t| t.get(layer as usize)) else {
+        if self
+            .trace
+            .get(token)
+            .and_then(|t| t.get(layer as usize))
+            .is_none()
+        {
             return false;
-        };
-        out.fill(0.0);
-        for &e in experts {
-            if let Some(o) = out.get_mut(e as usize) {
-                *o = 1.0;
+        }
+        let far = (Self::LOOKAHEAD + 1) as f32;
+        out.fill(far);
+        let mut left = out.len();
+        for (w, tok) in self.trace[token..].iter().take(Self::LOOKAHEAD).enumerate() {
+            for &e in tok.get(layer as usize).map_or(&[][..], |v| v.as_slice()) {
+                if let Some(o) = out.get_mut(e as usize)
+                    && *o == far
+                {
+                    *o = (w + 1) as f32;
+                    left -= 1;
+                }
+            }
+            if left == 0 {
+                break;
             }
         }
         true
@@ -105,20 +125,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn next_use_marks_each_layers_next_demand() {
-        // Two tokens of a 2-layer model.
-        let trace = vec![vec![vec![0, 1], vec![2]], vec![vec![3], vec![1, 2]]];
+    fn next_use_gives_each_experts_exact_wait() {
+        // Three tokens of a 2-layer model.
+        let trace = vec![
+            vec![vec![0, 1], vec![2]],
+            vec![vec![3], vec![1, 2]],
+            vec![vec![0], vec![3]],
+        ];
         let mut o = Oracle::new(trace, 2, 4);
+        let far = (Oracle::LOOKAHEAD + 1) as f32;
         let mut p = [9.0f32; 4];
         o.observe(0, &[0, 1]);
-        // Layer 1 is next in this token; layer 0 runs again in the next one.
+        // Layer 1 is next in this token (2 now, 1 next token, 3 the one after).
         assert!(o.next_use(1, &mut p));
-        assert_eq!(p, [0.0, 0.0, 1.0, 0.0]);
+        assert_eq!(p, [far, 2.0, 1.0, 3.0]);
+        // Layer 0 runs again in the next token (3), then 0 in the one after.
         assert!(o.next_use(0, &mut p));
-        assert_eq!(p, [0.0, 0.0, 0.0, 1.0]);
+        assert_eq!(p, [2.0, far, far, 1.0]);
         o.observe(1, &[2]);
         o.observe(0, &[3]);
         o.observe(1, &[1, 2]);
+        o.observe(0, &[0]);
+        o.observe(1, &[3]);
         assert!(!o.next_use(0, &mut p), "past the end of the trace");
         assert!(!o.next_use(5, &mut p));
     }

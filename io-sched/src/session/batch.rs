@@ -8,7 +8,7 @@
 //! - **order**: experts this session prefetched for the layer first (hinted from the previous
 //!   layer's pre-gate union; they are in flight or arrived), then those already cached, then
 //!   the misses — cached records are computed on while the misses are read;
-//! - **groups** of [`SessionConfig::union_group`] records, at most half the cache: one group
+//! - **groups** of [`SessionConfig::union_group`](super::SessionConfig::union_group) records, at most half the cache: one group
 //!   pinned for compute while the next is read into the other half;
 //! - **hints**: when a group is queued, the next group of the union is hinted (it reads while
 //!   this group computes; its demand then takes over the reads); with the last group, the

@@ -48,10 +48,10 @@ pub trait SessionIo {
     fn wants_next_use(&self) -> bool {
         false
     }
-    /// The probability, per expert of `layer`, that it is routed to at the layer's next demand,
-    /// for the eviction policy ([`crate::cache::NextUse`]). Default: ignore.
-    fn note_next_use(&mut self, layer: u32, probabilities: &[f32]) {
-        let _ = (layer, probabilities);
+    /// The expected wait, per expert of `layer`, in the layer's demands until it is routed to
+    /// again, for the eviction policy ([`crate::cache::NextUse`]). Default: ignore.
+    fn note_next_use(&mut self, layer: u32, waits: &[f32]) {
+        let _ = (layer, waits);
     }
 }
 
@@ -129,7 +129,7 @@ impl SessionIo for Arc<Scheduler> {
     fn wants_next_use(&self) -> bool {
         Scheduler::wants_next_use(self)
     }
-    fn note_next_use(&mut self, layer: u32, probabilities: &[f32]) {
-        Scheduler::note_next_use(self, layer, probabilities);
+    fn note_next_use(&mut self, layer: u32, waits: &[f32]) {
+        Scheduler::note_next_use(self, layer, waits);
     }
 }

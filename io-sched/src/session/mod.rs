@@ -114,7 +114,7 @@ pub struct Session<Io: SessionIo> {
     /// Experts the last union demand prefetched for the next layer (pre-gate), which that
     /// layer's union takes first.
     union_hinted: Option<(u32, Vec<u32>)>,
-    /// Whether the cache's eviction policy takes next-use probabilities (asked once).
+    /// Whether the cache's eviction policy takes next-use waits (asked once).
     feeds_next_use: bool,
     next_use: Vec<f32>,
 }
@@ -249,7 +249,7 @@ impl<Io: SessionIo> Session<Io> {
         &mut self.io
     }
 
-    /// Hands the eviction policy the predictor's next-use probabilities of the layer just
+    /// Hands the eviction policy the predictor's next-use waits of the layer just
     /// routed (for its next token) and of each predicted layer, before the demand may evict.
     fn feed_next_use(&mut self, layer: u32) {
         let n = self.io.layers();

@@ -11,7 +11,7 @@ struct FakeIo {
     bytes_per_ns: f64,
     cached: Vec<ExpertKey>,
     log: Vec<String>,
-    /// `Some`: the eviction policy wants next-use probabilities; they are logged here.
+    /// `Some`: the eviction policy wants next-use waits; they are logged here.
     next_use: Option<Vec<(u32, Vec<f32>)>>,
 }
 
@@ -73,9 +73,9 @@ impl SessionIo for FakeIo {
     fn wants_next_use(&self) -> bool {
         self.next_use.is_some()
     }
-    fn note_next_use(&mut self, layer: u32, probabilities: &[f32]) {
+    fn note_next_use(&mut self, layer: u32, waits: &[f32]) {
         if let Some(v) = self.next_use.as_mut() {
-            v.push((layer, probabilities.to_vec()));
+            v.push((layer, waits.to_vec()));
         }
     }
 }
@@ -133,7 +133,7 @@ fn cost_aware_hints_what_pays_likeliest_first_and_always_the_cached() {
 }
 
 #[test]
-fn the_eviction_policy_gets_next_use_probabilities_when_it_wants_them() {
+fn the_eviction_policy_gets_next_use_waits_when_it_wants_them() {
     let mut io = FakeIo::new(3, 16);
     io.next_use = Some(Vec::new());
     let mut s = Session::new(
@@ -156,8 +156,8 @@ fn the_eviction_policy_gets_next_use_probabilities_when_it_wants_them() {
     );
     let (_, p) = fed.iter().rev().find(|(l, _)| *l == 2).unwrap();
     assert!(
-        p[2] > p[7] && p[3] > p[7],
-        "routed experts are likelier: {p:?}"
+        p[2] < p[7] && p[3] < p[7],
+        "routed experts are expected back sooner: {p:?}"
     );
     // A policy that does not want them is not fed (no cost).
     let mut plain = Session::new(

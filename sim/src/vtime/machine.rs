@@ -289,7 +289,7 @@ impl SessionIo for Sim {
         self.core.wants_next_use()
     }
 
-    fn note_next_use(&mut self, layer: u32, probabilities: &[f32]) {
-        self.core.note_next_use(layer, probabilities);
+    fn note_next_use(&mut self, layer: u32, waits: &[f32]) {
+        self.core.note_next_use(layer, waits);
     }
 }

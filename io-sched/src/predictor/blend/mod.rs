@@ -22,9 +22,11 @@
 //! not), the local part shrunk towards 0 so a layer departs from the shared weights only where
 //! its own data says so. Distances 1 and 2 ([`NEAR`]) have models of their own (pre-gate scores
 //! and transitions exist there); farther targets use a history-only model (features 4 and 5),
-//! trained at every observation on the history as it stood, which is also what
-//! [`Predictor::next_use`] gives for layers outside the horizon (the eviction policy
-//! [`crate::cache::NextUse`] reads it).
+//! trained at every observation on the history as it stood. [`Predictor::next_use`] (what the
+//! eviction policy [`crate::cache::NextUse`] reads) is an expected wait in tokens: the nearest
+//! live prediction of the layer's next demand (else the history-only model's) and the chance
+//! of reuse soon after it, from a per-layer reuse model (`reuse`: P(routed within the next
+//! [`reuse::HORIZON`] tokens) from that probability, the expert's age and its routing shares).
 //!
 //! The weights start as "the pre-gate score, scaled to k routed experts": with scores it
 //! behaves like [`super::Scores`] from the first token, without them like k/E, and learns the
@@ -40,10 +42,12 @@
 use super::{Candidate, LayerPrediction, OutFiller, Predictor, targets};
 use math::logit;
 use model::{Features, Weights};
+use reuse::Reuse;
 
 mod features;
 mod math;
 mod model;
+pub mod reuse;
 mod top;
 
 /// Features per (expert, target): see the [module docs](self).
@@ -150,6 +154,8 @@ pub struct Blend {
     local: Vec<[Weights; MODELS]>,
     /// `[layer][model]`
     pending: Vec<[Pending; NEAR]>,
+    /// How soon each expert is routed again after the next demand ([`Predictor::next_use`]).
+    reuse: Reuse,
     // Scratch, one per expert.
     x: Features,
     p: Vec<f32>,
@@ -195,6 +201,7 @@ impl Blend {
             global: [Weights::zero(); MODELS],
             local: vec![[Weights::zero(); MODELS]; l],
             pending: vec![std::array::from_fn(|_| Pending::new(e)); l],
+            reuse: Reuse::new(l, e),
             x: Features::new(e),
             p: vec![0.0; e],
             err: vec![0.0; e],
@@ -362,6 +369,13 @@ impl Predictor for Blend {
         self.fresh[l] = false;
         self.has_older[l] = false;
         self.seen[l] = self.seq;
+        // The reuse model trains on the record that has seen its horizon and records the
+        // history as it now stands.
+        let hist = reuse::History {
+            share: &self.freq_logit[l * e..(l + 1) * e],
+            recent: &self.recent[l * e..(l + 1) * e],
+        };
+        self.reuse.observe(l, self.token, &cur, hist);
         self.current[l] = cur;
     }
 
@@ -443,17 +457,14 @@ impl Predictor for Blend {
         }
         let l = layer as usize;
         // The nearest live prediction for the layer's next demand, else its history.
-        let p = match (0..NEAR).find(|&m| self.pending[l][m].valid) {
+        let p1 = match (0..NEAR).find(|&m| self.pending[l][m].valid) {
             Some(m) => &self.pending[l][m].p,
             None => {
                 self.history(l, true);
                 &self.hist[l].p
             }
         };
-        for (o, p) in out.iter_mut().zip(p) {
-            *o = *p;
-        }
-        true
+        self.reuse.waits(l, p1, out)
     }
 }
 

@@ -164,7 +164,7 @@ fn scores_rank_from_the_first_token() {
 }
 
 #[test]
-fn next_use_prefers_the_predicted_and_falls_back_to_history() {
+fn next_use_waits_prefer_the_predicted_and_fall_back_to_history() {
     let mut p = Blend::new(2, 8);
     let mut probs = [0.0f32; 8];
     assert!(!p.next_use(1, &mut probs), "nothing observed yet");
@@ -172,9 +172,10 @@ fn next_use_prefers_the_predicted_and_falls_back_to_history() {
         p.observe(0, &[1, 2]);
         p.observe(1, &[5, 6]);
     }
-    // History of layer 1: its experts 5 and 6 recur.
+    // History of layer 1: its experts 5 and 6 recur (expected back at the next demand), the
+    // others never come.
     assert!(p.next_use(1, &mut probs));
-    assert!(probs[5] > 0.5 && probs[0] < 0.2, "{probs:?}");
+    assert!(probs[5] < 1.5 && probs[0] > 10.0, "{probs:?}");
     // A live prediction for layer 1 from fresh scores that name 3 (the model still weighs
     // history more than one odd score, but 3 rises above the other unused experts).
     p.observe_scores(1, &[0.0, 0.0, 0.0, 0.9, 0.0, 0.05, 0.05, 0.0]);
@@ -182,7 +183,7 @@ fn next_use_prefers_the_predicted_and_falls_back_to_history() {
     let mut out = Vec::new();
     p.predict(0, 1, 4, &mut out);
     assert!(p.next_use(1, &mut probs));
-    assert!(probs[3] > probs[0], "{probs:?}");
+    assert!(probs[3] < probs[0], "{probs:?}");
 }
 
 #[test]
@@ -200,4 +201,68 @@ fn bad_input_is_ignored() {
     assert!(out[0].candidates.iter().all(|c| c.confidence.is_finite()));
     let mut probs = [0.0; 4];
     assert!(!p.next_use(9, &mut probs));
+}
+
+#[test]
+fn next_use_waits_are_calibrated_on_independent_routing() {
+    // One layer routing 2 of 8 experts per token, independently of the past, with fixed
+    // odds: each expert's wait is geometric, mean 1 / P(routed in a token). The rate the
+    // waits imply, 1 / wait, averaged over time must match P (the mean of the waits
+    // themselves is biased up by Jensen's inequality wherever the estimate is noisy).
+    let weights = [8.0f64, 6.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.5];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut draw = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut p = Blend::new(1, 8);
+    let mut routed = [0u32; 8];
+    let tokens = 4000;
+    let mut waits = [0.0f32; 8];
+    let mut rate = [0.0f64; 8];
+    let mut samples = 0;
+    for t in 0..tokens {
+        let mut pick = Vec::with_capacity(2);
+        while pick.len() < 2 {
+            let total: f64 = (0..8)
+                .filter(|j| !pick.contains(j))
+                .map(|j| weights[j as usize])
+                .sum();
+            let mut u = draw() * total;
+            for j in (0..8u32).filter(|j| !pick.contains(j)) {
+                u -= weights[j as usize];
+                if u <= 0.0 {
+                    pick.push(j);
+                    break;
+                }
+            }
+        }
+        for &j in &pick {
+            routed[j as usize] += 1;
+        }
+        p.observe(0, &pick);
+        assert!(p.next_use(0, &mut waits));
+        if t >= tokens / 2 {
+            for (r, w) in rate.iter_mut().zip(&waits) {
+                *r += 1.0 / *w as f64;
+            }
+            samples += 1;
+        }
+    }
+    let report: Vec<String> = (0..8)
+        .map(|j| {
+            let want = routed[j] as f64 / tokens as f64;
+            format!("{j}: {:.3} vs P {want:.3}", rate[j] / samples as f64)
+        })
+        .collect();
+    for j in 0..8 {
+        let want = routed[j] as f64 / tokens as f64;
+        let got = rate[j] / samples as f64;
+        assert!(
+            (got / want - 1.0).abs() < 0.15,
+            "mean 1 / expected wait vs P(routed): {report:?}"
+        );
+    }
 }
