@@ -80,7 +80,12 @@ pub struct SimArgs {
     /// (default: synthetic, calibrated to flash-moe's LRU hit rates).
     #[arg(long)]
     pub trace: Option<PathBuf>,
-    /// Synthetic trace knobs (see flashmoe_sim::synth).
+    /// Synthetic routing without --trace: latent (top-k of latent router scores, k a parameter
+    /// of the mechanism: flashmoe_sim::latent) or mixture (per-slot reuse/popularity draws
+    /// fitted at k = 4: flashmoe_sim::synth, the older model).
+    #[arg(long, value_enum, default_value_t = Routing::Latent)]
+    pub routing: Routing,
+    /// Synthetic trace knobs of `--routing mixture` (see flashmoe_sim::synth).
     #[arg(long)]
     pub reuse: Option<f64>,
     #[arg(long)]
@@ -148,6 +153,16 @@ pub struct SimArgs {
     pub costs: bool,
 }
 
+/// Which synthetic routing model a run without `--trace` draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[non_exhaustive]
+pub enum Routing {
+    /// [`crate::latent`]: the top k of latent router scores.
+    Latent,
+    /// [`crate::synth`]: per-slot reuse / recent / popularity draws.
+    Mixture,
+}
+
 /// One resolved run.
 struct Plan {
     device: DeviceProfile,
@@ -196,6 +211,14 @@ fn synth_params(args: &SimArgs) -> SynthParams {
 fn trace_for(args: &SimArgs, p: &Plan) -> Result<Arc<Trace>> {
     let t = match &args.trace {
         Some(path) => crate::fixture::load_trace(path)?,
+        None if args.routing == Routing::Latent => crate::latent::generate(
+            p.geometry.layers,
+            p.geometry.experts,
+            p.k,
+            args.warmup + args.tokens,
+            &crate::latent::LatentParams::default(),
+            args.seed,
+        )?,
         None => synth::generate(
             p.geometry.layers,
             p.geometry.experts,

@@ -26,6 +26,7 @@ pub mod figure;
 pub mod figures;
 pub mod fixture;
 pub mod geometry;
+pub mod latent;
 pub mod policy;
 pub mod policy_text;
 pub mod predict;
