@@ -116,9 +116,14 @@ pub struct SimArgs {
     /// best flashmoe policy on each.
     #[arg(long)]
     pub reproduce: bool,
-    /// Fit the synthetic trace knobs to flash-moe's LRU hit rates and print them.
+    /// Fit the synthetic routing models to flash-moe's LRU hit rates, print them and what they
+    /// say at k = 4, 6, 10 (with --check-traces: fitted on real traces of the smallest k and
+    /// checked against the others).
     #[arg(long)]
     pub calibrate_trace: bool,
+    /// Real routing traces recorded at several k, for --calibrate-trace.
+    #[arg(long, value_delimiter = ',')]
+    pub check_traces: Vec<PathBuf>,
     /// Print every preset figure with its source as a Markdown table and exit.
     #[arg(long)]
     pub figures: bool,
@@ -291,6 +296,7 @@ fn spec(
         horizon: args.horizon,
         max_per_layer: args.max_per_layer.unwrap_or(p.k as usize),
         pregate_recall: synth_params(args).pregate_recall,
+        far_recall: None,
         demand_chunk: 1 << 20,
         prefetch_chunk: 1 << 20,
         max_prefetch_bytes_in_flight: 8 << 20,
@@ -411,12 +417,16 @@ fn sweep(args: &SimArgs, p: &Plan, trace: &Arc<Trace>) -> Result<Vec<Summary>> {
 /// Runs what `args` asks and returns the text (or JSON) to print.
 pub fn run(args: &SimArgs) -> Result<String> {
     crate::validate::check_args(args)?;
+    if args.calibrate_trace && !args.check_traces.is_empty() {
+        return crate::routing_check::traces_text(&args.check_traces, args.seed);
+    }
     if args.calibrate_trace {
+        let mut out = crate::routing_check::flash_moe_text(7)?;
         let (p, worst) =
             synth::calibrate(512, 4, &synth::FLASH_MOE_LRU, synth_params(args), args.seed)?;
         let t = synth::generate(4, 512, 4, 3000, &p, args.seed)?;
-        let mut out = format!(
-            "fitted synthetic trace knobs (worst error {:.3}):\n{}\n",
+        out += &format!(
+            "\nmixture model (--routing mixture) fitted as a steady state (worst error {:.3}):\n{}\n",
             worst,
             serde_json::to_string_pretty(&p).unwrap_or_default()
         );
@@ -573,6 +583,9 @@ pub(crate) fn run_policy(
 ) -> Result<Summary> {
     let mut s = spec(args, &p.0, Mode::Flashmoe, kind.predictor(), args.budget_gb)?;
     s.eviction = kind.eviction();
+    if kind.horizon() == 2 {
+        s.far_recall = Some(crate::pregate::FAR_RECALL);
+    }
     let compute_ns = s.compute_pre_ns + s.compute_post_ns;
     let policy = kind.policy(s.max_per_layer, s.horizon, compute_ns as u64);
     let r = vtime::run_session(&s, t, None, policy)?;
