@@ -203,7 +203,14 @@ pub fn calibrate(
     seed: u64,
 ) -> Result<(LatentParams, f64)> {
     let eval = |p: &LatentParams| -> Result<(f64, f64)> {
-        let t = generate(window.layers, experts, k, window.warmup + window.tokens, p, seed)?;
+        let t = generate(
+            window.layers,
+            experts,
+            k,
+            window.warmup + window.tokens,
+            p,
+            seed,
+        )?;
         let (mut sq, mut worst) = (0.0f64, 0.0f64);
         for &(slots, target) in targets {
             let d = per_layer_lru_hit_rate(&t, slots as usize, window.warmup) - target;
@@ -257,7 +264,10 @@ mod tests {
         let t = generate(w.layers, 512, 4, w.tokens, &LatentParams::default(), 7).unwrap();
         for (slots, target) in FLASH_MOE_LRU {
             let h = per_layer_lru_hit_rate(&t, slots as usize, 0);
-            assert!((h - target).abs() < 0.03, "{slots} slots: {h:.3} vs {target}");
+            assert!(
+                (h - target).abs() < 0.03,
+                "{slots} slots: {h:.3} vs {target}"
+            );
         }
         // Not fitted: flash-moe reports 8-34% per layer.
         let o = consecutive_overlap(&t);
@@ -271,13 +281,19 @@ mod tests {
             per_layer_lru_hit_rate(&t, 16, 300)
         };
         let (h4, h6, h10) = (hit(4), hit(6), hit(10));
-        assert!(h4 > h6 && h6 > h10, "16 slots: k4 {h4:.3} k6 {h6:.3} k10 {h10:.3}");
+        assert!(
+            h4 > h6 && h6 > h10,
+            "16 slots: k4 {h4:.3} k6 {h6:.3} k10 {h10:.3}"
+        );
     }
 
     #[test]
     fn misses_per_token_grow_with_k_at_every_cache_size() {
         for slots in [16, 64, 148] {
-            let m: Vec<f64> = [4, 6, 10].iter().map(|&k| misses_per_token(k, slots)).collect();
+            let m: Vec<f64> = [4, 6, 10]
+                .iter()
+                .map(|&k| misses_per_token(k, slots))
+                .collect();
             assert!(m[0] < m[1] && m[1] < m[2], "{slots} slots: {m:?}");
         }
     }

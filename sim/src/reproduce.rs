@@ -90,7 +90,7 @@ pub const PUBLISHED: [Published; 7] = [
         traced: true,
         fits: None,
         reason: Some(
-            "CANNOT BE PLACED with the profile of the C/Metal engine: another build (MLX era, see the source), placed by its ratio to its own K=4 only to show the gap. That build's token time is proportional to K: its own K=6 -> K=10 step costs 1.29 ms per added expert and layer ((1/1.20 - 1/1.91) / (4 x 60)), K=4 -> K=10 1.43 ms ('ms/expert' below), where the C engine's whole expert I/O is 0.34 ms an expert (2-bit: 1.37 ms a layer for 4, paper 'Per-Layer Breakdown') and 0.60 ms (4-bit: 2.41 ms, README). Routing does not close it: the latent router fitted at K=4 (sim --calibrate-trace) keeps the 35 GB page cache's hit rate at K=10 (column 'cache hit'), and on real traces recorded at k = 4/8/12 (README: 'Routing at several k') the hit rate falls less with k than that model says, not more",
+            "CANNOT BE PLACED with the profile of the C/Metal engine: another build (MLX era, see the source), placed by its ratio to its own K=4 only to show the gap. That build's token time is proportional to K: its own K=6 -> K=10 step costs 1.29 ms per added expert and layer ((1/1.20 - 1/1.91) / (4 x 60)), K=4 -> K=10 1.43 ms ('ms/expert' below), where the C engine's whole expert I/O is 0.34 ms an expert (2-bit: 1.37 ms a layer for 4, paper 'Per-Layer Breakdown') and 0.60 ms (4-bit: 2.41 ms, README). Routing does not close it: the latent router fitted at K=4 (sim --calibrate-trace) keeps the 35 GB page cache's hit rate at K=10 (column 'cache hit'), and on real traces recorded at k = 4/8/12 (README: 'Routing at several k') the hit rate falls less with k than that model says, not more. What moves it most is the page-cache copy rate (--sensitivity: at half the preset's per-thread rate the ratio is within 20%); a slower copy path fits an MLX-era build (the paper's failed experiments: a C-extension pread under MLX fell from 18.8 to 2.6 GB/s from GIL contention), but nothing publishes that build's rate, so it is not set to place the point",
         ),
         reference: Some(Reference {
             k: 4,
@@ -218,8 +218,10 @@ pub fn reproduce(args: &SimArgs) -> Result<String> {
                     let at = |k: u32, ra: &mut SimArgs| -> Result<f64> {
                         ra.k = Some(k);
                         let (p, t) = plan_for(ra, case.device, bits)?;
-                        Ok(run_plan(ra, &p, &t, Mode::TrustOs, PredictorKind::None, "ref")?
-                            .tok_per_s)
+                        Ok(
+                            run_plan(ra, &p, &t, Mode::TrustOs, PredictorKind::None, "ref")?
+                                .tok_per_s,
+                        )
                     };
                     let base = at(r.k, &mut ra)?;
                     let this = if bits == case.bits {

@@ -74,10 +74,7 @@ pub fn flash_moe_text(seed: u64) -> Result<String> {
         s,
         "  {:<4} {}",
         "k",
-        slots
-            .iter()
-            .map(|c| format!("{c:>13}"))
-            .collect::<String>()
+        slots.iter().map(|c| format!("{c:>13}")).collect::<String>()
     );
     let mix = SynthParams::default();
     for k in [4u32, 6, 10] {
@@ -138,10 +135,7 @@ pub fn traces_text(paths: &[std::path::PathBuf], seed: u64) -> Result<String> {
         )));
     }
     let e = h.experts;
-    let fit_slots: Vec<u32> = [1u32, 2, 3, 4]
-        .iter()
-        .map(|m| (m * k0).min(e))
-        .collect();
+    let fit_slots: Vec<u32> = [1u32, 2, 3, 4].iter().map(|m| (m * k0).min(e)).collect();
     let targets: Vec<(u32, f64)> = fit_slots
         .iter()
         .map(|&c| (c, lru(base, c as usize, warmup)))

@@ -243,5 +243,10 @@ fn horizon_two_with_synthetic_far_scores_hints_two_layers_ahead() {
     // Perfect two-ahead scores leave no demand unready that the near run had ready.
     let (n, f) = (near.total(), far.total());
     assert_eq!(n.demanded, f.demanded);
-    assert!(f.misses <= n.misses, "far {} misses vs near {}", f.misses, n.misses);
+    assert!(
+        f.misses <= n.misses,
+        "far {} misses vs near {}",
+        f.misses,
+        n.misses
+    );
 }
