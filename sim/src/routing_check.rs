@@ -101,12 +101,33 @@ pub fn flash_moe_text(seed: u64) -> Result<String> {
     Ok(s)
 }
 
-/// Fits both models on the traces of the smallest `k` among `paths` and compares their LRU
-/// curves with the real traces at every other `k` (same cache sizes, in slots).
-pub fn traces_text(paths: &[std::path::PathBuf], seed: u64) -> Result<String> {
+/// One `k` of a [`check`]: per-layer LRU hit rates at `slots`, real and predicted by each
+/// model, and the consecutive-token overlap (real, latent, mixture).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KRow {
+    pub k: u32,
+    pub slots: Vec<usize>,
+    pub real: Vec<f64>,
+    pub latent: Vec<f64>,
+    pub mixture: Vec<f64>,
+    pub overlap: [f64; 3],
+}
+
+/// What [`check`] fitted and found.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub fit_slots: Vec<u32>,
+    pub latent: (LatentParams, f64),
+    pub mixture: (SynthParams, f64),
+    pub warmup: u64,
+    pub rows: Vec<KRow>,
+}
+
+/// Fits both models on the traces of the smallest `k` and compares their LRU curves with the
+/// real traces at every `k` (the same cache sizes, in slots).
+pub fn check(traces: Vec<Trace>, seed: u64) -> Result<Check> {
     let mut by_k: Vec<(u32, Vec<Trace>)> = Vec::new();
-    for p in paths {
-        let t = crate::fixture::load_trace(p)?;
+    for t in traces {
         let k = t.header.k;
         match by_k.iter_mut().find(|(x, _)| *x == k) {
             Some((_, v)) => v.push(t),
@@ -147,20 +168,11 @@ pub fn traces_text(paths: &[std::path::PathBuf], seed: u64) -> Result<String> {
     };
     let (lp, lw) = latent::calibrate(e, *k0, &targets, window, LatentParams::default(), seed)?;
     let (mp, mw) = synth::calibrate(e, *k0, &targets, SynthParams::default(), seed)?;
-    let mut s = format!(
-        "real traces: {} layers x {e} experts; fitted at k = {k0} to LRU {:?} slots (latent worst \
-         {lw:.3}: popularity {:.3} temporal {:.3} rho {:.3}; mixture worst {mw:.3}: reuse {:.3} \
-         recent {:.3} skew {:.3}); {warmup} tokens warm-up per trace\n",
-        h.layers, fit_slots, lp.popularity, lp.temporal, lp.rho, mp.reuse, mp.recent, mp.skew
-    );
     let slots: Vec<usize> = (1..=6)
         .map(|m| (m * e as usize / 8).max(1))
         .filter(|&c| c <= e as usize)
         .collect();
-    let _ = writeln!(
-        s,
-        "per-layer LRU hit rate %, real / latent / mixture, by cache slots:"
-    );
+    let mut rows = Vec::new();
     for (k, real) in &by_k {
         // As many synthetic sequences as real ones, each as long, each from an empty cache.
         let n = real.len() as u64;
@@ -170,23 +182,108 @@ pub fn traces_text(paths: &[std::path::PathBuf], seed: u64) -> Result<String> {
         let mt = (0..n)
             .map(|i| synth::generate(h.layers, e, *k, tokens, &mp, seed + i))
             .collect::<Result<Vec<_>>>()?;
-        let _ = write!(s, "  k {k:<3}");
-        for &c in &slots {
+        let curve =
+            |ts: &[Trace]| -> Vec<f64> { slots.iter().map(|&c| lru(ts, c, warmup)).collect() };
+        rows.push(KRow {
+            k: *k,
+            slots: slots.clone(),
+            real: curve(real),
+            latent: curve(&lt),
+            mixture: curve(&mt),
+            overlap: [overlap(real), overlap(&lt), overlap(&mt)],
+        });
+    }
+    Ok(Check {
+        fit_slots,
+        latent: (lp, lw),
+        mixture: (mp, mw),
+        warmup,
+        rows,
+    })
+}
+
+/// [`check`] on the traces at `paths`, as text.
+pub fn traces_text(paths: &[std::path::PathBuf], seed: u64) -> Result<String> {
+    let traces = paths
+        .iter()
+        .map(|p| crate::fixture::load_trace(p))
+        .collect::<Result<Vec<_>>>()?;
+    let h = traces.first().map(|t| t.header);
+    let c = check(traces, seed)?;
+    let (lp, lw) = c.latent;
+    let (mp, mw) = c.mixture;
+    let (layers, e) = h.map_or((0, 0), |h| (h.layers, h.experts));
+    let k0 = c.rows.first().map_or(0, |r| r.k);
+    let mut s = format!(
+        "real traces: {layers} layers x {e} experts; fitted at k = {k0} to LRU {:?} slots (latent \
+         worst {lw:.3}: popularity {:.3} temporal {:.3} rho {:.3}; mixture worst {mw:.3}: reuse \
+         {:.3} recent {:.3} skew {:.3}); {} tokens warm-up per trace\n",
+        c.fit_slots, lp.popularity, lp.temporal, lp.rho, mp.reuse, mp.recent, mp.skew, c.warmup
+    );
+    let _ = writeln!(
+        s,
+        "per-layer LRU hit rate %, real / latent / mixture, by cache slots:"
+    );
+    for r in &c.rows {
+        let _ = write!(s, "  k {:<3}", r.k);
+        for (i, slots) in r.slots.iter().enumerate() {
             let _ = write!(
                 s,
-                " {c:>3}: {:>4.1}/{:>4.1}/{:<4.1}",
-                100.0 * lru(real, c, warmup),
-                100.0 * lru(&lt, c, warmup),
-                100.0 * lru(&mt, c, warmup)
+                " {slots:>3}: {:>4.1}/{:>4.1}/{:<4.1}",
+                100.0 * r.real[i],
+                100.0 * r.latent[i],
+                100.0 * r.mixture[i]
             );
         }
+        let [a, b, m] = r.overlap;
         let _ = writeln!(
             s,
             "  overlap {:.1}/{:.1}/{:.1}",
-            100.0 * overlap(real),
-            100.0 * overlap(&lt),
-            100.0 * overlap(&mt)
+            100.0 * a,
+            100.0 * b,
+            100.0 * m
         );
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fitted_at_k4_on_latent_traces_the_latent_model_predicts_their_k8_curve() {
+        // "Real" traces from a known latent router: fitted at k = 4 only, the model must
+        // give back their k = 8 curve (a check that the fit and the comparison line up).
+        let truth = LatentParams::new(0.1, 0.4, 0.85).unwrap();
+        let mut traces = Vec::new();
+        for k in [4, 8] {
+            for i in 0..2 {
+                traces.push(latent::generate(4, 32, k, 160, &truth, 100 + i).unwrap());
+            }
+        }
+        let c = check(traces, 7).unwrap();
+        assert_eq!(c.rows.iter().map(|r| r.k).collect::<Vec<_>>(), vec![4, 8]);
+        let k8 = &c.rows[1];
+        for (i, s) in k8.slots.iter().enumerate() {
+            let d = (k8.latent[i] - k8.real[i]).abs();
+            assert!(
+                d < 0.06,
+                "{s} slots: latent {} real {}",
+                k8.latent[i],
+                k8.real[i]
+            );
+        }
+        // A larger k at a fixed small cache hits less, in the data as in the model.
+        assert!(k8.real[0] < c.rows[0].real[0]);
+    }
+
+    #[test]
+    fn no_traces_or_mixed_geometry_is_an_error() {
+        assert!(check(Vec::new(), 1).is_err());
+        let p = LatentParams::default();
+        let a = latent::generate(4, 32, 4, 64, &p, 1).unwrap();
+        let b = latent::generate(4, 64, 8, 64, &p, 1).unwrap();
+        assert!(check(vec![a, b], 1).is_err());
+    }
 }
