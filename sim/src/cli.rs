@@ -80,7 +80,12 @@ pub struct SimArgs {
     /// (default: synthetic, calibrated to flash-moe's LRU hit rates).
     #[arg(long)]
     pub trace: Option<PathBuf>,
-    /// Synthetic trace knobs (see flashmoe_sim::synth).
+    /// Synthetic routing without --trace: latent (top-k of latent router scores, k a parameter
+    /// of the mechanism: flashmoe_sim::latent) or mixture (per-slot reuse/popularity draws
+    /// fitted at k = 4: flashmoe_sim::synth, the older model).
+    #[arg(long, value_enum, default_value_t = Routing::Latent)]
+    pub routing: Routing,
+    /// Synthetic trace knobs of `--routing mixture` (see flashmoe_sim::synth).
     #[arg(long)]
     pub reuse: Option<f64>,
     #[arg(long)]
@@ -111,9 +116,14 @@ pub struct SimArgs {
     /// best flashmoe policy on each.
     #[arg(long)]
     pub reproduce: bool,
-    /// Fit the synthetic trace knobs to flash-moe's LRU hit rates and print them.
+    /// Fit the synthetic routing models to flash-moe's LRU hit rates, print them and what they
+    /// say at k = 4, 6, 10 (with --check-traces: fitted on real traces of the smallest k and
+    /// checked against the others).
     #[arg(long)]
     pub calibrate_trace: bool,
+    /// Real routing traces recorded at several k, for --calibrate-trace.
+    #[arg(long, value_delimiter = ',')]
+    pub check_traces: Vec<PathBuf>,
     /// Print every preset figure with its source as a Markdown table and exit.
     #[arg(long)]
     pub figures: bool,
@@ -146,6 +156,16 @@ pub struct SimArgs {
     /// Energy, battery, heat and wear of the model on every preset (trust-os and flashmoe).
     #[arg(long)]
     pub costs: bool,
+}
+
+/// Which synthetic routing model a run without `--trace` draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[non_exhaustive]
+pub enum Routing {
+    /// [`crate::latent`]: the top k of latent router scores.
+    Latent,
+    /// [`crate::synth`]: per-slot reuse / recent / popularity draws.
+    Mixture,
 }
 
 /// One resolved run.
@@ -196,6 +216,14 @@ fn synth_params(args: &SimArgs) -> SynthParams {
 fn trace_for(args: &SimArgs, p: &Plan) -> Result<Arc<Trace>> {
     let t = match &args.trace {
         Some(path) => crate::fixture::load_trace(path)?,
+        None if args.routing == Routing::Latent => crate::latent::generate(
+            p.geometry.layers,
+            p.geometry.experts,
+            p.k,
+            args.warmup + args.tokens,
+            &crate::latent::LatentParams::default(),
+            args.seed,
+        )?,
         None => synth::generate(
             p.geometry.layers,
             p.geometry.experts,
@@ -268,6 +296,7 @@ fn spec(
         horizon: args.horizon,
         max_per_layer: args.max_per_layer.unwrap_or(p.k as usize),
         pregate_recall: synth_params(args).pregate_recall,
+        far_recall: None,
         demand_chunk: 1 << 20,
         prefetch_chunk: 1 << 20,
         max_prefetch_bytes_in_flight: 8 << 20,
@@ -388,12 +417,16 @@ fn sweep(args: &SimArgs, p: &Plan, trace: &Arc<Trace>) -> Result<Vec<Summary>> {
 /// Runs what `args` asks and returns the text (or JSON) to print.
 pub fn run(args: &SimArgs) -> Result<String> {
     crate::validate::check_args(args)?;
+    if args.calibrate_trace && !args.check_traces.is_empty() {
+        return crate::routing_check::traces_text(&args.check_traces, args.seed);
+    }
     if args.calibrate_trace {
+        let mut out = crate::routing_check::flash_moe_text(7)?;
         let (p, worst) =
             synth::calibrate(512, 4, &synth::FLASH_MOE_LRU, synth_params(args), args.seed)?;
         let t = synth::generate(4, 512, 4, 3000, &p, args.seed)?;
-        let mut out = format!(
-            "fitted synthetic trace knobs (worst error {:.3}):\n{}\n",
+        out += &format!(
+            "\nmixture model (--routing mixture) fitted as a steady state (worst error {:.3}):\n{}\n",
             worst,
             serde_json::to_string_pretty(&p).unwrap_or_default()
         );
@@ -550,6 +583,9 @@ pub(crate) fn run_policy(
 ) -> Result<Summary> {
     let mut s = spec(args, &p.0, Mode::Flashmoe, kind.predictor(), args.budget_gb)?;
     s.eviction = kind.eviction();
+    if kind.horizon() == 2 {
+        s.far_recall = Some(crate::pregate::FAR_RECALL);
+    }
     let compute_ns = s.compute_pre_ns + s.compute_post_ns;
     let policy = kind.policy(s.max_per_layer, s.horizon, compute_ns as u64);
     let r = vtime::run_session(&s, t, None, policy)?;

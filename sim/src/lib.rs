@@ -7,8 +7,10 @@
 //! - [`device`]: device profiles as data (`presets/devices/*.json`), every figure with its source.
 //! - [`geometry`]: model presets; expert bytes derived from dims and quantization.
 //! - [`ssd`]: the SSD model (latency, per-request and peak bandwidth, internal parallelism).
-//! - [`synth`]: synthetic routing traces calibrated to measured LRU hit rates; [`fixture`]
-//!   loads the recorded fixture traces.
+//! - [`latent`]: synthetic routing as the top k of latent router scores (the default; k is a
+//!   parameter of the mechanism), [`synth`]: the older per-slot mixture, both calibrated to
+//!   measured LRU hit rates, [`routing_check`]: both checked at other k; [`fixture`] loads the
+//!   recorded fixture traces.
 //! - [`vtime`]: per token, per layer: compute windows during which prefetches proceed, demand
 //!   stalls, unified-memory contention. [`belady`]: the MIN bound for the same trace and budget.
 //! - [`prefill`], [`ttft`]: time to first token, token by token vs chunked; [`costs`]:
@@ -26,6 +28,7 @@ pub mod figure;
 pub mod figures;
 pub mod fixture;
 pub mod geometry;
+pub mod latent;
 pub mod policy;
 pub mod policy_text;
 pub mod predict;
@@ -36,6 +39,7 @@ pub mod replay;
 pub mod report;
 pub mod reproduce;
 pub mod rng;
+pub mod routing_check;
 pub mod routing_stats;
 pub mod sensitivity;
 pub mod ssd;

@@ -54,33 +54,30 @@ pub struct Search {
     pub oracle: Summary,
 }
 
-/// Runs every realisable policy of `replay --compare` (one layer ahead: the synthetic trace
-/// has no two-ahead scores) on `plan`, and the oracle's bound.
+/// Runs every realisable policy of `replay --compare` on `plan` (the horizon-2 rows on
+/// synthetic two-ahead scores at [`crate::pregate::FAR_RECALL`]), and the oracle's bound.
 pub(crate) fn search(
     args: &SimArgs,
     plan: &Plan2,
     trace: &Arc<Trace>,
     case: &str,
 ) -> Result<Search> {
+    let kinds: Vec<RowKind> = compare_rows(TIE_PCT, true)
+        .into_iter()
+        .filter(|&k| is_oracle_bound(k) || is_realisable_policy(k))
+        .collect();
+    let runs = run_rows(&kinds, |kind| {
+        run_policy(args, plan, trace, kind, &format!("{case} {}", kind.label()))
+    })?;
     let mut rows = Vec::new();
     let mut best: Option<(String, Summary)> = None;
     let mut oracle = None;
-    for kind in compare_rows(TIE_PCT, false) {
+    for (kind, s) in kinds.into_iter().zip(runs) {
+        if is_oracle_bound(kind) {
+            oracle = Some(s);
+            continue;
+        }
         let label = kind.label();
-        if kind == RowKind::Sched(crate::predict::PredictorKind::Oracle) {
-            oracle = Some(run_policy(
-                args,
-                plan,
-                trace,
-                kind,
-                &format!("{case} {label}"),
-            )?);
-            continue;
-        }
-        if !is_realisable_policy(kind) {
-            continue;
-        }
-        let s = run_policy(args, plan, trace, kind, &format!("{case} {label}"))?;
         rows.push(PolicyRun {
             policy: label.clone(),
             tok_per_s: s.tok_per_s,
@@ -100,6 +97,40 @@ pub(crate) fn search(
         best,
         oracle,
     })
+}
+
+/// Row e, the one-ahead oracle: the bound the search reports beside the best policy.
+fn is_oracle_bound(kind: RowKind) -> bool {
+    kind == RowKind::Sched(crate::predict::PredictorKind::Oracle)
+}
+
+/// Runs `f` on every row, on up to two threads (each run is deterministic and independent of
+/// the others, so the results are the same as one after another), results in `kinds`' order.
+fn run_rows(
+    kinds: &[RowKind],
+    f: impl Fn(RowKind) -> Result<Summary> + Sync,
+) -> Result<Vec<Summary>> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut out: Vec<Option<Result<Summary>>> = (0..kinds.len()).map(|_| None).collect();
+    let done = std::sync::Mutex::new(&mut out);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&kind) = kinds.get(i) else { break };
+                    let r = f(kind);
+                    if let Ok(mut d) = done.lock() {
+                        d[i] = Some(r);
+                    }
+                }
+            });
+        }
+    });
+    out.into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(SimError::Setup("a policy run did not finish".into()))))
+        .collect()
 }
 
 /// The gain of a flashmoe run over a trust-the-OS run of the same point, term by term (ms per

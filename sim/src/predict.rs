@@ -49,6 +49,8 @@ pub struct TraceScores {
     scores: Vec<f32>,
     /// Two-layers-ahead pre-gate scores (a far trace of the same run), if given.
     far: Option<Arc<Trace>>,
+    /// No recorded far trace: synthesize layer L+2's scores at this top-k recall.
+    far_recall: Option<f64>,
 }
 
 impl TraceScores {
@@ -60,7 +62,16 @@ impl TraceScores {
             rng: Rng::new(seed ^ 0x5eed),
             scores: Vec::new(),
             far: None,
+            far_recall: None,
         }
+    }
+
+    /// Also feeds two-layers-ahead scores synthesized from the trace (layer L+2's routing seen
+    /// through pre-gate noise fitted to `recall` at top k, [`crate::pregate`]), where no
+    /// recorded far trace is given.
+    pub fn with_synthetic_far(mut self, recall: f64) -> Self {
+        self.far_recall = Some(recall);
+        self
     }
 
     /// Also gives layer `L + 2`'s scores at layer `L`, from `far` (`generate --trace-far`,
@@ -99,6 +110,20 @@ impl TraceScores {
             && let Some(s) = far.scores_at(token % far.tokens().max(1), layer)
         {
             session.scores(layer + 2, s);
+        } else if let Some(recall) = self.far_recall
+            && self.far.is_none()
+            && layer + 2 < trace.header.layers
+        {
+            let h = trace.header;
+            let noise = crate::pregate::noise_for_recall(h.experts, h.k, recall);
+            crate::pregate::synthesize(
+                trace.experts_at(token, layer + 2),
+                h.experts,
+                noise,
+                &mut self.rng,
+                &mut self.scores,
+            );
+            session.scores(layer + 2, &self.scores);
         }
     }
 }

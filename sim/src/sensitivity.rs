@@ -20,7 +20,8 @@ pub struct Variant {
     pub parameter: String,
     pub value: String,
     pub tok_per_s: f64,
-    /// Simulated / published − 1, %.
+    /// Simulated / published − 1, %; for a point with a same-build reference
+    /// ([`crate::reproduce::Reference`]), of the ratio to that reference, as `--reproduce`.
     pub error_pct: f64,
 }
 
@@ -141,22 +142,35 @@ pub fn sensitivity_rows(args: &SimArgs) -> Result<Vec<Variant>> {
         let mut args = args.clone();
         args.k = Some(case.k);
         args.model = case.model.into();
-        let mut run = |parameter: String, value: String, d: DeviceProfile| -> Result<()> {
-            let (plan, trace) = plan_for_device(&args, d, case.bits)?;
+        let tok_s = |args: &SimArgs, d: DeviceProfile| -> Result<f64> {
+            let (plan, trace) = plan_for_device(args, d, case.bits)?;
             let s = run_plan(
-                &args,
+                args,
                 &plan,
                 &trace,
                 Mode::TrustOs,
                 PredictorKind::None,
                 case.case,
             )?;
+            Ok(s.tok_per_s)
+        };
+        let mut run = |parameter: String, value: String, d: DeviceProfile| -> Result<()> {
+            let tok_per_s = tok_s(&args, d.clone())?;
+            let error_pct = match case.reference {
+                Some(r) => {
+                    let mut ra = args.clone();
+                    ra.k = Some(r.k);
+                    let base = tok_s(&ra, d)?;
+                    100.0 * ((tok_per_s / base) / (case.tok_per_s / r.tok_per_s) - 1.0)
+                }
+                None => 100.0 * (tok_per_s / case.tok_per_s - 1.0),
+            };
             rows.push(Variant {
                 case: case.case.into(),
                 parameter,
                 value,
-                tok_per_s: s.tok_per_s,
-                error_pct: 100.0 * (s.tok_per_s / case.tok_per_s - 1.0),
+                tok_per_s,
+                error_pct,
             });
             Ok(())
         };
@@ -181,15 +195,16 @@ pub fn sensitivity(args: &SimArgs) -> Result<String> {
     );
     let _ = writeln!(
         s,
-        "{:<28} {:<34} {:>26} {:>8} {:>8}",
+        "{:<31} {:<34} {:>23} {:>8} {:>8}",
         "case", "parameter", "value", "tok/s", "error"
     );
     for r in &rows {
         let _ = writeln!(
             s,
-            "{:<28} {:<34} {:>26} {:>8.2} {:>7.1}%",
+            "{:<31} {:<34} {:>23} {:>8.2} {:>7.1}%",
             r.case, r.parameter, r.value, r.tok_per_s, r.error_pct
         );
     }
+    s += "(error of a pruning point: of its ratio to the same table's K=4, as in --reproduce)\n";
     Ok(s)
 }

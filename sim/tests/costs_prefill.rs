@@ -125,6 +125,7 @@ fn spec(mode: Mode, reread: f64, split: usize) -> RunSpec {
         horizon: 1,
         max_per_layer: 4,
         pregate_recall: 0.9,
+        far_recall: None,
         demand_chunk: 4 * 4096,
         prefetch_chunk: 4 * 4096,
         max_prefetch_bytes_in_flight: 16 * 4096,

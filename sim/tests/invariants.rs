@@ -46,6 +46,7 @@ fn spec(mode: Mode, predictor: PredictorKind, budget_experts: u64) -> RunSpec {
         horizon: 1,
         max_per_layer: K as usize,
         pregate_recall: 0.9,
+        far_recall: None,
         demand_chunk: 4 * 4096,
         prefetch_chunk: 4 * 4096,
         max_prefetch_bytes_in_flight: 16 * 4096,
@@ -223,4 +224,29 @@ fn too_small_a_budget_is_a_clear_error() {
     let t = trace(5);
     let err = vtime::run(&spec(Mode::Flashmoe, PredictorKind::None, 2), &t).unwrap_err();
     assert!(err.to_string().contains("fewer than k"), "{err}");
+}
+
+#[test]
+fn horizon_two_with_synthetic_far_scores_hints_two_layers_ahead() {
+    let t = trace(40);
+    let mut s = spec(Mode::Flashmoe, PredictorKind::Scores, 24);
+    s.horizon = 2;
+    s.tokens = 40;
+    let near = vtime::run(&s, &t).unwrap();
+    s.far_recall = Some(1.0);
+    let far = vtime::run(&s, &t).unwrap();
+    // One ahead, layers 1..L get scores; two ahead, layers 2..L as well.
+    let layers = LAYERS as u64;
+    assert_eq!(near.session.hint_calls, 40 * (layers - 1));
+    assert_eq!(far.session.hint_calls, 40 * (layers - 1 + layers - 2));
+    assert!(far.session.hinted > near.session.hinted);
+    // Perfect two-ahead scores leave no demand unready that the near run had ready.
+    let (n, f) = (near.total(), far.total());
+    assert_eq!(n.demanded, f.demanded);
+    assert!(
+        f.misses <= n.misses,
+        "far {} misses vs near {}",
+        f.misses,
+        n.misses
+    );
 }

@@ -134,6 +134,14 @@ impl RowKind {
             _ => PredictorKind::None,
         }
     }
+
+    /// Layers ahead the row hints itself (0: the spec's horizon).
+    pub fn horizon(self) -> u8 {
+        match self {
+            RowKind::SchedOver(_, o) => o.horizon,
+            _ => 0,
+        }
+    }
 }
 
 /// What every row shares.

@@ -87,6 +87,7 @@ pub fn predict_row(
         horizon: policy.horizon(),
         max_per_layer: policy.per_layer(),
         pregate_recall: spec.pregate_recall,
+        far_recall: None,
         demand_chunk,
         prefetch_chunk: 1 << 20,
         max_prefetch_bytes_in_flight: spec.max_prefetch_bytes.unwrap_or(8 << 20),

@@ -72,6 +72,9 @@ pub struct RunSpec {
     pub horizon: u32,
     pub max_per_layer: usize,
     pub pregate_recall: f64,
+    /// Two-layers-ahead pre-gate recall at top k: without a recorded far trace, synthetic
+    /// L+2 scores are fed at this recall (horizon-2 rows); `None`: one layer ahead only.
+    pub far_recall: Option<f64>,
     /// Real bytes per demand / prefetch read request (flashmoe mode).
     pub demand_chunk: u64,
     pub prefetch_chunk: u64,
@@ -255,6 +258,8 @@ pub fn run_session(
     let mut scores = predict::TraceScores::new(predictor_kind, spec.pregate_recall, spec.seed);
     if let Some(f) = far {
         scores = scores.with_far_scores(f.clone());
+    } else if let Some(r) = spec.far_recall {
+        scores = scores.with_synthetic_far(r);
     }
     let mut times = vec![LayerTime::default(); h.layers as usize];
     let mut base = MetricsSnapshot::default();
