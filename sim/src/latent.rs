@@ -28,7 +28,7 @@ use io_sched::trace::Trace;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SimError};
-use crate::rng::Rng;
+use crate::rng::{Gauss, Rng};
 use crate::synth::per_layer_lru_hit_rate;
 
 /// The three numbers of the latent-score router.
@@ -79,25 +79,6 @@ impl LatentParams {
     }
 }
 
-/// Standard normal pairs (Box-Muller, both halves used).
-struct Gauss {
-    spare: Option<f64>,
-}
-
-impl Gauss {
-    fn next(&mut self, rng: &mut Rng) -> f64 {
-        if let Some(z) = self.spare.take() {
-            return z;
-        }
-        let u = rng.f64().max(f64::MIN_POSITIVE);
-        let v = rng.f64();
-        let r = (-2.0 * u.ln()).sqrt();
-        let (s, c) = (std::f64::consts::TAU * v).sin_cos();
-        self.spare = Some(r * s);
-        r * c
-    }
-}
-
 /// Generates `tokens` tokens of routing over `layers` × `experts`, the top `k` of the latent
 /// scores per layer, experts in descending score order.
 pub fn generate(
@@ -126,7 +107,7 @@ pub fn generate(
         })?;
     let (e, l, k_us) = (experts as usize, layers as usize, k as usize);
     let mut rng = Rng::new(seed);
-    let mut g = Gauss { spare: None };
+    let mut g = Gauss::default();
     let (a, b) = (p.popularity.sqrt(), p.temporal.sqrt());
     let c = (1.0 - p.popularity - p.temporal).max(0.0).sqrt();
     let innov = (1.0 - p.rho * p.rho).sqrt();

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
-use crate::rng::Rng;
+use crate::rng::{Gauss, Rng};
 
 /// Standard deviation of a router's logits over the experts. Labelled assumption: the value
 /// that gives the tiny-qwen35-moe fixture's median top-1/top-8 routing-weight ratio (e^0.79,
@@ -31,26 +31,6 @@ pub const LOGIT_SD: f64 = 0.72;
 /// k / 2k 66.9 / 87.4%; its one-ahead top k is 76.5%, where the simulator's one-ahead 0.9 is
 /// the published big-model figure, so the horizon-2 rows are if anything pessimistic).
 pub const FAR_RECALL: f64 = 0.669;
-
-/// Standard normal draws (Box-Muller, both halves of each pair used).
-#[derive(Default)]
-struct Gauss {
-    spare: Option<f64>,
-}
-
-impl Gauss {
-    fn next(&mut self, rng: &mut Rng) -> f64 {
-        if let Some(z) = self.spare.take() {
-            return z;
-        }
-        let u = rng.f64().max(f64::MIN_POSITIVE);
-        let v = rng.f64();
-        let r = (-2.0 * u.ln()).sqrt();
-        let (s, c) = (std::f64::consts::TAU * v).sin_cos();
-        self.spare = Some(r * s);
-        r * c
-    }
-}
 
 /// Writes pre-gate logits for a layer routing `routed` (of `experts`) into `out`, with
 /// pre-gate noise `noise_sd`.

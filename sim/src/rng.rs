@@ -37,3 +37,23 @@ impl Rng {
         v
     }
 }
+
+/// Standard normal draws (Box-Muller, both halves of each pair used).
+#[derive(Default)]
+pub(crate) struct Gauss {
+    spare: Option<f64>,
+}
+
+impl Gauss {
+    pub(crate) fn next(&mut self, rng: &mut Rng) -> f64 {
+        if let Some(z) = self.spare.take() {
+            return z;
+        }
+        let u = rng.f64().max(f64::MIN_POSITIVE);
+        let v = rng.f64();
+        let r = (-2.0 * u.ln()).sqrt();
+        let (s, c) = (std::f64::consts::TAU * v).sin_cos();
+        self.spare = Some(r * s);
+        r * c
+    }
+}
