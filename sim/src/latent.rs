@@ -28,8 +28,8 @@ use io_sched::trace::Trace;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SimError};
+use crate::hit_rate_fit::{coordinate_search, lru_error};
 use crate::rng::{Gauss, Rng};
-use crate::synth::per_layer_lru_hit_rate;
 
 /// The three numbers of the latent-score router.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -192,46 +192,21 @@ pub fn calibrate(
             p,
             seed,
         )?;
-        let (mut sq, mut worst) = (0.0f64, 0.0f64);
-        for &(slots, target) in targets {
-            let d = per_layer_lru_hit_rate(&t, slots as usize, window.warmup) - target;
-            sq += d * d;
-            worst = worst.max(d.abs());
-        }
-        Ok((sq, worst))
+        Ok(lru_error(&t, targets, window.warmup))
     };
-    let mut best = start;
-    let (mut best_sq, mut best_worst) = eval(&best)?;
-    let mut step = [0.1, 0.1, 0.05];
-    for _ in 0..10 {
-        for knob in 0..3 {
-            for dir in [-1.0, 1.0] {
-                let mut q = best;
-                match knob {
-                    0 => q.popularity = (q.popularity + dir * step[0]).clamp(0.0, 1.0),
-                    1 => q.temporal = (q.temporal + dir * step[1]).clamp(0.0, 1.0),
-                    _ => q.rho = (q.rho + dir * step[2]).clamp(0.0, 0.995),
-                }
-                if q.popularity + q.temporal > 1.0 {
-                    continue;
-                }
-                let (sq, worst) = eval(&q)?;
-                if sq < best_sq {
-                    (best, best_sq, best_worst) = (q, sq, worst);
-                }
-            }
-        }
-        for s in &mut step {
-            *s *= 0.6;
-        }
-    }
-    Ok((best, best_worst))
+    let nudge = |q: &mut LatentParams, knob: usize, delta: f64| match knob {
+        0 => q.popularity = (q.popularity + delta).clamp(0.0, 1.0),
+        1 => q.temporal = (q.temporal + delta).clamp(0.0, 1.0),
+        _ => q.rho = (q.rho + delta).clamp(0.0, 0.995),
+    };
+    let valid = |q: &LatentParams| q.popularity + q.temporal <= 1.0;
+    coordinate_search(start, [0.1, 0.1, 0.05], 10, nudge, valid, eval)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::synth::FLASH_MOE_LRU;
+    use crate::synth::{FLASH_MOE_LRU, per_layer_lru_hit_rate};
 
     /// Per-layer LRU misses per token: k × (1 − hit rate).
     fn misses_per_token(k: u32, slots: usize) -> f64 {

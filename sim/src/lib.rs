@@ -28,6 +28,7 @@ pub mod figure;
 pub mod figures;
 pub mod fixture;
 pub mod geometry;
+mod hit_rate_fit;
 pub mod latent;
 pub mod policy;
 pub mod policy_text;

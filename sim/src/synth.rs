@@ -16,6 +16,7 @@ use io_sched::trace::Trace;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SimError};
+use crate::hit_rate_fit::{coordinate_search, lru_error};
 use crate::rng::Rng;
 
 /// Knobs of the generator.
@@ -198,41 +199,15 @@ pub fn calibrate(
 ) -> Result<(SynthParams, f64)> {
     let eval = |p: &SynthParams| -> Result<(f64, f64)> {
         let t = generate(4, experts, k, 3000, p, seed)?;
-        let mut sq = 0.0f64;
-        let mut worst = 0.0f64;
-        for &(slots, target) in targets {
-            let d = per_layer_lru_hit_rate(&t, slots as usize, 300) - target;
-            sq += d * d;
-            worst = worst.max(d.abs());
-        }
-        Ok((sq, worst))
+        Ok(lru_error(&t, targets, 300))
     };
-    let mut best = start;
-    let (mut best_sq, mut best_worst) = eval(&best)?;
-    let mut step = [0.1, 0.1, 0.3];
-    for _ in 0..12 {
-        for knob in 0..3 {
-            for dir in [-1.0, 1.0] {
-                let mut p = best;
-                match knob {
-                    0 => p.reuse = (p.reuse + dir * step[0]).clamp(0.0, 0.95),
-                    1 => p.recent = (p.recent + dir * step[1]).clamp(0.0, 0.95),
-                    _ => p.skew = (p.skew + dir * step[2]).clamp(0.0, 3.0),
-                }
-                if p.reuse + p.recent + p.cross_layer > 0.98 {
-                    continue;
-                }
-                let (sq, worst) = eval(&p)?;
-                if sq < best_sq {
-                    (best, best_sq, best_worst) = (p, sq, worst);
-                }
-            }
-        }
-        for s in &mut step {
-            *s *= 0.6;
-        }
-    }
-    Ok((best, best_worst))
+    let nudge = |p: &mut SynthParams, knob: usize, delta: f64| match knob {
+        0 => p.reuse = (p.reuse + delta).clamp(0.0, 0.95),
+        1 => p.recent = (p.recent + delta).clamp(0.0, 0.95),
+        _ => p.skew = (p.skew + delta).clamp(0.0, 3.0),
+    };
+    let valid = |p: &SynthParams| p.reuse + p.recent + p.cross_layer <= 0.98;
+    coordinate_search(start, [0.1, 0.1, 0.3], 12, nudge, valid, eval)
 }
 
 #[cfg(test)]
