@@ -114,12 +114,11 @@ impl TraceScores {
             && self.far.is_none()
             && layer + 2 < trace.header.layers
         {
-            let h = trace.header;
-            let noise = crate::pregate::noise_for_recall(h.experts, h.k, recall);
-            crate::pregate::synthesize(
-                trace.experts_at(token, layer + 2),
-                h.experts,
-                noise,
+            synthesized_scores(
+                trace,
+                token,
+                layer + 2,
+                recall,
                 &mut self.rng,
                 &mut self.scores,
             );
@@ -147,15 +146,22 @@ pub fn pregate_scores(
         out.extend_from_slice(s);
         return;
     }
+    synthesized_scores(trace, token, layer + 1, recall, rng, out);
+}
+
+/// Synthetic pre-gate scores for layer `target` of `token` ([`crate::pregate`]), with the
+/// noise whose top k holds `recall` of the experts `target` routes.
+fn synthesized_scores(
+    trace: &Trace,
+    token: u64,
+    target: u32,
+    recall: f64,
+    rng: &mut Rng,
+    out: &mut Vec<f32>,
+) {
     let h = trace.header;
     let noise = crate::pregate::noise_for_recall(h.experts, h.k, recall);
-    crate::pregate::synthesize(
-        trace.experts_at(token, layer + 1),
-        h.experts,
-        noise,
-        rng,
-        out,
-    );
+    crate::pregate::synthesize(trace.experts_at(token, target), h.experts, noise, rng, out);
 }
 
 /// Over every (token, layer) with recorded pre-gate scores: the share of layer `L + ahead`'s
