@@ -176,5 +176,78 @@ fn matmuls(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, read_bw, matvecs, experts, matmuls);
+/// The routed experts of one layer as decode sees them: each call takes the next of 48 layers'
+/// 8 experts (1 GB in all, more than the caches), so the weights come from DRAM.
+fn experts_dram(c: &mut Criterion) {
+    let be = CpuBackend::new();
+    let (hidden, inter, k, layers) = (2048usize, 768usize, 8usize, 48usize);
+    let f = WeightFormat::Q4_64;
+    let recs: Vec<[Vec<u8>; 3]> = (0..k * layers)
+        .map(|_| {
+            [
+                matrix(inter, hidden, f),
+                matrix(inter, hidden, f),
+                matrix(hidden, inter, f),
+            ]
+        })
+        .collect();
+    let layer = |l: usize| -> Vec<RoutedExpert<'_>> {
+        recs[l * k..(l + 1) * k]
+            .iter()
+            .enumerate()
+            .map(|(e, r)| RoutedExpert {
+                id: ExpertId {
+                    layer: l as u32,
+                    expert: e as u32,
+                },
+                weights: [
+                    WeightView::new(&r[0], inter, hidden, f).expect("gate"),
+                    WeightView::new(&r[1], inter, hidden, f).expect("up"),
+                    WeightView::new(&r[2], hidden, inter, f).expect("down"),
+                ],
+                combine: 1.0 / k as f32,
+            })
+            .collect()
+    };
+    let layers_routed: Vec<Vec<RoutedExpert<'_>>> = (0..layers).map(layer).collect();
+    let x = be.upload(&vec![0.5; hidden]).expect("cpu upload");
+    let z = |n| be.zeros(n).expect("cpu zeros");
+    let mut scratch = ExpertScratch {
+        h1: z(inter),
+        h2: z(inter),
+        out: z(hidden),
+    };
+    let mut out = z(hidden);
+    let mut h = z(inter);
+    let mut y = z(hidden);
+    let bytes: usize = recs[..k].iter().flatten().map(Vec::len).sum();
+    let mut g = c.benchmark_group("experts_dram");
+    g.sample_size(20).measurement_time(Duration::from_secs(3));
+    g.throughput(Throughput::Bytes(bytes as u64));
+    let mut l = 0;
+    g.bench_function("q4/k8", |b| {
+        b.iter(|| {
+            l = (l + 1) % layers;
+            be.moe_experts(&layers_routed[l], black_box(&x), &mut scratch, &mut out)
+                .expect("experts")
+        })
+    });
+    // The same bytes as one matvec per matrix (a fork/join each): gate and up, then down.
+    g.bench_function("q4/k8/per_matrix", |b| {
+        b.iter(|| {
+            l = (l + 1) % layers;
+            for e in &layers_routed[l] {
+                be.matvec_bytes(e.weights[0], black_box(&x), &mut h)
+                    .expect("gate");
+                be.matvec_bytes(e.weights[1], black_box(&x), &mut h)
+                    .expect("up");
+                be.matvec_bytes(e.weights[2], black_box(&h), &mut y)
+                    .expect("down");
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, read_bw, matvecs, experts, experts_dram, matmuls);
 criterion_main!(benches);

@@ -24,6 +24,9 @@ pub(crate) enum Isa {
     Avx2,
     /// AVX-VNNI `vpdpbusd` on 256-bit vectors (x86_64).
     AvxVnni,
+    /// AVX-VNNI, plus AVX-512 VNNI for the one-vector Q4 block kernel (two groups per
+    /// 512-bit step); every other kernel is [`Isa::AvxVnni`]'s.
+    Avx512Vnni,
 }
 
 impl Isa {
@@ -33,7 +36,11 @@ impl Isa {
         {
             use std::arch::is_x86_feature_detected as has;
             if has!("avx2") && has!("f16c") {
-                return if has!("avxvnni") {
+                let avx512 =
+                    has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vnni");
+                return if has!("avxvnni") && avx512 {
+                    Isa::Avx512Vnni
+                } else if has!("avxvnni") {
                     Isa::AvxVnni
                 } else {
                     Isa::Avx2
@@ -51,10 +58,18 @@ impl Isa {
         if best != Isa::Portable {
             v.push(Isa::Avx2);
         }
-        if best == Isa::AvxVnni {
+        if best.vnni() {
             v.push(Isa::AvxVnni);
         }
+        if best == Isa::Avx512Vnni {
+            v.push(Isa::Avx512Vnni);
+        }
         v
+    }
+
+    /// Whether the 256-bit AVX-VNNI kernels run (both VNNI sets).
+    pub(crate) fn vnni(self) -> bool {
+        matches!(self, Isa::AvxVnni | Isa::Avx512Vnni)
     }
 }
 
@@ -104,12 +119,14 @@ pub(crate) fn q4_row(isa: Isa, row: QRow<'_>, x: &QuantizedX) -> f32 {
     assert!(row.biases.len() == row.scales.len());
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2` and `Isa::AvxVnni` come only from `Isa::detect`, which checked
+        // SAFETY: `Isa::Avx2` and the VNNI variants come only from `Isa::detect`, which checked
         // the CPU has these features; the lengths the loads rely on are asserted above.
         Isa::Avx2 if g.is_multiple_of(64) => unsafe { x86::q4_row_avx2(row, x) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::AvxVnni if g.is_multiple_of(64) => unsafe { x86::q4_row_vnni(row, x) },
+        Isa::AvxVnni | Isa::Avx512Vnni if g.is_multiple_of(64) => unsafe {
+            x86::q4_row_vnni(row, x)
+        },
         _ => q4_row_portable(row, x),
     }
 }
@@ -125,7 +142,9 @@ pub(crate) fn q8_row(isa: Isa, row: QRow<'_>, x: &QuantizedX) -> f32 {
         Isa::Avx2 if g.is_multiple_of(32) => unsafe { x86::q8_row_avx2(row, x) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: see `q4_row`.
-        Isa::AvxVnni if g.is_multiple_of(32) => unsafe { x86::q8_row_vnni(row, x) },
+        Isa::AvxVnni | Isa::Avx512Vnni if g.is_multiple_of(32) => unsafe {
+            x86::q8_row_vnni(row, x)
+        },
         _ => q8_row_portable(row, x),
     }
 }

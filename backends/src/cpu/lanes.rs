@@ -85,7 +85,7 @@ impl TokenBlock {
 /// a multiple of 64 (Q4: whole 32-byte runs per group) or 32 (Q8), and a full block of tokens
 /// to use it on; [`TOKENS_512`] where the CPU also has AVX-512 VNNI and the tokens fill it.
 pub(crate) fn width(isa: super::int8::Isa, q4: bool, group: usize, n: usize) -> Option<usize> {
-    if isa != super::int8::Isa::AvxVnni || !group.is_multiple_of(if q4 { 64 } else { 32 }) {
+    if !isa.vnni() || !group.is_multiple_of(if q4 { 64 } else { 32 }) {
         return None;
     }
     if n >= TOKENS_512 && has_avx512() {

@@ -2,6 +2,7 @@
 
 mod attention;
 mod block;
+mod host_bytes;
 mod int8;
 mod lanes;
 mod linear_attn;
@@ -90,7 +91,7 @@ impl CpuTensor {
 /// A weight in host memory, kept in its storage format.
 #[derive(Clone, Debug)]
 pub struct CpuWeight {
-    bytes: Vec<u8>,
+    bytes: host_bytes::HostBytes,
     layout: MatrixLayout,
 }
 
@@ -168,7 +169,7 @@ impl ComputeBackend for CpuBackend {
         let layout = format.layout(rows, cols)?;
         layout.check("load_weight", bytes)?;
         Ok(CpuWeight {
-            bytes: bytes.to_vec(),
+            bytes: host_bytes::HostBytes::copy_of(bytes),
             layout,
         })
     }
