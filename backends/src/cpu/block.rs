@@ -98,7 +98,7 @@ pub(crate) fn rows_block(
             p.codes.resize(ROWS * len, 0);
         }
         // SAFETY: `isa` is not portable only when `Isa::detect` found AVX2 and F16C (and
-        // AVX-VNNI for both VNNI variants, and AVX-512 F, BW, DQ and VNNI for
+        // AVX-VNNI for both VNNI variants, and AVX-512 F, BW, DQ, VL and VNNI for
         // `Isa::Avx512Vnni`); every length the kernels rely on is asserted above, `p`'s
         // buffers were sized just now, and the group is a multiple of 64 (Q4) or 32 (Q8), and
         // exactly 64 for the 512-bit kernel.
@@ -548,9 +548,9 @@ mod x86 {
     /// adding zeros (`F + 0 + 0 = F`: lanes are never -0).
     ///
     /// # Safety
-    /// The CPU has AVX2, F16C, AVX-512 F, BW, DQ and VNNI; `rows_block` checked the lengths,
+    /// The CPU has AVX2, F16C, AVX-512 F, BW, DQ, VL and VNNI; `rows_block` checked the lengths,
     /// the group is 64, and `p` was prepared for these rows.
-    #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512dq,avx512vnni")]
+    #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
     pub(super) unsafe fn q4_one_avx512(
         rows: &[QRow<'_>; ROWS],
         x: &QuantizedX,
@@ -560,7 +560,9 @@ mod x86 {
     ) {
         let groups = x.groups();
         let m = _mm512_set1_epi8(15);
-        let ahead = ROWS * rows[0].codes.len();
+        // Two blocks on, into L2 (more misses in flight than L1's fill buffers allow: this
+        // kernel outruns memory, so the distance is what keeps it fed).
+        let ahead = 2 * ROWS * rows[0].codes.len();
         let codes: [*const u8; ROWS] = std::array::from_fn(|r| rows[r].codes.as_ptr());
         let mut f = [_mm512_setzero_ps(); 4];
         // Groups k and k + 1 (k = 2 j) into f[j % 4]: `$q` loads a row's codes, `$x` the
@@ -588,7 +590,7 @@ mod x86 {
             let k = 2 * j;
             for c in &codes {
                 // A prefetch is only a hint: it never faults, whatever the address.
-                _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(ahead + k * 32).cast());
+                _mm_prefetch::<_MM_HINT_T1>(c.wrapping_add(ahead + k * 32).cast());
             }
             step!(
                 f[j % 4],
@@ -648,10 +650,9 @@ mod x86 {
         // [(F0 + F4) + (F2 + F6) | (F1 + F5) + (F3 + F7)], then the halves added.
         let c = _mm512_add_ps(_mm512_add_ps(f[0], f[2]), _mm512_add_ps(f[1], f[3]));
         let v = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps::<1>(c));
-        let mut lanes = [0f32; 8];
-        // SAFETY: `lanes` holds 8 floats.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
-        o[..valid].copy_from_slice(&lanes[..valid]);
+        let o = &mut o[..valid];
+        // SAFETY: `o` holds `valid` <= 8 floats; the mask stores only those.
+        unsafe { _mm256_mask_storeu_ps(o.as_mut_ptr(), ((1u16 << valid) - 1) as __mmask8, v) };
     }
 
     // AVX2: u8 x i8 pairs to i16 (`maddubs`), then to i32; Q8 codes shifted to `q - 128` and

@@ -17,7 +17,7 @@
 use super::block::{ROWS, rows_block};
 use super::int8::{Isa, QRow, QuantizedX};
 use super::lanes;
-use super::matvec::{Act, CHUNK_WEIGHTS, PAR_THRESHOLD, prepare, qrow, row_dot};
+use super::matvec::{Act, CHUNK_WEIGHTS, PAR_THRESHOLD, prepare, row_dot};
 use crate::quant::{MatrixLayout, WeightFormat};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -262,7 +262,25 @@ pub(crate) fn quant_rows(
 /// Rows `r0..r0 + valid` (`valid >= 1`) of a Q4/Q8 matrix as one block of [`ROWS`]: a short
 /// last block repeats its last row (those results are not stored).
 fn block_rows<'a>(bytes: &'a [u8], l: &MatrixLayout, r0: usize, valid: usize) -> [QRow<'a>; ROWS] {
-    std::array::from_fn(|i| qrow(bytes, l, r0 + i.min(valid - 1)))
+    // What `qrow` slices, its divisions and offsets worked out once for the block.
+    let cols = l.cols;
+    let sb_len = 2 * (cols / l.format.group().unwrap_or(cols).max(1));
+    let code_len = if matches!(l.format, WeightFormat::Q4 { .. }) {
+        cols / 2
+    } else {
+        cols
+    };
+    let codes = &bytes[..l.scales_offset];
+    let scales = &bytes[l.scales_offset..l.biases_offset];
+    let biases = &bytes[l.biases_offset..l.total];
+    std::array::from_fn(|i| {
+        let r = r0 + i.min(valid - 1);
+        QRow {
+            codes: &codes[r * code_len..(r + 1) * code_len],
+            scales: &scales[r * sb_len..(r + 1) * sb_len],
+            biases: &biases[r * sb_len..(r + 1) * sb_len],
+        }
+    })
 }
 
 #[cfg(test)]
