@@ -1,11 +1,16 @@
-//! The routed experts of one token in two parallel regions instead of three per expert.
+//! The routed experts of one token in one or two parallel regions instead of three per expert.
 //!
-//! Region 1 computes every expert's `gate x` and `up x` (one list of `k * 2 * inter` rows over
-//! the same activations, quantized once); SwiGLU and the quantization of each expert's hidden
-//! vector run on the calling thread; region 2 computes each output row as
-//! `sum_e combine_e * (down_e h_e)`, the combine fused into the row. The arithmetic is the
-//! same, op for op, as [`crate::ComputeBackend::moe_experts`]'s default composition of
-//! matvecs, SwiGLU and axpy, so the results are bit-identical (tested).
+//! With int8 activations and at least two experts per thread (the 30B geometry's 8 on 2
+//! cores), **one region with an expert per task**: each task runs its expert whole (gate and
+//! up, SwiGLU, the hidden vector quantized, down) on one thread, reading its record front to
+//! back, and the calling thread then adds the outputs in expert order. Otherwise (few experts
+//! for many threads, or f32 activations) **two regions split by rows**: region 1 computes every
+//! expert's `gate x` and `up x` (one list of `k * 2 * inter` rows over the same activations,
+//! quantized once); SwiGLU and the quantization of each expert's hidden vector run on the
+//! calling thread; region 2 computes each output row as `sum_e combine_e * (down_e h_e)`, the
+//! combine fused into the row. Either way the arithmetic is the same, op for op, as
+//! [`crate::ComputeBackend::moe_experts`]'s default composition of matvecs, SwiGLU and axpy,
+//! so the results are bit-identical (tested).
 
 use super::block::ROWS;
 use super::int8::{Isa, QuantizedX};
@@ -13,6 +18,7 @@ use super::matmul::{for_row_blocks, quant_rows};
 use super::matvec::{Act, for_rows, prepare, row_dot};
 use super::ops::swiglu;
 use crate::backend::RoutedExpert;
+use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Reused buffers of the calling thread.
@@ -24,6 +30,8 @@ struct Scratch {
     qh: Vec<QuantizedX>,
     /// `x` quantized for `gate_proj`/`up_proj`.
     qx: QuantizedX,
+    /// `[k][out_len]`: each expert's `down h` (the expert-per-task path).
+    y: Vec<f32>,
 }
 
 thread_local! {
@@ -76,6 +84,15 @@ fn run(
     let k = experts.len();
     s.h.resize(k * 2 * inter, 0.0);
     let quantized = int8 && prepare(format, x, &mut s.qx);
+    if quantized
+        && inter.is_multiple_of(ROWS)
+        && k >= 2 * rayon::current_num_threads()
+        && experts
+            .iter()
+            .all(|e| e.weights[2].layout().rows == out.len())
+    {
+        return per_expert(isa, experts, out, s);
+    }
     let act = Act {
         x,
         qx: quantized.then_some(&s.qx),
@@ -143,6 +160,42 @@ fn run(
     });
 }
 
+/// One task per expert (see the module doc): `s.qx` holds `x` quantized, `s.h` room for
+/// `[k][gate | up]`.
+fn per_expert(isa: Isa, experts: &[RoutedExpert<'_>], out: &mut [f32], s: &mut Scratch) {
+    let (k, hidden) = (experts.len(), out.len());
+    let inter = experts[0].weights[0].layout().rows;
+    let format = experts[0].weights[0].layout().format;
+    s.y.resize(k * hidden, 0.0);
+    s.qh.resize_with(k, QuantizedX::default);
+    let qx = std::slice::from_ref(&s.qx);
+    let rows = |w: &crate::WeightView<'_>, qx: &[QuantizedX], o: &mut [f32]| {
+        for (b, o) in o.chunks_mut(ROWS).enumerate() {
+            quant_rows(isa, w.bytes(), w.layout(), qx, b * ROWS, o);
+        }
+    };
+    experts
+        .par_iter()
+        .zip(s.h.par_chunks_mut(2 * inter))
+        .zip(s.y.par_chunks_mut(hidden))
+        .zip(s.qh.par_iter_mut())
+        .for_each(|(((e, h), y), qh)| {
+            let (gate, up) = h.split_at_mut(inter);
+            rows(&e.weights[0], qx, gate);
+            rows(&e.weights[1], qx, up);
+            swiglu(gate, up);
+            prepare(format, gate, qh);
+            rows(&e.weights[2], std::slice::from_ref(qh), y);
+        });
+    // The combine in expert order, as the row-split path adds it.
+    out.fill(0.0);
+    for (e, y) in experts.iter().zip(s.y.chunks_exact(hidden)) {
+        out.iter_mut()
+            .zip(y)
+            .for_each(|(acc, v)| *acc += e.combine * v);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::backend::{ExpertId, ExpertScratch, RoutedExpert, WeightView};
@@ -208,9 +261,25 @@ mod tests {
                     h2: z(inter),
                     out: z(hidden),
                 };
-                let mut fused = z(hidden);
-                be.moe_experts(&routed, &x, &mut scratch, &mut fused)
-                    .unwrap();
+                // 1 thread: an expert per task; 4 threads for 4 experts: split by rows.
+                let fused: Vec<crate::cpu::CpuTensor> = [1usize, 4]
+                    .iter()
+                    .map(|&threads| {
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(threads)
+                            .build()
+                            .unwrap();
+                        let mut scratch = ExpertScratch {
+                            h1: z(inter),
+                            h2: z(inter),
+                            out: z(hidden),
+                        };
+                        let mut fused = z(hidden);
+                        pool.install(|| be.moe_experts(&routed, &x, &mut scratch, &mut fused))
+                            .unwrap();
+                        fused
+                    })
+                    .collect();
                 let mut want = z(hidden);
                 for e in &routed {
                     be.expert_ffn(
@@ -226,8 +295,10 @@ mod tests {
                 let bits = |t: &crate::cpu::CpuTensor| {
                     t.as_slice().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
                 };
-                assert_eq!(bits(&fused), bits(&want), "case {case}");
-                assert!(fused.as_slice().iter().any(|v| *v != 0.0), "case {case}");
+                for (path, fused) in fused.iter().enumerate() {
+                    assert_eq!(bits(fused), bits(&want), "case {case}, path {path}");
+                    assert!(fused.as_slice().iter().any(|v| *v != 0.0), "case {case}");
+                }
             }
         }
     }
