@@ -14,7 +14,7 @@
 //!   row-major. Each row op has a default built on [`ComputeBackend::copy_range`] and the vector op,
 //!   so a backend is correct before it has a batched kernel; a backend overrides them for speed.
 
-use crate::error::Result;
+use crate::error::{BackendError, Result};
 use crate::quant::{MatrixLayout, WeightFormat};
 use crate::routing::{Routing, top_k_softmax};
 
@@ -216,6 +216,28 @@ pub trait ComputeBackend: Send + Sync {
     fn embedding(&self, table: &Self::Weight, token: u32, out: &mut Self::Tensor) -> Result<()>;
     /// `out = W x` for a resident weight.
     fn matvec(&self, w: &Self::Weight, x: &Self::Tensor, out: &mut Self::Tensor) -> Result<()>;
+    /// `outs[i] = ws[i] x` for weights that share their input (a layer's q, k and v): one
+    /// call, so a backend can run them as one pass with `x` prepared once. The default runs
+    /// [`Self::matvec`] per weight.
+    fn matvec_many(
+        &self,
+        ws: &[&Self::Weight],
+        x: &Self::Tensor,
+        outs: &mut [&mut Self::Tensor],
+    ) -> Result<()> {
+        if ws.len() != outs.len() {
+            return Err(BackendError::Shape {
+                op: "matvec_many",
+                what: "outputs",
+                expected: ws.len(),
+                got: outs.len(),
+            });
+        }
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            self.matvec(w, x, out)?;
+        }
+        Ok(())
+    }
     /// `out = W x` for a weight given as raw bytes (an expert tensor from an I/O buffer).
     fn matvec_bytes(
         &self,

@@ -23,6 +23,9 @@ pub enum Phase {
     KProj,
     /// `v_proj`.
     VProj,
+    /// `q_proj`, `k_proj` and `v_proj` (and an output gate) in one pass over the same input
+    /// ([`crate::ComputeBackend::matvec_many`]).
+    QkvProj,
     /// `o_proj`.
     OProj,
     /// RoPE, KV-cache writes, softmax attention, output gate.
@@ -47,12 +50,13 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in table order.
-    pub const ALL: [Phase; 15] = [
+    pub const ALL: [Phase; 16] = [
         Phase::Embedding,
         Phase::Norms,
         Phase::QProj,
         Phase::KProj,
         Phase::VProj,
+        Phase::QkvProj,
         Phase::OProj,
         Phase::AttnCore,
         Phase::DeltaNet,
@@ -73,6 +77,7 @@ impl Phase {
             Phase::QProj => "q_proj",
             Phase::KProj => "k_proj",
             Phase::VProj => "v_proj",
+            Phase::QkvProj => "q+k+v (one pass)",
             Phase::OProj => "o_proj",
             Phase::AttnCore => "attention core (rope, kv, softmax)",
             Phase::DeltaNet => "gated deltanet",

@@ -153,6 +153,20 @@ impl<B: ComputeBackend> ComputeBackend for Profiled<B> {
     fn matvec(&self, w: &Self::Weight, x: &B::Tensor, out: &mut B::Tensor) -> Result<()> {
         self.timed(w.phase, || self.inner.matvec(&w.inner, x, out))
     }
+    fn matvec_many(
+        &self,
+        ws: &[&Self::Weight],
+        x: &B::Tensor,
+        outs: &mut [&mut B::Tensor],
+    ) -> Result<()> {
+        let inner: Vec<&B::Weight> = ws.iter().map(|w| &w.inner).collect();
+        // One pass is one phase: its own when there is one weight, else the q+k+v row.
+        let phase = match ws {
+            [w] => w.phase,
+            _ => Phase::QkvProj,
+        };
+        self.timed(phase, || self.inner.matvec_many(&inner, x, outs))
+    }
     fn matvec_bytes(&self, w: WeightView<'_>, x: &B::Tensor, out: &mut B::Tensor) -> Result<()> {
         self.timed(Phase::Experts, || self.inner.matvec_bytes(w, x, out))
     }

@@ -368,13 +368,20 @@ impl<B: ComputeBackend> MoeModel<B> {
         };
         let ctx = |what: &str| format!("model.layers.{l}.self_attn.{what}");
         let (eps, hd) = (cfg.rms_norm_eps, cfg.head_dim);
-        be.matvec(&a.q_proj, &s.x, &mut s.q).ctx(|| ctx("q_proj"))?;
-        if let Some(g) = &a.gate_proj {
-            be.matvec(g, &s.x, &mut s.q_gate)
-                .ctx(|| ctx("q_proj (output gate)"))?;
+        // q, (the output gate,) k and v read the same input: one pass.
+        match &a.gate_proj {
+            Some(g) => be.matvec_many(
+                &[&a.q_proj, g, &a.k_proj, &a.v_proj],
+                &s.x,
+                &mut [&mut s.q, &mut s.q_gate, &mut s.k, &mut s.v],
+            ),
+            None => be.matvec_many(
+                &[&a.q_proj, &a.k_proj, &a.v_proj],
+                &s.x,
+                &mut [&mut s.q, &mut s.k, &mut s.v],
+            ),
         }
-        be.matvec(&a.k_proj, &s.x, &mut s.k).ctx(|| ctx("k_proj"))?;
-        be.matvec(&a.v_proj, &s.x, &mut s.v).ctx(|| ctx("v_proj"))?;
+        .ctx(|| ctx("q_proj, k_proj, v_proj"))?;
         if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
             be.rms_norm_heads(&mut s.q, qn, hd, eps)
                 .ctx(|| ctx("q_norm"))?;

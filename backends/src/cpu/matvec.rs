@@ -99,6 +99,36 @@ pub(crate) fn matvec_isa(
     });
 }
 
+/// `out = [W_0; W_1; ...] x`: matrices of one quantized format and width, each a whole number
+/// of [`super::block::ROWS`] rows, stacked into one pass (one parallel region, `x` quantized
+/// once); every row has the bits [`matvec`] gives it with int8 activations. The caller has
+/// checked the shapes and that `out` holds every matrix's rows.
+pub(crate) fn matvec_stacked(
+    isa: Isa,
+    mats: &[(&[u8], &MatrixLayout)],
+    x: &[f32],
+    out: &mut [f32],
+) {
+    let (format, cols) = (mats[0].1.format, mats[0].1.cols);
+    let starts: Vec<usize> = mats
+        .iter()
+        .scan(0, |r, (_, l)| {
+            let start = *r;
+            *r += l.rows;
+            Some(start)
+        })
+        .collect();
+    with_act(format, x, true, |act| {
+        let qx = act.qx.expect("the caller checked a quantized format");
+        for_row_blocks(out.len() * cols, cols, 1, out, |r0, o| {
+            // Blocks never straddle two matrices: each is a whole number of blocks.
+            let m = starts.partition_point(|&s| s <= r0) - 1;
+            let (bytes, l) = mats[m];
+            quant_rows(isa, bytes, l, std::slice::from_ref(qx), r0 - starts[m], o)
+        })
+    });
+}
+
 /// [`matvec`] with int8 activations and the kernels of `isa` (tests compare them).
 #[cfg(test)]
 pub(crate) fn matvec_with(bytes: &[u8], l: &MatrixLayout, x: &[f32], out: &mut [f32], isa: Isa) {

@@ -88,6 +88,11 @@ impl CpuTensor {
     }
 }
 
+thread_local! {
+    /// The stacked output of [`CpuBackend::matvec_many`] before it is split into its outputs.
+    static STACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A weight in host memory, kept in its storage format.
 #[derive(Clone, Debug)]
 pub struct CpuWeight {
@@ -203,6 +208,56 @@ impl ComputeBackend for CpuBackend {
             x,
             out,
         )
+    }
+
+    /// Quantized weights of one format and width (whole 8-row blocks each) with int8
+    /// activations: one stacked pass (`matvec::matvec_stacked`), bit-identical to a matvec
+    /// each. Anything else: one matvec each.
+    fn matvec_many(
+        &self,
+        ws: &[&CpuWeight],
+        x: &CpuTensor,
+        outs: &mut [&mut CpuTensor],
+    ) -> Result<()> {
+        check_len("matvec_many", "outputs", ws.len(), outs.len())?;
+        for (w, out) in ws.iter().zip(outs.iter()) {
+            check_len("matvec_many", "x", w.layout.cols, x.0.len())?;
+            check_len("matvec_many", "out", w.layout.rows, out.0.len())?;
+        }
+        let Some(first) = ws.first() else {
+            return Ok(());
+        };
+        let stack = self.int8()
+            && ws.len() > 1
+            && first.layout.format.group().is_some()
+            && ws.iter().all(|w| {
+                w.layout.format == first.layout.format && w.layout.rows.is_multiple_of(block::ROWS)
+            });
+        if !stack {
+            for (w, out) in ws.iter().zip(outs.iter_mut()) {
+                self.matvec(w, x, out)?;
+            }
+            return Ok(());
+        }
+        let mats: Vec<(&[u8], &MatrixLayout)> = ws.iter().map(|w| (&*w.bytes, &w.layout)).collect();
+        STACKED.with(|cell| {
+            let mut fresh = Vec::new();
+            let mut held = cell.try_borrow_mut();
+            let buf = match &mut held {
+                Ok(b) => &mut **b,
+                // Re-entered on this thread (a nested parallel job): a fresh buffer.
+                Err(_) => &mut fresh,
+            };
+            buf.resize(ws.iter().map(|w| w.layout.rows).sum(), 0.0);
+            matvec::matvec_stacked(int8::Isa::detect(), &mats, &x.0, buf);
+            let mut at = 0;
+            for out in outs.iter_mut() {
+                let n = out.0.len();
+                out.0.copy_from_slice(&buf[at..at + n]);
+                at += n;
+            }
+        });
+        Ok(())
     }
 
     fn matvec_bytes(&self, w: WeightView<'_>, x: &CpuTensor, out: &mut CpuTensor) -> Result<()> {
