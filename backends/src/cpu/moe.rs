@@ -15,7 +15,7 @@
 use super::block::ROWS;
 use super::int8::{Isa, QuantizedX};
 use super::matmul::{for_row_blocks, quant_rows};
-use super::matvec::{Act, for_rows, prepare, row_dot};
+use super::matvec::{Act, PAR_THRESHOLD, for_rows, prepare, row_dot};
 use super::ops::swiglu;
 use crate::backend::RoutedExpert;
 use rayon::prelude::*;
@@ -174,19 +174,33 @@ fn per_expert(isa: Isa, experts: &[RoutedExpert<'_>], out: &mut [f32], s: &mut S
             quant_rows(isa, w.bytes(), w.layout(), qx, b * ROWS, o);
         }
     };
-    experts
-        .par_iter()
-        .zip(s.h.par_chunks_mut(2 * inter))
-        .zip(s.y.par_chunks_mut(hidden))
-        .zip(s.qh.par_iter_mut())
-        .for_each(|(((e, h), y), qh)| {
-            let (gate, up) = h.split_at_mut(inter);
-            rows(&e.weights[0], qx, gate);
-            rows(&e.weights[1], qx, up);
-            swiglu(gate, up);
-            prepare(format, gate, qh);
-            rows(&e.weights[2], std::slice::from_ref(qh), y);
-        });
+    let expert = |(((e, h), y), qh): (
+        ((&RoutedExpert<'_>, &mut [f32]), &mut [f32]),
+        &mut QuantizedX,
+    )| {
+        let (gate, up) = h.split_at_mut(inter);
+        rows(&e.weights[0], qx, gate);
+        rows(&e.weights[1], qx, up);
+        swiglu(gate, up);
+        prepare(format, gate, qh);
+        rows(&e.weights[2], std::slice::from_ref(qh), y);
+    };
+    if k * 3 * inter * hidden < PAR_THRESHOLD {
+        // Too little work to pay for a fork/join (the tiny fixtures): on this thread.
+        experts
+            .iter()
+            .zip(s.h.chunks_mut(2 * inter))
+            .zip(s.y.chunks_mut(hidden))
+            .zip(s.qh.iter_mut())
+            .for_each(expert);
+    } else {
+        experts
+            .par_iter()
+            .zip(s.h.par_chunks_mut(2 * inter))
+            .zip(s.y.par_chunks_mut(hidden))
+            .zip(s.qh.par_iter_mut())
+            .for_each(expert);
+    }
     // The combine in expert order, as the row-split path adds it.
     out.fill(0.0);
     for (e, y) in experts.iter().zip(s.y.chunks_exact(hidden)) {
