@@ -174,10 +174,7 @@ fn per_expert(isa: Isa, experts: &[RoutedExpert<'_>], out: &mut [f32], s: &mut S
             quant_rows(isa, w.bytes(), w.layout(), qx, b * ROWS, o);
         }
     };
-    let expert = |(((e, h), y), qh): (
-        ((&RoutedExpert<'_>, &mut [f32]), &mut [f32]),
-        &mut QuantizedX,
-    )| {
+    let expert = |e: &RoutedExpert<'_>, h: &mut [f32], y: &mut [f32], qh: &mut QuantizedX| {
         let (gate, up) = h.split_at_mut(inter);
         rows(&e.weights[0], qx, gate);
         rows(&e.weights[1], qx, up);
@@ -192,14 +189,14 @@ fn per_expert(isa: Isa, experts: &[RoutedExpert<'_>], out: &mut [f32], s: &mut S
             .zip(s.h.chunks_mut(2 * inter))
             .zip(s.y.chunks_mut(hidden))
             .zip(s.qh.iter_mut())
-            .for_each(expert);
+            .for_each(|(((e, h), y), qh)| expert(e, h, y, qh));
     } else {
         experts
             .par_iter()
             .zip(s.h.par_chunks_mut(2 * inter))
             .zip(s.y.par_chunks_mut(hidden))
             .zip(s.qh.par_iter_mut())
-            .for_each(expert);
+            .for_each(|(((e, h), y), qh)| expert(e, h, y, qh));
     }
     // The combine in expert order, as the row-split path adds it.
     out.fill(0.0);
