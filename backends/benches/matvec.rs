@@ -6,7 +6,10 @@
 //! - `read_bw`: a read-only sum over a 1 GiB buffer on 2 threads (the bound for a matvec);
 //! - `matvec/{q4,q8,bf16}/{rows}x{cols}`: one matvec, 2048x768 (down), 768x2048 (gate, up),
 //!   4096x2048 (q_proj), 151936x2048 (lm_head);
-//! - `experts/q4/k8`: `moe_experts` with 8 routed experts of 768x2048 (one MoE layer);
+//! - `experts/q4/k8`: `moe_experts` with 8 routed experts of 768x2048 (one MoE layer), the
+//!   same 8 each call (in the caches); `experts_dram/q4/k8`: the next of 48 layers' 8 each
+//!   call (from DRAM, as decode reads them), and `.../per_matrix` the same bytes as a matvec
+//!   per matrix;
 //! - `matmul/{q4,bf16}/768x2048/n{N}`: `matmul_bytes` on a chunk of N = 1, 4, 16, 64 tokens
 //!   (a routed expert run on the chunk's tokens routed to it; throughput counts the weights
 //!   once per call, so tokens/s = N x calls/s).
@@ -103,11 +106,10 @@ fn matvecs(c: &mut Criterion) {
     g.finish();
 }
 
-fn experts(c: &mut Criterion) {
-    let be = CpuBackend::new();
-    let (hidden, inter, k) = (2048usize, 768usize, 8usize);
-    let f = WeightFormat::Q4_64;
-    let recs: Vec<[Vec<u8>; 3]> = (0..k)
+/// `n` routed experts' records (gate, up, down) at the 30B geometry in Q4.
+fn expert_records(n: usize) -> Vec<[Vec<u8>; 3]> {
+    let (hidden, inter, f) = (2048usize, 768usize, WeightFormat::Q4_64);
+    (0..n)
         .map(|_| {
             [
                 matrix(inter, hidden, f),
@@ -115,13 +117,17 @@ fn experts(c: &mut Criterion) {
                 matrix(hidden, inter, f),
             ]
         })
-        .collect();
-    let routed: Vec<RoutedExpert<'_>> = recs
-        .iter()
+        .collect()
+}
+
+/// The records as one layer's routed experts, equal combine weights.
+fn routed(recs: &[[Vec<u8>; 3]], layer: u32) -> Vec<RoutedExpert<'_>> {
+    let (hidden, inter, f) = (2048usize, 768usize, WeightFormat::Q4_64);
+    recs.iter()
         .enumerate()
         .map(|(e, r)| RoutedExpert {
             id: ExpertId {
-                layer: 0,
+                layer,
                 expert: e as u32,
             },
             weights: [
@@ -129,8 +135,20 @@ fn experts(c: &mut Criterion) {
                 WeightView::new(&r[1], inter, hidden, f).expect("up"),
                 WeightView::new(&r[2], hidden, inter, f).expect("down"),
             ],
-            combine: 1.0 / k as f32,
+            combine: 1.0 / recs.len() as f32,
         })
+        .collect()
+}
+
+/// `moe_experts` on 8 experts: the same 8 every call (`experts`, in the caches), and each call
+/// the next of 48 layers' 8 (`experts_dram`, 1 GB in all, more than the caches: the weights
+/// come from DRAM, as in decode), with the same bytes as one matvec per matrix beside it.
+fn experts(c: &mut Criterion) {
+    let be = CpuBackend::new();
+    let (hidden, inter, k, layers) = (2048usize, 768usize, 8usize, 48usize);
+    let recs = expert_records(k * layers);
+    let layers_routed: Vec<Vec<RoutedExpert<'_>>> = (0..layers)
+        .map(|l| routed(&recs[l * k..(l + 1) * k], l as u32))
         .collect();
     let x = be.upload(&vec![0.5; hidden]).expect("cpu upload");
     let z = |n| be.zeros(n).expect("cpu zeros");
@@ -140,14 +158,40 @@ fn experts(c: &mut Criterion) {
         out: z(hidden),
     };
     let mut out = z(hidden);
-    let bytes: usize = recs.iter().flatten().map(Vec::len).sum();
+    let (mut h, mut y) = (z(inter), z(hidden));
+    let bytes: usize = recs[..k].iter().flatten().map(Vec::len).sum();
     let mut g = c.benchmark_group("experts");
     g.sample_size(20).measurement_time(Duration::from_secs(3));
     g.throughput(Throughput::Bytes(bytes as u64));
     g.bench_function("q4/k8", |b| {
         b.iter(|| {
-            be.moe_experts(&routed, black_box(&x), &mut scratch, &mut out)
+            be.moe_experts(&layers_routed[0], black_box(&x), &mut scratch, &mut out)
                 .expect("experts")
+        })
+    });
+    g.finish();
+    let mut g = c.benchmark_group("experts_dram");
+    g.sample_size(20).measurement_time(Duration::from_secs(3));
+    g.throughput(Throughput::Bytes(bytes as u64));
+    let mut l = 0;
+    g.bench_function("q4/k8", |b| {
+        b.iter(|| {
+            l = (l + 1) % layers;
+            be.moe_experts(&layers_routed[l], black_box(&x), &mut scratch, &mut out)
+                .expect("experts")
+        })
+    });
+    g.bench_function("q4/k8/per_matrix", |b| {
+        b.iter(|| {
+            l = (l + 1) % layers;
+            for e in &layers_routed[l] {
+                be.matvec_bytes(e.weights[0], black_box(&x), &mut h)
+                    .expect("gate");
+                be.matvec_bytes(e.weights[1], black_box(&x), &mut h)
+                    .expect("up");
+                be.matvec_bytes(e.weights[2], black_box(&h), &mut y)
+                    .expect("down");
+            }
         })
     });
     g.finish();
@@ -176,78 +220,5 @@ fn matmuls(c: &mut Criterion) {
     g.finish();
 }
 
-/// The routed experts of one layer as decode sees them: each call takes the next of 48 layers'
-/// 8 experts (1 GB in all, more than the caches), so the weights come from DRAM.
-fn experts_dram(c: &mut Criterion) {
-    let be = CpuBackend::new();
-    let (hidden, inter, k, layers) = (2048usize, 768usize, 8usize, 48usize);
-    let f = WeightFormat::Q4_64;
-    let recs: Vec<[Vec<u8>; 3]> = (0..k * layers)
-        .map(|_| {
-            [
-                matrix(inter, hidden, f),
-                matrix(inter, hidden, f),
-                matrix(hidden, inter, f),
-            ]
-        })
-        .collect();
-    let layer = |l: usize| -> Vec<RoutedExpert<'_>> {
-        recs[l * k..(l + 1) * k]
-            .iter()
-            .enumerate()
-            .map(|(e, r)| RoutedExpert {
-                id: ExpertId {
-                    layer: l as u32,
-                    expert: e as u32,
-                },
-                weights: [
-                    WeightView::new(&r[0], inter, hidden, f).expect("gate"),
-                    WeightView::new(&r[1], inter, hidden, f).expect("up"),
-                    WeightView::new(&r[2], hidden, inter, f).expect("down"),
-                ],
-                combine: 1.0 / k as f32,
-            })
-            .collect()
-    };
-    let layers_routed: Vec<Vec<RoutedExpert<'_>>> = (0..layers).map(layer).collect();
-    let x = be.upload(&vec![0.5; hidden]).expect("cpu upload");
-    let z = |n| be.zeros(n).expect("cpu zeros");
-    let mut scratch = ExpertScratch {
-        h1: z(inter),
-        h2: z(inter),
-        out: z(hidden),
-    };
-    let mut out = z(hidden);
-    let mut h = z(inter);
-    let mut y = z(hidden);
-    let bytes: usize = recs[..k].iter().flatten().map(Vec::len).sum();
-    let mut g = c.benchmark_group("experts_dram");
-    g.sample_size(20).measurement_time(Duration::from_secs(3));
-    g.throughput(Throughput::Bytes(bytes as u64));
-    let mut l = 0;
-    g.bench_function("q4/k8", |b| {
-        b.iter(|| {
-            l = (l + 1) % layers;
-            be.moe_experts(&layers_routed[l], black_box(&x), &mut scratch, &mut out)
-                .expect("experts")
-        })
-    });
-    // The same bytes as one matvec per matrix (a fork/join each): gate and up, then down.
-    g.bench_function("q4/k8/per_matrix", |b| {
-        b.iter(|| {
-            l = (l + 1) % layers;
-            for e in &layers_routed[l] {
-                be.matvec_bytes(e.weights[0], black_box(&x), &mut h)
-                    .expect("gate");
-                be.matvec_bytes(e.weights[1], black_box(&x), &mut h)
-                    .expect("up");
-                be.matvec_bytes(e.weights[2], black_box(&h), &mut y)
-                    .expect("down");
-            }
-        })
-    });
-    g.finish();
-}
-
-criterion_group!(benches, read_bw, matvecs, experts, experts_dram, matmuls);
+criterion_group!(benches, read_bw, matvecs, experts, matmuls);
 criterion_main!(benches);

@@ -190,6 +190,53 @@ mod x86 {
     use super::{Prepared, QRow, QuantizedX, ROWS};
     use core::arch::x86_64::*;
 
+    /// Hints the next block's scales and biases (the next `ROWS` rows': consecutive in a
+    /// matrix), like its codes in the kernels: without it each block's first loads of them
+    /// wait on memory.
+    #[inline]
+    fn prefetch_scales(rows: &[QRow<'_>; ROWS]) {
+        let span = ROWS * rows[0].scales.len();
+        for src in [rows[0].scales, rows[0].biases] {
+            for off in (0..span).step_by(64) {
+                // SAFETY: SSE is baseline on x86_64; a prefetch is only a hint: it never
+                // faults, whatever the address.
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(src.as_ptr().wrapping_add(span + off).cast())
+                };
+            }
+        }
+    }
+
+    /// The body of [`prepare`] and [`prepare_avx512`]: per 8 groups, `$load(src, k0, n)` gives
+    /// a row's `n` (at most 8) f16 values from group `k0` as 16 bytes (zeros past `n`), then
+    /// an 8 x 8 transpose into `[group][row]`.
+    macro_rules! prepare_body {
+        ($rows:ident, $groups:ident, $p:ident, |$src:ident, $k0:ident, $n:ident| $load:expr) => {{
+            prefetch_scales($rows);
+            let mut $k0 = 0;
+            while $k0 < $groups {
+                let $n = ($groups - $k0).min(8);
+                for (bias, dst) in [(false, &mut $p.s), (true, &mut $p.b)] {
+                    let v: [__m256; 8] = std::array::from_fn(|r| {
+                        let $src: &[u8] = if bias {
+                            $rows[r].biases
+                        } else {
+                            $rows[r].scales
+                        };
+                        _mm256_cvtph_ps($load)
+                    });
+                    let t = transpose8(v);
+                    for (kk, col) in t.iter().take($n).enumerate() {
+                        // SAFETY: k0 + kk < groups: ROWS floats from (k0 + kk) * ROWS fit in
+                        // dst.
+                        unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add(($k0 + kk) * ROWS), *col) };
+                    }
+                }
+                $k0 += 8;
+            }
+        }};
+    }
+
     /// Fills `p.s` and `p.b` (`[group][row]` f32) from the rows' f16 scales and biases: per 8
     /// groups, each row's 8 values converted at once, then an 8 x 8 transpose.
     ///
@@ -198,41 +245,15 @@ mod x86 {
     /// hold `groups * ROWS` floats.
     #[target_feature(enable = "avx2,f16c")]
     pub(super) unsafe fn prepare(rows: &[QRow<'_>; ROWS], groups: usize, p: &mut Prepared) {
-        // The next block's scales and biases (the next `ROWS` rows': consecutive in a
-        // matrix), hinted like its codes in the kernels: without it each block's first loads
-        // of them wait on memory.
-        let span = ROWS * rows[0].scales.len();
-        for src in [rows[0].scales, rows[0].biases] {
-            for off in (0..span).step_by(64) {
-                // A prefetch is only a hint: it never faults, whatever the address.
-                _mm_prefetch::<_MM_HINT_T0>(src.as_ptr().wrapping_add(span + off).cast());
-            }
-        }
-        let mut k0 = 0;
-        while k0 < groups {
-            let n = (groups - k0).min(8);
-            for (bias, dst) in [(false, &mut p.s), (true, &mut p.b)] {
-                let v: [__m256; 8] = std::array::from_fn(|r| {
-                    let src = if bias { rows[r].biases } else { rows[r].scales };
-                    let h = if n == 8 {
-                        // SAFETY: groups k0..k0 + 8 exist: 16 bytes from 2 * k0.
-                        unsafe { _mm_loadu_si128(src.as_ptr().add(2 * k0).cast()) }
-                    } else {
-                        let mut h = [0u8; 16];
-                        h[..2 * n].copy_from_slice(&src[2 * k0..2 * (k0 + n)]);
-                        // SAFETY: `h` holds 16 bytes.
-                        unsafe { _mm_loadu_si128(h.as_ptr().cast()) }
-                    };
-                    _mm256_cvtph_ps(h)
-                });
-                let t = transpose8(v);
-                for (kk, col) in t.iter().take(n).enumerate() {
-                    // SAFETY: k0 + kk < groups: ROWS floats from (k0 + kk) * ROWS fit in dst.
-                    unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add((k0 + kk) * ROWS), *col) };
-                }
-            }
-            k0 += 8;
-        }
+        prepare_body!(rows, groups, p, |src, k0, n| if n == 8 {
+            // SAFETY: groups k0..k0 + 8 exist: 16 bytes from 2 * k0.
+            unsafe { _mm_loadu_si128(src.as_ptr().add(2 * k0).cast()) }
+        } else {
+            let mut h = [0u8; 16];
+            h[..2 * n].copy_from_slice(&src[2 * k0..2 * (k0 + n)]);
+            // SAFETY: `h` holds 16 bytes.
+            unsafe { _mm_loadu_si128(h.as_ptr().cast()) }
+        })
     }
 
     /// [`prepare`] with a last partial run of groups read by masked loads (AVX-512 BW and
@@ -243,35 +264,13 @@ mod x86 {
     /// As for [`prepare`], and the CPU has AVX-512 F, BW and VL.
     #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn prepare_avx512(rows: &[QRow<'_>; ROWS], groups: usize, p: &mut Prepared) {
-        let span = ROWS * rows[0].scales.len();
-        for src in [rows[0].scales, rows[0].biases] {
-            for off in (0..span).step_by(64) {
-                // A prefetch is only a hint: it never faults, whatever the address.
-                _mm_prefetch::<_MM_HINT_T0>(src.as_ptr().wrapping_add(span + off).cast());
-            }
-        }
-        let mut k0 = 0;
-        while k0 < groups {
-            let n = (groups - k0).min(8);
+        prepare_body!(rows, groups, p, |src, k0, n| {
             // The low n of 8 lanes.
             let mask = ((1u16 << n) - 1) as __mmask8;
-            for (bias, dst) in [(false, &mut p.s), (true, &mut p.b)] {
-                let v: [__m256; 8] = std::array::from_fn(|r| {
-                    let src = if bias { rows[r].biases } else { rows[r].scales };
-                    // SAFETY: the unmasked n values are groups k0..k0 + n of the row, inside
-                    // its 2 * groups bytes; masked-out ones are not read.
-                    _mm256_cvtph_ps(unsafe {
-                        _mm_maskz_loadu_epi16(mask, src.as_ptr().add(2 * k0).cast())
-                    })
-                });
-                let t = transpose8(v);
-                for (kk, col) in t.iter().take(n).enumerate() {
-                    // SAFETY: k0 + kk < groups: ROWS floats from (k0 + kk) * ROWS fit in dst.
-                    unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add((k0 + kk) * ROWS), *col) };
-                }
-            }
-            k0 += 8;
-        }
+            // SAFETY: the unmasked n values are groups k0..k0 + n of the row, inside its
+            // 2 * groups bytes; masked-out ones are not read.
+            unsafe { _mm_maskz_loadu_epi16(mask, src.as_ptr().add(2 * k0).cast()) }
+        })
     }
 
     /// The transpose of an 8 x 8 f32 matrix held as 8 row vectors.
