@@ -2,6 +2,8 @@
 
 mod attention;
 mod block;
+#[cfg(target_arch = "x86_64")]
+mod block_avx512;
 mod host_bytes;
 mod int8;
 mod lanes;
