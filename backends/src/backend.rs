@@ -175,6 +175,13 @@ pub trait ComputeBackend: Send + Sync {
         len: usize,
     ) -> Result<()>;
 
+    /// Writes host values `data` into `dst[dst_start..dst_start + data.len()]`, in order with
+    /// the ops queued around it. The default uploads them and copies the range.
+    fn write_range(&self, data: &[f32], dst: &mut Self::Tensor, dst_start: usize) -> Result<()> {
+        let src = self.upload(data)?;
+        self.copy_range(&src, 0, dst, dst_start, data.len())
+    }
+
     /// Uploads a `[rows x cols]` weight in `format` (bytes as documented in [`crate::quant`]).
     fn load_weight(
         &self,
@@ -197,6 +204,25 @@ pub trait ComputeBackend: Send + Sync {
     ) -> Result<Self::Weight> {
         let _ = name;
         self.load_weight(bytes, rows, cols, format)
+    }
+    /// [`Self::load_weight_named`] for a weight whose `layout.total` bytes `fill` writes in
+    /// place: where the backend keeps weights in host memory it hands `fill` that memory, so
+    /// a large weight (a 175 MB `lm_head`) is never held twice while loading. The outer error
+    /// is the backend's, the inner one `fill`'s. The default fills a buffer and loads it.
+    fn load_weight_with<E>(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        format: WeightFormat,
+        fill: impl FnOnce(&mut [u8]) -> std::result::Result<(), E>,
+    ) -> Result<std::result::Result<Self::Weight, E>> {
+        let mut bytes = vec![0u8; format.layout(rows, cols)?.total];
+        if let Err(e) = fill(&mut bytes) {
+            return Ok(Err(e));
+        }
+        self.load_weight_named(name, &bytes, rows, cols, format)
+            .map(Ok)
     }
     /// The per-phase profile this backend fills, if it is profiling ([`crate::Profiled`]); the
     /// engine charges the phases it owns (expert wait, sampling) to it. `None` by default, so

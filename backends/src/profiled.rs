@@ -112,6 +112,11 @@ impl<B: ComputeBackend> ComputeBackend for Profiled<B> {
             self.inner.copy_range(src, src_start, dst, dst_start, len)
         })
     }
+    fn write_range(&self, data: &[f32], dst: &mut B::Tensor, dst_start: usize) -> Result<()> {
+        self.timed(Phase::Embedding, || {
+            self.inner.write_range(data, dst, dst_start)
+        })
+    }
     fn weight_dims(&self, w: &Self::Weight) -> (usize, usize) {
         self.inner.weight_dims(&w.inner)
     }
@@ -123,6 +128,22 @@ impl<B: ComputeBackend> ComputeBackend for Profiled<B> {
         format: WeightFormat,
     ) -> Result<Self::Weight> {
         self.load_weight_named("", bytes, rows, cols, format)
+    }
+    fn load_weight_with<E>(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        format: WeightFormat,
+        fill: impl FnOnce(&mut [u8]) -> std::result::Result<(), E>,
+    ) -> Result<std::result::Result<Self::Weight, E>> {
+        let loaded = self
+            .inner
+            .load_weight_with(name, rows, cols, format, fill)?;
+        Ok(loaded.map(|inner| ProfiledWeight {
+            inner,
+            phase: Phase::of_weight(name),
+        }))
     }
     fn load_weight_named(
         &self,

@@ -23,11 +23,16 @@ pub(crate) struct Loader<'a, B: ComputeBackend> {
 impl<B: ComputeBackend> Loader<'_, B> {
     /// The `[rows x cols]` matrix `name`: a float weight, or a quantized one
     /// ([`crate::quant_tensors`]) run quantized.
+    /// Read (or assembled) straight into the backend's memory for it: never held twice.
     pub(crate) fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<B::Weight> {
-        let (bytes, format) = crate::quant_tensors::matrix(self.ckpt, name, rows, cols)?;
+        use crate::quant_tensors::{fill_matrix, matrix_format};
+        let format = matrix_format(self.ckpt, name, rows, cols)?;
+        let layout = format.layout(rows, cols).ctx(|| format!("`{name}`"))?;
         self.be
-            .load_weight_named(name, &bytes, rows, cols, format)
-            .ctx(|| format!("uploading `{name}`"))
+            .load_weight_with(name, rows, cols, format, |dst| {
+                fill_matrix(self.ckpt, name, &layout, dst)
+            })
+            .ctx(|| format!("uploading `{name}`"))?
     }
 
     /// The tensor `name` of `shape`, as f32 values.

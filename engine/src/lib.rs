@@ -53,6 +53,7 @@ mod safe_replace;
 pub mod sampler;
 pub mod streaming;
 pub mod synth_checkpoint;
+mod tensor_reader;
 pub mod text_stream;
 mod tokenizer;
 pub mod trace_sink;
@@ -80,4 +81,6 @@ pub use streaming::{
 pub use text_stream::TextStream;
 pub use tokenizer::Tokenizer;
 pub use trace_sink::TraceSink;
-pub use weights::{Checkpoint, RawTensor, TensorMeta, TensorRef, is_multimodal, text_model_name};
+pub use weights::{
+    Checkpoint, RawTensor, TensorMeta, TensorReader, TensorRef, is_multimodal, text_model_name,
+};

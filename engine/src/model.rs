@@ -4,6 +4,7 @@
 //! families (Qwen3.5-MoE, Qwen3-Next) mix Gated DeltaNet layers with gated attention and add a
 //! dense shared expert to every MoE block (`hybrid.rs`).
 
+mod embeddings;
 mod prefill;
 
 pub use prefill::{MAX_DEFAULT_CHUNK, PREFILL_ACTIVATION_BYTES, PrefillStats};
@@ -16,6 +17,7 @@ use crate::hooks::RoutingObserver;
 use crate::hybrid::{DeltaNet, DeltaScratch, DeltaState, Loader, SharedExpert, SharedScratch};
 use crate::qwen35_moe::LayerType;
 use crate::weights::Checkpoint;
+use embeddings::{Embeddings, FileRows};
 use flashmoe_backends::profile::Phase;
 use flashmoe_backends::routing::{softmax, top_k_softmax};
 use flashmoe_backends::{
@@ -106,7 +108,7 @@ struct Scratch<B: ComputeBackend> {
 pub struct MoeModel<B: ComputeBackend> {
     cfg: ModelConfig,
     be: B,
-    embed_tokens: B::Weight,
+    embed_tokens: Embeddings<B::Weight>,
     layers: Vec<DecoderLayer<B>>,
     norm: B::Tensor,
     lm_head: B::Weight,
@@ -139,7 +141,14 @@ impl<B: ComputeBackend> MoeModel<B> {
         let names = FamilyNames::of(cfg.family);
         let ld = Loader { be: &be, ckpt };
         let (h, v) = (cfg.hidden_size, cfg.vocab_size);
-        let embed_tokens = ld.matrix("model.embed_tokens.weight", v, h)?;
+        let embed_name = "model.embed_tokens.weight";
+        let embed_tokens = match cfg.tie_word_embeddings {
+            true => Embeddings::Tied,
+            false => match FileRows::open(ckpt, embed_name, v, h)? {
+                Some(rows) => Embeddings::File(rows),
+                None => Embeddings::Resident(ld.matrix(embed_name, v, h)?),
+            },
+        };
         let mut layers = Vec::with_capacity(cfg.num_layers);
         let (mut kv_layers, mut delta_states) = (0, Vec::new());
         let hybrid = cfg.hybrid.as_ref();
@@ -186,7 +195,7 @@ impl<B: ComputeBackend> MoeModel<B> {
         }
         let norm = norm_vec("model.norm.weight", h)?;
         let lm_head_name = if cfg.tie_word_embeddings {
-            "model.embed_tokens.weight"
+            embed_name
         } else {
             "lm_head.weight"
         };
@@ -325,9 +334,8 @@ impl<B: ComputeBackend> MoeModel<B> {
             });
         }
         obs.on_token(token, pos);
-        self.be
-            .embedding(&self.embed_tokens, token, &mut self.s.h)
-            .ctx(|| "model.embed_tokens".into())?;
+        self.embed_tokens
+            .token(&self.be, &self.lm_head, token, &mut self.s.h)?;
         for l in 0..self.layers.len() {
             self.mixer(l, pos)?;
             self.moe(l, experts, obs)?;

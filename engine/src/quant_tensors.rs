@@ -160,8 +160,8 @@ impl QuantParts<'_> {
     ) -> Result<()> {
         let mut buf = Vec::new();
         let data = layout.data_len;
-        self.read_part(ckpt, module, Part::Codes, index, layout, &mut buf)?;
-        out[..data].copy_from_slice(&buf);
+        // The codes (nearly all the bytes) straight into place; scales and biases convert.
+        self.read_part_into(ckpt, module, Part::Codes, index, layout, &mut out[..data])?;
         for (part, off) in [
             (Part::Scales, layout.scales_offset),
             (Part::Biases, layout.biases_offset),
@@ -183,11 +183,32 @@ impl QuantParts<'_> {
         layout: &MatrixLayout,
         buf: &mut Vec<u8>,
     ) -> Result<()> {
-        let t = self.of(part);
-        let per = match part {
+        buf.clear();
+        buf.resize(self.part_len(part, layout), 0);
+        self.read_part_into(ckpt, module, part, index, layout, buf)
+    }
+
+    /// The stored bytes of one matrix's `part`.
+    fn part_len(&self, part: Part, layout: &MatrixLayout) -> usize {
+        match part {
             Part::Codes => layout.data_len,
-            _ => groups_of(layout) * dtype_size(t.dtype),
-        };
+            _ => groups_of(layout) * dtype_size(self.of(part).dtype),
+        }
+    }
+
+    /// [`Self::read_part`] into `dst`, which must be [`Self::part_len`] long.
+    fn read_part_into(
+        &self,
+        ckpt: &Checkpoint,
+        module: &str,
+        part: Part,
+        index: usize,
+        layout: &MatrixLayout,
+        dst: &mut [u8],
+    ) -> Result<()> {
+        let t = self.of(part);
+        let per = self.part_len(part, layout);
+        debug_assert_eq!(dst.len(), per);
         let name = format!("{module}.{}", part.suffix());
         let start = index * per;
         if start + per > t.len {
@@ -197,7 +218,7 @@ impl QuantParts<'_> {
                 format!("matrix {index} lies past the end of the data"),
             ));
         }
-        ckpt.read_range(&name, start, per, buf)
+        ckpt.read_range_into(&name, start, dst)
     }
 
     /// Converts the stored scales or biases `bytes` of `part` to f16 into `out`.
@@ -355,21 +376,43 @@ pub fn matrix(
     rows: usize,
     cols: usize,
 ) -> Result<(Vec<u8>, WeightFormat)> {
+    let format = matrix_format(ckpt, name, rows, cols)?;
+    let layout = format.layout(rows, cols).ctx(|| format!("`{name}`"))?;
+    let mut out = vec![0u8; layout.total];
+    fill_matrix(ckpt, name, &layout, &mut out)?;
+    Ok((out, format))
+}
+
+/// The format [`matrix`] gives weight `name` (checks its tensors' shapes; no data read).
+pub fn matrix_format(
+    ckpt: &Checkpoint,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<WeightFormat> {
+    if !is_quantized(ckpt, name) {
+        return ckpt.tensor_format(name, &[rows, cols]);
+    }
+    let module = module_of(name);
+    parts(ckpt, module)?.format(module, &[], rows, cols)
+}
+
+/// Writes weight `name` in `layout` (from [`matrix_format`]) into `out`, `layout.total` bytes:
+/// the memory that keeps it, so a large weight is never held twice while loading.
+pub fn fill_matrix(
+    ckpt: &Checkpoint,
+    name: &str,
+    layout: &MatrixLayout,
+    out: &mut [u8],
+) -> Result<()> {
     if !is_quantized(ckpt, name) {
         // Read (pread), not borrowed from the map: a file truncated under a running model is
         // then a read error here, never a SIGBUS while the backend copies the bytes.
-        let mut buf = Vec::new();
-        let format = ckpt.read_tensor(name, &[rows, cols], &mut buf)?.format;
-        return Ok((buf, format));
+        ckpt.read_tensor_into(name, &[layout.rows, layout.cols], out)?;
+        return Ok(());
     }
     let module = module_of(name);
-    let p = parts(ckpt, module)?;
-    let format = p.format(module, &[], rows, cols)?;
-    let layout = format.layout(rows, cols).ctx(|| format!("`{module}`"))?;
-    let mut out = vec![0u8; layout.total];
-    let mut log = RoundLog::default();
-    p.write(ckpt, module, 0, &layout, &mut out, &mut log)?;
-    Ok((out, format))
+    parts(ckpt, module)?.write(ckpt, module, 0, layout, out, &mut RoundLog::default())
 }
 
 /// One quantized matrix as MLX's three tensors (see [`split`]).

@@ -37,12 +37,19 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use crate::tensor_reader::TensorReader;
+pub use text_names::{is_multimodal, text_model_name};
+
+mod text_names;
 
 /// One shard (memory-mapped, or read on demand) and its parsed header.
 struct Shard {
     path: PathBuf,
-    /// The open file (its length is re-checked before a tensor is handed out or read).
-    file: File,
+    /// The open file (its length is re-checked before a tensor is handed out or read); shared
+    /// with the [`TensorReader`]s made from it.
+    file: Arc<File>,
     /// The mapping of the whole file; `None` for a checkpoint opened unmapped.
     mmap: Option<Mmap>,
     /// Offset of the data section (8 + header length).
@@ -200,7 +207,7 @@ fn open_shard(path: &Path, index: &Path, mapped: bool) -> Result<Shard> {
     }
     Ok(Shard {
         path: path.to_path_buf(),
-        file,
+        file: Arc::new(file),
         mmap,
         data_start,
         tensors,
@@ -258,6 +265,14 @@ impl Shard {
     /// Reads `len` bytes at file offset `at` into `buf` (resized to `len`) with `pread`; an
     /// unmapped shard then drops those pages from the page cache (Linux).
     fn read_at(&self, at: usize, len: usize, buf: &mut Vec<u8>) -> Result<()> {
+        buf.clear();
+        buf.resize(len, 0);
+        self.read_into(at, buf)
+    }
+
+    /// Reads `dst.len()` bytes at file offset `at` into `dst`, as [`Self::read_at`].
+    fn read_into(&self, at: usize, dst: &mut [u8]) -> Result<()> {
+        let len = dst.len();
         let io = |source: std::io::Error| EngineError::Io {
             op: "read tensor",
             path: self.path.clone(),
@@ -270,9 +285,7 @@ impl Shard {
             ))
         })?;
         self.check_len(end).map_err(io)?;
-        buf.clear();
-        buf.resize(len, 0);
-        self.file.read_exact_at(buf, at as u64).map_err(io)?;
+        self.file.read_exact_at(dst, at as u64).map_err(io)?;
         if self.mmap.is_none() {
             // Everything cached before the end of this read, not just this range: the page
             // cache holds large folios, and one that straddles the range's edges would stay
@@ -388,6 +401,21 @@ impl Checkpoint {
         Ok((shard, &shard.tensors[name]))
     }
 
+    /// A handle that reads tensor `name`'s bytes on demand, after this checkpoint is gone: a
+    /// table that stays on disk (the token embeddings, read a row per token).
+    pub fn reader(&self, name: &str) -> Result<TensorReader> {
+        let (shard, info) = self.find(name)?;
+        let (a, b) = info.data_offsets;
+        Ok(TensorReader::new(
+            Arc::clone(&shard.file),
+            shard.path.clone(),
+            (shard.data_start + a) as u64,
+            b - a,
+            info.dtype,
+            info.shape.clone(),
+        ))
+    }
+
     /// Whether the checkpoint holds a tensor `name` (no I/O).
     pub fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
@@ -438,6 +466,15 @@ impl Checkpoint {
         len: usize,
         buf: &mut Vec<u8>,
     ) -> Result<()> {
+        buf.clear();
+        buf.resize(len, 0);
+        self.read_range_into(name, start, buf)
+    }
+
+    /// Bytes `start..start + dst.len()` of tensor `name`'s data, read into `dst`: a weight
+    /// read straight into the memory that keeps it, with no copy on the heap.
+    pub fn read_range_into(&self, name: &str, start: usize, dst: &mut [u8]) -> Result<()> {
+        let len = dst.len();
         let (shard, info) = self.find(name)?;
         let (a, b) = info.data_offsets;
         if start.checked_add(len).is_none_or(|end| end > b - a) {
@@ -449,7 +486,7 @@ impl Checkpoint {
                 ),
             });
         }
-        shard.read_at(shard.data_start + a + start, len, buf)
+        shard.read_into(shard.data_start + a + start, dst)
     }
 
     /// Names of all tensors.
@@ -508,6 +545,30 @@ impl Checkpoint {
         })
     }
 
+    /// The format of tensor `name`, checked to have `shape` (no data read).
+    pub fn tensor_format(&self, name: &str, shape: &[usize]) -> Result<WeightFormat> {
+        self.checked_meta(name, shape).map(|(_, _, f)| f)
+    }
+
+    /// The tensor `name` of `shape` read into `dst`, which must be its size; its format.
+    pub fn read_tensor_into(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dst: &mut [u8],
+    ) -> Result<WeightFormat> {
+        let (shard, info, format) = self.checked_meta(name, shape)?;
+        let (a, b) = info.data_offsets;
+        if dst.len() != b - a {
+            return Err(EngineError::Safetensors {
+                path: shard.path.clone(),
+                reason: format!("tensor `{name}` holds {} bytes, not {}", b - a, dst.len()),
+            });
+        }
+        shard.read_into(shard.data_start + a, dst)?;
+        Ok(format)
+    }
+
     /// [`Checkpoint::tensor`], read into `buf` (either mode).
     pub fn read_tensor<'a>(
         &'a self,
@@ -524,69 +585,6 @@ impl Checkpoint {
             file: &shard.path,
         })
     }
-}
-
-impl Checkpoint {
-    /// The text model's tensors only, under text-model names ([`text_model_name`]): a
-    /// multimodal checkpoint's language model is renamed to the text model's names and its
-    /// vision tower dropped; multi-token-prediction heads (`mtp.*`) are dropped. A text-only
-    /// checkpoint keeps every other name. [`Checkpoint::open`] and
-    /// [`Checkpoint::open_unmapped`] apply it.
-    pub fn text_only(mut self) -> Self {
-        let multimodal = is_multimodal(self.index.keys().map(String::as_str));
-        let rename = |k: &str| text_model_name(k, multimodal);
-        self.index = std::mem::take(&mut self.index)
-            .into_iter()
-            .filter_map(|(k, s)| rename(&k).map(|n| (n, s)))
-            .collect();
-        for shard in &mut self.shards {
-            shard.tensors = std::mem::take(&mut shard.tensors)
-                .into_iter()
-                .filter_map(|(k, v)| rename(&k).map(|n| (n, v)))
-                .collect();
-        }
-        self
-    }
-}
-
-/// Whether tensor names `names` are those of a multimodal checkpoint: the language model under
-/// `model.language_model.` (transformers' `...ForConditionalGeneration`) or `language_model.`
-/// (mlx-lm's conversions of them).
-pub fn is_multimodal<'a>(mut names: impl Iterator<Item = &'a str>) -> bool {
-    names.any(|k| k.starts_with("model.language_model.") || k.starts_with("language_model."))
-}
-
-/// The text model's name for the tensor (or module path) `name` of a checkpoint, or `None`
-/// where the text model does not use it:
-/// - `model.language_model.X` (transformers) and `language_model.model.X` (mlx-lm) are `model.X`;
-///   mlx-lm's `language_model.lm_head.X` is `lm_head.X`;
-/// - in a `multimodal` checkpoint the vision tower (`model.visual.*`, `vision_tower.*`, any
-///   other `model.*`) is dropped; multi-token-prediction heads (`mtp.*`) always are.
-///
-/// ```
-/// use flashmoe_engine::text_model_name;
-/// assert_eq!(text_model_name("language_model.model.norm.weight", true).as_deref(), Some("model.norm.weight"));
-/// assert_eq!(text_model_name("model.language_model.norm.weight", true).as_deref(), Some("model.norm.weight"));
-/// assert_eq!(text_model_name("model.visual.blocks.0.attn.qkv.weight", true), None);
-/// assert_eq!(text_model_name("model.norm.weight", false).as_deref(), Some("model.norm.weight"));
-/// ```
-pub fn text_model_name(name: &str, multimodal: bool) -> Option<String> {
-    if name.starts_with("mtp.") {
-        return None;
-    }
-    for (prefix, to) in [
-        ("model.language_model.", "model."),
-        ("language_model.model.", "model."),
-        ("language_model.", ""),
-    ] {
-        if let Some(rest) = name.strip_prefix(prefix) {
-            return Some(format!("{to}{rest}"));
-        }
-    }
-    if multimodal && (name.starts_with("model.") || name.starts_with("vision_tower.")) {
-        return None;
-    }
-    Some(name.to_string())
 }
 
 /// A shard name must stay inside the model directory.

@@ -20,17 +20,34 @@ pub(crate) enum HostBytes {
 impl HostBytes {
     /// A copy of `bytes` (mapped from [`MAPPED_FROM`] up; on the heap if mapping fails).
     pub(crate) fn copy_of(bytes: &[u8]) -> Self {
-        if bytes.len() >= MAPPED_FROM
-            && let Ok(mut map) = MmapMut::map_anon(bytes.len())
+        match Self::filled(bytes.len(), |dst| {
+            dst.copy_from_slice(bytes);
+            Ok::<(), std::convert::Infallible>(())
+        }) {
+            Ok(b) => b,
+        }
+    }
+
+    /// `len` bytes that `fill` writes where they will stay (mapped from [`MAPPED_FROM`] up, on
+    /// the heap below or if mapping fails): nothing is copied, so loading a weight never
+    /// holds it twice.
+    pub(crate) fn filled<E>(
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<Self, E> {
+        if len >= MAPPED_FROM
+            && let Ok(mut map) = MmapMut::map_anon(len)
         {
-            // Advised before the copy touches it, so the faults take huge pages. Only a hint:
+            // Advised before `fill` touches it, so the faults take huge pages. Only a hint:
             // a kernel without THP refuses and 4 KiB pages work.
             #[cfg(target_os = "linux")]
             let _ = map.advise(memmap2::Advice::HugePage);
-            map.copy_from_slice(bytes);
-            return HostBytes::Mapped(map);
+            fill(&mut map)?;
+            return Ok(HostBytes::Mapped(map));
         }
-        HostBytes::Heap(bytes.to_vec())
+        let mut v = vec![0u8; len];
+        fill(&mut v)?;
+        Ok(HostBytes::Heap(v))
     }
 }
 
@@ -73,6 +90,18 @@ mod tests {
             assert_eq!(&*b, &src[..]);
             assert_eq!(matches!(b, HostBytes::Mapped(_)), n >= MAPPED_FROM);
             assert_eq!(&*b.clone(), &src[..]);
+        }
+    }
+
+    /// A failing fill is the caller's error, whatever the size.
+    #[test]
+    fn a_failed_fill_returns_its_error() {
+        for n in [7usize, MAPPED_FROM] {
+            let r = HostBytes::filled(n, |dst| {
+                assert_eq!(dst.len(), n);
+                Err::<(), _>("no data")
+            });
+            assert_eq!(r.err(), Some("no data"));
         }
     }
 }

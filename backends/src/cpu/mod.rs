@@ -162,6 +162,18 @@ impl ComputeBackend for CpuBackend {
         Ok(())
     }
 
+    fn write_range(&self, data: &[f32], dst: &mut CpuTensor, dst_start: usize) -> Result<()> {
+        check_range(
+            "write_range",
+            "dst range end",
+            dst_start,
+            data.len(),
+            dst.0.len(),
+        )?;
+        dst.0[dst_start..dst_start + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
     fn weight_dims(&self, w: &CpuWeight) -> (usize, usize) {
         (w.layout.rows, w.layout.cols)
     }
@@ -179,6 +191,19 @@ impl ComputeBackend for CpuBackend {
             bytes: host_bytes::HostBytes::copy_of(bytes),
             layout,
         })
+    }
+
+    fn load_weight_with<E>(
+        &self,
+        _name: &str,
+        rows: usize,
+        cols: usize,
+        format: WeightFormat,
+        fill: impl FnOnce(&mut [u8]) -> std::result::Result<(), E>,
+    ) -> Result<std::result::Result<CpuWeight, E>> {
+        let layout = format.layout(rows, cols)?;
+        Ok(host_bytes::HostBytes::filled(layout.total, fill)
+            .map(|bytes| CpuWeight { bytes, layout }))
     }
 
     fn kv_cache(&self, shape: KvShape) -> Result<CpuKvCache> {

@@ -300,9 +300,8 @@ impl<B: ComputeBackend> MoeModel<B> {
         obs: &mut dyn RoutingObserver,
     ) -> Result<()> {
         self.check_chunk(tokens, start, experts)?;
-        self.be
-            .embedding_rows(&self.embed_tokens, tokens, &mut cs.h)
-            .ctx(|| "model.embed_tokens".into())?;
+        self.embed_tokens
+            .rows(&self.be, &self.lm_head, tokens, &mut cs.h)?;
         let mut seen: Vec<Vec<TokenLayer>> = Vec::with_capacity(self.layers.len());
         for l in 0..self.layers.len() {
             self.chunk_mixer(l, start, cs)?;
