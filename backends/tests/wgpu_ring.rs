@@ -171,6 +171,57 @@ fn reused_slots_never_change_queued_results() {
     );
 }
 
+/// A ring larger than one binding is several buffers: a layer whose experts lie in different
+/// buffers gives the CPU's result, and bit for bit what a one-buffer ring gives (the sum
+/// runs in routing order either way).
+#[test]
+fn a_ring_over_several_buffers_gives_the_one_buffer_results() {
+    let r = Records::new(6, 128, 64);
+    let split = WgpuConfig {
+        expert_ring_bytes: Some(6 * r.slot_bytes()),
+        max_binding: Some(2 * r.slot_bytes()),
+        ..WgpuConfig::default()
+    };
+    let one = WgpuConfig {
+        expert_ring_bytes: Some(6 * r.slot_bytes()),
+        ..WgpuConfig::default()
+    };
+    let (Some(be), Some(be1)) = (gpu::backend_with(&split), gpu::backend_with(&one)) else {
+        return;
+    };
+    let cpu = CpuBackend::new().with_activations(flashmoe_backends::Activations::F32);
+    let x = vals(r.h, 9);
+    let layers: [&[usize]; 3] = [&[0, 1, 2, 3], &[4, 5, 0, 2], &[3, 1, 5, 4]];
+    for ids in layers {
+        let routed: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(rank, &e)| r.routed(e, 0.4 - 0.1 * rank as f32))
+            .collect();
+        let run = |b: &flashmoe_backends::wgpu::WgpuBackend| {
+            let mut out = b.zeros(r.h).unwrap();
+            b.moe_experts(&routed, &b.upload(&x).unwrap(), &mut r.scratch(b), &mut out)
+                .unwrap();
+            b.read(&out).unwrap()
+        };
+        let (got, got1) = (run(&be), run(&be1));
+        let mut want = cpu.zeros(r.h).unwrap();
+        cpu.moe_experts(
+            &routed,
+            &cpu.upload(&x).unwrap(),
+            &mut r.scratch(&cpu),
+            &mut want,
+        )
+        .unwrap();
+        let d = max_diff(&got, &cpu.read(&want).unwrap());
+        assert!(d < 1e-4, "experts {ids:?}: differs from the CPU by {d}");
+        assert_eq!(got, got1, "experts {ids:?}: several buffers vs one");
+    }
+    let s = be.stats().ring;
+    assert_eq!(s.slots, 6);
+    assert_eq!(s.demand_uploads, 6, "every record uploaded once: {s:?}");
+}
+
 #[test]
 fn staged_records_are_used_without_another_upload() {
     let r = Records::new(3, 128, 64);

@@ -81,8 +81,8 @@ pub struct GenerateArgs {
     /// wgpu: use the first adapter whose name contains this (default: the one wgpu prefers).
     #[arg(long)]
     pub adapter: Option<String>,
-    /// wgpu: GPU memory for resident expert records (`256M`, `1G`; default 256M, at most one
-    /// storage binding of the adapter).
+    /// wgpu: GPU memory for resident expert records (`256M`, `4G`; default 256M; more than
+    /// one storage binding of the adapter is several buffers).
     #[arg(long)]
     pub gpu_ring: Option<String>,
     /// Prefetch prediction: pregate, blend (pre-gate scores and routing history in one online

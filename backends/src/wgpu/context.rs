@@ -11,9 +11,9 @@ pub struct WgpuConfig {
     /// Pick the first adapter whose name contains this (case-insensitive); default: the
     /// high-performance adapter wgpu prefers (`WGPU_ADAPTER_NAME` also works).
     pub adapter_name: Option<String>,
-    /// Bytes of GPU memory for the ring of expert slots (default: 256 MiB, clamped to one
-    /// storage binding of the adapter). It must hold at least two records and a layer's routed
-    /// experts.
+    /// Bytes of GPU memory for the ring of expert slots (default: 256 MiB; more than one
+    /// storage binding of the adapter becomes several buffers). It must hold at least two
+    /// records and a layer's routed experts.
     pub expert_ring_bytes: Option<u64>,
     /// Largest storage binding to use (default and ceiling: [`MAX_BINDING`]); smaller values
     /// split weights into more row blocks (tests use it to exercise the splits).

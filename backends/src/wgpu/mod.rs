@@ -8,13 +8,14 @@
 //!   (a test checks it with naga). Optional features are reported in [`GpuInfo`], not needed.
 //! - **One binding ≤ min(adapter limit, 1 GiB).** Resident weights are split into row blocks
 //!   (lavapipe's 128 MiB limit makes CI exercise the splits); KV caches are a
-//!   buffer per layer; the expert ring is one binding.
+//!   buffer per layer; the expert ring is as many buffers of at most one binding as it needs.
 //! - **Commands are batched.** Ops record into one command encoder; it is submitted only when
 //!   the host needs a result (a [`crate::ComputeBackend::read`]) or must overwrite memory the GPU may
 //!   still read (an expert slot), so a layer's ops reach the GPU in one submission.
 //! - **Experts in a GPU-resident ring** ([`ring`]): `moe_experts` runs all routed experts of a
 //!   token in three dispatches (gate+up+SwiGLU for every expert, down for every expert with
-//!   its combine weight, then the sum) over records in the ring; records already resident —
+//!   its combine weight, then the sum; the first two once per ring buffer the layer's experts
+//!   lie in) over records in the ring; records already resident —
 //!   used recently, or staged ahead with [`crate::ComputeBackend::stage_expert`] while the previous
 //!   layer computed — are not uploaded.
 //! - **Row ops tiled**: `matmul`/`matmul_bytes` on a prompt chunk are one dispatch per row
@@ -68,7 +69,7 @@ use ring::ExpertRing;
 use std::time::Instant;
 use tensor::MatRef;
 
-/// Default bytes of the expert ring (clamped to one binding).
+/// Default bytes of the expert ring.
 const DEFAULT_RING_BYTES: u64 = 256 << 20;
 /// Rows per workgroup (8 slices of 32 lanes, as in the shaders): down_combine 8 per slice,
 /// matvec and gate_up 4 per slice.
@@ -143,10 +144,7 @@ impl WgpuBackend {
     /// Opens the GPU `cfg` asks for.
     pub fn new(cfg: &WgpuConfig) -> Result<Self> {
         let gpu = Gpu::open(cfg)?;
-        let ring_bytes = cfg
-            .expert_ring_bytes
-            .unwrap_or(DEFAULT_RING_BYTES)
-            .min(gpu.info.max_binding);
+        let ring_bytes = cfg.expert_ring_bytes.unwrap_or(DEFAULT_RING_BYTES);
         let arena = gpu.device.create_buffer(&::wgpu::BufferDescriptor {
             label: Some("per-dispatch data"),
             size: ARENA_BYTES,

@@ -21,7 +21,12 @@ impl WgpuBackend {
     ) -> Result<&'s mut ExpertRing> {
         let fits = st.ring.as_ref().map(|r| r.check_shape(views).is_ok());
         if fits != Some(true) {
-            let mut ring = ExpertRing::new(&self.gpu.device, views, self.ring_bytes)?;
+            let mut ring = ExpertRing::new(
+                &self.gpu.device,
+                views,
+                self.ring_bytes,
+                self.gpu.info.max_binding,
+            )?;
             if let Some(old) = st.ring.take() {
                 tracing::info!("expert records changed shape: the GPU expert ring starts anew");
                 ring.stats.carry(&old.stats);
@@ -50,16 +55,17 @@ impl WgpuBackend {
             self.flush(st);
         }
         let ring = st.ring.as_mut().expect("ring exists");
+        let buf = ring.buffer(ring.buffer_of(placed.slot)).clone();
         let t = Instant::now();
         for ((offset, len), v) in writes.iter().zip(views) {
             let bytes = v.bytes();
             debug_assert_eq!(bytes.len(), *len);
             if bytes.len().is_multiple_of(4) {
-                self.gpu.queue.write_buffer(&ring.buf, *offset, bytes);
+                self.gpu.queue.write_buffer(&buf, *offset, bytes);
             } else {
                 let mut padded = bytes.to_vec();
                 padded.resize(bytes.len().div_ceil(4) * 4, 0);
-                self.gpu.queue.write_buffer(&ring.buf, *offset, &padded);
+                self.gpu.queue.write_buffer(&buf, *offset, &padded);
             }
             ring.stats.upload_bytes += bytes.len() as u64;
         }
@@ -98,16 +104,32 @@ impl WgpuBackend {
         }
         let generation = st.generation;
         let ring = st.ring.as_mut().expect("placed experts");
-        let mut table: Vec<u32> = Vec::with_capacity(16 * experts.len());
-        for (e, &slot) in experts.iter().zip(&slots) {
+        // One table per ring buffer the experts lie in (in routing order within each); an
+        // entry's `gate.w` is the expert's index `e`, which places its rows in `h` and `parts`,
+        // so the sum below runs in routing order whatever the buffers.
+        let mut groups: Vec<(usize, Vec<u32>)> = Vec::new();
+        for (i, (e, &slot)) in experts.iter().zip(&slots).enumerate() {
             ring.mark_read(slot, generation);
-            for m in ring.mats(slot)? {
+            let b = ring.buffer_of(slot);
+            let at = match groups.iter().position(|(g, _)| *g == b) {
+                Some(at) => at,
+                None => {
+                    groups.push((b, Vec::with_capacity(16 * experts.len())));
+                    groups.len() - 1
+                }
+            };
+            let table = &mut groups[at].1;
+            let [gate, up, down] = ring.mats(slot)?;
+            table.extend([gate.data, gate.scales, gate.biases, i as u32]);
+            for m in [up, down] {
                 table.extend([m.data, m.scales, m.biases, 0]);
             }
             table.extend([e.combine.to_bits(), 0, 0, 0]);
         }
-        let ring_buf = ring.buf.clone();
-        let table = self.arena_item(&mut st, bytemuck::cast_slice(&table));
+        let groups: Vec<(::wgpu::Buffer, Vec<u32>)> = groups
+            .into_iter()
+            .map(|(b, t)| (ring.buffer(b).clone(), t))
+            .collect();
         let n = to_u32("moe_experts", "experts", experts.len())?;
         let h = grown(
             &mut st.moe_h,
@@ -116,42 +138,6 @@ impl WgpuBackend {
             ::wgpu::BufferUsages::STORAGE,
             "expert activations",
         );
-        let fmt = Fmt::of(format);
-        let (group, shift) = (format.group().unwrap_or(0) as u32, fmt.group_shift(format));
-        let (inter32, hidden32) = (inter as u32, hidden as u32);
-        let p_up = self.arena_item(
-            &mut st,
-            &words(&[inter32, hidden32, group, shift, n, 0, 0, 0]),
-        );
-        let p_down = self.arena_item(
-            &mut st,
-            &words(&[hidden32, inter32, group, shift, n, 0, 0, 0]),
-        );
-        let ring = Bind::Buf(&ring_buf);
-        let mut up = vec![
-            (0, ring),
-            (1, Bind::Buf(&x.buf)),
-            (2, Bind::Buf(&h)),
-            (3, p_up),
-            (4, table),
-        ];
-        let mut down = vec![
-            (0, ring),
-            (1, Bind::Buf(&h)),
-            (2, Bind::Buf(&out.buf)),
-            (3, p_down),
-            (4, table),
-        ];
-        if fmt.quantized() {
-            up.push((5, ring));
-            down.push((5, ring));
-        }
-        self.dispatch(
-            &mut st,
-            Kernel::GateUp(fmt),
-            &up,
-            (inter32.div_ceil(GATE_UP_ROWS_PER_GROUP), n, 1),
-        );
         let parts = grown(
             &mut st.moe_parts,
             &self.gpu.device,
@@ -159,22 +145,52 @@ impl WgpuBackend {
             ::wgpu::BufferUsages::STORAGE,
             "expert outputs",
         );
-        let mut down = vec![
-            (0, ring),
-            (1, Bind::Buf(&h)),
-            (2, Bind::Buf(&parts)),
-            (3, p_down),
-            (4, table),
-        ];
-        if fmt.quantized() {
-            down.push((5, ring));
+        let fmt = Fmt::of(format);
+        let (group, shift) = (format.group().unwrap_or(0) as u32, fmt.group_shift(format));
+        let (inter32, hidden32) = (inter as u32, hidden as u32);
+        for (ring_buf, table) in &groups {
+            let in_group = to_u32("moe_experts", "experts", table.len() / 16)?;
+            let table = self.arena_item(&mut st, bytemuck::cast_slice(table));
+            let p_up = self.arena_item(
+                &mut st,
+                &words(&[inter32, hidden32, group, shift, in_group, 0, 0, 0]),
+            );
+            let p_down = self.arena_item(
+                &mut st,
+                &words(&[hidden32, inter32, group, shift, in_group, 0, 0, 0]),
+            );
+            let ring = Bind::Buf(ring_buf);
+            let mut up = vec![
+                (0, ring),
+                (1, Bind::Buf(&x.buf)),
+                (2, Bind::Buf(&h)),
+                (3, p_up),
+                (4, table),
+            ];
+            let mut down = vec![
+                (0, ring),
+                (1, Bind::Buf(&h)),
+                (2, Bind::Buf(&parts)),
+                (3, p_down),
+                (4, table),
+            ];
+            if fmt.quantized() {
+                up.push((5, ring));
+                down.push((5, ring));
+            }
+            self.dispatch(
+                &mut st,
+                Kernel::GateUp(fmt),
+                &up,
+                (inter32.div_ceil(GATE_UP_ROWS_PER_GROUP), in_group, 1),
+            );
+            self.dispatch(
+                &mut st,
+                Kernel::DownCombine(fmt),
+                &down,
+                (hidden32.div_ceil(DOWN_ROWS_PER_GROUP), in_group, 1),
+            );
         }
-        self.dispatch(
-            &mut st,
-            Kernel::DownCombine(fmt),
-            &down,
-            (hidden32.div_ceil(DOWN_ROWS_PER_GROUP), n, 1),
-        );
         let p_sum = self.arena_item(&mut st, &words(&[hidden32, 0, n, 0]));
         self.dispatch(
             &mut st,

@@ -1,6 +1,10 @@
-//! The ring of GPU expert slots: expert records copied from I/O buffers into one storage
-//! buffer, kept resident by least-recent use, so that a record already on the GPU (used
+//! The ring of GPU expert slots: expert records copied from I/O buffers into storage
+//! buffers, kept resident by least-recent use, so that a record already on the GPU (used
 //! recently, or staged ahead while the previous layer computed) is not uploaded again.
+//!
+//! A ring larger than one storage binding (1 GiB on many adapters) is several buffers, each
+//! at most one binding: slot `s` lies in buffer `s / slots_per_buffer`, and a layer's experts
+//! are dispatched once per buffer they lie in.
 //!
 //! Host bytes are copied with `Queue::write_buffer`, which takes its own copy before returning:
 //! the caller's buffer (an io-sched slot) can be released at once. wgpu orders the copy after
@@ -78,15 +82,17 @@ impl RingStats {
 pub(crate) struct Placement {
     /// Slot index.
     pub slot: usize,
-    /// The record is not there yet: write these (offset in the ring buffer, bytes).
+    /// The record is not there yet: write these (offset in the slot's buffer, bytes).
     pub writes: Option<[(u64, usize); 3]>,
     /// The slot held a record used by commands not yet submitted: submit them first.
     pub flush_first: bool,
 }
 
-/// The ring's bookkeeping (the buffer itself lives beside it in the backend).
+/// The ring's buffers and bookkeeping.
 pub(crate) struct ExpertRing {
-    pub buf: ::wgpu::Buffer,
+    bufs: Vec<::wgpu::Buffer>,
+    /// Slots in each buffer (the last may hold fewer).
+    per_buf: usize,
     shape: SlotShape,
     owner: Vec<Option<ExpertId>>,
     slot_of: HashMap<ExpertId, usize>,
@@ -100,9 +106,25 @@ pub(crate) struct ExpertRing {
 }
 
 impl ExpertRing {
-    /// A ring of as many slots of `views`' shape as fit in `bytes`.
-    pub fn new(device: &::wgpu::Device, views: &[WeightView<'_>; 3], bytes: u64) -> Result<Self> {
+    /// A ring of as many slots of `views`' shape as fit in `bytes`, in buffers of at most
+    /// `max_binding` bytes each.
+    pub fn new(
+        device: &::wgpu::Device,
+        views: &[WeightView<'_>; 3],
+        bytes: u64,
+        max_binding: u64,
+    ) -> Result<Self> {
         let shape = SlotShape::of(views);
+        let per_buf = (max_binding / shape.bytes.max(1)) as usize;
+        if per_buf == 0 {
+            return Err(BackendError::Gpu {
+                op: "expert ring",
+                reason: format!(
+                    "an expert record of {} bytes is larger than one storage binding ({max_binding} bytes) of this adapter",
+                    shape.bytes
+                ),
+            });
+        }
         let slots = (bytes / shape.bytes.max(1)) as usize;
         if slots < 2 {
             return Err(BackendError::Gpu {
@@ -113,14 +135,19 @@ impl ExpertRing {
                 ),
             });
         }
-        let buf = device.create_buffer(&::wgpu::BufferDescriptor {
-            label: Some("expert ring"),
-            size: slots as u64 * shape.bytes,
-            usage: ::wgpu::BufferUsages::STORAGE | ::wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let bufs = (0..slots.div_ceil(per_buf))
+            .map(|b| {
+                device.create_buffer(&::wgpu::BufferDescriptor {
+                    label: Some("expert ring"),
+                    size: (slots - b * per_buf).min(per_buf) as u64 * shape.bytes,
+                    usage: ::wgpu::BufferUsages::STORAGE | ::wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            })
+            .collect();
         Ok(Self {
-            buf,
+            bufs,
+            per_buf,
             shape,
             owner: vec![None; slots],
             slot_of: HashMap::new(),
@@ -139,6 +166,21 @@ impl ExpertRing {
     /// Slots in the ring.
     pub fn slots(&self) -> usize {
         self.owner.len()
+    }
+
+    /// The index of the buffer that holds `slot`.
+    pub fn buffer_of(&self, slot: usize) -> usize {
+        slot / self.per_buf
+    }
+
+    /// Buffer `i` of the ring.
+    pub fn buffer(&self, i: usize) -> &::wgpu::Buffer {
+        &self.bufs[i]
+    }
+
+    /// Offset of `slot`'s first byte in its buffer.
+    fn base(&self, slot: usize) -> u64 {
+        (slot % self.per_buf) as u64 * self.shape.bytes
     }
 
     /// Checks that `views` have the shape of this ring's slots.
@@ -203,7 +245,7 @@ impl ExpertRing {
         } else {
             self.stats.demand_uploads += 1;
         }
-        let base = victim as u64 * self.shape.bytes;
+        let base = self.base(victim);
         let writes = [0, 1, 2].map(|i| (base + self.shape.offsets[i], self.shape.layouts[i].total));
         Ok(Placement {
             slot: victim,
@@ -217,9 +259,9 @@ impl ExpertRing {
         self.read_in[slot] = pending;
     }
 
-    /// The matrices of the record in `slot`.
+    /// The matrices of the record in `slot`, at offsets in its buffer.
     pub fn mats(&self, slot: usize) -> Result<[MatRef; 3]> {
-        let base = slot as u64 * self.shape.bytes;
+        let base = self.base(slot);
         let m = |i: usize| MatRef::at(base + self.shape.offsets[i], &self.shape.layouts[i]);
         Ok([m(0)?, m(1)?, m(2)?])
     }

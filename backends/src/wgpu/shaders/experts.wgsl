@@ -4,7 +4,9 @@
 // down_combine: y[e * hidden + r] = weight_e * (down_e[r] . h[e * inter ..])  (workgroup y = e)
 // and then `combine` (elementwise.wgsl) sums the experts' rows.
 //
-// Every expert's matrices lie in one buffer of expert slots; `table` says where. The work
+// The experts of one dispatch lie in one buffer of expert slots (a ring of several buffers
+// takes a dispatch per buffer); `table` says where, and `gate.w` is the expert's index among
+// the layer's experts, which places its rows in `y` (and, for down, its input in `x`). The work
 // split is the one of matvec.wgsl (slices of 32 lanes, R rows per slice, x loaded once per
 // chunk); gate_up computes the same R rows of gate and up together, sharing the x loads.
 
@@ -37,8 +39,8 @@ fn gate_up(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: 
     let lane = li % LANES;
     let slice = li / LANES;
     let first = (wg.x * SLICES + slice) * R_UP;
-    let e = wg.y;
-    let d = table[e];
+    let d = table[wg.y];
+    let e = d.gate.w;
     let g = mat(d.gate, p.cols, p.group, p.gshift, 0u);
     let u = mat(d.up, p.cols, p.group, p.gshift, 0u);
     let last = max(p.rows, 1u) - 1u;
@@ -84,8 +86,8 @@ fn down_combine(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id)
     let lane = li % LANES;
     let slice = li / LANES;
     let first = (wg.x * SLICES + slice) * R_DOWN;
-    let e = wg.y;
-    let d = table[e];
+    let d = table[wg.y];
+    let e = d.gate.w;
     let m = mat(d.down, p.cols, p.group, p.gshift, e * (p.cols / 4u));
     let last = max(p.rows, 1u) - 1u;
     let r0 = min(first, last);
