@@ -9,7 +9,7 @@
 //! 5) of the best-of-a-burst time: GB/s of weight bytes (per call, so a matmul of n tokens
 //! counts its weights once) and tokens/s. Uses only the public API, so the same file measures
 //! an older build for before/after ratios. Not a test: timing on a shared machine
-//! (`FLASHMOE_BENCH_CPU_TIME=1 RAYON_NUM_THREADS=1` times on-CPU time of one core instead).
+//! (`FLASHMOE_BENCH_CPU_TIME=1 FLASHMOE_THREADS=1` times on-CPU time of one core instead).
 
 use flashmoe_backends::quant::WeightFormat;
 use flashmoe_backends::{
@@ -53,7 +53,7 @@ fn cpu_ns() -> Option<u64> {
 
 /// A clock: wall time, or with `FLASHMOE_BENCH_CPU_TIME=1` the process's on-CPU time (robust
 /// to other processes taking turns on the cores of a shared machine; use it with
-/// `RAYON_NUM_THREADS=1`, or it also counts rayon's idle spinning).
+/// `FLASHMOE_THREADS=1`, or it also counts the pool's idle spinning).
 fn now(cpu: bool) -> f64 {
     match cpu.then(cpu_ns).flatten() {
         Some(ns) => ns as f64 * 1e-9,
@@ -218,7 +218,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!(
         "{} threads; {rounds} rounds; median [min..max] of best-of-burst; {} time",
-        rayon::current_num_threads(),
+        flashmoe_backends::cpu_threads(),
         if cpu { "on-CPU" } else { "wall" }
     );
     for (c, t) in cases.iter().zip(&mut times) {

@@ -55,8 +55,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let read = src.len() as f64 / t / 1e9;
     println!(
-        "matrix {rows} x {cols}, {} threads in rayon's pool",
-        rayon::current_num_threads()
+        "matrix {rows} x {cols}, {} threads in the CPU backend's pool",
+        flashmoe_backends::cpu_threads()
     );
     println!(
         "memcpy ({} MB, 1 thread): {memcpy:.2} GB/s copied (as many bytes written); read-only stream: {read:.2} GB/s",
@@ -66,12 +66,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for format in [WeightFormat::Bf16, WeightFormat::Q8_64, WeightFormat::Q4_64] {
         let bytes = quantize(&w, rows, cols, format)?;
         let weight = be.load_weight(&bytes, rows, cols, format)?;
-        for threads in [1, rayon::current_num_threads()] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()?;
-            let t =
-                pool.install(|| best_secs(5, || be.matvec(&weight, &x, &mut y).expect("matvec")));
+        for threads in [1, flashmoe_backends::cpu_threads()] {
+            let t = flashmoe_backends::with_cpu_threads(threads, || {
+                best_secs(5, || be.matvec(&weight, &x, &mut y).expect("matvec"))
+            });
             let gbs = bytes.len() as f64 / t / 1e9;
             println!(
                 "{format:?} matvec, {threads} thread(s): {:.2} ms, {gbs:.2} GB/s of weights ({:.2}x memcpy), {:.2} Gweights/s",

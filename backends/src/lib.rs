@@ -4,7 +4,8 @@
 //!   weights can be given as raw bytes ([`WeightView`]) straight from I/O buffers.
 //! - [`quant`]: weight formats (`F32`, `Bf16`, `F16`, MLX-style affine `Q8`/`Q4`), their byte
 //!   layouts, quantize and dequantize.
-//! - [`CpuBackend`]: the reference implementation: rayon-parallel matvecs over rows, with
+//! - [`CpuBackend`]: the reference implementation: ops split over rows on a small spinning
+//!   thread pool ([`cpu_threads`]; the caller takes part), with
 //!   AVX2/FMA/F16C kernels for bf16, Q8 and Q4 picked at run time on x86_64 (portable kernels
 //!   elsewhere; both are tested against the dequantized reference).
 //! - [`Profiled`]: a wrapper that times every op of another backend into a [`profile::Profile`]
@@ -29,6 +30,6 @@ pub use backend::{
     AttnShape, ComputeBackend, DeltaShape, ExpertId, ExpertScratch, KvShape, RoutedExpert,
     WeightView,
 };
-pub use cpu::{Activations, CpuBackend};
+pub use cpu::{Activations, CpuBackend, cpu_threads, with_cpu_threads};
 pub use error::{BackendError, Result};
 pub use profiled::{Profiled, ProfiledWeight};

@@ -165,7 +165,7 @@ class Engines:
 
     def flashmoe_env(self) -> dict:
         env = dict(os.environ)
-        env["RAYON_NUM_THREADS"] = str(self.threads)
+        env["FLASHMOE_THREADS"] = str(self.threads)
         return env
 
     def llama_cmd(self, gguf: Path, prompt: str, n: int, repack: bool) -> list[str]:

@@ -11,15 +11,14 @@
 //!   it is in L1 (the matvec's row kernel, so again the matvec's bits), one read of the
 //!   weights from memory per chunk.
 //!
-//! Work is split over rayon's pool by blocks of rows (as the matvec), and results are gathered
+//! Work is split over the decode pool by blocks of rows (as the matvec), and results are gathered
 //! `[row][token]` per block, then laid out `[token][row]`.
 
 use super::block::{ROWS, rows_block};
 use super::int8::{Isa, QRow, QuantizedX};
 use super::lanes;
-use super::matvec::{Act, CHUNK_WEIGHTS, PAR_THRESHOLD, prepare, row_dot};
+use super::matvec::{Act, PAR_THRESHOLD, chunk_rows, prepare, row_dot};
 use crate::quant::{MatrixLayout, WeightFormat};
-use rayon::prelude::*;
 use std::cell::RefCell;
 
 thread_local! {
@@ -99,10 +98,9 @@ fn run(
             prepare(l.format, xi, qx);
         };
         if par {
-            x[..n * cols]
-                .par_chunks_exact(cols)
-                .zip(qxs[..n].par_iter_mut())
-                .for_each(quantize);
+            super::pool::for_chunks(&mut qxs[..n], 1, |i, qx| {
+                quantize((&x[i * cols..(i + 1) * cols], &mut qx[0]))
+            });
         } else {
             x.chunks_exact(cols).zip(qxs.iter_mut()).for_each(quantize);
         }
@@ -115,10 +113,9 @@ fn run(
             let fill =
                 |(b, chunk): (&mut lanes::TokenBlock, &[QuantizedX])| b.fill(chunk, q4, width);
             if par {
-                blocks
-                    .par_iter_mut()
-                    .zip(qxs.par_chunks(width))
-                    .for_each(fill);
+                super::pool::for_chunks(&mut blocks[..n.div_ceil(width)], 1, |i, b| {
+                    fill((&mut b[0], &qxs[i * width..((i + 1) * width).min(n)]))
+                });
             } else {
                 blocks.iter_mut().zip(qxs.chunks(width)).for_each(fill);
             }
@@ -147,7 +144,7 @@ fn run(
 /// Tokens per task of [`transpose`]: its write streams stay in L1.
 const TRANSPOSE_TOKENS: usize = 16;
 
-/// `out[t * rows + r] = tmp[r * n + t]`, on rayon's pool by blocks of tokens (each reads
+/// `out[t * rows + r] = tmp[r * n + t]`, on the decode pool by blocks of tokens (each reads
 /// tiles of 8 rows x [`TRANSPOSE_TOKENS`] tokens: short runs of `tmp`, 8 values side by
 /// side in `out`).
 fn transpose(tmp: &[f32], rows: usize, n: usize, out: &mut [f32]) {
@@ -170,9 +167,7 @@ fn transpose(tmp: &[f32], rows: usize, n: usize, out: &mut [f32]) {
             .enumerate()
             .for_each(block);
     } else {
-        out.par_chunks_mut(TRANSPOSE_TOKENS * rows)
-            .enumerate()
-            .for_each(block);
+        super::pool::for_chunks(out, TRANSPOSE_TOKENS * rows, |b, o| block((b, o)));
     }
 }
 
@@ -216,7 +211,7 @@ fn float_row_tokens(isa: Isa, bytes: &[u8], l: &MatrixLayout, x: &[f32], r: usiz
 }
 
 /// Fills `out` (`[row][token]`, `n` values per row) by blocks: `block(r0, o)` writes rows
-/// `r0..r0 + o.len() / n` (at most [`ROWS`]) into `o`. On rayon's pool when the work
+/// `r0..r0 + o.len() / n` (at most [`ROWS`]) into `o`. On the decode pool when the work
 /// (`work` weight-vector products) is large enough, in chunks of whole blocks.
 pub(crate) fn for_row_blocks(
     work: usize,
@@ -234,10 +229,12 @@ pub(crate) fn for_row_blocks(
     if work < PAR_THRESHOLD {
         run_chunk(0, out);
     } else {
-        let rows_per_chunk = (CHUNK_WEIGHTS / cols.max(1)).max(1).div_ceil(ROWS) * ROWS;
-        out.par_chunks_mut(rows_per_chunk * n)
-            .enumerate()
-            .for_each(|(c, chunk)| run_chunk(c * rows_per_chunk, chunk));
+        // A row's work is `cols * n` products.
+        let (min_rows, max_rows) = chunk_rows(cols * n);
+        let rows_per_chunk = super::pool::chunk_for(out.len() / n, min_rows, max_rows, ROWS);
+        super::pool::for_chunks(out, rows_per_chunk * n, |c, chunk| {
+            run_chunk(c * rows_per_chunk, chunk)
+        });
     }
 }
 

@@ -1,4 +1,4 @@
-//! CPU matrix-vector products for every [`WeightFormat`], split over rows with rayon.
+//! CPU matrix-vector products for every [`WeightFormat`], split over rows on the decode pool.
 //!
 //! Quantized formats quantize `x` to int8 once per call and use the integer row kernels of
 //! [`super::int8`] (as ggml does); float formats dot f32 activations with the row (AVX2/FMA for
@@ -7,16 +7,15 @@
 use super::int8::{Isa, QRow, QuantizedX, q4_row, q8_row};
 use super::matmul::{for_row_blocks, quant_rows};
 use crate::quant::{MatrixLayout, WeightFormat, bf16_at, f16_at};
-use rayon::prelude::*;
 use std::cell::RefCell;
 
-/// Below this many weights a matvec runs on the calling thread: waking rayon's workers costs
-/// tens of microseconds on a busy machine (measured with `generate --profile` on the tiny
-/// model: a 256x256 Q4 `q_proj` took ~20 us on the pool), more than 512k 4-bit weights take on
-/// one core. Qwen3-30B-A3B's k/v projections (1M weights) and larger still go parallel.
-pub(crate) const PAR_THRESHOLD: usize = 1 << 19;
-/// Weights per parallel work item.
+/// Below this many weights a matvec runs on the calling thread: even the decode pool's
+/// fork/join (about a microsecond, [`super::pool`]) costs more than this much work on one core.
+pub(crate) const PAR_THRESHOLD: usize = 1 << 15;
+/// Weights per parallel work item: at least (the work of a task should outweigh claiming it)...
 pub(crate) const CHUNK_WEIGHTS: usize = 1 << 14;
+/// ... and at most (~20 us of 4-bit rows on one core).
+pub(crate) const MAX_CHUNK_WEIGHTS: usize = 1 << 20;
 
 thread_local! {
     /// The calling thread's quantized activations, reused across calls (no allocation per token).
@@ -152,7 +151,7 @@ pub(crate) fn rows_with(
     });
 }
 
-/// Fills `out[r] = row(r)`, on rayon's pool when `weights` is large enough.
+/// Fills `out[r] = row(r)`, on the decode pool when `weights` is large enough.
 pub(crate) fn for_rows(
     weights: usize,
     cols: usize,
@@ -162,17 +161,25 @@ pub(crate) fn for_rows(
     if weights < PAR_THRESHOLD {
         out.iter_mut().enumerate().for_each(|(r, o)| *o = row(r));
     } else {
-        let rows_per_chunk = (CHUNK_WEIGHTS / cols.max(1)).max(1);
-        out.par_chunks_mut(rows_per_chunk)
-            .enumerate()
-            .for_each(|(c, chunk)| {
-                let base = c * rows_per_chunk;
-                chunk
-                    .iter_mut()
-                    .enumerate()
-                    .for_each(|(i, o)| *o = row(base + i));
-            });
+        let (min_rows, max_rows) = chunk_rows(cols);
+        let rows_per_chunk = super::pool::chunk_for(out.len(), min_rows, max_rows, 1);
+        super::pool::for_chunks(out, rows_per_chunk, |c, chunk| {
+            let base = c * rows_per_chunk;
+            chunk
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, o)| *o = row(base + i));
+        });
     }
+}
+
+/// The rows a parallel task takes at least and at most, for rows of `cols` weights.
+pub(crate) fn chunk_rows(cols: usize) -> (usize, usize) {
+    let cols = cols.max(1);
+    (
+        (CHUNK_WEIGHTS / cols).max(1),
+        (MAX_CHUNK_WEIGHTS / cols).max(1),
+    )
 }
 
 /// Row `r` of the matrix `bytes` (layout `l`) dotted with `act` (prepared for `l.format`).
@@ -323,6 +330,32 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Above the parallel threshold, a matvec split over the pool's threads has the bits of the
+    /// same matvec on one thread (every row is one task's, whichever thread runs it), in every
+    /// format, with rows that leave a partial 8-row block and several tasks.
+    #[test]
+    fn split_matvecs_equal_one_thread() {
+        let (rows, cols) = (1003usize, 512usize);
+        assert!(rows * cols >= 4 * PAR_THRESHOLD);
+        let (w, x) = (values(rows * cols, 7), values(cols, 8));
+        let be = crate::CpuBackend::new();
+        for f in [WeightFormat::Q4_64, WeightFormat::Q8_64, WeightFormat::Bf16] {
+            let bytes = quantize(&w, rows, cols, f).unwrap();
+            let weight = crate::ComputeBackend::load_weight(&be, &bytes, rows, cols, f).unwrap();
+            let xt = crate::ComputeBackend::upload(&be, &x).unwrap();
+            let run = |threads: usize| {
+                let mut y = crate::ComputeBackend::zeros(&be, rows).unwrap();
+                crate::with_cpu_threads(threads, || {
+                    crate::ComputeBackend::matvec(&be, &weight, &xt, &mut y).unwrap()
+                });
+                y.as_slice().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            let one = run(1);
+            assert!(one.iter().any(|&b| b != 0), "{f:?}");
+            assert_eq!(run(usize::MAX), one, "{f:?}");
         }
     }
 

@@ -1,4 +1,4 @@
-//! The CPU backend: host `Vec<f32>` tensors, rayon-parallel matvecs.
+//! The CPU backend: host `Vec<f32>` tensors, ops split over the decode pool ([`cpu_threads`]).
 
 mod attention;
 mod block;
@@ -12,6 +12,8 @@ mod matmul;
 mod matvec;
 mod moe;
 mod ops;
+mod pool;
+pub use pool::{cpu_threads, with_cpu_threads};
 mod quantize;
 mod rows;
 #[cfg(feature = "wgpu")]
@@ -31,7 +33,8 @@ use crate::checks::{
 use crate::error::{BackendError, Result, check_len};
 use crate::quant::{MatrixLayout, WeightFormat, dequantize_row};
 
-/// Reference CPU implementation of [`ComputeBackend`]; matvecs use rayon's global pool.
+/// Reference CPU implementation of [`ComputeBackend`]; ops are split over [`cpu_threads`]
+/// threads (the calling thread and the pool's helpers).
 ///
 /// Quantized (Q4/Q8) matvecs quantize the activations to int8 per weight group by default, as
 /// ggml does ([`Activations::Int8`]); [`Activations::F32`] dots the codes with f32 activations
@@ -475,10 +478,10 @@ impl ComputeBackend for CpuBackend {
     fn axpy(&self, y: &mut CpuTensor, alpha: f32, x: &CpuTensor) -> Result<()> {
         check_len("axpy", "x", y.0.len(), x.0.len())?;
         if y.0.len() >= 1 << 18 {
-            use rayon::prelude::*;
-            y.0.par_chunks_mut(1 << 14)
-                .zip(x.0.par_chunks(1 << 14))
-                .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(a, b)| *a += alpha * b));
+            pool::for_chunks(&mut y.0, 1 << 14, |i, y| {
+                let x = &x.0[i << 14..];
+                y.iter_mut().zip(x).for_each(|(a, b)| *a += alpha * b)
+            });
         } else {
             y.0.iter_mut().zip(&x.0).for_each(|(a, b)| *a += alpha * b);
         }
@@ -487,8 +490,7 @@ impl ComputeBackend for CpuBackend {
 
     fn fill_zero(&self, y: &mut CpuTensor) -> Result<()> {
         if y.0.len() >= 1 << 18 {
-            use rayon::prelude::*;
-            y.0.par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
+            pool::for_chunks(&mut y.0, 1 << 16, |_, c| c.fill(0.0));
         } else {
             y.0.fill(0.0);
         }

@@ -15,10 +15,10 @@
 use super::block::ROWS;
 use super::int8::{Isa, QuantizedX};
 use super::matmul::{for_row_blocks, quant_rows};
-use super::matvec::{Act, PAR_THRESHOLD, for_rows, prepare, row_dot};
+use super::matvec::{Act, for_rows, prepare, row_dot};
 use super::ops::swiglu;
+use super::pool::Disjoint;
 use crate::backend::RoutedExpert;
-use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Reused buffers of the calling thread.
@@ -64,14 +64,27 @@ pub(crate) fn moe_experts(
     x: &[f32],
     out: &mut [f32],
 ) {
+    moe_experts_on(super::pool::threads(), isa, int8, experts, x, out)
+}
+
+/// [`moe_experts`] choosing its path as for `threads` threads (tests force either path).
+fn moe_experts_on(
+    threads: usize,
+    isa: Isa,
+    int8: bool,
+    experts: &[RoutedExpert<'_>],
+    x: &[f32],
+    out: &mut [f32],
+) {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut s) => run(isa, int8, experts, x, out, &mut s),
+        Ok(mut s) => run(threads, isa, int8, experts, x, out, &mut s),
         // Re-entered on this thread (a nested parallel job): fresh buffers.
-        Err(_) => run(isa, int8, experts, x, out, &mut Scratch::default()),
+        Err(_) => run(threads, isa, int8, experts, x, out, &mut Scratch::default()),
     });
 }
 
 fn run(
+    threads: usize,
     isa: Isa,
     int8: bool,
     experts: &[RoutedExpert<'_>],
@@ -85,7 +98,7 @@ fn run(
     s.h.resize(k * 2 * inter, 0.0);
     let quantized = int8 && prepare(format, x, &mut s.qx);
     // (`fits` already checked every down projection has `out.len()` rows.)
-    if quantized && inter.is_multiple_of(ROWS) && k >= 2 * rayon::current_num_threads() {
+    if quantized && inter.is_multiple_of(ROWS) && k >= 2 * threads {
         return per_expert(isa, experts, out, s);
     }
     let act = Act {
@@ -177,22 +190,22 @@ fn per_expert(isa: Isa, experts: &[RoutedExpert<'_>], out: &mut [f32], s: &mut S
         prepare(format, gate, qh);
         rows(&e.weights[2], std::slice::from_ref(qh), y);
     };
-    if k * 3 * inter * hidden < PAR_THRESHOLD {
-        // Too little work to pay for a fork/join (the tiny fixtures): on this thread.
-        experts
-            .iter()
-            .zip(s.h.chunks_mut(2 * inter))
-            .zip(s.y.chunks_mut(hidden))
-            .zip(s.qh.iter_mut())
-            .for_each(|(((e, h), y), qh)| expert(e, h, y, qh));
-    } else {
-        experts
-            .par_iter()
-            .zip(s.h.par_chunks_mut(2 * inter))
-            .zip(s.y.par_chunks_mut(hidden))
-            .zip(s.qh.par_iter_mut())
-            .for_each(|(((e, h), y), qh)| expert(e, h, y, qh));
-    }
+    let (h, y, qh) = (
+        Disjoint::new(&mut s.h[..k * 2 * inter]),
+        Disjoint::new(&mut s.y[..k * hidden]),
+        Disjoint::new(&mut s.qh[..k]),
+    );
+    super::pool::run(k, |e| {
+        // SAFETY: task `e` alone takes expert `e`'s ranges.
+        let (h, y, qh) = unsafe {
+            (
+                h.range(e * 2 * inter..(e + 1) * 2 * inter),
+                y.range(e * hidden..(e + 1) * hidden),
+                &mut qh.range(e..e + 1)[0],
+            )
+        };
+        expert(&experts[e], h, y, qh)
+    });
     // The combine in expert order, as the row-split path adds it.
     out.fill(0.0);
     for (e, y) in experts.iter().zip(s.y.chunks_exact(hidden)) {
@@ -271,18 +284,25 @@ mod tests {
                 let fused: Vec<crate::cpu::CpuTensor> = [1usize, 4]
                     .iter()
                     .map(|&threads| {
-                        let pool = rayon::ThreadPoolBuilder::new()
-                            .num_threads(threads)
-                            .build()
-                            .unwrap();
-                        let mut scratch = ExpertScratch {
-                            h1: z(inter),
-                            h2: z(inter),
-                            out: z(hidden),
-                        };
                         let mut fused = z(hidden);
-                        pool.install(|| be.moe_experts(&routed, &x, &mut scratch, &mut fused))
-                            .unwrap();
+                        if !super::fits(&routed, hidden, hidden) {
+                            let mut scratch = ExpertScratch {
+                                h1: z(inter),
+                                h2: z(inter),
+                                out: z(hidden),
+                            };
+                            be.moe_experts(&routed, &x, &mut scratch, &mut fused)
+                                .unwrap();
+                            return fused;
+                        }
+                        super::moe_experts_on(
+                            threads,
+                            super::super::int8::Isa::detect(),
+                            be.int8(),
+                            &routed,
+                            x.as_slice(),
+                            &mut fused.0,
+                        );
                         fused
                     })
                     .collect();

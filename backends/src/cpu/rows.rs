@@ -6,12 +6,30 @@ use super::{CpuKvCache, CpuTensor, attention, linear_attn, ops};
 use crate::backend::AttnShape;
 use crate::checks::{check_attention, check_range, check_rope, check_rope_partial, check_rows};
 use crate::error::{BackendError, Result};
-use rayon::prelude::*;
 
-/// Whether a row op over `values` floats is worth rayon's pool (below it, a thread's own
-/// loop is faster than the dispatch).
+/// Whether a row op over `values` floats is worth the pool (below it, a thread's own loop is
+/// faster than the dispatch).
 fn parallel(values: usize) -> bool {
     values >= 1 << 16
+}
+
+/// Runs `row(i, out_i)` for each of the `out.len() / width` rows of `out`, on the pool in
+/// chunks of whole rows when there are `parallel` many values.
+fn each_row(out: &mut [f32], width: usize, row: impl Fn(usize, &mut [f32]) + Sync) {
+    let width = width.max(1);
+    let n = out.len() / width;
+    let chunk_loop = |first: usize, chunk: &mut [f32]| {
+        for (j, o) in chunk.chunks_exact_mut(width).enumerate() {
+            row(first + j, o);
+        }
+    };
+    if !parallel(n * width) {
+        return chunk_loop(0, &mut out[..n * width]);
+    }
+    let rows = super::pool::chunk_for(n, 1, n, 1);
+    super::pool::for_chunks(&mut out[..n * width], rows * width, |c, chunk| {
+        chunk_loop(c * rows, chunk)
+    });
 }
 
 /// Row `i` of `q` attends to positions `0..=start + i` of `layer`.
@@ -33,11 +51,11 @@ pub(crate) fn attention_rows(
     check_attention(cache.shape, layer, start + n, shape, width, width)?;
     let r = cache.layer_range(layer);
     let (k, v) = (&cache.k[r.clone()], &cache.v[r]);
-    out.0[..n * width]
-        .par_chunks_mut(width)
-        .zip(q.0[..n * width].par_chunks(width))
-        .enumerate()
-        .for_each(|(i, (o, qi))| attention::attention(qi, k, v, start + i + 1, shape, o));
+    // Attention rows are heavy (a row reads the whole span): one per task.
+    super::pool::for_chunks(&mut out.0[..n * width], width, |i, o| {
+        let qi = &q.0[i * width..(i + 1) * width];
+        attention::attention(qi, k, v, start + i + 1, shape, o)
+    });
     Ok(())
 }
 
@@ -55,18 +73,9 @@ pub(crate) fn rms_norm_rows(
     if width == 0 {
         return Ok(());
     }
-    let norm = |(xi, oi): (&[f32], &mut [f32])| ops::rms_norm(xi, &w.0, eps, oi);
-    if parallel(n * width) {
-        x.0[..n * width]
-            .par_chunks_exact(width)
-            .zip(out.0[..n * width].par_chunks_exact_mut(width))
-            .for_each(norm);
-    } else {
-        x.0[..n * width]
-            .chunks_exact(width)
-            .zip(out.0.chunks_exact_mut(width))
-            .for_each(norm);
-    }
+    each_row(&mut out.0[..n * width], width, |i, oi| {
+        ops::rms_norm(&x.0[i * width..(i + 1) * width], &w.0, eps, oi)
+    });
     Ok(())
 }
 
@@ -89,21 +98,13 @@ pub(crate) fn rope_rows(
     if width == 0 {
         return Ok(());
     }
-    let rotate = |(i, row): (usize, &mut [f32])| {
+    each_row(&mut x.0[..n * width], width, |i, row| {
         if rot_dim == head_dim {
             ops::rope(row, n_heads, head_dim, start + i, theta);
         } else {
             linear_attn::rope_partial(row, n_heads, head_dim, rot_dim, start + i, theta);
         }
-    };
-    let rows = &mut x.0[..n * width];
-    if parallel(n * width) {
-        rows.par_chunks_exact_mut(width)
-            .enumerate()
-            .for_each(rotate);
-    } else {
-        rows.chunks_exact_mut(width).enumerate().for_each(rotate);
-    }
+    });
     Ok(())
 }
 
@@ -119,9 +120,7 @@ pub(crate) fn swiglu_rows(
     let (g, u) = (&mut gate.0[..n * width], &up.0[..n * width]);
     if parallel(n * width) {
         let block = width.max(1) * 16;
-        g.par_chunks_mut(block)
-            .zip(u.par_chunks(block))
-            .for_each(|(g, u)| ops::swiglu(g, u));
+        super::pool::for_chunks(g, block, |i, g| ops::swiglu(g, &u[i * block..]));
     } else {
         ops::swiglu(g, u);
     }
@@ -143,15 +142,10 @@ pub(crate) fn gather_rows(
     if width == 0 {
         return Ok(());
     }
-    let copy = |(o, &r): (&mut [f32], &usize)| o.copy_from_slice(&x.0[r * width..(r + 1) * width]);
-    let dst = &mut out.0[..rows.len() * width];
-    if parallel(rows.len() * width) {
-        dst.par_chunks_exact_mut(width)
-            .zip(rows.par_iter())
-            .for_each(copy);
-    } else {
-        dst.chunks_exact_mut(width).zip(rows).for_each(copy);
-    }
+    each_row(&mut out.0[..rows.len() * width], width, |j, o| {
+        let r = rows[j];
+        o.copy_from_slice(&x.0[r * width..(r + 1) * width])
+    });
     Ok(())
 }
 
@@ -192,11 +186,11 @@ pub(crate) fn scatter_add_rows(
         for (j, &r) in rows.iter().enumerate() {
             source[r] = j;
         }
-        y.0[..n * width]
-            .par_chunks_exact_mut(width)
-            .zip(source.par_iter())
-            .filter(|(_, j)| **j != usize::MAX)
-            .for_each(|(yr, &j)| add(yr, j));
+        each_row(&mut y.0[..n * width], width, |r, yr| {
+            if source[r] != usize::MAX {
+                add(yr, source[r]);
+            }
+        });
     } else {
         for (j, &r) in rows.iter().enumerate() {
             add(&mut y.0[r * width..(r + 1) * width], j);

@@ -1,0 +1,376 @@
+//! The decode pool: fork/join over task indices in about a microsecond, for ops too small for
+//! rayon's.
+//!
+//! A decode step is a few hundred small ops (a 256 x 512 projection is ~2 us of work on one
+//! core). Rayon, called from a thread outside its pool, injects each op as a job and blocks the
+//! caller on a latch until a worker has woken and run it: ~10-20 us an op, so small ops ran on
+//! one thread and the second core idled. Here the caller takes part: it publishes the job,
+//! claims tasks itself from a shared counter, and spins until the helpers' tasks are done.
+//! Helpers spin on the job slot for [`SPIN`] after their last job (a decode step's ops come
+//! microseconds apart), then park until the next job wakes them.
+//!
+//! The pool has `FLASHMOE_THREADS` threads (else `RAYON_NUM_THREADS`, else the machine's
+//! available parallelism); [`with_cpu_threads`] runs a closure on fewer. One job runs at a
+//! time. A caller that finds the pool busy (another thread's op, or a task of
+//! this pool calling in again) runs its tasks on its own thread: results never depend on which
+//! thread ran a task, only the time does.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Mutex, OnceLock};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+/// How long an idle helper polls before it parks.
+const SPIN: Duration = Duration::from_micros(100);
+/// How long of that it polls without yielding its core (past it, each poll yields first, so a
+/// runnable thread such as io-sched's readers gets the core while the decode thread waits).
+const HOT_SPIN: Duration = Duration::from_micros(5);
+
+/// One op's tasks: `0..tasks`, claimed one at a time through `next`.
+struct Job<'a> {
+    run: &'a (dyn Fn(usize) + Sync),
+    tasks: usize,
+    /// Helpers `0..helpers` take part (the caller's [`with_cpu_threads`] cap, less itself).
+    helpers: usize,
+    next: AtomicUsize,
+    done: AtomicUsize,
+    panicked: AtomicBool,
+}
+
+impl Job<'_> {
+    /// Claims and runs tasks until none is left.
+    fn work(&self) {
+        let mut ran = 0;
+        loop {
+            let i = self.next.fetch_add(1, SeqCst);
+            if i >= self.tasks {
+                break;
+            }
+            if catch_unwind(AssertUnwindSafe(|| (self.run)(i))).is_err() {
+                self.panicked.store(true, SeqCst);
+            }
+            ran += 1;
+        }
+        if ran > 0 {
+            self.done.fetch_add(ran, SeqCst);
+        }
+    }
+}
+
+/// The pool's shared state (one per process).
+struct Pool {
+    /// The job being run, or null. Erased lifetime: see [`Pool::run`].
+    job: AtomicPtr<Job<'static>>,
+    /// Helpers that have loaded `job` and may still touch it.
+    active: AtomicUsize,
+    /// Held by the caller whose job is published.
+    owner: Mutex<()>,
+    /// Helpers' handles, with whether each is parked (or about to park).
+    helpers: OnceLock<Vec<(Thread, &'static AtomicBool)>>,
+    /// The threads a job runs on: the caller and `threads - 1` helpers.
+    threads: usize,
+}
+
+thread_local! {
+    /// Whether this thread is one of the pool's helpers.
+    static IS_HELPER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The most threads this thread's ops run on ([`with_cpu_threads`]).
+    static CAP: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// The threads the CPU backend splits an op over: `FLASHMOE_THREADS` when set, else
+/// `RAYON_NUM_THREADS`, else the machine's available parallelism (read once, at the first op).
+pub fn cpu_threads() -> usize {
+    pool().threads
+}
+
+/// Runs `f` with the CPU backend's ops on this thread limited to `threads` threads (1: on this
+/// thread alone), for measurements and tests.
+pub fn with_cpu_threads<R>(threads: usize, f: impl FnOnce() -> R) -> R {
+    struct Restore(usize);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CAP.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(CAP.with(|c| c.replace(threads.max(1))));
+    f()
+}
+
+/// [`cpu_threads`] under this thread's [`with_cpu_threads`] cap.
+pub(crate) fn threads() -> usize {
+    pool().threads.min(CAP.with(|c| c.get()))
+}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    let pool = POOL.get_or_init(|| {
+        let from_env = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .filter(|&n| n > 0)
+        };
+        let threads = from_env("FLASHMOE_THREADS")
+            .or_else(|| from_env("RAYON_NUM_THREADS"))
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        Pool {
+            job: AtomicPtr::new(std::ptr::null_mut()),
+            active: AtomicUsize::new(0),
+            owner: Mutex::new(()),
+            helpers: OnceLock::new(),
+            threads,
+        }
+    });
+    pool.helpers.get_or_init(|| {
+        (1..pool.threads)
+            .filter_map(|i| {
+                let parked: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+                std::thread::Builder::new()
+                    .name(format!("flashmoe-cpu-{i}"))
+                    .spawn(move || helper(pool, i - 1, parked))
+                    .ok()
+                    .map(|h| (h.thread().clone(), parked))
+            })
+            .collect()
+    });
+    pool
+}
+
+/// Helper `index`'s loop: run published jobs; park after [`SPIN`] without one.
+fn helper(pool: &'static Pool, index: usize, parked: &'static AtomicBool) {
+    IS_HELPER.with(|h| h.set(true));
+    let mut idle_since = Instant::now();
+    let mut polls = 0u32;
+    loop {
+        // Poll with a plain load (no write to the shared line while idle); count this helper
+        // in `active` only once there is a job, then load it again.
+        let job = if pool.job.load(SeqCst).is_null() {
+            std::ptr::null_mut()
+        } else {
+            pool.active.fetch_add(1, SeqCst);
+            let job = pool.job.load(SeqCst);
+            if job.is_null() {
+                pool.active.fetch_sub(1, SeqCst);
+            }
+            job
+        };
+        if !job.is_null() {
+            // SAFETY: a non-null `job` was loaded after `active` counted this helper, so its
+            // caller, which nulls `job` and then waits for `active` to reach 0 before its
+            // frame (where the job lives) ends, cannot have returned yet.
+            let job = unsafe { &*job };
+            let had_work = index < job.helpers && job.next.load(SeqCst) < job.tasks;
+            if had_work {
+                job.work();
+            }
+            pool.active.fetch_sub(1, SeqCst);
+            if had_work {
+                idle_since = Instant::now();
+            }
+            std::hint::spin_loop();
+            continue;
+        }
+        polls = polls.wrapping_add(1);
+        if !polls.is_multiple_of(16) {
+            std::hint::spin_loop();
+            continue;
+        }
+        let idle = idle_since.elapsed();
+        if idle > HOT_SPIN && idle <= SPIN {
+            std::thread::yield_now();
+        } else if idle > SPIN {
+            parked.store(true, SeqCst);
+            // A job published after the flag was set unparks this thread (the token makes a
+            // wake-up before `park` count); one published before it is seen here.
+            if pool.job.load(SeqCst).is_null() {
+                std::thread::park();
+            }
+            parked.store(false, SeqCst);
+            idle_since = Instant::now();
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// Runs `task(i)` for every `i` in `0..tasks`, split over the pool's threads (the caller
+/// included); returns when all have run. A task's panic panics the caller (once the other
+/// threads are done with the job).
+pub(crate) fn run(tasks: usize, task: impl Fn(usize) + Sync) {
+    let pool = pool();
+    let inline = || (0..tasks).for_each(&task);
+    let threads = threads();
+    if tasks <= 1 || threads <= 1 || IS_HELPER.with(|h| h.get()) {
+        return inline();
+    }
+    let Ok(_owner) = pool.owner.try_lock() else {
+        return inline();
+    };
+    let job = Job {
+        run: &task,
+        tasks,
+        helpers: threads - 1,
+        next: AtomicUsize::new(0),
+        done: AtomicUsize::new(0),
+        panicked: AtomicBool::new(false),
+    };
+    // The lifetime is erased for the slot; the wait below keeps `job` alive while any helper
+    // can reach it.
+    let ptr = (&job as *const Job<'_>).cast::<Job<'static>>().cast_mut();
+    pool.job.store(ptr, SeqCst);
+    for (thread, parked) in pool.helpers.get().into_iter().flatten().take(threads - 1) {
+        if parked.load(SeqCst) {
+            thread.unpark();
+        }
+    }
+    job.work();
+    while job.done.load(SeqCst) < tasks {
+        std::hint::spin_loop();
+    }
+    pool.job.store(std::ptr::null_mut(), SeqCst);
+    while pool.active.load(SeqCst) > 0 {
+        std::hint::spin_loop();
+    }
+    if job.panicked.load(SeqCst) {
+        panic!("a task of the CPU backend's decode pool panicked");
+    }
+}
+
+/// Splits `out` into chunks of `chunk` items (the last may be shorter) and runs
+/// `task(index, chunk)` for each on the pool.
+pub(crate) fn for_chunks<T: Send>(
+    out: &mut [T],
+    chunk: usize,
+    task: impl Fn(usize, &mut [T]) + Sync,
+) {
+    let chunk = chunk.max(1);
+    let len = out.len();
+    let parts = Disjoint::new(out);
+    run(len.div_ceil(chunk), |i| {
+        let start = i * chunk;
+        // SAFETY: task `i` alone takes chunk `i`; the chunks are disjoint.
+        task(i, unsafe { parts.range(start..(start + chunk).min(len)) })
+    });
+}
+
+/// The chunk (a multiple of `unit` items, within `min_chunk..=max_chunk` where they allow)
+/// that splits `len` items into about [`TASKS_PER_THREAD`] tasks per thread: enough to even
+/// out the threads, few enough that claiming a task (an atomic on a shared line) stays a small
+/// share of the work; `max_chunk` keeps a large op's tasks short, so a thread that loses its
+/// core for a while leaves little for the others to wait on at the end.
+pub(crate) fn chunk_for(len: usize, min_chunk: usize, max_chunk: usize, unit: usize) -> usize {
+    let unit = unit.max(1);
+    let target = len.div_ceil(threads() * TASKS_PER_THREAD);
+    target.min(max_chunk).max(min_chunk).div_ceil(unit) * unit
+}
+
+/// Tasks per thread that [`chunk_for`] aims at.
+const TASKS_PER_THREAD: usize = 8;
+
+/// A slice the pool's tasks share, each taking its own disjoint ranges of it.
+pub(crate) struct Disjoint<'a, T> {
+    base: *mut T,
+    len: usize,
+    _borrow: std::marker::PhantomData<&'a mut [T]>,
+}
+
+impl<'a, T: Send> Disjoint<'a, T> {
+    /// Shares `items` (borrowed mutably for as long as this lives).
+    pub(crate) fn new(items: &'a mut [T]) -> Self {
+        Self {
+            base: items.as_mut_ptr(),
+            len: items.len(),
+            _borrow: std::marker::PhantomData,
+        }
+    }
+
+    /// Items `range` (checked against the slice's length).
+    ///
+    /// # Safety
+    /// No other live reference (from another call or another task) overlaps `range`.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn range(&self, range: std::ops::Range<usize>) -> &'a mut [T] {
+        assert!(range.start <= range.end && range.end <= self.len);
+        // SAFETY: in bounds (asserted) of a slice borrowed mutably for `'a`; the caller
+        // guarantees no other reference overlaps it.
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(range.start), range.len()) }
+    }
+}
+
+// SAFETY: the tasks that share it only reach disjoint ranges (the contract of `range`) of
+// items that may be sent between threads.
+unsafe impl<T: Send> Sync for Disjoint<'_, T> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_task_runs_once() {
+        for tasks in [0usize, 1, 2, 3, 17, 1000] {
+            let hits: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
+            run(tasks, |i| {
+                hits[i].fetch_add(1, SeqCst);
+            });
+            assert!(hits.iter().all(|h| h.load(SeqCst) == 1), "{tasks} tasks");
+        }
+    }
+
+    #[test]
+    fn one_thread_runs_every_task_on_the_caller() {
+        let me = std::thread::current().id();
+        let elsewhere = AtomicUsize::new(0);
+        with_cpu_threads(1, || {
+            assert_eq!(threads(), 1);
+            run(64, |_| {
+                if std::thread::current().id() != me {
+                    elsewhere.fetch_add(1, SeqCst);
+                }
+            })
+        });
+        assert_eq!(elsewhere.load(SeqCst), 0);
+        assert_eq!(threads(), cpu_threads());
+    }
+
+    #[test]
+    fn chunks_cover_the_slice_in_order() {
+        let mut out = vec![0usize; 103];
+        for_chunks(&mut out, 10, |i, part| {
+            for (j, o) in part.iter_mut().enumerate() {
+                *o = i * 10 + j;
+            }
+        });
+        assert_eq!(out, (0..103).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn nested_and_concurrent_calls_complete() {
+        let total = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..200 {
+                        run(8, |_| {
+                            run(4, |_| {
+                                total.fetch_add(1, SeqCst);
+                            })
+                        });
+                    }
+                });
+            }
+        });
+        assert_eq!(total.load(SeqCst), 4 * 200 * 8 * 4);
+    }
+
+    #[test]
+    fn a_panicking_task_panics_the_caller_and_the_pool_still_works() {
+        let r = catch_unwind(AssertUnwindSafe(|| run(16, |i| assert!(i != 5, "task 5"))));
+        assert!(r.is_err());
+        let n = AtomicUsize::new(0);
+        run(9, |_| {
+            n.fetch_add(1, SeqCst);
+        });
+        assert_eq!(n.load(SeqCst), 9);
+    }
+}
