@@ -16,7 +16,7 @@
 //! thread ran a task, only the time does.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -62,6 +62,8 @@ impl Job<'_> {
 struct Pool {
     /// The job being run, or null. Erased lifetime: see [`Pool::run`].
     job: AtomicPtr<Job<'static>>,
+    /// Bumped after each job is published: helpers take part in each job once.
+    epoch: AtomicU64,
     /// Helpers that have loaded `job` and may still touch it.
     active: AtomicUsize,
     /// Held by the caller whose job is published.
@@ -117,6 +119,7 @@ fn pool() -> &'static Pool {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         Pool {
             job: AtomicPtr::new(std::ptr::null_mut()),
+            epoch: AtomicU64::new(0),
             active: AtomicUsize::new(0),
             owner: Mutex::new(()),
             helpers: OnceLock::new(),
@@ -138,59 +141,76 @@ fn pool() -> &'static Pool {
     pool
 }
 
-/// Helper `index`'s loop: run published jobs; park after [`SPIN`] without one.
+/// Helper `index`'s loop: take part in each job published after the last one it saw; between
+/// jobs (including while the rest of a job it is done with still runs) poll, yield, then park
+/// ([`HOT_SPIN`], [`SPIN`]), so a thread it would crowd out, a helper still on a task among
+/// them, gets a core.
 fn helper(pool: &'static Pool, index: usize, parked: &'static AtomicBool) {
     IS_HELPER.with(|h| h.set(true));
-    let mut idle_since = Instant::now();
-    let mut polls = 0u32;
+    let mut seen = pool.epoch.load(SeqCst);
+    let mut idle = Idle::new();
     loop {
-        // Poll with a plain load (no write to the shared line while idle); count this helper
-        // in `active` only once there is a job, then load it again.
-        let job = if pool.job.load(SeqCst).is_null() {
-            std::ptr::null_mut()
-        } else {
+        // Poll with plain loads (no write to a shared line while idle).
+        let epoch = pool.epoch.load(SeqCst);
+        if epoch != seen {
+            seen = epoch;
+            // Count this helper in `active`, then load the job: see `run` for why that order
+            // keeps it alive.
             pool.active.fetch_add(1, SeqCst);
             let job = pool.job.load(SeqCst);
-            if job.is_null() {
-                pool.active.fetch_sub(1, SeqCst);
-            }
-            job
-        };
-        if !job.is_null() {
-            // SAFETY: a non-null `job` was loaded after `active` counted this helper, so its
-            // caller, which nulls `job` and then waits for `active` to reach 0 before its
-            // frame (where the job lives) ends, cannot have returned yet.
-            let job = unsafe { &*job };
-            let had_work = index < job.helpers && job.next.load(SeqCst) < job.tasks;
-            if had_work {
-                job.work();
+            if !job.is_null() {
+                // SAFETY: a non-null `job` was loaded after `active` counted this helper, so
+                // its caller, which nulls `job` and then waits for `active` to reach 0 before
+                // its frame (where the job lives) ends, cannot have returned yet.
+                let job = unsafe { &*job };
+                if index < job.helpers {
+                    job.work();
+                }
             }
             pool.active.fetch_sub(1, SeqCst);
-            if had_work {
-                idle_since = Instant::now();
-            }
-            std::hint::spin_loop();
+            idle = Idle::new();
             continue;
         }
-        polls = polls.wrapping_add(1);
-        if !polls.is_multiple_of(16) {
-            std::hint::spin_loop();
-            continue;
-        }
-        let idle = idle_since.elapsed();
-        if idle > HOT_SPIN && idle <= SPIN {
-            std::thread::yield_now();
-        } else if idle > SPIN {
+        if idle.wait() {
             parked.store(true, SeqCst);
             // A job published after the flag was set unparks this thread (the token makes a
             // wake-up before `park` count); one published before it is seen here.
-            if pool.job.load(SeqCst).is_null() {
+            if pool.epoch.load(SeqCst) == seen {
                 std::thread::park();
             }
             parked.store(false, SeqCst);
-            idle_since = Instant::now();
+            idle = Idle::new();
         }
-        std::hint::spin_loop();
+    }
+}
+
+/// A polling thread's back-off: spin for [`HOT_SPIN`], then yield the core at each poll until
+/// [`SPIN`], then (for a helper) park.
+struct Idle {
+    since: Instant,
+    polls: u32,
+}
+
+impl Idle {
+    fn new() -> Self {
+        Self {
+            since: Instant::now(),
+            polls: 0,
+        }
+    }
+
+    /// One poll's wait; true once the thread has polled for [`SPIN`].
+    fn wait(&mut self) -> bool {
+        self.polls = self.polls.wrapping_add(1);
+        if !self.polls.is_multiple_of(16) {
+            std::hint::spin_loop();
+            return false;
+        }
+        let idle = self.since.elapsed();
+        if idle > HOT_SPIN {
+            std::thread::yield_now();
+        }
+        idle > SPIN
     }
 }
 
@@ -219,18 +239,22 @@ pub(crate) fn run(tasks: usize, task: impl Fn(usize) + Sync) {
     // can reach it.
     let ptr = (&job as *const Job<'_>).cast::<Job<'static>>().cast_mut();
     pool.job.store(ptr, SeqCst);
+    pool.epoch.fetch_add(1, SeqCst);
     for (thread, parked) in pool.helpers.get().into_iter().flatten().take(threads - 1) {
         if parked.load(SeqCst) {
             thread.unpark();
         }
     }
     job.work();
+    // The helpers' last tasks, then the helpers themselves (a preempted one gets the core
+    // back sooner when this thread yields).
+    let mut idle = Idle::new();
     while job.done.load(SeqCst) < tasks {
-        std::hint::spin_loop();
+        idle.wait();
     }
     pool.job.store(std::ptr::null_mut(), SeqCst);
     while pool.active.load(SeqCst) > 0 {
-        std::hint::spin_loop();
+        idle.wait();
     }
     if job.panicked.load(SeqCst) {
         panic!("a task of the CPU backend's decode pool panicked");
