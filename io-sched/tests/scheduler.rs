@@ -166,6 +166,38 @@ fn corrupted_record_fails_its_checksum_with_its_location() {
     assert_eq!(s.metrics().total().failed_loads, 1);
 }
 
+/// Records nobody blocks on are checked too: an async acquire of a corrupted record fails its
+/// checksum, and a hinted record nobody waits for becomes ready (so `acquire_ready` hands it
+/// out and its acquire is a hit).
+#[test]
+fn records_nobody_blocks_on_are_verified() {
+    let (layout, mut image) = model_image(1, 4, LEN);
+    let off = layout.get(ExpertKey::new(0, 3)).unwrap().offset as usize;
+    image[off + 5] ^= 0x10;
+    let s = Scheduler::with_backend(
+        layout,
+        SchedulerConfig::with_budget(4 * 12288),
+        memory_backend(image, 4),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let e = rt.block_on(s.acquire_async(0, &[3])).unwrap_err();
+    assert!(matches!(e, Error::Checksum { .. }), "{e}");
+    s.hint(0, &[Candidate { expert: 1, confidence: 0.9 }]);
+    let mut polls = 0;
+    while s.acquire_ready(0, &[1]).is_empty() {
+        polls += 1;
+        assert!(polls < 50_000, "a hinted record was never verified");
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+    let g = s.acquire(0, &[1]).unwrap();
+    assert_eq!(g.bytes(0), &record_bytes(ExpertKey::new(0, 1), LEN)[..]);
+    let m = s.metrics().total();
+    assert_eq!((m.hits, m.prefetch_used, m.failed_loads), (1, 1, 1));
+}
+
 #[test]
 fn async_acquire_works_and_dropped_futures_release_their_pins() {
     let s = sched(2, 16, 8);
