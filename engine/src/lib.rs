@@ -44,6 +44,7 @@ pub mod pack;
 mod pack_check;
 mod pack_options;
 pub mod packed_model;
+mod prefetch_policy;
 pub mod prompt_cache;
 pub mod quant_tensors;
 pub mod qwen35_moe;
@@ -73,6 +74,7 @@ pub use model_session::{
 pub use pack::{PackSummary, pack_model, pack_model_with};
 pub use pack_options::PackOptions;
 pub use packed_model::{PackMeta, PackedModel};
+pub use prefetch_policy::PrefetchPolicy;
 pub use prompt_cache::{ContextState, PromptCache};
 pub use sampler::Sampler;
 pub use streaming::{

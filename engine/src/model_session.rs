@@ -28,11 +28,12 @@ use std::sync::Arc;
 use flashmoe_backends::ComputeBackend;
 use io_sched::backend::fallback::Fallback;
 use io_sched::backend::select::BackendConfig;
-use io_sched::{Scheduler, SchedulerConfig, SessionConfig};
+use io_sched::{Scheduler, SchedulerConfig};
 
 use crate::error::{EngineError, Result};
 use crate::model::MoeModel;
 use crate::packed_model::PackedModel;
+use crate::prefetch_policy::PrefetchPolicy;
 use crate::prompt_cache::PromptCache;
 use crate::sampler::Sampler;
 use crate::streaming::{Prediction, Prefetcher, SchedExperts, open_scheduler, streamed};
@@ -77,10 +78,10 @@ pub struct SessionOptions {
     pub max_seq: usize,
     /// Read backend of the expert cache (default: the best this OS has).
     pub io: BackendConfig,
-    /// What is prefetched (default: the pre-gate).
+    /// What is prefetched (default: the blend of pre-gate scores and routing history).
     pub prediction: Prediction,
-    /// Experts hinted per layer (default: `top_k + 2`).
-    pub per_layer: Option<usize>,
+    /// What is hinted and evicted (default: the best measured for the prediction).
+    pub prefetch: PrefetchPolicy,
     /// Prompt tokens per prefill chunk (default: [`MoeModel::default_prefill_chunk`], from
     /// the activation memory a chunk needs; 1 is token by token).
     pub prefill_chunk: Option<usize>,
@@ -92,8 +93,8 @@ impl Default for SessionOptions {
             budget: ExpertBudget::Share(0.25),
             max_seq: 4096,
             io: BackendConfig::default(),
-            prediction: Prediction::Pregate,
-            per_layer: None,
+            prediction: Prediction::Blend,
+            prefetch: PrefetchPolicy::default(),
             prefill_chunk: None,
         }
     }
@@ -124,9 +125,9 @@ impl SessionOptions {
         self.prediction = prediction;
         self
     }
-    /// Sets how many experts are hinted per layer.
-    pub fn per_layer(mut self, n: usize) -> Self {
-        self.per_layer = Some(n);
+    /// Sets what is hinted and evicted.
+    pub fn prefetch(mut self, policy: PrefetchPolicy) -> Self {
+        self.prefetch = policy;
         self
     }
     /// Sets the prompt tokens per prefill chunk (1: token by token).
@@ -256,8 +257,12 @@ impl<B: ComputeBackend> ModelSession<B> {
         let all_slots = packed.experts.max_read_len()
             * (packed.experts.num_layers() as u64 * packed.experts.num_experts() as u64);
         let budget = opts.budget.bytes(all_slots)?;
-        let (sched, fallbacks) =
-            open_scheduler(&packed, SchedulerConfig::with_budget(budget), &opts.io)?;
+        let eviction = opts.prefetch.eviction_for(&opts.prediction)?;
+        let (sched, fallbacks) = open_scheduler(
+            &packed,
+            SchedulerConfig::with_budget(budget).eviction(eviction),
+            &opts.io,
+        )?;
         let max_seq = opts
             .max_seq
             .min(packed.config.max_position_embeddings)
@@ -267,7 +272,7 @@ impl<B: ComputeBackend> ModelSession<B> {
             model.set_prefill_chunk(n);
         }
         let k = packed.config.top_k;
-        let policy = SessionConfig::new(k).with_per_layer(opts.per_layer.unwrap_or(k + 2));
+        let policy = opts.prefetch.session_config(k, &opts.prediction)?;
         let (experts, prefetch) = streamed(sched.clone(), packed.record, opts.prediction, policy)?;
         Ok(Self {
             packed,

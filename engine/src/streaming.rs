@@ -24,7 +24,7 @@ use crate::hooks::RoutingObserver;
 use crate::packed_model::PackedModel;
 use io_sched::backend::fallback::Fallback;
 use io_sched::backend::select::{BackendConfig, open_backend};
-use io_sched::predictor::{NoPredictor, Predictor, Scores};
+use io_sched::predictor::{Blend, NoPredictor, Predictor, Scores};
 use io_sched::{Scheduler, SchedulerConfig, Session, SessionConfig, SessionStats};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -82,11 +82,43 @@ pub enum Prediction {
     /// of 2); its most probable experts are hinted while layer L's experts are read and
     /// computed.
     Pregate,
+    /// The pre-gate scores and the routing history in io-sched's
+    /// [`Blend`](io_sched::predictor::Blend): calibrated probabilities and next-use estimates,
+    /// so cost-aware hints and next-use eviction apply ([`crate::PrefetchPolicy`]).
+    Blend,
     /// An io-sched predictor fed with the real routing.
     Predictor(Box<dyn Predictor>),
     /// An io-sched predictor fed with the real routing and the pre-gate scores (as
     /// [`Prediction::Pregate`] computes them), e.g. [`io_sched::predictor::Blend`].
     PregateWith(Box<dyn Predictor>),
+}
+
+impl Prediction {
+    /// A short name (`none`, `pregate`, `blend` or the predictor's).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Prediction::None => "none",
+            Prediction::Pregate => "pregate",
+            Prediction::Blend => "blend",
+            Prediction::Predictor(p) | Prediction::PregateWith(p) => p.name(),
+        }
+    }
+    /// Whether confidences are calibrated probabilities ([`Predictor::calibrated`]).
+    pub fn calibrated(&self) -> bool {
+        match self {
+            Prediction::None | Prediction::Pregate => false,
+            Prediction::Blend => true,
+            Prediction::Predictor(p) | Prediction::PregateWith(p) => p.calibrated(),
+        }
+    }
+    /// Whether next uses are estimated ([`Predictor::estimates_next_use`]).
+    pub fn estimates_next_use(&self) -> bool {
+        match self {
+            Prediction::None | Prediction::Pregate => false,
+            Prediction::Blend => true,
+            Prediction::Predictor(p) | Prediction::PregateWith(p) => p.estimates_next_use(),
+        }
+    }
 }
 
 /// The expert source and the observer of a model streamed through one [`Session`] over
@@ -98,10 +130,14 @@ pub fn streamed(
     policy: SessionConfig,
 ) -> Result<(SchedExperts, Prefetcher)> {
     let (layers, experts) = (sched.layout().num_layers(), sched.layout().num_experts());
-    let pregate = matches!(mode, Prediction::Pregate | Prediction::PregateWith(_));
+    let pregate = matches!(
+        mode,
+        Prediction::Pregate | Prediction::Blend | Prediction::PregateWith(_)
+    );
     let predictor: Box<dyn Predictor> = match mode {
         Prediction::None => Box::new(NoPredictor),
         Prediction::Pregate => Box::new(Scores::new(layers, experts)),
+        Prediction::Blend => Box::new(Blend::new(layers, experts)),
         Prediction::Predictor(p) | Prediction::PregateWith(p) => p,
     };
     let far = pregate && policy.horizon() >= 2;

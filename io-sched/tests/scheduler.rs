@@ -185,7 +185,13 @@ fn records_nobody_blocks_on_are_verified() {
         .unwrap();
     let e = rt.block_on(s.acquire_async(0, &[3])).unwrap_err();
     assert!(matches!(e, Error::Checksum { .. }), "{e}");
-    s.hint(0, &[Candidate { expert: 1, confidence: 0.9 }]);
+    s.hint(
+        0,
+        &[Candidate {
+            expert: 1,
+            confidence: 0.9,
+        }],
+    );
     let mut polls = 0;
     while s.acquire_ready(0, &[1]).is_empty() {
         polls += 1;

@@ -10,14 +10,14 @@ use flashmoe_backends::wgpu::{WgpuBackend, WgpuConfig};
 use flashmoe_backends::{Activations, ComputeBackend, CpuBackend, Profiled};
 use flashmoe_engine::sampler::Sampler;
 use flashmoe_engine::{
-    NoObserver, PackedModel, Prediction, RoutingObserver, Tee, TraceSink, generate, open_scheduler,
-    streamed,
+    NoObserver, PackedModel, Prediction, PrefetchPolicy, RoutingObserver, Tee, TraceSink, generate,
+    open_scheduler, streamed,
 };
 use io_sched::backend::BackendKind;
 use io_sched::backend::select::BackendConfig;
 use io_sched::metrics::LayerMetrics;
 use io_sched::predictor::{self, PredictorKind};
-use io_sched::{Scheduler, SchedulerConfig, SessionConfig};
+use io_sched::{Scheduler, SchedulerConfig};
 use serde::Serialize;
 
 use super::CliResult;
@@ -85,17 +85,36 @@ pub struct GenerateArgs {
     /// one storage binding of the adapter is several buffers).
     #[arg(long)]
     pub gpu_ring: Option<String>,
-    /// Prefetch prediction: pregate, blend (pre-gate scores and routing history in one online
-    /// calibrated model), none, temporal, transition or frequency.
-    #[arg(long, default_value = "pregate")]
+    /// Prefetch prediction: blend (pre-gate scores and routing history in one online
+    /// calibrated model: cost-aware hints, next-use eviction), pregate, none, temporal,
+    /// transition or frequency.
+    #[arg(long, default_value = "blend")]
     pub predictor: String,
     /// Experts hinted per predicted layer (default: top_k + 2).
     #[arg(long)]
     pub prefetch: Option<usize>,
-    /// Layers ahead to hint (pre-gate: 2 also applies layer L+2's router to layer L's hidden
-    /// state).
-    #[arg(long, default_value_t = 1)]
-    pub horizon: u32,
+    /// Layers ahead to hint (default: 2 with blend, else 1; pre-gate: 2 also applies layer
+    /// L+2's router to layer L's hidden state).
+    #[arg(long)]
+    pub horizon: Option<u32>,
+    /// Which cached expert to evict: lru, lfru (decayed access counts) or next-use (the one the
+    /// predictor expects to be routed last; blend only). Default: next-use with blend, else lru.
+    #[arg(long)]
+    pub eviction: Option<String>,
+    /// Cost-aware hinting, `true` or `false` (default: on with blend, whose probabilities are
+    /// calibrated): likeliest first over the predicted layers, a read hinted while it fits the
+    /// device's idle time before its layer (at probability >= 0.1) or when likelier than not.
+    #[arg(long)]
+    pub cost_aware: Option<bool>,
+    /// Candidates past `--prefetch` per predicted layer that may be hinted within the device's
+    /// idle time (default: 4 with cost-aware hints, else 0).
+    #[arg(long)]
+    pub over_fetch: Option<usize>,
+    /// Compute time of one layer in microseconds: the window a layer's reads overlap, which
+    /// bounds over-fetched and cost-aware hints (default: measured as the run goes, the mean
+    /// time from one layer's experts arriving to the next layer's demand).
+    #[arg(long)]
+    pub layer_compute_us: Option<f64>,
     /// Prompt tokens per prefill chunk: each expert a chunk routes to is read once and run on
     /// all its tokens (default: as many as 256 MiB of activations hold, at most 2048; 1 is token
     /// by token).
@@ -138,8 +157,10 @@ fn backend_config(name: &str) -> CliResult<BackendConfig> {
 }
 
 fn prediction(args: &GenerateArgs, layers: u32, experts: u32) -> CliResult<Prediction> {
-    if args.predictor == "pregate" {
-        return Ok(Prediction::Pregate);
+    match args.predictor.as_str() {
+        "pregate" => return Ok(Prediction::Pregate),
+        "blend" => return Ok(Prediction::Blend),
+        _ => {}
     }
     const CHOICES: &str = "pregate, blend, none, temporal, transition or frequency";
     let kind: PredictorKind = args
@@ -159,6 +180,33 @@ fn prediction(args: &GenerateArgs, layers: u32, experts: u32) -> CliResult<Predi
     } else {
         Prediction::Predictor(predictor)
     })
+}
+
+/// What the prefetch flags ask for; unset ones resolve by the predictor.
+fn prefetch_policy(args: &GenerateArgs) -> CliResult<PrefetchPolicy> {
+    let mut p = PrefetchPolicy::new();
+    if let Some(n) = args.prefetch {
+        p = p.per_layer(n);
+    }
+    if let Some(h) = args.horizon {
+        p = p.horizon(h);
+    }
+    if let Some(e) = &args.eviction {
+        p = p.eviction(e.parse().map_err(|e| format!("--eviction: {e}"))?);
+    }
+    if let Some(on) = args.cost_aware {
+        p = p.cost_aware(on);
+    }
+    if let Some(n) = args.over_fetch {
+        p = p.over_fetch(n);
+    }
+    if let Some(us) = args.layer_compute_us {
+        if !(us.is_finite() && us > 0.0) {
+            return Err(format!("--layer-compute-us {us}: expected a positive number").into());
+        }
+        p = p.layer_compute_ns(us * 1e3);
+    }
+    Ok(p)
 }
 
 /// Statistics of one run.
@@ -184,6 +232,8 @@ pub struct Stats {
     pub predictor: String,
     /// Experts hinted per predicted layer (the flag, capped to what the cache holds).
     pub hinted_per_layer: usize,
+    /// Horizon, cost-aware hinting, eviction.
+    pub policy: String,
     /// Where the decode step ran.
     pub compute: ComputeReport,
     /// The prompt: chunking, TTFT, expert bytes read against the chunks' unions.
@@ -261,9 +311,30 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
     let all_slots =
         m.experts.max_read_len() * (m.experts.num_layers() as u64 * m.experts.num_experts() as u64);
     let budget = parse_budget(&args.budget, all_slots)?;
+    let (layers, experts) = (m.config.num_layers as u32, m.config.num_experts as u32);
+    // The flags checked against the predictor before anything loads (`Decode` builds its own).
+    let probe = prediction(args, layers, experts)?;
+    let policy = prefetch_policy(args)?;
+    let eviction = policy
+        .eviction_for(&probe)
+        .map_err(|e| format!("--eviction / --predictor: {e}"))?;
+    let session = policy
+        .session_config(m.config.top_k, &probe)
+        .map_err(|e| format!("--cost-aware / --predictor: {e}"))?;
+    let policy_text = format!(
+        "horizon {}{}, {} eviction",
+        session.horizon(),
+        if session.is_cost_aware() {
+            ", cost-aware"
+        } else {
+            ""
+        },
+        eviction.name()
+    );
+    drop(probe);
     let (sched, fallbacks) = open_scheduler(
         &m,
-        SchedulerConfig::with_budget(budget),
+        SchedulerConfig::with_budget(budget).eviction(eviction),
         &backend_config(&args.io_backend)?,
     )?;
     for why in &fallbacks {
@@ -343,6 +414,7 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
         );
     }
     let mut stats = stats(args, &m, &sched, budget, prompt.len(), &g, hinted, compute);
+    stats.policy = policy_text;
     stats.prefill = prefill;
     if args.json {
         let out = JsonOut {
@@ -399,11 +471,10 @@ impl Decode<'_> {
         if let Some(n) = args.prefill_chunk {
             model.set_prefill_chunk(n);
         }
-        let per_layer = args.prefetch.unwrap_or(cfg.top_k + 2);
         let mode = prediction(args, cfg.num_layers as u32, cfg.num_experts as u32)?;
-        let policy = SessionConfig::new(cfg.top_k)
-            .with_per_layer(per_layer)
-            .with_horizon(args.horizon);
+        let policy = prefetch_policy(args)?
+            .session_config(cfg.top_k, &mode)
+            .map_err(|e| format!("--cost-aware / --predictor: {e}"))?;
         let (mut experts, mut prefetch) = streamed(sched.clone(), m.record, mode, policy)?;
         let mut sampler = Sampler::new(args.temperature, args.top_p, args.seed);
         let stop: &[u32] = if args.ignore_eos { &[] } else { &m.eos };
@@ -536,6 +607,7 @@ fn stats(
         backend: sched.backend_description().to_string(),
         predictor: args.predictor.clone(),
         hinted_per_layer,
+        policy: String::new(),
         compute,
         prefill: PrefillReport::default(),
     }
@@ -547,14 +619,15 @@ fn print_stats(s: &Stats) {
         s.prompt_tokens, s.generated_tokens, s.prefill_tok_per_s, s.decode_tok_per_s
     );
     eprintln!(
-        "experts: budget {:.1} MB = {} of {} expert records ({:.1} MB), {}, predictor {} ({} per layer)",
+        "experts: budget {:.1} MB = {} of {} expert records ({:.1} MB), {}, predictor {} ({} per layer, {})",
         s.budget_bytes as f64 / 1e6,
         s.cache_slots,
         s.expert_records,
         s.expert_bytes as f64 / 1e6,
         s.backend,
         s.predictor,
-        s.hinted_per_layer
+        s.hinted_per_layer,
+        s.policy
     );
     eprintln!(
         "hit rate {:.1}%, prefetch precision {:.1}% recall {:.1}% ({} used, {} wasted), {:.2} MB read per token, stalled {:.1} ms",

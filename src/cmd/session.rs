@@ -31,8 +31,9 @@ pub fn expert_budget(s: &str) -> CliResult<ExpertBudget> {
     Ok(ExpertBudget::Bytes(parse_budget(s, 0)?))
 }
 
-/// Opens the packed model in `dir` on `be` as `opts` says, with the pre-gate prefetching
-/// `generate` uses, and prints any read-backend fallback.
+/// Opens the packed model in `dir` on `be` as `opts` says, with the prefetch policy
+/// `generate` uses by default (the blend, cost-aware hints, next-use eviction), and prints
+/// any read-backend fallback.
 pub fn open<B: ComputeBackend>(
     dir: &Path,
     be: B,

@@ -45,8 +45,9 @@ typedef enum FmeStatus {
 typedef struct FmeModel FmeModel;
 
 // How to open a model. Opaque; defaults: an expert cache of 25% of all expert bytes, the read
-// backend chosen automatically, pre-gate prefetching, a KV cache of the model's maximum
-// context (at most 4096 positions). One thread at a time per options object.
+// backend chosen automatically, blend prefetching (see `fme_options_set_predictor`), a KV
+// cache of the model's maximum context (at most 4096 positions). One thread at a time per
+// options object.
 typedef struct FmeOptions FmeOptions;
 
 // How to generate. Start from `fme_generate_params_default()`.
@@ -189,8 +190,9 @@ enum FmeStatus fme_options_set_budget_share(struct FmeOptions *options, double s
 // `options` must be live options, used by this call alone; `name` a NUL-terminated string.
 enum FmeStatus fme_options_set_io_backend(struct FmeOptions *options, const char *name);
 
-// Prefetch prediction: `pregate`, `none`, `temporal`, `transition` or `frequency` (checked
-// when the model opens).
+// Prefetch prediction: `blend` (the default: pre-gate scores and routing history in one
+// calibrated model, with cost-aware hints and next-use eviction), `pregate`, `none`,
+// `temporal`, `transition` or `frequency` (checked when the model opens).
 //
 // # Safety
 // `options` must be live options, used by this call alone; `name` a NUL-terminated string.

@@ -74,15 +74,17 @@ impl State {
 }
 
 fn prediction(name: &str, layers: u32, experts: u32, func: &str) -> Result<Prediction, CallError> {
-    if name == "pregate" {
-        return Ok(Prediction::Pregate);
+    match name {
+        "pregate" => return Ok(Prediction::Pregate),
+        "blend" => return Ok(Prediction::Blend),
+        _ => {}
     }
     let bad = |why: String| CallError::invalid(func, "predictor option", why);
     let kind: PredictorKind = name.parse().map_err(|e| bad(format!("{e} (or pregate)")))?;
     match kind {
         PredictorKind::None => Ok(Prediction::None),
         PredictorKind::Oracle | PredictorKind::Scores => Err(bad(format!(
-            "{kind} is not available here (use pregate, none, temporal, transition or frequency)"
+            "{kind} is not available here (use blend, pregate, none, temporal, transition or frequency)"
         ))),
         _ => Ok(Prediction::Predictor(
             predictor::build(kind, layers, experts)

@@ -20,7 +20,7 @@ pub(crate) struct ModelSettings {
     pub budget: Budget,
     /// `auto`, `io_uring`, `pread` or `mmap`.
     pub io_backend: String,
-    /// `pregate`, `none`, `temporal`, `transition` or `frequency`.
+    /// `blend`, `pregate`, `none`, `temporal`, `transition` or `frequency`.
     pub predictor: String,
     /// KV-cache positions; 0: the model's maximum, at most 4096.
     pub max_seq: usize,
@@ -31,15 +31,16 @@ impl Default for ModelSettings {
         Self {
             budget: Budget::Share(0.25),
             io_backend: "auto".into(),
-            predictor: "pregate".into(),
+            predictor: "blend".into(),
             max_seq: 0,
         }
     }
 }
 
 /// How to open a model. Opaque; defaults: an expert cache of 25% of all expert bytes, the read
-/// backend chosen automatically, pre-gate prefetching, a KV cache of the model's maximum
-/// context (at most 4096 positions). One thread at a time per options object.
+/// backend chosen automatically, blend prefetching (see `fme_options_set_predictor`), a KV
+/// cache of the model's maximum context (at most 4096 positions). One thread at a time per
+/// options object.
 pub struct FmeOptions {
     pub(crate) settings: ModelSettings,
 }
@@ -159,8 +160,9 @@ pub unsafe extern "C" fn fme_options_set_io_backend(
     }
 }
 
-/// Prefetch prediction: `pregate`, `none`, `temporal`, `transition` or `frequency` (checked
-/// when the model opens).
+/// Prefetch prediction: `blend` (the default: pre-gate scores and routing history in one
+/// calibrated model, with cost-aware hints and next-use eviction), `pregate`, `none`,
+/// `temporal`, `transition` or `frequency` (checked when the model opens).
 ///
 /// # Safety
 /// `options` must be live options, used by this call alone; `name` a NUL-terminated string.

@@ -112,6 +112,17 @@ pub trait Predictor: Send {
         let _ = (layer, out);
         false
     }
+    /// Whether confidences are calibrated probabilities (a candidate at 0.3 is routed about
+    /// 30% of the time), which cost-aware hinting needs ([`crate::SessionConfig::cost_aware`]).
+    /// Default: no.
+    fn calibrated(&self) -> bool {
+        false
+    }
+    /// Whether [`next_use`](Self::next_use) gives estimates (what the
+    /// [`crate::cache::NextUse`] eviction policy needs). Default: no.
+    fn estimates_next_use(&self) -> bool {
+        false
+    }
 }
 
 /// The predictors [`build`] can make, by name.

@@ -84,6 +84,12 @@ impl Predictor for Oracle {
     /// it is routed again (1: at the next one), looking at most [`Oracle::LOOKAHEAD`] tokens
     /// ahead (farther: `LOOKAHEAD + 1`). Fed to [`crate::cache::NextUse`], that is Belady's
     /// choice among the evictable slots: the eviction policy's bound.
+    fn calibrated(&self) -> bool {
+        true
+    }
+    fn estimates_next_use(&self) -> bool {
+        true
+    }
     fn next_use(&mut self, layer: u32, out: &mut [f32]) -> bool {
         if layer >= self.layers {
             return false;

@@ -27,6 +27,7 @@ pub struct SessionConfig {
     max_extra: usize,
     tie_ratio: f32,
     idle_window_ns: Option<f64>,
+    measure_idle_window: bool,
     cost_aware: bool,
     record_calls: bool,
     union_group: usize,
@@ -43,6 +44,7 @@ impl SessionConfig {
             max_extra: 0,
             tie_ratio: 0.0,
             idle_window_ns: None,
+            measure_idle_window: false,
             cost_aware: false,
             record_calls: false,
             union_group: 16,
@@ -100,9 +102,24 @@ impl SessionConfig {
         self
     }
 
-    /// The idle window, if extras are bounded by it.
+    /// The idle window set, if extras are bounded by it.
     pub fn idle_window(&self) -> Option<f64> {
         self.idle_window_ns
+    }
+
+    /// Measures the idle window instead of taking it as given: the session times the compute
+    /// between one layer's bytes arriving and the next layer's demand (a running mean, on its
+    /// I/O's clock: [`super::SessionIo::now_ns`]) and bounds hints by that once it has a
+    /// sample; until then by [`idle_window_ns`](Self::idle_window_ns), if set. A clockless
+    /// I/O keeps the set window.
+    pub fn measure_idle_window(mut self, on: bool) -> Self {
+        self.measure_idle_window = on;
+        self
+    }
+
+    /// Whether the idle window is measured.
+    pub fn measures_idle_window(&self) -> bool {
+        self.measure_idle_window
     }
 
     /// Records per group of a prompt chunk's union demand ([`super::Session::next_group`];

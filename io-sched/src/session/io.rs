@@ -1,7 +1,8 @@
 //! [`SessionIo`]: what a [`super::Session`] drives — the threaded [`Scheduler`] here, the
 //! simulator's virtual-time core elsewhere — and [`Call`], the log of what it was asked.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use crate::error::Result;
 use crate::guard::ExpertGuard;
@@ -42,6 +43,12 @@ pub trait SessionIo {
     /// prefetches in flight); 0 when unknown (the default).
     fn backlog_bytes(&self) -> u64 {
         0
+    }
+    /// A monotonic clock in nanoseconds (virtual time in a simulator), for measuring the
+    /// compute between layers ([`crate::SessionConfig::measure_idle_window`]); `None` when
+    /// there is none (the default).
+    fn now_ns(&self) -> Option<u64> {
+        None
     }
     /// Whether the cache's eviction policy uses [`note_next_use`](Self::note_next_use)
     /// (default: no).
@@ -125,6 +132,10 @@ impl SessionIo for Arc<Scheduler> {
     }
     fn backlog_bytes(&self) -> u64 {
         self.with_core(|c| c.backlog_bytes())
+    }
+    fn now_ns(&self) -> Option<u64> {
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        Some(EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64)
     }
     fn wants_next_use(&self) -> bool {
         Scheduler::wants_next_use(self)

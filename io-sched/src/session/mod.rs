@@ -117,6 +117,36 @@ pub struct Session<Io: SessionIo> {
     /// Whether the cache's eviction policy takes next-use waits (asked once).
     feeds_next_use: bool,
     next_use: Vec<f32>,
+    /// The compute between layers, when measured.
+    compute: ComputeClock,
+}
+
+/// The running mean of the compute between a layer's bytes arriving and the next layer's
+/// demand ([`SessionConfig::measure_idle_window`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct ComputeClock {
+    /// The layer whose wait ended last, and when.
+    last_ready: Option<(u32, u64)>,
+    mean_ns: Option<f64>,
+}
+
+impl ComputeClock {
+    /// Weight of a new sample in the running mean.
+    const NEW: f64 = 0.1;
+
+    /// A demand of `layer` at `now`: the gap since the previous layer's bytes arrived is one
+    /// layer's compute (a gap across a token's end, with the LM head and sampling in it, is not).
+    fn demand(&mut self, layer: u32, now: u64) {
+        if let Some((prev, t)) = self.last_ready.take()
+            && layer == prev + 1
+        {
+            let gap = now.saturating_sub(t) as f64;
+            self.mean_ns = Some(match self.mean_ns {
+                Some(m) => m + Self::NEW * (gap - m),
+                None => gap,
+            });
+        }
+    }
 }
 
 impl<Io: SessionIo> Session<Io> {
@@ -145,6 +175,7 @@ impl<Io: SessionIo> Session<Io> {
             stats: SessionStats::default(),
             calls: Vec::new(),
             union_hinted: None,
+            compute: ComputeClock::default(),
         }
     }
 
@@ -158,6 +189,14 @@ impl<Io: SessionIo> Session<Io> {
     /// waits for `experts`' bytes and returns the guard over them (in the order asked).
     pub fn demand(&mut self, layer: u32, experts: &[u32]) -> Result<Io::Guard> {
         self.stats.demands += 1;
+        let clock = self
+            .cfg
+            .measures_idle_window()
+            .then(|| self.io.now_ns())
+            .flatten();
+        if let Some(now) = clock {
+            self.compute.demand(layer, now);
+        }
         self.predictor.observe(layer, experts);
         self.preds.clear();
         if self.asked > 0 {
@@ -196,7 +235,20 @@ impl<Io: SessionIo> Session<Io> {
         }
         self.counts = counts;
         self.log(|| Call::Wait { layer });
-        self.io.wait(pending)
+        let guard = self.io.wait(pending)?;
+        if clock.is_some() {
+            self.compute.last_ready = self.io.now_ns().map(|t| (layer, t));
+        }
+        Ok(guard)
+    }
+
+    /// The window of device time a layer's hints may fill: the measured compute between
+    /// layers when [`SessionConfig::measure_idle_window`] has a sample, else the one set.
+    pub fn idle_window(&self) -> Option<f64> {
+        self.compute
+            .mean_ns
+            .filter(|_| self.cfg.measures_idle_window())
+            .or(self.cfg.idle_window())
     }
 
     /// Pins those of `experts` of `layer` that are cached now, for staging them onward before
@@ -281,7 +333,7 @@ impl<Io: SessionIo> Session<Io> {
         };
         rule.base = self.base;
         rule.max_extra = self.asked - self.base;
-        let mut idle = match self.cfg.idle_window() {
+        let mut idle = match self.idle_window() {
             Some(window) => {
                 let n = self.io.layers().max(1);
                 let ahead = self
@@ -325,7 +377,7 @@ impl<Io: SessionIo> Session<Io> {
             .count() as f64
             * read_ns
             + self.io.backlog_bytes() as f64 / bw;
-        let window = self.cfg.idle_window().unwrap_or(f64::INFINITY);
+        let window = self.idle_window().unwrap_or(f64::INFINITY);
         // Deadline of each prediction, in windows: 1 for the next layer.
         let ahead: Vec<usize> = self
             .preds

@@ -13,6 +13,8 @@ struct FakeIo {
     log: Vec<String>,
     /// `Some`: the eviction policy wants next-use waits; they are logged here.
     next_use: Option<Vec<(u32, Vec<f32>)>>,
+    /// The clock, set by the test (`None`: clockless).
+    now: Option<u64>,
 }
 
 impl FakeIo {
@@ -25,6 +27,7 @@ impl FakeIo {
             cached: Vec::new(),
             log: Vec::new(),
             next_use: None,
+            now: None,
         }
     }
 }
@@ -69,6 +72,9 @@ impl SessionIo for FakeIo {
     }
     fn experts(&self) -> u32 {
         8
+    }
+    fn now_ns(&self) -> Option<u64> {
+        self.now
     }
     fn wants_next_use(&self) -> bool {
         self.next_use.is_some()
@@ -267,6 +273,48 @@ fn over_fetch_takes_near_ties_only_while_the_device_would_idle() {
     s.scores(1, &SCORES);
     s.demand(0, &[0, 2]).unwrap();
     assert_eq!(s.io().log[1], "hint 1 [1, 3, 4, 5, 6]");
+}
+
+#[test]
+fn the_idle_window_is_measured_between_one_layers_bytes_and_the_next_demand() {
+    let cfg = SessionConfig::new(2)
+        .over_fetch(3, 0.5)
+        .measure_idle_window(true);
+    let mut io = FakeIo::new(3, 32);
+    io.bytes_per_ns = 1.0;
+    io.now = Some(0);
+    let mut s = scores_session(io, cfg.clone());
+    // No sample yet: unbounded, every near-tie.
+    s.scores(1, &SCORES);
+    s.demand(0, &[0, 2]).unwrap();
+    assert_eq!(s.io().log[1], "hint 1 [1, 3, 4, 5, 6]");
+    assert_eq!(s.idle_window(), None);
+    // Layer 0's bytes came at 0, layer 1 is demanded at 3000: a 3000 ns window, which holds
+    // the 2 base candidates and 1 extra (as a set window of 3000 does).
+    s.io_mut().now = Some(3000);
+    s.scores(2, &SCORES);
+    s.demand(1, &[0, 2]).unwrap();
+    assert_eq!(s.idle_window(), Some(3000.0));
+    assert_eq!(s.io().log.last().unwrap(), "wait 1");
+    assert!(
+        s.io().log.contains(&"hint 2 [1, 3, 4]".to_string()),
+        "{:?}",
+        s.io().log
+    );
+    // The next gap, 1000, moves the running mean by a tenth of the difference.
+    s.io_mut().now = Some(4000);
+    s.demand(2, &[0, 2]).unwrap();
+    assert_eq!(s.idle_window(), Some(2800.0));
+    // Across a token's end (layer 2, then layer 0: the LM head in between) there is no sample.
+    s.io_mut().now = Some(1_000_000);
+    s.demand(0, &[0, 2]).unwrap();
+    assert_eq!(s.idle_window(), Some(2800.0));
+
+    // A clockless I/O keeps the window set.
+    let mut s = scores_session(FakeIo::new(3, 32), cfg.idle_window_ns(500.0));
+    s.demand(0, &[0, 2]).unwrap();
+    s.demand(1, &[0, 2]).unwrap();
+    assert_eq!(s.idle_window(), Some(500.0));
 }
 
 #[test]

@@ -451,6 +451,12 @@ impl Predictor for Blend {
         }
     }
 
+    fn calibrated(&self) -> bool {
+        true
+    }
+    fn estimates_next_use(&self) -> bool {
+        true
+    }
     fn next_use(&mut self, layer: u32, out: &mut [f32]) -> bool {
         if layer >= self.layers || self.seen[layer as usize] == 0 {
             return false;
