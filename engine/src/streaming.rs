@@ -122,7 +122,8 @@ impl Prediction {
 }
 
 /// The expert source and the observer of a model streamed through one [`Session`] over
-/// `sched` (records in the `record` layout), hinting as `mode` and `policy` say.
+/// `sched` (records in the `record` layout), hinting as `mode` and `policy` say — or not at
+/// all when the cache holds every expert (nothing is ever evicted there).
 pub fn streamed(
     sched: Arc<Scheduler>,
     record: ExpertLayout,
@@ -130,6 +131,10 @@ pub fn streamed(
     policy: SessionConfig,
 ) -> Result<(SchedExperts, Prefetcher)> {
     let (layers, experts) = (sched.layout().num_layers(), sched.layout().num_experts());
+    // A cache that holds every record never evicts: after its first read each expert is a
+    // hit, so predicting (the pre-gate's router products, the predictor's tables) only costs.
+    let holds_all = sched.capacity().0 as u64 >= layers as u64 * experts as u64;
+    let mode = if holds_all { Prediction::None } else { mode };
     let pregate = matches!(
         mode,
         Prediction::Pregate | Prediction::Blend | Prediction::PregateWith(_)
@@ -278,6 +283,11 @@ impl Prefetcher {
     /// What the session hinted so far.
     pub fn stats(&self) -> SessionStats {
         lock(&self.session).stats()
+    }
+
+    /// The predictor the session runs (`none` when the cache holds every expert).
+    pub fn predictor_name(&self) -> &'static str {
+        lock(&self.session).predictor_name()
     }
 }
 

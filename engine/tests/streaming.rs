@@ -7,7 +7,8 @@ use common::{fixture, golden, load, pack_fixture};
 use flashmoe_backends::CpuBackend;
 use flashmoe_backends::quant::WeightFormat;
 use flashmoe_engine::{
-    NoObserver, PackedModel, Prediction, SchedExperts, generate_greedy, open_scheduler, streamed,
+    NoObserver, PackedModel, Prediction, PrefetchPolicy, SchedExperts, generate_greedy,
+    open_scheduler, streamed,
 };
 use io_sched::backend::BackendKind;
 use io_sched::backend::select::BackendConfig;
@@ -157,6 +158,46 @@ fn pregate_hints_become_prefetch_hits() {
         "pre-gate hints produced no prefetch hit"
     );
     assert_eq!(hinted, plain, "pre-gate hints changed the tokens");
+}
+
+/// The default policy (blend, cost-aware, next-use eviction) prefetches at a quarter of the
+/// experts' bytes, predicts nothing where the cache holds every expert, and never changes the
+/// tokens.
+#[test]
+fn the_default_blend_prefetches_and_a_cache_of_every_expert_predicts_nothing() {
+    let Some(dir) = fixture("tiny-qwen3-moe") else {
+        return;
+    };
+    let (_tmp, packed) = pack_fixture(&dir, 4);
+    let m = PackedModel::open(&packed).expect("open packed");
+    let p = &golden(&dir)[0];
+    let every =
+        m.experts.max_read_len() * (m.experts.num_layers() as u64 * m.experts.num_experts() as u64);
+    let (want, _) = run(&m, &p.input_ids, every, None, false).expect("auto backend");
+    let policy = PrefetchPolicy::new();
+    for (budget, predicts) in [(m.expert_bytes() / 4, true), (every, false)] {
+        let eviction = policy.eviction_for(&Prediction::Blend).expect("eviction");
+        let cfg = SchedulerConfig::with_budget(budget).eviction(eviction);
+        let (sched, _) = open_scheduler(&m, cfg, &BackendConfig::default()).expect("scheduler");
+        let session = policy
+            .session_config(m.config.top_k, &Prediction::Blend)
+            .expect("policy");
+        let mut model = m.load_model(CpuBackend::new(), 256).expect("model");
+        model.set_prefill_chunk(1);
+        let (mut experts, mut obs) =
+            streamed(sched.clone(), m.record.clone(), Prediction::Blend, session).expect("source");
+        let out = generate_greedy(&mut model, &p.input_ids, TOKENS, &mut experts, &mut obs)
+            .expect("generate");
+        assert_eq!(out, want, "budget {budget}: the policy changed the tokens");
+        let t = sched.metrics().total();
+        if predicts {
+            assert_eq!(obs.predictor_name(), "blend");
+            assert!(t.prefetch_used > 0, "blend hints produced no prefetch hit");
+        } else {
+            assert_eq!(obs.predictor_name(), "none");
+            assert_eq!((obs.stats().hinted, t.prefetch_issued), (0, 0));
+        }
+    }
 }
 
 #[test]

@@ -413,8 +413,16 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
             p.table(g.decode_secs, g.decode_steps)
         );
     }
+    let (hinted, predictor_run) = hinted;
     let mut stats = stats(args, &m, &sched, budget, prompt.len(), &g, hinted, compute);
     stats.policy = policy_text;
+    if predictor_run == "none" && args.predictor != "none" {
+        stats.predictor = format!(
+            "none (the cache holds every expert; {} not needed)",
+            args.predictor
+        );
+        stats.policy = "no hints".into();
+    }
     stats.prefill = prefill;
     if args.json {
         let out = JsonOut {
@@ -448,11 +456,11 @@ struct Decode<'a> {
     max_seq: usize,
 }
 
-/// The generation, experts hinted per layer, the trace written (tokens, path), the compute
-/// report and the prefill's.
+/// The generation, experts hinted per layer and the predictor run, the trace written (tokens,
+/// path), the compute report and the prefill's.
 type Decoded = (
     flashmoe_engine::Generation,
-    usize,
+    (usize, &'static str),
     Option<(u64, String)>,
     ComputeReport,
     PrefillReport,
@@ -544,7 +552,7 @@ impl Decode<'_> {
             &mut obs,
             &mut on_token,
         )?;
-        let hinted = prefetch.per_layer();
+        let hinted = (prefetch.per_layer(), prefetch.predictor_name());
         if let (Some(sink), Some(path)) = (far_sink, &args.trace_far) {
             let tokens = sink.finish()?;
             if !args.json {
@@ -619,15 +627,18 @@ fn print_stats(s: &Stats) {
         s.prompt_tokens, s.generated_tokens, s.prefill_tok_per_s, s.decode_tok_per_s
     );
     eprintln!(
-        "experts: budget {:.1} MB = {} of {} expert records ({:.1} MB), {}, predictor {} ({} per layer, {})",
+        "experts: budget {:.1} MB = {} of {} expert records ({:.1} MB), {}, predictor {} ({})",
         s.budget_bytes as f64 / 1e6,
         s.cache_slots,
         s.expert_records,
         s.expert_bytes as f64 / 1e6,
         s.backend,
         s.predictor,
-        s.hinted_per_layer,
-        s.policy
+        if s.policy == "no hints" {
+            s.policy.clone()
+        } else {
+            format!("{} per layer, {}", s.hinted_per_layer, s.policy)
+        }
     );
     eprintln!(
         "hit rate {:.1}%, prefetch precision {:.1}% recall {:.1}% ({} used, {} wasted), {:.2} MB read per token, stalled {:.1} ms",
