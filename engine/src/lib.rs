@@ -44,7 +44,7 @@ pub mod pack;
 mod pack_check;
 mod pack_options;
 pub mod packed_model;
-mod prefetch_policy;
+pub mod prefetch_policy;
 pub mod prompt_cache;
 pub mod quant_tensors;
 pub mod qwen35_moe;

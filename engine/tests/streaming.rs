@@ -185,7 +185,7 @@ fn the_default_blend_prefetches_and_a_cache_of_every_expert_predicts_nothing() {
         let mut model = m.load_model(CpuBackend::new(), 256).expect("model");
         model.set_prefill_chunk(1);
         let (mut experts, mut obs) =
-            streamed(sched.clone(), m.record.clone(), Prediction::Blend, session).expect("source");
+            streamed(sched.clone(), m.record, Prediction::Blend, session).expect("source");
         let out = generate_greedy(&mut model, &p.input_ids, TOKENS, &mut experts, &mut obs)
             .expect("generate");
         assert_eq!(out, want, "budget {budget}: the policy changed the tokens");
