@@ -82,9 +82,9 @@ pub enum Prediction {
     /// of 2); its most probable experts are hinted while layer L's experts are read and
     /// computed.
     Pregate,
-    /// The pre-gate scores and the routing history in io-sched's
-    /// [`Blend`](io_sched::predictor::Blend): calibrated probabilities and next-use estimates,
-    /// so cost-aware hints and next-use eviction apply ([`crate::PrefetchPolicy`]).
+    /// The pre-gate scores and the routing history in io-sched's [`Blend`]: calibrated
+    /// probabilities and next-use estimates, so cost-aware hints and next-use eviction apply
+    /// ([`crate::PrefetchPolicy`]).
     Blend,
     /// An io-sched predictor fed with the real routing.
     Predictor(Box<dyn Predictor>),
