@@ -10,19 +10,19 @@ use flashmoe_backends::wgpu::{WgpuBackend, WgpuConfig};
 use flashmoe_backends::{Activations, ComputeBackend, CpuBackend, Profiled};
 use flashmoe_engine::sampler::Sampler;
 use flashmoe_engine::{
-    NoObserver, PackedModel, Prediction, PrefetchPolicy, RoutingObserver, Tee, TraceSink, generate,
-    open_scheduler, streamed,
+    NoObserver, PackedModel, Prediction, RoutingObserver, Tee, TraceSink, generate, open_scheduler,
+    streamed,
 };
-use io_sched::backend::BackendKind;
-use io_sched::backend::select::BackendConfig;
 use io_sched::metrics::LayerMetrics;
-use io_sched::predictor::{self, PredictorKind};
-use io_sched::{Scheduler, SchedulerConfig};
+use io_sched::{Scheduler, SchedulerConfig, SessionConfig};
 use serde::Serialize;
 
 use super::CliResult;
+
+mod flags;
 use super::prefill_report::PrefillReport;
 pub use super::values::parse_budget;
+use flags::{backend_config, prediction, prefetch_policy};
 
 /// The model `generate` uses without `--model`: committed to the repository (see models/).
 pub const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tiny-qwen3-moe-q4");
@@ -146,69 +146,6 @@ pub struct GenerateArgs {
     pub trace_far: Option<PathBuf>,
 }
 
-fn backend_config(name: &str) -> CliResult<BackendConfig> {
-    let kind = match name {
-        "auto" => None,
-        other => Some(other.parse::<BackendKind>().map_err(|e| {
-            format!("--io-backend {other:?}: {e} (expected auto, io_uring, pread or mmap)")
-        })?),
-    };
-    Ok(BackendConfig::default().kind(kind))
-}
-
-fn prediction(args: &GenerateArgs, layers: u32, experts: u32) -> CliResult<Prediction> {
-    match args.predictor.as_str() {
-        "pregate" => return Ok(Prediction::Pregate),
-        "blend" => return Ok(Prediction::Blend),
-        _ => {}
-    }
-    const CHOICES: &str = "pregate, blend, none, temporal, transition or frequency";
-    let kind: PredictorKind = args
-        .predictor
-        .parse()
-        .map_err(|_| format!("--predictor {:?}: expected {CHOICES}", args.predictor))?;
-    if matches!(kind, PredictorKind::Oracle | PredictorKind::Scores) {
-        return Err(format!("--predictor {kind}: not available here (use {CHOICES})").into());
-    }
-    if kind == PredictorKind::None {
-        return Ok(Prediction::None);
-    }
-    let predictor = predictor::build(kind, layers, experts)
-        .ok_or_else(|| format!("--predictor {kind}: cannot be built"))?;
-    Ok(if kind.takes_scores() {
-        Prediction::PregateWith(predictor)
-    } else {
-        Prediction::Predictor(predictor)
-    })
-}
-
-/// What the prefetch flags ask for; unset ones resolve by the predictor.
-fn prefetch_policy(args: &GenerateArgs) -> CliResult<PrefetchPolicy> {
-    let mut p = PrefetchPolicy::new();
-    if let Some(n) = args.prefetch {
-        p = p.per_layer(n);
-    }
-    if let Some(h) = args.horizon {
-        p = p.horizon(h);
-    }
-    if let Some(e) = &args.eviction {
-        p = p.eviction(e.parse().map_err(|e| format!("--eviction: {e}"))?);
-    }
-    if let Some(on) = args.cost_aware {
-        p = p.cost_aware(on);
-    }
-    if let Some(n) = args.over_fetch {
-        p = p.over_fetch(n);
-    }
-    if let Some(us) = args.layer_compute_us {
-        if !(us.is_finite() && us > 0.0) {
-            return Err(format!("--layer-compute-us {us}: expected a positive number").into());
-        }
-        p = p.layer_compute_ns(us * 1e3);
-    }
-    Ok(p)
-}
-
 /// Statistics of one run.
 #[derive(Debug, Serialize)]
 pub struct Stats {
@@ -312,14 +249,14 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
         m.experts.max_read_len() * (m.experts.num_layers() as u64 * m.experts.num_experts() as u64);
     let budget = parse_budget(&args.budget, all_slots)?;
     let (layers, experts) = (m.config.num_layers as u32, m.config.num_experts as u32);
-    // The flags checked against the predictor before anything loads (`Decode` builds its own).
-    let probe = prediction(args, layers, experts)?;
+    // The flags checked against the predictor before anything loads.
+    let mode = prediction(args, layers, experts)?;
     let policy = prefetch_policy(args)?;
     let eviction = policy
-        .eviction_for(&probe)
+        .eviction_for(&mode)
         .map_err(|e| format!("--eviction / --predictor: {e}"))?;
     let session = policy
-        .session_config(m.config.top_k, &probe)
+        .session_config(m.config.top_k, &mode)
         .map_err(|e| format!("--cost-aware / --predictor: {e}"))?;
     let policy_text = format!(
         "horizon {}{}, {} eviction",
@@ -331,7 +268,6 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
         },
         eviction.name()
     );
-    drop(probe);
     let (sched, fallbacks) = open_scheduler(
         &m,
         SchedulerConfig::with_budget(budget).eviction(eviction),
@@ -362,6 +298,8 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
         sched: &sched,
         prompt: &prompt,
         max_seq,
+        mode,
+        policy: session,
     };
     let mut profile = None;
     let (g, hinted, traced, compute, prefill) = match (args.backend.as_str(), args.profile) {
@@ -454,6 +392,8 @@ struct Decode<'a> {
     sched: &'a Arc<Scheduler>,
     prompt: &'a [u32],
     max_seq: usize,
+    mode: Prediction,
+    policy: SessionConfig,
 }
 
 /// The generation, experts hinted per layer and the predictor run, the trace written (tokens,
@@ -469,7 +409,7 @@ type Decoded = (
 impl Decode<'_> {
     /// Loads the model on `be`, generates (streaming the text unless `--json`), and reports.
     fn on<B: ComputeBackend>(
-        &self,
+        self,
         be: B,
         report: impl FnOnce(&B) -> ComputeReport,
     ) -> CliResult<Decoded> {
@@ -479,11 +419,8 @@ impl Decode<'_> {
         if let Some(n) = args.prefill_chunk {
             model.set_prefill_chunk(n);
         }
-        let mode = prediction(args, cfg.num_layers as u32, cfg.num_experts as u32)?;
-        let policy = prefetch_policy(args)?
-            .session_config(cfg.top_k, &mode)
-            .map_err(|e| format!("--cost-aware / --predictor: {e}"))?;
-        let (mut experts, mut prefetch) = streamed(sched.clone(), m.record, mode, policy)?;
+        let (mut experts, mut prefetch) =
+            streamed(sched.clone(), m.record, self.mode, self.policy)?;
         let mut sampler = Sampler::new(args.temperature, args.top_p, args.seed);
         let stop: &[u32] = if args.ignore_eos { &[] } else { &m.eos };
         let mut sink = match &args.trace {
