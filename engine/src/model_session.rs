@@ -248,6 +248,7 @@ pub struct ModelSession<B: ComputeBackend> {
     cache: PromptCache,
     sched: Arc<Scheduler>,
     fallbacks: Vec<Fallback>,
+    preloaded: Option<io_sched::Preloaded>,
 }
 
 impl<B: ComputeBackend> ModelSession<B> {
@@ -263,6 +264,7 @@ impl<B: ComputeBackend> ModelSession<B> {
             SchedulerConfig::with_budget(budget).eviction(eviction),
             &opts.io,
         )?;
+        let preloaded = opts.prefetch.preload_into(&sched)?;
         let max_seq = opts
             .max_seq
             .min(packed.config.max_position_embeddings)
@@ -282,7 +284,13 @@ impl<B: ComputeBackend> ModelSession<B> {
             cache: PromptCache::new(),
             sched,
             fallbacks,
+            preloaded,
         })
+    }
+
+    /// What was read into the expert cache at open ([`PrefetchPolicy::preload`]), if anything.
+    pub fn preloaded(&self) -> Option<io_sched::Preloaded> {
+        self.preloaded
     }
 
     /// The packed model (tokenizer, config, end-of-sequence ids).

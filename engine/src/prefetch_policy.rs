@@ -4,8 +4,8 @@
 
 use crate::error::{EngineError, Result};
 use crate::streaming::Prediction;
-use io_sched::SessionConfig;
 use io_sched::cache::EvictionKind;
+use io_sched::{Preloaded, Scheduler, SessionConfig};
 
 /// Candidates a cost-aware session may choose from past `per_layer`, when not set.
 pub const DEFAULT_OVER_FETCH: usize = 4;
@@ -47,6 +47,10 @@ pub struct PrefetchPolicy {
     pub eviction: Option<EvictionKind>,
     /// One layer's compute, in ns, the window a layer's reads overlap (default: measured).
     pub layer_compute_ns: Option<f64>,
+    /// Read experts into the cache at load, before the first token ([`Self::preload_into`]):
+    /// `true` fills every free slot (layer by layer), `false` never. Default: when the cache
+    /// holds every expert, as a model that fits in memory is loaded whole.
+    pub preload: Option<bool>,
 }
 
 impl PrefetchPolicy {
@@ -83,6 +87,35 @@ impl PrefetchPolicy {
     pub fn layer_compute_ns(mut self, ns: f64) -> Self {
         self.layer_compute_ns = Some(ns);
         self
+    }
+
+    /// Sets [`preload`](Self::preload).
+    pub fn preload(mut self, on: bool) -> Self {
+        self.preload = Some(on);
+        self
+    }
+
+    /// Preloads `sched`'s cache as [`preload`](Self::preload) says (every record, layer by
+    /// layer, into the free slots); `None` when the policy preloads nothing there. A record that
+    /// cannot be read is an error naming it.
+    pub fn preload_into(&self, sched: &Scheduler) -> Result<Option<Preloaded>> {
+        let layout = sched.layout();
+        let (layers, experts) = (layout.num_layers(), layout.num_experts());
+        let all = layers as u64 * experts as u64;
+        let on = self.preload.unwrap_or(sched.capacity().0 as u64 >= all);
+        if !on {
+            return Ok(None);
+        }
+        let records: Vec<(u32, u32)> = (0..layers)
+            .flat_map(|l| (0..experts).map(move |e| (l, e)))
+            .collect();
+        sched
+            .preload(&records)
+            .map(Some)
+            .map_err(|source| EngineError::IoSched {
+                context: format!("preloading {all} expert records"),
+                source,
+            })
     }
 
     /// The cache's eviction policy with `prediction` (for the scheduler's config).

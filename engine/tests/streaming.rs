@@ -200,6 +200,65 @@ fn the_default_blend_prefetches_and_a_cache_of_every_expert_predicts_nothing() {
     }
 }
 
+/// The default policy preloads every expert when the budget holds them all (then every demand
+/// hits and nothing more is read), nothing below that, and `preload(true)` fills a smaller
+/// cache's free slots; the tokens never change.
+#[test]
+fn the_default_policy_preloads_a_cache_that_holds_every_expert() {
+    let Some(dir) = fixture("tiny-qwen3-moe") else {
+        return;
+    };
+    let (_tmp, packed) = pack_fixture(&dir, 4);
+    let m = PackedModel::open(&packed).expect("open packed");
+    let p = &golden(&dir)[0];
+    let records = m.experts.num_layers() as u64 * m.experts.num_experts() as u64;
+    let every = m.experts.max_read_len() * records;
+    let quarter = every / 4;
+    let (want, _) = run(&m, &p.input_ids, every, None, false).expect("auto backend");
+    for (budget, policy, preloads) in [
+        (every, PrefetchPolicy::new(), Some(records as usize)),
+        (quarter, PrefetchPolicy::new(), None),
+        (
+            quarter,
+            PrefetchPolicy::new().preload(true),
+            Some(records as usize / 4),
+        ),
+        (every, PrefetchPolicy::new().preload(false), None),
+    ] {
+        let cfg = SchedulerConfig::with_budget(budget)
+            .eviction(policy.eviction_for(&Prediction::Blend).expect("eviction"));
+        let (sched, _) = open_scheduler(&m, cfg, &BackendConfig::default()).expect("scheduler");
+        let slots = sched.capacity().0;
+        let got = policy.preload_into(&sched).expect("preload");
+        assert_eq!(got.map(|g| g.read), preloads, "budget {budget}, {policy:?}");
+        if let Some(g) = got {
+            assert_eq!((g.cached, g.read), (slots, slots));
+            assert_eq!(g.bytes, slots as u64 * m.experts.max_read_len());
+        }
+        let session = policy
+            .session_config(m.config.top_k, &Prediction::Blend)
+            .expect("policy");
+        let mut model = m.load_model(CpuBackend::new(), 256).expect("model");
+        let (mut experts, mut obs) =
+            streamed(sched.clone(), m.record, Prediction::Blend, session).expect("source");
+        let out = generate_greedy(&mut model, &p.input_ids, TOKENS, &mut experts, &mut obs)
+            .expect("generate");
+        assert_eq!(out, want, "budget {budget}: preloading changed the tokens");
+        let t = sched.metrics().total();
+        if budget == every && preloads.is_some() {
+            assert_eq!(
+                (t.misses, t.bytes_read()),
+                (0, 0),
+                "all preloaded, all hits"
+            );
+            assert_eq!(t.hits, t.demanded);
+        } else if preloads.is_none() {
+            assert_eq!((t.preloaded, t.preload_bytes), (0, 0));
+            assert!(t.misses > 0);
+        }
+    }
+}
+
 #[test]
 fn budget_below_top_k_is_refused_clearly() {
     let Some(dir) = fixture("tiny-qwen3-moe") else {

@@ -82,5 +82,5 @@ pub use guard::{AcquireFuture, ExpertGuard};
 pub use manifest::Manifest;
 pub use pending::PendingAcquire;
 pub use predictor::{Candidate, LayerPrediction, Predictor, PredictorKind};
-pub use scheduler::{Scheduler, SchedulerConfig};
+pub use scheduler::{Preloaded, Scheduler, SchedulerConfig};
 pub use session::{Call, Session, SessionConfig, SessionIo, SessionStats, UnionDemand};

@@ -32,6 +32,10 @@ pub struct LayerMetrics {
     pub short_read_retries: u64,
     /// Loads that failed (I/O error or checksum).
     pub failed_loads: u64,
+    /// Records read by [`Scheduler::preload`](crate::Scheduler::preload) (not demanded).
+    pub preloaded: u64,
+    /// Bytes read for preloads.
+    pub preload_bytes: u64,
     /// Time `acquire` callers spent waiting for bytes, in nanoseconds.
     pub stall_ns: u64,
     /// Number of `acquire` calls that had to wait.
@@ -53,6 +57,8 @@ impl LayerMetrics {
         self.wasted_bytes += o.wasted_bytes;
         self.short_read_retries += o.short_read_retries;
         self.failed_loads += o.failed_loads;
+        self.preloaded += o.preloaded;
+        self.preload_bytes += o.preload_bytes;
         self.stall_ns += o.stall_ns;
         self.stalled_acquires += o.stalled_acquires;
     }
@@ -75,7 +81,8 @@ impl LayerMetrics {
         ratio(self.prefetch_used, self.demanded)
     }
 
-    /// All bytes read from the device.
+    /// Bytes read from the device for demands and prefetches ([`preloads`](Self::preload_bytes)
+    /// apart).
     pub fn bytes_read(&self) -> u64 {
         self.demand_bytes + self.prefetch_bytes
     }
@@ -168,6 +175,8 @@ fn sub(a: &LayerMetrics, b: &LayerMetrics) -> LayerMetrics {
         wasted_bytes: a.wasted_bytes - b.wasted_bytes,
         short_read_retries: a.short_read_retries - b.short_read_retries,
         failed_loads: a.failed_loads - b.failed_loads,
+        preloaded: a.preloaded - b.preloaded,
+        preload_bytes: a.preload_bytes - b.preload_bytes,
         stall_ns: a.stall_ns - b.stall_ns,
         stalled_acquires: a.stalled_acquires - b.stalled_acquires,
     }

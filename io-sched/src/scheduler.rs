@@ -168,6 +168,20 @@ impl Shared {
     }
 }
 
+/// What [`Scheduler::preload`] did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct Preloaded {
+    /// Records of the list now cached: its first `cached` (read now or cached before).
+    pub cached: usize,
+    /// Records read now.
+    pub read: usize,
+    /// Bytes read now.
+    pub bytes: u64,
+    /// Wall time, in seconds.
+    pub secs: f64,
+}
+
 /// One step of an acquire: pin what can be pinned, then report whether all is ready.
 pub(crate) struct AcquireStep {
     pub layer: u32,
@@ -380,6 +394,60 @@ impl Scheduler {
     /// releases its pins; reads it started finish into the cache, never into freed memory.
     pub fn acquire_async(&self, layer: u32, experts: &[u32]) -> AcquireFuture {
         AcquireFuture::new(self.shared.clone(), layer, experts)
+    }
+
+    /// Reads `records` (layer, expert) into free cache slots, in the order given, and waits
+    /// until they are in memory: a model's load, so that decode finds them ready. It never
+    /// evicts; it stops at the first record no free slot is left for. Records already cached
+    /// are left as they are. Counted as [`preloaded`](crate::metrics::LayerMetrics::preloaded),
+    /// not as demands. A record that cannot be read (an I/O error, a checksum mismatch) is an
+    /// error naming it; what was read stays cached.
+    pub fn preload(&self, records: &[(u32, u32)]) -> Result<Preloaded> {
+        let started = Instant::now();
+        let mut st = self.shared.state.lock();
+        let before = st.core.metrics().total();
+        let mut pinned = Vec::with_capacity(records.len());
+        let mut outcome = Ok(());
+        for &(layer, expert) in records {
+            match st.core.pin_or_preload(ExpertKey::new(layer, expert)) {
+                Ok(Some(s)) => pinned.push(s),
+                Ok(None) => break,
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        let queued = st.core.take_io_queued();
+        drop(st);
+        if queued {
+            (self.shared.io_waker)();
+        }
+        let mut st = self.shared.state.lock();
+        if outcome.is_ok() {
+            outcome = loop {
+                if st.shutdown {
+                    break Err(Error::Shutdown);
+                }
+                if let Some(done) = st.core.check_ready(&pinned) {
+                    break done;
+                }
+                self.shared.progress.wait(&mut st);
+            };
+        }
+        st.core.unpin(&pinned);
+        if st.core.take_slot_freed() {
+            self.shared.notify(&mut st);
+        }
+        let after = st.core.metrics().total();
+        drop(st);
+        outcome?;
+        Ok(Preloaded {
+            cached: pinned.len(),
+            read: (after.preloaded - before.preloaded) as usize,
+            bytes: after.preload_bytes - before.preload_bytes,
+            secs: started.elapsed().as_secs_f64(),
+        })
     }
 
     /// Every counter, with the device busy time ([`crate::metrics::DepthMetrics::busy_ns`]).

@@ -32,8 +32,8 @@ pub fn expert_budget(s: &str) -> CliResult<ExpertBudget> {
 }
 
 /// Opens the packed model in `dir` on `be` as `opts` says, with the prefetch policy
-/// `generate` uses by default (the blend, cost-aware hints, next-use eviction), and prints
-/// any read-backend fallback.
+/// `generate` uses by default (the blend, cost-aware hints, next-use eviction; every expert
+/// preloaded when the budget holds them all), and prints any read-backend fallback.
 pub fn open<B: ComputeBackend>(
     dir: &Path,
     be: B,
@@ -48,6 +48,14 @@ pub fn open<B: ComputeBackend>(
     let s = ModelSession::open(dir, be, options)?;
     for why in s.fallbacks() {
         eprintln!("note: read backend fallback: {why}");
+    }
+    if let Some(p) = s.preloaded().filter(|p| p.read > 0) {
+        eprintln!(
+            "note: preloaded {} expert records ({:.1} MB) in {:.2} s: the budget holds every expert",
+            p.read,
+            p.bytes as f64 / 1e6,
+            p.secs
+        );
     }
     Ok(s)
 }

@@ -11,7 +11,7 @@
 
 // The version of this ABI; bumped when a function or struct changes incompatibly, or a
 // struct grows.
-#define FMIO_ABI_VERSION 1
+#define FMIO_ABI_VERSION 2
 
 // `layer` argument of `fmio_session_metrics` asking for all layers together.
 #define FMIO_ALL_LAYERS UINT32_MAX
@@ -134,6 +134,10 @@ typedef struct FmioMetrics {
   uint64_t max_depth;
   // Time the device had a read in flight, in nanoseconds (whole session; 0 per layer).
   uint64_t busy_ns;
+  // Records read by `fmio_session_preload` (not demanded). Since ABI version 2.
+  uint64_t preloaded;
+  // Bytes read for preloads. Since ABI version 2.
+  uint64_t preload_bytes;
 } FmioMetrics;
 
 #ifdef __cplusplus
@@ -447,6 +451,20 @@ enum FmioStatus fmio_guard_get(const struct FmioGuard *guard,
 // `guard` must come from this library and not be released already; no pointer into its
 // bytes may be used afterwards.
 void fmio_guard_release(struct FmioGuard *guard);
+
+// Reads every record into the cache's free slots, layer by layer, and waits until they are in
+// memory: a model's load, so that decode finds them ready (when the budget holds every
+// record, all of them). It never evicts and stops at the first record no free slot is left
+// for; cached records are left as they are. Counted as `preloaded`, not as demands. A record
+// that cannot be read fails the call naming it (what was read stays cached). `*out_cached`:
+// records now cached, from layer 0 expert 0 on; `*out_read`: of those, read now. Either out
+// pointer may be NULL. Any thread.
+//
+// # Safety
+// `session` must be a live session; each non-NULL out pointer writable.
+enum FmioStatus fmio_session_preload(const struct FmioSession *session,
+                                     size_t *out_cached,
+                                     size_t *out_read);
 
 // Counters of the whole session (`layer` = `FMIO_ALL_LAYERS`) or of one layer. Any thread.
 //

@@ -35,7 +35,7 @@ pub use session::{FmioExpertBytes, FmioGuard, FmioSession};
 
 /// The version of this ABI; bumped when a function or struct changes incompatibly, or a
 /// struct grows.
-pub const FMIO_ABI_VERSION: u32 = 1;
+pub const FMIO_ABI_VERSION: u32 = 2;
 
 /// `layer` argument of `fmio_session_metrics` asking for all layers together.
 pub const FMIO_ALL_LAYERS: u32 = u32::MAX;

@@ -43,6 +43,10 @@ pub struct FmioMetrics {
     pub max_depth: u64,
     /// Time the device had a read in flight, in nanoseconds (whole session; 0 per layer).
     pub busy_ns: u64,
+    /// Records read by `fmio_session_preload` (not demanded). Since ABI version 2.
+    pub preloaded: u64,
+    /// Bytes read for preloads. Since ABI version 2.
+    pub preload_bytes: u64,
 }
 
 impl FmioMetrics {
@@ -68,6 +72,8 @@ impl FmioMetrics {
             submits: d.submits,
             max_depth: d.max_depth,
             busy_ns: d.busy_ns,
+            preloaded: m.preloaded,
+            preload_bytes: m.preload_bytes,
         }
     }
 }

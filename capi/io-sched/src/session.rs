@@ -359,6 +359,40 @@ pub unsafe extern "C" fn fmio_guard_release(guard: *mut FmioGuard) {
     unsafe { flashmoe_capi_common::args::free_handle(guard) }
 }
 
+/// Reads every record into the cache's free slots, layer by layer, and waits until they are in
+/// memory: a model's load, so that decode finds them ready (when the budget holds every
+/// record, all of them). It never evicts and stops at the first record no free slot is left
+/// for; cached records are left as they are. Counted as `preloaded`, not as demands. A record
+/// that cannot be read fails the call naming it (what was read stays cached). `*out_cached`:
+/// records now cached, from layer 0 expert 0 on; `*out_read`: of those, read now. Either out
+/// pointer may be NULL. Any thread.
+///
+/// # Safety
+/// `session` must be a live session; each non-NULL out pointer writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fmio_session_preload(
+    session: *const FmioSession,
+    out_cached: *mut usize,
+    out_read: *mut usize,
+) -> FmioStatus {
+    const F: &str = "fmio_session_preload";
+    ffi(F, || {
+        // SAFETY: forwarded from this function's contract.
+        let s = unsafe { handle(F, "session", session) }?;
+        let p = s.core.preload_all().map_err(|e| CallError::sched(F, &e))?;
+        // SAFETY (both): each is written only when non-NULL, writable by the caller's promise.
+        unsafe {
+            if !out_cached.is_null() {
+                out_cached.write(p.cached);
+            }
+            if !out_read.is_null() {
+                out_read.write(p.read);
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Counters of the whole session (`layer` = `FMIO_ALL_LAYERS`) or of one layer. Any thread.
 ///
 /// # Safety

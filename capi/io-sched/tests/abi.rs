@@ -391,6 +391,73 @@ fn a_corrupted_record_fails_its_acquire_with_a_checksum_error() {
     }
 }
 
+/// `fmio_session_preload` fills the free slots layer by layer (a budget of 5 records of 8:
+/// layer 0 and expert 0 of layer 1), counted as preloaded; the demands after it hit.
+#[test]
+fn preload_fills_the_free_slots_and_the_demands_after_it_hit() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = built_layout(dir.path());
+    // SAFETY: live handles, freed once; out pointers are locals.
+    unsafe {
+        let mut opts = ptr::null_mut();
+        assert_eq!(fmio_options_new(&mut opts), FmioStatus::Ok);
+        assert_eq!(
+            fmio_options_set_budget_bytes(opts, 5 * REC as u64),
+            FmioStatus::Ok
+        );
+        let mut s = ptr::null_mut();
+        assert_eq!(fmio_session_open(layout, opts, &mut s), FmioStatus::Ok);
+        fmio_options_free(opts);
+        let (mut cached, mut read) = (0usize, 0usize);
+        assert_eq!(
+            fmio_session_preload(s, &mut cached, &mut read),
+            FmioStatus::Ok
+        );
+        assert_eq!((cached, read), (5, 5));
+        let mut m = FmioMetrics::default();
+        assert_eq!(
+            fmio_session_metrics(s, FMIO_ALL_LAYERS, &mut m),
+            FmioStatus::Ok
+        );
+        assert_eq!((m.preloaded, m.preload_bytes), (5, 5 * REC as u64));
+        assert_eq!((m.demanded, m.demand_bytes), (0, 0));
+        let mut g = ptr::null_mut();
+        assert_eq!(
+            fmio_session_acquire(s, 1, [0u32].as_ptr(), 1, &mut g),
+            FmioStatus::Ok
+        );
+        let mut b = FmioExpertBytes {
+            expert: 0,
+            data: ptr::null(),
+            len: 0,
+        };
+        assert_eq!(fmio_guard_get(g, 0, &mut b), FmioStatus::Ok);
+        assert!(
+            std::slice::from_raw_parts(b.data, REC)
+                .iter()
+                .all(|&x| x == 4)
+        );
+        fmio_guard_release(g);
+        assert_eq!(
+            fmio_session_metrics(s, FMIO_ALL_LAYERS, &mut m),
+            FmioStatus::Ok
+        );
+        assert_eq!((m.demanded, m.hits, m.demand_bytes), (1, 1, 0));
+        // Out pointers may be NULL; a second preload reads nothing.
+        assert_eq!(
+            fmio_session_preload(s, ptr::null_mut(), &mut read),
+            FmioStatus::Ok
+        );
+        assert_eq!(read, 0);
+        assert_eq!(
+            fmio_session_preload(ptr::null(), ptr::null_mut(), ptr::null_mut()),
+            FmioStatus::Null
+        );
+        fmio_session_free(s);
+        fmio_layout_free(layout);
+    }
+}
+
 /// The session pointer, to share between threads (documented thread-safe; checked Send + Sync).
 #[derive(Clone, Copy)]
 struct Shared(*const FmioSession);

@@ -217,6 +217,7 @@ impl SchedCore {
         match c.result {
             Ok(n) if n as u64 >= len => {
                 match op.purpose {
+                    _ if ld.preload => m.preload_bytes += len,
                     Purpose::Demand => m.demand_bytes += len,
                     Purpose::Prefetch => m.prefetch_bytes += len,
                 }
@@ -231,6 +232,7 @@ impl SchedCore {
                 // retry's offset) and read the rest again.
                 let good = (n as u64 / align) * align;
                 match op.purpose {
+                    _ if ld.preload => m.preload_bytes += good,
                     Purpose::Demand => m.demand_bytes += good,
                     Purpose::Prefetch => m.prefetch_bytes += good,
                 }

@@ -133,6 +133,8 @@ pub(crate) struct Load {
     pub blocks_handed: Vec<bool>,
     /// Whether any block was handed out (the driver then holds state for this load).
     pub hashed: bool,
+    /// A preload ([`SchedCore::pin_or_preload`]): its bytes count as preloaded, not demanded.
+    pub preload: bool,
 }
 
 /// The scheduler state machine.
@@ -362,6 +364,8 @@ impl SchedCore {
                     let m = &mut self.layer_metrics[l];
                     m.demanded += 1;
                     let ld = self.loads[load].as_mut().expect("loading slot has a load");
+                    // A demand that finds a preload still reading: the rest is demand.
+                    ld.preload = false;
                     if ld.purpose == Purpose::Prefetch {
                         m.late_prefetch_hits += 1;
                         m.prefetch_used += 1;
@@ -383,6 +387,33 @@ impl SchedCore {
         m.demanded += 1;
         m.misses += 1;
         self.start_load(key, s, Purpose::Demand, 1.0);
+        self.slots[s as usize].pins = 1;
+        self.policy.on_insert(s as usize, key, self.tick);
+        Ok(Some(s))
+    }
+
+    /// Pins `key` for a preload: a record not cached is read into a *free* slot (never
+    /// evicting) as a demand read is, counted as preloaded rather than demanded; a cached one
+    /// is only pinned. `Ok(None)`: no slot is free.
+    pub fn pin_or_preload(&mut self, key: ExpertKey) -> Result<Option<SlotId>> {
+        self.check_key(key)?;
+        let idx = self.key_index(key);
+        let s = self.slot_of[idx];
+        if s != NO_SLOT {
+            self.slots[s as usize].pins += 1;
+            return Ok(Some(s));
+        }
+        let Some(s) = self.free_slots.pop() else {
+            return Ok(None);
+        };
+        self.tick += 1;
+        self.layer_metrics[key.layer as usize].preloaded += 1;
+        self.start_load(key, s, Purpose::Demand, 1.0);
+        if let SlotState::Loading(id) = self.slots[s as usize].state
+            && let Some(ld) = self.loads[id].as_mut()
+        {
+            ld.preload = true;
+        }
         self.slots[s as usize].pins = 1;
         self.policy.on_insert(s as usize, key, self.tick);
         Ok(Some(s))

@@ -125,6 +125,7 @@ impl SchedCore {
             newly_done: None,
             blocks_handed: vec![false; crate::checksum::block_count(loc.len as usize)],
             hashed: false,
+            preload: false,
         };
         let id = match self.free_loads.pop() {
             Some(id) => {

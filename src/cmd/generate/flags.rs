@@ -63,6 +63,9 @@ pub(super) fn prefetch_policy(args: &GenerateArgs) -> CliResult<PrefetchPolicy> 
     if let Some(n) = args.over_fetch {
         p = p.over_fetch(n);
     }
+    if let Some(on) = args.preload {
+        p = p.preload(on);
+    }
     if let Some(us) = args.layer_compute_us {
         if !(us.is_finite() && us > 0.0) {
             return Err(format!("--layer-compute-us {us}: expected a positive number").into());

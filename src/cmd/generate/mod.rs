@@ -110,6 +110,12 @@ pub struct GenerateArgs {
     /// idle time (default: 4 with cost-aware hints, else 0).
     #[arg(long)]
     pub over_fetch: Option<usize>,
+    /// Read experts into the cache before the prompt: true fills every free cache slot,
+    /// false reads each on first use (default: when the budget holds every expert, as a model
+    /// that fits in memory is loaded whole, so decode runs at its steady speed from the first
+    /// token).
+    #[arg(long)]
+    pub preload: Option<bool>,
     /// Compute time of one layer in microseconds: the window a layer's reads overlap, which
     /// bounds over-fetched and cost-aware hints (default: measured as the run goes, the mean
     /// time from one layer's experts arriving to the next layer's demand).
@@ -175,6 +181,10 @@ pub struct Stats {
     pub compute: ComputeReport,
     /// The prompt: chunking, TTFT, expert bytes read against the chunks' unions.
     pub prefill: PrefillReport,
+    /// Expert records read into the cache at load (`--preload`), not counted above.
+    pub preloaded_records: usize,
+    pub preload_bytes: u64,
+    pub preload_secs: f64,
 }
 
 /// The compute backend of a run and, for a GPU, its expert-upload counters.
@@ -276,6 +286,7 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
     for why in &fallbacks {
         eprintln!("note: read backend fallback: {why}");
     }
+    let preloaded = policy.preload_into(&sched)?;
     let prompt = m.tokenizer.encode(&args.prompt)?;
     if prompt.is_empty() {
         return Err("--prompt encodes to no tokens".into());
@@ -362,6 +373,11 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
         stats.policy = "no hints".into();
     }
     stats.prefill = prefill;
+    if let Some(p) = preloaded {
+        stats.preloaded_records = p.read;
+        stats.preload_bytes = p.bytes;
+        stats.preload_secs = p.secs;
+    }
     if args.json {
         let out = JsonOut {
             model: dir.display().to_string(),
@@ -555,6 +571,9 @@ fn stats(
         policy: String::new(),
         compute,
         prefill: PrefillReport::default(),
+        preloaded_records: 0,
+        preload_bytes: 0,
+        preload_secs: 0.0,
     }
 }
 
@@ -587,6 +606,14 @@ fn print_stats(s: &Stats) {
         s.bytes_read_per_token / 1e6,
         s.stall_ms
     );
+    if s.preloaded_records > 0 {
+        eprintln!(
+            "preloaded {} expert records ({:.1} MB) into the cache in {:.2} s, before the prompt",
+            s.preloaded_records,
+            s.preload_bytes as f64 / 1e6,
+            s.preload_secs
+        );
+    }
     let c = &s.compute;
     if let Some(adapter) = &c.adapter {
         eprintln!(
