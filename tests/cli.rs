@@ -89,6 +89,45 @@ fn text_does_not_depend_on_budget_backend_or_predictor() {
     );
 }
 
+/// At a budget that holds every expert, generate preloads them all (every demand then hits and
+/// nothing is read during the run); `--preload false` reads each on first use; below it nothing
+/// is preloaded unless asked. The text is the same in all.
+#[test]
+fn a_budget_that_holds_every_expert_is_preloaded() {
+    let whole = json(&["--max-tokens", "12", "--budget", "100%"]);
+    let records = whole["stats"]["expert_records"].as_u64().expect("records");
+    let st = &whole["stats"];
+    assert_eq!(st["preloaded_records"].as_u64(), Some(records), "{whole}");
+    // Whole records, each read rounded up to 4 KiB for direct I/O.
+    let (read, payload) = (st["preload_bytes"].as_u64(), st["expert_bytes"].as_u64());
+    assert!(
+        read >= payload && read < payload.map(|p| p + records * 4096),
+        "{whole}"
+    );
+    assert_eq!(
+        (st["hit_rate"].as_f64(), st["bytes_read"].as_u64()),
+        (Some(1.0), Some(0))
+    );
+    let lazy = json(&[
+        "--max-tokens",
+        "12",
+        "--budget",
+        "100%",
+        "--preload",
+        "false",
+    ]);
+    assert_eq!(lazy["stats"]["preloaded_records"].as_u64(), Some(0));
+    assert!(lazy["stats"]["bytes_read"].as_u64() > Some(0), "{lazy}");
+    let quarter = json(&["--max-tokens", "12", "--budget", "25%"]);
+    assert_eq!(quarter["stats"]["preloaded_records"].as_u64(), Some(0));
+    let filled = json(&["--max-tokens", "12", "--budget", "25%", "--preload", "true"]);
+    let slots = filled["stats"]["cache_slots"].as_u64().expect("slots");
+    assert_eq!(filled["stats"]["preloaded_records"].as_u64(), Some(slots));
+    for r in [&lazy, &quarter, &filled] {
+        assert_eq!(r["text"], whole["text"]);
+    }
+}
+
 #[test]
 fn sampling_is_seeded() {
     let a = json(&[

@@ -313,7 +313,7 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
         policy: session,
     };
     let mut profile = None;
-    let (g, hinted, traced, compute, prefill) = match (args.backend.as_str(), args.profile) {
+    let decoded = match (args.backend.as_str(), args.profile) {
         ("cpu", false) => run.on(args.activations.backend(), ComputeReport::cpu)?,
         ("cpu", true) => run.on(Profiled::new(args.activations.backend()), |b| {
             profile = Some(b.shared_profile());
@@ -354,6 +354,14 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
         }
         (other, _) => return Err(format!("--backend {other:?}: expected cpu or wgpu").into()),
     };
+    let Decoded {
+        generation: g,
+        hinted_per_layer,
+        predictor_run,
+        traced,
+        compute,
+        prefill,
+    } = decoded;
     if let Some(p) = &profile {
         eprintln!(
             "profile: {} decode steps, {} compute\n{}",
@@ -362,8 +370,16 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
             p.table(g.decode_secs, g.decode_steps)
         );
     }
-    let (hinted, predictor_run) = hinted;
-    let mut stats = stats(args, &m, &sched, budget, prompt.len(), &g, hinted, compute);
+    let mut stats = stats(
+        args,
+        &m,
+        &sched,
+        budget,
+        prompt.len(),
+        &g,
+        hinted_per_layer,
+        compute,
+    );
     stats.policy = policy_text;
     if predictor_run == "none" && args.predictor != "none" {
         stats.predictor = format!(
@@ -412,15 +428,18 @@ struct Decode<'a> {
     policy: SessionConfig,
 }
 
-/// The generation, experts hinted per layer and the predictor run, the trace written (tokens,
-/// path), the compute report and the prefill's.
-type Decoded = (
-    flashmoe_engine::Generation,
-    (usize, &'static str),
-    Option<(u64, String)>,
-    ComputeReport,
-    PrefillReport,
-);
+/// What one decode run produced.
+struct Decoded {
+    generation: flashmoe_engine::Generation,
+    /// Experts hinted per predicted layer.
+    hinted_per_layer: usize,
+    /// The predictor that ran (`none` when the cache holds every expert).
+    predictor_run: &'static str,
+    /// The trace written: tokens and path.
+    traced: Option<(u64, String)>,
+    compute: ComputeReport,
+    prefill: PrefillReport,
+}
 
 impl Decode<'_> {
     /// Loads the model on `be`, generates (streaming the text unless `--json`), and reports.
@@ -505,7 +524,7 @@ impl Decode<'_> {
             &mut obs,
             &mut on_token,
         )?;
-        let hinted = (prefetch.per_layer(), prefetch.predictor_name());
+        let (hinted_per_layer, predictor_run) = (prefetch.per_layer(), prefetch.predictor_name());
         if let (Some(sink), Some(path)) = (far_sink, &args.trace_far) {
             let tokens = sink.finish()?;
             if !args.json {
@@ -530,7 +549,14 @@ impl Decode<'_> {
             model.prefill_stats(),
             sched.capacity().1 as u64,
         );
-        Ok((g, hinted, traced, report(model.backend()), prefill))
+        Ok(Decoded {
+            generation: g,
+            hinted_per_layer,
+            predictor_run,
+            traced,
+            compute: report(model.backend()),
+            prefill,
+        })
     }
 }
 
