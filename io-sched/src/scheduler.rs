@@ -424,16 +424,19 @@ impl Scheduler {
             (self.shared.io_waker)();
         }
         let mut st = self.shared.state.lock();
-        if outcome.is_ok() {
-            outcome = loop {
-                if st.shutdown {
-                    break Err(Error::Shutdown);
-                }
-                if let Some(done) = st.core.check_ready(&pinned) {
-                    break done;
-                }
-                self.shared.progress.wait(&mut st);
-            };
+        // Loads finish about in the order queued: a cursor over them keeps each wake-up's
+        // check short (a whole-list check per completion would be quadratic in the records).
+        let mut next = 0;
+        while outcome.is_ok() && next < pinned.len() {
+            if st.shutdown {
+                outcome = Err(Error::Shutdown);
+                break;
+            }
+            match st.core.check_ready(&pinned[next..next + 1]) {
+                Some(Ok(())) => next += 1,
+                Some(Err(e)) => outcome = Err(e),
+                None => self.shared.progress.wait(&mut st),
+            }
         }
         st.core.unpin(&pinned);
         if st.core.take_slot_freed() {
