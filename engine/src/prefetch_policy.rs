@@ -106,11 +106,8 @@ impl PrefetchPolicy {
         if !on {
             return Ok(None);
         }
-        let records: Vec<(u32, u32)> = (0..layers)
-            .flat_map(|l| (0..experts).map(move |e| (l, e)))
-            .collect();
         sched
-            .preload(&records)
+            .preload_all()
             .map(Some)
             .map_err(|source| EngineError::IoSched {
                 context: format!("preloading {all} expert records"),

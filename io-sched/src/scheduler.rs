@@ -453,6 +453,15 @@ impl Scheduler {
         })
     }
 
+    /// [`preload`](Self::preload) of every record, layer by layer (expert 0 first).
+    pub fn preload_all(&self) -> Result<Preloaded> {
+        let (layers, experts) = (self.layout.num_layers(), self.layout.num_experts());
+        let records: Vec<(u32, u32)> = (0..layers)
+            .flat_map(|l| (0..experts).map(move |e| (l, e)))
+            .collect();
+        self.preload(&records)
+    }
+
     /// Every counter, with the device busy time ([`crate::metrics::DepthMetrics::busy_ns`]).
     pub fn metrics(&self) -> MetricsSnapshot {
         let mut m = self.shared.state.lock().core.metrics();

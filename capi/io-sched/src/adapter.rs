@@ -171,13 +171,9 @@ impl SessionCore {
         self.sched.acquire_ready(layer, experts)
     }
 
-    /// Every record read into free cache slots, layer by layer ([`Scheduler::preload`]).
+    /// Every record read into free cache slots, layer by layer ([`Scheduler::preload_all`]).
     pub fn preload_all(&self) -> io_sched::Result<io_sched::Preloaded> {
-        let l = self.sched.layout();
-        let records: Vec<(u32, u32)> = (0..l.num_layers())
-            .flat_map(|layer| (0..l.num_experts()).map(move |e| (layer, e)))
-            .collect();
-        self.sched.preload(&records)
+        self.sched.preload_all()
     }
 
     /// Every counter.
