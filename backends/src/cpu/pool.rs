@@ -5,7 +5,9 @@
 //! core). Rayon, called from a thread outside its pool, injects each op as a job and blocks the
 //! caller on a latch until a worker has woken and run it: ~10-20 us an op, so small ops ran on
 //! one thread and the second core idled. Here the caller takes part: it publishes the job,
-//! claims tasks itself from a shared counter, and polls until the helpers' tasks are done.
+//! runs its own contiguous range of the tasks (each thread has one, taken from its front;
+//! a thread done with its own takes from the backs of the others', [`Ranges`]), and polls
+//! until the helpers' tasks are done.
 //! Helpers poll for the next job (a decode step's ops come microseconds apart): without
 //! yielding for [`HOT_SPIN`], then yielding their core at each poll, and after [`SPIN`] they
 //! park until a job wakes them. A helper done with its share of a job backs off the same way
@@ -31,34 +33,100 @@ const SPIN: Duration = Duration::from_micros(100);
 /// runnable thread such as io-sched's readers gets the core while the decode thread waits).
 const HOT_SPIN: Duration = Duration::from_micros(5);
 
-/// One op's tasks: `0..tasks`, claimed one at a time through `next`.
+/// One op's tasks: `0..tasks`, split into one contiguous range per thread ([`Ranges`]).
 struct Job<'a> {
     run: &'a (dyn Fn(usize) + Sync),
-    tasks: usize,
     /// Helpers `0..helpers` take part (the caller's [`with_cpu_threads`] cap, less itself).
     helpers: usize,
-    next: AtomicUsize,
+    ranges: &'a Ranges,
     done: AtomicUsize,
     panicked: AtomicBool,
 }
 
 impl Job<'_> {
-    /// Claims and runs tasks until none is left.
-    fn work(&self) {
+    /// Runs worker `w`'s range from its front (the caller is worker 0, helper `i` worker
+    /// `i + 1`), then takes tasks from the backs of the others' until none is left.
+    fn work(&self, w: usize) {
+        let workers = self.helpers + 1;
         let mut ran = 0;
-        loop {
-            let i = self.next.fetch_add(1, SeqCst);
-            if i >= self.tasks {
-                break;
-            }
+        let mut run = |i: usize| {
             if catch_unwind(AssertUnwindSafe(|| (self.run)(i))).is_err() {
                 self.panicked.store(true, SeqCst);
             }
             ran += 1;
+        };
+        while let Some(i) = self.ranges.take_front(w) {
+            run(i);
+        }
+        for v in (1..workers).map(|d| (w + d) % workers) {
+            while let Some(i) = self.ranges.take_back(v) {
+                run(i);
+            }
         }
         if ran > 0 {
             self.done.fetch_add(ran, SeqCst);
         }
+    }
+}
+
+/// Each worker's range of a job's tasks, `front..back` packed in one word: its owner takes
+/// tasks from the front, the others (once their own range is done) from the back. A matvec's
+/// tasks are consecutive row chunks, so each thread reads one contiguous run of the matrix
+/// that the hardware prefetchers follow; chunks claimed in turn from one shared counter (the
+/// two threads' runs interleaved) read 0.85x as fast from DRAM (a C replica of the kernel:
+/// 25.4-25.9 vs 29.2-30.2 GB/s on 2 threads, the rows split in halves).
+struct Ranges(Box<[AtomicU64]>);
+
+impl Ranges {
+    fn new(workers: usize) -> Self {
+        Ranges((0..workers).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    fn pack(front: usize, back: usize) -> u64 {
+        ((front as u64) << 32) | back as u64
+    }
+
+    fn unpack(v: u64) -> (usize, usize) {
+        ((v >> 32) as usize, (v & u32::MAX as u64) as usize)
+    }
+
+    /// Splits `tasks` (below 2^32) evenly over the first `workers` ranges.
+    fn reset(&self, tasks: usize, workers: usize) {
+        for (w, r) in self.0.iter().take(workers).enumerate() {
+            r.store(
+                Self::pack(w * tasks / workers, (w + 1) * tasks / workers),
+                SeqCst,
+            );
+        }
+    }
+
+    /// Claims one end of range `w`: the front (its owner) or the back (another worker).
+    fn take(&self, w: usize, front_end: bool) -> Option<usize> {
+        let r = &self.0[w];
+        let mut cur = r.load(SeqCst);
+        loop {
+            let (f, b) = Self::unpack(cur);
+            if f >= b {
+                return None;
+            }
+            let (next, i) = if front_end {
+                (Self::pack(f + 1, b), f)
+            } else {
+                (Self::pack(f, b - 1), b - 1)
+            };
+            match r.compare_exchange_weak(cur, next, SeqCst, SeqCst) {
+                Ok(_) => return Some(i),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    fn take_front(&self, w: usize) -> Option<usize> {
+        self.take(w, true)
+    }
+
+    fn take_back(&self, w: usize) -> Option<usize> {
+        self.take(w, false)
     }
 }
 
@@ -76,6 +144,8 @@ struct Pool {
     helpers: OnceLock<Vec<(Thread, &'static AtomicBool)>>,
     /// The threads a job runs on: the caller and `threads - 1` helpers.
     threads: usize,
+    /// The running job's ranges, one per thread (reset by the owner of each job).
+    ranges: Ranges,
 }
 
 thread_local! {
@@ -128,6 +198,7 @@ fn pool() -> &'static Pool {
             owner: Mutex::new(()),
             helpers: OnceLock::new(),
             threads,
+            ranges: Ranges::new(threads),
         }
     });
     pool.helpers.get_or_init(|| {
@@ -168,7 +239,7 @@ fn helper(pool: &'static Pool, index: usize, parked: &'static AtomicBool) {
                 // its frame (where the job lives) ends, cannot have returned yet.
                 let job = unsafe { &*job };
                 if index < job.helpers {
-                    job.work();
+                    job.work(index + 1);
                 }
             }
             pool.active.fetch_sub(1, SeqCst);
@@ -228,14 +299,19 @@ pub(crate) fn run(tasks: usize, task: impl Fn(usize) + Sync) {
     if tasks <= 1 || threads <= 1 || IS_HELPER.with(|h| h.get()) {
         return inline();
     }
+    if tasks >= u32::MAX as usize {
+        return inline();
+    }
     let Ok(_owner) = pool.owner.try_lock() else {
         return inline();
     };
+    // Only the owner of the job slot writes the ranges, and no helper of the previous job is
+    // still inside it (its caller waited for `active` to reach 0).
+    pool.ranges.reset(tasks, threads);
     let job = Job {
         run: &task,
-        tasks,
         helpers: threads - 1,
-        next: AtomicUsize::new(0),
+        ranges: &pool.ranges,
         done: AtomicUsize::new(0),
         panicked: AtomicBool::new(false),
     };
@@ -249,7 +325,7 @@ pub(crate) fn run(tasks: usize, task: impl Fn(usize) + Sync) {
             thread.unpark();
         }
     }
-    job.work();
+    job.work(0);
     // The helpers' last tasks, then the helpers themselves (a preempted one gets the core
     // back sooner when this thread yields).
     let mut idle = Idle::new();
@@ -343,6 +419,53 @@ mod tests {
             });
             assert!(hits.iter().all(|h| h.load(SeqCst) == 1), "{tasks} tasks");
         }
+    }
+
+    /// Each worker's range is contiguous and taken from its front; the others take from its
+    /// back; every task is handed out exactly once, also when four threads race for them.
+    #[test]
+    fn ranges_hand_out_contiguous_fronts_and_steal_from_the_back() {
+        let r = Ranges::new(3);
+        r.reset(10, 3);
+        assert_eq!(
+            std::iter::from_fn(|| r.take_front(0)).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        assert_eq!(r.take_back(2), Some(9));
+        assert_eq!(r.take_front(2), Some(6));
+        assert_eq!(
+            std::iter::from_fn(|| r.take_back(2)).collect::<Vec<_>>(),
+            [8, 7]
+        );
+        assert_eq!(r.take_front(2), None);
+        assert_eq!(r.take_front(1), Some(3));
+
+        let tasks = 10_000;
+        let r = Ranges::new(4);
+        r.reset(tasks, 4);
+        let hits: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
+        std::thread::scope(|sc| {
+            for w in 0..4 {
+                let (r, hits) = (&r, &hits);
+                sc.spawn(move || {
+                    let mut last = None;
+                    while let Some(i) = r.take_front(w) {
+                        assert!(
+                            last.is_none_or(|l| i == l + 1),
+                            "the front moves one by one"
+                        );
+                        last = Some(i);
+                        hits[i].fetch_add(1, SeqCst);
+                    }
+                    for v in (1..4).map(|d| (w + d) % 4) {
+                        while let Some(i) = r.take_back(v) {
+                            hits[i].fetch_add(1, SeqCst);
+                        }
+                    }
+                });
+            }
+        });
+        assert!(hits.iter().all(|h| h.load(SeqCst) == 1));
     }
 
     #[test]
