@@ -76,6 +76,27 @@ fn generate_refuses_bad_sampling_and_budget() {
         &["generate", "--max-tokens", "18446744073709551615"],
         &["--max-tokens 18446744073709551615", "positions"],
     );
+    // A policy the predictor cannot feed names the flags and the predictor.
+    refused(
+        &[
+            "generate",
+            "--predictor",
+            "pregate",
+            "--eviction",
+            "next-use",
+        ],
+        &["--eviction", "next-use eviction needs", "not pregate"],
+    );
+    refused(
+        &[
+            "generate",
+            "--predictor",
+            "temporal",
+            "--cost-aware",
+            "true",
+        ],
+        &["--cost-aware", "calibrated predictor", "not temporal"],
+    );
     let (code, _, err) = run(&["generate", "--predictor", "bogus"]);
     assert_eq!(code, 1, "{err}");
     assert!(

@@ -52,6 +52,7 @@ pub mod qwen3_moe;
 mod read_retry;
 mod safe_replace;
 pub mod sampler;
+pub mod streamed_model;
 pub mod streaming;
 pub mod synth_checkpoint;
 mod tensor_reader;
@@ -77,6 +78,7 @@ pub use packed_model::{PackMeta, PackedModel};
 pub use prefetch_policy::PrefetchPolicy;
 pub use prompt_cache::{ContextState, PromptCache};
 pub use sampler::Sampler;
+pub use streamed_model::{Streamed, open_streamed};
 pub use streaming::{
     Prediction, Prefetcher, SchedExperts, SharedSession, Tee, open_scheduler, streamed,
 };

@@ -26,9 +26,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use flashmoe_backends::ComputeBackend;
+use io_sched::Scheduler;
 use io_sched::backend::fallback::Fallback;
 use io_sched::backend::select::BackendConfig;
-use io_sched::{Scheduler, SchedulerConfig};
 
 use crate::error::{EngineError, Result};
 use crate::model::MoeModel;
@@ -36,7 +36,8 @@ use crate::packed_model::PackedModel;
 use crate::prefetch_policy::PrefetchPolicy;
 use crate::prompt_cache::PromptCache;
 use crate::sampler::Sampler;
-use crate::streaming::{Prediction, Prefetcher, SchedExperts, open_scheduler, streamed};
+use crate::streamed_model::{Streamed, open_streamed};
+use crate::streaming::{Prediction, Prefetcher, SchedExperts};
 use crate::text_stream::TextStream;
 
 /// How much memory the expert cache may use.
@@ -258,13 +259,7 @@ impl<B: ComputeBackend> ModelSession<B> {
         let all_slots = packed.experts.max_read_len()
             * (packed.experts.num_layers() as u64 * packed.experts.num_experts() as u64);
         let budget = opts.budget.bytes(all_slots)?;
-        let eviction = opts.prefetch.eviction_for(&opts.prediction)?;
-        let (sched, fallbacks) = open_scheduler(
-            &packed,
-            SchedulerConfig::with_budget(budget).eviction(eviction),
-            &opts.io,
-        )?;
-        let preloaded = opts.prefetch.preload_into(&sched)?;
+        let streamed = open_streamed(&packed, budget, &opts.io, opts.prediction, &opts.prefetch)?;
         let max_seq = opts
             .max_seq
             .min(packed.config.max_position_embeddings)
@@ -273,9 +268,14 @@ impl<B: ComputeBackend> ModelSession<B> {
         if let Some(n) = opts.prefill_chunk {
             model.set_prefill_chunk(n);
         }
-        let k = packed.config.top_k;
-        let policy = opts.prefetch.session_config(k, &opts.prediction)?;
-        let (experts, prefetch) = streamed(sched.clone(), packed.record, opts.prediction, policy)?;
+        let Streamed {
+            scheduler: sched,
+            experts,
+            prefetch,
+            fallbacks,
+            preloaded,
+            ..
+        } = streamed;
         Ok(Self {
             packed,
             model,

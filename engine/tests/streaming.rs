@@ -8,7 +8,7 @@ use flashmoe_backends::CpuBackend;
 use flashmoe_backends::quant::WeightFormat;
 use flashmoe_engine::{
     NoObserver, PackedModel, Prediction, PrefetchPolicy, SchedExperts, generate_greedy,
-    open_scheduler, streamed,
+    open_scheduler, open_streamed, streamed,
 };
 use io_sched::backend::BackendKind;
 use io_sched::backend::select::BackendConfig;
@@ -225,22 +225,27 @@ fn the_default_policy_preloads_a_cache_that_holds_every_expert() {
         ),
         (every, PrefetchPolicy::new().preload(false), None),
     ] {
-        let cfg = SchedulerConfig::with_budget(budget)
-            .eviction(policy.eviction_for(&Prediction::Blend).expect("eviction"));
-        let (sched, _) = open_scheduler(&m, cfg, &BackendConfig::default()).expect("scheduler");
+        let s = open_streamed(
+            &m,
+            budget,
+            &BackendConfig::default(),
+            Prediction::Blend,
+            &policy,
+        )
+        .expect("streamed");
+        let sched = s.scheduler.clone();
         let slots = sched.capacity().0;
-        let got = policy.preload_into(&sched).expect("preload");
-        assert_eq!(got.map(|g| g.read), preloads, "budget {budget}, {policy:?}");
-        if let Some(g) = got {
+        assert_eq!(
+            s.preloaded.map(|g| g.read),
+            preloads,
+            "budget {budget}, {policy:?}"
+        );
+        if let Some(g) = s.preloaded {
             assert_eq!((g.cached, g.read), (slots, slots));
             assert_eq!(g.bytes, slots as u64 * m.experts.max_read_len());
         }
-        let session = policy
-            .session_config(m.config.top_k, &Prediction::Blend)
-            .expect("policy");
         let mut model = m.load_model(CpuBackend::new(), 256).expect("model");
-        let (mut experts, mut obs) =
-            streamed(sched.clone(), m.record, Prediction::Blend, session).expect("source");
+        let (mut experts, mut obs) = (s.experts, s.prefetch);
         let out = generate_greedy(&mut model, &p.input_ids, TOKENS, &mut experts, &mut obs)
             .expect("generate");
         assert_eq!(out, want, "budget {budget}: preloading changed the tokens");

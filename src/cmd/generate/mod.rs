@@ -10,11 +10,11 @@ use flashmoe_backends::wgpu::{WgpuBackend, WgpuConfig};
 use flashmoe_backends::{Activations, ComputeBackend, CpuBackend, Profiled};
 use flashmoe_engine::sampler::Sampler;
 use flashmoe_engine::{
-    NoObserver, PackedModel, Prediction, RoutingObserver, Tee, TraceSink, generate, open_scheduler,
-    streamed,
+    EngineError, NoObserver, PackedModel, Prefetcher, RoutingObserver, SchedExperts, Streamed, Tee,
+    TraceSink, generate, open_streamed,
 };
+use io_sched::Scheduler;
 use io_sched::metrics::LayerMetrics;
-use io_sched::{Scheduler, SchedulerConfig, SessionConfig};
 use serde::Serialize;
 
 use super::CliResult;
@@ -262,12 +262,29 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
     // The flags checked against the predictor before anything loads.
     let mode = prediction(args, layers, experts)?;
     let policy = prefetch_policy(args)?;
-    let eviction = policy
-        .eviction_for(&mode)
-        .map_err(|e| format!("--eviction / --predictor: {e}"))?;
-    let session = policy
-        .session_config(m.config.top_k, &mode)
-        .map_err(|e| format!("--cost-aware / --predictor: {e}"))?;
+    let Streamed {
+        scheduler: sched,
+        experts: source,
+        prefetch,
+        fallbacks,
+        preloaded,
+        eviction,
+        session,
+        ..
+    } = open_streamed(
+        &m,
+        budget,
+        &backend_config(&args.io_backend)?,
+        mode,
+        &policy,
+    )
+    .map_err(|e| match e {
+        // The policy did not fit the predictor: name the flags that set them.
+        EngineError::Request { reason } => {
+            format!("--eviction / --cost-aware / --predictor: {reason}").into()
+        }
+        e => Box::new(e) as Box<dyn std::error::Error + Send + Sync>,
+    })?;
     let policy_text = format!(
         "horizon {}{}, {} eviction",
         session.horizon(),
@@ -278,15 +295,9 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
         },
         eviction.name()
     );
-    let (sched, fallbacks) = open_scheduler(
-        &m,
-        SchedulerConfig::with_budget(budget).eviction(eviction),
-        &backend_config(&args.io_backend)?,
-    )?;
     for why in &fallbacks {
         eprintln!("note: read backend fallback: {why}");
     }
-    let preloaded = policy.preload_into(&sched)?;
     let prompt = m.tokenizer.encode(&args.prompt)?;
     if prompt.is_empty() {
         return Err("--prompt encodes to no tokens".into());
@@ -309,8 +320,8 @@ pub fn run(args: &GenerateArgs) -> CliResult<()> {
         sched: &sched,
         prompt: &prompt,
         max_seq,
-        mode,
-        policy: session,
+        source,
+        prefetch,
     };
     let mut profile = None;
     let decoded = match (args.backend.as_str(), args.profile) {
@@ -424,8 +435,8 @@ struct Decode<'a> {
     sched: &'a Arc<Scheduler>,
     prompt: &'a [u32],
     max_seq: usize,
-    mode: Prediction,
-    policy: SessionConfig,
+    source: SchedExperts,
+    prefetch: Prefetcher,
 }
 
 /// What one decode run produced.
@@ -454,8 +465,7 @@ impl Decode<'_> {
         if let Some(n) = args.prefill_chunk {
             model.set_prefill_chunk(n);
         }
-        let (mut experts, mut prefetch) =
-            streamed(sched.clone(), m.record, self.mode, self.policy)?;
+        let (mut experts, mut prefetch) = (self.source, self.prefetch);
         let mut sampler = Sampler::new(args.temperature, args.top_p, args.seed);
         let stop: &[u32] = if args.ignore_eos { &[] } else { &m.eos };
         let mut sink = match &args.trace {
