@@ -1,7 +1,7 @@
 //! GPU figures for the wgpu backend: achieved GB/s of weight bytes per kernel family, the tiled
 //! matmul on prompt chunks against one matvec per token (tokens/s), and a per-token decode split (expert upload, kernels, sync) for a model geometry.
 //!
-//! `cargo run --release -p flashmoe-backends --example wgpu_bench -- [--mem-gbps N]`
+//! `cargo run --release -p flashmoe-backends --example wgpu_bench -- [--mem-gbps N] [--kernels-only]`
 //!
 //! `--mem-gbps` is the GPU's memory bandwidth, to print ratios (H100 SXM 3350, H200 4800).
 //! Times are wall-clock over many dispatches submitted back to back, then one sync: a lower
@@ -459,6 +459,8 @@ fn main() -> Res<()> {
         .position(|a| a == "--mem-gbps")
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse::<f64>().ok());
+    // The kernels' GB/s only: no prompt-chunk matmuls, no decode split.
+    let kernels_only = args.iter().any(|a| a == "--kernels-only");
     let be = WgpuBackend::new(&WgpuConfig::default())?;
     let prof = WgpuBackend::new(&WgpuConfig {
         profile: true,
@@ -517,10 +519,17 @@ fn main() -> Res<()> {
             "q4 matvec 32768x4096 resident".into(),
             matvec_gbps(&prof, 32768, 4096, 200)?,
         );
+        push(
+            "q4 matvec 32768x4096, unprofiled".into(),
+            matvec_gbps(&be, 32768, 4096, 200)?,
+        );
     }
     for (name, rates) in rows {
         show(format!("{name} (median of 5)"), median(&rates));
         show(format!("{name} (best of 5)"), best(&rates));
+    }
+    if kernels_only {
+        return Ok(());
     }
     // Prompt chunks: the tiled matmul against one matvec per token, interleaved rounds.
     let mut chunk_rows: Vec<(String, Vec<Rate>)> = Vec::new();
