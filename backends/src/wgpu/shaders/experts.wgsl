@@ -7,8 +7,9 @@
 // The experts of one dispatch lie in one buffer of expert slots (a ring of several buffers
 // takes a dispatch per buffer); `table` says where, and `gate.w` is the expert's index among
 // the layer's experts, which places its rows in `y` (and, for down, its input in `x`). The work
-// split is the one of matvec.wgsl (slices of 32 lanes, R rows per slice, x loaded once per
-// chunk); gate_up computes the same R rows of gate and up together, sharing the x loads.
+// split is the one of matvec.wgsl (slices of 32 lanes, R rows per slice, x staged in tiles
+// and loaded once per chunk); gate_up computes the same R rows of gate and up together,
+// sharing the x loads.
 
 struct Params {
     rows: u32,   // inter for gate_up, hidden for down_combine
@@ -50,16 +51,20 @@ fn gate_up(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: 
     let r3 = min(first + 3u, last);
     var g0 = 0.0; var g1 = 0.0; var g2 = 0.0; var g3 = 0.0;
     var u0 = 0.0; var u1 = 0.0; var u2 = 0.0; var u3 = 0.0;
-    for (var c = lane; c < g.row_chunks; c += LANES) {
-        let xc = load_x(c * (VALS / 4u));
-        g0 += chunk_dot(g, r0, c, xc);
-        g1 += chunk_dot(g, r1, c, xc);
-        g2 += chunk_dot(g, r2, c, xc);
-        g3 += chunk_dot(g, r3, c, xc);
-        u0 += chunk_dot(u, r0, c, xc);
-        u1 += chunk_dot(u, r1, c, xc);
-        u2 += chunk_dot(u, r2, c, xc);
-        u3 += chunk_dot(u, r3, c, xc);
+    for (var t0 = 0u; t0 < g.row_chunks; t0 += LANES) {
+        stage_x(li, 0u, t0, g.row_chunks);
+        let c = t0 + lane;
+        if (c < g.row_chunks) {
+            let xc = load_xt(lane);
+            g0 += chunk_dot(g, r0, c, xc);
+            g1 += chunk_dot(g, r1, c, xc);
+            g2 += chunk_dot(g, r2, c, xc);
+            g3 += chunk_dot(g, r3, c, xc);
+            u0 += chunk_dot(u, r0, c, xc);
+            u1 += chunk_dot(u, r1, c, xc);
+            u2 += chunk_dot(u, r2, c, xc);
+            u3 += chunk_dot(u, r3, c, xc);
+        }
     }
     red[li] = g0;
     red[STRIDE + li] = g1;
@@ -100,16 +105,20 @@ fn down_combine(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id)
     let r7 = min(first + 7u, last);
     var a0 = 0.0; var a1 = 0.0; var a2 = 0.0; var a3 = 0.0;
     var a4 = 0.0; var a5 = 0.0; var a6 = 0.0; var a7 = 0.0;
-    for (var c = lane; c < m.row_chunks; c += LANES) {
-        let xc = load_x(m.x + c * (VALS / 4u));
-        a0 += chunk_dot(m, r0, c, xc);
-        a1 += chunk_dot(m, r1, c, xc);
-        a2 += chunk_dot(m, r2, c, xc);
-        a3 += chunk_dot(m, r3, c, xc);
-        a4 += chunk_dot(m, r4, c, xc);
-        a5 += chunk_dot(m, r5, c, xc);
-        a6 += chunk_dot(m, r6, c, xc);
-        a7 += chunk_dot(m, r7, c, xc);
+    for (var t0 = 0u; t0 < m.row_chunks; t0 += LANES) {
+        stage_x(li, m.x, t0, m.row_chunks);
+        let c = t0 + lane;
+        if (c < m.row_chunks) {
+            let xc = load_xt(lane);
+            a0 += chunk_dot(m, r0, c, xc);
+            a1 += chunk_dot(m, r1, c, xc);
+            a2 += chunk_dot(m, r2, c, xc);
+            a3 += chunk_dot(m, r3, c, xc);
+            a4 += chunk_dot(m, r4, c, xc);
+            a5 += chunk_dot(m, r5, c, xc);
+            a6 += chunk_dot(m, r6, c, xc);
+            a7 += chunk_dot(m, r7, c, xc);
+        }
     }
     red[li] = a0;
     red[STRIDE + li] = a1;

@@ -2,6 +2,7 @@
 // marker line naming the format) and drops the others. Every format defines:
 //   VALS           values per 16-byte chunk (one vec4<u32> load);
 //   XC, load_x     the x values one chunk multiplies, loaded once and reused for many rows;
+//   load_xt        the same from the tile of x staged in workgroup memory (`stage_x`);
 //   chunk_dot      the dot product of chunk `c` of row `row` of matrix `m` with those x;
 //   value_at       one weight, for gathers (embedding rows);
 //   WC, load_w     chunk `c` of row `row` decoded once (with its scale and bias), and
@@ -43,8 +44,17 @@ struct XC {
 }
 
 fn load_x(xi: u32) -> XC {
-    let a0 = x[xi]; let b0 = x[xi + 1u]; let a1 = x[xi + 2u]; let b1 = x[xi + 3u];
-    let a2 = x[xi + 4u]; let b2 = x[xi + 5u]; let a3 = x[xi + 6u]; let b3 = x[xi + 7u];
+    return xc_of(x[xi], x[xi + 1u], x[xi + 2u], x[xi + 3u],
+                 x[xi + 4u], x[xi + 5u], x[xi + 6u], x[xi + 7u]);
+}
+
+fn load_xt(c: u32) -> XC {
+    return xc_of(xr(c, 0u), xr(c, 1u), xr(c, 2u), xr(c, 3u),
+                 xr(c, 4u), xr(c, 5u), xr(c, 6u), xr(c, 7u));
+}
+
+fn xc_of(a0: vec4<f32>, b0: vec4<f32>, a1: vec4<f32>, b1: vec4<f32>,
+         a2: vec4<f32>, b2: vec4<f32>, a3: vec4<f32>, b3: vec4<f32>) -> XC {
     let all = a0 + b0 + a1 + b1 + a2 + b2 + a3 + b3;
     return XC(
         vec4<f32>(a0.x, a0.z, b0.x, b0.z), vec4<f32>(a1.x, a1.z, b1.x, b1.z),
@@ -117,7 +127,14 @@ struct XC {
 }
 
 fn load_x(xi: u32) -> XC {
-    let v0 = x[xi]; let v1 = x[xi + 1u]; let v2 = x[xi + 2u]; let v3 = x[xi + 3u];
+    return xc_of(x[xi], x[xi + 1u], x[xi + 2u], x[xi + 3u]);
+}
+
+fn load_xt(c: u32) -> XC {
+    return xc_of(xr(c, 0u), xr(c, 1u), xr(c, 2u), xr(c, 3u));
+}
+
+fn xc_of(v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>) -> XC {
     return XC(v0, v1, v2, v3, dot(v0 + v1 + v2 + v3, vec4<f32>(1.0)));
 }
 
@@ -171,6 +188,10 @@ fn load_x(xi: u32) -> XC {
     return XC(x[xi], x[xi + 1u]);
 }
 
+fn load_xt(c: u32) -> XC {
+    return XC(xr(c, 0u), xr(c, 1u));
+}
+
 fn bf16_pair(word: u32) -> vec2<f32> {
     return vec2<f32>(bitcast<f32>(word << 16u), bitcast<f32>(word & 0xffff0000u));
 }
@@ -214,6 +235,10 @@ fn load_x(xi: u32) -> XC {
     return XC(x[xi], x[xi + 1u]);
 }
 
+fn load_xt(c: u32) -> XC {
+    return XC(xr(c, 0u), xr(c, 1u));
+}
+
 fn chunk_dot(m: Mat, row: u32, c: u32, xc: XC) -> f32 {
     let q = w[m.data + row * m.row_chunks + c];
     let a = vec4<f32>(f16_pair(q.x), f16_pair(q.y));
@@ -250,6 +275,10 @@ struct XC {
 
 fn load_x(xi: u32) -> XC {
     return XC(x[xi]);
+}
+
+fn load_xt(c: u32) -> XC {
+    return XC(xr(c, 0u));
 }
 
 fn chunk_dot(m: Mat, row: u32, c: u32, xc: XC) -> f32 {

@@ -2,7 +2,8 @@
 //
 // A workgroup is 8 slices of 32 invocations; a slice computes R = 4 consecutive rows. Its 32
 // lanes take every 32nd 16-byte chunk of the rows, so each row is read as contiguous 512-byte
-// spans, and the x values of a chunk are loaded once and used for all R rows. Partial sums
+// spans, and the x values of a chunk are loaded once (from a tile the workgroup staged in
+// workgroup memory, `stage_x`) and used for all R rows. Partial sums
 // meet in workgroup memory: no subgroup operations, so any subgroup size works (8 on
 // lavapipe, 32 on Apple and NVIDIA).
 
@@ -37,12 +38,17 @@ fn matvec(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: v
     let r2 = min(first + 2u, last);
     let r3 = min(first + 3u, last);
     var a0 = 0.0; var a1 = 0.0; var a2 = 0.0; var a3 = 0.0;
-    for (var c = lane; c < m.row_chunks; c += LANES) {
-        let xc = load_x(m.x + c * (VALS / 4u));
-        a0 += chunk_dot(m, r0, c, xc);
-        a1 += chunk_dot(m, r1, c, xc);
-        a2 += chunk_dot(m, r2, c, xc);
-        a3 += chunk_dot(m, r3, c, xc);
+    // Lane `l` takes chunks l, l + 32, .. of the rows, each tile's x staged first.
+    for (var t0 = 0u; t0 < m.row_chunks; t0 += LANES) {
+        stage_x(li, m.x, t0, m.row_chunks);
+        let c = t0 + lane;
+        if (c < m.row_chunks) {
+            let xc = load_xt(lane);
+            a0 += chunk_dot(m, r0, c, xc);
+            a1 += chunk_dot(m, r1, c, xc);
+            a2 += chunk_dot(m, r2, c, xc);
+            a3 += chunk_dot(m, r3, c, xc);
+        }
     }
     red[li] = a0;
     red[STRIDE + li] = a1;
