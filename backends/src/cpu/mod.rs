@@ -4,6 +4,8 @@ mod attention;
 mod block;
 #[cfg(target_arch = "x86_64")]
 mod block_avx512;
+#[cfg(target_arch = "x86_64")]
+mod block_prepare;
 mod host_bytes;
 mod int8;
 mod lanes;
